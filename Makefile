@@ -1,0 +1,56 @@
+# Set-up and entry points. `make study` runs the main job, `make test` the whole test suite;
+# each creates .venv and installs what it needs first.
+#
+# TORCH_SPEC picks the PyTorch build. The default pin resolves to the local CPU wheel on the
+# project's machines and never pulls CUDA packages; elsewhere choose your own, for example
+#   make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+# or install torch into .venv yourself first (any build within pyproject's range is kept).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+STUDY ?= gridsearch
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install study test test-fast system-deps perf clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: a real study on the embedded default store (results/), then its report (reports/).
+study: install
+	$(BIN)/bench run --study $(STUDY)
+	$(BIN)/bench compare --study $(STUDY)
+
+# Every test, the slow end-to-end ones included (plain `pytest` runs the fast ones only).
+test: install system-deps
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+test-fast: install
+	$(BIN)/python -m pytest
+
+# System programs some tests drive: headless Chromium (report test) and PostgreSQL (multi-worker
+# test). Installed with apt when running as root on Debian; skipped quietly otherwise.
+SYSTEM_PACKAGES := chromium postgresql
+system-deps:
+	@if command -v chromium >/dev/null && command -v pg_ctlcluster >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+		echo "not root or no apt-get: tests that need $(SYSTEM_PACKAGES) will be skipped"; \
+	fi
+
+perf: install
+	$(BIN)/bench perf
+
+clean:
+	rm -rf $(VENV) results reports/*/ .pytest_cache

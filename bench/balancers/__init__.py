@@ -1,0 +1,38 @@
+"""Loss-balancing methods, one file each on `Balancer`. `BALANCERS` is the one registry:
+the CLI, study files and the report read their choices from it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bench.balancers.base import Balancer
+from bench.balancers.dwa import DWA
+from bench.balancers.equal import Equal
+from bench.balancers.gradnorm import GradNorm
+from bench.balancers.static import Static
+from bench.balancers.uncertainty import Uncertainty
+from bench.errors import ConfigError
+from bench.params import build_params
+
+BALANCERS: dict[str, type[Balancer]] = {
+    cls.name: cls for cls in (Equal, Static, GradNorm, Uncertainty, DWA)
+}
+
+
+def balancer_class(name: str, *, source: str | None = None) -> type[Balancer]:
+    try:
+        return BALANCERS[name]
+    except KeyError:
+        raise ConfigError("balancer", "one of " + ", ".join(BALANCERS), name, source=source) from None
+
+
+def build_balancer_params(name: str, params: Mapping[str, Any] | None = None, *,
+                          source: str | None = None) -> Any:
+    """The validated options of balancer `name`, or a ConfigError naming the field."""
+    cls = balancer_class(name, source=source)
+    return build_params(cls.Params, params, source=source, prefix="balancer.",
+                        owner=f"balancer {name!r}")
+
+
+__all__ = ["BALANCERS", "Balancer", "balancer_class", "build_balancer_params"]

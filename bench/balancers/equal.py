@@ -1,0 +1,27 @@
+"""`equal`: every task weight is 1 (the usual baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.balancers.static import Static, StaticParams
+
+
+@dataclass(frozen=True)
+class EqualParams:
+    pass
+
+
+class Equal(Static):
+    name = "equal"
+    Params = EqualParams
+    description = "all weights 1"
+    per_run_fields = ()
+
+    def __init__(self, params, tasks, **kwargs):
+        super().__init__([StaticParams() for _ in params], tasks, **kwargs)
+
+    @classmethod
+    def batch_family(cls, params):
+        # Equal weights are the static point (1, ..., 1): they train in the same batch as a grid.
+        return Static.name, StaticParams()

@@ -1,0 +1,198 @@
+"""`gradnorm`: GradNorm (Chen et al., ICML 2018), Algorithm 1 by default.
+
+At every step t, for each run:
+    G_i(t)   = || grad_W (w_i(t) L_i(t)) ||_2 = |w_i(t)| * || grad_W L_i(t) ||_2
+    G_bar(t) = mean_i G_i(t)
+    r_i(t)   = L~_i(t) / mean_j L~_j(t),  with  L~_i(t) = L_i(t) / L_i(0)
+    L_grad   = sum_i | G_i(t) - G_bar(t) * r_i(t)^alpha |    (the target G_bar * r^alpha is detached)
+The network's gradient uses the old weights w(t) (the engine computed it before `update`). The
+weights are then moved by their own optimiser (Adam, learning rate 0.025, state kept across
+steps) along dL_grad/dw only (`torch.autograd.grad` with respect to the weights: nothing reaches
+the network), and renormalised so that sum_i w_i = T.
+
+Because w_i is a scalar, grad_W (w_i L_i) = w_i grad_W L_i: the engine hands over the unweighted
+norms ||grad_W L_i|| and no second-order graph is needed.
+
+Every deviation seen in public implementations is an explicit option (see `GradNormParams`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from bench.balancers.base import Balancer
+from bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GradNormParams:
+    # Asymmetry: strength of the pull towards equal training rates (paper: 0.12 toy, 1.5 NYUv2).
+    alpha: float = 1.5
+    # W, the parameters G_i is measured on. Paper: the last shared layer's weight matrix.
+    # "last_layer" adds its bias; "all_shared" is every trunk parameter (LibMTL);
+    # "representation" is the trunk's output (the shared representation).
+    grad_params: Literal["last_layer_weight", "last_layer", "all_shared", "representation"] = (
+        "last_layer_weight"
+    )
+    # L_i(0). Paper: the loss at the first step. "mean_first_steps" averages the first
+    # `initial_loss_steps` steps, during which the weights stay at 1 (LibMTL uses a first epoch);
+    # "log_classes" uses log C for classification tasks (first-step loss for the others).
+    initial_loss: Literal["first_step", "mean_first_steps", "log_classes"] = "first_step"
+    initial_loss_steps: int = 1
+    # Paper: raw weights renormalised to sum to T. "softmax": w = T * softmax(theta) (LibMTL).
+    parametrisation: Literal["raw", "softmax"] = "raw"
+    # The weights' own optimiser. Paper (NYUv2): Adam with learning rate 0.025.
+    weight_optimizer: Literal["adam", "sgd"] = "adam"
+    weight_lr: float = 0.025
+    # Paper: L_grad is summed over tasks; "mean" divides it (and the weights' step) by T.
+    reduction: Literal["sum", "mean"] = "sum"
+    # Paper: no floor. A positive floor keeps raw weights >= floor; binding steps are counted.
+    floor: float | None = None
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ConfigError("alpha", "a finite number >= 0", self.alpha)
+        if not (math.isfinite(self.weight_lr) and self.weight_lr > 0):
+            raise ConfigError("weight_lr", "a positive number", self.weight_lr)
+        if self.initial_loss_steps < 1:
+            raise ConfigError("initial_loss_steps", "an integer >= 1", self.initial_loss_steps)
+        if self.floor is not None:
+            if not 0 < self.floor < 1:
+                raise ConfigError("floor", "a number in (0, 1) (the mean weight is 1)", self.floor)
+            if self.parametrisation != "raw":
+                raise ConfigError("floor", "no floor with parametrisation = 'softmax' "
+                                  "(softmax weights are positive already)", self.floor)
+
+
+class GradNorm(Balancer):
+    name = "gradnorm"
+    Params = GradNormParams
+    description = "GradNorm (Chen et al. 2018), Algorithm 1; deviations are named options"
+    per_run_fields = ("alpha",)
+    params: list[GradNormParams]
+
+    def __init__(self, params, tasks, **kwargs):
+        super().__init__(params, tasks, **kwargs)
+        p = self.options = self.params[0]
+        R, T = self.n_runs, self.n_tasks
+        self.alpha = self.per_run("alpha")  # (R, 1)
+        # theta: raw weights (paper) or softmax logits. A leaf of its own: it never enters the
+        # network's graph, and only autograd.grad(L_grad, theta) ever differentiates into it.
+        init = torch.ones(R, T) if p.parametrisation == "raw" else torch.zeros(R, T)
+        self.theta = init.to(device=self.device, dtype=self.dtype).requires_grad_(True)
+        if p.weight_optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.theta], lr=p.weight_lr)
+        else:
+            self.optimizer = torch.optim.SGD([self.theta], lr=p.weight_lr)
+        self.initial_losses: Tensor | None = None
+        self._warmup_sum = torch.zeros(R, T, device=self.device, dtype=self.dtype)
+        self._stopped = torch.zeros(R, dtype=torch.bool, device=self.device)
+        self.floor_binding_steps = torch.zeros(R, dtype=torch.long, device=self.device)
+        self.nonpositive_weight_steps = torch.zeros(R, dtype=torch.long, device=self.device)
+        self._norm_trace: list[Tensor] = []
+        # The last step's quantities, kept for inspection and tests.
+        self.last_gradnorm_loss: Tensor | None = None
+        self.last_target: Tensor | None = None
+        self.last_weighted_norms: Tensor | None = None
+
+    @property
+    def grad_norm_target(self) -> str:
+        return self.options.grad_params
+
+    def _weights_of(self, theta: Tensor) -> Tensor:
+        if self.options.parametrisation == "softmax":
+            return self.n_tasks * torch.softmax(theta, dim=1)
+        return theta
+
+    def weights(self) -> Tensor:
+        return self._weights_of(self.theta.detach()).clone()
+
+    def _set_initial_losses(self, step: int, losses: Tensor) -> bool:
+        """Record L_i(0); return True while still warming up (no weight update this step)."""
+        p = self.options
+        if p.initial_loss == "mean_first_steps":
+            self._warmup_sum += losses
+            if step + 1 < p.initial_loss_steps:
+                return True
+            self.initial_losses = self._warmup_sum / p.initial_loss_steps
+            return True
+        initial = losses.clone()
+        if p.initial_loss == "log_classes":
+            for i, task in enumerate(self.tasks):
+                if task.log_classes is not None:
+                    initial[:, i] = task.log_classes
+        self.initial_losses = initial
+        return False
+
+    def gradnorm_loss(self, theta: Tensor, losses: Tensor, grad_norms: Tensor) -> Tensor:
+        """L_grad per run, shape (R,), differentiable in theta only (the target is detached)."""
+        assert self.initial_losses is not None
+        w = self._weights_of(theta)
+        weighted_norms = w.abs() * grad_norms  # G_i = |w_i| ||grad_W L_i||
+        mean_norm = weighted_norms.mean(dim=1, keepdim=True)
+        loss_ratio = losses / self.initial_losses
+        inverse_rate = loss_ratio / loss_ratio.mean(dim=1, keepdim=True)
+        target = (mean_norm * inverse_rate.pow(self.alpha)).detach()
+        gaps = (weighted_norms - target).abs()
+        self.last_target, self.last_weighted_norms = target, weighted_norms.detach()
+        return gaps.sum(dim=1) if self.options.reduction == "sum" else gaps.mean(dim=1)
+
+    def update(self, step: int, losses: Tensor, grad_norms: Tensor | None) -> None:
+        assert grad_norms is not None, "GradNorm needs the per-task gradient norms"
+        if self.initial_losses is None and self._set_initial_losses(step, losses):
+            self._norm_trace.append(self.weights().abs() * grad_norms)
+            return
+        stopped = self._stopped.unsqueeze(1)
+        # Failed runs may carry non-finite numbers; keep them out of their own row's update.
+        losses = torch.where(stopped, self.initial_losses, losses)
+        grad_norms = torch.where(stopped, torch.ones_like(grad_norms), grad_norms)
+        before = self.theta.detach().clone()
+        with torch.enable_grad():
+            gradnorm_loss = self.gradnorm_loss(self.theta, losses, grad_norms)
+            (grad,) = torch.autograd.grad(gradnorm_loss.sum(), self.theta)
+        self.last_gradnorm_loss = gradnorm_loss.detach()
+        self._norm_trace.append(self.last_weighted_norms)
+        self.theta.grad = grad
+        self.optimizer.step()
+        self.theta.grad = None
+        with torch.no_grad():
+            if self.options.parametrisation == "raw":
+                self.theta.copy_(self._renormalised(self.theta))
+            self.theta.copy_(torch.where(stopped, before, self.theta))
+
+    def _renormalised(self, w: Tensor) -> Tensor:
+        T = self.n_tasks
+        w = w * (T / w.sum(dim=1, keepdim=True))
+        floor = self.options.floor
+        if floor is None:
+            self.nonpositive_weight_steps += (w <= 0).any(dim=1).long()
+            return w
+        bound = w < floor
+        self.floor_binding_steps += bound.any(dim=1).long()
+        # Clamp at the floor and rescale the free weights so that the sum stays T.
+        free_total = (w * ~bound).sum(dim=1, keepdim=True)
+        room = T - floor * bound.sum(dim=1, keepdim=True)
+        return torch.where(bound, torch.full_like(w, floor), w * room / free_total)
+
+    def stop_runs(self, runs: Tensor) -> None:
+        self._stopped |= runs
+
+    def traces(self) -> dict[str, Tensor]:
+        """G_i(t) = |w_i| ||grad_W L_i|| at every step, shape (steps, R, T)."""
+        return {"grad_norms": torch.stack(self._norm_trace)} if self._norm_trace else {}
+
+    def run_stats(self):
+        initial = self.initial_losses
+        return [
+            {
+                "initial_losses": None if initial is None else initial[r].tolist(),
+                "floor_binding_steps": int(self.floor_binding_steps[r]),
+                "nonpositive_weight_steps": int(self.nonpositive_weight_steps[r]),
+            }
+            for r in range(self.n_runs)
+        ]

@@ -1,0 +1,40 @@
+"""Helpers shared by the CLI verbs: option parsing, consoles, output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+
+from bench.errors import ConfigError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, str]:
+    """`["a=1", "b=x,y"]` -> {"a": "1", "b": "x,y"}; values are coerced later by their option's type."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(option, "KEY=VALUE", item)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def print_json(data: Any) -> None:
+    """Exactly one JSON object on stdout."""
+    sys.stdout.write(json.dumps(data, allow_nan=True) + "\n")
+    sys.stdout.flush()
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"

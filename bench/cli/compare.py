@@ -1,0 +1,71 @@
+"""`bench compare`: tables of test loss and overfitting gap per arm, and the HTML report."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from bench.cli.common import console, err_console, fmt
+from bench.compare import load_comparison
+from bench.errors import ConfigError
+from bench.report import REPORTS_DIR, write_report
+from bench.store import ResultStore
+
+CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
+
+
+def compare_command(
+    study: Annotated[Optional[list[str]], typer.Option(help="Stored study to compare (repeatable; default: every study in the storage).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout).")] = "table",
+    reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = str(REPORTS_DIR),
+    no_report: Annotated[bool, typer.Option(help="Print the tables only; write no files.")] = False,
+) -> None:
+    """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
+    if output_format not in ("table", "csv", "markdown"):
+        raise ConfigError("--format", "table, csv or markdown", output_format)
+    store = ResultStore(storage)
+    names = study or store.study_names()
+    if not names:
+        raise ConfigError("--study", f"a study stored in {store.url} (none yet: run `bench run --study gridsearch`)")
+    mains = []
+    for name in names:
+        comparison = load_comparison(store, name)
+        main = comparison.main.assign(study=name)
+        mains.append(main)
+        if output_format == "table":
+            print_comparison(comparison)
+        if not no_report:
+            path = write_report(comparison, __import__("pathlib").Path(reports), storage)
+            (err_console if output_format != "table" else console).print(f"report: {path}")
+    if output_format != "table":
+        frame = pd.concat(mains, ignore_index=True)
+        columns = (["study"] if len(names) > 1 else []) + CSV_COLUMNS + [
+            c for c in frame.columns if c not in CSV_COLUMNS + ["study"]]
+        frame = frame[columns]
+        if output_format == "csv":
+            frame.to_csv(sys.stdout, index=False)
+        else:
+            from bench.report.html import display_table
+
+            sys.stdout.write(display_table(frame).to_markdown(index=False) + "\n")
+
+
+def print_comparison(c) -> None:
+    console.rule(f"[bold]{c.study}[/]")
+    for line in c.headline:
+        console.print(f"- {line}")
+    table = Table("arm", "runs", "test (mean ± sd)", "95% interval", "val", "train", "gap (test-train)",
+                  "weights", "wall time (s)")
+    for row in c.main.itertuples():
+        table.add_row(row.arm, str(row.runs), f"{fmt(row.normalized_test_loss)} ± {fmt(row.test_std, 2)}",
+                      f"[{fmt(row.test_ci95_low)}, {fmt(row.test_ci95_high)}]", fmt(row.normalized_val_loss),
+                      fmt(row.train_loss), fmt(row.overfitting_gap),
+                      "(" + ", ".join(f"{w:.2f}" for w in row.weights) + ")", f"{row.wall_time_s:.1f}")
+    console.print(table)
+    for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
+        console.print(f"- {sentence}")

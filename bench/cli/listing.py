@@ -1,0 +1,28 @@
+"""`bench list`: the problems and balancing methods the registries offer, with their options."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rich.table import Table
+
+from bench.balancers import BALANCERS
+from bench.cli.common import console
+from bench.problems import PROBLEMS
+
+
+def _options(params_cls: type) -> str:
+    parts = []
+    for f in dataclasses.fields(params_cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parts.append(f"{f.name}={default!r}")
+    return ", ".join(parts) or "-"
+
+
+def list_command() -> None:
+    """List the problems and balancing methods, with their options and defaults."""
+    for title, registry in (("problems", PROBLEMS), ("balancers", BALANCERS)):
+        table = Table("name", "what", "options (defaults)", title=title, title_justify="left")
+        for name, cls in registry.items():
+            table.add_row(name, cls.description, _options(cls.Params))
+        console.print(table)

@@ -1,0 +1,94 @@
+"""`bench run`: run a study (every arm, every seed) into a result store."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bench.cli.common import console, err_console, fmt
+from bench.errors import ConfigError
+from bench.store import ResultStore
+from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
+from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from bench.study import StudyRunner, StudySpec
+
+QUICK_FACTOR = 0.1
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2', '0-4' or a mix: '0-2,7'."""
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ConfigError("--seeds", "a list such as 0,1,2 or a range such as 0-4", text)
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise ConfigError("--seeds", "ranges low-high with low <= high", text)
+        seeds.extend(range(lo, hi + 1))
+    return seeds
+
+
+def run_command(
+    study: Annotated[str, typer.Option(help="A study file, or the name of one in studies/.")],
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
+    jobs: Annotated[int, typer.Option(help="Parallel training processes (joblib).")] = 1,
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds to run, e.g. 0,1,2 or 0-4 (default: the study's). More seeds add runs to the same study.")] = None,
+    quick: Annotated[bool, typer.Option(help=f"A quick look: {QUICK_FACTOR:.0%} of the steps, stored as its own study <name>-quick.")] = False,
+    new_version: Annotated[bool, typer.Option(help="If the study's configuration changed, store it as <name>-vN instead of stopping.")] = False,
+    batch_runs: Annotated[Optional[int], typer.Option(help="Runs stacked into one model at most (default: automatic).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")] = "auto",
+    heartbeat: Annotated[int, typer.Option(help="Seconds between heartbeats of runs in hand.")] = HEARTBEAT_INTERVAL,
+    grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which another worker retrains a run.")] = GRACE_PERIOD,
+) -> None:
+    """Run every arm of a study for every seed, storing each run in an Optuna storage."""
+    spec = StudySpec.load(study)
+    if seeds is not None:
+        spec = spec.with_seeds(parse_seeds(seeds))
+    if quick:
+        spec = spec.quick(QUICK_FACTOR)
+    if batch_runs is not None and batch_runs < 1:
+        raise ConfigError("--batch-runs", "an integer >= 1", batch_runs)
+    store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
+    console.print(f"study [bold]{spec.name}[/] from {spec.path}: {len(spec.runs())} runs "
+                  f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
+                  f"seeds {spec.seeds}, {spec.budget.steps} steps each")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), console=err_console, transient=False) as progress:
+        task = progress.add_task("training", total=None)
+
+        def report(done: float, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
+                             new_version=new_version, on_progress=report)
+        final = runner.run()
+        progress.update(task, completed=final.done, total=final.total)
+    name = runner.name
+    paths = write_runs_table(store, name, RESULTS_DIR)
+    print_arm_summary(runs_table(store, name))
+    console.print(f"{final.done} runs finished ({runner.trained_here} trained now, "
+                  f"{final.failed} failed) in study [bold]{name}[/]")
+    console.print(f"results: {store.url} (Optuna studies {name}/<arm>; open with "
+                  f"`optuna-dashboard {store.url}`)")
+    console.print(f"tables:  {', '.join(str(p) for p in paths)}")
+    console.print(f"next:    bench compare --study {name}"
+                  + (f" --storage {storage}" if storage else ""))
+
+
+def print_arm_summary(table) -> None:
+    if table.empty:
+        return
+    out = Table("arm", "runs", "failed", "mean task-normalised val", "mean test", "wall time (s)")
+    for arm, rows in table.groupby("arm", sort=False):
+        ok = rows[rows.status == "ok"]
+        out.add_row(arm, str(len(rows)), str(int((rows.status == "failed").sum())),
+                    fmt(ok.normalized_val_loss.mean() if len(ok) else None),
+                    fmt(ok.normalized_test_loss.mean() if len(ok) else None),
+                    f"{rows.wall_time_s.sum():.1f}")
+    console.print(out)

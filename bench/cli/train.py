@@ -1,0 +1,88 @@
+"""`bench train`: one training run of one balancer on one problem."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bench.cli.common import console, err_console, fmt, parse_assignments, print_json
+from bench.training import Budget, RunConfig, RunRecord, train
+
+
+def train_command(
+    problem: Annotated[str, typer.Option(help="Problem name (see `bench list`).")] = "toy",
+    tasks: Annotated[Optional[int], typer.Option(help="Number of tasks T (toy problem).")] = None,
+    sigmas: Annotated[Optional[str], typer.Option(help="Comma-separated task scales sigma_i (toy problem).")] = None,
+    problem_param: Annotated[Optional[list[str]], typer.Option("--problem-param", "-p", help="Problem option KEY=VALUE (repeatable).")] = None,
+    balancer: Annotated[str, typer.Option(help="Balancing method (see `bench list`).")] = "equal",
+    alpha: Annotated[Optional[float], typer.Option(help="GradNorm's asymmetry alpha >= 0.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Comma-separated static weights (balancer static), rescaled to sum to T.")] = None,
+    balancer_param: Annotated[Optional[list[str]], typer.Option("--balancer-param", "-b", help="Balancer option KEY=VALUE (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = Budget.steps,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = Budget.batch_size,
+    lr: Annotated[float, typer.Option(help="The network's Adam learning rate.")] = Budget.lr,
+    eval_every: Annotated[int, typer.Option(help="Evaluate on train / val / test every this many steps.")] = Budget.eval_every,
+    tail_fraction: Annotated[float, typer.Option(help="Tail window of the time-averaged weights, as a fraction of the steps.")] = Budget.tail_fraction,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and batch order.")] = 0,
+    data_seed: Annotated[Optional[int], typer.Option(help="Seed of the data (default: --seed).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run record as one JSON object.")] = False,
+) -> None:
+    """Train one multitask model under one loss-balancing method and report its losses and weights."""
+    problem_params: dict[str, object] = parse_assignments(problem_param, "--problem-param")
+    if tasks is not None:
+        problem_params["tasks"] = tasks
+    if sigmas is not None:
+        problem_params["sigmas"] = sigmas
+    balancer_params: dict[str, object] = parse_assignments(balancer_param, "--balancer-param")
+    if alpha is not None:
+        balancer_params["alpha"] = alpha
+    if weights is not None:
+        balancer_params["weights"] = weights
+    config = RunConfig(
+        problem=problem, balancer=balancer, seed=seed, data_seed=data_seed,
+        problem_params=problem_params, balancer_params=balancer_params,
+        budget=Budget(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                      tail_fraction=tail_fraction),
+        device=device, dtype=dtype,  # type: ignore[arg-type]
+    ).validated(source="bench train")
+
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("train", total=steps)
+        record = train(config, progress=lambda done: progress.update(task, completed=done))
+    if as_json:
+        print_json(record.to_dict())
+    else:
+        print_summary(record)
+    if not record.ok:
+        raise typer.Exit(1)
+
+
+def print_summary(record: RunRecord) -> None:
+    c = record.config
+    console.print(f"[bold]{c['balancer']}[/] on [bold]{c['problem']}[/] "
+                  f"(seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, "
+                  f"{record.device}): [bold]{record.status}[/]"
+                  + (f" - {record.reason}" if record.reason else ""))
+    table = Table("task", "train loss", "val loss", "test loss", "gap (test-train)",
+                  "mean weight", "final weight", title=None)
+    for i, name in enumerate(record.task_names):
+        def at(values):
+            return fmt(values[i]) if values else "-"
+        table.add_row(name, at(record.train_loss), at(record.val_loss), at(record.test_loss),
+                      at(record.overfitting_gap), at(record.mean_weights), at(record.final_weights))
+    console.print(table)
+    if record.ok:
+        console.print(f"task-normalised loss: train {fmt(record.normalized_train_loss)}, "
+                      f"val {fmt(record.normalized_val_loss)}, test {fmt(record.normalized_test_loss)}; "
+                      f"overfitting gap {fmt(record.normalized_overfitting_gap)}")
+    for key, value in record.balancer_stats.items():
+        if isinstance(value, int) and value:
+            console.print(f"{key.replace('_', ' ')}: {value}")
+    console.print(f"wall time {record.wall_time_s:.1f} s")

@@ -1,0 +1,5 @@
+"""The comparison of a study's arms, read from the result store."""
+
+from bench.compare.analysis import Comparison, build_comparison, load_comparison
+
+__all__ = ["Comparison", "build_comparison", "load_comparison"]

@@ -1,0 +1,266 @@
+"""The comparison of a study's arms: tables of test loss and overfitting gap, GradNorm's standing
+among the grid points, and paired tests over seeds. Reads stored results only; never trains.
+
+Names used below:
+- an arm's *variants*: one per alpha for GradNorm (and its static retrains), one per point for a
+  grid, a single one for the baselines; a *label* names an arm's variant in the tables
+  ("gradnorm (alpha=0.12)"), or the arm alone when it has one variant. A grid arm is represented
+  by the point selected on the validation split (task-normalised validation loss, mean over
+  seeds); the test split is only reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from bench.compare import stats
+from bench.store.export import runs_table
+from bench.store.results import ResultStore
+
+ADAPTIVE = ("gradnorm", "uncertainty", "dwa")
+
+
+def _variant(run_key: str) -> str:
+    return run_key.rsplit("/seed=", 1)[0] if "/seed=" in run_key else ""
+
+
+@dataclass
+class GridSelection:
+    arm: str
+    points: pd.DataFrame  # one row per point: weights, mean val / test / train, gap, seeds
+    selected: str  # the variant chosen on validation
+    weights: list[float]
+    excluded: int  # points with a failed seed, left out of the selection
+
+
+@dataclass
+class Comparison:
+    study: str
+    manifest: dict[str, Any]
+    tasks: list[str]
+    runs: pd.DataFrame
+    records: list[dict[str, Any]]
+    main: pd.DataFrame
+    per_task: pd.DataFrame
+    grids: dict[str, GridSelection]
+    standings: pd.DataFrame
+    comparisons: pd.DataFrame
+    headline: list[str] = field(default_factory=list)
+
+    def label_runs(self, label: str) -> pd.DataFrame:
+        return self.runs[self.runs.label == label]
+
+
+def load_comparison(store: ResultStore, study: str) -> Comparison:
+    manifest = store.require_manifest(study)
+    return build_comparison(study, manifest, runs_table(store, study), store.records(study))
+
+
+def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
+                     records: list[dict[str, Any]]) -> Comparison:
+    tasks = list(manifest.get("task_names", []))
+    kinds = manifest.get("kinds", {})
+    runs = runs.copy()
+    if runs.empty:
+        raise ValueError(f"study {study!r} has no finished runs yet")
+    runs["variant"] = runs.run_key.map(_variant)
+    runs["kind"] = runs.arm.map(kinds)
+    n_variants = runs.groupby("arm").variant.nunique()
+
+    def label(row) -> str:
+        if row.kind == "grid" or n_variants[row.arm] == 1 or not row.variant:
+            return row.arm
+        return f"{row.arm} ({row.variant})"
+
+    runs["label"] = runs.apply(label, axis=1)
+    grids = {arm: _select(runs[runs.arm == arm], tasks) for arm in runs.arm.unique()
+             if kinds.get(arm) == "grid"}
+    # The rows that represent each label: a grid's selected point, everything else as is.
+    chosen = runs[[kinds.get(a) != "grid" or v == grids[a].selected
+                   for a, v in zip(runs.arm, runs.variant)]]
+    main = _main_table(runs, chosen, grids, tasks, manifest)
+    per_task = _per_task_table(chosen, tasks)
+    standings = _standings(chosen, grids, main)
+    comparisons = _paired(chosen, grids, manifest, main)
+    comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
+                            standings, comparisons)
+    comparison.headline = _headline(comparison)
+    return comparison
+
+
+def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
+    rows = []
+    for variant, g in grid_runs.groupby("variant", sort=False):
+        ok = g[g.status == "ok"]
+        row = {"point": variant, "seeds": len(g), "failed": int((g.status != "ok").sum())}
+        for t in tasks:
+            row[f"weight_{t}"] = g[f"weight_{t}"].iloc[0]
+        for col in ("normalized_val_loss", "normalized_test_loss", "normalized_train_loss",
+                    "normalized_overfitting_gap"):
+            row[col] = ok[col].mean() if len(ok) else math.nan
+        row["test_std"] = ok.normalized_test_loss.std(ddof=1) if len(ok) > 1 else math.nan
+        for t in tasks:
+            row[f"test_loss_{t}"] = ok[f"test_loss_{t}"].mean() if len(ok) else math.nan
+        rows.append(row)
+    points = pd.DataFrame(rows)
+    eligible = points[points.failed == 0]
+    if eligible.empty:
+        raise ValueError(f"grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished")
+    best = eligible.sort_values("normalized_val_loss").iloc[0]
+    points["selected"] = points.point == best.point
+    points = points.sort_values("normalized_val_loss").reset_index(drop=True)
+    return GridSelection(arm=grid_runs.arm.iloc[0], points=points, selected=best.point,
+                         weights=[float(best[f"weight_{t}"]) for t in tasks],
+                         excluded=int((points.failed > 0).sum()))
+
+
+def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
+    """The weights a label trained with: static weights, or time-averaged adaptive ones."""
+    ok = g[g.status == "ok"]
+    if ok.empty:
+        return [math.nan] * len(tasks)
+    if ok.balancer.iloc[0] in ADAPTIVE:
+        return [float(ok[f"mean_weight_{t}"].mean()) for t in tasks]
+    return [float(ok[f"weight_{t}"].iloc[0]) if pd.notna(ok[f"weight_{t}"].iloc[0])
+            else float(ok[f"mean_weight_{t}"].iloc[0]) for t in tasks]
+
+
+def _main_table(runs, chosen, grids, tasks, manifest) -> pd.DataFrame:
+    rows = []
+    sources = manifest.get("gradnorm_static_sources", {})
+    for label, g in chosen.groupby("label", sort=False):
+        arm = g.arm.iloc[0]
+        own = runs[runs.arm == arm] if arm in grids else g
+        ok = g[g.status == "ok"]
+        test = stats.summarize(ok.normalized_test_loss.tolist())
+        row = {
+            "arm": label, "kind": g.kind.iloc[0], "runs": len(own),
+            "failed": int((own.status != "ok").sum()),
+            "normalized_test_loss": test.mean, "test_std": test.std,
+            "test_ci95_low": test.ci_low, "test_ci95_high": test.ci_high,
+            "normalized_val_loss": ok.normalized_val_loss.mean(),
+            "train_loss": ok.normalized_train_loss.mean(),
+            "overfitting_gap": ok.normalized_overfitting_gap.mean(),
+            "seeds": test.n,
+            "wall_time_s": float(own.wall_time_s.sum()),
+            "weights": _weights_of(g, tasks),
+        }
+        if arm in sources:  # GradNorm static cannot exist without its GradNorm runs
+            src = runs[(runs.arm == sources[arm]) & (runs.variant == g.variant.iloc[0])]
+            row["wall_time_with_source_s"] = row["wall_time_s"] + float(src.wall_time_s.sum())
+        if arm in grids:
+            row["selected_point"] = grids[arm].selected
+        rows.append(row)
+    main = pd.DataFrame(rows)
+    for optional in ("wall_time_with_source_s", "selected_point"):
+        if optional not in main:
+            main[optional] = None
+    return main
+
+
+def _per_task_table(chosen: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    rows = []
+    metric_cols = sorted({c.split("_", 1)[1].rsplit("_", 1)[0] for c in chosen.columns
+                          if c.startswith("test_") and not c.startswith(("test_loss_",))
+                          and c.rsplit("_", 1)[-1] in tasks})
+    for label, g in chosen.groupby("label", sort=False):
+        ok = g[g.status == "ok"]
+        for t in tasks:
+            row = {"arm": label, "task": t,
+                   "test_loss": ok[f"test_loss_{t}"].mean(),
+                   "test_loss_std": ok[f"test_loss_{t}"].std(ddof=1) if len(ok) > 1 else math.nan,
+                   "train_loss": ok[f"train_loss_{t}"].mean(),
+                   "overfitting_gap": ok[f"overfitting_gap_{t}"].mean(),
+                   "weight": _weights_of(g, tasks)[tasks.index(t)]}
+            for metric in metric_cols:
+                col = f"test_{metric}_{t}"
+                if col in ok and ok[col].notna().any():
+                    row[f"test_{metric}"] = ok[col].mean()
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _standings(chosen, grids, main) -> pd.DataFrame:
+    rows = []
+    weights = dict(zip(main.arm, main.weights))
+    tests = dict(zip(main.arm, main.normalized_test_loss))
+    for label in main.arm[main.kind.isin(["gradnorm", "gradnorm-static"])]:
+        for arm, grid in grids.items():
+            eligible = grid.points[grid.points.failed == 0]
+            s = stats.standing(tests[label], eligible.normalized_test_loss.tolist())
+            rows.append({"arm": label, "grid": arm, **s.as_dict(),
+                         "distance_to_selected": stats.l2_distance(weights[label], grid.weights),
+                         "selected_point": grid.selected})
+    return pd.DataFrame(rows, columns=["arm", "grid", "rank", "n_points", "n_better", "percentile",
+                                       "distance_to_selected", "selected_point"])
+
+
+def _per_seed(g: pd.DataFrame) -> dict[int, float]:
+    ok = g[g.status == "ok"]
+    return dict(zip(ok.seed.astype(int), ok.normalized_test_loss))
+
+
+def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
+    kinds = dict(zip(main.arm, main.kind))
+    by_label = {label: _per_seed(g) for label, g in chosen.groupby("label", sort=False)}
+    variant_of = chosen.groupby("label").variant.first().to_dict()
+    arm_of = chosen.groupby("label").arm.first().to_dict()
+    sources = manifest.get("gradnorm_static_sources", {})
+    pairs = []
+    for label, kind in kinds.items():
+        if kind == "gradnorm":
+            for arm, grid in grids.items():
+                pairs.append((label, arm, f"the best of {len(grid.points)} grid points "
+                              f"({grid.selected}, chosen on validation)"))
+        if kind == "gradnorm-static":
+            source = [lb for lb in kinds if arm_of.get(lb) == sources.get(arm_of[label])
+                      and variant_of.get(lb) == variant_of[label]]
+            pairs.extend((label, s, s) for s in source)
+        if kind != "equal" and kind != "grid":
+            pairs.extend((label, eq, "equal weights") for eq, k in kinds.items() if k == "equal")
+    rows = []
+    for a, b, b_words in pairs:
+        result = stats.paired(by_label[a], by_label[b])
+        rows.append({"arm": a, "versus": b, **result.as_dict(),
+                     "sentence": stats.describe(a, b_words, result)})
+    return pd.DataFrame(rows, columns=["arm", "versus", "n", "wins", "mean_a", "mean_b",
+                                       "mean_difference", "p_value", "wilcoxon_p", "effect_size",
+                                       "sentence"])
+
+
+def _headline(c: Comparison) -> list[str]:
+    """A few plain sentences answering: did GradNorm match or beat the grid, at what cost, and
+    does it overfit less?"""
+    lines = []
+    main = c.main.set_index("arm")
+    for _, row in c.comparisons.iterrows():
+        a, b = row.arm, row.versus
+        if main.loc[a, "kind"] != "gradnorm" or main.loc[b, "kind"] != "grid":
+            continue
+        if row.n < 2 or math.isnan(row.p_value):
+            verdict = "beats" if row.mean_difference < 0 else "does not beat"
+        elif row.p_value >= 0.05:
+            verdict = "matches (no significant difference from)"
+        else:
+            verdict = "beats" if row.mean_difference < 0 else "is beaten by"
+        standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
+        grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
+        lines.append(
+            f"{a} {verdict} the grid search {b}: test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
+            f"the point chosen on validation; {int(standing.n_better)} of {int(standing.n_points)} "
+            f"grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} runs "
+            f"({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
+            f"Overfitting gap (test - train): {main.loc[a, 'overfitting_gap']:.3g} vs "
+            f"{main.loc[b, 'overfitting_gap']:.3g}."
+        )
+    for _, row in c.comparisons.iterrows():
+        if main.loc[row.arm, "kind"] == "gradnorm-static" and main.loc[row.versus, "kind"] == "gradnorm":
+            lines.append(row.sentence)
+    return lines
+
+
+__all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]

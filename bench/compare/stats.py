@@ -1,0 +1,114 @@
+"""Statistics over seeds: intervals, ranks among grid points, distances and paired tests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    """Mean, sample standard deviation and a Student-t confidence interval of the mean."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n == 1:
+        return Summary(mean, math.nan, math.nan, math.nan, 1)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return Summary(mean, std, mean - half, mean + half, n)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a value falls among the grid points' values (lower is better)."""
+
+    rank: int  # 1 + the number of grid points strictly better
+    n_points: int
+    n_better: int  # grid points with a strictly lower loss
+    percentile: float  # % of grid points strictly worse
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def standing(value: float, grid_values: Sequence[float]) -> Standing:
+    grid = np.asarray(grid_values, dtype=float)
+    better = int((grid < value).sum())
+    worse = int((grid > value).sum())
+    return Standing(rank=better + 1, n_points=len(grid), n_better=better,
+                    percentile=100.0 * worse / len(grid) if len(grid) else math.nan)
+
+
+def l2_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(np.linalg.norm(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison of two arms over the seeds both finished (a - b; lower is better)."""
+
+    n: int
+    wins: int  # seeds where a is lower than b
+    mean_a: float
+    mean_b: float
+    mean_difference: float
+    p_value: float  # two-sided paired t-test
+    wilcoxon_p: float  # two-sided Wilcoxon signed-rank test (exact for small n)
+    effect_size: float  # Cohen's d_z: mean difference / sd of the differences
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
+    """Compare per-seed values of two arms, pairing by seed."""
+    seeds = sorted(s for s in set(a) & set(b)
+                   if a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s]))
+    x = np.asarray([a[s] for s in seeds], dtype=float)
+    y = np.asarray([b[s] for s in seeds], dtype=float)
+    n = len(seeds)
+    if n == 0:
+        return Paired(0, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    diff = x - y
+    p_t = p_w = d = math.nan
+    if n >= 2:
+        sd = float(diff.std(ddof=1))
+        if sd > 0:
+            p_t = float(stats.ttest_rel(x, y).pvalue)
+            d = float(diff.mean() / sd)
+        elif diff.mean() != 0:
+            p_t, d = 0.0, math.copysign(math.inf, float(diff.mean()))
+        if np.any(diff != 0):
+            p_w = float(stats.wilcoxon(x, y).pvalue)
+    return Paired(n=n, wins=int((diff < 0).sum()), mean_a=float(x.mean()), mean_b=float(y.mean()),
+                  mean_difference=float(diff.mean()), p_value=p_t, wilcoxon_p=p_w, effect_size=d)
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "no test (too few seeds)"
+    return f"paired t-test p = {p:.2g}" if p >= 1e-4 else "paired t-test p < 0.0001"
+
+
+def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
+    """A plain sentence: 'GradNorm beats the best of 66 grid points on 3/3 seeds (...)'."""
+    if result.n == 0:
+        return f"{a} and {b} share no finished seed: no comparison."
+    effect = "" if math.isnan(result.effect_size) else f", effect size d = {result.effect_size:.2g}"
+    return (f"{a} beats {b}{b_detail} on {result.wins}/{result.n} seeds (mean task-normalised test loss "
+            f"{result.mean_a:.4g} vs {result.mean_b:.4g}, {_p(result.p_value)}{effect}).")

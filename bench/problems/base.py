@@ -1,0 +1,192 @@
+"""The multitask problem interface.
+
+A problem supplies, for a data seed, train / validation / test data; a model factory (a shared
+trunk plus one head per task); one loss per task; and one normaliser per task for the
+task-normalised metric `sum_i L_i / normaliser_i`.
+
+Models are built for R runs at once ("stacked"): every parameter has a leading run dimension,
+and slice r is an independent network with its own initialisation. A problem whose model cannot
+be stacked sets `supports_stacking = False` and is trained with R = 1.
+
+Tensor shapes used throughout:
+    inputs          (R, B, ...)  one batch per run (an expanded view when runs share data)
+    trunk output    (R, B, ...)
+    head inputs     a list of T tensors, each like the trunk output
+    predictions     a list of T tensors (R, B, ...)
+    losses          (R, T)       mean loss over the batch, per run and task
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+TaskKind = Literal["regression", "classification", "dense"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-task evaluation metric accumulated over chunks of a split.
+
+    `batch_stats(pred, target)` returns sums over the batch with shape (R, k); the sums of all
+    chunks are passed to `finalize(stats, n_examples)`, which returns one value per run (R,).
+    `higher_is_better` tells readers and plots which way is good.
+    """
+
+    name: str
+    batch_stats: Callable[[Tensor, Tensor], Tensor]
+    finalize: Callable[[Tensor, int], Tensor]
+    higher_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a multitask problem.
+
+    `loss(pred, target)` returns the mean loss over the batch for every run, shape (R,).
+    `normaliser` divides the task's loss in the task-normalised total (the toy uses sigma_i^2,
+    making the total equivalent up to scale to the paper's sum_i L_i(t) / L_i(0)).
+    """
+
+    name: str
+    kind: TaskKind
+    loss: Callable[[Tensor, Tensor], Tensor]
+    normaliser: float = 1.0
+    n_classes: int | None = None
+    metrics: tuple[Metric, ...] = ()
+
+    @property
+    def log_classes(self) -> float | None:
+        """log C, the expected cross-entropy of a uniform guess (GradNorm's optional L_i(0))."""
+        return math.log(self.n_classes) if self.kind == "classification" and self.n_classes else None
+
+
+@dataclass
+class Split:
+    """One split of a problem's data: inputs (N, ...) and one target tensor (N, ...) per task."""
+
+    inputs: Tensor
+    targets: tuple[Tensor, ...]
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Split":
+        def move(t: Tensor) -> Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return Split(move(self.inputs), tuple(move(t) for t in self.targets))
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split
+    test: Split
+
+    def items(self) -> list[tuple[str, Split]]:
+        return [("train", self.train), ("val", self.val), ("test", self.test)]
+
+
+class MultiTaskModel(nn.Module):
+    """A shared trunk plus one head per task, stacked over R runs.
+
+    Exposes what balancing methods need: the shared parameters, the last shared layer (GradNorm's
+    W), and the task-specific parameters of each head.
+    """
+
+    def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module], last_shared_layer: nn.Module,
+                 n_runs: int):
+        super().__init__()
+        self.trunk = trunk
+        self.heads = nn.ModuleList(heads)
+        self.last_shared_layer = last_shared_layer
+        self.n_runs = n_runs
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.heads)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
+
+    def task_parameters(self) -> list[list[nn.Parameter]]:
+        """The parameters that belong to each task's head, one list per task."""
+        return [list(head.parameters()) for head in self.heads]
+
+    def task_specific_parameters(self) -> list[nn.Parameter]:
+        return [p for params in self.task_parameters() for p in params]
+
+    def last_shared_weight(self) -> nn.Parameter:
+        return self.last_shared_layer.weight
+
+    def apply_heads(self, head_inputs: Sequence[Tensor]) -> list[Tensor]:
+        return [head(h) for head, h in zip(self.heads, head_inputs)]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        h = self.trunk(x)
+        return self.apply_heads([h] * self.n_tasks)
+
+
+class Problem(ABC):
+    """A multitask problem: data for a data seed, a stacked model factory, tasks and losses.
+
+    Subclasses set `name`, `Params` (a frozen dataclass of options, see `bench.params`) and
+    `description`, and implement `tasks`, `load` and `build_model`.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    description: ClassVar[str] = ""
+    supports_stacking: ClassVar[bool] = True
+
+    def __init__(self, params: Any):
+        self.params = params
+        self._data_cache: dict[int, DataSplits] = {}
+
+    @property
+    @abstractmethod
+    def tasks(self) -> list[TaskSpec]:
+        """The problem's tasks, in head order."""
+
+    @abstractmethod
+    def _load(self, data_seed: int) -> DataSplits:
+        """Build or read the train / validation / test data for this data seed."""
+
+    @abstractmethod
+    def build_model(self, init_seeds: Sequence[int]) -> MultiTaskModel:
+        """A model of len(init_seeds) stacked runs; slice r is initialised from init_seeds[r]."""
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def train_size(self) -> int | None:
+        """The number of training examples, if known without loading the data."""
+        return None
+
+    def load(self, data_seed: int) -> DataSplits:
+        """The data for `data_seed`, built once per problem instance."""
+        if data_seed not in self._data_cache:
+            self._data_cache[data_seed] = self._load(data_seed)
+        return self._data_cache[data_seed]
+
+    def losses(self, preds: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
+        """Per-run, per-task mean losses over the batch, shape (R, T)."""
+        return torch.stack([task.loss(p, y) for task, p, y in zip(self.tasks, preds, targets)], dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"tasks": self.task_names}
+

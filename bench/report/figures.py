@@ -1,0 +1,264 @@
+"""Figures of a comparison, drawn with seaborn / matplotlib from stored results only.
+
+Each function returns a matplotlib Figure, or None when the study has nothing to draw for it
+(no GradNorm arm, no grid, ...). `all_figures` returns (id, title, caption, figure) tuples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+from bench.compare.analysis import Comparison  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _records(c: Comparison) -> pd.DataFrame:
+    """Finished runs' records joined with their label and variant."""
+    info = c.runs.set_index(["arm", "run_key"])[["label", "variant", "kind", "seed", "status"]]
+    rows = []
+    for entry in c.records:
+        if entry["record"] is None:
+            continue
+        key = (entry["arm"], entry["run_key"])
+        if key in info.index:
+            rows.append({**info.loc[key].to_dict(), "arm": entry["arm"], "record": entry["record"]})
+    return pd.DataFrame(rows)
+
+
+def _chosen(c: Comparison, records: pd.DataFrame) -> pd.DataFrame:
+    """The runs that represent each label (a grid's selected point)."""
+    keep = [kind != "grid" or variant == c.grids[arm].selected
+            for arm, kind, variant in zip(records.arm, records.kind, records.variant)]
+    return records[keep]
+
+
+def weight_trajectories(c: Comparison) -> plt.Figure | None:
+    records = _records(c)
+    adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
+    if adaptive.empty:
+        return None
+    rows = []
+    for _, r in adaptive.iterrows():
+        for point in r.record["weights_trajectory"]:
+            for i, task in enumerate(c.tasks):
+                rows.append({"label": r.label, "seed": r.seed, "step": point[0], "task": task,
+                             "weight": point[1 + i]})
+    data = pd.DataFrame(rows)
+    labels = list(dict.fromkeys(data.label))
+    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.2), squeeze=False)
+    palette = dict(zip(c.tasks, sns.color_palette("colorblind", len(c.tasks))))
+    for ax, label in zip(axes[0], labels):
+        d = data[data.label == label]
+        sns.lineplot(data=d, x="step", y="weight", hue="task", units="seed", estimator=None,
+                     lw=0.9, alpha=0.8, palette=palette, ax=ax)
+        means = c.main.set_index("arm").loc[label, "weights"]
+        for task, mean in zip(c.tasks, means):
+            ax.axhline(mean, color=palette[task], ls="--", lw=1.2)
+        ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average")
+        ax.set_xlabel("step")
+        ax.set_ylabel("task weight w_i")
+    fig.tight_layout()
+    return fig
+
+
+def test_loss_curves(c: Comparison) -> plt.Figure | None:
+    records = _chosen(c, _records(c))
+    records = records[records.status == "ok"]
+    if records.empty:
+        return None
+    normalisers = None
+    rows = []
+    for _, r in records.iterrows():
+        rec = r.record
+        normalisers = rec["normalisers"]
+        for step, losses in zip(rec["curves"]["step"], rec["curves"]["test"]):
+            rows.append({"arm": r.label, "seed": r.seed, "step": step,
+                         "loss": sum(l / n for l, n in zip(losses, normalisers))})
+    data = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    sns.lineplot(data=data, x="step", y="loss", hue="arm", errorbar=("ci", 95), ax=ax,
+                 palette="colorblind")
+    ax.set_yscale("log")
+    ax.set_ylabel("task-normalised test loss (log scale)")
+    ax.set_title("Test loss during training (mean over seeds, 95% interval); grids: the point chosen on validation")
+    ax.legend(title=None, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _weights(c: Comparison, label: str) -> list[float]:
+    return list(c.main.set_index("arm").loc[label, "weights"])
+
+
+def _markers(c: Comparison) -> list[tuple[str, list[float]]]:
+    """Arms placed on grid figures: GradNorm (averaged weights), GradNorm static, equal."""
+    main = c.main[~c.main.kind.isin(["grid"])]
+    return [(row.arm, list(row.weights)) for row in main.itertuples()
+            if row.kind in ("gradnorm", "gradnorm-static", "equal", "static")
+            and not any(math.isnan(w) for w in row.weights)]
+
+
+def grid_landscape(c: Comparison) -> plt.Figure | None:
+    if not c.grids or len(c.tasks) not in (2, 3):
+        return None
+    arm, grid = next(iter(c.grids.items()))
+    points = grid.points[grid.points.failed == 0]
+    w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
+    loss = points.normalized_test_loss.to_numpy()
+    markers = _markers(c)
+    colours = sns.color_palette("colorblind", len(markers) + 1)
+    if len(c.tasks) == 2:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        order = np.argsort(w[:, 0])
+        ax.plot(w[order, 0], loss[order], "o-", color="0.35", ms=4, label=f"{arm} points")
+        best = points[points.selected].iloc[0]
+        ax.plot(best[f"weight_{c.tasks[0]}"], best.normalized_test_loss, "*", ms=16, color="gold",
+                mec="k", label="chosen on validation")
+        for (label, weights), colour in zip(markers, colours):
+            ax.axvline(weights[0], color=colour, ls="--", label=f"{label} (w_0 = {weights[0]:.2f})")
+        ax.set_xlabel(f"w_0 (weight of {c.tasks[0]}; w_1 = 2 - w_0)")
+        ax.set_ylabel("task-normalised test loss")
+        ax.set_yscale("log")
+        ax.set_title("Grid landscape: test loss of every static weighting (mean over seeds)")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+    # T = 3: a heat map on the simplex (barycentric -> plane).
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+
+    def xy(weights):
+        p = np.asarray(weights, dtype=float) / 3.0
+        return p @ corners
+
+    pts = xy(w)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    log_loss = np.log10(loss)
+    tri = ax.tricontourf(pts[:, 0], pts[:, 1], log_loss, levels=14, cmap="viridis_r")
+    ax.scatter(pts[:, 0], pts[:, 1], c=log_loss, cmap="viridis_r", s=18, edgecolors="k", linewidths=0.3)
+    cbar = fig.colorbar(tri, ax=ax, shrink=0.8)
+    cbar.set_label("log10 task-normalised test loss")
+    best = xy(grid.weights)
+    ax.plot(*best, "*", ms=18, color="gold", mec="k", label="grid: chosen on validation")
+    for (label, weights), colour, marker in zip(markers, colours, "osD^vP"):
+        ax.plot(*xy(weights), marker, ms=10, color=colour, mec="k", label=label)
+    for i, (x, y) in enumerate(corners):
+        ax.annotate(f"all weight on {c.tasks[i]}", (x, y), ha="center",
+                    va="top" if y == 0 else "bottom", fontsize="small",
+                    xytext=(0, -6 if y == 0 else 6), textcoords="offset points")
+    ax.plot(*np.vstack([corners, corners[:1]]).T, color="0.3", lw=1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("Grid landscape on the weight simplex (mean over seeds)")
+    ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(-0.05, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def distance_to_gradnorm(c: Comparison) -> plt.Figure | None:
+    """The paper's Figure 6: relative change in test loss against the L2 distance between each
+    grid point's weights and GradNorm's time-averaged weights."""
+    gradnorm = c.main[c.main.kind == "gradnorm"]
+    if not c.grids or gradnorm.empty:
+        return None
+    arm, grid = next(iter(c.grids.items()))
+    points = grid.points[grid.points.failed == 0]
+    w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
+    fig, axes = plt.subplots(1, len(gradnorm), figsize=(6.5 * len(gradnorm), 4.4), squeeze=False)
+    for ax, row in zip(axes[0], gradnorm.itertuples()):
+        distance = np.linalg.norm(w - np.asarray(row.weights), axis=1)
+        change = 100 * (points.normalized_test_loss.to_numpy() / row.normalized_test_loss - 1)
+        r, p = sps.pearsonr(distance, change) if len(points) > 2 else (math.nan, math.nan)
+        rho = sps.spearmanr(distance, change).statistic if len(points) > 2 else math.nan
+        sns.regplot(x=distance, y=change, ax=ax, scatter_kws={"s": 16}, line_kws={"color": "C3"})
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"L2 distance between grid weights and {row.arm}'s averaged weights")
+        ax.set_ylabel(f"test loss change vs {row.arm} (%)")
+        ax.set_title(f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {rho:.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def _pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Points not dominated (every loss <= and one <) by another point."""
+    n = len(values)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated = np.all(values <= values[i], axis=1) & np.any(values < values[i], axis=1)
+        mask[i] = not dominated.any()
+    return mask
+
+
+def pareto_front(c: Comparison) -> plt.Figure | None:
+    if not c.grids or len(c.tasks) < 2:
+        return None
+    arm, grid = next(iter(c.grids.items()))
+    points = grid.points[grid.points.failed == 0]
+    losses = points[[f"test_loss_{t}" for t in c.tasks]].to_numpy()
+    front = _pareto_mask(losses)
+    pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
+    per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
+    others = [lb for lb in per_task.index if lb != arm]
+    colours = dict(zip(others, sns.color_palette("colorblind", len(others))))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs), 4.6), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
+        ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
+        for label in others:
+            ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=90,
+                       marker="X", color=colours[label], edgecolors="k", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"test loss {c.tasks[i]}")
+        ax.set_ylabel(f"test loss {c.tasks[j]}")
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
+    fig.tight_layout()
+    return fig
+
+
+def overfitting_gaps(c: Comparison) -> plt.Figure | None:
+    records = _chosen(c, _records(c))
+    runs = c.runs[c.runs.status == "ok"]
+    keep = [kind != "grid" or variant == c.grids[arm].selected
+            for arm, kind, variant in zip(runs.arm, runs.kind, runs.variant)]
+    runs = runs[keep]
+    if runs.empty or records.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.6 * runs.label.nunique() + 1.8))
+    sns.barplot(data=runs, y="label", x="normalized_overfitting_gap", errorbar=("ci", 95), ax=ax,
+                color="C0", alpha=0.6)
+    sns.stripplot(data=runs, y="label", x="normalized_overfitting_gap", color="k", size=5, ax=ax)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("overfitting gap: task-normalised test minus train loss (per seed, mean and 95% interval)")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = [
+    ("weights", "GradNorm's task weights over training", weight_trajectories),
+    ("curves", "Test loss during training", test_loss_curves),
+    ("landscape", "The grid's landscape", grid_landscape),
+    ("distance", "Test loss against distance to GradNorm's weights", distance_to_gradnorm),
+    ("pareto", "Pareto front of per-task test losses", pareto_front),
+    ("gaps", "Overfitting gap per arm", overfitting_gaps),
+]
+
+
+def all_figures(c: Comparison) -> Iterator[tuple[str, str, plt.Figure]]:
+    for figure_id, title, draw in FIGURES:
+        fig = draw(c)
+        if fig is not None:
+            yield figure_id, title, fig

@@ -1,0 +1,123 @@
+"""Writing a comparison out: a self-contained HTML report plus its tables as CSV and Markdown.
+
+Everything lands in `reports/<study>/`: `index.html` (figures embedded as PNG data, no network
+needed), and `main`, `per_task`, `standings`, `comparisons` and `grid_points` as `.csv` and
+`.md`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib.pyplot as plt
+import pandas as pd
+from PIL import Image  # a dependency of matplotlib
+
+from bench.compare.analysis import Comparison
+from bench.environment import environment
+from bench.report.figures import all_figures
+
+REPORTS_DIR = Path("reports")
+GRID_ROWS_SHOWN = 20
+_env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"),
+                          autoescape=jinja2.select_autoescape(["html", "j2"]))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(f"{v:.3g}" for v in value) + ")"
+    return str(value)
+
+
+def display_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers rounded for reading, lists of weights written as tuples."""
+    return frame.apply(lambda col: col.map(_number))
+
+
+def _html(frame: pd.DataFrame, selected: pd.Series | None = None) -> str:
+    """An HTML table; rows where `selected` is true get the class "selected"."""
+    shown = display_table(frame).reset_index(drop=True)
+    styler = shown.style.hide(axis="index")
+    if selected is not None:
+        marks = [["selected" if s else ""] * shown.shape[1] for s in selected.tolist()]
+        styler = styler.set_td_classes(pd.DataFrame(marks, columns=shown.columns))
+    return styler.to_html()
+
+
+def tables(c: Comparison) -> dict[str, pd.DataFrame]:
+    main = c.main.copy()
+    grid_points = pd.concat([g.points.assign(grid=arm) for arm, g in c.grids.items()],
+                            ignore_index=True) if c.grids else pd.DataFrame()
+    return {"main": main, "per_task": c.per_task, "standings": c.standings,
+            "comparisons": c.comparisons, "grid_points": grid_points}
+
+
+def _figure_payload(figure_id: str, title: str, fig: plt.Figure) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:  # the size after bbox_inches
+        width, height = image.size
+    return {"id": figure_id, "title": title, "width": width, "height": height,
+            "data": base64.b64encode(buffer.getvalue()).decode("ascii")}
+
+
+def write_report(c: Comparison, folder: Path | None = None, storage: str | None = None) -> Path:
+    """Write reports/<study>/index.html and the tables; return the HTML file's path."""
+    folder = (folder or REPORTS_DIR) / c.study
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = tables(c)
+    for name, frame in frames.items():
+        if frame.empty:
+            continue
+        frame.to_csv(folder / f"{name}.csv", index=False)
+        (folder / f"{name}.md").write_text(display_table(frame).to_markdown(index=False) + "\n")
+
+    grid_tables = []
+    for arm, g in c.grids.items():
+        shown = g.points.head(GRID_ROWS_SHOWN)
+        grid_tables.append({"arm": arm, "n": len(g.points), "excluded": g.excluded,
+                            "shown": len(shown), "truncated": len(g.points) > len(shown),
+                            "html": _html(shown.drop(columns=["selected"]), shown.selected)})
+    manifest = c.manifest
+    run_env = dict(manifest.get("environment", {}))
+    versions = run_env.pop("versions", {})
+    run_env.update({f"version {k}": v for k, v in versions.items()})
+    report_env = environment()
+    report_versions = report_env.pop("versions")
+    report_env.update({f"version {k}": v for k, v in report_versions.items()})
+    devices = sorted({d for d in c.runs.device.dropna().unique()})
+    main_display = c.main.drop(columns=[col for col in ("kind",) if col in c.main])
+    html = _env.get_template("report.html.j2").render(
+        study=c.study, description=manifest.get("description", ""), tasks=c.tasks,
+        n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
+        generated=time.strftime("%Y-%m-%d %H:%M"), headline=c.headline,
+        sentences=list(c.comparisons.sentence) if not c.comparisons.empty else [],
+        main_table=_html(main_display),
+        standings_table=_html(c.standings) if not c.standings.empty else "",
+        per_task_table=_html(c.per_task),
+        comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
+        figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
+        grid_tables=grid_tables, study_file=manifest.get("study_file", c.study), storage=storage,
+        run_env=run_env, report_env=report_env, devices=devices,
+        study_text=manifest.get("study_text", ""),
+    )
+    path = folder / "index.html"
+    path.write_text(html)
+    return path

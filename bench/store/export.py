@@ -1,0 +1,69 @@
+"""Tidy tables of a study's runs, for pandas, spreadsheets and the comparison.
+
+`runs_table` has one row per finished run with its parameters and results as columns; per-task
+values are columns named `<what>_<task>` (e.g. `test_loss_task0`). `write_runs_table` saves it as
+CSV and Parquet under `results/<study>/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.store.results import ResultStore
+
+RESULTS_DIR = Path("results")
+
+
+def runs_table(store: ResultStore, study: str) -> pd.DataFrame:
+    manifest = store.require_manifest(study)
+    kinds = manifest.get("kinds", {})
+    tasks = manifest.get("task_names", [])
+    rows = [_row(entry, kinds.get(entry["arm"], ""), tasks) for entry in store.records(study)]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.sort_values(["arm", "run_key"]).reset_index(drop=True)
+
+
+def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
+    record = entry["record"] or {}
+    config = record.get("config", {})
+    attrs = entry["user_attrs"]
+    row: dict[str, Any] = {
+        "study": entry["study"], "arm": entry["arm"], "kind": kind, "run_key": entry["run_key"],
+        "trial": entry["trial"], "status": entry["status"], "reason": entry["reason"],
+        "seed": attrs.get("seed", entry["params"].get("seed")),
+        "data_seed": config.get("data_seed"),
+        "balancer": config.get("balancer"),
+        "alpha": entry["params"].get("alpha"),
+        "selection_value": entry["value"],
+    }
+    for name in ("normalized_train_loss", "normalized_val_loss", "normalized_test_loss",
+                 "normalized_overfitting_gap", "wall_time_s", "batch_wall_time_s", "batch_runs",
+                 "steps_done", "device", "failed_step"):
+        row[name] = record.get(name)
+    weights = attrs.get("weights")
+    for i, task in enumerate(tasks):
+        row[f"weight_{task}"] = weights[i] if weights else None
+        for what in ("mean_weights", "tail_mean_weights", "final_weights", "train_loss", "val_loss",
+                     "test_loss", "overfitting_gap"):
+            values = record.get(what)
+            row[f"{what.replace('_weights', '_weight')}_{task}"] = values[i] if values else None
+        for split, metrics in (record.get("metrics") or {}).items():
+            for metric, values in metrics.items():
+                row[f"{split}_{metric}_{task}"] = values[i]
+    return row
+
+
+def write_runs_table(store: ResultStore, study: str, folder: Path | None = None) -> list[Path]:
+    """Write `runs.csv` and `runs.parquet` for a study; return their paths."""
+    table = runs_table(store, study)
+    folder = (folder or RESULTS_DIR) / study
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, parquet = folder / "runs.csv", folder / "runs.parquet"
+    table.to_csv(csv, index=False)
+    table.to_parquet(parquet, index=False)
+    return [csv, parquet]

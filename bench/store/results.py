@@ -1,0 +1,332 @@
+"""The result store: a study's runs as trials of Optuna studies in one Optuna storage.
+
+Layout, for a study named S with arms A, B, ...:
+- Optuna study `S` (the manifest) holds the study file, its configuration hash, the package
+  version and the arm names as study user attributes;
+- Optuna study `S/A` per arm holds one trial per run. Its parameters are the run's weights (or
+  alpha, or sampled simplex coordinates) and seed; its value is the selection metric (the
+  task-normalised validation loss); its user attributes hold the run record.
+
+Every run is queued once, as a WAITING trial, when the study is first run (or when seeds are
+added); workers claim queued trials atomically (WAITING -> RUNNING, as Optuna's own queue does),
+so several processes on several machines can share one study without training a run twice.
+A run is finished when it has a COMPLETE trial, or a FAILED one whose `status` attribute is
+"failed" (it diverged, or its GradNorm run did). A trial failed by an interruption or a dead
+worker is not finished: a copy of it is queued again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from bench import __version__
+from bench.errors import BenchError, StorageError
+from bench.store.storage import DEFAULT_STORAGE, GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage
+
+MANIFEST = "bench:manifest"
+RUN_KEY = "run_key"
+STATUS = "status"
+REASON = "reason"
+WAIT_FOR_OTHERS_S = 120.0
+
+# The run record is kept in a few user attributes: each stays small enough for any RDB's text
+# column, and the per-step series are rounded to 4 significant digits (plenty for a plot).
+RECORD = "record"
+SERIES = ("weights_trajectory", "traces", "curves")
+RECORD_PARTS = (RECORD,) + SERIES
+# Shown by optuna-dashboard next to the trial's value.
+SUMMARY = ("normalized_test_loss", "normalized_train_loss", "normalized_overfitting_gap",
+           "mean_weights", "wall_time_s")
+
+
+def _rounded(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
+
+
+def record_to_attrs(record: dict[str, Any]) -> dict[str, Any]:
+    """User attributes holding a run record (see `attrs_to_record`)."""
+    attrs = {RECORD: {k: v for k, v in record.items() if k not in SERIES}}
+    attrs.update({k: _rounded(record[k]) for k in SERIES if k in record})
+    attrs.update({k: record[k] for k in SUMMARY if record.get(k) is not None})
+    return attrs
+
+
+def attrs_to_record(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    if RECORD not in attrs:
+        return None
+    return {**attrs[RECORD], **{k: attrs[k] for k in SERIES if k in attrs}}
+
+
+class StudyConfigChanged(BenchError):
+    """A study of this name exists with another configuration."""
+
+
+def arm_study_name(study: str, arm: str) -> str:
+    return f"{study}/{arm}"
+
+
+def is_finished(trial: FrozenTrial) -> bool:
+    """Whether this trial settles its run (complete, or failed for a reason of its own)."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS) == "failed"
+    )
+
+
+@dataclass
+class ArmTrials:
+    """The trials of one arm, the latest trial per run key first in `by_key`."""
+
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    by_key: dict[str, FrozenTrial] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in self.trials:
+            key = t.user_attrs.get(RUN_KEY)
+            if key is None:
+                continue
+            best = self.by_key.get(key)
+            # A finished trial settles its key; otherwise the newest (a retry) speaks for it.
+            if best is None or (not is_finished(best) and (is_finished(t) or t.number > best.number)):
+                self.by_key[key] = t
+
+
+@dataclass
+class StudyProgress:
+    total: int
+    done: int
+    failed: int
+    running: int
+    waiting: int
+
+    @property
+    def left(self) -> int:
+        return self.total - self.done
+
+
+class ResultStore:
+    """One Optuna storage holding any number of studies."""
+
+    def __init__(self, url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD):
+        self.url = url or DEFAULT_STORAGE
+        self.storage = open_storage(self.url, heartbeat_interval=heartbeat_interval,
+                                    grace_period=grace_period)
+
+    # ------------------------------------------------------------------ studies
+    def study_names(self) -> list[str]:
+        """The bench studies in this storage (their manifests), oldest first."""
+        return [s.study_name for s in self.storage.get_all_studies()
+                if s.user_attrs.get(MANIFEST)]
+
+    def manifest(self, name: str) -> dict[str, Any] | None:
+        try:
+            study_id = self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return None
+        attrs = self.storage.get_study_user_attrs(study_id)
+        return attrs if attrs.get(MANIFEST) else None
+
+    def require_manifest(self, name: str) -> dict[str, Any]:
+        manifest = self.manifest(name)
+        if manifest is None:
+            known = ", ".join(self.study_names()) or "none yet"
+            raise BenchError(f"no study named {name!r} in {self.url} (studies there: {known}); "
+                             "run it first with `bench run --study ...`")
+        return manifest
+
+    def register(self, name: str, config_hash: str, attrs: dict[str, Any], *,
+                 new_version: bool = False) -> str:
+        """The stored name for a study with this configuration: `name`, or with --new-version
+        the first `name-vN` that is free or holds the same configuration. A different
+        configuration under the same name is refused, never mixed in."""
+        for version in range(1, 1000):
+            candidate = name if version == 1 else f"{name}-v{version}"
+            try:
+                study = optuna.create_study(storage=self.storage, study_name=candidate,
+                                            load_if_exists=False)
+            except DuplicatedStudyError:
+                stored = self._wait_for_manifest(candidate)
+                if stored.get("config_hash") == config_hash:
+                    return candidate
+                if not new_version:
+                    raise StudyConfigChanged(
+                        f"study {name!r} in {self.url} was run with another configuration "
+                        f"(stored {stored.get('config_hash')}, now {config_hash}); results are never "
+                        f"mixed: pass --new-version to store this one as a new version "
+                        f"(first free: {name}-v{version + 1}), or --storage for another store"
+                    ) from None
+                continue
+            except optuna.exceptions.StorageInternalError as err:
+                raise StorageError(f"cannot write to the storage {self.url}: {err}") from None
+            for key, value in {**attrs, "config_hash": config_hash, "version": __version__,
+                               "created": time.time(), MANIFEST: True}.items():
+                study.set_user_attr(key, value)
+            return candidate
+        raise BenchError(f"too many versions of study {name!r}")
+
+    def _wait_for_manifest(self, name: str) -> dict[str, Any]:
+        # The manifest's creator writes its attributes right after creating it.
+        deadline = time.monotonic() + WAIT_FOR_OTHERS_S
+        while True:
+            attrs = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(name))
+            if attrs.get(MANIFEST):
+                return attrs
+            if attrs.get("config_hash") is None and time.monotonic() > deadline:
+                raise BenchError(f"the Optuna study {name!r} in {self.url} is not a bench study "
+                                 "(no manifest); choose another study name")
+            time.sleep(0.2)
+
+    def arm_study(self, study: str, arm: str,
+                  sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+        return optuna.create_study(storage=self.storage, study_name=arm_study_name(study, arm),
+                                   sampler=sampler, load_if_exists=True)
+
+    # ------------------------------------------------------------------ queueing
+    def queue_once(self, study: str, runset_id: str,
+                   runs_by_arm: dict[str, list[tuple[str, dict[str, tuple[Any, BaseDistribution]]]]]
+                   ) -> int:
+        """Queue every run not yet in the store, exactly once even with many workers starting
+        together: the worker that creates the lock study `study#queue-<runset_id>` queues, the
+        others wait until it is done. Returns the number of runs this call queued."""
+        lock_name = f"{study}#queue-{runset_id}"
+        try:
+            lock = optuna.create_study(storage=self.storage, study_name=lock_name, load_if_exists=False)
+        except DuplicatedStudyError:
+            deadline = time.monotonic() + WAIT_FOR_OTHERS_S
+            lock_id = self.storage.get_study_id_from_name(lock_name)
+            while not self.storage.get_study_user_attrs(lock_id).get("done"):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"another worker has been queuing the runs of {study!r} for over "
+                                     f"{WAIT_FOR_OTHERS_S:.0f} s; if it died, delete the Optuna "
+                                     f"study {lock_name!r} and run again")
+                time.sleep(0.2)
+            return 0
+        queued = 0
+        for arm, runs in runs_by_arm.items():
+            arm_study = self.arm_study(study, arm)
+            present = {t.user_attrs.get(RUN_KEY) for t in arm_study.get_trials(deepcopy=False)}
+            for key, params in runs:
+                if key in present:
+                    continue
+                arm_study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.WAITING,
+                    params={n: v for n, (v, _) in params.items()},
+                    distributions={n: d for n, (_, d) in params.items()},
+                    user_attrs={RUN_KEY: key},
+                ))
+                queued += 1
+        lock.set_user_attr("done", True)
+        return queued
+
+    # ------------------------------------------------------------------ workers
+    def arm_trials(self, study: str, arms: Iterable[str],
+                   samplers: dict[str, optuna.samplers.BaseSampler] | None = None
+                   ) -> dict[str, ArmTrials]:
+        out = {}
+        for arm in arms:
+            s = self.arm_study(study, arm, (samplers or {}).get(arm))
+            out[arm] = ArmTrials(s, s.get_trials(deepcopy=False))
+        return out
+
+    def fail_stale(self, study: str, arms: Iterable[str]) -> None:
+        """Fail runs whose worker stopped beating, and queue them again."""
+        for arm in arms:
+            fail_stale_trials(self.arm_study(study, arm))
+
+    def claim(self, trial: FrozenTrial) -> bool:
+        """Take a queued trial (WAITING -> RUNNING); False if another worker took it first."""
+        try:
+            claimed = self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+        except UpdateFinishedTrialError:
+            return False
+        if claimed:
+            self.heartbeat([trial._trial_id])
+        return claimed
+
+    def heartbeat(self, trial_ids: Sequence[int]) -> None:
+        record = getattr(self.storage, "record_heartbeat", None)
+        if record is not None and self.storage.get_heartbeat_interval() is not None:
+            for trial_id in trial_ids:
+                record(trial_id)
+
+    def set_params(self, trial_id: int, params: dict[str, tuple[Any, BaseDistribution]]) -> None:
+        for name, (value, distribution) in params.items():
+            self.storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
+
+    def complete(self, study: optuna.Study, trial: FrozenTrial, value: float, attrs: dict[str, Any]) -> None:
+        for key, v in attrs.items():
+            self.storage.set_trial_user_attr(trial._trial_id, key, v)
+        study.tell(trial.number, value)
+
+    def fail(self, study: optuna.Study, trial: FrozenTrial, reason: str,
+             attrs: dict[str, Any] | None = None) -> None:
+        """The run failed for a reason of its own (it diverged): finished, not retried."""
+        for key, v in {**(attrs or {}), STATUS: "failed", REASON: reason}.items():
+            self.storage.set_trial_user_attr(trial._trial_id, key, v)
+        study.tell(trial.number, state=TrialState.FAIL)
+
+    def release(self, study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+        """Give a claimed run back (interrupted): its trial fails and a copy is queued again."""
+        try:
+            before = self.storage.get_trial(trial._trial_id)
+            if before.state != TrialState.RUNNING:
+                return
+            self.storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            return
+        RetryHeartbeatStaleTrialCallback()(study, before)
+
+    def progress(self, study: str, expected: dict[str, list[str]]) -> StudyProgress:
+        trials = self.arm_trials(study, expected)
+        done = failed = running = waiting = 0
+        for arm, keys in expected.items():
+            by_key = trials[arm].by_key
+            for key in keys:
+                t = by_key.get(key)
+                if t is None:
+                    continue
+                if is_finished(t):
+                    done += 1
+                    failed += t.state == TrialState.FAIL
+                elif t.state == TrialState.RUNNING:
+                    running += 1
+                elif t.state == TrialState.WAITING:
+                    waiting += 1
+        total = sum(len(k) for k in expected.values())
+        return StudyProgress(total=total, done=done, failed=failed, running=running, waiting=waiting)
+
+    # ------------------------------------------------------------------ reading
+    def records(self, study: str) -> list[dict[str, Any]]:
+        """One dict per finished run of a study: arm, key, params, value, status and record."""
+        manifest = self.require_manifest(study)
+        out = []
+        for arm in manifest["arms"]:
+            for key, t in self.arm_trials(study, [arm])[arm].by_key.items():
+                if not is_finished(t):
+                    continue
+                out.append({
+                    "study": study, "arm": arm, "run_key": key, "trial": t.number,
+                    "params": dict(t.params), "value": t.value,
+                    "status": "ok" if t.state == TrialState.COMPLETE else "failed",
+                    "reason": t.user_attrs.get(REASON),
+                    "record": attrs_to_record(t.user_attrs),
+                    "user_attrs": {k: v for k, v in t.user_attrs.items() if k not in RECORD_PARTS},
+                })
+        return out

@@ -1,0 +1,348 @@
+"""The arms of a study: what each one trains, as a list of runs keyed by (arm, point, seed).
+
+Each arm kind parses its table of the study file and expands to `RunSpec`s. `ARM_KINDS` is the
+registry the study file's `kind` field is checked against.
+
+- `grid`: static weights on the simplex, an exhaustive regular grid (or a list of points), or
+  `n_trials` points proposed by an Optuna sampler on the unit cube mapped to the simplex
+  (see `bench.study.simplex`).
+- `gradnorm`: GradNorm at one or more alpha values, with any GradNorm option.
+- `gradnorm-static`: for every run of a GradNorm arm, its time-averaged weights (whole run or the
+  tail window) retrained from scratch with the same seed: the paper's "GradNorm static".
+- `equal`, `static`, `uncertainty`, `dwa`: the baselines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+
+from bench.balancers import balancer_class
+from bench.errors import ConfigError
+from bench.params import build_params, params_to_dict
+from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
+
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "grid")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study, before training.
+
+    `params` are the trial parameters known when the run is queued (name -> (value,
+    distribution)). A run that `depends_on` another run of the study gets the rest when it is
+    claimed: GradNorm static takes its weights from its finished GradNorm run ("complete"); a
+    sampled grid point's other seeds take the point its first seed's trial sampled ("params").
+    """
+
+    arm: str
+    key: str
+    seed: int
+    balancer: str
+    balancer_params: Mapping[str, Any]
+    params: Mapping[str, tuple[Any, BaseDistribution]] = field(default_factory=dict)
+    depends_on: tuple[str, str] | None = None
+    dependency: str | None = None  # "complete" or "params"
+    proposal: bool = False  # the trial whose parameters an Optuna sampler chooses
+
+
+def seed_param(seed: int) -> tuple[int, IntDistribution]:
+    # A single-valued distribution: samplers never treat the seed as something to search.
+    return seed, IntDistribution(seed, seed)
+
+
+def weight_params(weights: Sequence[float]) -> dict[str, tuple[float, FloatDistribution]]:
+    T = len(weights)
+    return {f"w{i}": (float(w), FloatDistribution(0.0, float(T))) for i, w in enumerate(weights)}
+
+
+def format_weights(weights: Sequence[float]) -> str:
+    return ",".join(f"{w:.6g}" for w in weights)
+
+
+class Arm:
+    """An arm of a study. Subclasses parse their table and expand to runs."""
+
+    kind: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()
+    takes_balancer_options: ClassVar[str | None] = None  # balancer whose options the table may hold
+
+    def __init__(self, name: str, table: Mapping[str, Any], *, tasks: int, source: str):
+        self.name = name
+        self.tasks = tasks
+        self.source = source
+        table = dict(table)
+        table.pop("kind", None)
+        own = {k: table.pop(k) for k in list(table) if k in self.options}
+        self.balancer_params: dict[str, Any] = {}
+        if self.takes_balancer_options is not None:
+            params = build_params(balancer_class(self.takes_balancer_options).Params, table,
+                                  source=source, prefix=f"arms.{name}.", owner=f"a '{self.kind}' arm")
+            # Keep only what the file set: defaults stay the balancer's, not frozen in the study.
+            self.balancer_params = {k: v for k, v in params_to_dict(params).items() if k in table}
+            table = {}
+        if table:
+            raise ConfigError(self.field(sorted(table)[0]), "an option of a "
+                              f"'{self.kind}' arm ({', '.join(self.options) or 'none'})", source=source)
+        self.parse(own)
+
+    def field(self, name: str) -> str:
+        return f"arms.{self.name}.{name}"
+
+    def error(self, name: str, expected: str, got: Any = None) -> ConfigError:
+        return ConfigError(self.field(name), expected, got, source=self.source)
+
+    def parse(self, options: dict[str, Any]) -> None:
+        """Check this arm's own options (not the balancer's)."""
+
+    def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.balancer_params}
+
+
+class BaselineArm(Arm):
+    """A balancer trained once per seed with fixed options."""
+
+    balancer: ClassVar[str]
+
+    def runs(self, seeds):
+        return [RunSpec(self.name, f"seed={s}", s, self.balancer, dict(self.balancer_params),
+                        {"seed": seed_param(s)}) for s in seeds]
+
+
+class EqualArm(BaselineArm):
+    kind = balancer = "equal"
+    takes_balancer_options = "equal"
+
+
+class UncertaintyArm(BaselineArm):
+    kind = balancer = "uncertainty"
+    takes_balancer_options = "uncertainty"
+
+
+class DWAArm(BaselineArm):
+    kind = balancer = "dwa"
+    takes_balancer_options = "dwa"
+
+
+class StaticArm(Arm):
+    """One fixed set of weights, for example weights a user tuned by hand."""
+
+    kind = "static"
+    options = ("weights",)
+
+    def parse(self, options):
+        if "weights" not in options:
+            raise self.error("weights", f"a list of {self.tasks} non-negative weights")
+        self.weights = _check_point(self, "weights", options["weights"], self.tasks)
+
+    def runs(self, seeds):
+        return [RunSpec(self.name, f"seed={s}", s, "static", {"weights": list(self.weights)},
+                        {**weight_params(self.weights), "seed": seed_param(s)}) for s in seeds]
+
+    def describe(self):
+        return {"kind": self.kind, "weights": list(self.weights)}
+
+
+def _check_point(arm: Arm, name: str, value: Any, tasks: int) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != tasks:
+        raise arm.error(name, f"a list of {tasks} weights, one per task", value)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise arm.error(name, "finite numbers", value)
+    if any(v < 0 for v in value):
+        raise arm.error(name, "non-negative weights", value)
+    if sum(value) <= 0:
+        raise arm.error(name, "weights that do not all equal zero", value)
+    return normalise([float(v) for v in value])
+
+
+class GridArm(Arm):
+    """Static weights on the simplex: exhaustive, a list of points, or sampled by Optuna."""
+
+    kind = "grid"
+    options = ("method", "resolution", "points", "sampler", "n_trials", "parallel_points",
+               "sampler_seed")
+
+    def parse(self, options):
+        self.method = options.get("method", "exhaustive")
+        if self.method not in ("exhaustive", "optuna"):
+            raise self.error("method", "'exhaustive' or 'optuna'", self.method)
+        if self.method == "exhaustive":
+            for bad in ("sampler", "n_trials", "parallel_points", "sampler_seed"):
+                if bad in options:
+                    raise self.error(bad, "no sampler option with method = 'exhaustive'", options[bad])
+            if ("resolution" in options) == ("points" in options):
+                raise self.error("resolution", "either a resolution or a list of points (one of the two)")
+            if "points" in options:
+                points = options["points"]
+                if not isinstance(points, list) or not points:
+                    raise self.error("points", "a non-empty list of points", points)
+                self.points = [_check_point(self, f"points[{i}]", p, self.tasks) for i, p in enumerate(points)]
+                self.resolution = None
+            else:
+                self.resolution = options["resolution"]
+                if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, float)):
+                    raise self.error("resolution", "a number such as 0.1 (1 / resolution divisions)",
+                                     self.resolution)
+                try:
+                    grid_divisions(self.resolution)
+                except ValueError as err:
+                    raise self.error("resolution", f"a number in (0, 1] whose inverse is whole ({err})",
+                                     self.resolution) from None
+                self.points = simplex_grid(self.tasks, self.resolution)
+            return
+        for bad in ("resolution", "points"):
+            if bad in options:
+                raise self.error(bad, "no grid points with method = 'optuna' (the sampler proposes them)",
+                                 options[bad])
+        self.sampler_name = options.get("sampler", "tpe")
+        if self.sampler_name not in SAMPLERS:
+            raise self.error("sampler", "one of " + ", ".join(SAMPLERS), self.sampler_name)
+        self.n_trials = options.get("n_trials")
+        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or self.n_trials < 1:
+            raise self.error("n_trials", "a whole number of points >= 1", self.n_trials)
+        self.parallel_points = options.get("parallel_points", 8)
+        if not isinstance(self.parallel_points, int) or self.parallel_points < 1:
+            raise self.error("parallel_points", "a whole number >= 1", self.parallel_points)
+        self.sampler_seed = options.get("sampler_seed", 0)
+        if not isinstance(self.sampler_seed, int):
+            raise self.error("sampler_seed", "an integer", self.sampler_seed)
+        if self.tasks < 2:
+            raise self.error("method", "at least two tasks for a sampled grid", self.tasks)
+
+    def runs(self, seeds):
+        if self.method == "exhaustive":
+            return [
+                RunSpec(self.name, f"w={format_weights(p)}/seed={s}", s, "static", {"weights": list(p)},
+                        {**weight_params(p), "seed": seed_param(s)})
+                for p in self.points for s in seeds
+            ]
+        first = seeds[0]
+        out = []
+        for k in range(self.n_trials):
+            out.append(RunSpec(self.name, f"point={k}/seed={first}", first, "static", {},
+                               {"seed": seed_param(first)}, proposal=True))
+            out.extend(
+                RunSpec(self.name, f"point={k}/seed={s}", s, "static", {}, {"seed": seed_param(s)},
+                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params")
+                for s in seeds[1:]
+            )
+        return out
+
+    # Sampled grids ---------------------------------------------------------------------
+    @property
+    def sampled(self) -> bool:
+        return self.method == "optuna"
+
+    def cube_distributions(self) -> dict[str, FloatDistribution]:
+        return {f"z{k}": FloatDistribution(0.0, 1.0) for k in range(self.tasks - 1)}
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        seed = self.sampler_seed
+        if self.sampler_name == "tpe":
+            # constant_liar: points proposed side by side in one batch avoid each other.
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
+        if self.sampler_name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if self.sampler_name == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+        if self.sampler_name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed)
+        per_dim = max(2, math.ceil(self.n_trials ** (1 / (self.tasks - 1))))
+        space = {name: [i / (per_dim - 1) for i in range(per_dim)] for name in self.cube_distributions()}
+        return optuna.samplers.GridSampler(space, seed=seed)
+
+    def weights_from_cube(self, params: Mapping[str, float]) -> tuple[float, ...]:
+        return cube_to_simplex([params[f"z{k}"] for k in range(self.tasks - 1)], self.tasks)
+
+    def describe(self):
+        if self.method == "exhaustive":
+            return {"kind": self.kind, "method": self.method, "resolution": self.resolution,
+                    "points": [list(p) for p in self.points] if self.resolution is None else len(self.points)}
+        return {"kind": self.kind, "method": self.method, "sampler": self.sampler_name,
+                "n_trials": self.n_trials, "parallel_points": self.parallel_points,
+                "sampler_seed": self.sampler_seed}
+
+
+class GradNormArm(Arm):
+    """GradNorm at one or more alpha values; every other GradNorm option applies to all."""
+
+    kind = "gradnorm"
+    options = ("alpha",)
+    takes_balancer_options = "gradnorm"
+
+    def parse(self, options):
+        alpha = options.get("alpha", [1.5])
+        alphas = alpha if isinstance(alpha, list) else [alpha]
+        if not alphas:
+            raise self.error("alpha", "a number >= 0 or a non-empty list of them", alpha)
+        for a in alphas:
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+                raise self.error("alpha", "finite numbers >= 0", alpha)
+        if len(set(alphas)) != len(alphas):
+            raise self.error("alpha", "distinct values", alpha)
+        self.alphas = [float(a) for a in alphas]
+
+    def runs(self, seeds):
+        return [
+            RunSpec(self.name, f"alpha={a:g}/seed={s}", s, "gradnorm", {**self.balancer_params, "alpha": a},
+                    {"alpha": (a, FloatDistribution(0.0, max(10.0, a))), "seed": seed_param(s)})
+            for a in self.alphas for s in seeds
+        ]
+
+    def describe(self):
+        return {"kind": self.kind, "alpha": self.alphas, **self.balancer_params}
+
+
+class GradNormStaticArm(Arm):
+    """GradNorm static: each GradNorm run's time-averaged weights, retrained from scratch."""
+
+    kind = "gradnorm-static"
+    options = ("source", "window")
+
+    def parse(self, options):
+        self.source_arm = options.get("source")
+        self.window = options.get("window", "all")
+        if self.window not in ("all", "tail"):
+            raise self.error("window", "'all' (the whole run) or 'tail' (the budget's tail_fraction)",
+                             self.window)
+
+    def bind(self, arms: Mapping[str, Arm]) -> None:
+        """Find the GradNorm arm this arm retrains (the only one, unless `source` names it)."""
+        gradnorm_arms = [a for a in arms.values() if isinstance(a, GradNormArm)]
+        if self.source_arm is None:
+            if len(gradnorm_arms) != 1:
+                raise self.error("source", "the name of the GradNorm arm to retrain "
+                                 f"(the study has {len(gradnorm_arms)})")
+            self.source_arm = gradnorm_arms[0].name
+        if not isinstance(arms.get(self.source_arm), GradNormArm):
+            raise self.error("source", "the name of a gradnorm arm of this study",
+                             self.source_arm)
+        self.gradnorm = arms[self.source_arm]
+
+    def runs(self, seeds):
+        return [
+            RunSpec(self.name, run.key, run.seed, "static", {}, {"seed": seed_param(run.seed)},
+                    depends_on=(self.source_arm, run.key), dependency="complete")
+            for run in self.gradnorm.runs(seeds)
+        ]
+
+    def weights_from(self, source_record: Mapping[str, Any]) -> list[float]:
+        key = "mean_weights" if self.window == "all" else "tail_mean_weights"
+        return list(source_record[key])
+
+    def describe(self):
+        return {"kind": self.kind, "source": self.source_arm, "window": self.window}
+
+
+ARM_KINDS: dict[str, type[Arm]] = {
+    cls.kind: cls for cls in (GridArm, GradNormArm, GradNormStaticArm, EqualArm, StaticArm,
+                              UncertaintyArm, DWAArm)
+}

@@ -1,0 +1,351 @@
+"""The study manager: queues a study's runs in the result store, claims them, trains them in
+stacked batches (in parallel with joblib when asked), and stores every record.
+
+Any number of managers may work on one study at once, on one machine or many, sharing its
+storage: each claims queued runs atomically, so no run is trained twice; a run held by a worker
+that died is queued again once its heartbeat is stale; Ctrl-C gives the runs in hand back.
+
+Order of work: the runs that others wait for go first. GradNorm static runs can only start once
+their GradNorm run is finished (by whichever worker); the other seeds of a point an Optuna sampler
+proposed start once that point is known.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from joblib import Parallel, delayed
+from optuna.trial import FrozenTrial, TrialState
+
+from bench import __version__
+from bench.environment import environment
+from bench.errors import BenchError
+from bench.store.results import (
+    REASON, RUN_KEY, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
+)
+from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
+from bench.study.spec import StudySpec
+from bench.training import RunConfig, train_runs
+from bench.training.config import config_hash
+
+# Runs stacked into one model at most: past this, batched matrix products stop getting faster
+# per run on a CPU (see `bench perf`), and memory grows linearly.
+DEFAULT_BATCH_RUNS = 72
+
+
+class Interrupted(BenchError):
+    exit_code = 130
+
+
+@dataclass
+class Claimed:
+    """A run this worker holds: its trial, its spec and the configuration it trains with."""
+
+    arm: str
+    trial: FrozenTrial
+    run: RunSpec
+    study: optuna.Study
+    config: RunConfig | None = None
+    weights: list[float] | None = None
+
+
+def _train_batch(index: int, configs: list[dict[str, Any]], threads: int
+                 ) -> tuple[int, list[dict[str, Any]]]:
+    """A joblib task: train one batch in a worker process; return its index and records."""
+    torch.set_num_threads(threads)
+    return index, [r.to_dict() for r in train_runs([RunConfig.from_dict(c) for c in configs])]
+
+
+class HeartbeatThread:
+    """Records the heartbeat of every run this worker holds, every `interval` seconds."""
+
+    def __init__(self, store: ResultStore, interval: float):
+        self.store, self.interval = store, interval
+        self.trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-heartbeat")
+
+    def __enter__(self) -> "HeartbeatThread":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def hold(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self.trial_ids.update(ids)
+
+    def drop(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self.trial_ids.difference_update(ids)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.trial_ids)
+            try:
+                self.store.heartbeat(ids)
+            except Exception:  # a missed beat is retried at the next interval
+                pass
+
+
+class StudyRunner:
+    """Runs a study against a result store until every run of it is finished."""
+
+    def __init__(self, spec: StudySpec, store: ResultStore, *, jobs: int = 1,
+                 batch_runs: int | None = None, device: str = "auto", new_version: bool = False,
+                 poll_interval: float = 1.0,
+                 on_progress: Callable[[float, int], None] | None = None):
+        if jobs < 1:
+            raise BenchError("--jobs must be at least 1")
+        self.spec = spec
+        self.store = store
+        self.jobs = jobs
+        self.batch_runs = batch_runs or DEFAULT_BATCH_RUNS
+        self.device = device
+        self.new_version = new_version
+        self.poll_interval = poll_interval
+        self.on_progress = on_progress
+        self.name = spec.name
+        self.runs: dict[str, dict[str, RunSpec]] = defaultdict(dict)
+        for run in spec.runs():
+            self.runs[run.arm][run.key] = run
+        self.samplers = {name: arm.sampler() for name, arm in spec.arms.items()
+                         if isinstance(arm, GridArm) and arm.sampled}
+        # Arms whose runs others depend on go first.
+        self.arm_order = sorted(spec.arms, key=lambda a: (not isinstance(spec.arms[a], GradNormArm),
+                                                          isinstance(spec.arms[a], GradNormStaticArm)))
+        self.in_flight: list[Claimed] = []
+        self.trained_here = 0
+
+    # ------------------------------------------------------------------ setting up
+    def prepare(self) -> str:
+        """Register the study (refusing a changed configuration) and queue its runs once."""
+        spec = self.spec
+        attrs = {
+            "arms": list(spec.arms),
+            "kinds": {name: arm.kind for name, arm in spec.arms.items()},
+            "gradnorm_static_sources": {name: arm.source_arm for name, arm in spec.arms.items()
+                                        if isinstance(arm, GradNormStaticArm)},
+            "identity": spec.identity(),
+            "study_text": spec.text,
+            "study_file": spec.path,
+            "description": spec.description,
+            "task_names": _task_names(spec),
+            "environment": environment(),
+        }
+        self.name = self.store.register(spec.name, spec.config_hash(), attrs, new_version=self.new_version)
+        expected = {arm: sorted(runs) for arm, runs in self.runs.items()}
+        runset = config_hash({"identity": spec.identity(), "runs": expected})
+        by_arm = {arm: [(run.key, dict(run.params)) for run in self.runs[arm].values()]
+                  for arm in spec.arms}
+        self.store.queue_once(self.name, runset, by_arm)
+        return self.name
+
+    def progress(self) -> StudyProgress:
+        return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()})
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> StudyProgress:
+        self.prepare()
+        interval = self.store.storage.get_heartbeat_interval() if hasattr(
+            self.store.storage, "get_heartbeat_interval") else None
+        with HeartbeatThread(self.store, interval or 5) as heartbeat:
+            self.heartbeat = heartbeat
+            try:
+                while True:
+                    self.store.fail_stale(self.name, self.spec.arms)
+                    claimed = self.claim_wave()
+                    if claimed:
+                        self.train(claimed)
+                        continue
+                    progress = self.progress()
+                    self._report(progress.done)
+                    if progress.left == 0:
+                        return progress
+                    if progress.running == 0 and progress.waiting == 0:
+                        raise BenchError(f"study {self.name!r}: {progress.left} runs are neither "
+                                         "queued nor running; run `bench run` again to queue them")
+                    # Others hold the remaining runs, or their dependencies: wait for them.
+                    time.sleep(self.poll_interval)
+            except KeyboardInterrupt:
+                released = self.release_all("interrupted (Ctrl-C)")
+                raise Interrupted(f"interrupted: {released} runs in hand were queued again; "
+                                  f"run the same command to continue") from None
+
+    def release_all(self, reason: str) -> int:
+        held = self.in_flight
+        self.in_flight = []
+        for claimed in held:
+            self.store.release(claimed.study, claimed.trial, reason)
+        return len(held)
+
+    # ------------------------------------------------------------------ claiming
+    def claim_wave(self) -> list[Claimed]:
+        """Claim the runs that can start now, up to `jobs * batch_runs` of them."""
+        capacity = self.jobs * self.batch_runs
+        claimed: list[Claimed] = []
+        # Proposals first: their points let the other seeds of each point start in this wave.
+        for arm_name in self.samplers:
+            arm: GridArm = self.spec.arms[arm_name]  # type: ignore[assignment]
+            trials = self.store.arm_trials(self.name, [arm_name], self.samplers)[arm_name]
+            for trial in _waiting(trials.trials):
+                if len(claimed) >= min(capacity, arm.parallel_points):
+                    break
+                run = self.runs[arm_name].get(trial.user_attrs.get(RUN_KEY))
+                if run is None or not run.proposal or not self.store.claim(trial):
+                    continue
+                params = trial.params
+                if not all(name in params for name in arm.cube_distributions()):
+                    sampled = optuna.Trial(trials.study, trial._trial_id)
+                    params = {name: sampled.suggest_float(name, d.low, d.high)
+                              for name, d in arm.cube_distributions().items()}
+                claimed.append(self._hold(arm_name, trial, run, trials.study,
+                                          weights=list(arm.weights_from_cube(params))))
+        everything = self.store.arm_trials(self.name, self.spec.arms, self.samplers)
+        for arm_name in self.arm_order:
+            trials = everything[arm_name]
+            for trial in _waiting(trials.trials):
+                if len(claimed) >= capacity:
+                    return claimed
+                run = self.runs[arm_name].get(trial.user_attrs.get(RUN_KEY))
+                if run is None or run.proposal:
+                    continue
+                resolved = self._resolve(run, everything)
+                if resolved is None or not self.store.claim(trial):
+                    continue
+                weights, failure = resolved
+                if failure is not None:
+                    self.store.fail(trials.study, trial, failure)
+                    continue
+                if weights is not None and run.dependency is not None:
+                    extra = (weight_params(weights) if run.dependency == "complete"
+                             else _cube_params(self.spec.arms[arm_name], everything, run))
+                    self.store.set_params(trial._trial_id, extra)
+                claimed.append(self._hold(arm_name, trial, run, trials.study, weights=weights))
+        return claimed
+
+    def _resolve(self, run: RunSpec, everything) -> tuple[list[float] | None, str | None] | None:
+        """(weights, failure) for a run whose dependency is met; None while it is not."""
+        if run.depends_on is None:
+            return (list(run.balancer_params["weights"]) if "weights" in run.balancer_params else None), None
+        arm, key = run.depends_on
+        dep = everything[arm].by_key.get(key)
+        if run.dependency == "params":
+            grid: GridArm = self.spec.arms[run.arm]  # type: ignore[assignment]
+            if dep is None or not all(name in dep.params for name in grid.cube_distributions()):
+                return None
+            return list(grid.weights_from_cube(dep.params)), None
+        if dep is None or not is_finished(dep):
+            return None
+        if dep.state != TrialState.COMPLETE:
+            return None, f"its GradNorm run {key} failed: {dep.user_attrs.get(REASON)}"
+        static: GradNormStaticArm = self.spec.arms[run.arm]  # type: ignore[assignment]
+        return static.weights_from(attrs_to_record(dep.user_attrs)), None
+
+    def _hold(self, arm: str, trial: FrozenTrial, run: RunSpec, study: optuna.Study,
+              weights: list[float] | None) -> Claimed:
+        overrides = {"weights": weights} if weights is not None and run.balancer == "static" else {}
+        claimed = Claimed(arm, trial, run, study, self.spec.run_config(run, overrides, self.device), weights)
+        self.in_flight.append(claimed)
+        self.heartbeat.hold([trial._trial_id])
+        return claimed
+
+    # ------------------------------------------------------------------ training
+    def batches(self, claimed: Sequence[Claimed]) -> list[list[Claimed]]:
+        """Runs that can share a stacked model, in chunks of at most `batch_runs`, runs of one
+        data seed kept together where possible (they share their input batches)."""
+        groups: dict[str, list[Claimed]] = defaultdict(list)
+        for c in claimed:
+            groups[c.config.batch_key()].append(c)
+        out = []
+        for group in groups.values():
+            group.sort(key=lambda c: (c.config.resolved_data_seed, c.config.seed, c.arm, c.trial.number))
+            chunks = math.ceil(len(group) / self.batch_runs)
+            out.extend([list(part) for part in np.array_split(np.array(group, dtype=object), chunks)])
+        # GradNorm first: static retrains wait for it.
+        out.sort(key=lambda b: b[0].run.balancer != "gradnorm")
+        return out
+
+    def train(self, claimed: Sequence[Claimed]) -> None:
+        batches = self.batches(claimed)
+        total_before = self.progress().done if self.on_progress else 0
+        if self.jobs == 1:
+            done_runs = 0
+            for batch in batches:
+                steps = batch[0].config.budget.steps
+
+                def progress(step: int, size=len(batch), base=done_runs) -> None:
+                    self._report(total_before + base + size * step / steps)
+
+                records = train_runs([c.config for c in batch], progress)
+                self.store_records(batch, [r.to_dict() for r in records])
+                done_runs += len(batch)
+            return
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        done_runs = 0
+        results = Parallel(n_jobs=self.jobs, return_as="generator_unordered")(
+            delayed(_train_batch)(i, [c.config.to_dict() for c in b], threads)
+            for i, b in enumerate(batches))
+        for index, records in results:
+            self.store_records(batches[index], records)
+            done_runs += len(batches[index])
+            self._report(total_before + done_runs)
+
+    def store_records(self, batch: Sequence[Claimed], records: Sequence[dict[str, Any]]) -> None:
+        for claimed, record in zip(batch, records):
+            attrs = record_to_attrs(record)
+            attrs.update({"arm": claimed.arm, "seed": claimed.run.seed, "version": __version__,
+                          "config_hash": self.spec.config_hash()})
+            if claimed.weights is not None:
+                attrs["weights"] = claimed.weights
+            value = record.get("normalized_val_loss")
+            if record["status"] == "ok" and value is not None and math.isfinite(value):
+                self.store.complete(claimed.study, claimed.trial, value, attrs)
+            else:
+                reason = record.get("reason") or "non-finite validation loss at the end of training"
+                self.store.fail(claimed.study, claimed.trial, reason, attrs)
+            self.heartbeat.drop([claimed.trial._trial_id])
+            self.in_flight.remove(claimed)
+            self.trained_here += 1
+
+    def _report(self, done: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, sum(len(r) for r in self.runs.values()))
+
+
+def _waiting(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number)
+
+
+def _cube_params(arm: GridArm, everything, run: RunSpec) -> dict[str, Any]:
+    """The sampled coordinates of a point, copied from the trial that sampled it."""
+    dep = everything[run.depends_on[0]].by_key[run.depends_on[1]]
+    return {name: (dep.params[name], d) for name, d in arm.cube_distributions().items()}
+
+
+def _task_names(spec: StudySpec) -> list[str]:
+    from bench.problems import build_problem
+
+    return build_problem(spec.problem, spec.problem_params).task_names
+
+
+def run_study(spec: StudySpec, store: ResultStore, **kwargs) -> StudyProgress:
+    """Run `spec` against `store` until all its runs are finished."""
+    return StudyRunner(spec, store, **kwargs).run()
+
+
+__all__ = ["StudyRunner", "run_study", "Interrupted", "DEFAULT_BATCH_RUNS", "Claimed"]

@@ -1,0 +1,185 @@
+"""Study files: a TOML file in `studies/` that names a problem, a budget, seeds and arms.
+
+    name = "gridsearch"              # default: the file's name
+    description = "..."
+    seeds = [0, 1, 2]                # each seed fixes initialisation, batch order and data, for every arm
+    selection = "normalized_val_loss"  # how the best grid point is chosen: mean over seeds
+
+    [problem]
+    name = "toy"                     # a registered problem, or "package.module:function"
+    tasks = 3                        # ... the problem's options
+
+    [budget]                         # bench.training.Budget
+    steps = 1500
+
+    [arms.grid]                      # the arm's kind is its name, or `kind = "..."`
+    method = "exhaustive"
+    resolution = 0.1
+
+Every value is checked when the file is read; an error names the file, the field and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.params import build_params
+from bench.problems import build_problem
+from bench.study.arms import ARM_KINDS, Arm, GradNormStaticArm, RunSpec
+from bench.training import Budget, RunConfig
+from bench.training.config import config_hash
+
+SELECTIONS = ("normalized_val_loss",)
+TOP_LEVEL = ("name", "description", "seeds", "selection", "dtype", "problem", "budget", "arms")
+
+
+def studies_dirs() -> list[Path]:
+    """Where study names are looked up: ./studies, then the studies/ beside the package."""
+    here = Path.cwd() / "studies"
+    shipped = Path(__file__).resolve().parents[2] / "studies"
+    return [here] if here == shipped else [here, shipped]
+
+
+def find_study_file(name: str) -> Path:
+    """A path, or the name of a file in studies/ (with or without .toml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in studies_dirs():
+        for candidate in (folder / name, folder / f"{name}.toml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.toml")})
+    raise ConfigError("--study", "a study file or the name of one in studies/ "
+                      f"({', '.join(known) or 'none found'})", name)
+
+
+@dataclass
+class StudySpec:
+    name: str
+    description: str
+    path: str
+    problem: str
+    problem_params: dict[str, Any]
+    budget: Budget
+    seeds: list[int]
+    selection: str
+    dtype: str
+    arms: dict[str, Arm]
+    text: str
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def load(cls, name_or_path: str) -> "StudySpec":
+        path = find_study_file(name_or_path)
+        text = path.read_text()
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError("TOML", f"a valid TOML file ({err})", source=str(path)) from None
+        return cls.from_dict(data, source=str(path), text=text, default_name=path.stem)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<study>", text: str = "",
+                  default_name: str = "study") -> "StudySpec":
+        def error(field: str, expected: str, got: Any = None) -> ConfigError:
+            return ConfigError(field, expected, got, source=source)
+
+        unknown = sorted(set(data) - set(TOP_LEVEL))
+        if unknown:
+            raise error(unknown[0], "one of the study fields " + ", ".join(TOP_LEVEL))
+        name = data.get("name", default_name)
+        if not isinstance(name, str) or not name or any(c in name for c in "/#\n"):
+            raise error("name", "a non-empty name without '/', '#' or newlines", name)
+        seeds = data.get("seeds", [0, 1, 2])
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise error("seeds", "a non-empty list of distinct integers >= 0", seeds)
+        selection = data.get("selection", SELECTIONS[0])
+        if selection not in SELECTIONS:
+            raise error("selection", "one of " + ", ".join(SELECTIONS), selection)
+        dtype = data.get("dtype", "float32")
+        if dtype not in ("float32", "float64"):
+            raise error("dtype", "'float32' or 'float64'", dtype)
+
+        problem_table = data.get("problem")
+        if not isinstance(problem_table, dict) or "name" not in problem_table:
+            raise error("problem", "a [problem] table with a `name`", problem_table)
+        problem_params = {k: v for k, v in problem_table.items() if k != "name"}
+        problem = build_problem(problem_table["name"], problem_params, source=source)
+        budget_table = data.get("budget", {})
+        if not isinstance(budget_table, dict):
+            raise error("budget", "a [budget] table", budget_table)
+        budget = build_params(Budget, budget_table, source=source, prefix="budget.", owner="[budget]")
+
+        arm_tables = data.get("arms")
+        if not isinstance(arm_tables, dict) or not arm_tables:
+            raise error("arms", "at least one [arms.NAME] table")
+        arms: dict[str, Arm] = {}
+        for arm_name, table in arm_tables.items():
+            if not isinstance(table, dict):
+                raise error(f"arms.{arm_name}", "a table", table)
+            kind = table.get("kind", arm_name)
+            if kind not in ARM_KINDS:
+                raise error(f"arms.{arm_name}.kind", "one of " + ", ".join(ARM_KINDS)
+                            + " (or an arm named after its kind)", kind)
+            if "/" in arm_name or "#" in arm_name:
+                raise error(f"arms.{arm_name}", "an arm name without '/' or '#'")
+            arms[arm_name] = ARM_KINDS[kind](arm_name, table, tasks=problem.n_tasks, source=source)
+        for arm in arms.values():
+            if isinstance(arm, GradNormStaticArm):
+                arm.bind(arms)
+        n_train = problem.train_size()
+        if n_train is not None and budget.batch_size > n_train:
+            raise error("budget.batch_size", f"at most the problem's {n_train} training examples",
+                        budget.batch_size)
+        spec = cls(name=name, description=str(data.get("description", "")), path=source,
+                   problem=problem_table["name"], problem_params=problem_params, budget=budget,
+                   seeds=list(seeds), selection=selection, dtype=dtype, arms=arms, text=text)
+        return spec
+
+    # ------------------------------------------------------------------ variants
+    def with_seeds(self, seeds: Sequence[int]) -> "StudySpec":
+        if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise ConfigError("--seeds", "distinct integers >= 0", list(seeds))
+        return dataclasses.replace(self, seeds=list(seeds))
+
+    def quick(self, factor: float) -> "StudySpec":
+        """A quick look: `factor` times the steps, stored as its own study, `<name>-quick`."""
+        return dataclasses.replace(self, name=f"{self.name}-quick", budget=self.budget.scaled(factor))
+
+    # ------------------------------------------------------------------ what it runs
+    @property
+    def n_tasks(self) -> int:
+        return build_problem(self.problem, self.problem_params).n_tasks
+
+    def runs(self) -> list[RunSpec]:
+        return [run for arm in self.arms.values() for run in arm.runs(self.seeds)]
+
+    def run_config(self, run: RunSpec, balancer_params: dict[str, Any] | None = None,
+                   device: str = "auto") -> RunConfig:
+        params = dict(run.balancer_params)
+        params.update(balancer_params or {})
+        return RunConfig(problem=self.problem, balancer=run.balancer, seed=run.seed,
+                         problem_params=self.problem_params, balancer_params=params,
+                         budget=self.budget, dtype=self.dtype, device=device)  # type: ignore[arg-type]
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes results, seeds aside: a study's stored runs stay valid while
+        this is unchanged (more seeds only add runs)."""
+        return {
+            "problem": self.problem, "problem_params": self.problem_params,
+            "budget": dataclasses.asdict(self.budget), "selection": self.selection, "dtype": self.dtype,
+            "arms": {name: arm.describe() for name, arm in self.arms.items()},
+        }
+
+    def config_hash(self) -> str:
+        return config_hash(self.identity())

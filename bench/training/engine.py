@@ -1,0 +1,383 @@
+"""The training engine: trains R runs of one problem and budget at once, as one stacked model.
+
+A single run is the case R = 1. Runs trained together share the problem, the architecture, the
+budget and the balancing method's family; each has its own slice of every parameter, its own
+initialisation seed, its own optimiser state (Adam is elementwise, so one Adam over stacked
+tensors is R independent Adams), its own data seed and batch order, and its own task weights.
+Every operation acts slice by slice, so a slice computes what the run would compute alone.
+
+One step, for the weights w(t) the balancer gives:
+    1. forward: trunk output h, per-task losses L (R, T);
+    2. if the balancer needs them, the per-task gradients at h (one backward pass through the
+       heads) and from them the norms ||grad_W L_i|| at GradNorm's W (one batched backward
+       pass over the tasks through the last shared layer only);
+    3. the network's gradient of sum_i w_i(t) L_i, with the *old* weights w(t);
+    4. the network's Adam step, then `balancer.update(...)` moves the weights to w(t + 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from bench.balancers import BALANCERS
+from bench.params import build_params
+from bench.problems import Problem, build_problem
+from bench.training.config import RunConfig, derive_seed
+from bench.training.record import TRAJECTORY_POINTS, RunRecord
+
+ProgressCallback = Callable[[int], None]
+
+# Evaluation processes examples in chunks of about this many input elements over all runs.
+EVAL_CHUNK_ELEMENTS = 1 << 24
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' is CUDA when available, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_problem(name: str, params_json: str) -> Problem:
+    import json
+
+    return build_problem(name, json.loads(params_json))
+
+
+def problem_for(config: RunConfig) -> Problem:
+    """The problem instance of a run; one per process and options, so its data is built once."""
+    import json
+
+    return _cached_problem(config.problem, json.dumps(dict(config.problem_params), sort_keys=True))
+
+
+def batch_indices(seed: int, n_train: int, batch_size: int, steps: int) -> Tensor:
+    """Training batch indices (steps, batch_size): epochs of random permutations, last partial
+    batch of each epoch dropped. Drawn from the run's "batches" stream."""
+    if batch_size > n_train:
+        from bench.errors import ConfigError
+
+        raise ConfigError("batch_size", f"at most the {n_train} training examples", batch_size)
+    per_epoch = n_train // batch_size
+    epochs = math.ceil(steps / per_epoch)
+    g = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+    perms = [torch.randperm(n_train, generator=g)[: per_epoch * batch_size] for _ in range(epochs)]
+    return torch.cat(perms).view(-1, batch_size)[:steps]
+
+
+def downsample(trace: Tensor, points: int = TRAJECTORY_POINTS) -> tuple[list[int], Tensor]:
+    """At most `points` evenly spaced rows of a per-step trace (steps, ...), first and last kept."""
+    n = trace.shape[0]
+    if n <= points:
+        idx = torch.arange(n)
+    else:
+        idx = torch.unique(torch.linspace(0, n - 1, points).round().long())
+    return idx.tolist(), trace[idx]
+
+
+class BatchTrainer:
+    """Trains the runs in `configs` (which must share `RunConfig.batch_key()`) as one model."""
+
+    def __init__(self, configs: Sequence[RunConfig]):
+        if not configs:
+            raise ValueError("no runs to train")
+        keys = {c.batch_key() for c in configs}
+        if len(keys) != 1:
+            raise ValueError("runs trained together must share problem, budget and balancer family")
+        self.configs = list(configs)
+        first = self.configs[0]
+        self.budget = first.budget
+        self.device = resolve_device(first.device)
+        self.dtype = getattr(torch, first.dtype)
+        self.problem = problem_for(first)
+        if not self.problem.supports_stacking and len(configs) > 1:
+            raise ValueError(f"problem {first.problem!r} trains one run at a time")
+        self.tasks = self.problem.tasks
+        R, T = self.n_runs, self.n_tasks = len(configs), len(self.tasks)
+
+        # Data: one stacked copy per distinct data seed; each run indexes its own.
+        data_seeds = [c.resolved_data_seed for c in self.configs]
+        distinct = sorted(set(data_seeds))
+        self._run_data = torch.tensor([distinct.index(s) for s in data_seeds], device=self.device)
+        per_seed = [self.problem.load(s) for s in distinct]
+        self.splits = {}
+        for name in ("train", "val", "test"):
+            parts = [getattr(d, name).to(self.device, self.dtype) for d in per_seed]
+            self.splits[name] = (
+                torch.stack([p.inputs for p in parts]),
+                tuple(torch.stack([p.targets[i] for p in parts]) for i in range(T)),
+            )
+        self._shared_data = len(distinct) == 1
+        n_train = self.splits["train"][0].shape[1]
+        self.steps_per_epoch = n_train // self.budget.batch_size
+
+        # Batch order: one sequence per distinct seed.
+        seeds = [c.seed for c in self.configs]
+        distinct_seeds = sorted(set(seeds))
+        orders = [batch_indices(s, n_train, self.budget.batch_size, self.budget.steps)
+                  for s in distinct_seeds]
+        self._orders = torch.stack(orders).to(self.device)  # (U, steps, B)
+        self._run_order = torch.tensor([distinct_seeds.index(s) for s in seeds], device=self.device)
+        self._shared_batches = self._shared_data and len(distinct_seeds) == 1
+
+        self.model = self.problem.build_model([derive_seed(s, "init") for s in seeds])
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.head_parameters = self.model.task_specific_parameters()
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.budget.lr, fused=fused)
+
+        family, family_params = zip(*(c.batch_family() for c in self.configs))
+        cls = BALANCERS[family[0]]
+        self.balancer = cls(
+            [build_params(cls.Params, p) for p in family_params], self.tasks,
+            device=self.device, dtype=self.dtype, steps_per_epoch=self.steps_per_epoch,
+        )
+        self.alive = torch.ones(R, dtype=torch.bool, device=self.device)
+        self._pending_failures = torch.zeros(R, dtype=torch.bool, device=self.device)
+        self.failures: list[tuple[int, str] | None] = [None] * R
+        self.weights_trace = torch.zeros(self.budget.steps, R, T, device=self.device, dtype=self.dtype)
+        self.eval_steps: list[int] = []
+        self.eval_losses: dict[str, list[Tensor]] = {"train": [], "val": [], "test": []}
+        self.final_metrics: dict[str, dict[tuple[int, str], Tensor]] = {}
+        self.steps_done = 0
+
+    # ----------------------------------------------------------------- data
+    def training_batch(self, step: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Inputs (R, B, ...) and per-task targets (R, B, ...) of every run at `step`."""
+        inputs, targets = self.splits["train"]
+        if self._shared_batches:
+            idx = self._orders[0, step]
+            return (inputs[0, idx].expand(self.n_runs, *idx.shape, *inputs.shape[2:]),
+                    tuple(y[0, idx].expand(self.n_runs, *idx.shape, *y.shape[2:]) for y in targets))
+        idx = self._orders[self._run_order, step]  # (R, B)
+        rows = self._run_data.unsqueeze(1)
+        return inputs[rows, idx], tuple(y[rows, idx] for y in targets)
+
+    # ----------------------------------------------------------------- one step
+    def task_gradient_norms(self, target: str, h: Tensor, head_grads: Sequence[Tensor]) -> Tensor:
+        """||grad_W L_i|| per run and task (R, T), from the per-task gradients at the trunk output."""
+        if target == "representation":
+            return torch.stack([g.flatten(1).norm(dim=1) for g in head_grads], dim=1)
+        layer = self.model.last_shared_layer
+        params = {
+            "last_layer_weight": [layer.weight],
+            "last_layer": [layer.weight, layer.bias],
+            "all_shared": self.model.shared_parameters(),
+        }[target]
+        # One backward pass for all tasks at once (vmapped over the T gradients at h). It only
+        # reaches the layers between h and W: for W = the last shared layer, a small cost.
+        grads = torch.autograd.grad(h, params, grad_outputs=torch.stack(list(head_grads)),
+                                    retain_graph=True, is_grads_batched=True)
+        squares = sum(g.flatten(2).square().sum(dim=2) for g in grads)  # (T, R)
+        return squares.sqrt().t()
+
+    def compute_gradients(self, x: Tensor, targets: Sequence[Tensor], weights: Tensor
+                          ) -> tuple[Tensor, Tensor | None]:
+        """Fill the network's .grad with grad sum_i w_i L_i; return losses (R, T) and the norms."""
+        model, T = self.model, self.n_tasks
+        # Runs with a non-finite loss contribute nothing (their failure is noted by `step`).
+        alive = self.alive.unsqueeze(1)
+        h = model.trunk(x)
+        target = self.balancer.grad_norm_target
+        if target is None:
+            losses = self.problem.losses(model.apply_heads([h] * T), targets)
+            masked = torch.where(alive & torch.isfinite(losses), losses, torch.zeros_like(losses))
+            (weights * masked).sum().backward()
+            return losses.detach(), None
+        # Cut the graph at h, once per task, to get each task's own gradient at h.
+        head_inputs = [h.detach().requires_grad_(True) for _ in range(T)]
+        losses = self.problem.losses(model.apply_heads(head_inputs), targets)
+        masked = torch.where(alive & torch.isfinite(losses), losses, torch.zeros_like(losses))
+        head_grads = torch.autograd.grad(masked.sum(), head_inputs, retain_graph=True)
+        (weights * masked).sum().backward(inputs=self.head_parameters)
+        norms = self.task_gradient_norms(target, h, head_grads)
+        shape = (-1,) + (1,) * (h.dim() - 1)
+        h.backward(sum(weights[:, i].view(shape) * g for i, g in enumerate(head_grads)))
+        return losses.detach(), norms
+
+    def step(self, step: int) -> None:
+        weights = self.balancer.weights()
+        self._check_finite(weights, "task weights", step)
+        self._retire_failed_runs()
+        self.weights_trace[step] = weights
+        self.optimizer.zero_grad(set_to_none=True)
+        x, targets = self.training_batch(step)
+        losses, norms = self.compute_gradients(x, targets, weights)
+        self._check_finite(losses, "training loss", step)
+        self._retire_failed_runs()
+        self.optimizer.step()
+        self.balancer.update(step, losses, norms)
+        self.steps_done = step + 1
+
+    # ----------------------------------------------------------------- failures
+    def _check_finite(self, values: Tensor, what: str, step: int) -> None:
+        """Mark live runs whose row of `values` (R, T) is not finite as failed at `step`."""
+        bad = ~torch.isfinite(values).all(dim=1) & self.alive & ~self._pending_failures
+        if not bool(bad.any()):
+            return
+        for r in bad.nonzero().flatten().tolist():
+            tasks = [self.tasks[i].name for i in (~torch.isfinite(values[r])).nonzero().flatten().tolist()]
+            self.failures[r] = (step, f"non-finite {what} at step {step} (task {', '.join(tasks)})")
+        self._pending_failures |= bad
+
+    def _retire_failed_runs(self) -> None:
+        """Freeze newly failed runs: zero their slice of every parameter, gradient and Adam moment,
+        so that they compute finite zeros from now on and never disturb the other slices."""
+        bad = self._pending_failures
+        if not bool(bad.any()):
+            return
+        self.alive &= ~bad
+        self.balancer.stop_runs(bad)
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p[bad] = 0
+                if p.grad is not None:
+                    p.grad[bad] = 0
+                for value in self.optimizer.state.get(p, {}).values():
+                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.n_runs:
+                        value[bad] = 0
+        self._pending_failures = torch.zeros_like(bad)
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, with_metrics: bool = False) -> None:
+        """Mean per-task losses (and, if asked, metrics) on every split, for every run."""
+        self.model.eval()
+        self.eval_steps.append(self.steps_done)
+        for name, (inputs, targets) in self.splits.items():
+            n = inputs.shape[1]
+            per_example = max(1, inputs[0, 0].numel())
+            chunk = max(1, min(n, EVAL_CHUNK_ELEMENTS // (self.n_runs * per_example)))
+            loss_sum = torch.zeros(self.n_runs, self.n_tasks, device=self.device, dtype=torch.float64)
+            stats: dict[tuple[int, str], Tensor] = {}  # (task, metric) -> summed stats
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                if self._shared_data:
+                    x = inputs[0, lo:hi].unsqueeze(0).expand(self.n_runs, hi - lo, *inputs.shape[2:])
+                    ys = tuple(y[0, lo:hi].unsqueeze(0).expand(self.n_runs, hi - lo, *y.shape[2:])
+                               for y in targets)
+                else:
+                    x = inputs[self._run_data, lo:hi]
+                    ys = tuple(y[self._run_data, lo:hi] for y in targets)
+                preds = self.model(x)
+                loss_sum += self.problem.losses(preds, ys).double() * (hi - lo)
+                if with_metrics:
+                    for i, task in enumerate(self.tasks):
+                        for metric in task.metrics:
+                            s = metric.batch_stats(preds[i], ys[i]).double()
+                            stats[(i, metric.name)] = stats.get((i, metric.name), 0) + s
+            self.eval_losses[name].append((loss_sum / n).to(torch.float64))
+            if with_metrics:
+                self.final_metrics[name] = {
+                    (i, m): _metric(self.tasks[i], m).finalize(s, n) for (i, m), s in stats.items()
+                }
+        self.model.train()
+
+    # ----------------------------------------------------------------- the whole run
+    def run(self, progress: ProgressCallback | None = None) -> list[RunRecord]:
+        start = time.perf_counter()
+        steps, every = self.budget.steps, self.budget.eval_every
+        report_every = max(1, steps // 100)
+        self.evaluate()
+        for step in range(steps):
+            self.step(step)
+            if self.steps_done % every == 0 and self.steps_done != steps:
+                self.evaluate()
+            if progress is not None and (self.steps_done % report_every == 0 or self.steps_done == steps):
+                progress(self.steps_done)
+            if not bool(self.alive.any()):
+                break
+        self.evaluate(with_metrics=True)
+        wall = time.perf_counter() - start
+        return self.records(wall)
+
+    def records(self, wall_time: float) -> list[RunRecord]:
+        T, steps = self.n_tasks, self.steps_done
+        normalisers = torch.tensor([t.normaliser for t in self.tasks], dtype=torch.float64)
+        curves = {name: torch.stack(v).cpu() for name, v in self.eval_losses.items()}  # (E, R, T)
+        weights = self.weights_trace[:steps].double().cpu()  # (steps, R, T)
+        tail = max(1, math.ceil(self.budget.tail_fraction * steps))
+        idx, sampled = downsample(weights)
+        traces = {k: downsample(v[:steps].double().cpu()) for k, v in self.balancer.traces().items()}
+        stats = self.balancer.run_stats()
+        out = []
+        for r, config in enumerate(self.configs):
+            failure = self.failures[r]
+            final = {name: curves[name][-1, r] for name in curves}
+            normalized = {name: float((final[name] / normalisers).sum()) for name in final}
+            record = RunRecord(
+                config=config.to_dict(),
+                status="ok" if failure is None else "failed",
+                task_names=[t.name for t in self.tasks],
+                normalisers=normalisers.tolist(),
+                tail_fraction=self.budget.tail_fraction,
+                steps_done=steps if failure is None else failure[0],
+                wall_time_s=wall_time / self.n_runs,
+                batch_wall_time_s=wall_time,
+                batch_runs=self.n_runs,
+                device=str(self.device),
+                balancer_stats=stats[r],
+            )
+            run_steps = record.steps_done
+            if run_steps > 0:
+                w = weights[:run_steps, r]
+                record.final_weights = w[-1].tolist()
+                record.mean_weights = w.mean(0).tolist()
+                record.tail_mean_weights = w[-min(tail, run_steps):].mean(0).tolist()
+                record.weights_trajectory = [[s] + sampled[j, r].tolist()
+                                             for j, s in enumerate(idx) if s < run_steps]
+                record.traces = {
+                    k: [[s] + v[j, r].tolist() for j, s in enumerate(k_idx) if s < run_steps]
+                    for k, (k_idx, v) in traces.items()
+                }
+            evals = [j for j, s in enumerate(self.eval_steps) if failure is None or s <= failure[0]]
+            record.curves = {"step": [self.eval_steps[j] for j in evals]}
+            for name in curves:
+                record.curves[name] = [curves[name][j, r].tolist() for j in evals]
+            if failure is not None:
+                record.failed_step, record.reason = failure
+            else:
+                record.train_loss = final["train"].tolist()
+                record.val_loss = final["val"].tolist()
+                record.test_loss = final["test"].tolist()
+                record.normalized_train_loss = normalized["train"]
+                record.normalized_val_loss = normalized["val"]
+                record.normalized_test_loss = normalized["test"]
+                record.overfitting_gap = (final["test"] - final["train"]).tolist()
+                record.normalized_overfitting_gap = normalized["test"] - normalized["train"]
+                record.metrics = _metric_table(self.tasks, self.final_metrics, r)
+            out.append(record)
+        return out
+
+
+def _metric(task, name: str):
+    return next(m for m in task.metrics if m.name == name)
+
+
+def _metric_table(tasks, final_metrics: dict[str, dict[tuple[int, str], Tensor]], r: int
+                  ) -> dict[str, dict[str, list[float | None]]]:
+    """{split: {metric: [value per task, None where a task lacks the metric]}}."""
+    table: dict[str, dict[str, list[float | None]]] = {}
+    for split, values in final_metrics.items():
+        for (i, name), tensor in values.items():
+            row = table.setdefault(split, {}).setdefault(name, [None] * len(tasks))
+            v = float(tensor[r])
+            row[i] = v if math.isfinite(v) else None
+    return table
+
+
+def train_runs(configs: Sequence[RunConfig], progress: ProgressCallback | None = None) -> list[RunRecord]:
+    """Train runs that share a batch key together; records in the order of `configs`."""
+    return BatchTrainer(configs).run(progress)
+
+
+def train(config: RunConfig, progress: ProgressCallback | None = None) -> RunRecord:
+    """Train one run."""
+    return train_runs([config], progress)[0]

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny versions of the toy problem that train in milliseconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from bench.training import Budget, RunConfig
+
+# Small enough for property tests, large enough to have a real trunk and heads.
+TINY_TOY = {
+    "tasks": 2, "sigmas": (1.0, 10.0), "input_dim": 8, "output_dim": 3, "hidden": 6, "depth": 2,
+    "n_train": 64, "n_val": 32, "n_test": 32,
+}
+TINY_BUDGET = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5)
+
+
+def tiny_config(balancer: str = "equal", seed: int = 0, *, tasks: int = 2, sigmas=None,
+                budget: Budget = TINY_BUDGET, dtype: str = "float64", **balancer_params) -> RunConfig:
+    problem = dict(TINY_TOY, tasks=tasks,
+                   sigmas=sigmas if sigmas is not None else tuple(float(3 ** i) for i in range(tasks)))
+    return RunConfig(problem="toy", balancer=balancer, seed=seed, problem_params=problem,
+                     balancer_params=balancer_params, budget=budget, dtype=dtype,
+                     device="cpu").validated()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+
+
+def require_system_tool(name: str) -> str:
+    """The path of a system program, or skip; CI sets BENCH_REQUIRE_SYSTEM_TOOLS=1 to fail instead."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("BENCH_REQUIRE_SYSTEM_TOOLS") == "1":
+            pytest.fail(f"{name} is required (BENCH_REQUIRE_SYSTEM_TOOLS=1) but not installed")
+        pytest.skip(f"{name} is not installed (make system-deps installs it)")
+    return path

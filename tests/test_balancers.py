@@ -1,0 +1,93 @@
+"""Formula tests of the other balancing methods, on hand-made losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.balancers import BALANCERS, build_balancer_params
+from bench.balancers.dwa import DWA, DWAParams
+from bench.balancers.equal import Equal, EqualParams
+from bench.balancers.static import Static, StaticParams
+from bench.balancers.uncertainty import Uncertainty, UncertaintyParams
+from bench.errors import ConfigError
+from bench.problems.base import TaskSpec
+
+CPU = dict(device=torch.device("cpu"), dtype=torch.float64, steps_per_epoch=2)
+
+
+def tasks(*kinds: str) -> list[TaskSpec]:
+    return [TaskSpec(f"t{i}", kind, loss=None, n_classes=3 if kind == "classification" else None)
+            for i, kind in enumerate(kinds)]
+
+
+def test_registry_holds_every_method_once_under_its_own_name():
+    assert set(BALANCERS) == {"equal", "static", "gradnorm", "uncertainty", "dwa"}
+    assert all(cls.name == name for name, cls in BALANCERS.items())
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 100), min_size=3, max_size=3).filter(lambda w: sum(w) > 1e-6),
+                min_size=1, max_size=4))
+def test_static_weights_are_rescaled_to_sum_to_T(rows):
+    balancer = Static([StaticParams(tuple(r)) for r in rows], tasks("regression", "regression", "regression"), **CPU)
+    w = balancer.weights()
+    assert torch.allclose(w.sum(dim=1), torch.full((len(rows),), 3.0, dtype=torch.float64))
+    for r, row in enumerate(rows):  # proportional to what was asked
+        assert torch.allclose(w[r] * sum(row), torch.tensor(row, dtype=torch.float64) * 3, atol=1e-9)
+
+
+def test_equal_weights_are_ones_and_train_as_a_static_point():
+    balancer = Equal([EqualParams()], tasks("regression", "regression"), **CPU)
+    assert balancer.weights().tolist() == [[1.0, 1.0]]
+    assert Equal.batch_family(EqualParams()) == ("static", StaticParams())
+
+
+@pytest.mark.parametrize("weights", [(1.0, -1.0), (0.0, 0.0), (math.nan, 1.0)])
+def test_bad_static_weights_are_refused(weights):
+    with pytest.raises(ConfigError):
+        build_balancer_params("static", {"weights": weights})
+
+
+def test_uncertainty_weights_and_objective_follow_kendall():
+    balancer = Uncertainty([UncertaintyParams(lr=0.1)], tasks("regression", "classification"), **CPU)
+    # s = 0: regression weight 1/2 (1 / (2 sigma^2)), classification weight 1 (1 / sigma^2)
+    assert balancer.weights().tolist() == [[0.5, 1.0]]
+    s = torch.tensor([[0.3, -0.2]], dtype=torch.float64, requires_grad=True)
+    losses = torch.tensor([[2.0, 0.7]], dtype=torch.float64)
+    expected = 0.5 * math.exp(-0.3) * 2.0 + 0.15 + math.exp(0.2) * 0.7 - 0.1
+    assert balancer.objective(s, losses).item() == pytest.approx(expected)
+
+
+def test_uncertainty_update_is_an_adam_step_on_the_log_variances():
+    balancer = Uncertainty([UncertaintyParams(lr=0.1)], tasks("regression", "regression"), **CPU)
+    # d/ds [exp(-s) L / 2 + s / 2] at s = 0 is (1 - L) / 2: negative for L = 3, positive for L = 0.2.
+    balancer.update(0, torch.tensor([[3.0, 0.2]], dtype=torch.float64), None)
+    # Adam's first step moves each coordinate by lr against the sign of its gradient.
+    assert balancer.log_variance.detach()[0].tolist() == pytest.approx([0.1, -0.1])
+    assert balancer.weights()[0].tolist() == pytest.approx([0.5 * math.exp(-0.1), 0.5 * math.exp(0.1)])
+
+
+def test_dwa_keeps_unit_weights_for_two_periods_then_follows_the_loss_ratio():
+    balancer = DWA([DWAParams(temperature=2.0, period=2)], tasks("regression", "regression", "regression"), **CPU)
+    period_means = [[4.0, 1.0, 2.0], [2.0, 1.0, 3.0]]
+    step = 0
+    for mean in period_means:
+        for delta in (-0.5, 0.5):  # two steps per period, averaging to `mean`
+            assert balancer.weights().tolist() == [[1.0, 1.0, 1.0]]
+            balancer.update(step, torch.tensor([mean], dtype=torch.float64) + delta, None)
+            step += 1
+    ratio = [2.0 / 4.0, 1.0 / 1.0, 3.0 / 2.0]
+    exp = [math.exp(r / 2.0) for r in ratio]
+    expected = [3 * e / sum(exp) for e in exp]
+    assert balancer.weights()[0].tolist() == pytest.approx(expected)
+    assert float(balancer.weights().sum()) == pytest.approx(3.0)
+
+
+def test_dwa_period_defaults_to_one_epoch():
+    balancer = DWA([DWAParams()], tasks("regression", "regression"), **dict(CPU, steps_per_epoch=7))
+    assert balancer.period == 7

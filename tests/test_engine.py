@@ -1,0 +1,154 @@
+"""The training engine: records, determinism, stacked runs equal lone runs, failures stay alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.problems import PROBLEMS
+from bench.problems.toy import ToyProblem
+from bench.training import Budget, RunConfig, train, train_runs
+from bench.training.engine import batch_indices, downsample
+from tests.conftest import TINY_TOY, tiny_config
+
+BALANCER_CASES = [
+    ("equal", {}),
+    ("static", {"weights": (3.0, 1.0, 0.5)}),
+    ("gradnorm", {"alpha": 1.0}),
+    ("gradnorm", {"alpha": 0.5, "parametrisation": "softmax", "grad_params": "all_shared"}),
+    ("uncertainty", {}),
+    ("dwa", {"period": 3}),
+]
+
+
+def comparable(record) -> dict:
+    d = record.to_dict()
+    for key in ("wall_time_s", "batch_wall_time_s", "batch_runs"):
+        d.pop(key)
+    return d
+
+
+def assert_records_close(a, b, rtol: float) -> None:
+    def walk(x, y, path):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), path
+            for k in x:
+                walk(x[k], y[k], f"{path}.{k}")
+        elif isinstance(x, list):
+            assert len(x) == len(y), path
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{path}[{i}]")
+        elif isinstance(x, float):
+            assert math.isclose(x, y, rel_tol=rtol, abs_tol=rtol), f"{path}: {x} vs {y}"
+        else:
+            assert x == y, path
+    walk(comparable(a), comparable(b), "record")
+
+
+def test_record_holds_what_a_run_produced():
+    config = tiny_config("gradnorm", tasks=3, alpha=1.0)
+    record = train(config)
+    assert record.status == "ok" and record.reason is None
+    assert len(record.train_loss) == len(record.val_loss) == len(record.test_loss) == 3
+    norm = [t ** 2 for t in (1.0, 3.0, 9.0)]
+    assert record.normalisers == norm
+    assert record.normalized_test_loss == pytest.approx(sum(l / n for l, n in zip(record.test_loss, norm)))
+    assert record.overfitting_gap == pytest.approx([t - s for t, s in zip(record.test_loss, record.train_loss)])
+    assert record.normalized_overfitting_gap == pytest.approx(record.normalized_test_loss - record.normalized_train_loss)
+    steps = config.budget.steps
+    assert [row[0] for row in record.weights_trajectory] == list(range(steps))
+    assert record.weights_trajectory[0][1:] == [1.0, 1.0, 1.0]  # w_i(0) = 1
+    assert sum(record.mean_weights) == pytest.approx(3.0)
+    assert record.curves["step"] == [0, 5, 10, 15, 20]
+    assert len(record.curves["test"]) == 5 and record.curves["test"][-1] == record.test_loss
+    assert record.metrics["test"]["rms"][0] == pytest.approx(math.sqrt(record.test_loss[0]))
+    assert set(record.traces) == {"grad_norms"}
+
+
+def test_tail_mean_weights_use_the_tail_window():
+    budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5, tail_fraction=0.25)
+    record = train(tiny_config("gradnorm", alpha=1.0, budget=budget))
+    tail = [row[1:] for row in record.weights_trajectory[-5:]]
+    assert record.tail_mean_weights == pytest.approx([sum(c) / 5 for c in zip(*tail)])
+
+
+def test_trajectories_are_downsampled_to_500_points():
+    steps, trace = downsample(torch.arange(2000.0).view(2000, 1, 1))
+    assert len(steps) <= 500 and steps[0] == 0 and steps[-1] == 1999
+    assert trace[:, 0, 0].tolist() == [float(s) for s in steps]
+
+
+def test_batches_are_epochs_of_permutations():
+    idx = batch_indices(seed=5, n_train=10, batch_size=3, steps=7)
+    assert idx.shape == (7, 3)
+    first_epoch = idx[:3].flatten().tolist()
+    assert len(set(first_epoch)) == 9  # no repeats within an epoch; the 10th example is dropped
+    assert torch.equal(idx, batch_indices(seed=5, n_train=10, batch_size=3, steps=7))
+
+
+@pytest.mark.parametrize("balancer,params", BALANCER_CASES)
+def test_same_seeds_give_identical_records(balancer, params):
+    params = dict(params)
+    if "weights" in params:
+        params["weights"] = params["weights"][:2]
+    a = train(tiny_config(balancer, seed=4, dtype="float32", **params))
+    b = train(tiny_config(balancer, seed=4, dtype="float32", **params))
+    assert comparable(a) == comparable(b)
+
+
+@pytest.mark.parametrize("balancer,params", BALANCER_CASES)
+def test_stacked_runs_equal_runs_trained_alone(balancer, params):
+    """Float64: a slice of a stack matches the lone run to 1e-9 (only summation order differs)."""
+    configs = [tiny_config(balancer, seed=s, tasks=3, **params) for s in (0, 1, 1, 2)]
+    stacked = train_runs(configs)
+    for config, record in zip(configs, stacked):
+        assert record.batch_runs == 4
+        assert_records_close(record, train(config), rtol=1e-9)
+
+
+def test_stacked_float32_runs_equal_lone_runs_within_tolerance():
+    """Float32, the default: documented tolerance 1e-4 relative after a short run."""
+    configs = [tiny_config("gradnorm", seed=s, tasks=3, dtype="float32", alpha=1.0) for s in (0, 1)]
+    for config, record in zip(configs, train_runs(configs)):
+        assert_records_close(record, train(config), rtol=1e-4)
+
+
+class PoisonedToy(ToyProblem):
+    """The toy problem, except that data seed 13 has one non-finite training target."""
+
+    name = "poisoned-toy"
+
+    def _load(self, data_seed):
+        data = super()._load(data_seed)
+        if data_seed == 13:
+            data.train.targets[1][7] = float("inf")
+        return data
+
+
+@pytest.mark.parametrize("balancer", ["equal", "gradnorm", "uncertainty", "dwa"])
+def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer):
+    monkeypatch.setitem(PROBLEMS, PoisonedToy.name, PoisonedToy)
+    budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5)
+    configs = [RunConfig(problem="poisoned-toy", balancer=balancer, seed=s, data_seed=d,
+                         problem_params=dict(TINY_TOY), budget=budget, dtype="float64",
+                         device="cpu").validated() for s, d in ((0, 0), (1, 13), (2, 2))]
+    records = train_runs(configs)
+    assert [r.status for r in records] == ["ok", "failed", "ok"]
+    failed = records[1]
+    assert "non-finite training loss" in failed.reason and "task1" in failed.reason
+    assert failed.failed_step == failed.steps_done < 20
+    assert failed.test_loss is None and failed.normalized_test_loss is None
+    assert all(s <= failed.failed_step for s in failed.curves["step"])
+    # the survivors are exactly what they would be without the failing neighbour
+    for config, record in zip([configs[0], configs[2]], [records[0], records[2]]):
+        alone = train(config)
+        assert_records_close(record, alone, rtol=1e-9)
+
+
+def test_batch_runs_must_share_problem_and_budget():
+    with pytest.raises(ValueError):
+        train_runs([tiny_config("equal"), tiny_config("equal", budget=Budget(steps=3, batch_size=16))])
+    with pytest.raises(ValueError):
+        train_runs([tiny_config("equal"), tiny_config("gradnorm")])

@@ -1,0 +1,248 @@
+"""Properties of GradNorm (Algorithm 1). Each test fails on a known broken implementation:
+weights not renormalised, L_grad leaking into the network, new weights used for the network
+step, target not detached, wrong norms, weight optimiser re-created every step, no pull towards
+equal gradient norms at alpha = 0."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.balancers.gradnorm import GradNorm, GradNormParams
+from bench.problems.base import TaskSpec
+from bench.training import Budget
+from bench.training.engine import BatchTrainer
+from tests.conftest import tiny_config
+
+
+def trainer_for(**kwargs) -> BatchTrainer:
+    tasks = kwargs.pop("tasks", 2)
+    seeds = kwargs.pop("seeds", (0,))
+    budget = kwargs.pop("budget", Budget(steps=50, batch_size=16, lr=1e-2, eval_every=10))
+    return BatchTrainer([tiny_config("gradnorm", seed=s, tasks=tasks, budget=budget, **kwargs)
+                         for s in seeds])
+
+
+def naive_task_norms(trainer: BatchTrainer, x, ys, params) -> torch.Tensor:
+    """||grad_W L_i|| per run and task, one autograd call per task and run (the obvious way)."""
+    model = trainer.model
+    rows = []
+    for r in range(trainer.n_runs):
+        row = []
+        for i, task in enumerate(trainer.tasks):
+            loss = task.loss(model(x)[i], ys[i])[r]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            row.append(math.sqrt(sum(float(g[r].square().sum()) for g in grads if g is not None)))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@settings(max_examples=15, deadline=None)
+@given(alpha=st.floats(0, 3), tasks=st.integers(2, 4), seed=st.integers(0, 1000),
+       parametrisation=st.sampled_from(["raw", "softmax"]))
+def test_weights_sum_to_T_after_every_step(alpha, tasks, seed, parametrisation):
+    trainer = trainer_for(tasks=tasks, seeds=(seed, seed + 1), alpha=alpha,
+                          parametrisation=parametrisation, weight_lr=0.05)
+    for step in range(12):
+        trainer.step(step)
+        sums = trainer.balancer.weights().sum(dim=1)
+        assert torch.allclose(sums, torch.full_like(sums, tasks), atol=1e-9)
+
+
+def test_weights_sum_to_T_with_a_floor_and_binding_is_counted():
+    # sigma = (1, 100): the large task's weight wants to go far below the floor.
+    trainer = trainer_for(sigmas=(1.0, 100.0), alpha=0.12, weight_lr=0.1, floor=0.2)
+    for step in range(40):
+        trainer.step(step)
+        w = trainer.balancer.weights()
+        assert torch.allclose(w.sum(dim=1), torch.tensor([2.0], dtype=w.dtype))
+        assert bool((w >= 0.2 - 1e-12).all())
+    assert int(trainer.balancer.floor_binding_steps[0]) > 0
+
+
+def test_no_gradient_of_L_grad_reaches_the_network():
+    trainer = trainer_for(tasks=3, alpha=1.0)
+    trainer.step(0)  # past the first step, so that L_i(0) is set and r_i != 1
+    weights = trainer.balancer.weights()
+    x, ys = trainer.training_batch(1)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    losses, norms = trainer.compute_gradients(x, ys, weights)
+    assert not norms.requires_grad and not losses.requires_grad
+    before = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.balancer.update(1, losses, norms)
+    assert trainer.balancer.last_gradnorm_loss is not None
+    for p, g in zip(trainer.model.parameters(), before):
+        assert torch.equal(p.grad, g)
+
+
+def test_network_step_uses_the_old_weights():
+    trainer = trainer_for(tasks=3, alpha=1.0, weight_lr=0.2)
+    trainer.step(0)
+    shadow = copy.deepcopy(trainer.model)
+    shadow_optimizer = torch.optim.Adam(shadow.parameters(), lr=trainer.budget.lr, fused=True)
+    shadow_optimizer.load_state_dict(copy.deepcopy(trainer.optimizer.state_dict()))
+    old = trainer.balancer.weights()
+    x, ys = trainer.training_batch(1)
+    trainer.step(1)
+    new = trainer.balancer.weights()
+    assert not torch.allclose(old, new), "the weights should have moved for this test to mean anything"
+
+    def network_after_step(weights):
+        model = copy.deepcopy(shadow)
+        optimizer = torch.optim.Adam(model.parameters(), lr=trainer.budget.lr, fused=True)
+        optimizer.load_state_dict(copy.deepcopy(shadow_optimizer.state_dict()))
+        losses = trainer.problem.losses(model(x), ys)
+        (weights * losses).sum().backward()
+        optimizer.step()
+        return list(model.parameters())
+
+    with_old = network_after_step(old)
+    with_new = network_after_step(new)
+    for p, q_old, q_new in zip(trainer.model.parameters(), with_old, with_new):
+        assert torch.allclose(p, q_old, atol=1e-12)
+    assert any(not torch.allclose(q_old, q_new) for q_old, q_new in zip(with_old, with_new))
+
+
+@pytest.mark.parametrize("grad_params", ["last_layer_weight", "last_layer", "all_shared", "representation"])
+def test_task_gradient_norms_match_one_autograd_call_per_task(grad_params):
+    trainer = trainer_for(tasks=3, seeds=(0, 1, 2), grad_params=grad_params)
+    x, ys = trainer.training_batch(0)
+    weights = trainer.balancer.weights()
+    _, norms = trainer.compute_gradients(x, ys, weights)
+    model = trainer.model
+    if grad_params == "representation":
+        h = model.trunk(x)
+        expected = []
+        for r in range(trainer.n_runs):
+            row = []
+            for i, task in enumerate(trainer.tasks):
+                hi = h.detach().requires_grad_(True)
+                loss = task.loss(model.heads[i](hi), ys[i])[r]
+                (g,) = torch.autograd.grad(loss, hi)
+                row.append(float(g[r].norm()))
+            expected.append(row)
+        expected = torch.tensor(expected, dtype=torch.float64)
+    else:
+        layer = model.last_shared_layer
+        params = {"last_layer_weight": [layer.weight], "last_layer": [layer.weight, layer.bias],
+                  "all_shared": model.shared_parameters()}[grad_params]
+        expected = naive_task_norms(trainer, x, ys, params)
+    assert torch.allclose(norms, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("parametrisation", ["raw", "softmax"])
+def test_L_grad_and_its_gradient_match_a_hand_computation(parametrisation):
+    alpha = 0.7
+    trainer = trainer_for(tasks=3, seeds=(0, 1), alpha=alpha, parametrisation=parametrisation)
+    for step in range(3):
+        trainer.step(step)
+    balancer = trainer.balancer
+    x, ys = trainer.training_batch(3)
+    w = balancer.weights()
+    losses, norms = trainer.compute_gradients(x, ys, w)
+    n = naive_task_norms(trainer, x, ys, [trainer.model.last_shared_layer.weight])
+    assert torch.allclose(norms, n, rtol=1e-9)
+
+    # Algorithm 1 by hand, the target held constant.
+    T = 3
+    G = w * n
+    G_bar = G.mean(dim=1, keepdim=True)
+    ratio = losses / balancer.initial_losses
+    r = ratio / ratio.mean(dim=1, keepdim=True)
+    target = G_bar * r ** alpha
+    L_grad = (G - target).abs().sum(dim=1)
+    dL_dw = torch.sign(G - target) * n  # dG_i/dw_i = ||grad_W L_i|| for w_i > 0
+    if parametrisation == "softmax":
+        # w = T softmax(theta): dw_i/dtheta_j = w_i (delta_ij - w_j / T)
+        jac = torch.diag_embed(w) - w.unsqueeze(2) * w.unsqueeze(1) / T
+        expected_grad = torch.einsum("ri,rij->rj", dL_dw, jac)
+    else:
+        expected_grad = dL_dw
+
+    theta = balancer.theta.detach().clone().requires_grad_(True)
+    got = balancer.gradnorm_loss(theta, losses, norms)
+    (grad,) = torch.autograd.grad(got.sum(), theta)
+    assert torch.allclose(got, L_grad, rtol=1e-10)
+    assert torch.allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_weight_optimizer_state_survives_across_steps():
+    trainer = trainer_for(alpha=0.5)
+    optimizer = trainer.balancer.optimizer
+    for step in range(7):
+        trainer.step(step)
+    assert trainer.balancer.optimizer is optimizer
+    state = optimizer.state[trainer.balancer.theta]
+    assert int(state["step"]) == 7
+    assert float(state["exp_avg_sq"].abs().sum()) > 0
+
+
+def test_alpha_zero_pulls_gradient_norms_at_W_towards_equality():
+    budget = Budget(steps=150, batch_size=16, lr=1e-3, eval_every=50)
+    trainer = trainer_for(sigmas=(1.0, 20.0), alpha=0.0, weight_lr=0.02, budget=budget)
+    trainer.run()
+    G = trainer.balancer.traces()["grad_norms"]  # (steps, R, T): G_i = |w_i| ||grad_W L_i||
+
+    def spread(g):
+        return float((g.max(dim=-1).values / g.min(dim=-1).values).median())
+
+    first, last = spread(G[:5]), spread(G[-30:])
+    assert first > 5
+    assert last < first / 3
+
+
+def test_initial_loss_mean_of_first_steps_keeps_unit_weights_meanwhile():
+    trainer = trainer_for(alpha=1.0, initial_loss="mean_first_steps", initial_loss_steps=4)
+    seen = []
+    for step in range(6):
+        x, ys = trainer.training_batch(step)
+        seen.append(trainer.problem.losses(trainer.model(x), ys).detach())
+        if step < 4:
+            assert torch.equal(trainer.balancer.weights(), torch.ones(1, 2, dtype=torch.float64))
+        trainer.step(step)
+    assert torch.allclose(trainer.balancer.initial_losses, torch.stack(seen[:4]).mean(0))
+    assert not torch.equal(trainer.balancer.weights(), torch.ones(1, 2, dtype=torch.float64))
+
+
+def test_initial_loss_log_classes_for_classification_tasks():
+    tasks = [TaskSpec("digits", "classification", loss=None, n_classes=10),
+             TaskSpec("size", "regression", loss=None)]
+    balancer = GradNorm([GradNormParams(initial_loss="log_classes")], tasks,
+                        device=torch.device("cpu"), dtype=torch.float64, steps_per_epoch=1)
+    losses = torch.tensor([[2.0, 5.0]], dtype=torch.float64)
+    balancer.update(0, losses, torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+    assert balancer.initial_losses.tolist() == [[math.log(10), 5.0]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(norms=st.lists(st.floats(0.01, 100), min_size=2, max_size=5))
+def test_alpha_zero_drives_weighted_norms_together_for_fixed_gradients(norms):
+    T = len(norms)
+    tasks = [TaskSpec(f"t{i}", "regression", loss=None) for i in range(T)]
+    balancer = GradNorm([GradNormParams(alpha=0.0, weight_lr=0.01)], tasks,
+                        device=torch.device("cpu"), dtype=torch.float64, steps_per_epoch=1)
+    n = torch.tensor([norms], dtype=torch.float64)
+    losses = torch.ones(1, T, dtype=torch.float64)
+    spread_before = float((n.max() / n.min()))
+    for step in range(600):
+        balancer.update(step, losses, n)
+        assert math.isclose(float(balancer.weights().sum()), T, rel_tol=1e-9)
+    G = balancer.weights() * n
+    spread_after = float(G.max() / G.min())
+    # Either already equal, or much closer to equal than at the start (Adam jitters near 0 loss).
+    assert spread_after <= max(1.1, 1 + (spread_before - 1) / 4) or spread_before < 1.1
+
+
+def test_parameter_validation():
+    from bench.balancers import build_balancer_params
+    from bench.errors import ConfigError
+
+    for bad in ({"alpha": -0.1}, {"weight_lr": 0}, {"floor": 1.5}, {"floor": 0.1, "parametrisation": "softmax"},
+                {"grad_params": "everything"}, {"initial_loss_steps": 0}):
+        with pytest.raises(ConfigError):
+            build_balancer_params("gradnorm", bad)

@@ -1,0 +1,175 @@
+"""The study manager end to end on tiny budgets: every arm, resume, safety, parallel runs."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+import bench.study.manager as manager
+from bench.errors import BenchError
+from bench.problems import PROBLEMS
+from bench.store import ResultStore
+from bench.store.export import runs_table
+from bench.store.results import StudyConfigChanged
+from bench.study import StudyRunner, StudySpec
+from bench.study.simplex import cube_to_simplex
+from tests.test_engine import PoisonedToy
+from tests.test_study_spec import TINY
+
+FULL = TINY + """
+[arms.sampled]
+kind = "grid"
+method = "optuna"
+sampler = "tpe"
+n_trials = 4
+parallel_points = 2
+
+[arms.uncertainty]
+
+[arms.dwa]
+period = 2
+"""
+
+
+def spec_of(text: str, **kwargs) -> StudySpec:
+    return StudySpec.from_dict(tomllib.loads(text), source="test.toml", **kwargs)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return ResultStore(str(tmp_path / "results" / "bench.journal"))
+
+
+def results_by_key(store: ResultStore, name: str) -> dict:
+    return {(r["arm"], r["run_key"]): r for r in store.records(name)}
+
+
+def test_every_arm_runs_and_is_stored(store):
+    spec = spec_of(FULL)
+    runner = StudyRunner(spec, store)
+    progress = runner.run()
+    assert progress.left == 0 and progress.failed == 0
+    assert progress.total == len(spec.runs()) == 6 + 4 + 4 + 2 + 8 + 2 + 2
+    records = results_by_key(store, "tiny")
+    assert len(records) == progress.total
+    for (arm, key), r in records.items():
+        assert r["status"] == "ok"
+        assert r["value"] == pytest.approx(r["record"]["normalized_val_loss"])
+        assert r["params"]["seed"] == r["record"]["config"]["seed"]
+
+    # GradNorm static retrains each GradNorm run's time-averaged weights, same seed.
+    for (arm, key), r in records.items():
+        if arm == "gradnorm-static":
+            source = records[("gradnorm", key)]["record"]
+            assert r["record"]["config"]["balancer_params"]["weights"] == pytest.approx(source["mean_weights"])
+            assert r["record"]["config"]["seed"] == source["config"]["seed"]
+            assert [r["params"][f"w{i}"] for i in range(2)] == pytest.approx(source["mean_weights"])
+
+    # Sampled points: both seeds of a point train the point its first seed's trial sampled.
+    for k in range(4):
+        first, second = records[("sampled", f"point={k}/seed=0")], records[("sampled", f"point={k}/seed=1")]
+        assert first["params"]["z0"] == second["params"]["z0"]
+        weights = list(cube_to_simplex([first["params"]["z0"]], 2))
+        assert first["record"]["config"]["balancer_params"]["weights"] == pytest.approx(weights)
+        assert second["record"]["config"]["balancer_params"]["weights"] == pytest.approx(weights)
+
+    # Exhaustive grid points sum to T; the tidy table has one row per run.
+    table = runs_table(store, "tiny")
+    assert len(table) == progress.total
+    grid = table[table.arm == "grid"]
+    assert ((grid.weight_task0 + grid.weight_task1) - 2).abs().max() < 1e-9
+
+
+def test_rerunning_a_finished_study_trains_nothing(store):
+    StudyRunner(spec_of(TINY), store).run()
+    again = StudyRunner(spec_of(TINY), store)
+    again.run()
+    assert again.trained_here == 0
+
+
+def test_resume_after_an_interruption_continues_and_matches_an_uninterrupted_run(store, tmp_path, monkeypatch):
+    spec = spec_of(TINY)
+    calls = {"n": 0}
+    real = manager.train_runs
+
+    def interrupted_second_batch(configs, progress=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(configs, progress)
+
+    monkeypatch.setattr(manager, "train_runs", interrupted_second_batch)
+    first = StudyRunner(spec, store, batch_runs=3)
+    with pytest.raises(manager.Interrupted):
+        first.run()
+    done_before = first.progress().done
+    assert 0 < done_before < len(spec.runs())
+    monkeypatch.setattr(manager, "train_runs", real)
+
+    second = StudyRunner(spec, store, batch_runs=3)
+    second.run()
+    assert second.trained_here == len(spec.runs()) - done_before  # nothing finished is retrained
+
+    reference = ResultStore(str(tmp_path / "reference.journal"))
+    StudyRunner(spec, reference, batch_runs=3).run()
+    resumed, uninterrupted = results_by_key(store, "tiny"), results_by_key(reference, "tiny")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert resumed[key]["value"] == pytest.approx(uninterrupted[key]["value"], rel=1e-5)
+
+
+def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
+    StudyRunner(spec_of(TINY), store).run()
+    changed = spec_of(TINY.replace("steps = 10", "steps = 12"))
+    with pytest.raises(StudyConfigChanged) as err:
+        StudyRunner(changed, store).run()
+    assert "--new-version" in str(err.value)
+    before = results_by_key(store, "tiny")
+    runner = StudyRunner(changed, store, new_version=True)
+    runner.run()
+    assert runner.name == "tiny-v2"
+    assert results_by_key(store, "tiny") == before  # the first version is untouched
+    assert set(store.study_names()) == {"tiny", "tiny-v2"}
+
+
+def test_more_seeds_add_runs_to_the_same_study(store):
+    StudyRunner(spec_of(TINY), store).run()
+    more = spec_of(TINY).with_seeds([0, 1, 2])
+    runner = StudyRunner(more, store)
+    runner.run()
+    assert runner.name == "tiny"
+    assert runner.trained_here == len(more.runs()) - len(spec_of(TINY).runs())
+
+
+def test_a_diverging_run_is_stored_as_failed_and_the_study_completes(store, monkeypatch):
+    monkeypatch.setitem(PROBLEMS, PoisonedToy.name, PoisonedToy)
+    text = TINY.replace('name = "toy"', 'name = "poisoned-toy"').replace("seeds = [0, 1]", "seeds = [0, 13]")
+    progress = StudyRunner(spec_of(text), store).run()
+    assert progress.left == 0
+    records = results_by_key(store, "tiny")
+    failed = {k: r for k, r in records.items() if r["status"] == "failed"}
+    # every run on data seed 13 diverges; GradNorm static runs of a failed GradNorm run fail too
+    assert failed and all(k[1].endswith("seed=13") for k in failed)
+    assert all("non-finite" in r["reason"] or "GradNorm run" in r["reason"] for r in failed.values())
+    assert all(r["status"] == "ok" for k, r in records.items() if k[1].endswith("seed=0"))
+    assert progress.failed == len(failed)
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_same_results_as_one(store, tmp_path):
+    spec = spec_of(TINY)
+    StudyRunner(spec, store, jobs=1, batch_runs=4).run()
+    other = ResultStore(str(tmp_path / "two-jobs.journal"))
+    StudyRunner(spec, other, jobs=2, batch_runs=4).run()
+    one, two = results_by_key(store, "tiny"), results_by_key(other, "tiny")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert one[key]["value"] == pytest.approx(two[key]["value"], rel=1e-5)
+
+
+def test_runs_of_an_unknown_study_in_the_store_give_a_clear_error(store):
+    with pytest.raises(BenchError) as err:
+        store.records("nope")
+    assert "no study named 'nope'" in str(err.value)

@@ -1,0 +1,158 @@
+"""Study files and the weight simplex: grids, the sampler's parametrisation, and clear errors."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.errors import ConfigError
+from bench.study.simplex import cube_to_simplex, grid_size, simplex_grid, simplex_to_cube
+from bench.study.spec import StudySpec
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+TINY = """
+name = "tiny"
+seeds = [0, 1]
+
+[problem]
+name = "toy"
+tasks = 2
+sigmas = [1.0, 10.0]
+input_dim = 8
+output_dim = 3
+hidden = 6
+depth = 2
+n_train = 64
+n_val = 32
+n_test = 32
+
+[budget]
+steps = 10
+batch_size = 16
+lr = 0.01
+eval_every = 5
+
+[arms.grid]
+method = "exhaustive"
+resolution = 0.5
+
+[arms.gradnorm]
+alpha = [0.5, 1.0]
+
+[arms.gradnorm-static]
+
+[arms.equal]
+"""
+
+
+@settings(max_examples=40, deadline=None)
+@given(tasks=st.integers(1, 5), n=st.integers(1, 12))
+def test_exhaustive_grid_matches_the_closed_form_and_sums_to_T(tasks, n):
+    points = simplex_grid(tasks, 1 / n)
+    assert len(points) == math.comb(n + tasks - 1, tasks - 1) == grid_size(tasks, 1 / n)
+    assert len(set(points)) == len(points)
+    for p in points:
+        assert len(p) == tasks and min(p) >= 0
+        assert math.isclose(sum(p), tasks, rel_tol=1e-12)
+
+
+def test_documented_grid_sizes():
+    assert grid_size(2, 0.05) == 21
+    assert grid_size(3, 0.1) == 66
+    assert grid_size(4, 0.05) == 1771
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.001, 0.999), min_size=1, max_size=5))
+def test_cube_to_simplex_lands_on_the_simplex_and_inverts(u):
+    tasks = len(u) + 1
+    w = cube_to_simplex(u, tasks)
+    assert len(w) == tasks and min(w) >= 0
+    assert math.isclose(sum(w), tasks, rel_tol=1e-12)
+    assert simplex_to_cube(w) == pytest.approx(u, abs=1e-9)
+
+
+def test_uniform_cube_points_are_uniform_on_the_simplex():
+    # Under Dirichlet(1, 1, 1), each coordinate p_i ~ Beta(1, 2): mean 1/3, variance 1/18.
+    rng = random.Random(0)
+    samples = [cube_to_simplex([rng.random(), rng.random()], 3) for _ in range(20000)]
+    for i in range(3):
+        p = [s[i] / 3 for s in samples]
+        mean = sum(p) / len(p)
+        var = sum((x - mean) ** 2 for x in p) / len(p)
+        assert mean == pytest.approx(1 / 3, abs=0.01)
+        assert var == pytest.approx(1 / 18, abs=0.003)
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_studies_load(path):
+    spec = StudySpec.load(str(path))
+    assert spec.runs()
+    assert len({(r.arm, r.key) for r in spec.runs()}) == len(spec.runs())
+
+
+def test_gridsearch_study_is_the_66_point_grid_with_gradnorm_static_and_equal():
+    spec = StudySpec.load("gridsearch")
+    kinds = {arm.kind for arm in spec.arms.values()}
+    assert {"grid", "gradnorm", "gradnorm-static", "equal"} <= kinds
+    assert len(spec.arms["grid"].points) == 66
+
+
+def test_runs_of_a_tiny_study(tmp_path):
+    spec = StudySpec.from_dict(__import__("tomllib").loads(TINY), source="tiny.toml")
+    runs = spec.runs()
+    by_arm = {}
+    for r in runs:
+        by_arm.setdefault(r.arm, []).append(r)
+    assert len(by_arm["grid"]) == 3 * 2 and len(by_arm["gradnorm"]) == 2 * 2
+    assert len(by_arm["equal"]) == 2
+    statics = by_arm["gradnorm-static"]
+    assert [r.depends_on for r in statics] == [("gradnorm", r.key) for r in by_arm["gradnorm"]]
+    assert spec.config_hash() == spec.with_seeds([0, 1, 2, 3]).config_hash()
+    assert spec.config_hash() != spec.quick(0.1).config_hash()
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return str(path)
+
+
+BAD = [
+    ("malformed", "name = [\n", "TOML"),
+    ("unknown field", TINY.replace('seeds = [0, 1]', 'seeds = [0, 1]\ncolour = "red"'), "colour"),
+    ("unknown arm kind", TINY + '\n[arms.x]\nkind = "magic"\n', "arms.x.kind"),
+    ("unknown problem", TINY.replace('name = "toy"', 'name = "nope"'), "problem"),
+    ("weights of the wrong length", TINY + '\n[arms.mine]\nkind = "static"\nweights = [1, 2, 3]\n', "arms.mine.weights"),
+    ("negative weights", TINY + '\n[arms.mine]\nkind = "static"\nweights = [1, -2]\n', "arms.mine.weights"),
+    ("weights summing to zero", TINY + '\n[arms.mine]\nkind = "static"\nweights = [0, 0]\n', "arms.mine.weights"),
+    ("negative alpha", TINY.replace("alpha = [0.5, 1.0]", "alpha = [-0.5]"), "arms.gradnorm.alpha"),
+    ("bad resolution", TINY.replace("resolution = 0.5", "resolution = 0.3"), "arms.grid.resolution"),
+    ("bad gradnorm option", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\nweight_lr = -1"), "arms.gradnorm.weight_lr"),
+    ("static without gradnorm", TINY.replace("[arms.gradnorm]\nalpha = [0.5, 1.0]\n", ""), "arms.gradnorm-static.source"),
+    ("bad seeds", TINY.replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds"),
+    ("bad budget", TINY.replace("steps = 10", "steps = 0"), "budget.steps"),
+    ("batch larger than the data", TINY.replace("batch_size = 16", "batch_size = 1000"), "batch_size"),
+    ("bad sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nsampler = "magic"\nn_trials = 3'), "arms.grid.sampler"),
+]
+
+
+@pytest.mark.parametrize("case,text,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_study_files_get_errors_naming_file_and_field(tmp_path, case, text, field):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        StudySpec.load(path)
+    message = str(err.value)
+    assert path in message and field in message and "expected" in message
+
+
+def test_unknown_study_name_lists_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        StudySpec.load("no-such-study")
+    assert "gridsearch" in str(err.value)

@@ -1,0 +1,80 @@
+"""The paper's synthetic problem: shapes, scales, seeds and the model's structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.errors import ConfigError
+from bench.problems import PROBLEMS, build_problem
+from bench.problems.toy import default_sigmas
+
+
+def test_registry_maps_toy():
+    assert "toy" in PROBLEMS
+
+
+def test_data_shapes_scales_and_unit_norm_inputs():
+    problem = build_problem("toy", {"tasks": 2, "sigmas": "1,100", "n_train": 50, "n_val": 20, "n_test": 30})
+    data = problem.load(0)
+    assert [len(s) for _, s in data.items()] == [50, 20, 30]
+    assert data.train.inputs.shape == (50, 250)
+    assert torch.allclose(data.train.inputs.norm(dim=1), torch.ones(50), atol=1e-5)
+    assert [t.shape for t in data.train.targets] == [(50, 100), (50, 100)]
+    # |f_i| <= sigma_i, and tanh saturates: most outputs are near +-sigma_i
+    for target, sigma in zip(data.test.targets, (1.0, 100.0)):
+        assert float(target.abs().max()) <= sigma
+        assert float((target.abs() > 0.5 * sigma).float().mean()) > 0.8
+    assert [t.normaliser for t in problem.tasks] == [1.0, 10000.0]
+
+
+def test_function_matrices_have_the_documented_scales():
+    std = build_problem("toy", {"tasks": 3})
+    shared, task = std.functions(0)
+    assert shared.shape == (100, 250) and task.shape == (3, 100, 250)
+    assert float(shared.std()) == pytest.approx(10.0, rel=0.02)
+    assert float(task.std()) == pytest.approx(3.5, rel=0.02)
+    var = build_problem("toy", {"tasks": 3, "scale_kind": "variance"})
+    shared, task = var.functions(0)
+    assert float(shared.std()) == pytest.approx(10.0 ** 0.5, rel=0.02)
+    assert float(task.std()) == pytest.approx(3.5 ** 0.5, rel=0.02)
+
+
+def test_data_depends_on_the_data_seed_only():
+    problem = build_problem("toy", {"n_train": 10, "n_val": 5, "n_test": 5})
+    assert torch.equal(problem.load(3).train.inputs, build_problem("toy", {"n_train": 10, "n_val": 5, "n_test": 5}).load(3).train.inputs)
+    assert not torch.equal(problem.load(3).train.inputs, problem.load(4).train.inputs)
+
+
+def test_default_sigmas():
+    assert default_sigmas(2) == (1.0, 100.0)
+    ten = default_sigmas(10)
+    assert ten[0] == 1.0 and ten[-1] == pytest.approx(100.0)
+    ratios = [b / a for a, b in zip(ten, ten[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))
+
+
+def test_model_exposes_shared_last_shared_and_task_parameters():
+    problem = build_problem("toy", {"tasks": 3})
+    model = problem.build_model([11, 12])
+    assert model.n_runs == 2 and model.n_tasks == 3
+    assert model.last_shared_weight().shape == (2, 100, 100)
+    assert model.last_shared_layer is model.trunk.layers[-1]
+    assert len(model.trunk.layers) == 4
+    assert len(model.task_parameters()) == 3
+    shared = {id(p) for p in model.shared_parameters()}
+    specific = {id(p) for p in model.task_specific_parameters()}
+    assert not shared & specific
+    assert shared | specific == {id(p) for p in model.parameters()}
+    # each slice is initialised from its own seed; a lone run with that seed matches its slice
+    alone = problem.build_model([12])
+    assert torch.equal(alone.trunk.layers[0].weight[0], model.trunk.layers[0].weight[1])
+    assert not torch.equal(model.trunk.layers[0].weight[0], model.trunk.layers[0].weight[1])
+
+
+@pytest.mark.parametrize("params", [{"tasks": 0}, {"tasks": 2, "sigmas": "1,2,3"}, {"sigmas": "1,-1"},
+                                    {"n_train": 0}, {"scale_kind": "both"}, {"colour": "red"}])
+def test_bad_parameters_name_the_field(params):
+    with pytest.raises(ConfigError) as err:
+        build_problem("toy", params)
+    assert list(params)[-1] in str(err.value)
