@@ -1,0 +1,169 @@
+"""The `bench` command line: JSON output, summaries and one-line errors with non-zero exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from tests.conftest import require_system_tool
+from tests.test_study_spec import TINY
+
+TINY_TRAIN = ["--problem", "toy", "-p", "input_dim=8", "-p", "output_dim=3", "-p", "hidden=6",
+              "-p", "depth=2", "-p", "n_train=64", "-p", "n_val=32", "-p", "n_test=32",
+              "--batch-size", "16", "--eval-every", "5", "--steps", "20", "--device", "cpu"]
+REQUIRED_JSON = {"status", "balancer", "problem", "seed", "steps", "final_weights", "mean_weights",
+                 "weights_trajectory", "train_loss", "val_loss", "test_loss", "normalized_test_loss",
+                 "overfitting_gap", "wall_time_s"}
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_json_prints_exactly_one_object_with_the_documented_keys(capsys):
+    code, out, _ = run_cli(["train", *TINY_TRAIN, "--tasks", "2", "--sigmas", "1,100",
+                            "--balancer", "gradnorm", "--alpha", "0.12", "--seed", "0", "--json"], capsys)
+    assert code == 0
+    record = json.loads(out)
+    assert REQUIRED_JSON <= set(record)
+    assert record["status"] == "ok" and record["balancer"] == "gradnorm" and record["steps"] == 20
+    assert len(record["test_loss"]) == 2 and len(record["overfitting_gap"]) == 2
+    assert all(len(row) == 3 for row in record["weights_trajectory"])
+    assert record["overfitting_gap"] == pytest.approx([t - s for t, s in zip(record["test_loss"], record["train_loss"])])
+
+
+def test_train_prints_a_readable_summary(capsys):
+    code, out, _ = run_cli(["train", *TINY_TRAIN, "--balancer", "static", "--weights", "3,1"], capsys)
+    assert code == 0
+    assert "static on toy" in out and "task-normalised loss" in out and "task1" in out
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--balancer", "magic"], ["balancer", "magic", "gradnorm"]),
+    (["--tasks", "2", "--sigmas", "1,2,3"], ["sigmas", "2 values"]),
+    (["--balancer", "static", "--weights", "1,-1"], ["weights", "non-negative"]),
+    (["--balancer", "static", "--weights", "0,0"], ["weights", "all equal zero"]),
+    (["--balancer", "static", "--weights", "1,2,3"], ["weights", "2 weights"]),
+    (["--balancer", "gradnorm", "--alpha", "-1"], ["alpha", ">= 0"]),
+    (["--problem", "nope"], ["problem", "toy"]),
+    (["-p", "colour=red"], ["colour", "options"]),
+])
+def test_bad_train_arguments_give_one_clear_line_and_a_nonzero_exit(capsys, args, words):
+    code, out, err = run_cli(["train", *TINY_TRAIN, *args], capsys)
+    assert code == 2
+    assert out == ""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    for word in words:
+        assert word in lines[0]
+
+
+def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"bench {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.mark.slow
+def test_run_then_compare_from_the_command_line(tmp_path):
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY)
+    run = bench("run", "--study", str(study), cwd=tmp_path)
+    assert "next:    bench compare --study tiny" in run.stdout
+    assert (tmp_path / "results" / "bench.journal").is_file()
+    table = pd.read_parquet(tmp_path / "results" / "tiny" / "runs.parquet")
+    assert len(table) == len(pd.read_csv(tmp_path / "results" / "tiny" / "runs.csv")) == 6 + 4 + 4 + 2
+    again = bench("run", "--study", str(study), cwd=tmp_path)
+    assert "(0 trained now" in again.stdout
+    csv = bench("compare", "--study", "tiny", "--format", "csv", cwd=tmp_path)
+    main_table = pd.read_csv(__import__("io").StringIO(csv.stdout))
+    assert {"arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"} <= set(main_table.columns)
+    assert sorted(main_table.arm) == ["equal", "gradnorm (alpha=0.5)", "gradnorm (alpha=1)",
+                                      "gradnorm-static (alpha=0.5)", "gradnorm-static (alpha=1)", "grid"]
+    assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
+    for name in ("main", "per_task", "standings", "comparisons", "grid_points"):
+        assert (tmp_path / "reports" / "tiny" / f"{name}.csv").is_file()
+        assert (tmp_path / "reports" / "tiny" / f"{name}.md").is_file()
+
+
+@pytest.mark.slow
+def test_compare_csv_on_the_gridsearch_study(tmp_path):
+    """The shipped default study, at 10% of its steps: one CSV row per arm."""
+    bench("run", "--study", str(Path(__file__).resolve().parents[1] / "studies" / "gridsearch.toml"),
+          "--quick", cwd=tmp_path)
+    csv = bench("compare", "--study", "gridsearch-quick", "--format", "csv", cwd=tmp_path)
+    table = pd.read_csv(__import__("io").StringIO(csv.stdout))
+    assert list(table.columns[:5]) == ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
+    assert sorted(table.arm) == ["equal", "gradnorm", "gradnorm-static", "grid"]
+    assert table.set_index("arm").loc["grid", "runs"] == 198
+
+
+PROBE = """<script>
+window.__benchErrors = [];
+window.addEventListener('error', function (e) {
+  __benchErrors.push(String(e.message || (e.target && (e.target.src || e.target.href)) || 'error'));
+}, true);
+(function () { var original = console.error; console.error = function () {
+  __benchErrors.push(Array.prototype.join.call(arguments, ' ')); original.apply(console, arguments); }; })();
+window.addEventListener('load', function () {
+  var images = Array.prototype.map.call(document.querySelectorAll('figure img'), function (img) {
+    var box = img.getBoundingClientRect();
+    return {id: img.closest('figure').id, width: box.width, height: box.height,
+            natural: img.naturalWidth, complete: img.complete};
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'bench-probe';
+  pre.textContent = JSON.stringify({errors: __benchErrors, images: images,
+    tables: document.querySelectorAll('table').length, title: document.title});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+@pytest.mark.slow
+def test_report_displays_every_figure_and_table_in_headless_chromium(tmp_path):
+    chromium = require_system_tool("chromium")
+    study = tmp_path / "tiny3.toml"  # three tasks: the simplex landscape is drawn too
+    study.write_text(TINY.replace('name = "tiny"', 'name = "tiny3"').replace("tasks = 2", "tasks = 3")
+                     .replace("sigmas = [1.0, 10.0]", "sigmas = [1.0, 3.0, 9.0]"))
+    bench("run", "--study", str(study), cwd=tmp_path)
+    bench("compare", "--study", "tiny3", cwd=tmp_path)
+    report = tmp_path / "reports" / "tiny3" / "index.html"
+    html = report.read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    probe = report.with_name("probe.html")
+    probe.write_text(html.replace("<head>", "<head>" + PROBE, 1))
+    profile = tmp_path / "chromium-profile"
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=180)
+    start = dom.stdout.index('<pre id="bench-probe">') + len('<pre id="bench-probe">')
+    import html as html_lib
+
+    result = json.loads(html_lib.unescape(dom.stdout[start:dom.stdout.index("</pre>", start)]))
+    assert result["errors"] == []
+    assert result["title"] == "GradNorm Bench: tiny3"
+    figures = {img["id"] for img in result["images"]}
+    assert figures == {"fig-weights", "fig-curves", "fig-landscape", "fig-distance", "fig-pareto", "fig-gaps"}
+    for img in result["images"]:
+        assert img["complete"] and img["natural"] > 0 and img["width"] > 0 and img["height"] > 0, img
+    assert result["tables"] >= 5
+    for width, height, name in ((1280, 2400, "report-laptop.png"), (390, 2400, "report-phone.png")):
+        shot = tmp_path / name
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                        f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=180)
+        assert shot.is_file() and shot.stat().st_size > 10_000

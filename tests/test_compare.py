@@ -1,0 +1,115 @@
+"""Statistics and tables of the comparison, on hand-made results with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bench.compare.analysis import build_comparison
+from bench.compare.stats import describe, l2_distance, paired, standing, summarize
+
+TASKS = ["a", "b"]
+
+
+def test_summary_mean_std_and_t_interval():
+    s = summarize([1.0, 2.0, 3.0])
+    half = sps.t.ppf(0.975, 2) / math.sqrt(3)
+    assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)
+    assert s.ci_low == pytest.approx(2 - half) and s.ci_high == pytest.approx(2 + half)
+    assert math.isnan(summarize([4.0]).ci_low)
+
+
+def test_standing_among_grid_points():
+    s = standing(1.5, [1.0, 2.0, 3.0, 4.0])
+    assert (s.rank, s.n_better, s.n_points, s.percentile) == (2, 1, 4, 75.0)
+    best = standing(0.5, [1.0, 2.0])
+    assert (best.rank, best.n_better, best.percentile) == (1, 0, 100.0)
+
+
+def test_l2_distance():
+    assert l2_distance([3.0, 0.0], [1.0, 1.0]) == pytest.approx(math.sqrt(5))
+
+
+def test_paired_comparison_and_its_sentence():
+    a = {0: 1.0, 1: 2.0, 2: 3.0}
+    b = {0: 2.0, 1: 3.0, 2: 5.0, 3: 9.0}  # seed 3 has no partner: left out
+    r = paired(a, b)
+    assert (r.n, r.wins) == (3, 3)
+    assert r.mean_difference == pytest.approx(-4 / 3)
+    assert r.p_value == pytest.approx(sps.ttest_rel([1, 2, 3], [2, 3, 5]).pvalue)
+    assert r.p_value == pytest.approx(0.0572, abs=1e-3)  # t = -4 with 2 degrees of freedom
+    assert r.effect_size == pytest.approx((-4 / 3) / math.sqrt(1 / 3))
+    sentence = describe("GradNorm", "the best of 66 grid points", r)
+    assert sentence.startswith("GradNorm beats the best of 66 grid points on 3/3 seeds")
+    assert "p = 0.057" in sentence
+
+
+def _run(arm, key, seed, val, test, train, weights=None, mean_weights=None, balancer="static",
+         status="ok"):
+    row = {"arm": arm, "run_key": key, "seed": seed, "status": status, "balancer": balancer,
+           "normalized_val_loss": val, "normalized_test_loss": test, "normalized_train_loss": train,
+           "normalized_overfitting_gap": test - train, "wall_time_s": 1.0, "device": "cpu"}
+    for i, t in enumerate(TASKS):
+        row[f"weight_{t}"] = weights[i] if weights else None
+        row[f"mean_weight_{t}"] = (mean_weights or weights)[i]
+        row[f"test_loss_{t}"] = test / 2
+        row[f"train_loss_{t}"] = train / 2
+        row[f"overfitting_gap_{t}"] = (test - train) / 2
+    return row
+
+
+def hand_made():
+    rows = []
+    # Three grid points; the middle one is best on validation, the first is best on test.
+    grid = {(2.0, 0.0): (1.30, 1.00), (1.0, 1.0): (1.00, 1.20), (0.0, 2.0): (1.50, 1.60)}
+    for w, (val, test) in grid.items():
+        for seed in (0, 1, 2):
+            rows.append(_run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val + 0.01 * seed,
+                             test + 0.01 * seed, test - 0.3, weights=w))
+    for seed, test in zip((0, 1, 2), (1.10, 1.12, 1.13)):
+        rows.append(_run("gradnorm", f"alpha=0.12/seed={seed}", seed, 1.05, test, test - 0.1,
+                         mean_weights=(1.5, 0.5), balancer="gradnorm"))
+        rows.append(_run("equal", f"seed={seed}", seed, 1.4, 1.4 + 0.01 * seed, 1.2, weights=(1.0, 1.0)))
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
+                "gradnorm_static_sources": {}}
+    return build_comparison("hand", manifest, pd.DataFrame(rows), [])
+
+
+def test_grid_point_is_selected_on_validation_not_test():
+    c = hand_made()
+    grid = c.grids["grid"]
+    assert grid.selected == "w=1,1" and grid.weights == [1.0, 1.0]
+    main = c.main.set_index("arm")
+    assert main.loc["grid", "normalized_test_loss"] == pytest.approx(1.21)
+    assert main.loc["grid", "runs"] == 9
+
+
+def test_gradnorm_standing_distance_and_paired_tests():
+    c = hand_made()
+    s = c.standings.set_index("arm").loc["gradnorm"]
+    # GradNorm's mean test 1.1167: one grid point (mean 1.01) is better, two are worse.
+    assert (s["rank"], s["n_better"], s["n_points"]) == (2, 1, 3)
+    assert s["percentile"] == pytest.approx(200 / 3)
+    assert s["distance_to_selected"] == pytest.approx(l2_distance([1.5, 0.5], [1.0, 1.0]))
+    versus_grid = c.comparisons[(c.comparisons.arm == "gradnorm") & (c.comparisons.versus == "grid")].iloc[0]
+    assert (versus_grid.n, versus_grid.wins) == (3, 3)
+    assert "the best of 3 grid points" in versus_grid.sentence
+    versus_equal = c.comparisons[(c.comparisons.arm == "gradnorm") & (c.comparisons.versus == "equal")].iloc[0]
+    assert versus_equal.wins == 3
+    main = c.main.set_index("arm")
+    assert main.loc["gradnorm", "overfitting_gap"] == pytest.approx(0.1)
+    assert main.loc["gradnorm", "weights"] == [1.5, 0.5]
+    assert any("gradnorm" in line and "grid" in line for line in c.headline)
+
+
+def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    runs.loc[(runs.run_key == "w=1,1/seed=2"), "status"] = "failed"
+    manifest = c.manifest
+    again = build_comparison("hand", manifest, runs, [])
+    assert again.grids["grid"].selected == "w=2,0"
+    assert again.grids["grid"].excluded == 1
