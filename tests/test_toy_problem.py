@@ -59,8 +59,8 @@ def test_model_exposes_shared_last_shared_and_task_parameters():
     model = problem.build_model([11, 12])
     assert model.n_runs == 2 and model.n_tasks == 3
     assert model.last_shared_weight().shape == (2, 100, 100)
-    assert model.last_shared_layer is model.trunk.layers[-1]
-    assert len(model.trunk.layers) == 4
+    assert len(model.body.layers) == 3  # four shared layers: three in the body, then W
+    assert model.last_shared_layer.weight.shape == (2, 100, 100)
     assert len(model.task_parameters()) == 3
     shared = {id(p) for p in model.shared_parameters()}
     specific = {id(p) for p in model.task_specific_parameters()}
@@ -68,8 +68,8 @@ def test_model_exposes_shared_last_shared_and_task_parameters():
     assert shared | specific == {id(p) for p in model.parameters()}
     # each slice is initialised from its own seed; a lone run with that seed matches its slice
     alone = problem.build_model([12])
-    assert torch.equal(alone.trunk.layers[0].weight[0], model.trunk.layers[0].weight[1])
-    assert not torch.equal(model.trunk.layers[0].weight[0], model.trunk.layers[0].weight[1])
+    assert torch.equal(alone.body.layers[0].weight[0], model.body.layers[0].weight[1])
+    assert not torch.equal(model.body.layers[0].weight[0], model.body.layers[0].weight[1])
 
 
 @pytest.mark.parametrize("params", [{"tasks": 0}, {"tasks": 2, "sigmas": "1,2,3"}, {"sigmas": "1,-1"},

@@ -86,7 +86,8 @@ class GradNorm(Balancer):
         init = torch.ones(R, T) if p.parametrisation == "raw" else torch.zeros(R, T)
         self.theta = init.to(device=self.device, dtype=self.dtype).requires_grad_(True)
         if p.weight_optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.theta], lr=p.weight_lr)
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.theta], lr=p.weight_lr,
+                                                                     fused=self.theta.device.type in ("cpu", "cuda"))
         else:
             self.optimizer = torch.optim.SGD([self.theta], lr=p.weight_lr)
         self.initial_losses: Tensor | None = None
@@ -147,11 +148,13 @@ class GradNorm(Balancer):
         if self.initial_losses is None and self._set_initial_losses(step, losses):
             self._norm_trace.append(self.weights().abs() * grad_norms)
             return
-        stopped = self._stopped.unsqueeze(1)
-        # Failed runs may carry non-finite numbers; keep them out of their own row's update.
-        losses = torch.where(stopped, self.initial_losses, losses)
-        grad_norms = torch.where(stopped, torch.ones_like(grad_norms), grad_norms)
-        before = self.theta.detach().clone()
+        any_stopped = bool(self._stopped.any())
+        if any_stopped:
+            # Failed runs may carry non-finite numbers; keep them out of their own row's update.
+            stopped = self._stopped.unsqueeze(1)
+            losses = torch.where(stopped, self.initial_losses, losses)
+            grad_norms = torch.where(stopped, torch.ones_like(grad_norms), grad_norms)
+            before = self.theta.detach().clone()
         with torch.enable_grad():
             gradnorm_loss = self.gradnorm_loss(self.theta, losses, grad_norms)
             (grad,) = torch.autograd.grad(gradnorm_loss.sum(), self.theta)
@@ -163,7 +166,8 @@ class GradNorm(Balancer):
         with torch.no_grad():
             if self.options.parametrisation == "raw":
                 self.theta.copy_(self._renormalised(self.theta))
-            self.theta.copy_(torch.where(stopped, before, self.theta))
+            if any_stopped:
+                self.theta.copy_(torch.where(stopped, before, self.theta))
 
     def _renormalised(self, w: Tensor) -> Tensor:
         T = self.n_tasks

@@ -10,7 +10,7 @@ be stacked sets `supports_stacking = False` and is trained with R = 1.
 
 Tensor shapes used throughout:
     inputs          (R, B, ...)  one batch per run (an expanded view when runs share data)
-    trunk output    (R, B, ...)
+    trunk output    (R, B, ...)   (see MultiTaskModel)
     head inputs     a list of T tensors, each like the trunk output
     predictions     a list of T tensors (R, B, ...)
     losses          (R, T)       mean loss over the batch, per run and task
@@ -99,16 +99,20 @@ class DataSplits:
 class MultiTaskModel(nn.Module):
     """A shared trunk plus one head per task, stacked over R runs.
 
-    Exposes what balancing methods need: the shared parameters, the last shared layer (GradNorm's
-    W), and the task-specific parameters of each head.
+        x --body--> a --last_shared_layer--> z --activation--> h --head_i--> prediction_i
+
+    The trunk is body, last shared layer and activation. The model exposes what balancing
+    methods need: the shared parameters, the last shared layer (GradNorm's W) with its input a
+    and output z, and the task-specific parameters of each head.
     """
 
-    def __init__(self, trunk: nn.Module, heads: Sequence[nn.Module], last_shared_layer: nn.Module,
-                 n_runs: int):
+    def __init__(self, body: nn.Module, last_shared_layer: nn.Module, heads: Sequence[nn.Module],
+                 n_runs: int, activation: nn.Module | None = None):
         super().__init__()
-        self.trunk = trunk
-        self.heads = nn.ModuleList(heads)
+        self.body = body
         self.last_shared_layer = last_shared_layer
+        self.activation = activation if activation is not None else nn.Identity()
+        self.heads = nn.ModuleList(heads)
         self.n_runs = n_runs
 
     @property
@@ -116,7 +120,7 @@ class MultiTaskModel(nn.Module):
         return len(self.heads)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.trunk.parameters())
+        return [*self.body.parameters(), *self.last_shared_layer.parameters()]
 
     def task_parameters(self) -> list[list[nn.Parameter]]:
         """The parameters that belong to each task's head, one list per task."""
@@ -127,6 +131,9 @@ class MultiTaskModel(nn.Module):
 
     def last_shared_weight(self) -> nn.Parameter:
         return self.last_shared_layer.weight
+
+    def trunk(self, x: Tensor) -> Tensor:
+        return self.activation(self.last_shared_layer(self.body(x)))
 
     def apply_heads(self, head_inputs: Sequence[Tensor]) -> list[Tensor]:
         return [head(h) for head, h in zip(self.heads, head_inputs)]

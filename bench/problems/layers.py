@@ -66,10 +66,6 @@ class StackedMLP(nn.Module):
             StackedLinear(a, b, generators) for a, b in zip(sizes[:-1], sizes[1:])
         )
 
-    @property
-    def last_layer(self) -> StackedLinear:
-        return self.layers[-1]
-
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = torch.relu(layer(x))

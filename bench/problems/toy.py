@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.errors import ConfigError
 from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split, TaskSpec
@@ -133,9 +133,11 @@ class ToyProblem(Problem):
     def build_model(self, init_seeds: Sequence[int]) -> MultiTaskModel:
         p = self.params
         gens = seeded_generators(init_seeds)
-        trunk = StackedMLP([p.input_dim] + [p.hidden] * p.depth, gens)
+        sizes = [p.input_dim] + [p.hidden] * p.depth
+        body = StackedMLP(sizes[:-1], gens)  # every layer but the last shared one, with ReLU
+        last = StackedLinear(sizes[-2], sizes[-1], gens)
         heads = [StackedLinear(p.hidden, p.output_dim, gens) for _ in range(p.tasks)]
-        return MultiTaskModel(trunk, heads, last_shared_layer=trunk.last_layer, n_runs=len(init_seeds))
+        return MultiTaskModel(body, last, heads, n_runs=len(init_seeds), activation=nn.ReLU())
 
     def describe(self) -> dict:
         return {"tasks": self.task_names, "sigmas": list(self.sigmas)}

@@ -7,10 +7,10 @@ tensors is R independent Adams), its own data seed and batch order, and its own 
 Every operation acts slice by slice, so a slice computes what the run would compute alone.
 
 One step, for the weights w(t) the balancer gives:
-    1. forward: trunk output h, per-task losses L (R, T);
-    2. if the balancer needs them, the per-task gradients at h (one backward pass through the
-       heads) and from them the norms ||grad_W L_i|| at GradNorm's W (one batched backward
-       pass over the tasks through the last shared layer only);
+    1. forward: the last shared layer's output z, per-task losses L (R, T);
+    2. if the balancer needs them, the per-task gradients at z (one backward pass through the
+       heads) and from them the norms ||grad_W L_i|| at GradNorm's W (for a stacked linear
+       layer, one batched product a^T [delta_1 ... delta_T] with its input a);
     3. the network's gradient of sum_i w_i(t) L_i, with the *old* weights w(t);
     4. the network's Adam step, then `balancer.update(...)` moves the weights to w(t + 1).
 """
@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.balancers import BALANCERS
 from bench.params import build_params
 from bench.problems import Problem, build_problem
+from bench.problems.layers import StackedLinear
 from bench.training.config import RunConfig, derive_seed
 from bench.training.record import TRAJECTORY_POINTS, RunRecord
 
@@ -35,6 +36,9 @@ ProgressCallback = Callable[[int], None]
 
 # Evaluation processes examples in chunks of about this many input elements over all runs.
 EVAL_CHUNK_ELEMENTS = 1 << 24
+# GradNorm's per-task weight gradients are formed a few tasks at a time, about this many
+# elements (1M floats, 4 MiB) at once, small enough to stay in cache.
+NORM_CHUNK_ELEMENTS = 1 << 20
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -130,6 +134,8 @@ class BatchTrainer:
         self.model = self.problem.build_model([derive_seed(s, "init") for s in seeds])
         self.model.to(device=self.device, dtype=self.dtype)
         self.head_parameters = self.model.task_specific_parameters()
+        self._head_parameter_task = [i for i, params in enumerate(self.model.task_parameters())
+                                     for _ in params]
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.budget.lr, fused=fused)
 
@@ -161,20 +167,36 @@ class BatchTrainer:
         return inputs[rows, idx], tuple(y[rows, idx] for y in targets)
 
     # ----------------------------------------------------------------- one step
-    def task_gradient_norms(self, target: str, h: Tensor, head_grads: Sequence[Tensor]) -> Tensor:
-        """||grad_W L_i|| per run and task (R, T), from the per-task gradients at the trunk output."""
+    def task_gradient_norms(self, target: str, a: Tensor, z: Tensor, deltas: Tensor,
+                            rep_grads: Tensor | None) -> Tensor:
+        """||grad_W L_i|| per run and task, shape (R, T).
+
+        `deltas` (T, R, ...) are the per-task gradients at z, the last shared layer's output;
+        `rep_grads` (T, R, ...) those at the trunk's output h (only for "representation").
+        """
         if target == "representation":
-            return torch.stack([g.flatten(1).norm(dim=1) for g in head_grads], dim=1)
+            return torch.linalg.vector_norm(rep_grads.flatten(2), dim=2).t()
         layer = self.model.last_shared_layer
+        T, R = deltas.shape[:2]
+        if target in ("last_layer_weight", "last_layer") and isinstance(layer, StackedLinear):
+            # grad_W L_i = a^T delta_i, formed a few tasks at a time (as many as keep the
+            # (tasks, runs, in, out) product within NORM_CHUNK_ELEMENTS, so it stays in cache).
+            inputs = a.detach().reshape(R, -1, a.shape[-1]).transpose(1, 2)  # (R, in, N)
+            flat = deltas.reshape(T, R, -1, deltas.shape[-1])  # (T, R, N, out)
+            chunk = max(1, NORM_CHUNK_ELEMENTS // (R * inputs.shape[1] * flat.shape[-1]))
+            squares = torch.cat([torch.linalg.vector_norm(torch.matmul(inputs, part), dim=(2, 3))
+                                 for part in flat.split(chunk)]).square()
+            if target == "last_layer":
+                squares = squares + flat.sum(dim=2).square().sum(dim=2)
+            return squares.sqrt().t()
         params = {
             "last_layer_weight": [layer.weight],
             "last_layer": [layer.weight, layer.bias],
             "all_shared": self.model.shared_parameters(),
         }[target]
-        # One backward pass for all tasks at once (vmapped over the T gradients at h). It only
-        # reaches the layers between h and W: for W = the last shared layer, a small cost.
-        grads = torch.autograd.grad(h, params, grad_outputs=torch.stack(list(head_grads)),
-                                    retain_graph=True, is_grads_batched=True)
+        # Any other layer: one backward pass from z for all tasks at once (vmapped over tasks).
+        grads = torch.autograd.grad(z, params, grad_outputs=deltas, retain_graph=True,
+                                    is_grads_batched=True)
         squares = sum(g.flatten(2).square().sum(dim=2) for g in grads)  # (T, R)
         return squares.sqrt().t()
 
@@ -184,22 +206,42 @@ class BatchTrainer:
         model, T = self.model, self.n_tasks
         # Runs with a non-finite loss contribute nothing (their failure is noted by `step`).
         alive = self.alive.unsqueeze(1)
-        h = model.trunk(x)
         target = self.balancer.grad_norm_target
         if target is None:
-            losses = self.problem.losses(model.apply_heads([h] * T), targets)
+            losses = self.problem.losses(model.forward(x), targets)
             masked = torch.where(alive & torch.isfinite(losses), losses, torch.zeros_like(losses))
             (weights * masked).sum().backward()
             return losses.detach(), None
-        # Cut the graph at h, once per task, to get each task's own gradient at h.
-        head_inputs = [h.detach().requires_grad_(True) for _ in range(T)]
-        losses = self.problem.losses(model.apply_heads(head_inputs), targets)
+        a = model.body(x)
+        z = model.last_shared_layer(a)
+        # Cut the graph once per task (a stride-0 view of T copies): one backward pass through
+        # the heads gives every task's own gradient, and the heads' parameter gradients,
+        # unweighted; the weights are applied after (a head belongs to one task only). For a
+        # ReLU (or no) activation the cut is at h and the gradient at z is g * (z > 0), which
+        # spares T activations; otherwise the cut is at z.
+        relu = isinstance(model.activation, (nn.ReLU, nn.Identity))
+        shared = model.activation(z) if relu else z
+        cut = shared.detach().unsqueeze(0).expand(T, *z.shape).requires_grad_(True)
+        reps = cut if relu else model.activation(cut)
+        losses = self.problem.losses(model.apply_heads(reps.unbind(0)), targets)
         masked = torch.where(alive & torch.isfinite(losses), losses, torch.zeros_like(losses))
-        head_grads = torch.autograd.grad(masked.sum(), head_inputs, retain_graph=True)
-        (weights * masked).sum().backward(inputs=self.head_parameters)
-        norms = self.task_gradient_norms(target, h, head_grads)
-        shape = (-1,) + (1,) * (h.dim() - 1)
-        h.backward(sum(weights[:, i].view(shape) * g for i, g in enumerate(head_grads)))
+        want_reps = target == "representation" and not relu
+        grads = torch.autograd.grad(masked.sum(), [cut, *([reps] if want_reps else []), *self.head_parameters])
+        if relu:
+            rep_grads = grads[0]
+            deltas = rep_grads * (z.detach() > 0) if isinstance(model.activation, nn.ReLU) else rep_grads
+        else:
+            deltas, rep_grads = grads[0], (grads[1] if want_reps else None)
+        param_grads = grads[2:] if want_reps else grads[1:]
+        per_task = weights.t().reshape(T, -1, *(1,) * (z.dim() - 1))  # (T, R, 1, ...)
+        weighted = torch._foreach_mul(list(param_grads), [per_task[i] for i in self._head_parameter_task])
+        for p, g in zip(self.head_parameters, weighted):
+            p.grad = g
+        norms = self.task_gradient_norms(target, a, z, deltas, rep_grads)
+        total = deltas[0] * per_task[0]  # sum_i w_i delta_i, one pass over the deltas
+        for i in range(1, T):
+            total.addcmul_(deltas[i], per_task[i])
+        z.backward(total)
         return losses.detach(), norms
 
     def step(self, step: int) -> None:
