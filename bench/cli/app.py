@@ -12,6 +12,7 @@ import typer
 from bench.cli.common import err_console
 from bench.cli.compare import compare_command
 from bench.cli.listing import list_command
+from bench.cli.perf import perf_command
 from bench.cli.run import run_command
 from bench.cli.train import train_command
 from bench.errors import BenchError
@@ -28,6 +29,7 @@ app.command("run")(run_command)
 app.command("compare")(compare_command)
 app.command("train")(train_command)
 app.command("list")(list_command)
+app.command("perf")(perf_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,11 +46,13 @@ class StackedLinear(nn.Module):
         return int(self.weight.shape[0])
 
     def forward(self, x: Tensor) -> Tensor:
+        # bmm then an in-place bias add: measurably faster on CPUs than baddbmm, which first
+        # copies the broadcast bias into the output.
         if x.dim() == 3:
-            return torch.baddbmm(self.bias, x, self.weight)
+            return torch.bmm(x, self.weight).add_(self.bias)
         # (R, B, ..., in): flatten the middle dimensions into the batch.
         shape = x.shape
-        y = torch.baddbmm(self.bias, x.reshape(shape[0], -1, shape[-1]), self.weight)
+        y = torch.bmm(x.reshape(shape[0], -1, shape[-1]), self.weight).add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 from joblib import Parallel, delayed
@@ -36,12 +35,9 @@ from bench.store.results import (
 from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
 from bench.study.spec import StudySpec
 from bench.training import RunConfig, train_runs
+from bench.training.batching import DEFAULT_MAX_RUNS, max_stacked_runs, plan_batches
+from bench.training.engine import resolve_device
 from bench.training.config import config_hash
-
-# Runs stacked into one model at most: past this, batched matrix products stop getting faster
-# per run on a CPU (see `bench perf`), and memory grows linearly.
-DEFAULT_BATCH_RUNS = 72
-
 
 class Interrupted(BenchError):
     exit_code = 130
@@ -114,7 +110,7 @@ class StudyRunner:
         self.spec = spec
         self.store = store
         self.jobs = jobs
-        self.batch_runs = batch_runs or DEFAULT_BATCH_RUNS
+        self.batch_runs = batch_runs  # None: what fits memory (bench.training.batching)
         self.device = device
         self.new_version = new_version
         self.poll_interval = poll_interval
@@ -196,7 +192,7 @@ class StudyRunner:
     # ------------------------------------------------------------------ claiming
     def claim_wave(self) -> list[Claimed]:
         """Claim the runs that can start now, up to `jobs * batch_runs` of them."""
-        capacity = self.jobs * self.batch_runs
+        capacity = self.jobs * (self.batch_runs or DEFAULT_MAX_RUNS)
         claimed: list[Claimed] = []
         # Proposals first: their points let the other seeds of each point start in this wave.
         for arm_name in self.samplers:
@@ -266,19 +262,13 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ training
     def batches(self, claimed: Sequence[Claimed]) -> list[list[Claimed]]:
-        """Runs that can share a stacked model, in chunks of at most `batch_runs`, runs of one
-        data seed kept together where possible (they share their input batches)."""
-        groups: dict[str, list[Claimed]] = defaultdict(list)
-        for c in claimed:
-            groups[c.config.batch_key()].append(c)
-        out = []
-        for group in groups.values():
-            group.sort(key=lambda c: (c.config.resolved_data_seed, c.config.seed, c.arm, c.trial.number))
-            chunks = math.ceil(len(group) / self.batch_runs)
-            out.extend([list(part) for part in np.array_split(np.array(group, dtype=object), chunks)])
-        # GradNorm first: static retrains wait for it.
-        out.sort(key=lambda b: b[0].run.balancer != "gradnorm")
-        return out
+        """The claimed runs grouped into stacked batches (see `plan_batches`), GradNorm first:
+        static retrains wait for it."""
+        configs = [c.config for c in claimed]
+        limit = self.batch_runs or max_stacked_runs(configs[0], resolve_device(configs[0].device))
+        batches = [[claimed[i] for i in batch] for batch in plan_batches(configs, limit)]
+        batches.sort(key=lambda b: b[0].run.balancer != "gradnorm")
+        return batches
 
     def train(self, claimed: Sequence[Claimed]) -> None:
         batches = self.batches(claimed)
@@ -348,4 +338,4 @@ def run_study(spec: StudySpec, store: ResultStore, **kwargs) -> StudyProgress:
     return StudyRunner(spec, store, **kwargs).run()
 
 
-__all__ = ["StudyRunner", "run_study", "Interrupted", "DEFAULT_BATCH_RUNS", "Claimed"]
+__all__ = ["StudyRunner", "run_study", "Interrupted", "Claimed"]

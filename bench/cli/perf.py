@@ -1,0 +1,39 @@
+"""`bench perf`: how fast stacked training is against one-by-one training and the machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bench.cli.common import console, err_console, print_json
+from bench.perf import append_csv, run_benchmark
+
+
+def perf_command(
+    study: Annotated[str, typer.Option(help="The study whose runs are timed.")] = "gridsearch",
+    steps: Annotated[int, typer.Option(help="Steps per run (the study's own budget is not needed for a ratio).")] = 300,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    sequential: Annotated[bool, typer.Option(help="Also train the runs one by one (the slow part).")] = True,
+    csv: Annotated[Path, typer.Option(help="CSV file the figures are appended to.")] = Path("results/perf.csv"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
+) -> None:
+    """Time the default study's runs one by one and stacked, the training step against the
+    machine's matrix-product peak, and a GradNorm step against an equal-weights step."""
+    figures = run_benchmark(study, steps, device, sequential,
+                            progress=lambda what: err_console.print(f"[dim]measuring {what}...[/]"))
+    append_csv(figures, csv)
+    if as_json:
+        print_json(figures)
+        return
+    table = Table("figure", "value", title=f"bench perf ({figures['device']}, {figures['threads']} threads)")
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"T={k}: {v:.2f}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.3g}"
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"appended to {csv}")

@@ -1,0 +1,257 @@
+"""`bench perf`: how fast training is, measured side by side in one process.
+
+Figures:
+- `sequential_s`, `batched_s`, `batched_speedup`: the default study's runs (every arm, every
+  seed; `steps` steps each) trained one by one, then in the stacked batches the study manager
+  forms, and the ratio;
+- `plain_step_ms` and `plain_speedup`: a textbook PyTorch loop (nn.Linear modules, one run,
+  torch.optim.Adam) for one of those runs, per step, and the stacked engine's per-run step against it;
+- `matmul_gflops`: a 2048 x 2048 float32 matrix product, the machine's practical peak;
+  `batched_gflops` / `single_gflops`: the training step's matrix-product work (counted from
+  the layers' shapes) per second, stacked / alone; `peak_fraction` = batched / matmul;
+- `gradnorm_step_ratio` (one run) and `gradnorm_step_ratio_batched` (32 runs): a GradNorm step's
+  time over an equal-weights step's, keyed by T, each the median of paired rounds;
+- `peak_memory_mb`: the process's peak resident memory (and CUDA's peak allocation on a GPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench import __version__
+from bench.problems.layers import StackedLinear
+from bench.study.spec import StudySpec
+from bench.training import BatchTrainer, Budget, RunConfig, train, train_runs
+from bench.training.batching import max_stacked_runs, plan_batches
+from bench.training.engine import batch_indices, problem_for, resolve_device
+
+Progress = Callable[[str], None]
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10, device: torch.device | None = None) -> float:
+    """The best of `repeats` large float32 matrix products, after warming up."""
+    device = device or torch.device("cpu")
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(trainer: BatchTrainer) -> float:
+    """Matrix-product FLOPs of one training step of every run: forward, weight and input
+    gradients of each stacked linear layer (no input gradient for the first layer)."""
+    batch = trainer.budget.batch_size
+    flops = 0.0
+    first = True
+    for module in trainer.model.modules():
+        if isinstance(module, StackedLinear):
+            per = 2.0 * batch * module.in_features * module.out_features * module.n_runs
+            flops += per * (2 if first else 3)
+            first = False
+    return flops
+
+
+def time_steps(trainer: BatchTrainer, steps: int, start: int = 0) -> float:
+    """Seconds per training step over `steps` steps (evaluation excluded)."""
+    _sync(trainer.device)
+    t0 = time.perf_counter()
+    for step in range(start, start + steps):
+        trainer.step(step)
+    _sync(trainer.device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _trainer(config: RunConfig, runs: int, steps: int) -> BatchTrainer:
+    budget = dataclasses.replace(config.budget, steps=steps, eval_every=steps)
+    return BatchTrainer([dataclasses.replace(config, budget=budget)] * runs)
+
+
+def study_configs(spec: StudySpec, steps: int, device: str) -> list[RunConfig]:
+    """Every run of the study at `steps` steps; runs whose weights come from another run
+    (GradNorm static, sampled points) train with unit weights here: the same cost."""
+    budget = dataclasses.replace(spec.budget, steps=steps, eval_every=min(spec.budget.eval_every, steps))
+    spec = dataclasses.replace(spec, budget=budget)
+    ones = {"weights": [1.0] * spec.n_tasks}
+    return [spec.run_config(run, ones if run.balancer == "static" and "weights" not in run.balancer_params else None,
+                            device) for run in spec.runs()]
+
+
+class PlainModel(nn.Module):
+    """The textbook multitask MLP: nn.Linear trunk and heads, for the reference loop."""
+
+    def __init__(self, sizes: list[int], out: int, tasks: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(sizes[-1], out) for _ in range(tasks))
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return [head(h) for head in self.heads]
+
+
+def plain_step_seconds(config: RunConfig, steps: int) -> float:
+    """Per-step time of a plain PyTorch training loop for one toy run (equal weights)."""
+    problem = problem_for(config)
+    p = problem.params
+    device = resolve_device(config.device)
+    torch.manual_seed(0)
+    model = PlainModel([p.input_dim] + [p.hidden] * p.depth, p.output_dim, p.tasks).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.budget.lr)
+    data = problem.load(config.resolved_data_seed).train.to(device)
+    order = batch_indices(0, len(data), config.budget.batch_size, steps + 5).to(device)
+
+    def step(i: int) -> None:
+        idx = order[i]
+        preds = model(data.inputs[idx])
+        loss = sum(torch.mean((pred - y[idx]) ** 2) for pred, y in zip(preds, data.targets))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for i in range(5):
+        step(i)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def gradnorm_ratio(tasks: int, runs: int, device: str, rounds: int = 11) -> float:
+    """Median over paired rounds of (GradNorm step time / equal-weights step time)."""
+    budget = Budget(steps=100_000, eval_every=100_000)
+    steps = 30 if runs == 1 else 6
+
+    def make(balancer: str) -> BatchTrainer:
+        config = RunConfig(problem="toy", balancer=balancer, problem_params={"tasks": tasks},
+                           budget=budget, device=device).validated()
+        trainer = BatchTrainer([config] * runs)
+        time_steps(trainer, 3)
+        return trainer
+
+    equal, gradnorm = make("equal"), make("gradnorm")
+    ratios = []
+    position = 3
+    for _ in range(rounds):
+        e = time_steps(equal, steps, position)
+        g = time_steps(gradnorm, steps, position)
+        position += steps
+        ratios.append(g / e)
+    return statistics.median(ratios)
+
+
+def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "auto",
+                  sequential: bool = True, progress: Progress = lambda _: None,
+                  rounds: int = 11) -> dict[str, Any]:
+    dev = resolve_device(device)
+    spec = StudySpec.load(study)
+    configs = study_configs(spec, steps, device)
+    out: dict[str, Any] = {
+        "version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
+        "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "study": spec.name, "runs": len(configs), "steps": steps,
+    }
+    progress("matrix product peak")
+    out["matmul_gflops"] = matmul_gflops(device=dev)
+
+    limit = max_stacked_runs(configs[0], dev)
+    batches = plan_batches(configs, limit)
+    out["batches"] = len(batches)
+    out["batch_runs_max"] = max(len(b) for b in batches)
+    progress(f"{len(configs)} runs in {len(batches)} stacked batches")
+    start = time.perf_counter()
+    for batch in batches:
+        train_runs([configs[i] for i in batch])
+    out["batched_s"] = time.perf_counter() - start
+    if sequential:
+        progress(f"{len(configs)} runs one by one")
+        start = time.perf_counter()
+        for config in configs:
+            train(config)
+        out["sequential_s"] = time.perf_counter() - start
+        out["batched_speedup"] = out["sequential_s"] / out["batched_s"]
+
+    progress("training step throughput")
+    grid_config = next(c for c in configs if c.balancer == "static")
+    stacked = _trainer(grid_config, min(limit, len(configs)), 60)
+    single = _trainer(grid_config, 1, 300)
+    time_steps(stacked, 5)
+    time_steps(single, 20)
+    stacked_step = time_steps(stacked, 40, 5)
+    single_step = time_steps(single, 200, 20)
+    out["stacked_runs"] = stacked.n_runs
+    out["batched_step_ms_per_run"] = 1e3 * stacked_step / stacked.n_runs
+    out["single_step_ms"] = 1e3 * single_step
+    out["batched_gflops"] = step_flops(stacked) / stacked_step / 1e9
+    out["single_gflops"] = step_flops(single) / single_step / 1e9
+    out["peak_fraction"] = out["batched_gflops"] / out["matmul_gflops"]
+    out["single_peak_fraction"] = out["single_gflops"] / out["matmul_gflops"]
+    if grid_config.problem == "toy":
+        plain = plain_step_seconds(grid_config, 200)
+        out["plain_step_ms"] = 1e3 * plain
+        out["plain_peak_fraction"] = step_flops(single) / plain / 1e9 / out["matmul_gflops"]
+        out["plain_speedup"] = plain / (stacked_step / stacked.n_runs)
+
+    progress("GradNorm step against an equal-weights step")
+    out["gradnorm_step_ratio"] = {}
+    out["gradnorm_step_ratio_batched"] = {}
+    for tasks in (2, 10, 20):
+        out["gradnorm_step_ratio"][str(tasks)] = gradnorm_ratio(tasks, 1, device, rounds)
+        out["gradnorm_step_ratio_batched"][str(tasks)] = gradnorm_ratio(tasks, 32, device, rounds)
+
+    out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if dev.type == "cuda":
+        out["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    return out
+
+
+def append_csv(figures: dict[str, Any], path: Path) -> None:
+    """Append one row (nested figures flattened) so runs can be compared over time."""
+    row = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            row.update({f"{key}_T{k}": v for k, v in value.items()})
+        else:
+            row[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exists = path.exists()
+    if exists:
+        with path.open() as f:
+            header = next(csv.reader(f), [])
+        if header != list(row):  # a new set of figures: keep the old file, start a new one
+            path.rename(path.with_name(f"{path.stem}-{int(time.time())}{path.suffix}"))
+            exists = False
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if not exists:
+            writer.writeheader()
+        writer.writerow(row)

@@ -1,0 +1,85 @@
+"""Which runs train together: grouping by batch key, and how many runs fit in memory."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bench.training.config import RunConfig, derive_seed
+
+# Past this many stacked runs a CPU gains nothing per run from larger batched products (the
+# working set leaves the cache; see `bench perf`), while memory keeps growing.
+DEFAULT_MAX_RUNS = 72
+# Use at most this fraction of the memory available when the batch starts.
+MEMORY_FRACTION = 0.5
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes available on `device` now, if the platform says."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_memory_bytes(config: RunConfig) -> int:
+    """An estimate of one stacked run's training memory: parameters with their gradients and
+    Adam moments, plus the activations of one training batch (kept for the backward pass)."""
+    from bench.training.engine import problem_for
+
+    problem = problem_for(config)
+    dtype = getattr(torch, config.dtype)
+    size = torch.tensor([], dtype=dtype).element_size()
+    model = problem.build_model([derive_seed(config.seed, "init")]).to(dtype=dtype)
+    params = sum(p.numel() for p in model.parameters())
+    data = problem.load(config.resolved_data_seed).train
+    batch = min(config.budget.batch_size, len(data))
+    activations = 0
+
+    def count(_module, _inputs, output):
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(data.inputs[:batch].to(dtype=dtype).unsqueeze(0))
+    for h in hooks:
+        h.remove()
+    # parameters, gradients, two Adam moments; activations saved plus their gradients (x3)
+    return size * (4 * params + 3 * activations)
+
+
+def max_stacked_runs(config: RunConfig, device: torch.device, cap: int = DEFAULT_MAX_RUNS) -> int:
+    """How many runs of this configuration to stack: what fits memory, at most `cap`."""
+    available = available_memory(device)
+    if available is None:
+        return cap
+    per_run = max(1, run_memory_bytes(config))
+    return max(1, min(cap, int(MEMORY_FRACTION * available // per_run)))
+
+
+def plan_batches(configs: Sequence[RunConfig], max_runs: int) -> list[list[int]]:
+    """Indices of `configs` grouped into batches that train as one stacked model: runs with one
+    batch key, at most `max_runs` per batch, in chunks of near-equal size; runs of one data seed
+    kept together where possible (they share their input batches)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(configs):
+        groups[c.batch_key()].append(i)
+    batches = []
+    for members in groups.values():
+        members.sort(key=lambda i: (configs[i].resolved_data_seed, configs[i].seed, i))
+        chunks = math.ceil(len(members) / max_runs)
+        batches.extend([list(map(int, part)) for part in np.array_split(np.array(members), chunks)])
+    return batches

@@ -1,0 +1,64 @@
+"""The benchmark's machinery (figures present, CSV kept) and batch planning. No timing asserts:
+speed is reported by `bench perf`, never tested against a clock."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from bench.perf import append_csv, run_benchmark
+from bench.perf.benchmark import step_flops
+from bench.training import BatchTrainer
+from bench.training import batching
+from bench.training.batching import max_stacked_runs, plan_batches
+from tests.conftest import tiny_config
+from tests.test_study_spec import TINY
+
+
+def test_plan_batches_groups_by_key_and_caps_the_size():
+    configs = ([tiny_config("static", seed=s % 3, weights=(1.0, float(s + 1))) for s in range(7)]
+               + [tiny_config("equal", seed=1), tiny_config("gradnorm", seed=0, alpha=1.0)])
+    batches = plan_batches(configs, max_runs=3)
+    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert all(len(b) <= 3 for b in batches)
+    assert [8] in batches  # GradNorm trains apart from the static family
+    for b in batches:  # equal weights train as a static point, next to the grid
+        assert len({configs[i].batch_key() for i in b}) == 1
+        seeds = [configs[i].seed for i in b]
+        assert seeds == sorted(seeds)
+
+
+def test_max_stacked_runs_follows_the_memory_available(monkeypatch):
+    config = tiny_config("equal")
+    assert max_stacked_runs(config, torch.device("cpu"), cap=50) <= 50
+    per_run = batching.run_memory_bytes(config)
+    monkeypatch.setattr(batching, "available_memory", lambda device: 10 * per_run)
+    assert max_stacked_runs(config, torch.device("cpu"), cap=50) == 5
+    monkeypatch.setattr(batching, "available_memory", lambda device: 0)
+    assert max_stacked_runs(config, torch.device("cpu"), cap=50) == 1
+
+
+def test_step_flops_counts_every_stacked_layer():
+    trainer = BatchTrainer([tiny_config("equal")] * 3)
+    # tiny toy: body 8->6, last 6->6, two heads 6->3; batch 16; no input gradient for layer 1
+    per_run = 2 * 16 * (8 * 6 * 2 + 6 * 6 * 3 + 2 * 6 * 3 * 3)
+    assert step_flops(trainer) == 3 * per_run
+
+
+@pytest.mark.slow
+def test_benchmark_reports_every_figure(tmp_path):
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY)
+    figures = run_benchmark(str(study), steps=4, rounds=1)
+    for key in ("batched_speedup", "peak_fraction", "matmul_gflops", "batched_s", "sequential_s",
+                "peak_memory_mb", "plain_speedup"):
+        assert figures[key] > 0, key
+    assert set(figures["gradnorm_step_ratio"]) == {"2", "10", "20"}
+    assert all(v > 0 for v in figures["gradnorm_step_ratio_batched"].values())
+    path = tmp_path / "perf.csv"
+    append_csv(figures, path)
+    append_csv(figures, path)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 2 and "gradnorm_step_ratio_T10" in rows[0]
