@@ -1,11 +1,12 @@
-"""The typer application and the entry point that turns user errors into one clear line."""
+"""The typer application; user errors become one `error: ...` line and a non-zero exit."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
+from collections.abc import Callable
 
-import click
 import optuna
 import typer
 
@@ -14,6 +15,7 @@ from bench.cli.compare import compare_command
 from bench.cli.listing import list_command
 from bench.cli.perf import perf_command
 from bench.cli.run import run_command
+from bench.cli.status import status_command
 from bench.cli.train import train_command
 from bench.errors import BenchError
 from bench.training.allocator import keep_freed_memory
@@ -25,36 +27,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("run")(run_command)
-app.command("compare")(compare_command)
-app.command("train")(train_command)
-app.command("list")(list_command)
-app.command("perf")(perf_command)
+
+
+def user_errors_as_one_line(command: Callable) -> Callable:
+    """Print a BenchError as `error: <message>` on stderr and exit with its code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BenchError as err:
+            err_console.print(f"[red]error:[/] {err}", soft_wrap=True, highlight=False, markup=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+for name, command in (("run", run_command), ("compare", compare_command), ("status", status_command),
+                      ("train", train_command), ("list", list_command), ("perf", perf_command)):
+    app.command(name)(user_errors_as_one_line(command))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a BenchError prints `error: ...` on one line and exits with its code."""
+    """Run the CLI and return its exit code."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     keep_freed_memory()
     try:
-        app(args=argv, standalone_mode=False)
-    except BenchError as err:
-        err_console.print(f"[red]error:[/] {err}", soft_wrap=True)
-        return err.exit_code
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("interrupted")
-        return 130
+        app(args=argv, prog_name="bench")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def console_main() -> None:

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.cli.common import console, err_console, fmt
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError
 from bench.store import ResultStore
 from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -44,6 +44,8 @@ def run_command(
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")] = "auto",
     heartbeat: Annotated[int, typer.Option(help="Seconds between heartbeats of runs in hand.")] = HEARTBEAT_INTERVAL,
     grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which another worker retrains a run.")] = GRACE_PERIOD,
+    backend: Annotated[str, typer.Option(help="loky (local processes, --jobs) or dask (an existing cluster, --scheduler).")] = "loky",
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
 ) -> None:
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
     spec = StudySpec.load(study)
@@ -57,6 +59,9 @@ def run_command(
     console.print(f"study [bold]{spec.name}[/] from {spec.path}: {len(spec.runs())} runs "
                   f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
                   f"seeds {spec.seeds}, {spec.budget.steps} steps each")
+    runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
+                         new_version=new_version, backend=backend, scheduler=scheduler)
+    runner.prepare()  # refuses a changed configuration before anything is shown or trained
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=err_console, transient=False) as progress:
@@ -65,12 +70,15 @@ def run_command(
         def report(done: float, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
-                             new_version=new_version, on_progress=report)
+        runner.on_progress = report
         final = runner.run()
         progress.update(task, completed=final.done, total=final.total)
     name = runner.name
-    paths = write_runs_table(store, name, RESULTS_DIR)
+    try:
+        paths = write_runs_table(store, name, RESULTS_DIR)
+    except OSError as err:
+        raise BenchError(f"every run is stored in {store.url}, but the tables could not be written "
+                         f"to {RESULTS_DIR / name}: {err.strerror or err}") from None
     print_arm_summary(runs_table(store, name))
     console.print(f"{final.done} runs finished ({runner.trained_here} trained now, "
                   f"{final.failed} failed) in study [bold]{name}[/]")

@@ -61,6 +61,7 @@ def train_command(
     else:
         print_summary(record)
     if not record.ok:
+        err_console.print(f"[red]error:[/] the run failed: {record.reason}", soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -17,6 +17,7 @@ worker is not finished: a copy of it is queued again.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ MANIFEST = "bench:manifest"
 RUN_KEY = "run_key"
 STATUS = "status"
 REASON = "reason"
+WORKER = "bench:worker"  # trial system attribute: host:pid of the worker holding the run
 WAIT_FOR_OTHERS_S = 120.0
 
 # The run record is kept in a few user attributes: each stays small enough for any RDB's text
@@ -118,6 +120,9 @@ class StudyProgress:
     def left(self) -> int:
         return self.total - self.done
 
+    def __add__(self, other: "StudyProgress") -> "StudyProgress":
+        return StudyProgress(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
 
 class ResultStore:
     """One Optuna storage holding any number of studies."""
@@ -194,8 +199,12 @@ class ResultStore:
 
     def arm_study(self, study: str, arm: str,
                   sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-        return optuna.create_study(storage=self.storage, study_name=arm_study_name(study, arm),
-                                   sampler=sampler, load_if_exists=True)
+        name = arm_study_name(study, arm)
+        try:
+            return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+        except KeyError:
+            return optuna.create_study(storage=self.storage, study_name=name, sampler=sampler,
+                                       load_if_exists=True)
 
     # ------------------------------------------------------------------ queueing
     def queue_once(self, study: str, runset_id: str,
@@ -249,7 +258,7 @@ class ResultStore:
         for arm in arms:
             fail_stale_trials(self.arm_study(study, arm))
 
-    def claim(self, trial: FrozenTrial) -> bool:
+    def claim(self, trial: FrozenTrial, worker: str) -> bool:
         """Take a queued trial (WAITING -> RUNNING); False if another worker took it first."""
         try:
             claimed = self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
@@ -257,6 +266,7 @@ class ResultStore:
             return False
         if claimed:
             self.heartbeat([trial._trial_id])
+            self.storage.set_trial_system_attr(trial._trial_id, WORKER, worker)
         return claimed
 
     def heartbeat(self, trial_ids: Sequence[int]) -> None:
@@ -269,17 +279,27 @@ class ResultStore:
         for name, (value, distribution) in params.items():
             self.storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
 
-    def complete(self, study: optuna.Study, trial: FrozenTrial, value: float, attrs: dict[str, Any]) -> None:
-        for key, v in attrs.items():
-            self.storage.set_trial_user_attr(trial._trial_id, key, v)
-        study.tell(trial.number, value)
+    def complete(self, study: optuna.Study, trial: FrozenTrial, value: float, attrs: dict[str, Any]) -> bool:
+        """Store a finished run; False if its trial was meanwhile failed as stale (another
+        worker then retrains it, and this result is dropped rather than stored twice)."""
+        try:
+            for key, v in attrs.items():
+                self.storage.set_trial_user_attr(trial._trial_id, key, v)
+            study.tell(trial.number, value)
+        except UpdateFinishedTrialError:
+            return False
+        return True
 
     def fail(self, study: optuna.Study, trial: FrozenTrial, reason: str,
-             attrs: dict[str, Any] | None = None) -> None:
+             attrs: dict[str, Any] | None = None) -> bool:
         """The run failed for a reason of its own (it diverged): finished, not retried."""
-        for key, v in {**(attrs or {}), STATUS: "failed", REASON: reason}.items():
-            self.storage.set_trial_user_attr(trial._trial_id, key, v)
-        study.tell(trial.number, state=TrialState.FAIL)
+        try:
+            for key, v in {**(attrs or {}), STATUS: "failed", REASON: reason}.items():
+                self.storage.set_trial_user_attr(trial._trial_id, key, v)
+            study.tell(trial.number, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            return False
+        return True
 
     def release(self, study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
         """Give a claimed run back (interrupted): its trial fails and a copy is queued again."""
@@ -294,9 +314,14 @@ class ResultStore:
         RetryHeartbeatStaleTrialCallback()(study, before)
 
     def progress(self, study: str, expected: dict[str, list[str]]) -> StudyProgress:
+        return sum(self.arm_progress(study, expected).values(), StudyProgress(0, 0, 0, 0, 0))
+
+    def arm_progress(self, study: str, expected: dict[str, list[str]]) -> dict[str, StudyProgress]:
+        """Per arm: how many of the expected runs are done, failed, running, waiting."""
         trials = self.arm_trials(study, expected)
-        done = failed = running = waiting = 0
+        out = {}
         for arm, keys in expected.items():
+            done = failed = running = waiting = 0
             by_key = trials[arm].by_key
             for key in keys:
                 t = by_key.get(key)
@@ -309,8 +334,27 @@ class ResultStore:
                     running += 1
                 elif t.state == TrialState.WAITING:
                     waiting += 1
-        total = sum(len(k) for k in expected.values())
-        return StudyProgress(total=total, done=done, failed=failed, running=running, waiting=waiting)
+            out[arm] = StudyProgress(total=len(keys), done=done, failed=failed, running=running,
+                                     waiting=waiting)
+        return out
+
+    def stored_progress(self, study: str) -> dict[str, StudyProgress]:
+        """Per-arm progress of a stored study, over the runs queued so far (any seeds)."""
+        manifest = self.require_manifest(study)
+        trials = self.arm_trials(study, manifest["arms"])
+        expected = {arm: list(t.by_key) for arm, t in trials.items()}
+        return self.arm_progress(study, expected)
+
+    def workers(self, study: str) -> dict[str, int]:
+        """Workers holding runs of a study now, with how many runs each holds."""
+        manifest = self.require_manifest(study)
+        held: dict[str, int] = {}
+        for arm_trials in self.arm_trials(study, manifest["arms"]).values():
+            for t in arm_trials.trials:
+                if t.state == TrialState.RUNNING:
+                    worker = t.system_attrs.get(WORKER, "unknown")
+                    held[worker] = held.get(worker, 0) + 1
+        return held
 
     # ------------------------------------------------------------------ reading
     def records(self, study: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,7 +76,13 @@ def is_file_storage(url: str) -> bool:
 def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  grace_period: int = GRACE_PERIOD) -> BaseStorage:
     """The storage at `url` (default: the journal file under results/), with heartbeats on."""
-    url = url or DEFAULT_STORAGE
+    with warnings.catch_warnings():
+        # Optuna marks heartbeats and the retry callback experimental; we rely on them knowingly.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _open_storage(url or DEFAULT_STORAGE, heartbeat_interval, grace_period)
+
+
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> BaseStorage:
     retry = RetryHeartbeatStaleTrialCallback()
     if is_file_storage(url):
         path = Path(url)

@@ -12,8 +12,10 @@ proposed start once that point is known.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -23,6 +25,7 @@ from typing import Any
 
 import optuna
 import torch
+import joblib
 from joblib import Parallel, delayed
 from optuna.trial import FrozenTrial, TrialState
 
@@ -103,7 +106,7 @@ class StudyRunner:
 
     def __init__(self, spec: StudySpec, store: ResultStore, *, jobs: int = 1,
                  batch_runs: int | None = None, device: str = "auto", new_version: bool = False,
-                 poll_interval: float = 1.0,
+                 poll_interval: float = 2.0, backend: str = "loky", scheduler: str | None = None,
                  on_progress: Callable[[float, int], None] | None = None):
         if jobs < 1:
             raise BenchError("--jobs must be at least 1")
@@ -126,6 +129,14 @@ class StudyRunner:
                                                           isinstance(spec.arms[a], GradNormStaticArm)))
         self.in_flight: list[Claimed] = []
         self.trained_here = 0
+        self.prepared = False
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        if backend not in ("loky", "dask"):
+            raise BenchError(f"--backend: expected loky or dask, got {backend!r}")
+        if backend == "dask" and not scheduler:
+            raise BenchError("--backend dask needs --scheduler ADDRESS (a running Dask scheduler)")
+        self.backend, self.scheduler = backend, scheduler
+        self._client = None
 
     # ------------------------------------------------------------------ setting up
     def prepare(self) -> str:
@@ -149,6 +160,7 @@ class StudyRunner:
         by_arm = {arm: [(run.key, dict(run.params)) for run in self.runs[arm].values()]
                   for arm in spec.arms}
         self.store.queue_once(self.name, runset, by_arm)
+        self.prepared = True
         return self.name
 
     def progress(self) -> StudyProgress:
@@ -156,7 +168,8 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> StudyProgress:
-        self.prepare()
+        if not self.prepared:
+            self.prepare()
         interval = self.store.storage.get_heartbeat_interval() if hasattr(
             self.store.storage, "get_heartbeat_interval") else None
         with HeartbeatThread(self.store, interval or 5) as heartbeat:
@@ -181,6 +194,10 @@ class StudyRunner:
                 released = self.release_all("interrupted (Ctrl-C)")
                 raise Interrupted(f"interrupted: {released} runs in hand were queued again; "
                                   f"run the same command to continue") from None
+            finally:
+                if self._client is not None:
+                    self._client.close()
+                    self._client = None
 
     def release_all(self, reason: str) -> int:
         held = self.in_flight
@@ -202,7 +219,7 @@ class StudyRunner:
                 if len(claimed) >= min(capacity, arm.parallel_points):
                     break
                 run = self.runs[arm_name].get(trial.user_attrs.get(RUN_KEY))
-                if run is None or not run.proposal or not self.store.claim(trial):
+                if run is None or not run.proposal or not self.store.claim(trial, self.worker):
                     continue
                 params = trial.params
                 if not all(name in params for name in arm.cube_distributions()):
@@ -221,7 +238,7 @@ class StudyRunner:
                 if run is None or run.proposal:
                     continue
                 resolved = self._resolve(run, everything)
-                if resolved is None or not self.store.claim(trial):
+                if resolved is None or not self.store.claim(trial, self.worker):
                     continue
                 weights, failure = resolved
                 if failure is not None:
@@ -273,7 +290,7 @@ class StudyRunner:
     def train(self, claimed: Sequence[Claimed]) -> None:
         batches = self.batches(claimed)
         total_before = self.progress().done if self.on_progress else 0
-        if self.jobs == 1:
+        if self.jobs == 1 and self.backend == "loky":
             done_runs = 0
             for batch in batches:
                 steps = batch[0].config.budget.steps
@@ -285,15 +302,32 @@ class StudyRunner:
                 self.store_records(batch, [r.to_dict() for r in records])
                 done_runs += len(batch)
             return
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.backend == "loky" else 1
         done_runs = 0
-        results = Parallel(n_jobs=self.jobs, return_as="generator_unordered")(
-            delayed(_train_batch)(i, [c.config.to_dict() for c in b], threads)
-            for i, b in enumerate(batches))
-        for index, records in results:
-            self.store_records(batches[index], records)
-            done_runs += len(batches[index])
-            self._report(total_before + done_runs)
+        with self._parallel_backend():
+            n_jobs = self.jobs if self.backend == "loky" else -1  # Dask: every worker of the cluster
+            results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                delayed(_train_batch)(i, [c.config.to_dict() for c in b], threads)
+                for i, b in enumerate(batches))
+            for index, records in results:
+                self.store_records(batches[index], records)
+                done_runs += len(batches[index])
+                self._report(total_before + done_runs)
+
+    def _parallel_backend(self):
+        """joblib's process pool, or an existing Dask cluster through joblib's Dask backend."""
+        if self.backend == "loky":
+            return contextlib.nullcontext()
+        if self._client is None:
+            try:
+                from dask.distributed import Client
+            except ImportError:
+                raise BenchError("--backend dask needs dask.distributed: pip install 'gradnorm-bench[dask]'") from None
+            try:
+                self._client = Client(self.scheduler, timeout=30)
+            except (OSError, TimeoutError) as err:
+                raise BenchError(f"cannot reach the Dask scheduler at {self.scheduler}: {err}") from None
+        return joblib.parallel_config(backend="dask")
 
     def store_records(self, batch: Sequence[Claimed], records: Sequence[dict[str, Any]]) -> None:
         for claimed, record in zip(batch, records):
@@ -304,13 +338,13 @@ class StudyRunner:
                 attrs["weights"] = claimed.weights
             value = record.get("normalized_val_loss")
             if record["status"] == "ok" and value is not None and math.isfinite(value):
-                self.store.complete(claimed.study, claimed.trial, value, attrs)
+                stored = self.store.complete(claimed.study, claimed.trial, value, attrs)
             else:
                 reason = record.get("reason") or "non-finite validation loss at the end of training"
-                self.store.fail(claimed.study, claimed.trial, reason, attrs)
+                stored = self.store.fail(claimed.study, claimed.trial, reason, attrs)
             self.heartbeat.drop([claimed.trial._trial_id])
             self.in_flight.remove(claimed)
-            self.trained_here += 1
+            self.trained_here += stored
 
     def _report(self, done: float) -> None:
         if self.on_progress is not None:

@@ -1,0 +1,39 @@
+"""`bench status`: how far a study stored in a storage has come, per arm."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from bench.cli.common import console
+from bench.errors import ConfigError
+from bench.store import ResultStore
+
+
+def status_command(
+    study: Annotated[Optional[list[str]], typer.Option(help="Stored study (repeatable; default: every study in the storage).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
+) -> None:
+    """Progress of a study: runs done, running, failed and left, per arm and in total."""
+    store = ResultStore(storage)
+    names = study or store.study_names()
+    if not names:
+        raise ConfigError("--study", f"a study stored in {store.url} (none yet)")
+    for name in names:
+        store.require_manifest(name)
+        progress = store.stored_progress(name)
+        table = Table("arm", "runs", "done", "failed", "running", "waiting", "left",
+                      title=f"{name} in {store.url}", title_justify="left")
+        total = None
+        for arm, p in progress.items():
+            table.add_row(arm, str(p.total), str(p.done), str(p.failed), str(p.running), str(p.waiting), str(p.left))
+            total = p if total is None else total + p
+        if total is not None:
+            table.add_row("[bold]all[/]", *(f"[bold]{v}[/]" for v in (total.total, total.done, total.failed,
+                                                                     total.running, total.waiting, total.left)))
+        console.print(table)
+        workers = store.workers(name)
+        if workers:
+            console.print("running on: " + ", ".join(f"{w} ({n} runs)" for w, n in sorted(workers.items())))

@@ -1,0 +1,105 @@
+"""Bad input, one case each: one clear line on stderr, a non-zero exit, nothing stored lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.store import ResultStore
+from tests.test_study_spec import TINY
+
+
+def run(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("training")]
+    error_lines = [line for line in lines if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert "Traceback" not in err
+    return code, error_lines[0]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def study(workdir: Path, text: str = TINY, name: str = "tiny.toml") -> str:
+    path = workdir / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_unknown_study(workdir, capsys):
+    code, line = run(["run", "--study", "no-such-study"], capsys)
+    assert code == 2 and "--study" in line and "no-such-study" in line
+
+
+def test_unknown_problem(workdir, capsys):
+    path = study(workdir, TINY.replace('name = "toy"', 'name = "imagenet"'))
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and path in line and "problem" in line and "imagenet" in line
+
+
+def test_unknown_balancer(workdir, capsys):
+    code, line = run(["train", "--balancer", "magic", "--steps", "1"], capsys)
+    assert code == 2 and "balancer" in line and "magic" in line
+    path = study(workdir, TINY + '\n[arms.mine]\nkind = "magic"\n')
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "arms.mine.kind" in line
+
+
+def test_malformed_toml(workdir, capsys):
+    path = study(workdir, "name = 'x\n[problem\n")
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and path in line and "TOML" in line
+
+
+@pytest.mark.parametrize("weights,expected", [("[1, 2, 3]", "2 weights"), ("[1, -1]", "non-negative"),
+                                              ("[0, 0]", "all equal zero")])
+def test_bad_weights(workdir, capsys, weights, expected):
+    path = study(workdir, TINY + f'\n[arms.mine]\nkind = "static"\nweights = {weights}\n')
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "arms.mine.weights" in line and expected in line
+
+
+def test_negative_alpha(workdir, capsys):
+    path = study(workdir, TINY.replace("alpha = [0.5, 1.0]", "alpha = [-1.0]"))
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "arms.gradnorm.alpha" in line and ">= 0" in line
+    code, line = run(["train", "--balancer", "gradnorm", "--alpha", "-0.5", "--steps", "1"], capsys)
+    assert code == 2 and "alpha" in line
+
+
+def test_unreachable_storage(workdir, capsys):
+    path = study(workdir)
+    code, line = run(["run", "--study", path, "--storage", "postgresql+psycopg2://bench@127.0.0.1:1/nowhere"], capsys)
+    assert code == 2 and "cannot open the storage" in line and "127.0.0.1:1" in line
+
+
+def test_results_folder_not_writable(workdir, capsys):
+    (workdir / "blocked").write_text("a file where the results folder should be")
+    code, line = run(["run", "--study", study(workdir), "--storage", "blocked/bench.journal"], capsys)
+    assert code == 2 and "results folder" in line and "blocked" in line
+
+
+def test_a_study_changed_under_the_same_name_keeps_what_is_stored(workdir, capsys):
+    path = study(workdir)
+    assert main(["run", "--study", path]) == 0
+    capsys.readouterr()
+    before = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
+    study(workdir, TINY.replace("lr = 0.01", "lr = 0.02"))
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "another configuration" in line and "--new-version" in line
+    after = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
+    assert after == before
+
+
+def test_a_non_finite_loss(workdir, capsys):
+    # sigma^2 = 1e40 overflows float32: the squared loss is infinite from the first step.
+    code, line = run(["train", "--tasks", "2", "--sigmas", "1,1e20", "--steps", "5", "--device", "cpu",
+                      "-p", "n_train=100", "-p", "n_val=20", "-p", "n_test=20"], capsys)
+    assert code == 1 and "non-finite training loss at step 0" in line and "task1" in line

@@ -1,0 +1,207 @@
+"""Many workers on one study: PostgreSQL and the embedded journal file, a worker SIGKILLed
+mid-run, and a Dask cluster. Every run must be present exactly once, with the results of a
+one-process run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.store import ResultStore
+from bench.store.results import RUN_KEY, WORKER, is_finished
+from bench.study import StudyRunner, StudySpec
+from tests.servers import new_database, postgres_server
+
+# float64 so that runs stacked differently by different workers agree to 1e-9.
+SHARED = """
+name = "shared"
+seeds = [0, 1, 2]
+dtype = "float64"
+
+[problem]
+name = "toy"
+tasks = 2
+sigmas = [1.0, 10.0]
+input_dim = 20
+output_dim = 10
+hidden = 40
+depth = 3
+n_train = 200
+n_val = 50
+n_test = 50
+
+[budget]
+steps = 120
+batch_size = 20
+lr = 0.005
+eval_every = 40
+
+[arms.grid]
+method = "exhaustive"
+resolution = 0.125
+
+[arms.gradnorm]
+alpha = [0.5, 1.5]
+
+[arms.gradnorm-static]
+
+[arms.equal]
+"""
+
+
+def spec() -> StudySpec:
+    return StudySpec.from_dict(tomllib.loads(SHARED), source="shared.toml")
+
+
+def start_worker(study_file, storage: str, cwd) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--study", str(study_file), "--storage", storage,
+         "--heartbeat", "1", "--grace", "4", "--batch-runs", "3"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def held_by(store: ResultStore, pid: int) -> int:
+    """Runs of the study that the worker with this pid holds right now."""
+    count = 0
+    for summary in store.storage.get_all_studies():
+        if not summary.study_name.startswith("shared/"):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=store.storage)
+        count += sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                     if t.system_attrs.get(WORKER, "").endswith(f":{pid}"))
+    return count
+
+
+def run_three_workers_and_kill_one(storage: str, tmp_path) -> None:
+    study_file = tmp_path / "shared.toml"
+    study_file.write_text(SHARED)
+    workers = [start_worker(study_file, storage, tmp_path) for _ in range(3)]
+    victim = workers[0]
+    store = ResultStore(storage)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it while it holds runs, mid-training
+        if "shared" in store.study_names() and held_by(store, victim.pid) > 0:
+            break
+        assert victim.poll() is None, victim.communicate()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the first worker never held a run")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    for worker in workers[1:]:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err
+
+
+def assert_every_run_once_and_equal_to_one_process(storage: str, tmp_path) -> None:
+    store = ResultStore(storage)
+    expected = {(r.arm, r.key) for r in spec().runs()}
+    finished = Counter()
+    retried = 0
+    for arm in spec().arms:
+        study = store.arm_study("shared", arm)
+        for t in study.get_trials(deepcopy=False):
+            if is_finished(t):
+                finished[(arm, t.user_attrs[RUN_KEY])] += 1
+            retried += "failed_trial" in t.system_attrs
+    assert set(finished) == expected
+    assert set(finished.values()) == {1}  # nothing lost, nothing stored twice
+    assert retried > 0  # the killed worker's runs were queued again and retrained
+
+    reference = ResultStore(str(tmp_path / "one-process.journal"))
+    StudyRunner(spec(), reference, batch_runs=5).run()
+    got = {(r["arm"], r["run_key"]): r for r in store.records("shared")}
+    want = {(r["arm"], r["run_key"]): r for r in reference.records("shared")}
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key]["status"] == want[key]["status"] == "ok"
+        assert got[key]["value"] == pytest.approx(want[key]["value"], rel=1e-9)
+        assert got[key]["record"]["test_loss"] == pytest.approx(want[key]["record"]["test_loss"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgresql_one_killed(tmp_path):
+    with postgres_server() as server:
+        storage = new_database(server)
+        run_three_workers_and_kill_one(storage, tmp_path)
+        assert_every_run_once_and_equal_to_one_process(storage, tmp_path)
+
+
+@pytest.mark.slow
+def test_three_workers_on_the_embedded_journal_one_killed(tmp_path):
+    storage = str(tmp_path / "results" / "bench.journal")
+    run_three_workers_and_kill_one(storage, tmp_path)
+    assert_every_run_once_and_equal_to_one_process(storage, tmp_path)
+
+
+@pytest.mark.slow
+def test_dask_cluster_runs_the_batches(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        store = ResultStore(str(tmp_path / "dask.journal"))
+        runner = StudyRunner(spec(), store, jobs=2, batch_runs=4, backend="dask",
+                             scheduler=cluster.scheduler_address)
+        progress = runner.run()
+    assert progress.left == 0 and progress.failed == 0
+    reference = ResultStore(str(tmp_path / "local.journal"))
+    StudyRunner(spec(), reference, batch_runs=4).run()
+    got = {(r["arm"], r["run_key"]): r["value"] for r in store.records("shared")}
+    want = {(r["arm"], r["run_key"]): r["value"] for r in reference.records("shared")}
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9)
+
+
+def test_dask_backend_needs_a_scheduler(tmp_path):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="--scheduler"):
+        StudyRunner(spec(), ResultStore(str(tmp_path / "x.journal")), backend="dask")
+
+
+@pytest.mark.slow
+def test_status_reports_progress_per_arm(tmp_path):
+    storage = str(tmp_path / "status.journal")
+    StudyRunner(spec(), ResultStore(storage), batch_runs=8).run()
+    out = subprocess.run([sys.executable, "-m", "bench", "status", "--storage", storage],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "shared in" in out.stdout and "gradnorm-static" in out.stdout
+    total = len(spec().runs())
+    assert "│ all" in out.stdout and str(total) in out.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_worker_cleanly_and_a_rerun_finishes(tmp_path):
+    study_file = tmp_path / "shared.toml"
+    study_file.write_text(SHARED)
+    storage = str(tmp_path / "results" / "bench.journal")
+    worker = start_worker(study_file, storage, tmp_path)
+    store = ResultStore(storage)
+    deadline = time.monotonic() + 120
+    while not ("shared" in store.study_names() and held_by(store, worker.pid) > 0):
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGINT)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    assert "interrupted" in err and "queued again" in err and "Traceback" not in err
+    assert held_by(store, worker.pid) == 0  # its runs are not left RUNNING
+    again = start_worker(study_file, storage, tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    finished = Counter()
+    for arm in spec().arms:
+        for t in store.arm_study("shared", arm).get_trials(deepcopy=False):
+            if is_finished(t):
+                finished[(arm, t.user_attrs[RUN_KEY])] += 1
+    assert len(finished) == len(spec().runs()) and set(finished.values()) == {1}
