@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,data]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,11 +36,13 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest
 
-# System programs some tests drive: headless Chromium (report test) and PostgreSQL (multi-worker
-# test). Installed with apt when running as root on Debian; skipped quietly otherwise.
-SYSTEM_PACKAGES := chromium postgresql
+# System packages some tests use: headless Chromium (report test), PostgreSQL (multi-worker
+# test) and Fashion-MNIST (multifashion problem). Installed with apt when running as root on
+# Debian; otherwise those tests are skipped (CI requires them).
+SYSTEM_PACKAGES := chromium postgresql dataset-fashion-mnist
 system-deps:
-	@if command -v chromium >/dev/null && command -v pg_ctlcluster >/dev/null; then exit 0; fi; \
+	@if command -v chromium >/dev/null && command -v pg_ctlcluster >/dev/null \
+		&& [ -d /usr/share/datasets/fashion-mnist ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

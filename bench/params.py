@@ -32,7 +32,8 @@ def _describe(tp: Any) -> str:
     )
 
 
-def _coerce(tp: Any, value: Any, field: str, source: str | None) -> Any:
+def coerce(tp: Any, value: Any, field: str, source: str | None = None) -> Any:
+    """`value` as type `tp` (int, float, str, bool, Literal, tuple, optional), or a ConfigError."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -42,7 +43,7 @@ def _coerce(tp: Any, value: Any, field: str, source: str | None) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, field, source)
+                return coerce(arg, value, field, source)
             except ConfigError:
                 continue
         raise ConfigError(field, _describe(tp), value, source=source)
@@ -56,7 +57,7 @@ def _coerce(tp: Any, value: Any, field: str, source: str | None) -> Any:
             value = [v for v in value.replace(" ", "").split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(field, _describe(tp), value, source=source)
-        return tuple(_coerce(item, v, field, source) for v in value)
+        return tuple(coerce(item, v, field, source) for v in value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -109,7 +110,7 @@ def build_params(cls: type[P], values: Mapping[str, Any] | None, *, source: str 
         known = ", ".join(sorted(fields)) or "none"
         expected = f"an option of {owner} (its options: {known})" if owner else f"one of the options {known}"
         raise ConfigError(prefix + unknown[0], expected, source=source)
-    kwargs = {name: _coerce(hints[name], value, prefix + name, source) for name, value in values.items()}
+    kwargs = {name: coerce(hints[name], value, prefix + name, source) for name, value in values.items()}
     params = cls(**kwargs)
     validate = getattr(params, "validate", None)
     if validate is not None:

@@ -158,11 +158,17 @@ class Problem(ABC):
     def __init__(self, params: Any):
         self.params = params
         self._data_cache: dict[int, DataSplits] = {}
+        self._task_cache: list[TaskSpec] | None = None
+
+    @abstractmethod
+    def _tasks(self) -> list[TaskSpec]:
+        """The problem's tasks, in head order."""
 
     @property
-    @abstractmethod
     def tasks(self) -> list[TaskSpec]:
-        """The problem's tasks, in head order."""
+        if self._task_cache is None:
+            self._task_cache = self._tasks()
+        return self._task_cache
 
     @abstractmethod
     def _load(self, data_seed: int) -> DataSplits:

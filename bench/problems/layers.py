@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -72,3 +73,45 @@ class StackedMLP(nn.Module):
         for layer in self.layers:
             x = torch.relu(layer(x))
         return x
+
+
+class StackedConv2d(nn.Module):
+    """R independent 2-d convolutions computed as one grouped convolution.
+
+    Input (R, B, C, H, W) -> output (R, B, out, H', W'). Each slice is initialised like
+    `torch.nn.Conv2d` (uniform in +-1/sqrt(fan_in) for weight and bias) from its run's generator.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 generators: Sequence[torch.Generator], padding: int = 0):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.padding = kernel_size, padding
+        fan_in = in_channels * kernel_size * kernel_size
+        bound = 1.0 / math.sqrt(fan_in)
+        weights, biases = [], []
+        for g in generators:
+            weights.append(torch.empty(out_channels, in_channels, kernel_size, kernel_size)
+                           .uniform_(-bound, bound, generator=g))
+            biases.append(torch.empty(out_channels).uniform_(-bound, bound, generator=g))
+        self.n_runs = len(generators)
+        # A leading run dimension, like every stacked parameter: (R, out, in, k, k) and (R, out).
+        self.weight = nn.Parameter(torch.stack(weights))
+        self.bias = nn.Parameter(torch.stack(biases))
+
+    def forward(self, x: Tensor) -> Tensor:
+        R, B = x.shape[:2]
+        merged = x.transpose(0, 1).reshape(B, R * self.in_channels, *x.shape[3:])
+        y = F.conv2d(merged, self.weight.flatten(0, 1), self.bias.flatten(), padding=self.padding, groups=R)
+        return y.view(B, R, self.out_channels, *y.shape[2:]).transpose(0, 1)
+
+    def extra_repr(self) -> str:
+        return (f"runs={self.n_runs}, in={self.in_channels}, out={self.out_channels}, "
+                f"kernel={self.kernel_size}, padding={self.padding}")
+
+
+def per_image(op, x: Tensor, *args, **kwargs) -> Tensor:
+    """Apply a batch-wise image op (pooling, upsampling) to (R, B, C, H, W) stacked images."""
+    R, B = x.shape[:2]
+    y = op(x.reshape(R * B, *x.shape[2:]), *args, **kwargs)
+    return y.view(R, B, *y.shape[1:])

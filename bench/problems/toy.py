@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
 from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split, TaskSpec
 from bench.problems.layers import StackedLinear, StackedMLP, seeded_generators
+from bench.problems.losses import squared_error
 from bench.problems.metrics import rms_metric
 
 
@@ -81,11 +81,6 @@ class ToyParams:
         return self.sigmas if self.sigmas is not None else default_sigmas(self.tasks)
 
 
-def _squared_loss(pred: Tensor, target: Tensor) -> Tensor:
-    # mse_loss's fused kernels take fewer passes over the batch than (pred - target)^2.
-    return F.mse_loss(pred, target.expand_as(pred), reduction="none").mean(dim=tuple(range(1, pred.dim())))
-
-
 class ToyProblem(Problem):
     name = "toy"
     Params = ToyParams
@@ -96,10 +91,9 @@ class ToyProblem(Problem):
     def sigmas(self) -> tuple[float, ...]:
         return self.params.resolved_sigmas
 
-    @property
-    def tasks(self) -> list[TaskSpec]:
+    def _tasks(self) -> list[TaskSpec]:
         return [
-            TaskSpec(name=f"task{i}", kind="regression", loss=_squared_loss, normaliser=s * s,
+            TaskSpec(name=f"task{i}", kind="regression", loss=squared_error, normaliser=s * s,
                      metrics=(rms_metric(),))
             for i, s in enumerate(self.sigmas)
         ]

@@ -282,7 +282,7 @@ class StudyRunner:
         """The claimed runs grouped into stacked batches (see `plan_batches`), GradNorm first:
         static retrains wait for it."""
         configs = [c.config for c in claimed]
-        limit = self.batch_runs or max_stacked_runs(configs[0], resolve_device(configs[0].device))
+        limit = max_stacked_runs(configs[0], resolve_device(configs[0].device), cap=self.batch_runs or DEFAULT_MAX_RUNS)
         batches = [[claimed[i] for i in batch] for batch in plan_batches(configs, limit)]
         batches.sort(key=lambda b: b[0].run.balancer != "gradnorm")
         return batches

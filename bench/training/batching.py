@@ -62,7 +62,12 @@ def run_memory_bytes(config: RunConfig) -> int:
 
 
 def max_stacked_runs(config: RunConfig, device: torch.device, cap: int = DEFAULT_MAX_RUNS) -> int:
-    """How many runs of this configuration to stack: what fits memory, at most `cap`."""
+    """How many runs of this configuration to stack: what fits memory, at most `cap` (1 for a
+    problem that trains one run at a time)."""
+    from bench.training.engine import problem_for
+
+    if not problem_for(config).supports_stacking:
+        return 1
     available = available_memory(device)
     if available is None:
         return cap

@@ -89,7 +89,8 @@ class RunConfig:
         budget = build_params(Budget, dataclasses.asdict(self.budget), source=source)
         return dataclasses.replace(
             self,
-            problem_params=params_to_dict(problem.params),
+            problem_params=(params_to_dict(problem.params) if dataclasses.is_dataclass(problem.params)
+                            else dict(self.problem_params)),
             balancer_params=params_to_dict(balancer_params),
             budget=budget,
         )

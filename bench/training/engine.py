@@ -136,6 +136,7 @@ class BatchTrainer:
         self.head_parameters = self.model.task_specific_parameters()
         self._head_parameter_task = [i for i, params in enumerate(self.model.task_parameters())
                                      for _ in params]
+        self._head_parameter_dims = {p.dim() for p in self.head_parameters}
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.budget.lr, fused=fused)
 
@@ -233,10 +234,11 @@ class BatchTrainer:
         else:
             deltas, rep_grads = grads[0], (grads[1] if want_reps else None)
         param_grads = grads[2:] if want_reps else grads[1:]
-        per_task = weights.t().reshape(T, -1, *(1,) * (z.dim() - 1))  # (T, R, 1, ...)
-        weighted = torch._foreach_mul(list(param_grads), [per_task[i] for i in self._head_parameter_task])
-        for p, g in zip(self.head_parameters, weighted):
+        by_dim = {d: weights.t().reshape(T, -1, *(1,) * (d - 1)) for d in self._head_parameter_dims}
+        factors = [by_dim[g.dim()][i] for g, i in zip(param_grads, self._head_parameter_task)]
+        for p, g in zip(self.head_parameters, torch._foreach_mul(list(param_grads), factors)):
             p.grad = g
+        per_task = weights.t().reshape(T, -1, *(1,) * (z.dim() - 1))  # (T, R, 1, ...)
         norms = self.task_gradient_norms(target, a, z, deltas, rep_grads)
         total = deltas[0] * per_task[0]  # sum_i w_i delta_i, one pass over the deltas
         for i in range(1, T):

@@ -1,0 +1,24 @@
+"""Per-run losses: each returns one value per run, the mean over the batch (shape (R,))."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def squared_error(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over the batch and every output of each run."""
+    target = target.expand_as(pred) if target.dim() == pred.dim() else target.unsqueeze(-1).expand_as(pred)
+    # mse_loss's fused kernels take fewer passes over the batch than (pred - target)^2.
+    return F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
+
+
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
+    """Mean cross-entropy per run. logits (R, B, C, ...) with classes on dim 2; target (R, B, ...)
+    of class indices; entries equal to `ignore_index` count for nothing."""
+    R, B, C = logits.shape[:3]
+    flat = logits.reshape(R * B, C, *logits.shape[3:])
+    losses = F.cross_entropy(flat, target.reshape(R * B, *target.shape[2:]), reduction="none",
+                             ignore_index=ignore_index).view(R, -1)
+    valid = (target.reshape(R, -1) != ignore_index).sum(dim=1).clamp_min(1)
+    return losses.sum(dim=1) / valid

@@ -1,0 +1,58 @@
+"""User-defined problems: "package.module:function" names a function that returns a Problem.
+
+The function is called with the study's [problem] options (all but `name`) as keyword
+arguments. The module is imported from the Python path, with the current directory first, so a
+study can name a module that sits beside it. See the README for the interface and an example.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.params import coerce
+from bench.problems.base import Problem
+
+
+def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | None = None) -> Problem:
+    module_name, _, function_name = name.partition(":")
+    if not module_name or not function_name:
+        raise ConfigError("problem", "package.module:function", name, source=source)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError("problem", f"an importable module ({err})", name, source=source) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError("problem", f"a function {function_name!r} in module {module_name!r}", name,
+                          source=source)
+    params = dict(params or {})
+    accepted = inspect.signature(function).parameters
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # unresolvable annotations: pass the values as given
+        hints = {}
+    # Values from the command line arrive as text: convert them to the annotated types.
+    params = {k: coerce(hints[k], v, f"problem.{k}", source) if k in hints else v for k, v in params.items()}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(k for k in params if k not in accepted and not takes_any)
+    if unknown:
+        raise ConfigError(f"problem.{unknown[0]}", f"an argument of {name} ({', '.join(accepted) or 'none'})",
+                          source=source)
+    try:
+        problem = function(**params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError("problem", f"options {name} accepts ({err})", params, source=source) from None
+    if not isinstance(problem, Problem):
+        raise ConfigError("problem", f"{name} to return a bench.problems.Problem",
+                          type(problem).__name__, source=source)
+    problem.name = name
+    return problem
