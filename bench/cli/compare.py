@@ -59,13 +59,16 @@ def print_comparison(c) -> None:
     console.rule(f"[bold]{c.study}[/]")
     for line in c.headline:
         console.print(f"- {line}")
-    table = Table("arm", "runs", "test (mean ± sd)", "95% interval", "val", "train", "gap (test-train)",
-                  "weights", "wall time (s)")
+    table = Table(title="task-normalised losses, mean over seeds", title_justify="left")
+    table.add_column("arm", no_wrap=True)
+    for column in ("runs", "test", "sd", "95% CI", "train", "gap", "sec"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in c.main.itertuples():
-        table.add_row(row.arm, str(row.runs), f"{fmt(row.normalized_test_loss)} ± {fmt(row.test_std, 2)}",
-                      f"[{fmt(row.test_ci95_low)}, {fmt(row.test_ci95_high)}]", fmt(row.normalized_val_loss),
-                      fmt(row.train_loss), fmt(row.overfitting_gap),
-                      "(" + ", ".join(f"{w:.2f}" for w in row.weights) + ")", f"{row.wall_time_s:.1f}")
+        table.add_row(row.arm, str(row.runs), fmt(row.normalized_test_loss, 3), fmt(row.test_std, 2),
+                      f"{fmt(row.test_ci95_low, 3)}-{fmt(row.test_ci95_high, 3)}", fmt(row.train_loss, 3),
+                      fmt(row.overfitting_gap, 3), f"{row.wall_time_s:.0f}")
     console.print(table)
+    for row in c.main.itertuples():
+        console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
         console.print(f"- {sentence}")

@@ -250,7 +250,7 @@ def _headline(c: Comparison) -> list[str]:
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
-            f"{a} {verdict} the grid search {b}: test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
+            f"{a} {verdict} the grid search ({b}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
             f"the point chosen on validation; {int(standing.n_better)} of {int(standing.n_points)} "
             f"grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} runs "
             f"({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "

@@ -143,25 +143,26 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
         return p @ corners
 
     pts = xy(w)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig, ax = plt.subplots(figsize=(7.5, 7.2))
     log_loss = np.log10(loss)
     tri = ax.tricontourf(pts[:, 0], pts[:, 1], log_loss, levels=14, cmap="viridis_r")
     ax.scatter(pts[:, 0], pts[:, 1], c=log_loss, cmap="viridis_r", s=18, edgecolors="k", linewidths=0.3)
-    cbar = fig.colorbar(tri, ax=ax, shrink=0.8)
+    cbar = fig.colorbar(tri, ax=ax, shrink=0.8, pad=0.08)
     cbar.set_label("log10 task-normalised test loss")
     best = xy(grid.weights)
     ax.plot(*best, "*", ms=18, color="gold", mec="k", label="grid: chosen on validation")
     for (label, weights), colour, marker in zip(markers, colours, "osD^vP"):
         ax.plot(*xy(weights), marker, ms=10, color=colour, mec="k", label=label)
-    for i, (x, y) in enumerate(corners):
-        ax.annotate(f"all weight on {c.tasks[i]}", (x, y), ha="center",
+    for i, ((x, y), ha) in enumerate(zip(corners, ("left", "right", "center"))):
+        ax.annotate(f"all weight on {c.tasks[i]}", (x, y), ha=ha,
                     va="top" if y == 0 else "bottom", fontsize="small",
                     xytext=(0, -6 if y == 0 else 6), textcoords="offset points")
     ax.plot(*np.vstack([corners, corners[:1]]).T, color="0.3", lw=1)
     ax.set_aspect("equal")
     ax.axis("off")
-    ax.set_title("Grid landscape on the weight simplex (mean over seeds)")
-    ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(-0.05, 1.0))
+    ax.set_ylim(-0.12, math.sqrt(3) / 2 + 0.1)
+    ax.set_title("Grid landscape on the weight simplex (mean over seeds)", pad=12)
+    ax.legend(loc="upper center", fontsize="small", bbox_to_anchor=(0.5, 0.0), ncol=2)
     fig.tight_layout()
     return fig
 
@@ -211,7 +212,7 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
     others = [lb for lb in per_task.index if lb != arm]
     colours = dict(zip(others, sns.color_palette("colorblind", len(others))))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 5.0), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
         ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
@@ -222,9 +223,11 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
         ax.set_yscale("log")
         ax.set_xlabel(f"test loss {c.tasks[i]}")
         ax.set_ylabel(f"test loss {c.tasks[j]}")
-    axes[0][0].legend(fontsize="small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
+               bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 

@@ -137,6 +137,7 @@ class StudyRunner:
             raise BenchError("--backend dask needs --scheduler ADDRESS (a running Dask scheduler)")
         self.backend, self.scheduler = backend, scheduler
         self._client = None
+        self._stack_limit: int | None = None
 
     # ------------------------------------------------------------------ setting up
     def prepare(self) -> str:
@@ -207,16 +208,28 @@ class StudyRunner:
         return len(held)
 
     # ------------------------------------------------------------------ claiming
+    def stack_limit(self) -> int:
+        """Runs per stacked model: `--batch-runs`, or what fits memory; 1 where the problem
+        trains one run at a time."""
+        if self._stack_limit is None:
+            config = self.spec.run_config(self.spec.runs()[0], {"weights": [1.0] * self.spec.n_tasks},
+                                          self.device)
+            self._stack_limit = max_stacked_runs(config, resolve_device(config.device),
+                                                 cap=self.batch_runs or DEFAULT_MAX_RUNS)
+        return self._stack_limit
+
     def claim_wave(self) -> list[Claimed]:
-        """Claim the runs that can start now, up to `jobs * batch_runs` of them."""
-        capacity = self.jobs * (self.batch_runs or DEFAULT_MAX_RUNS)
+        """Claim the runs that can start now: enough for `jobs` stacked batches, no more, so
+        that other workers find work too."""
+        capacity = self.jobs * self.stack_limit()
         claimed: list[Claimed] = []
         # Proposals first: their points let the other seeds of each point start in this wave.
         for arm_name in self.samplers:
             arm: GridArm = self.spec.arms[arm_name]  # type: ignore[assignment]
             trials = self.store.arm_trials(self.name, [arm_name], self.samplers)[arm_name]
+            proposed = 0
             for trial in _waiting(trials.trials):
-                if len(claimed) >= min(capacity, arm.parallel_points):
+                if proposed >= arm.parallel_points or len(claimed) >= capacity:
                     break
                 run = self.runs[arm_name].get(trial.user_attrs.get(RUN_KEY))
                 if run is None or not run.proposal or not self.store.claim(trial, self.worker):
@@ -228,6 +241,7 @@ class StudyRunner:
                               for name, d in arm.cube_distributions().items()}
                 claimed.append(self._hold(arm_name, trial, run, trials.study,
                                           weights=list(arm.weights_from_cube(params))))
+                proposed += 1
         everything = self.store.arm_trials(self.name, self.spec.arms, self.samplers)
         for arm_name in self.arm_order:
             trials = everything[arm_name]
@@ -282,8 +296,7 @@ class StudyRunner:
         """The claimed runs grouped into stacked batches (see `plan_batches`), GradNorm first:
         static retrains wait for it."""
         configs = [c.config for c in claimed]
-        limit = max_stacked_runs(configs[0], resolve_device(configs[0].device), cap=self.batch_runs or DEFAULT_MAX_RUNS)
-        batches = [[claimed[i] for i in batch] for batch in plan_batches(configs, limit)]
+        batches = [[claimed[i] for i in batch] for batch in plan_batches(configs, self.stack_limit())]
         batches.sort(key=lambda b: b[0].run.balancer != "gradnorm")
         return batches
 

@@ -49,12 +49,13 @@ def studies_dirs() -> list[Path]:
 
 def find_study_file(name: str) -> Path:
     """A path, or the name of a file in studies/ (with or without .toml)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for folder in studies_dirs():
-        for candidate in (folder / name, folder / f"{name}.toml"):
-            if candidate.is_file():
+    for candidate in [Path(name)] + [c for folder in studies_dirs()
+                                     for c in (folder / name, folder / f"{name}.toml")]:
+        if candidate.is_file():
+            # Shown in reports as the command to reproduce: relative to here when it can be.
+            try:
+                return candidate.resolve().relative_to(Path.cwd())
+            except ValueError:
                 return candidate
     known = sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.toml")})
     raise ConfigError("--study", "a study file or the name of one in studies/ "
