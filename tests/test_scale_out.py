@@ -39,7 +39,7 @@ n_val = 50
 n_test = 50
 
 [budget]
-steps = 120
+steps = 300
 batch_size = 20
 lr = 0.005
 eval_every = 40
@@ -183,7 +183,8 @@ def test_status_reports_progress_per_arm(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_a_worker_cleanly_and_a_rerun_finishes(tmp_path):
     study_file = tmp_path / "shared.toml"
-    study_file.write_text(SHARED)
+    # long enough that the interruption lands mid-study, whatever the machine's load
+    study_file.write_text(SHARED.replace("steps = 300", "steps = 1500"))
     storage = str(tmp_path / "results" / "bench.journal")
     worker = start_worker(study_file, storage, tmp_path)
     store = ResultStore(storage)
@@ -191,6 +192,7 @@ def test_ctrl_c_stops_a_worker_cleanly_and_a_rerun_finishes(tmp_path):
     while not ("shared" in store.study_names() and held_by(store, worker.pid) > 0):
         assert time.monotonic() < deadline and worker.poll() is None
         time.sleep(0.05)
+    assert worker.poll() is None, "the worker finished before it could be interrupted"
     worker.send_signal(signal.SIGINT)
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 130, err
