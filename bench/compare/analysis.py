@@ -244,9 +244,9 @@ def _headline(c: Comparison) -> list[str]:
         if row.n < 2 or math.isnan(row.p_value):
             verdict = "beats" if row.mean_difference < 0 else "does not beat"
         elif row.p_value >= 0.05:
-            verdict = "matches (no significant difference from)"
+            verdict = f"does not differ significantly (p = {row.p_value:.2g}) from"
         else:
-            verdict = "beats" if row.mean_difference < 0 else "is beaten by"
+            verdict = ("beats" if row.mean_difference < 0 else "is beaten by") + f" (p = {row.p_value:.2g})"
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(

@@ -18,7 +18,7 @@ from bench.errors import ConfigError
 from bench.problems.base import TaskSpec
 from bench.problems.losses import cross_entropy, squared_error
 from bench.problems.metrics import accuracy_metric, rms_metric
-from bench.problems.tabular import TabularProblem
+from bench.problems.tabular import TabularProblem, check_table_options
 
 FEATURES = ("carat", "depth", "table", "x", "y", "z")
 # R's ordered factor levels, worst to best.
@@ -48,10 +48,7 @@ class DiamondsParams:
     hidden: tuple[int, ...] = (128, 128, 128)
 
     def validate(self) -> None:
-        if not self.tasks or any(t not in TASKS for t in self.tasks) or len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError("tasks", "distinct names among " + ", ".join(TASKS), list(self.tasks))
-        if len(self.hidden) < 2 or min(self.hidden) < 1:
-            raise ConfigError("hidden", "at least two layer sizes >= 1", list(self.hidden))
+        check_table_options("tasks", self.tasks, TASKS, self.hidden)
 
 
 class DiamondsProblem(TabularProblem):

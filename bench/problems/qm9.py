@@ -28,7 +28,7 @@ from bench.errors import ConfigError
 from bench.problems.base import TaskSpec
 from bench.problems.losses import squared_error
 from bench.problems.metrics import rms_metric
-from bench.problems.tabular import TabularProblem
+from bench.problems.tabular import TabularProblem, check_table_options
 
 # The 12 standard QM9 targets: short name -> column of qm9pack's CSV files.
 TARGETS = {
@@ -117,11 +117,7 @@ class QM9Params:
     hidden: tuple[int, ...] = (256, 256, 256)
 
     def validate(self) -> None:
-        unknown = [t for t in self.targets if t not in TARGETS]
-        if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
-            raise ConfigError("targets", "distinct names among " + ", ".join(TARGETS), list(self.targets))
-        if len(self.hidden) < 2 or min(self.hidden) < 1:
-            raise ConfigError("hidden", "at least two layer sizes >= 1", list(self.hidden))
+        check_table_options("targets", self.targets, TARGETS, self.hidden)
 
 
 class QM9Problem(TabularProblem):

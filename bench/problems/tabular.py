@@ -15,6 +15,14 @@ from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split
 from bench.problems.layers import StackedLinear, StackedMLP, seeded_generators
 
 
+def check_table_options(field: str, chosen: tuple[str, ...], known, hidden: tuple[int, ...]) -> None:
+    """The options tabular problems share: distinct known task names, an MLP of >= 2 layers."""
+    if not chosen or any(c not in known for c in chosen) or len(set(chosen)) != len(chosen):
+        raise ConfigError(field, "distinct names among " + ", ".join(known), list(chosen))
+    if len(hidden) < 2 or min(hidden) < 1:
+        raise ConfigError("hidden", "at least two layer sizes >= 1", list(hidden))
+
+
 def split_sizes(total: int, n_train: int | None, n_val: int, n_test: int, source: str) -> tuple[int, int, int]:
     if n_train is None:
         n_train = total - n_val - n_test
