@@ -117,9 +117,7 @@ def build_params(cls: type[P], values: Mapping[str, Any] | None, *, source: str 
         try:
             validate()
         except ConfigError as err:
-            if err.source is None and source is not None:
-                raise ConfigError(prefix + err.field, err.expected, err.got, source=source) from None
-            raise
+            raise ConfigError(prefix + err.field, err.expected, err.got, source=err.source or source) from None
     return params
 
 
