@@ -214,8 +214,10 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     for label, kind in kinds.items():
         if kind == "gradnorm":
             for arm, grid in grids.items():
+                point = grid.selected if grid.selected.startswith("w=") else \
+                    f"{grid.selected}: w=" + ",".join(f"{w:.3g}" for w in grid.weights)
                 pairs.append((label, arm, f"the best of {len(grid.points)} grid points "
-                              f"({grid.selected}, chosen on validation)"))
+                              f"({point}, chosen on validation)"))
         if kind == "gradnorm-static":
             source = [lb for lb in kinds if arm_of.get(lb) == sources.get(arm_of[label])
                       and variant_of.get(lb) == variant_of[label]]
