@@ -152,3 +152,14 @@ def test_batch_runs_must_share_problem_and_budget():
         train_runs([tiny_config("equal"), tiny_config("equal", budget=Budget(steps=3, batch_size=16))])
     with pytest.raises(ValueError):
         train_runs([tiny_config("equal"), tiny_config("gradnorm")])
+
+
+def test_runaway_task_weights_count_as_divergence():
+    from bench.training.engine import MAX_TASK_WEIGHT, BatchTrainer
+
+    trainer = BatchTrainer([tiny_config("equal", seed=s) for s in (0, 1)])
+    trainer._check_diverged(torch.tensor([[1.0, 1.0], [-2 * MAX_TASK_WEIGHT, 3.0]], dtype=torch.float64),
+                            "task weights", 7, limit=MAX_TASK_WEIGHT)
+    trainer._retire_failed_runs()
+    assert trainer.alive.tolist() == [True, False]
+    assert trainer.failures[1] == (7, "diverged: task weights beyond 1e+06 at step 7 (task task0)")

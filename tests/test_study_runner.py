@@ -173,3 +173,16 @@ def test_runs_of_an_unknown_study_in_the_store_give_a_clear_error(store):
     with pytest.raises(BenchError) as err:
         store.records("nope")
     assert "no study named 'nope'" in str(err.value)
+
+
+def test_gradnorm_static_of_weights_that_are_no_static_weighting_fails_alone(store, monkeypatch):
+    from bench.study.arms import GradNormStaticArm
+
+    # Raw GradNorm weights can average to negative values (the paper imposes no floor).
+    monkeypatch.setattr(GradNormStaticArm, "weights_from", lambda self, record: [3.0, -1.0])
+    progress = StudyRunner(spec_of(TINY), store).run()
+    assert progress.left == 0
+    statics = [r for r in store.records("tiny") if r["arm"] == "gradnorm-static"]
+    assert len(statics) == 4 and all(r["status"] == "failed" for r in statics)
+    assert all("no static weighting" in r["reason"] and "-1" in r["reason"] for r in statics)
+    assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")

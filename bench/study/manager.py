@@ -31,7 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
 from bench.environment import environment
-from bench.errors import BenchError
+from bench.balancers.static import validate_static_weights
+from bench.errors import BenchError, ConfigError
 from bench.store.results import (
     REASON, RUN_KEY, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
 )
@@ -195,6 +196,10 @@ class StudyRunner:
                 released = self.release_all("interrupted (Ctrl-C)")
                 raise Interrupted(f"interrupted: {released} runs in hand were queued again; "
                                   f"run the same command to continue") from None
+            except BaseException as err:
+                # Never leave claimed runs RUNNING: give them back, then let the error speak.
+                self.release_all(f"worker error: {type(err).__name__}")
+                raise
             finally:
                 if self._client is not None:
                     self._client.close()
@@ -281,7 +286,13 @@ class StudyRunner:
         if dep.state != TrialState.COMPLETE:
             return None, f"its GradNorm run {key} failed: {dep.user_attrs.get(REASON)}"
         static: GradNormStaticArm = self.spec.arms[run.arm]  # type: ignore[assignment]
-        return static.weights_from(attrs_to_record(dep.user_attrs)), None
+        weights = static.weights_from(attrs_to_record(dep.user_attrs))
+        try:
+            validate_static_weights(tuple(weights))
+        except ConfigError as err:
+            return None, (f"its GradNorm run {key} averaged to weights that are no static weighting "
+                          f"({err.expected}: {', '.join(f'{w:.3g}' for w in weights)})")
+        return weights, None
 
     def _hold(self, arm: str, trial: FrozenTrial, run: RunSpec, study: optuna.Study,
               weights: list[float] | None) -> Claimed:

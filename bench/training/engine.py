@@ -36,6 +36,9 @@ ProgressCallback = Callable[[int], None]
 
 # Evaluation processes examples in chunks of about this many input elements over all runs.
 EVAL_CHUNK_ELEMENTS = 1 << 24
+# A run whose task weights exceed this in absolute value has diverged (raw GradNorm weights whose
+# sum nears zero explode on renormalisation; uncertainty weights can grow without end).
+MAX_TASK_WEIGHT = 1e6
 # GradNorm's per-task weight gradients are formed a few tasks at a time, about this many
 # elements (1M floats, 4 MiB) at once, small enough to stay in cache.
 NORM_CHUNK_ELEMENTS = 1 << 20
@@ -248,27 +251,33 @@ class BatchTrainer:
 
     def step(self, step: int) -> None:
         weights = self.balancer.weights()
-        self._check_finite(weights, "task weights", step)
+        self._check_diverged(weights, "task weights", step, limit=MAX_TASK_WEIGHT)
         self._retire_failed_runs()
         self.weights_trace[step] = weights
         self.optimizer.zero_grad(set_to_none=True)
         x, targets = self.training_batch(step)
         losses, norms = self.compute_gradients(x, targets, weights)
-        self._check_finite(losses, "training loss", step)
+        self._check_diverged(losses, "training loss", step)
         self._retire_failed_runs()
         self.optimizer.step()
         self.balancer.update(step, losses, norms)
         self.steps_done = step + 1
 
     # ----------------------------------------------------------------- failures
-    def _check_finite(self, values: Tensor, what: str, step: int) -> None:
-        """Mark live runs whose row of `values` (R, T) is not finite as failed at `step`."""
-        bad = ~torch.isfinite(values).all(dim=1) & self.alive & ~self._pending_failures
+    def _check_diverged(self, values: Tensor, what: str, step: int, limit: float | None = None) -> None:
+        """Mark live runs as failed at `step` where their row of `values` (R, T) is not finite,
+        or beyond `limit` in absolute value."""
+        wrong = ~torch.isfinite(values)
+        if limit is not None:
+            wrong |= values.abs() > limit
+        bad = wrong.any(dim=1) & self.alive & ~self._pending_failures
         if not bool(bad.any()):
             return
         for r in bad.nonzero().flatten().tolist():
-            tasks = [self.tasks[i].name for i in (~torch.isfinite(values[r])).nonzero().flatten().tolist()]
-            self.failures[r] = (step, f"non-finite {what} at step {step} (task {', '.join(tasks)})")
+            tasks = ", ".join(self.tasks[i].name for i in wrong[r].nonzero().flatten().tolist())
+            finite = bool(torch.isfinite(values[r]).all())
+            state = f"{what} beyond {limit:g}" if finite else f"non-finite {what}"
+            self.failures[r] = (step, f"diverged: {state} at step {step} (task {tasks})")
         self._pending_failures |= bad
 
     def _retire_failed_runs(self) -> None:
