@@ -33,8 +33,8 @@ def print_json(data: Any) -> None:
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
+    if value is None or value != value:  # None or NaN
         return "-"
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.{digits - 1}e}"
+        return f"{value:.{max(0, digits - 2)}e}"
     return f"{value:.{digits}g}"

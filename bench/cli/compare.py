@@ -60,13 +60,13 @@ def print_comparison(c) -> None:
     for line in c.headline:
         console.print(f"- {line}")
     table = Table(title="task-normalised losses, mean over seeds", title_justify="left")
-    table.add_column("arm", no_wrap=True)
-    for column in ("runs", "test", "sd", "95% CI", "train", "gap", "sec"):
+    table.add_column("arm", overflow="fold", max_width=16)
+    for column in ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in c.main.itertuples():
-        table.add_row(row.arm, str(row.runs), fmt(row.normalized_test_loss, 3), fmt(row.test_std, 2),
-                      f"{fmt(row.test_ci95_low, 3)}-{fmt(row.test_ci95_high, 3)}", fmt(row.train_loss, 3),
-                      fmt(row.overfitting_gap, 3), f"{row.wall_time_s:.0f}")
+        table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss, 3), fmt(row.test_std, 2),
+                      (f"{fmt(row.test_ci95_low, 3)}-{fmt(row.test_ci95_high, 3)}" if row.seeds > 1 else "-"), fmt(row.train_loss, 3),
+                      fmt(row.overfitting_gap, 2), f"{row.wall_time_s:.0f}")
     console.print(table)
     for row in c.main.itertuples():
         console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")

@@ -251,8 +251,10 @@ def _headline(c: Comparison) -> list[str]:
             verdict = ("beats" if row.mean_difference < 0 else "is beaten by") + f" (p = {row.p_value:.2g})"
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
+        failed = int(main.loc[a, "failed"])
+        diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         lines.append(
-            f"{a} {verdict} the grid search ({b}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
+            f"{a}{diverged} {verdict} the grid search ({b}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
             f"the point chosen on validation; {int(standing.n_better)} of {int(standing.n_points)} "
             f"grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} runs "
             f"({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
