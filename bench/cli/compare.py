@@ -60,7 +60,7 @@ def print_comparison(c) -> None:
     for line in c.headline:
         console.print(f"- {line}")
     table = Table(title="task-normalised losses, mean over seeds", title_justify="left")
-    table.add_column("arm", overflow="fold", max_width=16)
+    table.add_column("arm", overflow="fold", min_width=8, max_width=16)
     for column in ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in c.main.itertuples():
