@@ -68,8 +68,10 @@ def test_qm9_loads_offline_with_its_documented_sizes_and_trains(no_network):
     assert problem.task_names == ["mu", "gap", "r2", "u0"]
     data = problem.load(0)
     assert [len(s) for _, s in data.items()] == [2000, 500, 500]
-    # very different scales, before any standardisation
-    assert problem.tasks[2].normaliser / problem.tasks[1].normaliser > 1e6
+    # standardised by default; very different scales when only centred
+    assert [t.normaliser for t in problem.tasks] == pytest.approx([1.0] * 4)
+    raw = build_problem("qm9", {"scaling": "center"})
+    assert raw.tasks[2].normaliser / raw.tasks[1].normaliser > 1e6
     record = trains("qm9", {"n_train": 2000, "n_val": 500, "n_test": 500})
     assert set(record.metrics["test"]) == {"rms"}
 
