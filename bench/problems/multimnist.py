@@ -180,6 +180,16 @@ class MultiMNISTProblem(MultiDigitsProblem):
         x, y = mnist_data()
         images = torch.as_tensor(x, dtype=torch.float32).view(-1, 28, 28) / 255
         labels = torch.as_tensor(y, dtype=torch.int64)
-        # A fixed split of the 5,000 source digits: 3,500 / 500 / 1,000.
-        return {"train": (images[:3500], labels[:3500]), "val": (images[3500:4000], labels[3500:4000]),
-                "test": (images[4000:], labels[4000:])}
+        # The sample is sorted by class (500 of each), so the split must be stratified: a fixed
+        # shuffle of each class, split 70 / 10 / 20 %: 3,500 / 500 / 1,000 digits, every class
+        # in every split.
+        g = torch.Generator().manual_seed(0)
+        parts: dict[str, list[Tensor]] = {"train": [], "val": [], "test": []}
+        for c in range(10):
+            idx = torch.nonzero(labels == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            n_train, n_val = int(0.7 * len(idx)), int(0.1 * len(idx))
+            parts["train"].append(idx[:n_train])
+            parts["val"].append(idx[n_train:n_train + n_val])
+            parts["test"].append(idx[n_train + n_val:])
+        return {name: (images[torch.cat(ix)], labels[torch.cat(ix)]) for name, ix in parts.items()}
