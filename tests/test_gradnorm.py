@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from bench.balancers.gradnorm import GradNorm, GradNormParams
 from bench.problems.base import TaskSpec
 from bench.training import Budget
+from bench.training import engine
 from bench.training.engine import BatchTrainer
 from tests.conftest import tiny_config
 
@@ -108,10 +109,29 @@ def test_network_step_uses_the_old_weights():
     assert any(not torch.allclose(q_old, q_new) for q_old, q_new in zip(with_old, with_new))
 
 
+@pytest.mark.parametrize("tasks_per_pack", [1, 2, 3])
+def test_network_gradient_is_that_of_the_weighted_loss_sum(tasks_per_pack, monkeypatch):
+    trainer = trainer_for(tasks=3, seeds=(0, 1))
+    x, ys = trainer.training_batch(0)
+    z_elements = trainer.n_runs * x.shape[1] * trainer.model.last_shared_layer.out_features
+    monkeypatch.setattr(engine, "NORM_PACK_ELEMENTS", tasks_per_pack * z_elements)
+    weights = torch.tensor([[0.5, 2.0, 0.5], [1.5, 0.25, 1.25]], dtype=trainer.dtype)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.compute_gradients(x, ys, weights)
+    got = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    (weights * trainer.problem.losses(trainer.model(x), ys)).sum().backward()
+    for g, p in zip(got, trainer.model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("tasks_per_pack", [1, 2, 3])
 @pytest.mark.parametrize("grad_params", ["last_layer_weight", "last_layer", "all_shared", "representation"])
-def test_task_gradient_norms_match_one_autograd_call_per_task(grad_params):
+def test_task_gradient_norms_match_one_autograd_call_per_task(grad_params, tasks_per_pack, monkeypatch):
     trainer = trainer_for(tasks=3, seeds=(0, 1, 2), grad_params=grad_params)
     x, ys = trainer.training_batch(0)
+    z_elements = trainer.n_runs * x.shape[1] * trainer.model.last_shared_layer.out_features
+    monkeypatch.setattr(engine, "NORM_PACK_ELEMENTS", tasks_per_pack * z_elements)
     weights = trainer.balancer.weights()
     _, norms = trainer.compute_gradients(x, ys, weights)
     model = trainer.model

@@ -39,9 +39,10 @@ EVAL_CHUNK_ELEMENTS = 1 << 24
 # A run whose task weights exceed this in absolute value has diverged (raw GradNorm weights whose
 # sum nears zero explode on renormalisation; uncertainty weights can grow without end).
 MAX_TASK_WEIGHT = 1e6
-# GradNorm's per-task weight gradients are formed a few tasks at a time, about this many
-# elements (1M floats, 4 MiB) at once, small enough to stay in cache.
-NORM_CHUNK_ELEMENTS = 1 << 20
+# GradNorm's per-task gradients at the last shared layer are handled a few tasks at a time,
+# packed side by side in at most about this many elements (256K floats, 1 MiB): small enough to
+# stay in cache. A large stack of runs takes one task at a time, with no packing copy at all.
+NORM_PACK_ELEMENTS = 1 << 18
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -171,36 +172,40 @@ class BatchTrainer:
         return inputs[rows, idx], tuple(y[rows, idx] for y in targets)
 
     # ----------------------------------------------------------------- one step
-    def task_gradient_norms(self, target: str, a: Tensor, z: Tensor, deltas: Tensor,
-                            rep_grads: Tensor | None) -> Tensor:
+    def task_gradient_norms(self, target: str, a: Tensor, z: Tensor, packs: Sequence[Tensor],
+                            rep_grads: Sequence[Tensor] | None) -> Tensor:
         """||grad_W L_i|| per run and task, shape (R, T).
 
-        `deltas` (T, R, ...) are the per-task gradients at z, the last shared layer's output;
-        `rep_grads` (T, R, ...) those at the trunk's output h (only for "representation").
+        `packs` hold the per-task gradients at z, the last shared layer's output, a few tasks
+        side by side: each is (R, ..., k, out) for k consecutive tasks (see `compute_gradients`).
+        `rep_grads` (T tensors) are those at the trunk's output h (only for "representation").
         """
         if target == "representation":
-            return torch.linalg.vector_norm(rep_grads.flatten(2), dim=2).t()
+            return torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in rep_grads], dim=1)
         layer = self.model.last_shared_layer
-        T, R = deltas.shape[:2]
+        R = z.shape[0]
         if target in ("last_layer_weight", "last_layer") and isinstance(layer, StackedLinear):
-            # grad_W L_i = a^T delta_i, formed a few tasks at a time (as many as keep the
-            # (tasks, runs, in, out) product within NORM_CHUNK_ELEMENTS, so it stays in cache).
-            inputs = a.detach().reshape(R, -1, a.shape[-1]).transpose(1, 2)  # (R, in, N)
-            flat = deltas.reshape(T, R, -1, deltas.shape[-1])  # (T, R, N, out)
-            chunk = max(1, NORM_CHUNK_ELEMENTS // (R * inputs.shape[1] * flat.shape[-1]))
-            squares = torch.cat([torch.linalg.vector_norm(torch.matmul(inputs, part), dim=(2, 3))
-                                 for part in flat.split(chunk)]).square()
-            if target == "last_layer":
-                squares = squares + flat.sum(dim=2).square().sum(dim=2)
-            return squares.sqrt().t()
+            # grad_W L_i = a^T delta_i: one batched product per pack, [delta_i ... delta_i+k]^T a,
+            # laid out so that each task's block is contiguous for the norm.
+            inputs = a.detach().reshape(R, -1, a.shape[-1])  # (R, N, in)
+            squares = []
+            for pack in packs:
+                k, out = pack.shape[-2:]
+                flat = pack.reshape(R, -1, k * out)  # (R, N, k * out)
+                product = torch.bmm(flat.transpose(1, 2), inputs).view(R, k, -1)  # (R, k, out * in)
+                sq = torch.linalg.vector_norm(product, dim=2).square()  # (R, k)
+                if target == "last_layer":
+                    sq = sq + flat.sum(dim=1).view(R, k, out).square().sum(dim=2)
+                squares.append(sq)
+            return torch.cat(squares, dim=1).sqrt()
         params = {
             "last_layer_weight": [layer.weight],
             "last_layer": [layer.weight, layer.bias],
             "all_shared": self.model.shared_parameters(),
         }[target]
         # Any other layer: one backward pass from z for all tasks at once (vmapped over tasks).
-        grads = torch.autograd.grad(z, params, grad_outputs=deltas, retain_graph=True,
-                                    is_grads_batched=True)
+        deltas = torch.cat([pack.movedim(-2, 0) for pack in packs])  # (T, R, ...)
+        grads = torch.autograd.grad(z, params, grad_outputs=deltas, retain_graph=True, is_grads_batched=True)
         squares = sum(g.flatten(2).square().sum(dim=2) for g in grads)  # (T, R)
         return squares.sqrt().t()
 
@@ -218,34 +223,56 @@ class BatchTrainer:
             return losses.detach(), None
         a = model.body(x)
         z = model.last_shared_layer(a)
-        # Cut the graph once per task (a stride-0 view of T copies): one backward pass through
-        # the heads gives every task's own gradient, and the heads' parameter gradients,
-        # unweighted; the weights are applied after (a head belongs to one task only). For a
-        # ReLU (or no) activation the cut is at h and the gradient at z is g * (z > 0), which
-        # spares T activations; otherwise the cut is at z.
+        # Cut the graph with one leaf per task (T detached views of one tensor, no copies): one
+        # backward pass through the heads gives every task's own gradient, and the heads'
+        # parameter gradients, unweighted; the weights are applied after (a head belongs to one
+        # task only). For a ReLU (or no) activation the cut is at h and the gradient at z is
+        # g * (z > 0), which spares T activations; otherwise the cut is at z.
         relu = isinstance(model.activation, (nn.ReLU, nn.Identity))
         shared = model.activation(z) if relu else z
-        cut = shared.detach().unsqueeze(0).expand(T, *z.shape).requires_grad_(True)
-        reps = cut if relu else model.activation(cut)
-        losses = self.problem.losses(model.apply_heads(reps.unbind(0)), targets)
+        cuts = [shared.detach().requires_grad_(True) for _ in range(T)]
+        reps = cuts if relu else [model.activation(c) for c in cuts]
+        losses = self.problem.losses(model.apply_heads(reps), targets)
         masked = torch.where(alive & torch.isfinite(losses), losses, torch.zeros_like(losses))
         want_reps = target == "representation" and not relu
-        grads = torch.autograd.grad(masked.sum(), [cut, *([reps] if want_reps else []), *self.head_parameters])
-        if relu:
-            rep_grads = grads[0]
-            deltas = rep_grads * (z.detach() > 0) if isinstance(model.activation, nn.ReLU) else rep_grads
-        else:
-            deltas, rep_grads = grads[0], (grads[1] if want_reps else None)
-        param_grads = grads[2:] if want_reps else grads[1:]
+        grads = list(torch.autograd.grad(masked.sum(), [*cuts, *(reps if want_reps else []), *self.head_parameters],
+                                         materialize_grads=True))
+        deltas = grads[:T]
+        param_grads = grads[2 * T:] if want_reps else grads[T:]
+        norms = None
+        if target == "representation":  # from the gradients at h, before any ReLU mask below
+            norms = self.task_gradient_norms(target, a, z, [], grads[T:2 * T] if want_reps else deltas)
+
         by_dim = {d: weights.t().reshape(T, -1, *(1,) * (d - 1)) for d in self._head_parameter_dims}
         factors = [by_dim[g.dim()][i] for g, i in zip(param_grads, self._head_parameter_task)]
-        for p, g in zip(self.head_parameters, torch._foreach_mul(list(param_grads), factors)):
+        if all(g.is_contiguous() for g in param_grads):
+            torch._foreach_mul_(param_grads, factors)  # fresh gradients: scale in place
+        else:
+            param_grads = torch._foreach_mul(param_grads, factors)
+        for p, g in zip(self.head_parameters, param_grads):
             p.grad = g
-        per_task = weights.t().reshape(T, -1, *(1,) * (z.dim() - 1))  # (T, R, 1, ...)
-        norms = self.task_gradient_norms(target, a, z, deltas, rep_grads)
-        total = deltas[0] * per_task[0]  # sum_i w_i delta_i, one pass over the deltas
-        for i in range(1, T):
-            total.addcmul_(deltas[i], per_task[i])
+
+        # The deltas in packs of k tasks side by side, (R, ..., k, out): few enough elements
+        # to stay in cache (one pack of all tasks for a single small run, one task per pack
+        # for a large stack), so each pack needs one masking, one product and one weighted sum.
+        active = (z.detach() > 0).to(z.dtype).unsqueeze(-2) if isinstance(model.activation, nn.ReLU) else None
+        k = max(1, min(T, NORM_PACK_ELEMENTS // z.numel()))
+        packs, total = [], None
+        for lo in range(0, T, k):
+            hi = min(T, lo + k)
+            pack = (torch.stack(deltas[lo:hi], dim=-2) if hi - lo > 1 else _owned(deltas[lo]).unsqueeze(-2))
+            if active is not None:
+                pack.mul_(active)
+            packs.append(pack)
+            w = weights[:, lo:hi].reshape(-1, *(1,) * (z.dim() - 2), hi - lo, 1)  # (R, 1.., k, 1)
+            if total is None:
+                total = (pack * w).sum(dim=-2)
+            elif hi - lo == 1:
+                total.addcmul_(pack.squeeze(-2), w.squeeze(-2))
+            else:
+                total.add_((pack * w).sum(dim=-2))
+        if norms is None:
+            norms = self.task_gradient_norms(target, a, z, packs, None)
         z.backward(total)
         return losses.detach(), norms
 
@@ -408,6 +435,11 @@ class BatchTrainer:
                 record.metrics = _metric_table(self.tasks, self.final_metrics, r)
             out.append(record)
         return out
+
+
+def _owned(t: Tensor) -> Tensor:
+    """`t` if it may be written in place (dense, not a broadcast view), else a copy."""
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _metric(task, name: str):
