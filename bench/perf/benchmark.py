@@ -149,7 +149,7 @@ def plain_step_seconds(config: RunConfig, steps: int) -> float:
 def gradnorm_ratio(tasks: int, runs: int, device: str, rounds: int = 11) -> float:
     """Median over paired rounds of (GradNorm step time / equal-weights step time)."""
     budget = Budget(steps=100_000, eval_every=100_000)
-    steps = 30 if runs == 1 else 6
+    steps = 40 if runs == 1 else 10  # per round: long enough to average out timer and scheduler noise
 
     def make(balancer: str) -> BatchTrainer:
         config = RunConfig(problem="toy", balancer=balancer, problem_params={"tasks": tasks},
