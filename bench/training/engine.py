@@ -10,7 +10,7 @@ One step, for the weights w(t) the balancer gives:
     1. forward: the last shared layer's output z, per-task losses L (R, T);
     2. if the balancer needs them, the per-task gradients at z (one backward pass through the
        heads) and from them the norms ||grad_W L_i|| at GradNorm's W (for a stacked linear
-       layer, one batched product a^T [delta_1 ... delta_T] with its input a);
+       layer, batched products a^T [delta_i ... delta_j] with its input a, a few tasks at a time);
     3. the network's gradient of sum_i w_i(t) L_i, with the *old* weights w(t);
     4. the network's Adam step, then `balancer.update(...)` moves the weights to w(t + 1).
 """
