@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
+from rich import box
 from rich.table import Table
 
 from bench.cli.common import console, err_console, fmt
@@ -59,8 +60,10 @@ def print_comparison(c) -> None:
     console.rule(f"[bold]{c.study}[/]")
     for line in c.headline:
         console.print(f"- {line}")
-    table = Table(title="task-normalised losses, mean over seeds", title_justify="left")
-    table.add_column("arm", overflow="fold", min_width=8, max_width=16)
+    # No vertical rules: the table then fits 80 columns (a log, a CI page) without folding names.
+    table = Table(title="task-normalised losses, mean over seeds", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    table.add_column("arm", overflow="fold", min_width=8)
     for column in ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in c.main.itertuples():

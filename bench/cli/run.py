@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -92,7 +93,11 @@ def run_command(
 def print_arm_summary(table) -> None:
     if table.empty:
         return
-    out = Table("arm", "runs", "failed", "mean task-normalised val", "mean test", "wall time (s)")
+    out = Table(title="task-normalised losses, mean over each arm's runs", title_justify="left",
+                box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    out.add_column("arm", overflow="fold", min_width=8)
+    for column in ("runs", "failed", "val", "test", "wall time (s)"):
+        out.add_column(column, justify="right", no_wrap=True)
     for arm, rows in table.groupby("arm", sort=False):
         ok = rows[rows.status == "ok"]
         out.add_row(arm, str(len(rows)), str(int((rows.status == "failed").sum())),
