@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from bench.compare.analysis import build_comparison
 from bench.compare.stats import describe, l2_distance, paired, standing, summarize
+from bench.report.figures import _loss_scale, arm_colours
 
 TASKS = ["a", "b"]
 
@@ -102,7 +104,10 @@ def test_gradnorm_standing_distance_and_paired_tests():
     main = c.main.set_index("arm")
     assert main.loc["gradnorm", "overfitting_gap"] == pytest.approx(0.1)
     assert main.loc["gradnorm", "weights"] == [1.5, 0.5]
-    assert any("gradnorm" in line and "grid" in line for line in c.headline)
+    verdict = "beats" if versus_grid.p_value < 0.05 else "does not differ significantly from"
+    assert c.headline[0].startswith(
+        f"gradnorm {verdict} the grid search (grid) (paired over 3 seeds, p = {versus_grid.p_value:.2g}): "
+        f"test loss {versus_grid.mean_a:.4g} vs {versus_grid.mean_b:.4g}")
 
 
 def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
@@ -113,3 +118,17 @@ def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
     again = build_comparison("hand", manifest, runs, [])
     assert again.grids["grid"].selected == "w=2,0"
     assert again.grids["grid"].excluded == 1
+
+
+def test_report_figures_use_a_log_axis_only_for_losses_spanning_a_decade():
+    fig, ax = plt.subplots()
+    assert _loss_scale(ax, [2.4, 2.8, 2.6]) == "linear" and ax.get_yscale() == "linear"
+    assert _loss_scale(ax, [0.05, 3.0], axis="x") == "log" and ax.get_xscale() == "log"
+    assert _loss_scale(ax, [float("nan"), 1.0]) == "linear"
+    plt.close(fig)
+
+
+def test_every_arm_keeps_one_distinct_colour_across_figures():
+    colours = arm_colours(hand_made())
+    assert set(colours) >= {"gradnorm", "grid", "equal"}
+    assert len(set(colours.values())) == len(colours)

@@ -245,16 +245,19 @@ def _headline(c: Comparison) -> list[str]:
             continue
         if row.n < 2 or math.isnan(row.p_value):
             verdict = "beats" if row.mean_difference < 0 else "does not beat"
-        elif row.p_value >= 0.05:
-            verdict = f"does not differ significantly (p = {row.p_value:.2g}) from"
+            evidence = f" on {int(row.n)} seed" + ("s" if row.n != 1 else "")
         else:
-            verdict = ("beats" if row.mean_difference < 0 else "is beaten by") + f" (p = {row.p_value:.2g})"
+            if row.p_value >= 0.05:
+                verdict = "does not differ significantly from"
+            else:
+                verdict = "beats" if row.mean_difference < 0 else "is beaten by"
+            evidence = f" (paired over {int(row.n)} seeds, p = {row.p_value:.2g})"
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         failed = int(main.loc[a, "failed"])
         diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         lines.append(
-            f"{a}{diverged} {verdict} the grid search ({b}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
+            f"{a}{diverged} {verdict} the grid search ({b}){evidence}: test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
             f"the point chosen on validation; {int(standing.n_better)} of {int(standing.n_points)} "
             f"grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} runs "
             f"({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "

@@ -44,6 +44,28 @@ def _chosen(c: Comparison, records: pd.DataFrame) -> pd.DataFrame:
     return records[keep]
 
 
+# The colorblind palette with its vermilion moved back: the first four arms (equal, GradNorm,
+# its static retrain, a grid) then get four hues that no reader confuses.
+_ARM_PALETTE = [sns.color_palette("colorblind")[i] for i in (0, 1, 2, 4, 3, 5, 6, 7, 8, 9)]
+
+
+def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
+    """One colour per arm label, the same in every figure of the report."""
+    labels = list(dict.fromkeys([*c.main.arm, *c.runs.label]))
+    return {label: _ARM_PALETTE[i % len(_ARM_PALETTE)] for i, label in enumerate(labels)}
+
+
+def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
+    """A log axis for losses spanning more than a decade; a linear one otherwise (a log axis over
+    a narrow range only gains labels like 2.4 x 10^0)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    wide = values.size > 1 and values.max() / values.min() > 10
+    scale = "log" if wide else "linear"
+    (ax.set_yscale if axis == "y" else ax.set_xscale)(scale)
+    return scale
+
+
 def weight_trajectories(c: Comparison) -> plt.Figure | None:
     records = _records(c)
     adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
@@ -89,9 +111,9 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     data = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(8, 4.6))
     sns.lineplot(data=data, x="step", y="loss", hue="arm", errorbar=("ci", 95), ax=ax,
-                 palette="colorblind")
-    ax.set_yscale("log")
-    ax.set_ylabel("task-normalised test loss (log scale)")
+                 palette=arm_colours(c))
+    scale = _loss_scale(ax, data.loss)
+    ax.set_ylabel("task-normalised test loss" + (" (log scale)" if scale == "log" else ""))
     ax.set_title("Test loss during training (mean over seeds, 95% interval); grids: the point chosen on validation")
     ax.legend(title=None, fontsize="small")
     fig.tight_layout()
@@ -118,7 +140,7 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
     w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
     loss = points.normalized_test_loss.to_numpy()
     markers = _markers(c)
-    colours = sns.color_palette("colorblind", len(markers) + 1)
+    colours = [arm_colours(c)[label] for label, _ in markers]
     if len(c.tasks) == 2:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         order = np.argsort(w[:, 0])
@@ -130,7 +152,7 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
             ax.axvline(weights[0], color=colour, ls="--", label=f"{label} (w_0 = {weights[0]:.2f})")
         ax.set_xlabel(f"w_0 (weight of {c.tasks[0]}; w_1 = 2 - w_0)")
         ax.set_ylabel("task-normalised test loss")
-        ax.set_yscale("log")
+        _loss_scale(ax, loss)
         ax.set_title("Grid landscape: test loss of every static weighting (mean over seeds)")
         ax.legend(fontsize="small")
         fig.tight_layout()
@@ -211,7 +233,7 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
     pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
     others = [lb for lb in per_task.index if lb != arm]
-    colours = dict(zip(others, sns.color_palette("colorblind", len(others))))
+    colours = arm_colours(c)
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 5.0), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
@@ -219,8 +241,9 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
         for label in others:
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=90,
                        marker="X", color=colours[label], edgecolors="k", label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        shown = [losses[:, i], losses[:, j], per_task.loc[others, c.tasks[i]], per_task.loc[others, c.tasks[j]]]
+        _loss_scale(ax, np.concatenate([np.ravel(shown[0]), np.ravel(shown[2])]), axis="x")
+        _loss_scale(ax, np.concatenate([np.ravel(shown[1]), np.ravel(shown[3])]), axis="y")
         ax.set_xlabel(f"test loss {c.tasks[i]}")
         ax.set_ylabel(f"test loss {c.tasks[j]}")
     handles, labels = axes[0][0].get_legend_handles_labels()
