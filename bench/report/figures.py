@@ -234,8 +234,13 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
     others = [lb for lb in per_task.index if lb != arm]
     colours = arm_colours(c)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 5.0), squeeze=False)
-    for ax, (i, j) in zip(axes[0], pairs):
+    # At most two panels a row: three in a row shrink to unreadable text at the report's width.
+    ncols = min(2, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.8 * nrows + 0.6), squeeze=False)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_visible(False)
+    for ax, (i, j) in zip(axes.flat, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
         ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
         for label in others:
@@ -247,10 +252,17 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
         ax.set_xlabel(f"test loss {c.tasks[i]}")
         ax.set_ylabel(f"test loss {c.tasks[j]}")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
-               bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    if len(pairs) % 2 and len(pairs) > 1:  # the legend takes the empty panel's place
+        axes.flat[len(pairs)].set_visible(True)
+        axes.flat[len(pairs)].axis("off")
+        axes.flat[len(pairs)].legend(handles, labels, loc="center", fontsize="small")
+        fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
+        fig.tight_layout()
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
+                   bbox_to_anchor=(0.5, -0.02))
+        fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
