@@ -120,6 +120,29 @@ def test_resume_after_an_interruption_continues_and_matches_an_uninterrupted_run
         assert resumed[key]["value"] == pytest.approx(uninterrupted[key]["value"], rel=1e-5)
 
 
+def test_an_interruption_between_claiming_a_run_and_holding_it_leaves_nothing_running(store, monkeypatch):
+    spec = spec_of(TINY)
+    real_hold = StudyRunner._hold
+    holds = {"n": 0}
+
+    def interrupted_third_hold(self, *args, **kwargs):
+        holds["n"] += 1
+        if holds["n"] == 3:  # the run is claimed (RUNNING in the store) but not yet in hand
+            raise KeyboardInterrupt
+        return real_hold(self, *args, **kwargs)
+
+    monkeypatch.setattr(StudyRunner, "_hold", interrupted_third_hold)
+    runner = StudyRunner(spec, store)
+    with pytest.raises(manager.Interrupted) as err:
+        runner.run()
+    assert "3 runs in hand were queued again" in str(err.value)
+    assert runner.progress().running == 0
+    monkeypatch.setattr(StudyRunner, "_hold", real_hold)
+    again = StudyRunner(spec, store)
+    assert again.run().left == 0
+    assert again.trained_here == len(spec.runs())
+
+
 def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
     StudyRunner(spec_of(TINY), store).run()
     changed = spec_of(TINY.replace("steps = 10", "steps = 12"))

@@ -313,6 +313,18 @@ class ResultStore:
             return
         RetryHeartbeatStaleTrialCallback()(study, before)
 
+    def release_held(self, study: str, arms: Iterable[str], worker: str, reason: str) -> int:
+        """Give back every run of `study` that `worker` still holds (RUNNING under its name);
+        the number given back."""
+        released = 0
+        for arm in arms:
+            arm_study = self.arm_study(study, arm)
+            for trial in arm_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.system_attrs.get(WORKER) == worker:
+                    self.release(arm_study, trial, reason)
+                    released += 1
+        return released
+
     def progress(self, study: str, expected: dict[str, list[str]]) -> StudyProgress:
         return sum(self.arm_progress(study, expected).values(), StudyProgress(0, 0, 0, 0, 0))
 

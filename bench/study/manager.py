@@ -206,11 +206,15 @@ class StudyRunner:
                     self._client = None
 
     def release_all(self, reason: str) -> int:
+        """Give back the runs in hand, and any run claimed in the store a moment before an
+        interruption but not yet in hand (Ctrl-C can land between the claim and the hold)."""
         held = self.in_flight
         self.in_flight = []
         for claimed in held:
             self.store.release(claimed.study, claimed.trial, reason)
-        return len(held)
+        if not self.prepared:  # nothing can have been claimed yet
+            return len(held)
+        return len(held) + self.store.release_held(self.name, self.spec.arms, self.worker, reason)
 
     # ------------------------------------------------------------------ claiming
     def stack_limit(self) -> int:
