@@ -47,6 +47,9 @@ def test_paired_comparison_and_its_sentence():
     sentence = describe("GradNorm", "the best of 66 grid points", r)
     assert sentence.startswith("GradNorm beats the best of 66 grid points on 3/3 seeds")
     assert "p = 0.057" in sentence
+    worse = paired({0: 2.0, 1: 3.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # two losses, one tie
+    assert (worse.wins, worse.losses) == (0, 2)
+    assert describe("GradNorm", "the grid", worse).startswith("GradNorm loses to the grid on 2/3 seeds")
 
 
 def _run(arm, key, seed, val, test, train, weights=None, mean_weights=None, balancer="static",

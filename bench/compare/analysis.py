@@ -229,7 +229,7 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
         result = stats.paired(by_label[a], by_label[b])
         rows.append({"arm": a, "versus": b, **result.as_dict(),
                      "sentence": stats.describe(a, b_words, result)})
-    return pd.DataFrame(rows, columns=["arm", "versus", "n", "wins", "mean_a", "mean_b",
+    return pd.DataFrame(rows, columns=["arm", "versus", "n", "wins", "losses", "mean_a", "mean_b",
                                        "mean_difference", "p_value", "wilcoxon_p", "effect_size",
                                        "sentence"])
 

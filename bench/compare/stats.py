@@ -64,6 +64,7 @@ class Paired:
 
     n: int
     wins: int  # seeds where a is lower than b
+    losses: int  # seeds where a is higher than b (the rest are ties)
     mean_a: float
     mean_b: float
     mean_difference: float
@@ -83,7 +84,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
     y = np.asarray([b[s] for s in seeds], dtype=float)
     n = len(seeds)
     if n == 0:
-        return Paired(0, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+        return Paired(0, 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
     diff = x - y
     p_t = p_w = d = math.nan
     if n >= 2:
@@ -95,8 +96,9 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
             p_t, d = 0.0, math.copysign(math.inf, float(diff.mean()))
         if np.any(diff != 0):
             p_w = float(stats.wilcoxon(x, y).pvalue)
-    return Paired(n=n, wins=int((diff < 0).sum()), mean_a=float(x.mean()), mean_b=float(y.mean()),
-                  mean_difference=float(diff.mean()), p_value=p_t, wilcoxon_p=p_w, effect_size=d)
+    return Paired(n=n, wins=int((diff < 0).sum()), losses=int((diff > 0).sum()),
+                  mean_a=float(x.mean()), mean_b=float(y.mean()), mean_difference=float(diff.mean()),
+                  p_value=p_t, wilcoxon_p=p_w, effect_size=d)
 
 
 def _p(p: float) -> str:
@@ -110,5 +112,8 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
     if result.n == 0:
         return f"{a} and {b} share no finished seed: no comparison."
     effect = "" if math.isnan(result.effect_size) else f", effect size d = {result.effect_size:.2g}"
-    return (f"{a} beats {b}{b_detail} on {result.wins}/{result.n} seeds (mean task-normalised test loss "
+    # Said from the side that wins more seeds: "beats ... on 0/3 seeds" reads as a riddle.
+    outcome = (f"beats {b}{b_detail} on {result.wins}/{result.n} seeds" if result.wins >= result.losses
+               else f"loses to {b}{b_detail} on {result.losses}/{result.n} seeds")
+    return (f"{a} {outcome} (mean task-normalised test loss "
             f"{result.mean_a:.4g} vs {result.mean_b:.4g}, {_p(result.p_value)}{effect}).")
