@@ -7,7 +7,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from bench.errors import ConfigError
 
@@ -30,6 +32,16 @@ def print_json(data: Any) -> None:
     """Exactly one JSON object on stdout."""
     sys.stdout.write(json.dumps(data, allow_nan=True) + "\n")
     sys.stdout.flush()
+
+
+def arm_table(title: str, numeric_columns: Iterable[str]) -> Table:
+    """A table of one row per arm: no vertical rules, so that it fits 80 columns (a log, a CI
+    page); long arm names fold, numbers are never cut."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("arm", overflow="fold", min_width=8)
+    for column in numeric_columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    return table
 
 
 def fmt(value: float | None, digits: int = 4) -> str:

@@ -7,10 +7,8 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
-from rich import box
-from rich.table import Table
 
-from bench.cli.common import console, err_console, fmt
+from bench.cli.common import arm_table, console, err_console, fmt
 from bench.compare import load_comparison
 from bench.errors import ConfigError
 from bench.report import REPORTS_DIR, write_report
@@ -60,12 +58,8 @@ def print_comparison(c) -> None:
     console.rule(f"[bold]{c.study}[/]")
     for line in c.headline:
         console.print(f"- {line}")
-    # No vertical rules: the table then fits 80 columns (a log, a CI page) without folding names.
-    table = Table(title="task-normalised losses, mean over seeds", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True)
-    table.add_column("arm", overflow="fold", min_width=8)
-    for column in ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"):
-        table.add_column(column, justify="right", no_wrap=True)
+    table = arm_table("task-normalised losses, mean over seeds",
+                      ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"))
     for row in c.main.itertuples():
         table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss, 3), fmt(row.test_std, 2),
                       (f"{fmt(row.test_ci95_low, 3)}-{fmt(row.test_ci95_high, 3)}" if row.seeds > 1 else "-"), fmt(row.train_loss, 3),

@@ -6,11 +6,9 @@ import re
 from typing import Annotated, Optional
 
 import typer
-from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from bench.cli.common import console, err_console, fmt
+from bench.cli.common import arm_table, console, err_console, fmt
 from bench.errors import BenchError, ConfigError
 from bench.store import ResultStore
 from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
@@ -93,11 +91,8 @@ def run_command(
 def print_arm_summary(table) -> None:
     if table.empty:
         return
-    out = Table(title="task-normalised losses, mean over each arm's runs", title_justify="left",
-                box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    out.add_column("arm", overflow="fold", min_width=8)
-    for column in ("runs", "failed", "val", "test", "wall time (s)"):
-        out.add_column(column, justify="right", no_wrap=True)
+    out = arm_table("task-normalised losses, mean over each arm's runs",
+                    ("runs", "failed", "val", "test", "wall time (s)"))
     for arm, rows in table.groupby("arm", sort=False):
         ok = rows[rows.status == "ok"]
         out.add_row(arm, str(len(rows)), str(int((rows.status == "failed").sum())),

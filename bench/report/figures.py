@@ -246,22 +246,21 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
         for label in others:
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=90,
                        marker="X", color=colours[label], edgecolors="k", label=label)
-        shown = [losses[:, i], losses[:, j], per_task.loc[others, c.tasks[i]], per_task.loc[others, c.tasks[j]]]
-        _loss_scale(ax, np.concatenate([np.ravel(shown[0]), np.ravel(shown[2])]), axis="x")
-        _loss_scale(ax, np.concatenate([np.ravel(shown[1]), np.ravel(shown[3])]), axis="y")
+        _loss_scale(ax, np.r_[losses[:, i], per_task.loc[others, c.tasks[i]]], axis="x")
+        _loss_scale(ax, np.r_[losses[:, j], per_task.loc[others, c.tasks[j]]], axis="y")
         ax.set_xlabel(f"test loss {c.tasks[i]}")
         ax.set_ylabel(f"test loss {c.tasks[j]}")
     handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
     if len(pairs) % 2 and len(pairs) > 1:  # the legend takes the empty panel's place
-        axes.flat[len(pairs)].set_visible(True)
-        axes.flat[len(pairs)].axis("off")
-        axes.flat[len(pairs)].legend(handles, labels, loc="center", fontsize="small")
-        fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
+        spare = axes.flat[len(pairs)]
+        spare.set_visible(True)
+        spare.axis("off")
+        spare.legend(handles, labels, loc="center", fontsize="small")
         fig.tight_layout()
     else:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
                    bbox_to_anchor=(0.5, -0.02))
-        fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
         fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
