@@ -189,6 +189,42 @@ def test_L_grad_and_its_gradient_match_a_hand_computation(parametrisation):
     (grad,) = torch.autograd.grad(got.sum(), theta)
     assert torch.allclose(got, L_grad, rtol=1e-10)
     assert torch.allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    closed_loss, closed_grad = balancer.loss_and_gradient(losses, norms)  # what the update uses
+    assert torch.allclose(closed_loss, L_grad, rtol=1e-10)
+    assert torch.allclose(closed_grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tasks=st.integers(2, 5), runs=st.integers(1, 3), alpha=st.floats(0, 3), seed=st.integers(0, 2**16),
+       parametrisation=st.sampled_from(["raw", "softmax"]), reduction=st.sampled_from(["sum", "mean"]),
+       kinks=st.booleans())
+def test_closed_form_gradient_equals_autograd_of_L_grad(tasks, runs, alpha, seed, parametrisation,
+                                                        reduction, kinks):
+    """The update's formula for dL_grad/dtheta against autograd of the definition, including
+    the kinks of |.|: zero and negative raw weights, and G_i exactly on its target."""
+    g = torch.Generator().manual_seed(seed)
+    specs = [TaskSpec(f"t{i}", "regression", loss=None) for i in range(tasks)]
+    balancer = GradNorm([GradNormParams(alpha=alpha, parametrisation=parametrisation, reduction=reduction)] * runs,
+                        specs, device=torch.device("cpu"), dtype=torch.float64, steps_per_epoch=1)
+    balancer.initial_losses = torch.rand(runs, tasks, generator=g, dtype=torch.float64) + 0.5
+    losses = torch.rand(runs, tasks, generator=g, dtype=torch.float64) + 0.1
+    norms = torch.rand(runs, tasks, generator=g, dtype=torch.float64) * 10
+    balancer.theta = torch.randn(runs, tasks, generator=g, dtype=torch.float64)
+    if kinks:
+        # Equal training rates and unit norms: the target is mean_i |w_i|, which the weights
+        # (0, 2, 1, 1, ...) meet for every w_i = 1 (and softmax's equal weights everywhere);
+        # a raw weight of 0 is the kink of |w|.
+        losses = balancer.initial_losses.clone()
+        norms = torch.ones(runs, tasks, dtype=torch.float64)
+        row = [0.0, 2.0] + [1.0] * (tasks - 2) if parametrisation == "raw" else [0.3] * tasks
+        balancer.theta = torch.tensor([row] * runs, dtype=torch.float64)
+
+    theta = balancer.theta.clone().requires_grad_(True)
+    loss = balancer.gradnorm_loss(theta, losses, norms)
+    (expected,) = torch.autograd.grad(loss.sum(), theta)
+    got_loss, got = balancer.loss_and_gradient(losses, norms)
+    torch.testing.assert_close(got_loss, loss.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_weight_optimizer_state_survives_across_steps():

@@ -7,11 +7,14 @@ At every step t, for each run:
     L_grad   = sum_i | G_i(t) - G_bar(t) * r_i(t)^alpha |    (the target G_bar * r^alpha is detached)
 The network's gradient uses the old weights w(t) (the engine computed it before `update`). The
 weights are then moved by their own optimiser (Adam, learning rate 0.025, state kept across
-steps) along dL_grad/dw only (`torch.autograd.grad` with respect to the weights: nothing reaches
-the network), and renormalised so that sum_i w_i = T.
+steps) along dL_grad/dw only (nothing reaches the network), and renormalised so that
+sum_i w_i = T.
 
 Because w_i is a scalar, grad_W (w_i L_i) = w_i grad_W L_i: the engine hands over the unweighted
-norms ||grad_W L_i|| and no second-order graph is needed.
+norms ||grad_W L_i|| and no second-order graph is needed. With the target constant, dL_grad/dw
+has a closed form (`loss_and_gradient`), which the update uses: on a lone run, autograd on this
+tiny graph cost more than the formula. `gradnorm_loss` is the differentiable definition, and
+the tests check that both give the same gradient.
 
 Every deviation seen in public implementations is an explicit option (see `GradNormParams`).
 """
@@ -81,10 +84,10 @@ class GradNorm(Balancer):
         p = self.options = self.params[0]
         R, T = self.n_runs, self.n_tasks
         self.alpha = self.per_run("alpha")  # (R, 1)
-        # theta: raw weights (paper) or softmax logits. A leaf of its own: it never enters the
-        # network's graph, and only autograd.grad(L_grad, theta) ever differentiates into it.
+        # theta: raw weights (paper) or softmax logits. A tensor of its own, moved by its own
+        # optimiser: it never enters the network's graph.
         init = torch.ones(R, T) if p.parametrisation == "raw" else torch.zeros(R, T)
-        self.theta = init.to(device=self.device, dtype=self.dtype).requires_grad_(True)
+        self.theta = init.to(device=self.device, dtype=self.dtype)
         if p.weight_optimizer == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.theta], lr=p.weight_lr,
                                                                      fused=self.theta.device.type in ("cpu", "cuda"))
@@ -130,18 +133,38 @@ class GradNorm(Balancer):
         self.initial_losses = initial
         return False
 
-    def gradnorm_loss(self, theta: Tensor, losses: Tensor, grad_norms: Tensor) -> Tensor:
-        """L_grad per run, shape (R,), differentiable in theta only (the target is detached)."""
+    def _target(self, weighted_norms: Tensor, losses: Tensor) -> Tensor:
+        """G_bar(t) r_i(t)^alpha, a constant in L_grad."""
         assert self.initial_losses is not None
-        w = self._weights_of(theta)
-        weighted_norms = w.abs() * grad_norms  # G_i = |w_i| ||grad_W L_i||
         mean_norm = weighted_norms.mean(dim=1, keepdim=True)
         loss_ratio = losses / self.initial_losses
         inverse_rate = loss_ratio / loss_ratio.mean(dim=1, keepdim=True)
-        target = (mean_norm * inverse_rate.pow(self.alpha)).detach()
-        gaps = (weighted_norms - target).abs()
-        self.last_target, self.last_weighted_norms = target, weighted_norms.detach()
+        return (mean_norm * inverse_rate.pow(self.alpha)).detach()
+
+    def gradnorm_loss(self, theta: Tensor, losses: Tensor, grad_norms: Tensor) -> Tensor:
+        """L_grad per run, shape (R,), differentiable in theta only (the target is detached)."""
+        weighted_norms = self._weights_of(theta).abs() * grad_norms  # G_i = |w_i| ||grad_W L_i||
+        gaps = (weighted_norms - self._target(weighted_norms, losses)).abs()
         return gaps.sum(dim=1) if self.options.reduction == "sum" else gaps.mean(dim=1)
+
+    def loss_and_gradient(self, losses: Tensor, grad_norms: Tensor) -> tuple[Tensor, Tensor]:
+        """L_grad per run (R,) at the current theta, and dL_grad/dtheta (R, T), in closed form.
+
+        dL_grad/dw_i = sign(G_i - target_i) sign(w_i) ||grad_W L_i|| (sign(0) = 0 at the kinks,
+        as autograd has it); through w = T softmax(theta), dL/dtheta_j = w_j (g_j - sum_i w_i g_i / T).
+        """
+        w = self._weights_of(self.theta)
+        weighted_norms = w.abs() * grad_norms
+        target = self._target(weighted_norms, losses)
+        gaps = weighted_norms - target
+        grad = gaps.sign() * w.sign() * grad_norms
+        loss = gaps.abs().sum(dim=1)
+        if self.options.reduction == "mean":
+            loss, grad = loss / self.n_tasks, grad / self.n_tasks
+        if self.options.parametrisation == "softmax":
+            grad = w * (grad - (w * grad).sum(dim=1, keepdim=True) / self.n_tasks)
+        self.last_target, self.last_weighted_norms = target, weighted_norms
+        return loss, grad
 
     def update(self, step: int, losses: Tensor, grad_norms: Tensor | None) -> None:
         assert grad_norms is not None, "GradNorm needs the per-task gradient norms"
@@ -155,10 +178,7 @@ class GradNorm(Balancer):
             losses = torch.where(stopped, self.initial_losses, losses)
             grad_norms = torch.where(stopped, torch.ones_like(grad_norms), grad_norms)
             before = self.theta.detach().clone()
-        with torch.enable_grad():
-            gradnorm_loss = self.gradnorm_loss(self.theta, losses, grad_norms)
-            (grad,) = torch.autograd.grad(gradnorm_loss.sum(), self.theta)
-        self.last_gradnorm_loss = gradnorm_loss.detach()
+        self.last_gradnorm_loss, grad = self.loss_and_gradient(losses, grad_norms)
         self._norm_trace.append(self.last_weighted_norms)
         self.theta.grad = grad
         self.optimizer.step()
