@@ -30,6 +30,17 @@ def test_plan_batches_groups_by_key_and_caps_the_size():
         assert seeds == sorted(seeds)
 
 
+def test_plan_batches_gives_every_parallel_worker_a_stack_down_to_a_floor():
+    configs = [tiny_config("static", seed=s % 2, weights=(1.0, float(s + 1))) for s in range(40)]
+    sizes = lambda plan: sorted(len(b) for b in plan)  # noqa: E731
+    assert sizes(plan_batches(configs, max_runs=72)) == [40]
+    assert sizes(plan_batches(configs, max_runs=72, workers=2)) == [20, 20]
+    # 4 workers would mean stacks of 10: split no further than MIN_SPLIT_RUNS (16) per stack.
+    assert batching.MIN_SPLIT_RUNS == 16
+    assert sizes(plan_batches(configs, max_runs=72, workers=4)) == [13, 13, 14]
+    assert sizes(plan_batches(configs, max_runs=8, workers=2)) == [8] * 5  # the memory cap still holds
+
+
 def test_max_stacked_runs_follows_the_memory_available(monkeypatch):
     config = tiny_config("equal")
     assert max_stacked_runs(config, torch.device("cpu"), cap=50) <= 50

@@ -8,7 +8,8 @@ Figures:
   torch.optim.Adam) for one of those runs, per step, and the stacked engine's per-run step against it;
 - `matmul_gflops`: a 2048 x 2048 float32 matrix product, the machine's practical peak;
   `batched_gflops` / `single_gflops`: the training step's matrix-product work (counted from
-  the layers' shapes) per second, stacked / alone; `peak_fraction` = batched / matmul;
+  the layers' shapes) per second, stacked / alone, from the median step time of several
+  rounds (robust to a shared machine's bursts); `peak_fraction` = batched / matmul;
 - `gradnorm_step_ratio` (one run) and `gradnorm_step_ratio_batched` (32 runs): a GradNorm step's
   time over an equal-weights step's, keyed by T, each the median of paired rounds;
 - `peak_memory_mb`: the process's peak resident memory (and CUDA's peak allocation on a GPU).
@@ -86,6 +87,12 @@ def time_steps(trainer: BatchTrainer, steps: int, start: int = 0) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def median_step_seconds(trainer: BatchTrainer, rounds: int, steps: int, start: int = 0) -> float:
+    """The median over `rounds` rounds of `steps` steps of the seconds per step: robust to the
+    bursts of a shared machine, which a single long mean is not."""
+    return statistics.median(time_steps(trainer, steps, start + k * steps) for k in range(rounds))
+
+
 def _trainer(config: RunConfig, runs: int, steps: int) -> BatchTrainer:
     budget = dataclasses.replace(config.budget, steps=steps, eval_every=steps)
     return BatchTrainer([dataclasses.replace(config, budget=budget)] * runs)
@@ -117,8 +124,9 @@ class PlainModel(nn.Module):
         return [head(h) for head in self.heads]
 
 
-def plain_step_seconds(config: RunConfig, steps: int) -> float:
-    """Per-step time of a plain PyTorch training loop for one toy run (equal weights)."""
+def plain_step_seconds(config: RunConfig, rounds: int, steps: int) -> float:
+    """Per-step time of a plain PyTorch training loop for one toy run (equal weights): the
+    median over `rounds` rounds of `steps` steps, like the engine's."""
     problem = problem_for(config)
     p = problem.params
     device = resolve_device(config.device)
@@ -126,7 +134,7 @@ def plain_step_seconds(config: RunConfig, steps: int) -> float:
     model = PlainModel([p.input_dim] + [p.hidden] * p.depth, p.output_dim, p.tasks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.budget.lr)
     data = problem.load(config.resolved_data_seed).train.to(device)
-    order = batch_indices(0, len(data), config.budget.batch_size, steps + 5).to(device)
+    order = batch_indices(0, len(data), config.budget.batch_size, rounds * steps + 5).to(device)
 
     def step(i: int) -> None:
         idx = order[i]
@@ -136,14 +144,17 @@ def plain_step_seconds(config: RunConfig, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
+    def timed(lo: int) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(lo, lo + steps):
+            step(i)
+        _sync(device)
+        return (time.perf_counter() - t0) / steps
+
     for i in range(5):
         step(i)
-    _sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
+    return statistics.median(timed(5 + k * steps) for k in range(rounds))
 
 
 def gradnorm_ratio(tasks: int, runs: int, device: str, rounds: int = 11) -> float:
@@ -206,8 +217,8 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
     single = _trainer(grid_config, 1, 300)
     time_steps(stacked, 5)
     time_steps(single, 20)
-    stacked_step = time_steps(stacked, 40, 5)
-    single_step = time_steps(single, 200, 20)
+    stacked_step = median_step_seconds(stacked, 8, 5, start=5)
+    single_step = median_step_seconds(single, 10, 20, start=20)
     out["stacked_runs"] = stacked.n_runs
     out["batched_step_ms_per_run"] = 1e3 * stacked_step / stacked.n_runs
     out["single_step_ms"] = 1e3 * single_step
@@ -216,7 +227,7 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
     out["peak_fraction"] = out["batched_gflops"] / out["matmul_gflops"]
     out["single_peak_fraction"] = out["single_gflops"] / out["matmul_gflops"]
     if grid_config.problem == "toy":
-        plain = plain_step_seconds(grid_config, 200)
+        plain = plain_step_seconds(grid_config, 10, 20)
         out["plain_step_ms"] = 1e3 * plain
         out["plain_peak_fraction"] = step_flops(single) / plain / 1e9 / out["matmul_gflops"]
         out["plain_speedup"] = plain / (stacked_step / stacked.n_runs)

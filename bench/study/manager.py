@@ -308,11 +308,12 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ training
     def batches(self, claimed: Sequence[Claimed]) -> list[list[Claimed]]:
-        """The claimed runs grouped into stacked batches (see `plan_batches`), GradNorm first:
-        static retrains wait for it."""
+        """The claimed runs grouped into stacked batches (see `plan_batches`), GradNorm first
+        (static retrains wait for it), then the largest first, for parallel workers to even out."""
         configs = [c.config for c in claimed]
-        batches = [[claimed[i] for i in batch] for batch in plan_batches(configs, self.stack_limit())]
-        batches.sort(key=lambda b: b[0].run.balancer != "gradnorm")
+        plan = plan_batches(configs, self.stack_limit(), workers=self.jobs if self.backend == "loky" else 1)
+        batches = [[claimed[i] for i in batch] for batch in plan]
+        batches.sort(key=lambda b: (b[0].run.balancer != "gradnorm", -len(b)))
         return batches
 
     def train(self, claimed: Sequence[Claimed]) -> None:

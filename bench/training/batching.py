@@ -16,6 +16,8 @@ from bench.training.config import RunConfig, derive_seed
 DEFAULT_MAX_RUNS = 72
 # Use at most this fraction of the memory available when the batch starts.
 MEMORY_FRACTION = 0.5
+# Stacks are split to give every parallel worker work, but not below this many runs.
+MIN_SPLIT_RUNS = 16
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -75,16 +77,24 @@ def max_stacked_runs(config: RunConfig, device: torch.device, cap: int = DEFAULT
     return max(1, min(cap, int(MEMORY_FRACTION * available // per_run)))
 
 
-def plan_batches(configs: Sequence[RunConfig], max_runs: int) -> list[list[int]]:
+def plan_batches(configs: Sequence[RunConfig], max_runs: int, workers: int = 1) -> list[list[int]]:
     """Indices of `configs` grouped into batches that train as one stacked model: runs with one
     batch key, at most `max_runs` per batch, in chunks of near-equal size; runs of one data seed
-    kept together where possible (they share their input batches)."""
+    kept together where possible (they share their input batches).
+
+    With several `workers`, batches are also made small enough that every worker gets one
+    (down to `MIN_SPLIT_RUNS` runs: a stack that size is about as fast per run as a full one),
+    instead of a few full stacks and idle workers.
+    """
+    cap = max(1, max_runs)
+    if workers > 1:
+        cap = min(cap, max(MIN_SPLIT_RUNS, math.ceil(len(configs) / workers)))
     groups: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(configs):
         groups[c.batch_key()].append(i)
     batches = []
     for members in groups.values():
         members.sort(key=lambda i: (configs[i].resolved_data_seed, configs[i].seed, i))
-        chunks = math.ceil(len(members) / max_runs)
+        chunks = math.ceil(len(members) / cap)
         batches.extend([list(map(int, part)) for part in np.array_split(np.array(members), chunks)])
     return batches
