@@ -77,20 +77,26 @@ def step_flops(trainer: BatchTrainer) -> float:
     return flops
 
 
-def time_steps(trainer: BatchTrainer, steps: int, start: int = 0) -> float:
-    """Seconds per training step over `steps` steps (evaluation excluded)."""
-    _sync(trainer.device)
+def seconds_per_step(step: Callable[[int], None], steps: int, start: int, device: torch.device) -> float:
+    """Seconds per call of `step(i)` for i in [start, start + steps), the device synchronised."""
+    _sync(device)
     t0 = time.perf_counter()
-    for step in range(start, start + steps):
-        trainer.step(step)
-    _sync(trainer.device)
+    for i in range(start, start + steps):
+        step(i)
+    _sync(device)
     return (time.perf_counter() - t0) / steps
 
 
-def median_step_seconds(trainer: BatchTrainer, rounds: int, steps: int, start: int = 0) -> float:
+def median_seconds_per_step(step: Callable[[int], None], rounds: int, steps: int, start: int,
+                            device: torch.device) -> float:
     """The median over `rounds` rounds of `steps` steps of the seconds per step: robust to the
     bursts of a shared machine, which a single long mean is not."""
-    return statistics.median(time_steps(trainer, steps, start + k * steps) for k in range(rounds))
+    return statistics.median(seconds_per_step(step, steps, start + k * steps, device) for k in range(rounds))
+
+
+def time_steps(trainer: BatchTrainer, steps: int, start: int = 0) -> float:
+    """Seconds per training step over `steps` steps (evaluation excluded)."""
+    return seconds_per_step(trainer.step, steps, start, trainer.device)
 
 
 def _trainer(config: RunConfig, runs: int, steps: int) -> BatchTrainer:
@@ -144,17 +150,9 @@ def plain_step_seconds(config: RunConfig, rounds: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    def timed(lo: int) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(lo, lo + steps):
-            step(i)
-        _sync(device)
-        return (time.perf_counter() - t0) / steps
-
     for i in range(5):
         step(i)
-    return statistics.median(timed(5 + k * steps) for k in range(rounds))
+    return median_seconds_per_step(step, rounds, steps, 5, device)
 
 
 def gradnorm_ratio(tasks: int, runs: int, device: str, rounds: int = 11) -> float:
@@ -217,8 +215,8 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
     single = _trainer(grid_config, 1, 300)
     time_steps(stacked, 5)
     time_steps(single, 20)
-    stacked_step = median_step_seconds(stacked, 8, 5, start=5)
-    single_step = median_step_seconds(single, 10, 20, start=20)
+    stacked_step = median_seconds_per_step(stacked.step, 8, 5, 5, stacked.device)
+    single_step = median_seconds_per_step(single.step, 10, 20, 20, single.device)
     out["stacked_runs"] = stacked.n_runs
     out["batched_step_ms_per_run"] = 1e3 * stacked_step / stacked.n_runs
     out["single_step_ms"] = 1e3 * single_step

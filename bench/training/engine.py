@@ -260,7 +260,8 @@ class BatchTrainer:
         packs, total = [], None
         for lo in range(0, T, k):
             hi = min(T, lo + k)
-            pack = (torch.stack(deltas[lo:hi], dim=-2) if hi - lo > 1 else _owned(deltas[lo]).unsqueeze(-2))
+            # a fresh tensor to mask in place (a lone task's gradient is copied only if it is a view)
+            pack = torch.stack(deltas[lo:hi], dim=-2) if hi - lo > 1 else deltas[lo].contiguous().unsqueeze(-2)
             if active is not None:
                 pack.mul_(active)
             packs.append(pack)
@@ -435,11 +436,6 @@ class BatchTrainer:
                 record.metrics = _metric_table(self.tasks, self.final_metrics, r)
             out.append(record)
         return out
-
-
-def _owned(t: Tensor) -> Tensor:
-    """`t` if it may be written in place (dense, not a broadcast view), else a copy."""
-    return t if t.is_contiguous() else t.contiguous()
 
 
 def _metric(task, name: str):
