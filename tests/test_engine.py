@@ -9,7 +9,7 @@ import torch
 
 from bench.problems import PROBLEMS
 from bench.problems.toy import ToyProblem
-from bench.training import Budget, RunConfig, train, train_runs
+from bench.training import BatchTrainer, Budget, RunConfig, train, train_runs
 from bench.training.engine import batch_indices, downsample
 from tests.conftest import TINY_TOY, tiny_config
 
@@ -106,6 +106,24 @@ def test_stacked_runs_equal_runs_trained_alone(balancer, params):
     for config, record in zip(configs, stacked):
         assert record.batch_runs == 4
         assert_records_close(record, train(config), rtol=1e-9)
+
+
+def test_evaluation_does_not_depend_on_its_chunk_size():
+    """Evaluation runs in chunks of examples (small on a CPU, to stay in cache); chunks of one
+    to three examples, with a ragged last one, give the losses and metrics of one whole pass."""
+    configs = [tiny_config("equal", seed=s) for s in (0, 1, 1)]
+    whole, chunked = BatchTrainer(configs), BatchTrainer(configs)
+    chunked._eval_chunk_elements = len(configs) * TINY_TOY["input_dim"] * 3  # 3 examples per chunk
+    for trainer in (whole, chunked):
+        for i in range(3):
+            trainer.step(i)
+        trainer.evaluate(with_metrics=True)
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(chunked.eval_losses[split][-1], whole.eval_losses[split][-1],
+                                   rtol=1e-12, atol=1e-12)
+        assert chunked.final_metrics[split].keys() == whole.final_metrics[split].keys()
+        for key, value in whole.final_metrics[split].items():
+            torch.testing.assert_close(chunked.final_metrics[split][key], value, rtol=1e-12, atol=1e-12)
 
 
 def test_stacked_float32_runs_equal_lone_runs_within_tolerance():

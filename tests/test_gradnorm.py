@@ -132,7 +132,9 @@ def test_task_gradient_norms_match_one_autograd_call_per_task(grad_params, tasks
     x, ys = trainer.training_batch(0)
     z_elements = trainer.n_runs * x.shape[1] * trainer.model.last_shared_layer.out_features
     monkeypatch.setattr(engine, "NORM_PACK_ELEMENTS", tasks_per_pack * z_elements)
-    weights = trainer.balancer.weights()
+    # The engine measures the norms of the weighted gradients and divides by |w_i|: weights of
+    # every sign and size, and a zero weight, whose task's norm is unobserved and reported as 0.
+    weights = torch.tensor([[0.5, 2.0, 0.5], [1.5, -0.25, 1e-3], [0.0, 1.0, 3.0]], dtype=trainer.dtype)
     _, norms = trainer.compute_gradients(x, ys, weights)
     model = trainer.model
     if grad_params == "representation":
@@ -152,7 +154,9 @@ def test_task_gradient_norms_match_one_autograd_call_per_task(grad_params, tasks
         params = {"last_layer_weight": [layer.weight], "last_layer": [layer.weight, layer.bias],
                   "all_shared": model.shared_parameters()}[grad_params]
         expected = naive_task_norms(trainer, x, ys, params)
+    expected = torch.where(weights != 0, expected, 0)
     assert torch.allclose(norms, expected, rtol=1e-9)
+    assert norms[2, 0] == 0 and (norms[weights != 0] > 0).all()
 
 
 @pytest.mark.parametrize("parametrisation", ["raw", "softmax"])

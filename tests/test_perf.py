@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench.perf import append_csv, run_benchmark
-from bench.perf.benchmark import step_flops
+from bench.perf.benchmark import step_flops, warm_up
+from bench.training.engine import problem_for
 from bench.training import BatchTrainer
 from bench.training import batching
 from bench.training.batching import max_stacked_runs, plan_batches
@@ -56,6 +57,15 @@ def test_step_flops_counts_every_stacked_layer():
     # tiny toy: body 8->6, last 6->6, two heads 6->3; batch 16; no input gradient for layer 1
     per_run = 2 * 16 * (8 * 6 * 2 + 6 * 6 * 3 + 2 * 6 * 3 * 3)
     assert step_flops(trainer) == 3 * per_run
+
+
+def test_warm_up_pays_first_use_costs_for_both_sides():
+    """Neither side of `batched_speedup` may be charged for data built once per process."""
+    configs = [tiny_config("static", seed=s, weights=(1.0, 2.0)) for s in (5, 6)] + [tiny_config("equal", seed=7)]
+    for c in configs:
+        problem_for(c)._data_cache.pop(c.resolved_data_seed, None)
+    warm_up(configs)
+    assert all(c.resolved_data_seed in problem_for(c)._data_cache for c in configs)
 
 
 @pytest.mark.slow

@@ -8,9 +8,10 @@ Every operation acts slice by slice, so a slice computes what the run would comp
 
 One step, for the weights w(t) the balancer gives:
     1. forward: the last shared layer's output z, per-task losses L (R, T);
-    2. if the balancer needs them, the per-task gradients at z (one backward pass through the
-       heads) and from them the norms ||grad_W L_i|| at GradNorm's W (for a stacked linear
-       layer, batched products a^T [delta_i ... delta_j] with its input a, a few tasks at a time);
+    2. if the balancer needs them, the per-task gradients of w_i L_i at z (one backward pass
+       through the heads) and from them the norms G_i = ||grad_W w_i L_i|| at GradNorm's W (for
+       a stacked linear layer, batched products a^T [delta_i ... delta_j] with its input a, a
+       few tasks at a time), passed on as ||grad_W L_i|| = G_i / |w_i|;
     3. the network's gradient of sum_i w_i(t) L_i, with the *old* weights w(t);
     4. the network's Adam step, then `balancer.update(...)` moves the weights to w(t + 1).
 """
@@ -34,8 +35,11 @@ from bench.training.record import TRAJECTORY_POINTS, RunRecord
 
 ProgressCallback = Callable[[int], None]
 
-# Evaluation processes examples in chunks of about this many input elements over all runs.
-EVAL_CHUNK_ELEMENTS = 1 << 24
+# Evaluation processes examples in chunks of about this many input elements over all runs. On a
+# CPU, chunks whose activations stay in the last-level cache evaluate a large stack about 15 %
+# faster than chunks 4x larger (see `bench perf`); a GPU prefers fewer, larger launches.
+EVAL_CHUNK_ELEMENTS_CPU = 1 << 22
+EVAL_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
 # A run whose task weights exceed this in absolute value has diverged (raw GradNorm weights whose
 # sum nears zero explode on renormalisation; uncertainty weights can grow without end).
 MAX_TASK_WEIGHT = 1e6
@@ -137,10 +141,9 @@ class BatchTrainer:
 
         self.model = self.problem.build_model([derive_seed(s, "init") for s in seeds])
         self.model.to(device=self.device, dtype=self.dtype)
+        self._eval_chunk_elements = (EVAL_CHUNK_ELEMENTS_CPU if self.device.type == "cpu"
+                                     else EVAL_CHUNK_ELEMENTS_ACCELERATOR)
         self.head_parameters = self.model.task_specific_parameters()
-        self._head_parameter_task = [i for i, params in enumerate(self.model.task_parameters())
-                                     for _ in params]
-        self._head_parameter_dims = {p.dim() for p in self.head_parameters}
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.budget.lr, fused=fused)
 
@@ -174,18 +177,20 @@ class BatchTrainer:
     # ----------------------------------------------------------------- one step
     def task_gradient_norms(self, target: str, a: Tensor, z: Tensor, packs: Sequence[Tensor],
                             rep_grads: Sequence[Tensor] | None) -> Tensor:
-        """||grad_W L_i|| per run and task, shape (R, T).
+        """The norms at `target` of the per-task gradients given, per run and task, shape (R, T).
 
         `packs` hold the per-task gradients at z, the last shared layer's output, a few tasks
         side by side: each is (R, ..., k, out) for k consecutive tasks (see `compute_gradients`).
         `rep_grads` (T tensors) are those at the trunk's output h (only for "representation").
+        The norm of a linear map of a gradient scales with it: given the gradients of w_i L_i,
+        this returns G_i = ||grad_W w_i L_i||.
         """
         if target == "representation":
             return torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in rep_grads], dim=1)
         layer = self.model.last_shared_layer
         R = z.shape[0]
         if target in ("last_layer_weight", "last_layer") and isinstance(layer, StackedLinear):
-            # grad_W L_i = a^T delta_i: one batched product per pack, [delta_i ... delta_i+k]^T a,
+            # grad_W of task i = a^T delta_i: one batched product per pack, [delta_i ... delta_i+k]^T a,
             # laid out so that each task's block is contiguous for the norm.
             inputs = a.detach().reshape(R, -1, a.shape[-1])  # (R, N, in)
             squares = []
@@ -211,7 +216,8 @@ class BatchTrainer:
 
     def compute_gradients(self, x: Tensor, targets: Sequence[Tensor], weights: Tensor
                           ) -> tuple[Tensor, Tensor | None]:
-        """Fill the network's .grad with grad sum_i w_i L_i; return losses (R, T) and the norms."""
+        """Fill the network's .grad with grad sum_i w_i L_i; return losses (R, T) and, if the
+        balancer asks, the norms ||grad_W L_i|| (R, T)."""
         model, T = self.model, self.n_tasks
         # Runs with a non-finite loss contribute nothing (their failure is noted by `step`).
         alive = self.alive.unsqueeze(1)
@@ -224,10 +230,11 @@ class BatchTrainer:
         a = model.body(x)
         z = model.last_shared_layer(a)
         # Cut the graph with one leaf per task (T detached views of one tensor, no copies): one
-        # backward pass through the heads gives every task's own gradient, and the heads'
-        # parameter gradients, unweighted; the weights are applied after (a head belongs to one
-        # task only). For a ReLU (or no) activation the cut is at h and the gradient at z is
-        # g * (z > 0), which spares T activations; otherwise the cut is at z.
+        # backward pass through the heads of sum_i w_i L_i gives every task's own gradient
+        # w_i delta_i at the cut and the heads' final gradients (a head belongs to one task only).
+        # Norms of the weighted gradients are the paper's G_i = ||grad_W w_i L_i||; the balancer
+        # gets ||grad_W L_i|| = G_i / |w_i|. For a ReLU (or no) activation the cut is at h and the
+        # gradient at z is g * (z > 0), which spares T activations; otherwise the cut is at z.
         relu = isinstance(model.activation, (nn.ReLU, nn.Identity))
         shared = model.activation(z) if relu else z
         cuts = [shared.detach().requires_grad_(True) for _ in range(T)]
@@ -235,26 +242,20 @@ class BatchTrainer:
         losses = self.problem.losses(model.apply_heads(reps), targets)
         masked = torch.where(alive & torch.isfinite(losses), losses, torch.zeros_like(losses))
         want_reps = target == "representation" and not relu
-        grads = list(torch.autograd.grad(masked.sum(), [*cuts, *(reps if want_reps else []), *self.head_parameters],
+        grads = list(torch.autograd.grad((weights * masked).sum(),
+                                         [*cuts, *(reps if want_reps else []), *self.head_parameters],
                                          materialize_grads=True))
         deltas = grads[:T]
         param_grads = grads[2 * T:] if want_reps else grads[T:]
-        norms = None
-        if target == "representation":  # from the gradients at h, before any ReLU mask below
-            norms = self.task_gradient_norms(target, a, z, [], grads[T:2 * T] if want_reps else deltas)
-
-        by_dim = {d: weights.t().reshape(T, -1, *(1,) * (d - 1)) for d in self._head_parameter_dims}
-        factors = [by_dim[g.dim()][i] for g, i in zip(param_grads, self._head_parameter_task)]
-        if all(g.is_contiguous() for g in param_grads):
-            torch._foreach_mul_(param_grads, factors)  # fresh gradients: scale in place
-        else:
-            param_grads = torch._foreach_mul(param_grads, factors)
         for p, g in zip(self.head_parameters, param_grads):
             p.grad = g
+        weighted_norms = None
+        if target == "representation":  # from the gradients at h, before any ReLU mask below
+            weighted_norms = self.task_gradient_norms(target, a, z, [], grads[T:2 * T] if want_reps else deltas)
 
         # The deltas in packs of k tasks side by side, (R, ..., k, out): few enough elements
         # to stay in cache (one pack of all tasks for a single small run, one task per pack
-        # for a large stack), so each pack needs one masking, one product and one weighted sum.
+        # for a large stack), so each pack needs one masking, one product and one sum.
         active = (z.detach() > 0).to(z.dtype).unsqueeze(-2) if isinstance(model.activation, nn.ReLU) else None
         k = max(1, min(T, NORM_PACK_ELEMENTS // z.numel()))
         packs, total = [], None
@@ -265,15 +266,16 @@ class BatchTrainer:
             if active is not None:
                 pack.mul_(active)
             packs.append(pack)
-            w = weights[:, lo:hi].reshape(-1, *(1,) * (z.dim() - 2), hi - lo, 1)  # (R, 1.., k, 1)
             if total is None:
-                total = (pack * w).sum(dim=-2)
-            elif hi - lo == 1:
-                total.addcmul_(pack.squeeze(-2), w.squeeze(-2))
+                total = pack.sum(dim=-2) if hi - lo > 1 else pack.squeeze(-2).clone()
             else:
-                total.add_((pack * w).sum(dim=-2))
-        if norms is None:
-            norms = self.task_gradient_norms(target, a, z, packs, None)
+                total.add_(pack.sum(dim=-2) if hi - lo > 1 else pack.squeeze(-2))
+        if weighted_norms is None:
+            weighted_norms = self.task_gradient_norms(target, a, z, packs, None)
+        # Where w_i = 0, ||grad_W L_i|| is not observed; GradNorm needs it only times |w_i| or
+        # sign(w_i), both 0 there, so 0 stands in.
+        scale = weights.abs()
+        norms = torch.where(scale > 0, weighted_norms / torch.where(scale > 0, scale, 1), 0)
         z.backward(total)
         return losses.detach(), norms
 
@@ -335,7 +337,7 @@ class BatchTrainer:
         for name, (inputs, targets) in self.splits.items():
             n = inputs.shape[1]
             per_example = max(1, inputs[0, 0].numel())
-            chunk = max(1, min(n, EVAL_CHUNK_ELEMENTS // (self.n_runs * per_example)))
+            chunk = max(1, min(n, self._eval_chunk_elements // (self.n_runs * per_example)))
             loss_sum = torch.zeros(self.n_runs, self.n_tasks, device=self.device, dtype=torch.float64)
             stats: dict[tuple[int, str], Tensor] = {}  # (task, metric) -> summed stats
             for lo in range(0, n, chunk):
