@@ -266,16 +266,18 @@ class BatchTrainer:
             if active is not None:
                 pack.mul_(active)
             packs.append(pack)
-            if total is None:
-                total = pack.sum(dim=-2) if hi - lo > 1 else pack.squeeze(-2).clone()
+            summed = pack.sum(dim=-2) if hi - lo > 1 else pack.squeeze(-2)
+            if total is None:  # a fresh tensor: accumulating into a pack would corrupt its norm
+                total = summed if hi - lo > 1 else summed.clone()
             else:
-                total.add_(pack.sum(dim=-2) if hi - lo > 1 else pack.squeeze(-2))
+                total.add_(summed)
         if weighted_norms is None:
             weighted_norms = self.task_gradient_norms(target, a, z, packs, None)
         # Where w_i = 0, ||grad_W L_i|| is not observed; GradNorm needs it only times |w_i| or
         # sign(w_i), both 0 there, so 0 stands in.
         scale = weights.abs()
-        norms = torch.where(scale > 0, weighted_norms / torch.where(scale > 0, scale, 1), 0)
+        observed = scale > 0
+        norms = torch.where(observed, weighted_norms / torch.where(observed, scale, 1), 0)
         z.backward(total)
         return losses.detach(), norms
 
