@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import tomllib
 
 import pytest
@@ -141,6 +144,31 @@ def test_an_interruption_between_claiming_a_run_and_holding_it_leaves_nothing_ru
     again = StudyRunner(spec, store)
     assert again.run().left == 0
     assert again.trained_here == len(spec.runs())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one
+def test_a_ctrl_c_that_python_swallows_still_stops_the_worker(store):
+    """Python drops a KeyboardInterrupt raised inside a finaliser or an import lock's callback
+    ("Exception ignored in ..."); the worker must stop all the same, its runs queued again."""
+    spec = spec_of(TINY)
+
+    class SignalledInFinaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, inside __del__, and its exception is ignored
+
+    def on_progress(done, total):
+        if done > 0 and not sent:
+            sent.append(True)
+            SignalledInFinaliser()  # made and finalised at once
+
+    sent: list[bool] = []
+    runner = StudyRunner(spec, store, batch_runs=3, on_progress=on_progress)
+    with pytest.raises(manager.Interrupted):
+        runner.run()
+    assert sent and runner.progress().running == 0
+    assert 0 < runner.progress().left
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):

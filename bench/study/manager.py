@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -131,6 +132,7 @@ class StudyRunner:
         self.in_flight: list[Claimed] = []
         self.trained_here = 0
         self.prepared = False
+        self._interrupted = threading.Event()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         if backend not in ("loky", "dask"):
             raise BenchError(f"--backend: expected loky or dask, got {backend!r}")
@@ -174,10 +176,11 @@ class StudyRunner:
             self.prepare()
         interval = self.store.storage.get_heartbeat_interval() if hasattr(
             self.store.storage, "get_heartbeat_interval") else None
-        with HeartbeatThread(self.store, interval or 5) as heartbeat:
+        with HeartbeatThread(self.store, interval or 5) as heartbeat, self._noticing_interrupts():
             self.heartbeat = heartbeat
             try:
                 while True:
+                    self._check_interrupted()
                     self.store.fail_stale(self.name, self.spec.arms)
                     claimed = self.claim_wave()
                     if claimed:
@@ -204,6 +207,30 @@ class StudyRunner:
                 if self._client is not None:
                     self._client.close()
                     self._client = None
+
+    @contextlib.contextmanager
+    def _noticing_interrupts(self):
+        """Ctrl-C also sets a flag that the loop checks at every progress report. Python drops
+        the KeyboardInterrupt when it lands in code whose errors are ignored (an import lock's
+        callback, a finaliser); the flag still stops the worker."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            self._interrupted.set()
+            signal.default_int_handler(signum, frame)
+
+        self._interrupted.clear()
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+    def _check_interrupted(self) -> None:
+        if self._interrupted.is_set():
+            raise KeyboardInterrupt
 
     def release_all(self, reason: str) -> int:
         """Give back the runs in hand, and any run claimed in the store a moment before an
@@ -376,6 +403,7 @@ class StudyRunner:
             self.trained_here += stored
 
     def _report(self, done: float) -> None:
+        self._check_interrupted()
         if self.on_progress is not None:
             self.on_progress(done, sum(len(r) for r in self.runs.values()))
 
