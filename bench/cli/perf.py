@@ -20,8 +20,9 @@ def perf_command(
     csv: Annotated[Path, typer.Option(help="CSV file the figures are appended to.")] = Path("results/perf.csv"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
 ) -> None:
-    """Time the default study's runs one by one and stacked, the training step against the
-    machine's matrix-product peak, and a GradNorm step against an equal-weights step."""
+    """Time a study's runs one by one and stacked, and a GradNorm step against an equal one.
+
+    Also: the stacked step's throughput against a large matrix product, and peak memory."""
     figures = run_benchmark(study, steps, device, sequential,
                             progress=lambda what: err_console.print(f"[dim]measuring {what}...[/]"))
     append_csv(figures, csv)
