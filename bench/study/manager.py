@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -212,7 +213,8 @@ class StudyRunner:
     def _noticing_interrupts(self):
         """Ctrl-C also sets a flag that the loop checks at every progress report. Python drops
         the KeyboardInterrupt when it lands in code whose errors are ignored (an import lock's
-        callback, a finaliser); the flag still stops the worker."""
+        callback, a finaliser) and prints it as "Exception ignored ... Traceback"; the flag
+        still stops the worker, so that dropped interrupt is not printed."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -221,12 +223,20 @@ class StudyRunner:
             self._interrupted.set()
             signal.default_int_handler(signum, frame)
 
+        previous_hook = sys.unraisablehook
+
+        def on_unraisable(unraisable):
+            if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+                previous_hook(unraisable)
+
         self._interrupted.clear()
         previous = signal.signal(signal.SIGINT, on_sigint)
+        sys.unraisablehook = on_unraisable
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            sys.unraisablehook = previous_hook
 
     def _check_interrupted(self) -> None:
         if self._interrupted.is_set():
