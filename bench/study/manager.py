@@ -130,7 +130,6 @@ class StudyRunner:
         # Arms whose runs others depend on go first.
         self.arm_order = sorted(spec.arms, key=lambda a: (not isinstance(spec.arms[a], GradNormArm),
                                                           isinstance(spec.arms[a], GradNormStaticArm)))
-        self.in_flight: list[Claimed] = []
         self.trained_here = 0
         self.prepared = False
         self._interrupted = threading.Event()
@@ -243,15 +242,11 @@ class StudyRunner:
             raise KeyboardInterrupt
 
     def release_all(self, reason: str) -> int:
-        """Give back the runs in hand, and any run claimed in the store a moment before an
-        interruption but not yet in hand (Ctrl-C can land between the claim and the hold)."""
-        held = self.in_flight
-        self.in_flight = []
-        for claimed in held:
-            self.store.release(claimed.study, claimed.trial, reason)
+        """Give back every run this worker holds in the store, the number given back. The store
+        is asked rather than a list kept here: Ctrl-C can land between a claim and its hold."""
         if not self.prepared:  # nothing can have been claimed yet
-            return len(held)
-        return len(held) + self.store.release_held(self.name, self.spec.arms, self.worker, reason)
+            return 0
+        return self.store.release_held(self.name, self.spec.arms, self.worker, reason)
 
     # ------------------------------------------------------------------ claiming
     def stack_limit(self) -> int:
@@ -339,7 +334,6 @@ class StudyRunner:
               weights: list[float] | None) -> Claimed:
         overrides = {"weights": weights} if weights is not None and run.balancer == "static" else {}
         claimed = Claimed(arm, trial, run, study, self.spec.run_config(run, overrides, self.device), weights)
-        self.in_flight.append(claimed)
         self.heartbeat.hold([trial._trial_id])
         return claimed
 
@@ -409,7 +403,6 @@ class StudyRunner:
                 reason = record.get("reason") or "non-finite validation loss at the end of training"
                 stored = self.store.fail(claimed.study, claimed.trial, reason, attrs)
             self.heartbeat.drop([claimed.trial._trial_id])
-            self.in_flight.remove(claimed)
             self.trained_here += stored
 
     def _report(self, done: float) -> None:
