@@ -195,7 +195,10 @@ def test_ctrl_c_stops_a_worker_cleanly_and_a_rerun_finishes(tmp_path):
     assert worker.poll() is None, "the worker finished before it could be interrupted"
     worker.send_signal(signal.SIGINT)
     out, err = worker.communicate(timeout=120)
-    assert worker.returncode == 130, err
+    # 130, or death by SIGINT: under `python -m`, CPython (3.11, 3.12) exits by SIGINT when the
+    # interrupt landed in a string exec (dataclasses, namedtuple), even though it was caught and
+    # the exit code set; a shell reports 130 for both.
+    assert worker.returncode in (130, -signal.SIGINT), err
     assert "interrupted" in err and "queued again" in err and "Traceback" not in err
     assert held_by(store, worker.pid) == 0  # its runs are not left RUNNING
     again = start_worker(study_file, storage, tmp_path)
