@@ -66,6 +66,42 @@ def test_weights_sum_to_T_with_a_floor_and_binding_is_counted():
     assert int(trainer.balancer.floor_binding_steps[0]) > 0
 
 
+def floored_balancer(tasks: int, runs: int, floor: float) -> GradNorm:
+    specs = [TaskSpec(f"t{i}", "regression", loss=None) for i in range(tasks)]
+    return GradNorm([GradNormParams(floor=floor)] * runs, specs, device=torch.device("cpu"),
+                    dtype=torch.float64, steps_per_epoch=1)
+
+
+def test_a_floor_holds_when_rescaling_pushes_another_weight_below_it():
+    # Clamping 0.09 to 0.3 and rescaling the others by 2.7 / 2.91 would leave 0.31 at 0.288.
+    balancer = floored_balancer(3, 1, floor=0.3)
+    w = balancer._renormalised(torch.tensor([[2.6, 0.31, 0.09]], dtype=torch.float64))
+    assert torch.allclose(w, torch.tensor([[2.4, 0.3, 0.3]], dtype=torch.float64))
+    assert int(balancer.floor_binding_steps[0]) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(tasks=st.integers(2, 8), floor=st.floats(0.01, 0.99), seed=st.integers(0, 10_000))
+def test_floored_weights_sum_to_T_stay_above_the_floor_and_keep_the_free_ratios(tasks, floor, seed):
+    g = torch.Generator().manual_seed(seed)
+    # Raw weights after a step: any signs, a positive sum (a non-positive one is divergence).
+    raw = torch.randn(16, tasks, generator=g, dtype=torch.float64) * 3 + 1
+    raw = raw[raw.sum(dim=1) > 0.1]
+    balancer = floored_balancer(tasks, raw.shape[0], floor)
+    w = balancer._renormalised(raw)
+    assert torch.allclose(w.sum(dim=1), torch.full((raw.shape[0],), float(tasks), dtype=w.dtype))
+    assert bool((w >= floor - 1e-12).all())
+    free = w > floor + 1e-9
+    for r in range(raw.shape[0]):
+        kept, clamped = raw[r, free[r]], raw[r, ~free[r]]
+        # The free weights are the raw ones times one factor; every clamped one started lower.
+        ratios = w[r, free[r]] / kept
+        assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-9)
+        if len(clamped):
+            assert bool(clamped.max() <= kept.min())
+    assert torch.equal(balancer.floor_binding_steps, (raw / raw.sum(dim=1, keepdim=True) * tasks < floor).any(dim=1).long())
+
+
 def test_no_gradient_of_L_grad_reaches_the_network():
     trainer = trainer_for(tasks=3, alpha=1.0)
     trainer.step(0)  # past the first step, so that L_i(0) is set and r_i != 1

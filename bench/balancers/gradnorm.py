@@ -196,12 +196,20 @@ class GradNorm(Balancer):
         if floor is None:
             self.nonpositive_weight_steps += (w <= 0).any(dim=1).long()
             return w
+        # Clamp at the floor and rescale the free weights so that the sum stays T. Rescaling
+        # shrinks the free weights, which can push another below the floor: repeat until none
+        # does. At most T rounds: the free weights always sum to more than 1 > floor, so one stays free.
         bound = w < floor
+        for _ in range(T):
+            free_total = (w * ~bound).sum(dim=1, keepdim=True)
+            room = T - floor * bound.sum(dim=1, keepdim=True)
+            clamped = torch.where(bound, torch.full_like(w, floor), w * room / free_total)
+            newly = (clamped < floor) & ~bound
+            if not bool(newly.any()):
+                break
+            bound |= newly
         self.floor_binding_steps += bound.any(dim=1).long()
-        # Clamp at the floor and rescale the free weights so that the sum stays T.
-        free_total = (w * ~bound).sum(dim=1, keepdim=True)
-        room = T - floor * bound.sum(dim=1, keepdim=True)
-        return torch.where(bound, torch.full_like(w, floor), w * room / free_total)
+        return clamped
 
     def stop_runs(self, runs: Tensor) -> None:
         self._stopped |= runs
