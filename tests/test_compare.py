@@ -50,6 +50,12 @@ def test_paired_comparison_and_its_sentence():
     worse = paired({0: 2.0, 1: 3.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # two losses, one tie
     assert (worse.wins, worse.losses) == (0, 2)
     assert describe("GradNorm", "the grid", worse).startswith("GradNorm loses to the grid on 2/3 seeds")
+    # The grid's selected point can be equal weights themselves: the same runs, the same losses.
+    same = paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert describe("equal", "the grid", same).startswith(
+        "equal is level with the grid (lower on 0, higher on 0 of 2 seeds)")
+    assert "no test (equal on every seed)" in describe("equal", "the grid", same)
+    assert "too few seeds" in describe("a", "b", paired({0: 1.0}, {0: 2.0}))
 
 
 def _run(arm, key, seed, val, test, train, weights=None, mean_weights=None, balancer="static",

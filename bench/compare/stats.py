@@ -101,9 +101,10 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
                   p_value=p_t, wilcoxon_p=p_w, effect_size=d)
 
 
-def _p(p: float) -> str:
+def _p(result: Paired) -> str:
+    p = result.p_value
     if math.isnan(p):
-        return "no test (too few seeds)"
+        return "no test (too few seeds)" if result.n < 2 else "no test (equal on every seed)"
     return f"paired t-test p = {p:.2g}" if p >= 1e-4 else "paired t-test p < 0.0001"
 
 
@@ -113,7 +114,12 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
         return f"{a} and {b} share no finished seed: no comparison."
     effect = "" if math.isnan(result.effect_size) else f", effect size d = {result.effect_size:.2g}"
     # Said from the side that wins more seeds: "beats ... on 0/3 seeds" reads as a riddle.
-    outcome = (f"beats {b}{b_detail} on {result.wins}/{result.n} seeds" if result.wins >= result.losses
-               else f"loses to {b}{b_detail} on {result.losses}/{result.n} seeds")
+    if result.wins > result.losses:
+        outcome = f"beats {b}{b_detail} on {result.wins}/{result.n} seeds"
+    elif result.losses > result.wins:
+        outcome = f"loses to {b}{b_detail} on {result.losses}/{result.n} seeds"
+    else:
+        outcome = (f"is level with {b}{b_detail} (lower on {result.wins}, higher on {result.losses} "
+                   f"of {result.n} seeds)")
     return (f"{a} {outcome} (mean task-normalised test loss "
-            f"{result.mean_a:.4g} vs {result.mean_b:.4g}, {_p(result.p_value)}{effect}).")
+            f"{result.mean_a:.4g} vs {result.mean_b:.4g}, {_p(result)}{effect}).")
