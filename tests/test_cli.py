@@ -85,7 +85,10 @@ def test_run_then_compare_from_the_command_line(tmp_path):
     assert len(table) == len(pd.read_csv(tmp_path / "results" / "tiny" / "runs.csv")) == 6 + 4 + 4 + 2
     again = bench("run", "--study", str(study), cwd=tmp_path)
     assert "(0 trained now" in again.stdout
-    csv = bench("compare", "--study", "tiny", "--format", "csv", cwd=tmp_path)
+    # The study file stands for its stored study in `compare` and `status`, as in `run`.
+    csv = bench("compare", "--study", str(study), "--format", "csv", cwd=tmp_path)
+    status = bench("status", "--study", str(study), cwd=tmp_path)
+    assert "tiny in" in status.stdout and "16" in status.stdout
     main_table = pd.read_csv(__import__("io").StringIO(csv.stdout))
     assert {"arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"} <= set(main_table.columns)
     assert sorted(main_table.arm) == ["equal", "gradnorm (alpha=0.5)", "gradnorm (alpha=1)",

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.errors import ConfigError
+from bench.store import ResultStore
+from bench.study import StudySpec
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -50,3 +52,24 @@ def fmt(value: float | None, digits: int = 4) -> str:
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
         return f"{value:.{max(0, digits - 2)}e}"
     return f"{value:.{digits}g}"
+
+
+def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> list[str]:
+    """The stored names of the studies asked for (default: every one in the store). Each is a
+    stored name, or a study file (path or name in studies/) whose study is stored under its
+    `name`: `bench compare --study my.toml` reads what `bench run --study my.toml` wrote."""
+    if not requested:
+        names = store.study_names()
+        if not names:
+            raise ConfigError("--study", f"a study stored in {store.url} (none yet: run `bench run --study gridsearch`)")
+        return names
+    out = []
+    for name in requested:
+        if store.manifest(name) is None:
+            try:
+                name = StudySpec.load(name).name
+            except ConfigError:
+                pass  # not a readable study file either: the store's error below names what it holds
+        store.require_manifest(name)
+        out.append(name)
+    return out

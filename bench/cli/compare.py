@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import pandas as pd
 import typer
 
-from bench.cli.common import arm_table, console, err_console, fmt
+from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names
 from bench.compare import load_comparison
 from bench.errors import ConfigError
 from bench.report import REPORTS_DIR, write_report
@@ -18,7 +18,7 @@ CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting
 
 
 def compare_command(
-    study: Annotated[Optional[list[str]], typer.Option(help="Stored study to compare (repeatable; default: every study in the storage).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout).")] = "table",
     reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = str(REPORTS_DIR),
@@ -28,9 +28,7 @@ def compare_command(
     if output_format not in ("table", "csv", "markdown"):
         raise ConfigError("--format", "table, csv or markdown", output_format)
     store = ResultStore(storage)
-    names = study or store.study_names()
-    if not names:
-        raise ConfigError("--study", f"a study stored in {store.url} (none yet: run `bench run --study gridsearch`)")
+    names = stored_study_names(store, study)
     mains = []
     for name in names:
         comparison = load_comparison(store, name)

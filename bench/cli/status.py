@@ -7,22 +7,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from bench.cli.common import console
-from bench.errors import ConfigError
+from bench.cli.common import console, stored_study_names
 from bench.store import ResultStore
 
 
 def status_command(
-    study: Annotated[Optional[list[str]], typer.Option(help="Stored study (repeatable; default: every study in the storage).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
 ) -> None:
     """Progress of a study: runs done, running, failed and left, per arm and in total."""
     store = ResultStore(storage)
-    names = study or store.study_names()
-    if not names:
-        raise ConfigError("--study", f"a study stored in {store.url} (none yet)")
-    for name in names:
-        store.require_manifest(name)
+    for name in stored_study_names(store, study):
         progress = store.stored_progress(name)
         table = Table("arm", "runs", "done", "failed", "running", "waiting", "left",
                       title=f"{name} in {store.url}", title_justify="left")
