@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -64,6 +65,24 @@ def test_bad_train_arguments_give_one_clear_line_and_a_nonzero_exit(capsys, args
     assert len(lines) == 1 and lines[0].startswith("error:")
     for word in words:
         assert word in lines[0]
+
+
+def test_list_shows_every_registered_option_whole_within_80_columns(capsys, monkeypatch):
+    from bench.balancers import BALANCERS
+    from bench.cli import common
+    from bench.problems import PROBLEMS
+
+    monkeypatch.setattr(common.console, "width", 80)
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    cells = {cell.strip() for line in out.splitlines() for cell in line.split("│")}
+    for registry in (PROBLEMS, BALANCERS):
+        for name, cls in registry.items():
+            assert name in cells
+            for field in dataclasses.fields(cls.Params):
+                if not isinstance(field.default, tuple):  # long tuples may fold over two lines
+                    assert f"{field.name}={field.default!r}" in cells
 
 
 def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

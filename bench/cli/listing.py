@@ -16,13 +16,17 @@ def _options(params_cls: type) -> str:
     for f in dataclasses.fields(params_cls):
         default = f.default if f.default is not dataclasses.MISSING else None
         parts.append(f"{f.name}={default!r}")
-    return ", ".join(parts) or "-"
+    return "\n".join(parts) or "-"
 
 
 def list_command() -> None:
     """List the problems and balancing methods, with their options and defaults."""
     for title, registry in (("problems", PROBLEMS), ("balancers", BALANCERS)):
-        table = Table("name", "what", "options (defaults)", title=title, title_justify="left")
+        options = {name: _options(cls.Params) for name, cls in registry.items()}
+        table = Table("name", "what", title=title, title_justify="left")
+        # One option per line, kept whole (the description folds instead): a default is what
+        # a user copies into a study file.
+        table.add_column("options (defaults)", no_wrap=True, overflow="fold")
         for name, cls in registry.items():
-            table.add_row(name, cls.description, _options(cls.Params))
+            table.add_row(name, cls.description, options[name])
         console.print(table)
