@@ -22,11 +22,10 @@ def _options(params_cls: type) -> str:
 def list_command() -> None:
     """List the problems and balancing methods, with their options and defaults."""
     for title, registry in (("problems", PROBLEMS), ("balancers", BALANCERS)):
-        options = {name: _options(cls.Params) for name, cls in registry.items()}
         table = Table("name", "what", title=title, title_justify="left")
         # One option per line, kept whole (the description folds instead): a default is what
         # a user copies into a study file.
         table.add_column("options (defaults)", no_wrap=True, overflow="fold")
         for name, cls in registry.items():
-            table.add_row(name, cls.description, options[name])
+            table.add_row(name, cls.description, _options(cls.Params))
         console.print(table)
