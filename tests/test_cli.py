@@ -67,6 +67,19 @@ def test_bad_train_arguments_give_one_clear_line_and_a_nonzero_exit(capsys, args
         assert word in lines[0]
 
 
+@pytest.mark.parametrize("value, digits, shown", [
+    (2.7, 4, "2.700"), (2.7261, 4, "2.726"), (0.0377, 3, "0.0377"), (25.04, 2, "25"),
+    (0.0, 4, "0.000"), (1e-5, 4, "1.00e-05"), (None, 4, "-"), (float("nan"), 4, "-"),
+])
+def test_numbers_keep_trailing_zeros_so_columns_line_up(value, digits, shown):
+    from bench.cli.common import fmt
+    from bench.report.html import display_table
+
+    assert fmt(value, digits) == shown
+    if digits == 4 and value is not None and value == value and value >= 1e-3:
+        assert display_table(pd.DataFrame({"x": [value]})).x[0] == shown
+
+
 def test_list_shows_every_registered_option_whole_within_80_columns(capsys, monkeypatch):
     from bench.balancers import BALANCERS
     from bench.cli import common

@@ -36,22 +36,24 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def arm_table(title: str, numeric_columns: Iterable[str]) -> Table:
-    """A table of one row per arm: no vertical rules, so that it fits 80 columns (a log, a CI
-    page); long arm names fold, numbers are never cut."""
+def arm_table(title: str, numeric_columns: Iterable[str], key: str = "arm") -> Table:
+    """A table of one row per arm (or per `key`): no vertical rules, so that it fits 80 columns
+    (a log, a CI page); long names fold, numbers are never cut."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("arm", overflow="fold", min_width=8)
+    table.add_column(key, overflow="fold", min_width=8)
     for column in numeric_columns:
         table.add_column(column, justify="right", no_wrap=True)
     return table
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
+    """`digits` significant digits, trailing zeros kept (2.700, not 2.7) so that a column's
+    decimals line up; scientific notation outside [1e-3, 1e5)."""
     if value is None or value != value:  # None or NaN
         return "-"
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
         return f"{value:.{max(0, digits - 2)}e}"
-    return f"{value:.{digits}g}"
+    return f"{value:#.{digits}g}".rstrip(".")
 
 
 def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import pandas as pd
@@ -37,7 +38,7 @@ def compare_command(
         if output_format == "table":
             print_comparison(comparison)
         if not no_report:
-            path = write_report(comparison, __import__("pathlib").Path(reports), storage)
+            path = write_report(comparison, Path(reports), storage)
             (err_console if output_format != "table" else console).print(f"report: {path}")
     if output_format != "table":
         frame = pd.concat(mains, ignore_index=True)
@@ -59,9 +60,10 @@ def print_comparison(c) -> None:
     table = arm_table("task-normalised losses, mean over seeds",
                       ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"))
     for row in c.main.itertuples():
-        table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss, 3), fmt(row.test_std, 2),
-                      (f"{fmt(row.test_ci95_low, 3)}-{fmt(row.test_ci95_high, 3)}" if row.seeds > 1 else "-"), fmt(row.train_loss, 3),
-                      fmt(row.overfitting_gap, 2), f"{row.wall_time_s:.0f}")
+        # Four significant digits, as in the sentences: arms often differ in the third.
+        table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss), fmt(row.test_std, 2),
+                      (f"{fmt(row.test_ci95_low)}-{fmt(row.test_ci95_high)}" if row.seeds > 1 else "-"),
+                      fmt(row.train_loss), fmt(row.overfitting_gap, 3), fmt(row.wall_time_s, 2))
     console.print(table)
     for row in c.main.itertuples():
         console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")

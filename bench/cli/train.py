@@ -6,9 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from bench.cli.common import console, err_console, fmt, parse_assignments, print_json
+from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json
 from bench.training import Budget, RunConfig, RunRecord, train
 
 
@@ -71,8 +70,8 @@ def print_summary(record: RunRecord) -> None:
                   f"(seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, "
                   f"{record.device}): [bold]{record.status}[/]"
                   + (f" - {record.reason}" if record.reason else ""))
-    table = Table("task", "train loss", "val loss", "test loss", "gap (test-train)",
-                  "mean weight", "final weight", title=None)
+    table = arm_table("losses per task (gap = test - train) and weights",
+                      ("train", "val", "test", "gap", "mean w", "final w"), key="task")
     for i, name in enumerate(record.task_names):
         def at(values):
             return fmt(values[i]) if values else "-"

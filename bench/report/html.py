@@ -39,7 +39,7 @@ def _number(value: Any) -> str:
             return "-"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.3e}"
-        return f"{value:.4g}"
+        return f"{value:#.4g}".rstrip(".")  # trailing zeros kept: a column's decimals line up
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(f"{v:.3g}" for v in value) + ")"
     return str(value)
