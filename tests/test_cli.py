@@ -80,6 +80,28 @@ def test_numbers_keep_trailing_zeros_so_columns_line_up(value, digits, shown):
         assert display_table(pd.DataFrame({"x": [value]})).x[0] == shown
 
 
+def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from bench.cli import common
+    from bench.cli.compare import print_comparison
+
+    monkeypatch.setattr(common.console, "width", 80)
+    main = pd.DataFrame({
+        "arm": ["gradnorm-static", "grid"], "runs": [3, 198], "failed": [0, 12], "seeds": [3, 3],
+        "normalized_test_loss": [2.4571, 2.4023], "test_std": [0.0321, 0.0131],
+        "test_ci95_low": [2.3764, 2.3694], "test_ci95_high": [2.5377, 2.4342],
+        "train_loss": [2.1271, 2.0864], "overfitting_gap": [0.33, 0.3159],
+        "wall_time_s": [3.62, 227.2], "weights": [[2.01, 0.77, 0.22], [2.7, 0.3, 0.0]],
+    })
+    print_comparison(SimpleNamespace(study="s", headline=[], main=main, comparisons=pd.DataFrame()))
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(" g")}
+    assert rows["gradnorm-static"][1:] == ["3", "0", "2.457", "0.081", "0.032", "2.127", "0.330", "3.6"]
+    assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
+
+
 def test_list_shows_every_registered_option_whole_within_80_columns(capsys, monkeypatch):
     from bench.balancers import BALANCERS
     from bench.cli import common

@@ -57,13 +57,14 @@ def print_comparison(c) -> None:
     console.rule(f"[bold]{c.study}[/]")
     for line in c.headline:
         console.print(f"- {line}")
-    table = arm_table("task-normalised losses, mean over seeds",
-                      ("runs", "failed", "test", "sd", "95% CI", "train", "gap", "sec"))
+    table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",
+                      ("runs", "failed", "test", "± 95%", "sd", "train", "gap", "sec"))
     for row in c.main.itertuples():
         # Four significant digits, as in the sentences: arms often differ in the third.
-        table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss), fmt(row.test_std, 2),
-                      (f"{fmt(row.test_ci95_low)}-{fmt(row.test_ci95_high)}" if row.seeds > 1 else "-"),
-                      fmt(row.train_loss), fmt(row.overfitting_gap, 3), fmt(row.wall_time_s, 2))
+        half = (row.test_ci95_high - row.test_ci95_low) / 2 if row.seeds > 1 else None
+        table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss), fmt(half, 2),
+                      fmt(row.test_std, 2), fmt(row.train_loss), fmt(row.overfitting_gap, 3),
+                      f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}")
     console.print(table)
     for row in c.main.itertuples():
         console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
