@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.errors import ConfigError
+from bench.report.html import format_number
 from bench.store import ResultStore
 from bench.study import StudySpec
 
@@ -47,13 +48,8 @@ def arm_table(title: str, numeric_columns: Iterable[str], key: str = "arm") -> T
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
-    """`digits` significant digits, trailing zeros kept (2.700, not 2.7) so that a column's
-    decimals line up; scientific notation outside [1e-3, 1e5)."""
-    if value is None or value != value:  # None or NaN
-        return "-"
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.{max(0, digits - 2)}e}"
-    return f"{value:#.{digits}g}".rstrip(".")
+    """A number for a terminal table: the report's format, one digit fewer in scientific notation."""
+    return format_number(value, digits, exponent_digits=max(1, digits - 1))
 
 
 def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> list[str]:

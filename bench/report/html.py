@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,24 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates
                           autoescape=jinja2.select_autoescape(["html", "j2"]))
 
 
+def format_number(value: float | None, digits: int = 4, exponent_digits: int | None = None) -> str:
+    """`digits` significant digits, trailing zeros kept (2.700, not 2.7) so that a column's
+    decimals line up; outside [1e-3, 1e5) scientific notation with `exponent_digits`
+    significant digits (default `digits`); "-" for None or NaN."""
+    if value is None or value != value:
+        return "-"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.{max(0, (exponent_digits or digits) - 1)}e}"
+    return f"{value:#.{digits}g}".rstrip(".")
+
+
 def _number(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, (int,)) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3e}"
-        return f"{value:#.4g}".rstrip(".")  # trailing zeros kept: a column's decimals line up
+        return format_number(value)
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(f"{v:.3g}" for v in value) + ")"
     return str(value)
