@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from bench.compare.analysis import build_comparison
 from bench.compare.stats import describe, l2_distance, paired, standing, summarize
+from bench.report import figures
 from bench.report.figures import _loss_scale, arm_colours
 
 TASKS = ["a", "b"]
@@ -59,16 +60,16 @@ def test_paired_comparison_and_its_sentence():
 
 
 def _run(arm, key, seed, val, test, train, weights=None, mean_weights=None, balancer="static",
-         status="ok"):
+         status="ok", tasks=TASKS):
     row = {"arm": arm, "run_key": key, "seed": seed, "status": status, "balancer": balancer,
            "normalized_val_loss": val, "normalized_test_loss": test, "normalized_train_loss": train,
            "normalized_overfitting_gap": test - train, "wall_time_s": 1.0, "device": "cpu"}
-    for i, t in enumerate(TASKS):
+    for i, t in enumerate(tasks):
         row[f"weight_{t}"] = weights[i] if weights else None
         row[f"mean_weight_{t}"] = (mean_weights or weights)[i]
-        row[f"test_loss_{t}"] = test / 2
-        row[f"train_loss_{t}"] = train / 2
-        row[f"overfitting_gap_{t}"] = (test - train) / 2
+        row[f"test_loss_{t}"] = test / len(tasks)
+        row[f"train_loss_{t}"] = train / len(tasks)
+        row[f"overfitting_gap_{t}"] = (test - train) / len(tasks)
     return row
 
 
@@ -141,3 +142,81 @@ def test_every_arm_keeps_one_distinct_colour_across_figures():
     colours = arm_colours(hand_made())
     assert set(colours) >= {"gradnorm", "grid", "equal"}
     assert len(set(colours.values())) == len(colours)
+
+
+def with_records(c):
+    """`c` with a stored record per run: test-loss curves of two points, the last one final."""
+    records = []
+    for row in c.runs.itertuples():
+        curve = [[2 * row.normalized_test_loss / len(c.tasks)] * len(c.tasks),
+                 [row.normalized_test_loss / len(c.tasks)] * len(c.tasks)]
+        records.append({"arm": row.arm, "run_key": row.run_key,
+                        "record": {"normalisers": [1.0] * len(c.tasks),
+                                   "curves": {"step": [0, 10], "test": curve}}})
+    return build_comparison(c.study, c.manifest, c.runs.drop(columns=["variant", "kind", "label"]),
+                            records)
+
+
+def test_figures_draw_the_tables_student_t_interval_not_a_bootstrap():
+    c = with_records(hand_made())
+    ok = c.runs[c.runs.status == "ok"]
+    gaps = figures.overfitting_gaps(c)
+    # Horizontal bars: each error bar is a line from the interval's low end to its high end.
+    bars = [line for line in gaps.axes[0].lines if len(set(line.get_ydata())) == 1
+            and len(line.get_xdata()) == 2]
+    drawn = sorted(tuple(line.get_xdata()) for line in bars)
+    equal = summarize(ok[ok.label == "equal"].normalized_overfitting_gap)  # 0.20, 0.21, 0.22
+    assert equal.ci_high - equal.ci_low > 0.04  # t interval; the bootstrap's is [0.20, 0.22] at most
+    gradnorm = summarize(ok[ok.label == "gradnorm"].normalized_overfitting_gap)  # 0.1 on every seed
+    for s in (gradnorm, equal):
+        assert any(lo == pytest.approx(s.ci_low) and hi == pytest.approx(s.ci_high) for lo, hi in drawn), drawn
+    curves = figures.test_loss_curves(c)
+    # The band around gradnorm's final test loss spans the same interval of its 3 seeds.
+    final = summarize(ok[ok.label == "gradnorm"].normalized_test_loss)
+    colour = arm_colours(c)["gradnorm"]
+    band = next(p for p in curves.axes[0].collections
+                if tuple(p.get_facecolor()[0][:3]) == pytest.approx(colour))
+    at_end = band.get_paths()[0].vertices
+    at_end = at_end[at_end[:, 0] == 10, 1]
+    assert (at_end.min(), at_end.max()) == (pytest.approx(final.ci_low), pytest.approx(final.ci_high))
+    plt.close("all")
+
+
+def test_arms_on_one_spot_stay_visible_as_nested_markers():
+    """GradNorm's averaged weights and its static retrain's weights are nearly equal by design:
+    drawn the same size, the later marker hid the earlier one on the simplex and Pareto plots."""
+    tasks = ["a", "b", "c"]
+    rows = []
+    grid = {(3.0, 0.0, 0.0): 1.3, (1.0, 1.0, 1.0): 1.0, (0.0, 3.0, 0.0): 1.5, (0.0, 0.0, 3.0): 1.6,
+            (1.5, 1.5, 0.0): 1.2}
+    for w, loss in grid.items():
+        for seed in (0, 1, 2):
+            rows.append(_run("grid", "w=" + ",".join(f"{x:g}" for x in w) + f"/seed={seed}", seed,
+                             loss, loss + 0.01 * seed, loss - 0.3, weights=w, tasks=tasks))
+    same = (1.2, 1.0, 0.8)
+    for seed in (0, 1, 2):
+        rows.append(_run("gradnorm", f"alpha=0.12/seed={seed}", seed, 1.05, 1.1, 1.0, mean_weights=same,
+                         balancer="gradnorm", tasks=tasks))
+        rows.append(_run("gradnorm-static", f"seed={seed}", seed, 1.05, 1.1, 1.0, weights=same, tasks=tasks))
+        rows.append(_run("equal", f"seed={seed}", seed, 1.4, 1.4, 1.2, weights=(1.0, 1.0, 1.0), tasks=tasks))
+    manifest = {"task_names": tasks, "gradnorm_static_sources": {"gradnorm-static": "gradnorm"},
+                "kinds": {"grid": "grid", "gradnorm": "gradnorm", "gradnorm-static": "gradnorm-static",
+                          "equal": "equal"}}
+    c = build_comparison("nested", manifest, pd.DataFrame(rows), [])
+    arms = {"gradnorm", "gradnorm-static", "equal"}
+
+    landscape = figures.grid_landscape(c)
+    drawn = [(line.get_label(), line.get_markersize()) for line in landscape.axes[0].lines
+             if line.get_label() in arms]
+    assert {label for label, _ in drawn} == arms
+    sizes = [size for _, size in drawn]
+    assert all(a > b for a, b in zip(sizes, sizes[1:])), drawn
+
+    pareto = figures.pareto_front(c)
+    for ax in pareto.axes:
+        scattered = [(p.get_label(), float(p.get_sizes()[0])) for p in ax.collections if p.get_label() in arms]
+        if scattered:
+            assert {label for label, _ in scattered} == arms
+            sizes = [size for _, size in scattered]
+            assert all(a > b for a, b in zip(sizes, sizes[1:])), scattered
+    plt.close("all")
