@@ -102,6 +102,24 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
     assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
 
 
+def test_train_explains_gradnorm_weights_crossing_zero_and_how_to_avoid_it(capsys, monkeypatch):
+    """The README's case: sigma = (1, 100) and the NYUv2 weight rate drive w_1 across zero."""
+    from bench.cli import common
+
+    monkeypatch.setattr(common.console, "width", 80)
+    args = ["train", "--problem", "toy", "--tasks", "2", "--balancer", "gradnorm", "--alpha", "0.12",
+            "--steps", "100", "--eval-every", "50", "--device", "cpu"]
+    code, out, _ = run_cli([*args, "--json"], capsys)
+    crossed = json.loads(out)["balancer_stats"]["nonpositive_weight_steps"]
+    assert code == 0 and crossed > 0
+    code, out, _ = run_cli(args, capsys)
+    text = " ".join(out.split())
+    assert f"a task weight was <= 0 on {crossed} of 100 steps" in text
+    assert "-b weight_lr=0.002" in text and "-b floor=0.01" in text
+    code, out, _ = run_cli([*args, "-b", "weight_lr=0.002"], capsys)
+    assert code == 0 and "<= 0" not in out
+
+
 def test_list_shows_every_registered_option_whole_within_80_columns(capsys, monkeypatch):
     from bench.balancers import BALANCERS
     from bench.cli import common
@@ -110,14 +128,21 @@ def test_list_shows_every_registered_option_whole_within_80_columns(capsys, monk
     monkeypatch.setattr(common.console, "width", 80)
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0
-    assert max(len(line) for line in out.splitlines()) <= 80
-    cells = {cell.strip() for line in out.splitlines() for cell in line.split("│")}
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in out  # nothing cut short
+    tokens = {token for line in lines for token in line.split()}
+    words = " ".join(out.split())
     for registry in (PROBLEMS, BALANCERS):
         for name, cls in registry.items():
-            assert name in cells
+            assert name in tokens
+            assert " ".join(cls.description.split()) in words  # folded at spaces, every word kept
             for field in dataclasses.fields(cls.Params):
-                if not isinstance(field.default, tuple):  # long tuples may fold over two lines
-                    assert f"{field.name}={field.default!r}" in cells
+                default = field.default
+                if isinstance(default, tuple):  # written without spaces: one token, kept whole
+                    assert f"{field.name}=({','.join(map(repr, default))})" in tokens
+                else:
+                    assert f"{field.name}={default!r}" in tokens
 
 
 def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from bench.cli.common import console, stored_study_names
+from bench.cli.common import arm_table, console, stored_study_names
 from bench.store import ResultStore
 
 
@@ -19,8 +17,7 @@ def status_command(
     store = ResultStore(storage)
     for name in stored_study_names(store, study):
         progress = store.stored_progress(name)
-        table = Table("arm", "runs", "done", "failed", "running", "waiting", "left",
-                      title=f"{name} in {store.url}", title_justify="left")
+        table = arm_table(f"{name} in {store.url}", ["runs", "done", "failed", "running", "waiting", "left"])
         total = None
         for arm, p in progress.items():
             table.add_row(arm, str(p.total), str(p.done), str(p.failed), str(p.running), str(p.waiting), str(p.left))

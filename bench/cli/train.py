@@ -64,6 +64,15 @@ def train_command(
         raise typer.Exit(1)
 
 
+# What a balancer's counters mean, and what to do about them (README, GradNorm's options).
+STAT_SENTENCES = {
+    "nonpositive_weight_steps": "a task weight was <= 0 on {value} of {steps} steps: GradNorm's weights "
+                                "crossed zero (the paper sets no floor); a smaller rate, -b weight_lr=0.002, "
+                                "or a floor, -b floor=0.01, keeps them positive",
+    "floor_binding_steps": "the weight floor bound on {value} of {steps} steps",
+}
+
+
 def print_summary(record: RunRecord) -> None:
     c = record.config
     console.print(f"[bold]{c['balancer']}[/] on [bold]{c['problem']}[/] "
@@ -84,5 +93,6 @@ def print_summary(record: RunRecord) -> None:
                       f"overfitting gap {fmt(record.normalized_overfitting_gap)}")
     for key, value in record.balancer_stats.items():
         if isinstance(value, int) and value:
-            console.print(f"{key.replace('_', ' ')}: {value}")
+            console.print(STAT_SENTENCES.get(key, f"{key.replace('_', ' ')}: {{value}}")
+                          .format(value=value, steps=record.steps_done))
     console.print(f"wall time {record.wall_time_s:.1f} s")
