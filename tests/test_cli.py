@@ -102,6 +102,21 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
     assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
 
 
+def test_compare_prints_each_paired_sentence_once(capsys):
+    """The headline repeats GradNorm static vs GradNorm word for word; the list below the table
+    gives only what the headline has not."""
+    from bench.cli.compare import print_comparison
+    from tests.test_compare import hand_made
+
+    c = hand_made()
+    sentences = list(c.comparisons.sentence)
+    c.headline.append(sentences[-1])
+    print_comparison(c)
+    text = " ".join(capsys.readouterr().out.split())
+    for sentence in sentences:
+        assert text.count(" ".join(sentence.split())) == 1, sentence
+
+
 def test_train_explains_gradnorm_weights_crossing_zero_and_how_to_avoid_it(capsys, monkeypatch):
     """The README's case: sigma = (1, 100) and the NYUv2 weight rate drive w_1 across zero."""
     from bench.cli import common

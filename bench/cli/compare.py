@@ -68,5 +68,7 @@ def print_comparison(c) -> None:
     console.print(table)
     for row in c.main.itertuples():
         console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
+    # The paired comparisons the headline has not already given, word for word.
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
-        console.print(f"- {sentence}")
+        if sentence not in c.headline:
+            console.print(f"- {sentence}")
