@@ -263,7 +263,7 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
     for ax, (i, j) in zip(axes.flat, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
         ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
-        for label, size in zip(others, _nested_sizes(len(others), 160, 45)):
+        for label, size in zip(others, _nested_sizes(len(others), 150, 70)):
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=size,
                        marker="X", color=colours[label], edgecolors="k", label=label)
         _loss_scale(ax, np.r_[losses[:, i], per_task.loc[others, c.tasks[i]]], axis="x")
