@@ -4,7 +4,8 @@ Training frees and re-allocates the same large activation buffers at every step.
 defaults, buffers above the mmap threshold are returned to the OS when freed and the next
 allocation pays a page fault per 4 KiB, which on a CPU made the stacked training step about 25%
 slower (measured with `bench perf`). Raising the thresholds keeps them in the heap. Called by
-the CLI, not on import: a library should not change its host process's allocator unasked.
+the CLI and by the study manager's own worker processes (`--jobs`), not on import: a library
+should not change its host process's allocator unasked.
 """
 
 from __future__ import annotations
