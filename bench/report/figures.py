@@ -36,9 +36,7 @@ def t_interval(values) -> tuple[float, float]:
 def _nested_sizes(n: int, largest: float, smallest: float) -> list[float]:
     """Marker sizes shrinking in drawing order, so that arms landing on one spot (GradNorm and
     its static retrain often do) stay visible as nested markers instead of hiding each other."""
-    if n <= 1:
-        return [largest] * n
-    return list(np.linspace(largest, smallest, n))
+    return list(np.linspace(largest, smallest, n))  # n = 1: [largest]
 
 
 def _records(c: Comparison) -> pd.DataFrame:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
+@functools.cache  # once per process: a worker calls it for every batch it trains
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc for training loops; False where there is no glibc."""
     if not sys.platform.startswith("linux"):
