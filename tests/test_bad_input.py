@@ -103,3 +103,36 @@ def test_a_non_finite_loss(workdir, capsys):
     code, line = run(["train", "--tasks", "2", "--sigmas", "1,1e20", "--steps", "5", "--device", "cpu",
                       "-p", "n_train=100", "-p", "n_val=20", "-p", "n_test=20"], capsys)
     assert code == 1 and "non-finite training loss at step 0" in line and "task1" in line
+
+
+@pytest.mark.parametrize("device,expected", [("tpu", "'cuda:N'"), ("cuda:x", "'cuda:N'"), ("cuda:99", "CUDA device")])
+def test_a_device_this_machine_lacks(workdir, capsys, device, expected):
+    # Checked before anything is queued or trained, by every verb that takes --device.
+    if device == "cuda:99" and not __import__("torch").cuda.is_available():
+        expected = "no CUDA"
+    for args in (["train", "--steps", "1"], ["run", "--study", study(workdir)], ["perf", "--steps", "1"]):
+        code, line = run([*args, "--device", device], capsys)
+        assert code == 2 and "device" in line and repr(device) in line and expected in line, args
+    assert ResultStore().study_names() == []
+
+
+@pytest.mark.parametrize("options,field", [(["--heartbeat", "0"], "--heartbeat"),
+                                           (["--heartbeat", "5", "--grace", "5"], "--grace")])
+def test_heartbeats_that_would_retrain_live_runs(workdir, capsys, options, field):
+    code, line = run(["run", "--study", study(workdir), *options], capsys)
+    assert code == 2 and line.startswith(f"error: {field}:")
+    assert ResultStore().study_names() == []
+
+
+def test_a_benchmark_of_no_steps(workdir, capsys):
+    code, line = run(["perf", "--steps", "0"], capsys)
+    assert code == 2 and "--steps" in line and ">= 1" in line
+
+
+def test_messages_that_name_a_toml_table_keep_it(workdir, capsys):
+    # The error line is printed through rich: "[budget]" must not be taken for markup and dropped.
+    path = study(workdir, TINY.replace("[budget]", "[budget]\nwarmup = 3"))
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "budget.warmup: expected an option of [budget] (its options:" in line
+    code, line = run(["run", "--study", study(workdir, TINY.split("[arms.grid]")[0])], capsys)
+    assert code == 2 and "arms: expected at least one [arms.NAME] table" in line

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names
 from bench.compare import load_comparison
@@ -23,7 +24,7 @@ def compare_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout).")] = "table",
     reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = str(REPORTS_DIR),
-    no_report: Annotated[bool, typer.Option(help="Print the tables only; write no files.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
     if output_format not in ("table", "csv", "markdown"):
@@ -54,9 +55,9 @@ def compare_command(
 
 
 def print_comparison(c) -> None:
-    console.rule(f"[bold]{c.study}[/]")
+    console.rule(f"[bold]{escape(c.study)}[/]")
     for line in c.headline:
-        console.print(f"- {line}")
+        console.print(f"- {escape(line)}")
     table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",
                       ("runs", "failed", "test", "± 95%", "sd", "train", "gap", "sec"))
     for row in c.main.itertuples():
@@ -67,8 +68,8 @@ def print_comparison(c) -> None:
                       f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}")
     console.print(table)
     for row in c.main.itertuples():
-        console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
+        console.print(f"  weights of {escape(row.arm)}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
     # The paired comparisons the headline has not already given, word for word.
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
         if sentence not in c.headline:
-            console.print(f"- {sentence}")
+            console.print(f"- {escape(sentence)}")

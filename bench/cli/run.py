@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt
@@ -37,8 +38,8 @@ def run_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
     jobs: Annotated[int, typer.Option(help="Parallel training processes (joblib).")] = 1,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds to run, e.g. 0,1,2 or 0-4 (default: the study's). More seeds add runs to the same study.")] = None,
-    quick: Annotated[bool, typer.Option(help=f"A quick look: {QUICK_FACTOR:.0%} of the steps, stored as its own study <name>-quick.")] = False,
-    new_version: Annotated[bool, typer.Option(help="If the study's configuration changed, store it as <name>-vN instead of stopping.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help=f"A quick look: {QUICK_FACTOR:.0%} of the steps, stored as its own study <name>-quick.")] = False,
+    new_version: Annotated[bool, typer.Option("--new-version", help="If the study's configuration changed, store it as <name>-vN instead of stopping.")] = False,
     batch_runs: Annotated[Optional[int], typer.Option(help="Runs stacked into one model at most (default: automatic).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")] = "auto",
     heartbeat: Annotated[int, typer.Option(help="Seconds between heartbeats of runs in hand.")] = HEARTBEAT_INTERVAL,
@@ -54,12 +55,17 @@ def run_command(
         spec = spec.quick(QUICK_FACTOR)
     if batch_runs is not None and batch_runs < 1:
         raise ConfigError("--batch-runs", "an integer >= 1", batch_runs)
+    if heartbeat < 1:
+        raise ConfigError("--heartbeat", "a whole number of seconds >= 1", heartbeat)
+    if grace <= heartbeat:
+        # A shorter grace would declare live runs dead between two beats and retrain them.
+        raise ConfigError("--grace", f"more seconds than --heartbeat ({heartbeat})", grace)
     store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
-    console.print(f"study [bold]{spec.name}[/] from {spec.path}: {len(spec.runs())} runs "
-                  f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
-                  f"seeds {spec.seeds}, {spec.budget.steps} steps each")
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
                          new_version=new_version, backend=backend, scheduler=scheduler)
+    console.print(f"study [bold]{escape(spec.name)}[/] from {escape(str(spec.path))}: {len(spec.runs())} runs "
+                  f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
+                  f"seeds {spec.seeds}, {spec.budget.steps} steps each")
     runner.prepare()  # refuses a changed configuration before anything is shown or trained
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),

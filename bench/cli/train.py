@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json
@@ -60,7 +61,7 @@ def train_command(
     else:
         print_summary(record)
     if not record.ok:
-        err_console.print(f"[red]error:[/] the run failed: {record.reason}", soft_wrap=True)
+        err_console.print(f"[red]error:[/] the run failed: {escape(record.reason)}", soft_wrap=True)
         raise typer.Exit(1)
 
 

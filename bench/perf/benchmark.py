@@ -32,11 +32,13 @@ import torch
 from torch import nn
 
 from bench import __version__
+from bench.errors import ConfigError
 from bench.problems.layers import StackedLinear
 from bench.study.spec import StudySpec
 from bench.training import BatchTrainer, Budget, RunConfig, train, train_runs
 from bench.training.batching import max_stacked_runs, plan_batches
-from bench.training.engine import batch_indices, problem_for, resolve_device
+from bench.training.device import resolve_device
+from bench.training.engine import batch_indices, problem_for
 
 Progress = Callable[[str], None]
 
@@ -191,7 +193,9 @@ def warm_up(configs: list[RunConfig]) -> None:
 def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "auto",
                   sequential: bool = True, progress: Progress = lambda _: None,
                   rounds: int = 11) -> dict[str, Any]:
-    dev = resolve_device(device)
+    if steps < 1:
+        raise ConfigError("--steps", "an integer >= 1", steps)
+    dev = resolve_device(device, field="--device")
     spec = StudySpec.load(study)
     configs = study_configs(spec, steps, device)
     out: dict[str, Any] = {

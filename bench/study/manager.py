@@ -43,8 +43,9 @@ from bench.study.spec import StudySpec
 from bench.training import RunConfig, train_runs
 from bench.training.allocator import keep_freed_memory
 from bench.training.batching import DEFAULT_MAX_RUNS, max_stacked_runs, plan_batches
-from bench.training.engine import resolve_device
 from bench.training.config import config_hash
+from bench.training.device import resolve_device
+
 
 class Interrupted(BenchError):
     exit_code = 130
@@ -120,6 +121,7 @@ class StudyRunner:
                  on_progress: Callable[[float, int], None] | None = None):
         if jobs < 1:
             raise BenchError("--jobs must be at least 1")
+        resolve_device(device, field="--device")  # here, not after the study is queued
         self.spec = spec
         self.store = store
         self.jobs = jobs

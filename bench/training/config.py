@@ -17,6 +17,7 @@ from bench.balancers import balancer_class, build_balancer_params
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.problems import build_problem
+from bench.training.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,7 @@ class RunConfig:
                               list(static_weights), source=source)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError("dtype", "'float32' or 'float64'", self.dtype, source=source)
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError("device", "'auto', 'cpu' or 'cuda[:N]'", self.device, source=source)
+        resolve_device(self.device, source=source)
         budget = build_params(Budget, dataclasses.asdict(self.budget), source=source)
         return dataclasses.replace(
             self,

@@ -31,6 +31,7 @@ from bench.params import build_params
 from bench.problems import Problem, build_problem
 from bench.problems.layers import StackedLinear
 from bench.training.config import RunConfig, derive_seed
+from bench.training.device import resolve_device
 from bench.training.record import TRAJECTORY_POINTS, RunRecord
 
 ProgressCallback = Callable[[int], None]
@@ -47,13 +48,6 @@ MAX_TASK_WEIGHT = 1e6
 # packed side by side in at most about this many elements (256K floats, 1 MiB): small enough to
 # stay in cache. A large stack of runs takes one task at a time, with no packing copy at all.
 NORM_PACK_ELEMENTS = 1 << 18
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' is CUDA when available, else the CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 @functools.lru_cache(maxsize=8)
