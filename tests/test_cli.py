@@ -117,6 +117,23 @@ def test_compare_prints_each_paired_sentence_once(capsys):
         assert text.count(" ".join(sentence.split())) == 1, sentence
 
 
+def test_names_with_brackets_are_shown_as_written(tmp_path, monkeypatch, capsys):
+    """Arm names are the user's TOML keys; rich would read "[fine]" or "[red]" as markup and drop it."""
+    monkeypatch.chdir(tmp_path)
+    text = TINY.replace('name = "tiny"', 'name = "tiny[b]"').replace("[arms.grid]", '[arms."grid[fine]"]\nkind = "grid"')
+    (tmp_path / "s.toml").write_text(text.replace("[arms.equal]", '[arms."eq [red]"]\nkind = "equal"'))
+    outputs = []
+    for args in (["run", "--study", "s.toml"], ["status", "--study", "tiny[b]"],
+                 ["compare", "--study", "tiny[b]", "--no-report"]):
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        outputs.append(" ".join((out + err).split()))
+    for out in outputs:
+        assert "grid[fine] " in out and "eq [red] " in out and "tiny[b]" in out
+    assert "next: bench compare --study 'tiny[b]'" in outputs[0]  # quoted: [b] is a shell pattern
+    assert not (tmp_path / "reports").exists()
+
+
 def test_train_explains_gradnorm_weights_crossing_zero_and_how_to_avoid_it(capsys, monkeypatch):
     """The README's case: sigma = (1, 100) and the NYUv2 weight rate drive w_1 across zero."""
     from bench.cli import common

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import optuna
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from bench.cli.common import err_console
 from bench.cli.compare import compare_command
@@ -38,8 +38,7 @@ def user_errors_as_one_line(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except BenchError as err:
-            # escaped: messages quote the user's input and name TOML tables ("[budget]"), not markup
-            err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
+            err_console.print(Text.assemble(("error:", "red"), f" {err}"), soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper

@@ -16,8 +16,10 @@ from bench.report.html import format_number
 from bench.store import ResultStore
 from bench.study import StudySpec
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# No markup: what is printed quotes the user's names, paths and TOML tables ("grid[fine]",
+# "[budget]"), which rich would read as tags and drop. Styles are given explicitly (Text, style=).
+console = Console(highlight=False, markup=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names
 from bench.compare import load_comparison
@@ -55,9 +55,9 @@ def compare_command(
 
 
 def print_comparison(c) -> None:
-    console.rule(f"[bold]{escape(c.study)}[/]")
+    console.rule(Text(c.study, style="bold"))
     for line in c.headline:
-        console.print(f"- {escape(line)}")
+        console.print(f"- {line}")
     table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",
                       ("runs", "failed", "test", "± 95%", "sd", "train", "gap", "sec"))
     for row in c.main.itertuples():
@@ -68,8 +68,8 @@ def print_comparison(c) -> None:
                       f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}")
     console.print(table)
     for row in c.main.itertuples():
-        console.print(f"  weights of {escape(row.arm)}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
+        console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
     # The paired comparisons the headline has not already given, word for word.
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
         if sentence not in c.headline:
-            console.print(f"- {escape(sentence)}")
+            console.print(f"- {sentence}")

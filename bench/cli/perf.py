@@ -24,7 +24,7 @@ def perf_command(
 
     Also: the stacked step's throughput against a large matrix product, and peak memory."""
     figures = run_benchmark(study, steps, device, sequential,
-                            progress=lambda what: err_console.print(f"[dim]measuring {what}...[/]"))
+                            progress=lambda what: err_console.print(f"measuring {what}...", style="dim"))
     append_csv(figures, csv)
     if as_json:
         print_json(figures)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt
@@ -63,9 +64,9 @@ def run_command(
     store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
                          new_version=new_version, backend=backend, scheduler=scheduler)
-    console.print(f"study [bold]{escape(spec.name)}[/] from {escape(str(spec.path))}: {len(spec.runs())} runs "
-                  f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
-                  f"seeds {spec.seeds}, {spec.budget.steps} steps each")
+    console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "
+                                f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
+                                f"seeds {spec.seeds}, {spec.budget.steps} steps each"))
     runner.prepare()  # refuses a changed configuration before anything is shown or trained
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
@@ -86,12 +87,12 @@ def run_command(
                          f"to {RESULTS_DIR / name}: {err.strerror or err}") from None
     print_arm_summary(runs_table(store, name))
     console.print(f"{final.done} runs finished ({runner.trained_here} trained now, "
-                  f"{final.failed} failed) in study [bold]{name}[/]")
+                  f"{final.failed} failed) in study {name}")
     console.print(f"results: {store.url} (Optuna studies {name}/<arm>; open with "
-                  f"`optuna-dashboard {store.url}`)")
+                  f"`optuna-dashboard {shlex.quote(store.url)}`)")
     console.print(f"tables:  {', '.join(str(p) for p in paths)}")
-    console.print(f"next:    bench compare --study {name}"
-                  + (f" --storage {storage}" if storage else ""))
+    console.print(f"next:    bench compare --study {shlex.quote(name)}"  # a command to paste
+                  + (f" --storage {shlex.quote(storage)}" if storage else ""))
 
 
 def print_arm_summary(table) -> None:

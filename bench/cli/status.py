@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
+
 from bench.cli.common import arm_table, console, stored_study_names
 from bench.store import ResultStore
 
@@ -23,8 +25,8 @@ def status_command(
             table.add_row(arm, str(p.total), str(p.done), str(p.failed), str(p.running), str(p.waiting), str(p.left))
             total = p if total is None else total + p
         if total is not None:
-            table.add_row("[bold]all[/]", *(f"[bold]{v}[/]" for v in (total.total, total.done, total.failed,
-                                                                     total.running, total.waiting, total.left)))
+            table.add_row(*(Text(str(v), style="bold") for v in ("all", total.total, total.done, total.failed,
+                                                                  total.running, total.waiting, total.left)))
         console.print(table)
         workers = store.workers(name)
         if workers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json
@@ -61,7 +61,7 @@ def train_command(
     else:
         print_summary(record)
     if not record.ok:
-        err_console.print(f"[red]error:[/] the run failed: {escape(record.reason)}", soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "red"), f" the run failed: {record.reason}"), soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -76,10 +76,10 @@ STAT_SENTENCES = {
 
 def print_summary(record: RunRecord) -> None:
     c = record.config
-    console.print(f"[bold]{c['balancer']}[/] on [bold]{c['problem']}[/] "
-                  f"(seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, "
-                  f"{record.device}): [bold]{record.status}[/]"
-                  + (f" - {record.reason}" if record.reason else ""))
+    console.print(Text.assemble(
+        (c["balancer"], "bold"), " on ", (c["problem"], "bold"),
+        f" (seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, {record.device}): ",
+        (record.status, "bold"), f" - {record.reason}" if record.reason else ""))
     table = arm_table("losses per task (gap = test - train) and weights",
                       ("train", "val", "test", "gap", "mean w", "final w"), key="task")
     for i, name in enumerate(record.task_names):
