@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli import main
 from bench.store import ResultStore
@@ -108,7 +110,7 @@ def test_a_non_finite_loss(workdir, capsys):
 @pytest.mark.parametrize("device,expected", [("tpu", "'cuda:N'"), ("cuda:x", "'cuda:N'"), ("cuda:99", "CUDA device")])
 def test_a_device_this_machine_lacks(workdir, capsys, device, expected):
     # Checked before anything is queued or trained, by every verb that takes --device.
-    if device == "cuda:99" and not __import__("torch").cuda.is_available():
+    if device == "cuda:99" and not torch.cuda.is_available():
         expected = "no CUDA"
     for args in (["train", "--steps", "1"], ["run", "--study", study(workdir)], ["perf", "--steps", "1"]):
         code, line = run([*args, "--device", device], capsys)
@@ -136,3 +138,19 @@ def test_messages_that_name_a_toml_table_keep_it(workdir, capsys):
     assert code == 2 and "budget.warmup: expected an option of [budget] (its options:" in line
     code, line = run(["run", "--study", study(workdir, TINY.split("[arms.grid]")[0])], capsys)
     assert code == 2 and "arms: expected at least one [arms.NAME] table" in line
+
+
+@pytest.mark.parametrize("storage,expected", [
+    ("a_folder", "is not a file"),
+    ("/dev/null", "is not a file"),  # Optuna's journal would fail on its first append, with a traceback
+    ("sqlite://", "in-memory database"),
+    ("sqlite:///:memory:", "in-memory database"),
+    ("mysql://bench@127.0.0.1:1/db", "(the module MySQLdb); for MySQL: pip install pymysql"),
+])
+def test_storages_that_cannot_keep_results(workdir, capsys, storage, expected):
+    if "MySQLdb" in expected and importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("a MySQL driver is installed here")
+    (workdir / "a_folder").mkdir()
+    for verb in ("run", "status"):
+        code, line = run([verb, "--study", study(workdir), "--storage", storage], capsys)
+        assert code == 2 and storage in line and expected in line, verb

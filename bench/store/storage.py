@@ -35,6 +35,11 @@ DEFAULT_STORAGE = "results/bench.journal"
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 30
 HEARTBEAT_ATTR = "bench:heartbeat"
+# What to install when SQLAlchemy lacks a URL's driver, by dialect.
+DRIVER_HINTS = {
+    "postgresql": "for PostgreSQL: pip install 'gradnorm-bench[postgres]' (psycopg2: a postgresql:// URL)",
+    "mysql": "for MySQL: pip install pymysql, and write the URL as mysql+pymysql://...",
+}
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -93,10 +98,16 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> BaseS
         if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise StorageError(f"the results storage {path} is not writable: check the folder's "
                                "permissions or pass --storage with another path or URL")
+        if path.exists() and not path.is_file():  # a folder, /dev/null: the journal's appends fail later
+            raise StorageError(f"the results storage {path} is not a file: pass --storage with a journal "
+                               "file's path (it is created if missing) or an RDB URL")
         try:
             return HeartbeatJournalStorage(str(path), heartbeat_interval, grace_period, retry)
         except OSError as err:
             raise StorageError(f"cannot open the results storage {path}: {err}") from None
+    if url.split("?")[0] in ("sqlite://", "sqlite:///:memory:"):
+        raise StorageError(f"the storage {url} is an in-memory database, which keeps nothing once this "
+                           "command ends: give a file, sqlite:///results/bench.db, or leave --storage out")
     try:
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         if url.startswith(("postgresql", "mysql")):
@@ -104,8 +115,11 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> BaseS
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period, heartbeat_stale_trial_callback=retry)
     except ImportError as err:
-        raise StorageError(f"the storage {url} needs a database driver that is not installed ({err.name}); "
-                           "for PostgreSQL: pip install psycopg2-binary") from None
+        # Optuna's message is generic; the module SQLAlchemy tried to import is in the cause.
+        missing = getattr(err.__cause__, "name", None) or err.name or "unknown"
+        raise StorageError(f"the storage {url} needs a database driver that is not installed (the module "
+                           f"{missing}); "
+                           + DRIVER_HINTS.get(url.split(":")[0].split("+")[0], DRIVER_HINTS["postgresql"])) from None
     except Exception as err:  # SQLAlchemy's errors: unreachable host, bad credentials, bad URL
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StorageError(f"cannot open the storage {url}: {message}") from None
