@@ -154,3 +154,15 @@ def test_storages_that_cannot_keep_results(workdir, capsys, storage, expected):
     for verb in ("run", "status"):
         code, line = run([verb, "--study", study(workdir), "--storage", storage], capsys)
         assert code == 2 and storage in line and expected in line, verb
+
+
+def test_outputs_that_cannot_be_written(workdir, capsys):
+    (workdir / "a_file").write_text("not a folder")
+    path = study(workdir)
+    assert main(["run", "--study", path]) == 0
+    capsys.readouterr()
+    code, line = run(["compare", "--study", "tiny", "--reports", "a_file/reports"], capsys)
+    assert code == 2 and "cannot write the report of tiny to a_file/reports/tiny" in line and "--no-report" in line
+    # Checked before the benchmark's minutes of measuring, whose figures would otherwise be lost.
+    code, line = run(["perf", "--csv", "a_file/perf.csv"], capsys)
+    assert code == 2 and "--csv" in line and "a_file/perf.csv" in line

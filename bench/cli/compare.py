@@ -12,7 +12,7 @@ from rich.text import Text
 
 from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names
 from bench.compare import load_comparison
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError
 from bench.report import REPORTS_DIR, write_report
 from bench.store import ResultStore
 
@@ -39,7 +39,12 @@ def compare_command(
         if output_format == "table":
             print_comparison(comparison)
         if not no_report:
-            path = write_report(comparison, Path(reports), storage)
+            try:
+                path = write_report(comparison, Path(reports), storage)
+            except OSError as err:
+                raise BenchError(f"cannot write the report of {name} to {Path(reports) / name}: "
+                                 f"{err.strerror or err} ({err.filename}); pass --reports with another "
+                                 "folder, or --no-report") from None
             (err_console if output_format != "table" else console).print(f"report: {path}")
     if output_format != "table":
         frame = pd.concat(mains, ignore_index=True)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from bench.cli.common import console, err_console, print_json
+from bench.errors import ConfigError
 from bench.perf import append_csv, run_benchmark
 
 
@@ -23,6 +24,7 @@ def perf_command(
     """Time a study's runs one by one and stacked, and a GradNorm step against an equal one.
 
     Also: the stacked step's throughput against a large matrix product, and peak memory."""
+    require_writable(csv)  # before minutes of measuring, not after
     figures = run_benchmark(study, steps, device, sequential,
                             progress=lambda what: err_console.print(f"measuring {what}...", style="dim"))
     append_csv(figures, csv)
@@ -38,3 +40,17 @@ def perf_command(
         table.add_row(key, str(value))
     console.print(table)
     console.print(f"appended to {csv}")
+
+
+def require_writable(csv: Path) -> None:
+    """Open `csv` for appending once (creating its folder), or raise a ConfigError naming --csv."""
+    existed = csv.exists()
+    try:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        with csv.open("a"):
+            pass
+    except OSError as err:
+        raise ConfigError("--csv", "a CSV file that can be written (it is created if missing)",
+                          f"{csv}: {err.strerror or err}") from None
+    if not existed:
+        csv.unlink()  # an empty file would read as a CSV with another header
