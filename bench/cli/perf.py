@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from bench.cli.common import console, err_console, print_json
@@ -26,17 +27,18 @@ def perf_command(
     Also: the stacked step's throughput against a large matrix product, and peak memory."""
     require_writable(csv)  # before minutes of measuring, not after
     figures = run_benchmark(study, steps, device, sequential,
-                            progress=lambda what: err_console.print(f"measuring {what}...", style="dim"))
+                            progress=lambda what: err_console.print(f"{what}...", style="dim"))
     append_csv(figures, csv)
     if as_json:
         print_json(figures)
         return
-    table = Table("figure", "value", title=f"bench perf ({figures['device']}, {figures['threads']} threads)")
+    table = Table("figure", "value", title=f"bench perf ({figures['device']}, {figures['threads']} threads)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for key, value in figures.items():
         if isinstance(value, dict):
             value = ", ".join(f"T={k}: {v:.2f}" for k, v in value.items())
         elif isinstance(value, float):
-            value = f"{value:.3g}"
+            value = f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"  # 1790 MB, not 1.79e+03
         table.add_row(key, str(value))
     console.print(table)
     console.print(f"appended to {csv}")

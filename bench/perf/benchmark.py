@@ -40,7 +40,7 @@ from bench.training.batching import max_stacked_runs, plan_batches
 from bench.training.device import resolve_device
 from bench.training.engine import batch_indices, problem_for
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # told what is being done now, a phrase
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10, device: torch.device | None = None) -> float:
@@ -203,29 +203,29 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
         "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "study": spec.name, "runs": len(configs), "steps": steps,
     }
-    progress("matrix product peak")
+    progress("measuring the matrix product peak")
     out["matmul_gflops"] = matmul_gflops(device=dev)
 
-    progress("warming up")
+    progress("warming up (not timed)")
     warm_up(configs)
     limit = max_stacked_runs(configs[0], dev)
     batches = plan_batches(configs, limit)
     out["batches"] = len(batches)
     out["batch_runs_max"] = max(len(b) for b in batches)
-    progress(f"{len(configs)} runs in {len(batches)} stacked batches")
+    progress(f"training {len(configs)} runs in {len(batches)} stacked batches")
     start = time.perf_counter()
     for batch in batches:
         train_runs([configs[i] for i in batch])
     out["batched_s"] = time.perf_counter() - start
     if sequential:
-        progress(f"{len(configs)} runs one by one")
+        progress(f"training {len(configs)} runs one by one")
         start = time.perf_counter()
         for config in configs:
             train(config)
         out["sequential_s"] = time.perf_counter() - start
         out["batched_speedup"] = out["sequential_s"] / out["batched_s"]
 
-    progress("training step throughput")
+    progress("measuring the training step's throughput")
     grid_config = next(c for c in configs if c.balancer == "static")
     stacked = _trainer(grid_config, min(limit, len(configs)), 60)
     single = _trainer(grid_config, 1, 300)
@@ -246,7 +246,7 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
         out["plain_peak_fraction"] = step_flops(single) / plain / 1e9 / out["matmul_gflops"]
         out["plain_speedup"] = plain / (stacked_step / stacked.n_runs)
 
-    progress("GradNorm step against an equal-weights step")
+    progress("measuring a GradNorm step against an equal-weights step")
     out["gradnorm_step_ratio"] = {}
     out["gradnorm_step_ratio_batched"] = {}
     for tasks in (2, 10, 20):
