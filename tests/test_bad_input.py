@@ -166,3 +166,11 @@ def test_outputs_that_cannot_be_written(workdir, capsys):
     # Checked before the benchmark's minutes of measuring, whose figures would otherwise be lost.
     code, line = run(["perf", "--csv", "a_file/perf.csv"], capsys)
     assert code == 2 and "--csv" in line and "a_file/perf.csv" in line
+
+
+def test_comparing_a_study_before_any_run_has_finished(workdir, capsys):
+    from bench.study import StudyRunner, StudySpec
+
+    StudyRunner(StudySpec.load(study(workdir)), ResultStore()).prepare()  # queued, none trained
+    code, line = run(["compare", "--study", "tiny"], capsys)
+    assert code == 2 and "study 'tiny' has no finished runs yet" in line and "bench status --study tiny" in line

@@ -94,7 +94,8 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
         "train_loss": [2.1271, 2.0864], "overfitting_gap": [0.33, 0.3159],
         "wall_time_s": [3.62, 227.2], "weights": [[2.01, 0.77, 0.22], [2.7, 0.3, 0.0]],
     })
-    print_comparison(SimpleNamespace(study="s", headline=[], main=main, comparisons=pd.DataFrame()))
+    print_comparison(SimpleNamespace(study="s", headline=[], main=main, comparisons=pd.DataFrame(),
+                                     failures=pd.DataFrame()))
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(" g")}
@@ -132,6 +133,27 @@ def test_names_with_brackets_are_shown_as_written(tmp_path, monkeypatch, capsys)
         assert "grid[fine] " in out and "eq [red] " in out and "tiny[b]" in out
     assert "next: bench compare --study 'tiny[b]'" in outputs[0]  # quoted: [b] is a shell pattern
     assert not (tmp_path / "reports").exists()
+
+
+def test_failed_runs_are_listed_with_their_reasons_in_the_terminal_and_the_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # A weight rate of 1e9 sends GradNorm's weights past the divergence limit at step 1; its static
+    # retrains then have no weights to start from. The equal arm's name needs escaping in HTML.
+    text = TINY.replace("alpha = [0.5, 1.0]", "alpha = 0.5\nweight_lr = 1e9")
+    (tmp_path / "s.toml").write_text(text.replace("[arms.equal]", '[arms."equal <b>"]\nkind = "equal"'))
+    assert main(["run", "--study", "s.toml"]) == 0
+    capsys.readouterr()
+    code, out, err = run_cli(["compare", "--study", "tiny"], capsys)
+    assert code == 0, err
+    assert "gradnorm cannot be compared with the grid search (grid): 2 of 2 runs failed" in out
+    assert "nan" not in out.lower()
+    assert "failed runs: 4, left out of every mean above" in out
+    assert "gradnorm alpha=0.5/seed=0: diverged: task weights beyond 1e+06 at step 1" in " ".join(out.split())
+    html = (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    assert "Failed runs (4)" in html and html.count("diverged: task weights beyond 1e+06 at step 1") == 4
+    assert "equal &lt;b&gt;" in html and "<b>" not in html
+    failed = pd.read_csv(tmp_path / "reports" / "tiny" / "failed_runs.csv")
+    assert list(failed.failed_step.fillna(-1)) == [1, 1, -1, -1]
 
 
 def test_train_explains_gradnorm_weights_crossing_zero_and_how_to_avoid_it(capsys, monkeypatch):

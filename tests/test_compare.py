@@ -130,6 +130,28 @@ def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
     assert again.grids["grid"].excluded == 1
 
 
+def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    gradnorm = runs.arm == "gradnorm"
+    runs.loc[gradnorm, "status"] = "failed"
+    runs.loc[gradnorm, "failed_step"] = [3.0, 7.0, 7.0]
+    runs.loc[gradnorm, "reason"] = "diverged: non-finite task weights"
+    for column in ("normalized_val_loss", "normalized_test_loss", "normalized_train_loss"):
+        runs.loc[gradnorm, column] = math.nan
+    again = build_comparison("hand", c.manifest, runs, [])
+    assert again.headline == ["gradnorm cannot be compared with the grid search (grid): 3 of 3 runs failed "
+                              "(see the failed runs)."]
+    assert "gradnorm" not in set(again.standings.arm)  # NaN would rank first among the grid points
+    failures = again.failures
+    assert list(failures.run_key) == [f"alpha=0.12/seed={s}" for s in (0, 1, 2)]
+    assert list(failures.failed_step) == [3, 7, 7] and all(type(v) is int for v in failures.failed_step)
+    assert set(failures.reason) == {"diverged: non-finite task weights"}
+    assert hand_made().failures.empty
+    with pytest.raises(ValueError, match="NaN"):
+        standing(math.nan, [1.0, 2.0])
+
+
 def test_report_figures_use_a_log_axis_only_for_losses_spanning_a_decade():
     fig, ax = plt.subplots()
     assert _loss_scale(ax, [2.4, 2.8, 2.6]) == "linear" and ax.get_yscale() == "linear"

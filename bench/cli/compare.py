@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +18,8 @@ from bench.report import REPORTS_DIR, write_report
 from bench.store import ResultStore
 
 CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
+# Failed runs listed in the terminal, with their reasons; the report lists every one.
+FAILED_RUNS_SHOWN = 5
 
 
 def compare_command(
@@ -73,8 +76,15 @@ def print_comparison(c) -> None:
                       f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}")
     console.print(table)
     for row in c.main.itertuples():
-        console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
+        if not all(math.isnan(w) for w in row.weights):  # an arm whose runs all failed has none
+            console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
     # The paired comparisons the headline has not already given, word for word.
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
         if sentence not in c.headline:
             console.print(f"- {sentence}")
+    if not c.failures.empty:
+        console.print(f"failed runs: {len(c.failures)}, left out of every mean above")
+        for row in c.failures.head(FAILED_RUNS_SHOWN).itertuples():
+            console.print(f"  {row.arm} {row.run_key}: {row.reason}")
+        if len(c.failures) > FAILED_RUNS_SHOWN:
+            console.print(f"  and {len(c.failures) - FAILED_RUNS_SHOWN} more: the report lists them all")

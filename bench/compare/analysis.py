@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare import stats
+from bench.errors import BenchError
 from bench.store.export import runs_table
 from bench.store.results import ResultStore
 
@@ -51,6 +52,15 @@ class Comparison:
     comparisons: pd.DataFrame
     headline: list[str] = field(default_factory=list)
 
+    @property
+    def failures(self) -> pd.DataFrame:
+        """One row per failed run, with the step it failed at and why."""
+        failed = self.runs[self.runs.status == "failed"]
+        failed = failed.reindex(columns=["arm", "run_key", "seed", "failed_step", "reason"]).reset_index(drop=True)
+        # whole steps; NaN where the run never started (shown as "-")
+        steps = pd.Series([v if math.isnan(v) else int(v) for v in failed.failed_step.astype(float)], dtype=object)
+        return failed.assign(failed_step=steps)
+
     def label_runs(self, label: str) -> pd.DataFrame:
         return self.runs[self.runs.label == label]
 
@@ -66,7 +76,8 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     kinds = manifest.get("kinds", {})
     runs = runs.copy()
     if runs.empty:
-        raise ValueError(f"study {study!r} has no finished runs yet")
+        raise BenchError(f"study {study!r} has no finished runs yet; `bench status --study {study}` shows "
+                         "how far it has come")
     runs["variant"] = runs.run_key.map(_variant)
     runs["kind"] = runs.arm.map(kinds)
     n_variants = runs.groupby("arm").variant.nunique()
@@ -189,6 +200,8 @@ def _standings(chosen, grids, main) -> pd.DataFrame:
     weights = dict(zip(main.arm, main.weights))
     tests = dict(zip(main.arm, main.normalized_test_loss))
     for label in main.arm[main.kind.isin(["gradnorm", "gradnorm-static"])]:
+        if math.isnan(tests[label]):  # every run of it failed: nothing to place
+            continue
         for arm, grid in grids.items():
             eligible = grid.points[grid.points.failed == 0]
             s = stats.standing(tests[label], eligible.normalized_test_loss.tolist())
@@ -252,10 +265,15 @@ def _headline(c: Comparison) -> list[str]:
             else:
                 verdict = "beats" if row.mean_difference < 0 else "is beaten by"
             evidence = f" (paired over {int(row.n)} seeds, p = {row.p_value:.2g})"
-        standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
-        grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         failed = int(main.loc[a, "failed"])
         diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
+        if row.n == 0:  # nothing to compare: say why rather than print NaNs
+            why = (f"{failed} of {int(main.loc[a, 'runs'])} runs failed (see the failed runs)" if failed
+                   else "no seed has finished on both")
+            lines.append(f"{a} cannot be compared with the grid search ({b}): {why}.")
+            continue
+        standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
+        grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
             f"{a}{diverged} {verdict} the grid search ({b}){evidence}: test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
             f"the point chosen on validation; {int(standing.n_better)} of {int(standing.n_points)} "

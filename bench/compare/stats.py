@@ -47,6 +47,8 @@ class Standing:
 
 
 def standing(value: float, grid_values: Sequence[float]) -> Standing:
+    if math.isnan(value):  # every comparison with NaN is false: it would rank first
+        raise ValueError("a NaN value has no standing among the grid points")
     grid = np.asarray(grid_values, dtype=float)
     better = int((grid < value).sum())
     worse = int((grid > value).sum())

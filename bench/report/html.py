@@ -59,7 +59,8 @@ def display_table(frame: pd.DataFrame) -> pd.DataFrame:
 def _html(frame: pd.DataFrame, selected: pd.Series | None = None) -> str:
     """An HTML table; rows where `selected` is true get the class "selected"."""
     shown = display_table(frame).reset_index(drop=True)
-    styler = shown.style.hide(axis="index")
+    # Cells hold the user's names and failure reasons: escaped, like the template's text.
+    styler = shown.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)
     if selected is not None:
         marks = [["selected" if s else ""] * shown.shape[1] for s in selected.tolist()]
         styler = styler.set_td_classes(pd.DataFrame(marks, columns=shown.columns))
@@ -71,7 +72,7 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
     grid_points = pd.concat([g.points.assign(grid=arm) for arm, g in c.grids.items()],
                             ignore_index=True) if c.grids else pd.DataFrame()
     return {"main": main, "per_task": c.per_task, "standings": c.standings,
-            "comparisons": c.comparisons, "grid_points": grid_points}
+            "comparisons": c.comparisons, "grid_points": grid_points, "failed_runs": c.failures}
 
 
 def _figure_payload(figure_id: str, title: str, fig: plt.Figure) -> dict[str, Any]:
@@ -119,6 +120,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         standings_table=_html(c.standings) if not c.standings.empty else "",
         per_task_table=_html(c.per_task),
         comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
+        failures_table=_html(c.failures) if not c.failures.empty else "", n_failed=len(c.failures),
         figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
         grid_tables=grid_tables, study_file=manifest.get("study_file", c.study), storage=storage,
         run_env=run_env, report_env=report_env, devices=devices,
