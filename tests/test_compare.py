@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from bench.compare.analysis import build_comparison
 from bench.compare.stats import describe, l2_distance, paired, standing, summarize
+from bench.errors import BenchError
 from bench.report import figures
 from bench.report.figures import _loss_scale, arm_colours
 
@@ -150,6 +151,17 @@ def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results()
     assert hand_made().failures.empty
     with pytest.raises(ValueError, match="NaN"):
         standing(math.nan, [1.0, 2.0])
+
+
+def test_a_grid_with_no_point_finished_on_every_seed_is_one_clear_error():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    grid = runs.arm == "grid"
+    runs.loc[grid & runs.run_key.str.endswith("seed=1"), "status"] = "failed"
+    runs.loc[grid, "reason"] = "diverged: non-finite training loss at step 0 (task b)"
+    with pytest.raises(BenchError, match=r"no point with every seed finished \(3 of 9 runs failed; the most "
+                                         r"common reason: diverged: non-finite training loss"):
+        build_comparison("hand", c.manifest, runs, [])
 
 
 def test_report_figures_use_a_log_axis_only_for_losses_spanning_a_decade():

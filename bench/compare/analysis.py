@@ -119,8 +119,14 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
         rows.append(row)
     points = pd.DataFrame(rows)
     eligible = points[points.failed == 0]
-    if eligible.empty:
-        raise ValueError(f"grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished")
+    if eligible.empty:  # nothing can be selected, so nothing compared: say why, in one line
+        failed = grid_runs[grid_runs.status != "ok"]
+        reasons = failed.reason.dropna() if "reason" in failed else pd.Series(dtype=object)
+        common = f"; the most common reason: {reasons.mode().iloc[0]}" if len(reasons) else ""
+        where = f"results/{grid_runs.study.iloc[0]}/runs.csv" if "study" in grid_runs else "the runs table"
+        raise BenchError(f"the grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished "
+                         f"({len(failed)} of {len(grid_runs)} runs failed{common}), so there is nothing "
+                         f"to compare; each run's reason is in {where}")
     best = eligible.sort_values("normalized_val_loss").iloc[0]
     points["selected"] = points.point == best.point
     points = points.sort_values("normalized_val_loss").reset_index(drop=True)
