@@ -86,6 +86,21 @@ def test_every_arm_runs_and_is_stored(store):
     assert ((grid.weight_task0 + grid.weight_task1) - 2).abs().max() < 1e-9
 
 
+@pytest.mark.parametrize("sampler", ["random", "qmc", "cmaes", "grid"])
+def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
+    # GridSampler stops the study after its last point, which raises in ask-and-tell (optuna#5141).
+    text = TINY.replace('method = "exhaustive"\nresolution = 0.5',
+                        f'method = "optuna"\nsampler = "{sampler}"\nn_trials = 4\nparallel_points = 2')
+    progress = StudyRunner(spec_of(text), store).run()
+    assert progress.left == 0 and progress.failed == 0
+    points = {tuple(r["record"]["config"]["balancer_params"]["weights"])
+              for (arm, _), r in results_by_key(store, "tiny").items() if arm == "grid"}
+    assert len(points) == 4
+    if sampler == "grid":  # the cube's 1-d grid 0, 1/3, 2/3, 1, on the simplex
+        expected = sorted(tuple(cube_to_simplex([z], 2)) for z in (0, 1 / 3, 2 / 3, 1))
+        assert [w for p in sorted(points) for w in p] == pytest.approx([w for p in expected for w in p])
+
+
 def test_rerunning_a_finished_study_trains_nothing(store):
     StudyRunner(spec_of(TINY), store).run()
     again = StudyRunner(spec_of(TINY), store)

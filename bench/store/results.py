@@ -78,6 +78,20 @@ class StudyConfigChanged(BenchError):
     """A study of this name exists with another configuration."""
 
 
+def tell(study: optuna.Study, number: int, *args: Any, **kwargs: Any) -> None:
+    """`study.tell`, where GridSampler's stop after the last grid point is not an error.
+
+    GridSampler calls `study.stop()` once every point is evaluated; outside `optimize()` that
+    raises RuntimeError (optuna#5141, documented for ask-and-tell) after Optuna has stored the
+    trial's result. The grid being done is expected here: the runs are all stored.
+    """
+    try:
+        study.tell(number, *args, **kwargs)
+    except RuntimeError as err:
+        if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(err)):
+            raise
+
+
 def arm_study_name(study: str, arm: str) -> str:
     return f"{study}/{arm}"
 
@@ -285,7 +299,7 @@ class ResultStore:
         try:
             for key, v in attrs.items():
                 self.storage.set_trial_user_attr(trial._trial_id, key, v)
-            study.tell(trial.number, value)
+            tell(study, trial.number, value)
         except UpdateFinishedTrialError:
             return False
         return True
@@ -296,7 +310,7 @@ class ResultStore:
         try:
             for key, v in {**(attrs or {}), STATUS: "failed", REASON: reason}.items():
                 self.storage.set_trial_user_attr(trial._trial_id, key, v)
-            study.tell(trial.number, state=TrialState.FAIL)
+            tell(study, trial.number, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             return False
         return True
@@ -308,7 +322,7 @@ class ResultStore:
             if before.state != TrialState.RUNNING:
                 return
             self.storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)
-            study.tell(trial.number, state=TrialState.FAIL)
+            tell(study, trial.number, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             return
         RetryHeartbeatStaleTrialCallback()(study, before)
