@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,20 @@ def test_a_non_finite_loss(workdir, capsys):
     code, line = run(["train", "--tasks", "2", "--sigmas", "1,1e20", "--steps", "5", "--device", "cpu",
                       "-p", "n_train=100", "-p", "n_val=20", "-p", "n_test=20"], capsys)
     assert code == 1 and "non-finite training loss at step 0" in line and "task1" in line
+
+
+def test_a_failed_run_prints_strict_json(workdir, capsys):
+    # Its losses are infinite; NaN and Infinity are not JSON (jq refuses them): they become null.
+    code = main(["train", "--tasks", "2", "--sigmas", "1,1e20", "--steps", "5", "--device", "cpu", "--json",
+                 "-p", "n_train=100", "-p", "n_val=20", "-p", "n_test=20"])
+    out = capsys.readouterr().out
+
+    def refuse(token):
+        raise AssertionError(f"{token} in the JSON output")
+
+    record = json.loads(out, parse_constant=refuse)
+    assert code == 1 and record["status"] == "failed"
+    assert record["curves"]["train"][0][1] is None  # task1's infinite loss at step 0
 
 
 @pytest.mark.parametrize("device,expected", [("tpu", "'cuda:N'"), ("cuda:x", "'cuda:N'"), ("cuda:99", "CUDA device")])

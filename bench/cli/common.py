@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -34,9 +35,20 @@ def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, str
 
 
 def print_json(data: Any) -> None:
-    """Exactly one JSON object on stdout."""
-    sys.stdout.write(json.dumps(data, allow_nan=True) + "\n")
+    """Exactly one strict JSON object on stdout: non-finite numbers (a diverged run's losses)
+    become null, since NaN and Infinity are not JSON and jq and most parsers refuse them."""
+    sys.stdout.write(json.dumps(_strict(data), allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def arm_table(title: str, numeric_columns: Iterable[str], key: str = "arm") -> Table:
