@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -52,7 +53,7 @@ class Comparison:
     comparisons: pd.DataFrame
     headline: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property  # read by the terminal and the report several times each
     def failures(self) -> pd.DataFrame:
         """One row per failed run, with the step it failed at and why."""
         failed = self.runs[self.runs.status == "failed"]
