@@ -26,7 +26,9 @@ def _describe(tp: Any) -> str:
         parts = [_describe(a) for a in get_args(tp) if a is not type(None)]
         return " or ".join(parts) + (" or nothing" if type(None) in get_args(tp) else "")
     if origin is tuple:
-        return f"a list of {_describe(get_args(tp)[0])}s"
+        item = get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
+        return "a list of " + plural.get(item, f"values, each {_describe(item)}")
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )

@@ -77,6 +77,21 @@ def test_negative_alpha(workdir, capsys):
     assert code == 2 and "alpha" in line
 
 
+@pytest.mark.parametrize("option,value,expected", [
+    ("sigmas", "1,a", "problem.sigmas: expected a list of numbers"),
+    ("tasks", "three", "problem.tasks: expected an integer"),
+])
+def test_problem_options_of_the_wrong_type(workdir, capsys, option, value, expected):
+    code, line = run(["train", "--steps", "1", "-p", f"{option}={value}"], capsys)
+    assert code == 2 and expected in line and value in line
+
+
+@pytest.mark.parametrize("option", ["--seed", "--data-seed"])
+def test_a_negative_seed(workdir, capsys, option):
+    code, line = run(["train", "--steps", "1", option, "-1"], capsys)
+    assert code == 2 and option.lstrip("-").replace("-", "_") in line and ">= 0" in line
+
+
 def test_unreachable_storage(workdir, capsys):
     path = study(workdir)
     code, line = run(["run", "--study", path, "--storage", "postgresql+psycopg2://bench@127.0.0.1:1/nowhere"], capsys)

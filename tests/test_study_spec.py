@@ -139,6 +139,7 @@ BAD = [
     ("bad seeds", TINY.replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds"),
     ("bad budget", TINY.replace("steps = 10", "steps = 0"), "budget.steps"),
     ("batch larger than the data", TINY.replace("batch_size = 16", "batch_size = 1000"), "batch_size"),
+    ("one task", TINY.replace("tasks = 2\nsigmas = [1.0, 10.0]", "tasks = 1"), "problem"),
     ("bad sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nsampler = "magic"\nn_trials = 3'), "arms.grid.sampler"),
 ]
 

@@ -82,12 +82,12 @@ class Arm:
         self.balancer_params: dict[str, Any] = {}
         if self.takes_balancer_options is not None:
             params = build_params(balancer_class(self.takes_balancer_options).Params, table,
-                                  source=source, prefix=f"arms.{name}.", owner=f"a '{self.kind}' arm")
+                                  source=source, prefix=f"arms.{name}.", owner=f"the '{self.kind}' arm")
             # Keep only what the file set: defaults stay the balancer's, not frozen in the study.
             self.balancer_params = {k: v for k, v in params_to_dict(params).items() if k in table}
             table = {}
         if table:
-            raise ConfigError(self.field(sorted(table)[0]), "an option of a "
+            raise ConfigError(self.field(sorted(table)[0]), "an option of the "
                               f"'{self.kind}' arm ({', '.join(self.options) or 'none'})", source=source)
         self.parse(own)
 

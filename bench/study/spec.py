@@ -116,6 +116,10 @@ class StudySpec:
             raise error("problem", "a [problem] table with a `name`", problem_table)
         problem_params = {k: v for k, v in problem_table.items() if k != "name"}
         problem = build_problem(problem_table["name"], problem_params, source=source)
+        if problem.n_tasks < 2:
+            # Every arm would train the same single-task run: nothing to weigh or compare.
+            raise error("problem", "a problem with at least 2 tasks (a study compares task weightings)",
+                        problem.n_tasks)
         budget_table = data.get("budget", {})
         if not isinstance(budget_table, dict):
             raise error("budget", "a [budget] table", budget_table)

@@ -83,6 +83,9 @@ class RunConfig:
         if static_weights is not None and len(static_weights) != problem.n_tasks:
             raise ConfigError("balancer.weights", f"{problem.n_tasks} weights, one per task",
                               list(static_weights), source=source)
+        for name, seed in (("seed", self.seed), ("data_seed", self.data_seed)):
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+                raise ConfigError(name, "an integer >= 0 (as a study's seeds)", seed, source=source)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError("dtype", "'float32' or 'float64'", self.dtype, source=source)
         resolve_device(self.device, source=source)
