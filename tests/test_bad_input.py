@@ -116,6 +116,25 @@ def test_a_study_changed_under_the_same_name_keeps_what_is_stored(workdir, capsy
     assert after == before
 
 
+def test_a_study_file_reads_the_stored_version_it_describes(workdir, capsys):
+    path = study(workdir)
+    assert main(["run", "--study", path]) == 0
+    study(workdir, TINY.replace("lr = 0.01", "lr = 0.02"))
+    assert main(["run", "--study", path, "--new-version"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--study", path]) == 0
+    assert capsys.readouterr().out.startswith("tiny-v2 in ")
+    study(workdir)  # back to the first configuration: the file names 'tiny' again
+    assert main(["status", "--study", path]) == 0
+    assert capsys.readouterr().out.startswith("tiny in ")
+    study(workdir, TINY.replace("lr = 0.01", "lr = 0.03"))  # never run: no stored results are its
+    code, line = run(["compare", "--study", path, "--no-report"], capsys)
+    assert code == 2 and "has not been run" in line and "tiny, tiny-v2" in line and "--new-version" in line
+    study(workdir, TINY.replace("lr = 0.01", "lr = 0.02"))  # stored as v2: the refusal says so
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "stored as 'tiny-v2'" in line
+
+
 def test_a_non_finite_loss(workdir, capsys):
     # sigma^2 = 1e40 overflows float32: the squared loss is infinite from the first step.
     code, line = run(["train", "--tasks", "2", "--sigmas", "1,1e20", "--steps", "5", "--device", "cpu",

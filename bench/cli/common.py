@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -12,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError
 from bench.report.html import format_number
 from bench.store import ResultStore
 from bench.study import StudySpec
@@ -79,9 +80,26 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
     for name in requested:
         if store.manifest(name) is None:
             try:
-                name = StudySpec.load(name).name
+                spec = StudySpec.load(name)
             except ConfigError:
-                pass  # not a readable study file either: the store's error below names what it holds
+                spec = None  # not a readable study file either: the store's error below names what it holds
+            if spec is not None:
+                name = stored_version_of(store, spec, name)
         store.require_manifest(name)
         out.append(name)
     return out
+
+
+def stored_version_of(store: ResultStore, spec: StudySpec, path: str) -> str:
+    """The stored version of the study a file describes now: the one with its configuration
+    (`name`, or `name-vN` after --new-version), never an older one the file no longer describes."""
+    versions = store.versions(spec.name)
+    if not versions:
+        return spec.name
+    stored = store.stored_version(spec.name, spec.config_hash())
+    if stored is None:
+        raise BenchError(
+            f"{path}: its configuration has not been run: no stored version of study {spec.name!r} "
+            f"({', '.join(v for v, _ in versions)}) has it; run it with `bench run --study "
+            f"{shlex.quote(path)} --new-version`, or name a stored version with --study")
+    return stored

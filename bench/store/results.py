@@ -39,6 +39,7 @@ STATUS = "status"
 REASON = "reason"
 WORKER = "bench:worker"  # trial system attribute: host:pid of the worker holding the run
 WAIT_FOR_OTHERS_S = 120.0
+MAX_VERSIONS = 999  # name, name-v2, ... name-v999
 
 # The run record is kept in a few user attributes: each stays small enough for any RDB's text
 # column, and the per-step series are rounded to 4 significant digits (plenty for a plot).
@@ -90,6 +91,11 @@ def tell(study: optuna.Study, number: int, *args: Any, **kwargs: Any) -> None:
     except RuntimeError as err:
         if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(err)):
             raise
+
+
+def version_name(study: str, version: int) -> str:
+    """The stored name of a study's version: `study`, then `study-v2`, `study-v3`, ..."""
+    return study if version == 1 else f"{study}-v{version}"
 
 
 def arm_study_name(study: str, arm: str) -> str:
@@ -169,13 +175,29 @@ class ResultStore:
                              "run it first with `bench run --study ...`")
         return manifest
 
+    def versions(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        """The stored versions of study `name` (`name`, `name-v2`, ...), with their manifests."""
+        out = []
+        for version in range(1, MAX_VERSIONS + 1):
+            candidate = version_name(name, version)
+            manifest = self.manifest(candidate)
+            if manifest is None:
+                break
+            out.append((candidate, manifest))
+        return out
+
+    def stored_version(self, name: str, config_hash: str) -> str | None:
+        """The stored name of study `name`'s version with this configuration, if it was run."""
+        return next((candidate for candidate, manifest in self.versions(name)
+                     if manifest.get("config_hash") == config_hash), None)
+
     def register(self, name: str, config_hash: str, attrs: dict[str, Any], *,
                  new_version: bool = False) -> str:
         """The stored name for a study with this configuration: `name`, or with --new-version
         the first `name-vN` that is free or holds the same configuration. A different
         configuration under the same name is refused, never mixed in."""
-        for version in range(1, 1000):
-            candidate = name if version == 1 else f"{name}-v{version}"
+        for version in range(1, MAX_VERSIONS + 1):
+            candidate = version_name(name, version)
             try:
                 study = optuna.create_study(storage=self.storage, study_name=candidate,
                                             load_if_exists=False)
@@ -184,11 +206,14 @@ class ResultStore:
                 if stored.get("config_hash") == config_hash:
                     return candidate
                 if not new_version:
+                    same = self.stored_version(name, config_hash)
+                    hint = (f"it is stored as {same!r}: pass --new-version to continue it" if same else
+                            "pass --new-version to store this one as a new version (first free: "
+                            f"{version_name(name, len(self.versions(name)) + 1)})")
                     raise StudyConfigChanged(
                         f"study {name!r} in {self.url} was run with another configuration "
                         f"(stored {stored.get('config_hash')}, now {config_hash}); results are never "
-                        f"mixed: pass --new-version to store this one as a new version "
-                        f"(first free: {name}-v{version + 1}), or --storage for another store"
+                        f"mixed: {hint}, or --storage for another store"
                     ) from None
                 continue
             except optuna.exceptions.StorageInternalError as err:
