@@ -86,8 +86,9 @@ def run_command(
         raise BenchError(f"every run is stored in {store.url}, but the tables could not be written "
                          f"to {RESULTS_DIR / name}: {err.strerror or err}") from None
     print_arm_summary(runs_table(store, name))
-    console.print(f"{final.done} runs finished ({runner.trained_here} trained now, "
-                  f"{final.failed} failed) in study {name}")
+    # `done` counts failed runs too: a failed run is settled, never retried by a later `bench run`.
+    console.print(f"{final.done} of {final.total} runs finished in study {name} "
+                  f"({final.done - final.failed} ok, {final.failed} failed); {runner.trained_here} trained now")
     console.print(f"results: {store.url} (Optuna studies {name}/<arm>; open with "
                   f"`optuna-dashboard {shlex.quote(store.url)}`)")
     console.print(f"tables:  {', '.join(str(p) for p in paths)}")
