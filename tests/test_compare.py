@@ -117,8 +117,29 @@ def test_gradnorm_standing_distance_and_paired_tests():
     assert main.loc["gradnorm", "weights"] == [1.5, 0.5]
     verdict = "beats" if versus_grid.p_value < 0.05 else "does not differ significantly from"
     assert c.headline[0].startswith(
-        f"gradnorm {verdict} the grid search (grid) (paired over 3 seeds, p = {versus_grid.p_value:.2g}): "
+        f"gradnorm {verdict} the grid search (grid; paired over 3 seeds, p = {versus_grid.p_value:.2g}): "
         f"test loss {versus_grid.mean_a:.4g} vs {versus_grid.mean_b:.4g}")
+
+
+@pytest.mark.parametrize("static_tests,verdict", [
+    # lower on every seed, but by a margin the paired t-test cannot tell from noise
+    ((1.099, 1.118, 1.05), "does not differ significantly from"),
+    ((1.00, 1.03, 1.02), "beats"),
+])
+def test_the_headline_claims_static_beats_gradnorm_only_when_the_test_says_so(static_tests, verdict):
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    static = [_run("gradnorm-static", f"alpha=0.12/seed={seed}", seed, 1.0, test, test - 0.1,
+                   weights=(1.5, 0.5)) for seed, test in zip((0, 1, 2), static_tests)]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-static": "gradnorm-static"},
+                "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(static)]), [])
+    row = again.comparisons[again.comparisons.arm == "gradnorm-static"].iloc[0]
+    assert row.versus == "gradnorm" and row.wins == 3
+    assert (row.p_value < 0.05) == (verdict == "beats")
+    assert again.headline[1].startswith(
+        f"gradnorm-static {verdict} gradnorm (paired over 3 seeds, p = {row.p_value:.2g}): test loss "
+        f"{row.mean_a:.4g} vs {row.mean_b:.4g}, lower on 3 of 3 seeds.")
 
 
 def test_failed_seeds_keep_a_grid_point_out_of_the_selection():

@@ -254,44 +254,58 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
                                        "sentence"])
 
 
+def _verdict(row: Any) -> tuple[str, str]:
+    """How arm a stands against arm b in a paired comparison row, claiming a difference only
+    where the paired t-test finds one at the 5 % level; and the evidence, in words."""
+    if row.n < 2 or math.isnan(row.p_value):
+        verdict = "beats" if row.mean_difference < 0 else "does not beat"
+        return verdict, f"{int(row.n)} seed" + ("s" if row.n != 1 else "")
+    if row.p_value >= 0.05:
+        verdict = "does not differ significantly from"
+    else:
+        verdict = "beats" if row.mean_difference < 0 else "is beaten by"
+    return verdict, f"paired over {int(row.n)} seeds, p = {row.p_value:.2g}"
+
+
 def _headline(c: Comparison) -> list[str]:
-    """A few plain sentences answering: did GradNorm match or beat the grid, at what cost, and
-    does it overfit less?"""
+    """A few plain sentences answering the paper's two claims: did GradNorm match or beat the
+    grid, at what cost, and does it overfit less; and do its averaged weights, retrained as
+    static weights, do as well as GradNorm itself?"""
     lines = []
     main = c.main.set_index("arm")
+
+    def gaps(a: str, b: str) -> str:
+        return (f"Overfitting gap (test - train): {main.loc[a, 'overfitting_gap']:.3g} vs "
+                f"{main.loc[b, 'overfitting_gap']:.3g}.")
+
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
         if main.loc[a, "kind"] != "gradnorm" or main.loc[b, "kind"] != "grid":
             continue
-        if row.n < 2 or math.isnan(row.p_value):
-            verdict = "beats" if row.mean_difference < 0 else "does not beat"
-            evidence = f" on {int(row.n)} seed" + ("s" if row.n != 1 else "")
-        else:
-            if row.p_value >= 0.05:
-                verdict = "does not differ significantly from"
-            else:
-                verdict = "beats" if row.mean_difference < 0 else "is beaten by"
-            evidence = f" (paired over {int(row.n)} seeds, p = {row.p_value:.2g})"
         failed = int(main.loc[a, "failed"])
-        diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         if row.n == 0:  # nothing to compare: say why rather than print NaNs
             why = (f"{failed} of {int(main.loc[a, 'runs'])} runs failed (see the failed runs)" if failed
                    else "no seed has finished on both")
             lines.append(f"{a} cannot be compared with the grid search ({b}): {why}.")
             continue
+        verdict, evidence = _verdict(row)
+        diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
-            f"{a}{diverged} {verdict} the grid search ({b}){evidence}: test loss {row.mean_a:.4g} vs {row.mean_b:.4g} for "
-            f"the point chosen on validation; {int(standing.n_better)} of {int(standing.n_points)} "
-            f"grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} runs "
-            f"({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
-            f"Overfitting gap (test - train): {main.loc[a, 'overfitting_gap']:.3g} vs "
-            f"{main.loc[b, 'overfitting_gap']:.3g}."
+            f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss {row.mean_a:.4g} vs "
+            f"{row.mean_b:.4g} for the point chosen on validation; {int(standing.n_better)} of "
+            f"{int(standing.n_points)} grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} "
+            f"runs ({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
+            + gaps(a, b)
         )
     for _, row in c.comparisons.iterrows():
-        if main.loc[row.arm, "kind"] == "gradnorm-static" and main.loc[row.versus, "kind"] == "gradnorm":
-            lines.append(row.sentence)
+        a, b = row.arm, row.versus
+        if main.loc[a, "kind"] != "gradnorm-static" or main.loc[b, "kind"] != "gradnorm" or row.n == 0:
+            continue
+        verdict, evidence = _verdict(row)
+        lines.append(f"{a} {verdict} {b} ({evidence}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g}, "
+                     f"lower on {int(row.wins)} of {int(row.n)} seeds. " + gaps(a, b))
     return lines
 
 
