@@ -186,12 +186,13 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_worker(store, monkeypatch
             SignalledInFinaliser()  # made and finalised at once
 
     sent: list[bool] = []
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a shell's background job
     runner = StudyRunner(spec, store, batch_runs=3, on_progress=on_progress)
     with pytest.raises(manager.Interrupted):
         runner.run()
     assert sent and runner.progress().running == 0
     assert 0 < runner.progress().left
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     assert [type(u.exc_value) for u in unraisable] == [ValueError]
     assert sys.unraisablehook == unraisable.append  # hook restored
 
