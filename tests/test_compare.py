@@ -47,11 +47,11 @@ def test_paired_comparison_and_its_sentence():
     assert r.p_value == pytest.approx(0.0572, abs=1e-3)  # t = -4 with 2 degrees of freedom
     assert r.effect_size == pytest.approx((-4 / 3) / math.sqrt(1 / 3))
     sentence = describe("GradNorm", "the best of 66 grid points", r)
-    assert sentence.startswith("GradNorm beats the best of 66 grid points on 3/3 seeds")
+    assert sentence.startswith("GradNorm has a lower test loss than the best of 66 grid points on 3/3 seeds")
     assert "p = 0.057" in sentence
     worse = paired({0: 2.0, 1: 3.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # two losses, one tie
     assert (worse.wins, worse.losses) == (0, 2)
-    assert describe("GradNorm", "the grid", worse).startswith("GradNorm loses to the grid on 2/3 seeds")
+    assert describe("GradNorm", "the grid", worse).startswith("GradNorm has a higher test loss than the grid on 2/3 seeds")
     # The grid's selected point can be equal weights themselves: the same runs, the same losses.
     same = paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
     assert describe("equal", "the grid", same).startswith(

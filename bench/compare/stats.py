@@ -111,15 +111,16 @@ def _p(result: Paired) -> str:
 
 
 def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
-    """A plain sentence: 'GradNorm beats the best of 66 grid points on 3/3 seeds (...)'."""
+    """A plain sentence that describes and claims nothing: 'GradNorm has a lower test loss than
+    the best of 66 grid points on 3/3 seeds (...)', with the test for the reader to weigh."""
     if result.n == 0:
         return f"{a} and {b} share no finished seed: no comparison."
     effect = "" if math.isnan(result.effect_size) else f", effect size d = {result.effect_size:.2g}"
-    # Said from the side that wins more seeds: "beats ... on 0/3 seeds" reads as a riddle.
+    # Said from the side that wins more seeds: "lower ... on 0/3 seeds" reads as a riddle.
     if result.wins > result.losses:
-        outcome = f"beats {b}{b_detail} on {result.wins}/{result.n} seeds"
+        outcome = f"has a lower test loss than {b}{b_detail} on {result.wins}/{result.n} seeds"
     elif result.losses > result.wins:
-        outcome = f"loses to {b}{b_detail} on {result.losses}/{result.n} seeds"
+        outcome = f"has a higher test loss than {b}{b_detail} on {result.losses}/{result.n} seeds"
     else:
         outcome = (f"is level with {b}{b_detail} (lower on {result.wins}, higher on {result.losses} "
                    f"of {result.n} seeds)")
