@@ -55,7 +55,7 @@ def test_paired_comparison_and_its_sentence():
     # The grid's selected point can be equal weights themselves: the same runs, the same losses.
     same = paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
     assert describe("equal", "the grid", same).startswith(
-        "equal is level with the grid (lower on 0, higher on 0 of 2 seeds)")
+        "equal is level with the grid, lower on 0 and higher on 0 of 2 seeds (")
     assert "no test (equal on every seed)" in describe("equal", "the grid", same)
     assert "too few seeds" in describe("a", "b", paired({0: 1.0}, {0: 2.0}))
 

@@ -122,7 +122,7 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
     elif result.losses > result.wins:
         outcome = f"has a higher test loss than {b}{b_detail} on {result.losses}/{result.n} seeds"
     else:
-        outcome = (f"is level with {b}{b_detail} (lower on {result.wins}, higher on {result.losses} "
-                   f"of {result.n} seeds)")
+        outcome = (f"is level with {b}{b_detail}, lower on {result.wins} and higher on {result.losses} "
+                   f"of {result.n} seeds")
     return (f"{a} {outcome} (mean task-normalised test loss "
             f"{result.mean_a:.4g} vs {result.mean_b:.4g}, {_p(result)}{effect}).")
