@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import matplotlib.pyplot as plt
@@ -274,4 +275,24 @@ def test_arms_on_one_spot_stay_visible_as_nested_markers():
             assert {label for label, _ in scattered} == arms
             sizes = [size for _, size in scattered]
             assert all(a > b for a, b in zip(sizes, sizes[1:])), scattered
+    plt.close("all")
+
+
+def test_no_figure_has_labels_running_into_each_other():
+    """Labels carry arm names, and with GradNorm's alpha in them they get long: the distance
+    figure's "L2 distance ... gradnorm (alpha=0.12)'s averaged weights" ran into the next panel's."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    second = runs[runs.arm == "gradnorm"].assign(run_key=lambda f: f.run_key.str.replace("0.12", "1.5"))
+    two_alphas = build_comparison("hand", c.manifest, pd.concat([runs, second]), [])
+    drawn = []
+    for figure_id, _title, fig in figures.all_figures(two_alphas):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [(i, text.get_window_extent(renderer)) for i, ax in enumerate(fig.axes)
+                 for text in (ax.xaxis.label, ax.yaxis.label, ax.title) if text.get_text()]
+        for (i, a), (j, b) in itertools.combinations(boxes, 2):
+            assert i == j or not a.overlaps(b), figure_id
+        drawn.append(figure_id)
+    assert {"distance", "landscape", "pareto", "gaps"} <= set(drawn)
     plt.close("all")

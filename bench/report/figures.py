@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Iterator
 
 import matplotlib
@@ -41,7 +42,8 @@ def _nested_sizes(n: int, largest: float, smallest: float) -> list[float]:
 
 def _records(c: Comparison) -> pd.DataFrame:
     """Finished runs' records joined with their label and variant."""
-    info = c.runs.set_index(["arm", "run_key"])[["label", "variant", "kind", "seed", "status"]]
+    columns = ["label", "variant", "kind", "seed", "status"]
+    info = c.runs.set_index(["arm", "run_key"])[columns]
     rows = []
     for entry in c.records:
         if entry["record"] is None:
@@ -49,14 +51,15 @@ def _records(c: Comparison) -> pd.DataFrame:
         key = (entry["arm"], entry["run_key"])
         if key in info.index:
             rows.append({**info.loc[key].to_dict(), "arm": entry["arm"], "record": entry["record"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*columns, "arm", "record"])  # the columns even with no record
 
 
 def _chosen(c: Comparison, records: pd.DataFrame) -> pd.DataFrame:
-    """The runs that represent each label (a grid's selected point)."""
+    """The runs (records, or rows of the runs table) that represent each label (a grid's
+    selected point)."""
     keep = [kind != "grid" or variant == c.grids[arm].selected
             for arm, kind, variant in zip(records.arm, records.kind, records.variant)]
-    return records[keep]
+    return records[np.asarray(keep, dtype=bool)]  # a plain empty list would select columns
 
 
 # The colorblind palette with its vermilion moved back: the first four arms (equal, GradNorm,
@@ -224,7 +227,8 @@ def distance_to_gradnorm(c: Comparison) -> plt.Figure | None:
         rho = sps.spearmanr(distance, change).statistic if len(points) > 2 else math.nan
         sns.regplot(x=distance, y=change, ax=ax, scatter_kws={"s": 16}, line_kws={"color": "C3"})
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xlabel(f"L2 distance between grid weights and {row.arm}'s averaged weights")
+        # Wrapped: with a long arm name it would run into the next panel's label.
+        ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights", 55))
         ax.set_ylabel(f"test loss change vs {row.arm} (%)")
         ax.set_title(f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {rho:.2f}")
     fig.tight_layout()
@@ -284,12 +288,8 @@ def pareto_front(c: Comparison) -> plt.Figure | None:
 
 
 def overfitting_gaps(c: Comparison) -> plt.Figure | None:
-    records = _chosen(c, _records(c))
-    runs = c.runs[c.runs.status == "ok"]
-    keep = [kind != "grid" or variant == c.grids[arm].selected
-            for arm, kind, variant in zip(runs.arm, runs.kind, runs.variant)]
-    runs = runs[keep]
-    if runs.empty or records.empty:
+    runs = _chosen(c, c.runs[c.runs.status == "ok"])  # the gaps are in the runs table: no record needed
+    if runs.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.6 * runs.label.nunique() + 1.8))
     sns.barplot(data=runs, y="label", x="normalized_overfitting_gap", errorbar=t_interval, ax=ax,
