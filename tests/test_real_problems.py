@@ -185,3 +185,26 @@ def test_nyuv2_without_data_says_where_to_put_it(tmp_path):
     with pytest.raises(ConfigError) as err:
         problem.load(0)
     assert "nowhere" in str(err.value) and "train" in str(err.value) and "BENCH_NYUV2" in str(err.value)
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda root: np.save(root / "train/image/1.npy", np.zeros((3, 16, 24), np.float32)),
+     "train/image/1.npy: shape (3, 16, 24)"),  # channels first: not the layout
+    (lambda root: np.save(root / "val/depth/2.npy", np.zeros((8, 12, 1), np.float32)),
+     "val/depth/2.npy: shape (8, 12, 1)"),  # another size than the images
+    (lambda root: (root / "train/normal/3.npy").unlink(), "train/normal/3.npy: missing"),
+    (lambda root: (root / "train/label/0.npy").write_text("not an array"), "train/label/0.npy: not a readable"),
+])
+def test_nyuv2_files_of_another_layout_are_named(tmp_path, damage, expected):
+    make_nyuv2(tmp_path / "nyuv2")
+    damage(tmp_path / "nyuv2")
+    with pytest.raises(ConfigError) as err:
+        build_problem("nyuv2", {"root": str(tmp_path / "nyuv2")}).load(0)
+    assert "problem.root" in str(err.value) and expected in str(err.value)
+
+
+def test_nyuv2_with_one_training_image_says_so(tmp_path):
+    make_nyuv2(tmp_path / "nyuv2", train=1)
+    with pytest.raises(ConfigError) as err:
+        build_problem("nyuv2", {"root": str(tmp_path / "nyuv2")}).load(0)
+    assert "at least 2 NYUv2 training images" in str(err.value)

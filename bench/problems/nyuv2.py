@@ -64,14 +64,44 @@ def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
     return ((1 - cos) * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
 
 
+# Channels of each part's arrays: (H, W, C), or (H, W) for the label map.
+PART_CHANNELS = {"image": 3, "label": None, "depth": 1, "normal": 3}
+
+
+def _read(path: Path, part: str, size: tuple[int, ...] | None) -> np.ndarray:
+    """One array of the layout, channels first; a ConfigError naming the file if it is missing,
+    unreadable or of another shape (`size`: the first image's (H, W), which every array shares)."""
+    channels = PART_CHANNELS[part]
+    want = "(H, W)" if channels is None else f"(H, W, {channels})"
+    if size is not None:
+        want += f" with (H, W) = {tuple(size)} as in the first image"
+
+    def wrong(what: str) -> ConfigError:
+        return ConfigError("problem.root", f"NYUv2 {part} arrays of shape {want}", f"{path}: {what}")
+
+    try:
+        array = np.load(path)
+    except FileNotFoundError:
+        raise wrong("missing") from None
+    except (OSError, ValueError) as err:
+        raise wrong(f"not a readable .npy file ({err})") from None
+    ndim = 2 if channels is None else 3
+    if (array.ndim != ndim or (channels is not None and array.shape[2] != channels)
+            or (size is not None and array.shape[:2] != tuple(size))):
+        raise wrong(f"shape {array.shape}")
+    return array if channels is None else array.transpose(2, 0, 1)
+
+
 def load_folder(folder: Path, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     files = sorted((folder / "image").glob("*.npy"), key=lambda p: int(p.stem))
     images, labels, depths, normals = [], [], [], []
+    size = None
     for f in files:
-        images.append(np.load(f).transpose(2, 0, 1))
-        labels.append(np.load(folder / "label" / f.name))
-        depths.append(np.load(folder / "depth" / f.name).transpose(2, 0, 1))
-        normals.append(np.load(folder / "normal" / f.name).transpose(2, 0, 1))
+        images.append(_read(f, "image", size))
+        size = images[0].shape[1:]
+        labels.append(_read(folder / "label" / f.name, "label", size))
+        depths.append(_read(folder / "depth" / f.name, "depth", size))
+        normals.append(_read(folder / "normal" / f.name, "normal", size))
     x = torch.as_tensor(np.stack(images), dtype=torch.float32)
     seg = torch.as_tensor(np.stack(labels), dtype=torch.int64)
     depth = torch.as_tensor(np.stack(depths), dtype=torch.float32)
@@ -154,6 +184,9 @@ class NYUv2Problem(Problem):
         x, seg, depth, normal = load_folder(self.root / "train", self.params.scale)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(data_seed)))
         n_val = max(1, round(self.params.val_fraction * len(x)))
+        if n_val >= len(x):
+            raise ConfigError("problem.root", "at least 2 NYUv2 training images (a fraction val_fraction "
+                              "of them is held out for validation)", f"{len(x)} in {self.root / 'train'}")
         val, train = order[:n_val], order[n_val:]
         tx, tseg, tdepth, tnormal = load_folder(self.root / "val", self.params.scale)
         return DataSplits(
