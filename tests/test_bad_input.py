@@ -92,6 +92,27 @@ def test_a_negative_seed(workdir, capsys, option):
     assert code == 2 and option.lstrip("-").replace("-", "_") in line and ">= 0" in line
 
 
+BROKEN_PROBLEM = """
+import dataclasses
+from bench.problems import Split, build_problem
+
+class Broken(type(build_problem("toy"))):
+    def _load(self, data_seed):
+        data = super()._load(data_seed)
+        return dataclasses.replace(data, val=Split(data.val.inputs, data.val.targets[:1]))
+
+def broken():
+    return Broken(build_problem("toy", {"n_train": 50, "n_val": 10, "n_test": 10}).params)
+"""
+
+
+def test_a_problem_of_ones_own_whose_data_lacks_a_target(workdir, capsys, monkeypatch):
+    (workdir / "broken_problem.py").write_text(BROKEN_PROBLEM)
+    monkeypatch.syspath_prepend(str(workdir))
+    code, line = run(["train", "--problem", "broken_problem:broken", "--steps", "1", "--batch-size", "10"], capsys)
+    assert code == 2 and "Broken._load to return one target tensor per task (2)" in line and "1 in val" in line
+
+
 def test_unreachable_storage(workdir, capsys):
     path = study(workdir)
     code, line = run(["run", "--study", path, "--storage", "postgresql+psycopg2://bench@127.0.0.1:1/nowhere"], capsys)

@@ -41,6 +41,22 @@ def test_train_json_prints_exactly_one_object_with_the_documented_keys(capsys):
     assert record["overfitting_gap"] == pytest.approx([t - s for t, s in zip(record["test_loss"], record["train_loss"])])
 
 
+def test_train_a_problem_of_ones_own_built_on_a_registered_one(tmp_path, monkeypatch, capsys):
+    """Its options are a registered problem's dataclass: they must not be handed back to the
+    user's function, which takes only its own (it failed with 'problem.depth: expected an argument')."""
+    (tmp_path / "own_toy.py").write_text(
+        "from bench.problems import build_problem\n\n"
+        "class Mine(type(build_problem('toy'))):\n    pass\n\n"
+        "def mine(n_train=60):\n"
+        "    return Mine(build_problem('toy', {'n_train': n_train, 'n_val': 20, 'n_test': 20}).params)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = run_cli(["train", "--problem", "own_toy:mine", "-p", "n_train=50", "--steps", "3",
+                              "--batch-size", "10", "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["status"] == "ok" and record["config"]["problem_params"] == {"n_train": "50"}
+
+
 def test_train_prints_a_readable_summary(capsys):
     code, out, _ = run_cli(["train", *TINY_TRAIN, "--balancer", "static", "--weights", "3,1"], capsys)
     assert code == 0

@@ -27,6 +27,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from bench.errors import ConfigError
+
 TaskKind = Literal["regression", "classification", "dense"]
 
 
@@ -193,8 +195,31 @@ class Problem(ABC):
     def load(self, data_seed: int) -> DataSplits:
         """The data for `data_seed`, built once per problem instance."""
         if data_seed not in self._data_cache:
-            self._data_cache[data_seed] = self._load(data_seed)
+            self._data_cache[data_seed] = self._checked(self._load(data_seed))
         return self._data_cache[data_seed]
+
+    def _checked(self, data: Any) -> DataSplits:
+        """`_load`'s data, checked: a problem of one's own that returns the wrong structure gets
+        one clear error here, not an IndexError deep inside training."""
+        def wrong(expected: str, got: str) -> ConfigError:
+            return ConfigError("problem", f"{type(self).__name__}._load to return {expected}", got)
+
+        if not isinstance(data, DataSplits):
+            raise wrong("a DataSplits of train, val and test Splits", type(data).__name__)
+        for split_name, split in data.items():
+            if not isinstance(split, Split) or not isinstance(split.inputs, Tensor):
+                raise wrong(f"a Split of tensors as {split_name}", type(split).__name__)
+            if len(split) == 0:
+                raise wrong("splits of at least one example", f"0 in {split_name}")
+            if len(split.targets) != self.n_tasks:
+                raise wrong(f"one target tensor per task ({self.n_tasks}) in every split",
+                            f"{len(split.targets)} in {split_name}")
+            for task, target in zip(self.task_names, split.targets):
+                if not isinstance(target, Tensor) or target.shape[:1] != split.inputs.shape[:1]:
+                    raise wrong("target tensors with one row per input",
+                                f"{task} in {split_name}: {tuple(getattr(target, 'shape', ()))} "
+                                f"for {len(split)} inputs")
+        return data
 
     def losses(self, preds: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
         """Per-run, per-task mean losses over the batch, shape (R, T)."""

@@ -92,7 +92,10 @@ class RunConfig:
         budget = build_params(Budget, dataclasses.asdict(self.budget), source=source)
         return dataclasses.replace(
             self,
-            problem_params=(params_to_dict(problem.params) if dataclasses.is_dataclass(problem.params)
+            # A registered problem's options with their defaults filled in; a problem function of
+            # one's own is called again with exactly the options it was given.
+            problem_params=(params_to_dict(problem.params)
+                            if ":" not in self.problem and dataclasses.is_dataclass(problem.params)
                             else dict(self.problem_params)),
             balancer_params=params_to_dict(balancer_params),
             budget=budget,
