@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.errors import ConfigError
 from bench.problems.losses import squared_error
 
 
@@ -44,3 +46,17 @@ def test_squared_error_gradient_through_a_broadcast_target():
     base = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(squared_error(pred, base.expand(3, 4, 2)).sum(), [base])
     torch.testing.assert_close(grad, -2 * (pred - base).sum(0) / 8)
+
+
+@pytest.mark.parametrize("pred_shape,target_shape", [
+    ((2, 5, 2), (2, 5, 1)),  # a head of 2 outputs for targets of 1: broadcasting would hide it
+    ((2, 5, 3), (2, 5)),  # a scalar target meets a prediction of 3 outputs
+    ((2, 5, 1), (2, 4, 1)),  # another batch
+    ((2, 5, 1), (3, 5, 1)),  # another number of runs
+])
+def test_squared_error_refuses_predictions_of_another_shape_than_their_targets(pred_shape, target_shape):
+    with pytest.raises(ConfigError) as err:
+        squared_error(torch.zeros(pred_shape), torch.zeros(target_shape))
+    assert f"predictions {pred_shape} for targets {target_shape}" in str(err.value)
+    # one target shared by every run still broadcasts over the runs
+    assert squared_error(torch.ones(3, 5, 2), torch.zeros(1, 5, 2)).tolist() == [1.0, 1.0, 1.0]

@@ -5,10 +5,25 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.errors import ConfigError
+
+
+def _like(pred: Tensor, target: Tensor) -> Tensor:
+    """The target laid out like the prediction. Only the run dimension may broadcast, and a
+    scalar target (R, B) may meet a prediction (R, B, 1): anything else is a model whose heads do
+    not fit the data, which broadcasting would hide (a 2-output head against 1-output targets)."""
+    if target.dim() == pred.dim() - 1 and pred.shape[-1] == 1:
+        target = target.unsqueeze(-1)
+    if (target.dim() != pred.dim() or target.shape[1:] != pred.shape[1:]
+            or target.shape[0] not in (1, pred.shape[0])):
+        raise ConfigError("problem", "heads whose predictions have their targets' shape (runs, batch, ...)",
+                          f"predictions {tuple(pred.shape)} for targets {tuple(target.shape)}")
+    return target.expand_as(pred)
+
 
 def squared_error(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error over the batch and every output of each run."""
-    target = target.expand_as(pred) if target.dim() == pred.dim() else target.unsqueeze(-1).expand_as(pred)
+    target = _like(pred, target)
     # mse_loss's fused kernels take fewer passes over the batch than (pred - target)^2.
     return F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
 
