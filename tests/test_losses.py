@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.errors import ConfigError
-from bench.problems.losses import squared_error
+from bench.problems.losses import cross_entropy, squared_error
 
 
 def reference_squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,3 +62,11 @@ def test_squared_error_refuses_predictions_of_another_shape_than_their_targets(p
     assert f"predictions {pred_shape} for targets {target_shape}" in str(err.value)
     # one target shared by every run still broadcasts over the runs
     assert squared_error(torch.ones(3, 5, 2), torch.zeros(1, 5, 2)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_cross_entropy_refuses_logits_that_do_not_fit_their_targets():
+    with pytest.raises(ConfigError) as err:
+        cross_entropy(torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, dtype=torch.long))
+    assert "logits (2, 5, 3, 4) for targets (2, 5)" in str(err.value)
+    losses = cross_entropy(torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 4, dtype=torch.long))
+    torch.testing.assert_close(losses, torch.full((2,), math.log(3)))

@@ -208,3 +208,13 @@ def test_nyuv2_with_one_training_image_says_so(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_problem("nyuv2", {"root": str(tmp_path / "nyuv2")}).load(0)
     assert "at least 2 NYUv2 training images" in str(err.value)
+
+
+def test_nyuv2_labels_out_of_range_are_refused_when_loaded(tmp_path):
+    """Cross-entropy would fail mid-training on a class index of 13 (on a GPU, ending the process)."""
+    make_nyuv2(tmp_path / "nyuv2")
+    np.save(tmp_path / "nyuv2/val/label/1.npy", np.full((16, 24), 13, np.int64))
+    with pytest.raises(ConfigError) as err:
+        build_problem("nyuv2", {"root": str(tmp_path / "nyuv2")}).load(0)
+    assert "class indices in 0..12 (-1: unlabelled) for segmentation" in str(err.value)
+    assert "to 13 in test" in str(err.value)

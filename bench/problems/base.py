@@ -214,11 +214,19 @@ class Problem(ABC):
             if len(split.targets) != self.n_tasks:
                 raise wrong(f"one target tensor per task ({self.n_tasks}) in every split",
                             f"{len(split.targets)} in {split_name}")
-            for task, target in zip(self.task_names, split.targets):
+            for task, target in zip(self.tasks, split.targets):
                 if not isinstance(target, Tensor) or target.shape[:1] != split.inputs.shape[:1]:
                     raise wrong("target tensors with one row per input",
-                                f"{task} in {split_name}: {tuple(getattr(target, 'shape', ()))} "
+                                f"{task.name} in {split_name}: {tuple(getattr(target, 'shape', ()))} "
                                 f"for {len(split)} inputs")
+                if task.kind == "classification" and task.n_classes:
+                    # Checked once here: out of range, cross-entropy fails mid-training (on a GPU,
+                    # with a device-side assert that ends the process).
+                    if target.is_floating_point() or target.is_complex() or bool(
+                            ((target < -1) | (target >= task.n_classes)).any()):
+                        raise wrong(f"class indices in 0..{task.n_classes - 1} (-1: unlabelled) for "
+                                    f"{task.name}", f"{target.dtype} values from {target.min().item()} "
+                                    f"to {target.max().item()} in {split_name}")
         return data
 
     def losses(self, preds: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:

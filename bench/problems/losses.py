@@ -32,6 +32,9 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Ten
     """Mean cross-entropy per run. logits (R, B, C, ...) with classes on dim 2; target (R, B, ...)
     of class indices; entries equal to `ignore_index` count for nothing."""
     R, B, C = logits.shape[:3]
+    if target.shape != (R, B, *logits.shape[3:]):
+        raise ConfigError("problem", "heads whose logits are (runs, batch, classes, ...) for targets "
+                          "(runs, batch, ...)", f"logits {tuple(logits.shape)} for targets {tuple(target.shape)}")
     flat = logits.reshape(R * B, C, *logits.shape[3:])
     losses = F.cross_entropy(flat, target.reshape(R * B, *target.shape[2:]), reduction="none",
                              ignore_index=ignore_index).view(R, -1)
