@@ -244,3 +244,21 @@ def test_comparing_a_study_before_any_run_has_finished(workdir, capsys):
     StudyRunner(StudySpec.load(study(workdir)), ResultStore()).prepare()  # queued, none trained
     code, line = run(["compare", "--study", "tiny"], capsys)
     assert code == 2 and "study 'tiny' has no finished runs yet" in line and "bench status --study tiny" in line
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("normaliser=0.0", "a positive, finite normaliser for task task0"),
+    ("name='task1'", "tasks with distinct, non-empty names"),
+])
+def test_a_problem_of_ones_own_with_bad_tasks(workdir, capsys, monkeypatch, change, expected):
+    module = f"bad_tasks_{len(change)}"
+    (workdir / f"{module}.py").write_text(
+        "import dataclasses\nfrom bench.problems import build_problem\n\n"
+        "class Bad(type(build_problem('toy'))):\n"
+        "    def _tasks(self):\n"
+        "        tasks = super()._tasks()\n"
+        f"        return [dataclasses.replace(tasks[0], {change}), *tasks[1:]]\n\n"
+        "def bad():\n    return Bad(build_problem('toy').params)\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    code, line = run(["train", "--problem", f"{module}:bad", "--steps", "1"], capsys)
+    assert code == 2 and f"Bad._tasks to return {expected}" in line

@@ -169,8 +169,34 @@ class Problem(ABC):
     @property
     def tasks(self) -> list[TaskSpec]:
         if self._task_cache is None:
-            self._task_cache = self._tasks()
+            self._task_cache = self._checked_tasks(self._tasks())
         return self._task_cache
+
+    def _returned(self, method: str, expected: str, got: Any) -> ConfigError:
+        """The error for a problem whose `method` returned something else than `expected`."""
+        return ConfigError("problem", f"{type(self).__name__}.{method} to return {expected}", got)
+
+    def _checked_tasks(self, tasks: Any) -> list[TaskSpec]:
+        """`_tasks`' list, checked: the normalisers divide every loss in the task-normalised
+        metric, and the names key every table."""
+        def wrong(expected: str, got: Any) -> ConfigError:
+            return self._returned("_tasks", expected, got)
+
+        if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, TaskSpec) for t in tasks):
+            raise wrong("a list of TaskSpec", type(tasks).__name__)
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise wrong("tasks with distinct, non-empty names", names)
+        for t in tasks:
+            try:
+                normaliser = float(t.normaliser)  # numpy and 0-d torch numbers too
+            except (TypeError, ValueError):
+                normaliser = math.nan
+            if not (math.isfinite(normaliser) and normaliser > 0):
+                raise wrong(f"a positive, finite normaliser for task {t.name}", t.normaliser)
+            if t.kind not in ("regression", "classification", "dense"):
+                raise wrong(f"kind 'regression', 'classification' or 'dense' for task {t.name}", t.kind)
+        return list(tasks)
 
     @abstractmethod
     def _load(self, data_seed: int) -> DataSplits:
@@ -201,8 +227,8 @@ class Problem(ABC):
     def _checked(self, data: Any) -> DataSplits:
         """`_load`'s data, checked: a problem of one's own that returns the wrong structure gets
         one clear error here, not an IndexError deep inside training."""
-        def wrong(expected: str, got: str) -> ConfigError:
-            return ConfigError("problem", f"{type(self).__name__}._load to return {expected}", got)
+        def wrong(expected: str, got: Any) -> ConfigError:
+            return self._returned("_load", expected, got)
 
         if not isinstance(data, DataSplits):
             raise wrong("a DataSplits of train, val and test Splits", type(data).__name__)
