@@ -119,18 +119,17 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
     assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
 
 
-def test_compare_prints_each_paired_sentence_once(capsys):
-    """The headline repeats GradNorm static vs GradNorm word for word; the list below the table
-    gives only what the headline has not."""
+def test_compare_prints_the_verdicts_then_each_paired_sentence_once(capsys):
+    """The headline gives the verdicts of the paired t-test; the list below the table describes
+    every paired comparison, as the report does."""
     from bench.cli.compare import print_comparison
     from tests.test_compare import hand_made
 
     c = hand_made()
-    sentences = list(c.comparisons.sentence)
-    c.headline.append(sentences[-1])
     print_comparison(c)
     text = " ".join(capsys.readouterr().out.split())
-    for sentence in sentences:
+    assert text.index(" ".join(c.headline[0].split())) < text.index("task-normalised losses")
+    for sentence in c.comparisons.sentence:
         assert text.count(" ".join(sentence.split())) == 1, sentence
 
 

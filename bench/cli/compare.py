@@ -78,10 +78,9 @@ def print_comparison(c) -> None:
     for row in c.main.itertuples():
         if not all(math.isnan(w) for w in row.weights):  # an arm whose runs all failed has none
             console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
-    # The paired comparisons the headline has not already given, word for word.
+    # The paired comparisons, described (the headline above gives the verdicts), as in the report.
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
-        if sentence not in c.headline:
-            console.print(f"- {sentence}")
+        console.print(f"- {sentence}")
     if not c.failures.empty:
         console.print(f"failed runs: {len(c.failures)}, left out of every mean above")
         for row in c.failures.head(FAILED_RUNS_SHOWN).itertuples():
