@@ -93,13 +93,13 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
 def stored_version_of(store: ResultStore, spec: StudySpec, path: str) -> str:
     """The stored version of the study a file describes now: the one with its configuration
     (`name`, or `name-vN` after --new-version), never an older one the file no longer describes."""
-    versions = store.versions(spec.name)
-    if not versions:
-        return spec.name
     stored = store.stored_version(spec.name, spec.config_hash())
-    if stored is None:
-        raise BenchError(
-            f"{path}: its configuration has not been run: no stored version of study {spec.name!r} "
-            f"({', '.join(v for v, _ in versions)}) has it; run it with `bench run --study "
-            f"{shlex.quote(path)} --new-version`, or name a stored version with --study")
-    return stored
+    if stored is not None:
+        return stored
+    versions = store.versions(spec.name)  # read again only to name them in the error
+    if not versions:
+        return spec.name  # nothing stored: the store's own error names what it holds
+    raise BenchError(
+        f"{path}: its configuration has not been run: no stored version of study {spec.name!r} "
+        f"({', '.join(v for v, _ in versions)}) has it; run it with `bench run --study "
+        f"{shlex.quote(path)} --new-version`, or name a stored version with --study")
