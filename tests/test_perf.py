@@ -42,6 +42,14 @@ def test_plan_batches_gives_every_parallel_worker_a_stack_down_to_a_floor():
     assert sizes(plan_batches(configs, max_runs=8, workers=2)) == [8] * 5  # the memory cap still holds
 
 
+def test_a_cpu_stacks_fewer_runs_by_default_than_an_accelerator(monkeypatch):
+    config = tiny_config("equal")
+    monkeypatch.setattr(batching, "available_memory", lambda device: 1 << 40)
+    assert max_stacked_runs(config, torch.device("cpu")) == batching.CPU_MAX_RUNS == 32
+    assert max_stacked_runs(config, torch.device("cuda")) == batching.ACCELERATOR_MAX_RUNS == 72
+    assert max_stacked_runs(config, torch.device("cpu"), cap=50) == 50  # --batch-runs overrides
+
+
 def test_max_stacked_runs_follows_the_memory_available(monkeypatch):
     config = tiny_config("equal")
     assert max_stacked_runs(config, torch.device("cpu"), cap=50) <= 50

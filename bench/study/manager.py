@@ -42,7 +42,7 @@ from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, w
 from bench.study.spec import StudySpec
 from bench.training import RunConfig, train_runs
 from bench.training.allocator import keep_freed_memory
-from bench.training.batching import DEFAULT_MAX_RUNS, max_stacked_runs, plan_batches
+from bench.training.batching import max_stacked_runs, plan_batches
 from bench.training.config import config_hash
 from bench.training.device import resolve_device
 
@@ -264,8 +264,7 @@ class StudyRunner:
         if self._stack_limit is None:
             config = self.spec.run_config(self.spec.runs()[0], {"weights": [1.0] * self.spec.n_tasks},
                                           self.device)
-            self._stack_limit = max_stacked_runs(config, resolve_device(config.device),
-                                                 cap=self.batch_runs or DEFAULT_MAX_RUNS)
+            self._stack_limit = max_stacked_runs(config, resolve_device(config.device), cap=self.batch_runs)
         return self._stack_limit
 
     def claim_wave(self) -> list[Claimed]:

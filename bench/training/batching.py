@@ -11,9 +11,13 @@ import torch
 
 from bench.training.config import RunConfig, derive_seed
 
-# Past this many stacked runs a CPU gains nothing per run from larger batched products (the
-# working set leaves the cache; see `bench perf`), while memory keeps growing.
-DEFAULT_MAX_RUNS = 72
+# Runs stacked per model at most, by default. On a CPU, a stack's parameters, gradients and Adam
+# moments (about 1.4 MB per toy run) leave the cache as it grows: the default study's 204
+# static-weight runs trained in 2.7-2.8 s per 100 steps in stacks of 16 to 32, and in 2.9-3.1 s
+# in stacks of 68 (2-core Xeon VM, `bench perf`'s setup, paired rounds), so a CPU stacks fewer.
+# An accelerator wants the largest launches it can get.
+CPU_MAX_RUNS = 32
+ACCELERATOR_MAX_RUNS = 72
 # Use at most this fraction of the memory available when the batch starts.
 MEMORY_FRACTION = 0.5
 # Stacks are split to give every parallel worker work, but not below this many runs.
@@ -63,13 +67,20 @@ def run_memory_bytes(config: RunConfig) -> int:
     return size * (4 * params + 3 * activations)
 
 
-def max_stacked_runs(config: RunConfig, device: torch.device, cap: int = DEFAULT_MAX_RUNS) -> int:
-    """How many runs of this configuration to stack: what fits memory, at most `cap` (1 for a
-    problem that trains one run at a time)."""
+def default_max_runs(device: torch.device) -> int:
+    """Runs stacked per model at most on `device` unless the user says otherwise."""
+    return CPU_MAX_RUNS if device.type == "cpu" else ACCELERATOR_MAX_RUNS
+
+
+def max_stacked_runs(config: RunConfig, device: torch.device, cap: int | None = None) -> int:
+    """How many runs of this configuration to stack: what fits memory, at most `cap` (by default
+    the device's `default_max_runs`; 1 for a problem that trains one run at a time)."""
     from bench.training.engine import problem_for
 
     if not problem_for(config).supports_stacking:
         return 1
+    if cap is None:
+        cap = default_max_runs(device)
     available = available_memory(device)
     if available is None:
         return cap
