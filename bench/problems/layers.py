@@ -71,7 +71,9 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
-            x = torch.relu(layer(x))
+            # In place: the layer's output is a fresh tensor that nothing else holds, and a
+            # stack's activations are too large for cache, so one buffer fewer per layer counts.
+            x = torch.relu_(layer(x))
         return x
 
 

@@ -37,9 +37,10 @@ from bench.training.record import TRAJECTORY_POINTS, RunRecord
 ProgressCallback = Callable[[int], None]
 
 # Evaluation processes examples in chunks of about this many input elements over all runs. On a
-# CPU, chunks whose activations stay in the last-level cache evaluate a large stack about 15 %
-# faster than chunks 4x larger (see `bench perf`); a GPU prefers fewer, larger launches.
-EVAL_CHUNK_ELEMENTS_CPU = 1 << 22
+# CPU, smaller chunks keep a layer's activations in cache: a 32-run stack of the default study
+# evaluated in 114 ms with 2^20 elements, 119 ms with 2^21 and 132 ms with 2^22 (a lone run, in
+# one chunk either way, is unchanged); a GPU prefers fewer, larger launches.
+EVAL_CHUNK_ELEMENTS_CPU = 1 << 20
 EVAL_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
 # A run whose task weights exceed this in absolute value has diverged (raw GradNorm weights whose
 # sum nears zero explode on renormalisation; uncertainty weights can grow without end).
