@@ -12,9 +12,9 @@ import torch
 from bench.training.config import RunConfig, derive_seed
 
 # Runs stacked per model at most, by default. On a CPU, a stack's parameters, gradients and Adam
-# moments (about 1.4 MB per toy run) leave the cache as it grows: the default study's 204
-# static-weight runs trained in 2.7-2.8 s per 100 steps in stacks of 16 to 32, and in 2.9-3.1 s
-# in stacks of 68 (2-core Xeon VM, `bench perf`'s setup, paired rounds), so a CPU stacks fewer.
+# moments (about 1.4 MB per toy run) leave the cache as it grows: the default study's runs (300
+# steps each, evaluations included) trained in 27.2-27.8 s in stacks of 16 to 32, and in
+# 29.4-30.7 s in stacks of 68 (2-core Xeon VM, `bench perf`'s setup, paired rounds).
 # An accelerator wants the largest launches it can get.
 CPU_MAX_RUNS = 32
 ACCELERATOR_MAX_RUNS = 72
