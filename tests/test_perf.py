@@ -42,12 +42,18 @@ def test_plan_batches_gives_every_parallel_worker_a_stack_down_to_a_floor():
     assert sizes(plan_batches(configs, max_runs=8, workers=2)) == [8] * 5  # the memory cap still holds
 
 
-def test_a_cpu_stacks_fewer_runs_by_default_than_an_accelerator(monkeypatch):
+def test_a_cpu_stacks_as_many_runs_as_keep_the_stack_in_cache(monkeypatch):
     config = tiny_config("equal")
     monkeypatch.setattr(batching, "available_memory", lambda device: 1 << 40)
-    assert max_stacked_runs(config, torch.device("cpu")) == batching.CPU_MAX_RUNS == 32
-    assert max_stacked_runs(config, torch.device("cuda")) == batching.ACCELERATOR_MAX_RUNS == 72
-    assert max_stacked_runs(config, torch.device("cpu"), cap=50) == 50  # --batch-runs overrides
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert batching.run_memory_bytes(config) * batching.MAX_RUNS < batching.CPU_STACK_BYTES
+    assert max_stacked_runs(config, cpu) == max_stacked_runs(config, cuda) == batching.MAX_RUNS == 72
+    # runs the size of the default toy's, of the 10-task toy's, and too large for one stack
+    for run_bytes, runs in ((2_330_000, 33), (4_300_000, 18), (100 << 20, 1)):
+        monkeypatch.setattr(batching, "run_memory_bytes", lambda c, b=run_bytes: b)
+        assert max_stacked_runs(config, cpu) == runs
+        assert max_stacked_runs(config, cuda) == 72
+    assert max_stacked_runs(config, cpu, cap=50) == 50  # --batch-runs overrides
 
 
 def test_max_stacked_runs_follows_the_memory_available(monkeypatch):

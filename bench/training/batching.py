@@ -11,13 +11,16 @@ import torch
 
 from bench.training.config import RunConfig, derive_seed
 
-# Runs stacked per model at most, by default. On a CPU, a stack's parameters, gradients and Adam
-# moments (about 1.4 MB per toy run) leave the cache as it grows: the default study's runs (300
-# steps each, evaluations included) trained in 27.2-27.8 s in stacks of 16 to 32, and in
-# 29.4-30.7 s in stacks of 68 (2-core Xeon VM, `bench perf`'s setup, paired rounds).
-# An accelerator wants the largest launches it can get.
-CPU_MAX_RUNS = 32
-ACCELERATOR_MAX_RUNS = 72
+# Runs stacked per model at most, by default.
+MAX_RUNS = 72
+# On a CPU, a stack also stops where its training memory (`run_memory_bytes` per run) leaves the
+# cache: a larger stack's elementwise passes and Adam run from memory and gain nothing per run.
+# Measured on a 2-core Xeon VM, the study's runs at 150-300 steps each, paired rounds: the
+# default toy (2.3 MB per run) trained in 27.2-27.8 s in stacks of 16 to 32 and 29.4-30.7 s in
+# stacks of 68; the 10-task toy (4.3 MB) in 18.7-20.0 s in stacks of 16, 20.1-21.0 s of 32 and
+# 22.4-22.9 s of 63; diamonds (1.4 MB) in 22.2-22.7 s in stacks of 38 and 22.0-23.3 s of 57.
+# An accelerator wants the largest launches it can get, up to `MAX_RUNS`.
+CPU_STACK_BYTES = 75 * 2**20
 # Use at most this fraction of the memory available when the batch starts.
 MEMORY_FRACTION = 0.5
 # Stacks are split to give every parallel worker work, but not below this many runs.
@@ -67,24 +70,27 @@ def run_memory_bytes(config: RunConfig) -> int:
     return size * (4 * params + 3 * activations)
 
 
-def default_max_runs(device: torch.device) -> int:
-    """Runs stacked per model at most on `device` unless the user says otherwise."""
-    return CPU_MAX_RUNS if device.type == "cpu" else ACCELERATOR_MAX_RUNS
+def default_max_runs(device: torch.device, run_bytes: int) -> int:
+    """Runs stacked per model at most on `device` unless the user says otherwise, for runs of
+    `run_bytes` training memory each."""
+    if device.type != "cpu":
+        return MAX_RUNS
+    return max(1, min(MAX_RUNS, CPU_STACK_BYTES // max(1, run_bytes)))
 
 
 def max_stacked_runs(config: RunConfig, device: torch.device, cap: int | None = None) -> int:
     """How many runs of this configuration to stack: what fits memory, at most `cap` (by default
-    the device's `default_max_runs`; 1 for a problem that trains one run at a time)."""
+    `default_max_runs`; 1 for a problem that trains one run at a time)."""
     from bench.training.engine import problem_for
 
     if not problem_for(config).supports_stacking:
         return 1
+    per_run = max(1, run_memory_bytes(config))
     if cap is None:
-        cap = default_max_runs(device)
+        cap = default_max_runs(device, per_run)
     available = available_memory(device)
     if available is None:
         return cap
-    per_run = max(1, run_memory_bytes(config))
     return max(1, min(cap, int(MEMORY_FRACTION * available // per_run)))
 
 
