@@ -153,6 +153,61 @@ def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
     assert again.grids["grid"].excluded == 1
 
 
+def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_weighting_every_task():
+    c = hand_made()
+    assert c.grids["grid"].unweighted == [] and c.grids["grid"].weighted_all is None
+    assert "grid (all weights > 0)" not in set(c.main.arm) and len(c.headline) == 1
+    # The boundary point w=(2, 0) now wins on validation and test: task b, weighted 0, is left
+    # at a high loss (its head never trains), while task a's loss falls further.
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    boundary = runs.run_key.str.startswith("w=2,0/")
+    runs.loc[boundary, "normalized_val_loss"] -= 0.5
+    runs.loc[boundary, "normalized_test_loss"] -= 0.5
+    runs.loc[boundary, "test_loss_b"] = 0.9
+    runs.loc[boundary, "test_loss_a"] = runs.loc[boundary, "normalized_test_loss"] - 0.9
+    again = build_comparison("hand", c.manifest, runs, [])
+    grid = again.grids["grid"]
+    assert (grid.selected, grid.unweighted) == ("w=2,0", ["b"])
+    assert (grid.weighted_all, grid.weighted_all_weights, grid.n_weighted_all) == ("w=1,1", [1.0, 1.0], 1)
+    main = again.main.set_index("arm")
+    assert main.loc["grid", "normalized_test_loss"] == pytest.approx(0.51)
+    assert main.loc["grid (all weights > 0)", "normalized_test_loss"] == pytest.approx(1.21)
+    assert main.loc["grid (all weights > 0)", ["runs", "selected_point"]].tolist() == [9, "w=1,1"]
+    assert main.loc["grid (all weights > 0)", "weights"] == [1.0, 1.0]
+    per_task = again.per_task.set_index(["arm", "task"]).test_loss
+    assert per_task[("grid (all weights > 0)", "b")] == pytest.approx(1.21 / 2)
+    row = again.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "grid (all weights > 0)")]
+    assert (row.n, row.wins) == (3, 3) and row.mean_b == pytest.approx(1.21)
+    assert "the only grid point that weights every task (w=1,1, chosen on validation)" in row.sentence
+    # The grid's verdict stands, and the next line says what it cost and how GradNorm fares
+    # against the grid's points that train every task.
+    assert again.headline[0].startswith("gradnorm is beaten by the grid search (grid; ")
+    assert again.headline[1] == (
+        "The grid's chosen point (w=2,0) gives b a weight of 0, so its head never trains (test loss of "
+        f"b: 0.9 vs {per_task[('gradnorm', 'b')]:.4g} for gradnorm). gradnorm beats "
+        f"the only grid point that weights every task, w=1,1 (chosen on validation; paired over 3 "
+        f"seeds, p = {row.p_value:.2g}): test loss {row.mean_a:.4g} vs 1.21.")
+    assert row.p_value < 0.05
+    landscape = figures.grid_landscape(again)
+    legend = [t.get_text() for t in landscape.axes[0].get_legend().get_texts()]
+    assert "chosen on validation, all weights > 0" in legend
+    plt.close(landscape)
+    distance = figures.distance_to_gradnorm(again)  # the paper's figure: boundary points marked
+    ax = distance.axes[0]
+    assert ax.get_title().endswith("\nall weights > 0: 1 point, too few for a correlation")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "all weights > 0", "a weight of 0 (that task's head never trains)"]
+    assert [len(col.get_offsets()) for col in ax.collections if col.get_label() in ("all weights > 0",)] == [1]
+    plt.close(distance)
+    # With no point that weights every task left eligible, the line says so.
+    runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
+    runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"
+    none_left = build_comparison("hand", c.manifest, runs, [])
+    assert none_left.grids["grid"].weighted_all is None
+    assert none_left.headline[1].endswith("No grid point with every seed finished weights every task.")
+    assert "grid (all weights > 0)" not in set(none_left.main.arm)
+
+
 def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

@@ -108,6 +108,21 @@ def test_stacked_runs_equal_runs_trained_alone(balancer, params):
         assert_records_close(record, train(config), rtol=1e-9)
 
 
+def test_a_task_weighted_zero_never_trains_its_head():
+    """What the comparison tells readers of a grid point on the simplex's boundary: the task's
+    head keeps its initial parameters (Adam moves nothing whose gradient stays 0), in a stack too."""
+    configs = [tiny_config("static", seed=s, tasks=3, weights=(2.0, 1.0, 0.0)) for s in (0, 1)]
+    trainer = BatchTrainer(configs + [tiny_config("static", seed=2, tasks=3, weights=(1.0, 1.0, 1.0))])
+    heads = [p.detach().clone() for p in trainer.model.task_specific_parameters()]
+    for step in range(5):
+        trainer.step(step)
+    after = trainer.model.task_specific_parameters()
+    assert len(heads) == 6  # a weight and a bias per task
+    for i, (before, now) in enumerate(zip(heads, after)):
+        untouched = (before == now).flatten(1).all(dim=1).tolist()
+        assert untouched == ([True, True, False] if i // 2 == 2 else [False, False, False]), i
+
+
 def test_evaluation_does_not_depend_on_its_chunk_size():
     """Evaluation runs in chunks of examples (small on a CPU, to stay in cache); chunks of one
     to three examples, with a ragged last one, give the losses and metrics of one whole pass."""

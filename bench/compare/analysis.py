@@ -24,6 +24,11 @@ from bench.store.export import runs_table
 from bench.store.results import ResultStore
 
 ADAPTIVE = ("gradnorm", "uncertainty", "dwa")
+# A task whose static weight is exactly 0 sends no gradient anywhere: its head keeps its initial
+# weights (Adam moves nothing whose gradient stays 0). A grid point on the simplex's boundary can
+# then win on the summed loss by giving a task up, which the paper's grid (weights drawn at
+# random) never does; such a grid is also shown by its best point that weights every task.
+EVERY_TASK_WEIGHTED = " (all weights > 0)"
 
 
 def _variant(run_key: str) -> str:
@@ -37,6 +42,22 @@ class GridSelection:
     selected: str  # the variant chosen on validation
     weights: list[float]
     excluded: int  # points with a failed seed, left out of the selection
+    unweighted: list[str] = field(default_factory=list)  # tasks the selected point gives weight 0
+    # When `unweighted` is not empty: the best point on validation with every weight positive,
+    # its weights, and how many eligible points weight every task.
+    weighted_all: str | None = None
+    weighted_all_weights: list[float] = field(default_factory=list)
+    n_weighted_all: int = 0
+
+    @property
+    def weighted_all_label(self) -> str:
+        return self.arm + EVERY_TASK_WEIGHTED
+
+    @property
+    def weighted_all_words(self) -> str:
+        if self.n_weighted_all == 1:
+            return "the only grid point that weights every task"
+        return f"the best of the {self.n_weighted_all} grid points that weight every task"
 
 
 @dataclass
@@ -94,6 +115,11 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     # The rows that represent each label: a grid's selected point, everything else as is.
     chosen = runs[[kinds.get(a) != "grid" or v == grids[a].selected
                    for a, v in zip(runs.arm, runs.variant)]]
+    # A grid whose selected point gives a task up is also represented by its best point that
+    # weights every task, under a label of its own.
+    chosen = pd.concat([chosen, *(runs[(runs.arm == a) & (runs.variant == g.weighted_all)]
+                                  .assign(label=g.weighted_all_label)
+                                  for a, g in grids.items() if g.weighted_all)])
     main = _main_table(runs, chosen, grids, tasks, manifest)
     per_task = _per_task_table(chosen, tasks)
     standings = _standings(chosen, grids, main)
@@ -128,12 +154,26 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
         raise BenchError(f"the grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished "
                          f"({len(failed)} of {len(grid_runs)} runs failed{common}), so there is nothing "
                          f"to compare; each run's reason is in {where}")
-    best = eligible.sort_values("normalized_val_loss").iloc[0]
+    ranked = eligible.sort_values("normalized_val_loss", kind="stable")
+    best = ranked.iloc[0]
     points["selected"] = points.point == best.point
-    points = points.sort_values("normalized_val_loss").reset_index(drop=True)
-    return GridSelection(arm=grid_runs.arm.iloc[0], points=points, selected=best.point,
-                         weights=[float(best[f"weight_{t}"]) for t in tasks],
-                         excluded=int((points.failed > 0).sum()))
+    points = points.sort_values("normalized_val_loss", kind="stable").reset_index(drop=True)
+    selection = GridSelection(arm=grid_runs.arm.iloc[0], points=points, selected=best.point,
+                              weights=[float(best[f"weight_{t}"]) for t in tasks],
+                              excluded=int((points.failed > 0).sum()),
+                              unweighted=[t for t in tasks if best[f"weight_{t}"] == 0])
+    if selection.unweighted:
+        weighted = ranked[(ranked[[f"weight_{t}" for t in tasks]] > 0).all(axis=1)]
+        selection.n_weighted_all = len(weighted)
+        if len(weighted):
+            selection.weighted_all = weighted.iloc[0].point
+            selection.weighted_all_weights = [float(weighted.iloc[0][f"weight_{t}"]) for t in tasks]
+    return selection
+
+
+def point_words(point: str, weights: list[float]) -> str:
+    """A grid point as readers know it: its weights (an Optuna trial's name, then its weights)."""
+    return point if point.startswith("w=") else f"{point}: w=" + ",".join(f"{w:.3g}" for w in weights)
 
 
 def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
@@ -171,7 +211,7 @@ def _main_table(runs, chosen, grids, tasks, manifest) -> pd.DataFrame:
             src = runs[(runs.arm == sources[arm]) & (runs.variant == g.variant.iloc[0])]
             row["wall_time_with_source_s"] = row["wall_time_s"] + float(src.wall_time_s.sum())
         if arm in grids:
-            row["selected_point"] = grids[arm].selected
+            row["selected_point"] = g.variant.iloc[0]
         rows.append(row)
     main = pd.DataFrame(rows)
     for optional in ("wall_time_with_source_s", "selected_point"):
@@ -234,10 +274,12 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     for label, kind in kinds.items():
         if kind == "gradnorm":
             for arm, grid in grids.items():
-                point = grid.selected if grid.selected.startswith("w=") else \
-                    f"{grid.selected}: w=" + ",".join(f"{w:.3g}" for w in grid.weights)
                 pairs.append((label, arm, f"the best of {len(grid.points)} grid points "
-                              f"({point}, chosen on validation)"))
+                              f"({point_words(grid.selected, grid.weights)}, chosen on validation)"))
+                if grid.weighted_all:
+                    pairs.append((label, grid.weighted_all_label,
+                                  f"{grid.weighted_all_words} ({point_words(grid.weighted_all, grid.weighted_all_weights)}, "
+                                  "chosen on validation)"))
         if kind == "gradnorm-static":
             source = [lb for lb in kinds if arm_of.get(lb) == sources.get(arm_of[label])
                       and variant_of.get(lb) == variant_of[label]]
@@ -280,7 +322,7 @@ def _headline(c: Comparison) -> list[str]:
 
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
-        if main.loc[a, "kind"] != "gradnorm" or main.loc[b, "kind"] != "grid":
+        if main.loc[a, "kind"] != "gradnorm" or b not in c.grids:
             continue
         failed = int(main.loc[a, "failed"])
         if row.n == 0:  # nothing to compare: say why rather than print NaNs
@@ -299,6 +341,8 @@ def _headline(c: Comparison) -> list[str]:
             f"runs ({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
             + gaps(a, b)
         )
+        if c.grids[b].unweighted:
+            lines.append(_given_up(c, a, c.grids[b]))
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
         if main.loc[a, "kind"] != "gradnorm-static" or main.loc[b, "kind"] != "gradnorm" or row.n == 0:
@@ -307,6 +351,28 @@ def _headline(c: Comparison) -> list[str]:
         lines.append(f"{a} {verdict} {b} ({evidence}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g}, "
                      f"lower on {int(row.wins)} of {int(row.n)} seeds. " + gaps(a, b))
     return lines
+
+
+def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
+    """The sentence for a grid whose selected point gives tasks up: what those tasks lost, and
+    how arm `a` stands against the grid's best point that weights every task."""
+    per_task = c.per_task.set_index(["arm", "task"]).test_loss
+    losses = "; ".join(f"{t}: {per_task[(grid.arm, t)]:.4g} vs {per_task[(a, t)]:.4g} for {a}"
+                       for t in grid.unweighted)
+    tasks = " and ".join(grid.unweighted)
+    heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
+    line = (f"The grid's chosen point ({point_words(grid.selected, grid.weights)}) gives {tasks} a weight "
+            f"of 0, so {heads} (test loss of {losses}). ")
+    if not grid.weighted_all:
+        return line + "No grid point with every seed finished weights every task."
+    rows = c.comparisons[(c.comparisons.arm == a) & (c.comparisons.versus == grid.weighted_all_label)]
+    where = f"{grid.weighted_all_words}, {point_words(grid.weighted_all, grid.weighted_all_weights)}"
+    if rows.empty or rows.iloc[0].n == 0:
+        return line + f"{a} cannot be compared with {where}: no seed has finished on both."
+    row = rows.iloc[0]
+    verdict, evidence = _verdict(row)
+    return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
+                   f"test loss {row.mean_a:.4g} vs {row.mean_b:.4g}.")
 
 
 __all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]

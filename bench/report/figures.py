@@ -166,6 +166,10 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
         best = points[points.selected].iloc[0]
         ax.plot(best[f"weight_{c.tasks[0]}"], best.normalized_test_loss, "*", ms=16, color="gold",
                 mec="k", label="chosen on validation")
+        if grid.weighted_all:
+            alt = points[points.point == grid.weighted_all].iloc[0]
+            ax.plot(alt[f"weight_{c.tasks[0]}"], alt.normalized_test_loss, "*", ms=13, color="white",
+                    mec="k", label="chosen on validation, all weights > 0")
         # Distinct dash patterns, so that lines at (nearly) one w_0 stay apart.
         patterns = itertools.cycle(["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))])
         for (label, weights), colour, dashes in zip(markers, colours, patterns):
@@ -193,6 +197,9 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
     cbar.set_label("log10 task-normalised test loss")
     best = xy(grid.weights)
     ax.plot(*best, "*", ms=18, color="gold", mec="k", label="grid: chosen on validation")
+    if grid.weighted_all:
+        ax.plot(*xy(grid.weighted_all_weights), "*", ms=15, color="white", mec="k",
+                label="grid: chosen on validation, all weights > 0")
     for (label, weights), colour, marker, size in zip(markers, colours, itertools.cycle("osD^vP"),
                                                       _nested_sizes(len(markers), 15, 7)):
         ax.plot(*xy(weights), marker, ms=size, color=colour, mec="k", label=label)
@@ -210,6 +217,13 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
     return fig
 
 
+def _correlations(x: np.ndarray, y: np.ndarray) -> str:
+    if len(x) < 3:
+        return f"{len(x)} point{'' if len(x) == 1 else 's'}, too few for a correlation"
+    r, p = sps.pearsonr(x, y)
+    return f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {sps.spearmanr(x, y).statistic:.2f}"
+
+
 def distance_to_gradnorm(c: Comparison) -> plt.Figure | None:
     """The paper's Figure 6: relative change in test loss against the L2 distance between each
     grid point's weights and GradNorm's time-averaged weights."""
@@ -223,14 +237,23 @@ def distance_to_gradnorm(c: Comparison) -> plt.Figure | None:
     for ax, row in zip(axes[0], gradnorm.itertuples()):
         distance = np.linalg.norm(w - np.asarray(row.weights), axis=1)
         change = 100 * (points.normalized_test_loss.to_numpy() / row.normalized_test_loss - 1)
-        r, p = sps.pearsonr(distance, change) if len(points) > 2 else (math.nan, math.nan)
-        rho = sps.spearmanr(distance, change).statistic if len(points) > 2 else math.nan
-        sns.regplot(x=distance, y=change, ax=ax, scatter_kws={"s": 16}, line_kws={"color": "C3"})
+        sns.regplot(x=distance, y=change, ax=ax, scatter=False, line_kws={"color": "C3"})
+        # Points on the simplex's boundary leave a task untrained: often the far outliers, so
+        # they are marked, and the correlations are also given without them (as in the paper,
+        # whose grid drew its weights at random).
+        boundary = (w == 0).any(axis=1)
+        ax.scatter(distance[~boundary], change[~boundary], s=16, color="C0", label="all weights > 0")
+        title = _correlations(distance, change)
+        if boundary.any():
+            ax.scatter(distance[boundary], change[boundary], s=22, color="C1", marker="D",
+                       label="a weight of 0 (that task's head never trains)")
+            ax.legend(fontsize="small")
+            title = f"all points: {title}\nall weights > 0: {_correlations(distance[~boundary], change[~boundary])}"
+        ax.set_title(title)
         ax.axhline(0, color="k", lw=0.8)
         # Wrapped: with a long arm name it would run into the next panel's label.
         ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights", 55))
         ax.set_ylabel(f"test loss change vs {row.arm} (%)")
-        ax.set_title(f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {rho:.2f}")
     fig.tight_layout()
     return fig
 
