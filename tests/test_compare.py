@@ -199,6 +199,12 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
         "all weights > 0", "a weight of 0 (that task's head never trains)"]
     assert [len(col.get_offsets()) for col in ax.collections if col.get_label() in ("all weights > 0",)] == [1]
     plt.close(distance)
+    # A second point that weights every task, worse on validation but better on test than GradNorm.
+    extra = [_run("grid", f"w=1.5,0.5/seed={seed}", seed, 1.1, 1.05, 0.8, weights=(1.5, 0.5)) for seed in (0, 1, 2)]
+    two = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(extra)]), [])
+    assert two.grids["grid"].weighted_all == "w=1,1"
+    assert "the best of the 2 grid points that weight every task, w=1,1 (chosen on validation; " in two.headline[1]
+    assert two.headline[1].endswith("test loss 1.117 vs 1.21; 1 of the 2 have a lower test loss.")
     # With no point that weights every task left eligible, the line says so.
     runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
     runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"

@@ -371,8 +371,12 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
         return line + f"{a} cannot be compared with {where}: no seed has finished on both."
     row = rows.iloc[0]
     verdict, evidence = _verdict(row)
+    points = grid.points[grid.points.failed == 0]
+    weighted = points[(points[[f"weight_{t}" for t in c.tasks]] > 0).all(axis=1)]
+    better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
+    count = f"; {better} of the {len(weighted)} have a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
-                   f"test loss {row.mean_a:.4g} vs {row.mean_b:.4g}.")
+                   f"test loss {row.mean_a:.4g} vs {row.mean_b:.4g}{count}.")
 
 
 __all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]
