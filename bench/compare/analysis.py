@@ -145,6 +145,7 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
             row[f"test_loss_{t}"] = ok[f"test_loss_{t}"].mean() if len(ok) else math.nan
         rows.append(row)
     points = pd.DataFrame(rows)
+    points["all_weights_positive"] = (points[[f"weight_{t}" for t in tasks]] > 0).all(axis=1)
     eligible = points[points.failed == 0]
     if eligible.empty:  # nothing can be selected, so nothing compared: say why, in one line
         failed = grid_runs[grid_runs.status != "ok"]
@@ -163,7 +164,7 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
                               excluded=int((points.failed > 0).sum()),
                               unweighted=[t for t in tasks if best[f"weight_{t}"] == 0])
     if selection.unweighted:
-        weighted = ranked[(ranked[[f"weight_{t}" for t in tasks]] > 0).all(axis=1)]
+        weighted = ranked[ranked.all_weights_positive]
         selection.n_weighted_all = len(weighted)
         if len(weighted):
             selection.weighted_all = weighted.iloc[0].point
@@ -371,8 +372,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
         return line + f"{a} cannot be compared with {where}: no seed has finished on both."
     row = rows.iloc[0]
     verdict, evidence = _verdict(row)
-    points = grid.points[grid.points.failed == 0]
-    weighted = points[(points[[f"weight_{t}" for t in c.tasks]] > 0).all(axis=1)]
+    weighted = grid.points[(grid.points.failed == 0) & grid.points.all_weights_positive]
     better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
     count = f"; {better} of the {len(weighted)} have a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "

@@ -241,7 +241,7 @@ def distance_to_gradnorm(c: Comparison) -> plt.Figure | None:
         # Points on the simplex's boundary leave a task untrained: often the far outliers, so
         # they are marked, and the correlations are also given without them (as in the paper,
         # whose grid drew its weights at random).
-        boundary = (w == 0).any(axis=1)
+        boundary = ~points.all_weights_positive.to_numpy()
         ax.scatter(distance[~boundary], change[~boundary], s=16, color="C0", label="all weights > 0")
         title = _correlations(distance, change)
         if boundary.any():
