@@ -171,6 +171,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert (grid.weighted_all, grid.weighted_all_weights, grid.n_weighted_all) == ("w=1,1", [1.0, 1.0], 1)
     assert grid.points.set_index("point").all_weights_positive.to_dict() == {
         "w=2,0": False, "w=1,1": True, "w=0,2": False}
+    assert list(again.main.arm) == ["grid", "grid (all weights > 0)", "gradnorm", "equal"]
     main = again.main.set_index("arm")
     assert main.loc["grid", "normalized_test_loss"] == pytest.approx(0.51)
     assert main.loc["grid (all weights > 0)", "normalized_test_loss"] == pytest.approx(1.21)

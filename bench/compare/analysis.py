@@ -116,10 +116,12 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     chosen = runs[[kinds.get(a) != "grid" or v == grids[a].selected
                    for a, v in zip(runs.arm, runs.variant)]]
     # A grid whose selected point gives a task up is also represented by its best point that
-    # weights every task, under a label of its own.
+    # weights every task, under a label of its own, listed right after the grid.
     chosen = pd.concat([chosen, *(runs[(runs.arm == a) & (runs.variant == g.weighted_all)]
                                   .assign(label=g.weighted_all_label)
                                   for a, g in grids.items() if g.weighted_all)])
+    arm_order = {arm: i for i, arm in enumerate(runs.arm.unique())}
+    chosen = chosen.sort_values("arm", key=lambda arms: arms.map(arm_order), kind="stable")
     main = _main_table(runs, chosen, grids, tasks, manifest)
     per_task = _per_task_table(chosen, tasks)
     standings = _standings(chosen, grids, main)
