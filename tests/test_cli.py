@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import subprocess
@@ -241,8 +242,9 @@ def test_run_then_compare_from_the_command_line(tmp_path):
     assert "tiny in" in status.stdout and "16" in status.stdout
     main_table = pd.read_csv(__import__("io").StringIO(csv.stdout))
     assert {"arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"} <= set(main_table.columns)
-    assert sorted(main_table.arm) == ["equal", "gradnorm (alpha=0.5)", "gradnorm (alpha=1)",
-                                      "gradnorm-static (alpha=0.5)", "gradnorm-static (alpha=1)", "grid"]
+    assert sorted(main_table.arm) == arms_with_grid(main_table, [
+        "equal", "gradnorm (alpha=0.5)", "gradnorm (alpha=1)", "gradnorm-static (alpha=0.5)",
+        "gradnorm-static (alpha=1)", "grid"])
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
     for name in ("main", "per_task", "standings", "comparisons", "grid_points"):
         assert (tmp_path / "reports" / "tiny" / f"{name}.csv").is_file()
@@ -257,8 +259,20 @@ def test_compare_csv_on_the_gridsearch_study(tmp_path):
     csv = bench("compare", "--study", "gridsearch-quick", "--format", "csv", cwd=tmp_path)
     table = pd.read_csv(__import__("io").StringIO(csv.stdout))
     assert list(table.columns[:5]) == ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
-    assert sorted(table.arm) == ["equal", "gradnorm", "gradnorm-static", "grid"]
+    assert sorted(table.arm) == arms_with_grid(table, ["equal", "gradnorm", "gradnorm-static", "grid"])
     assert table.set_index("arm").loc["grid", "runs"] == 198
+
+
+def arms_with_grid(table: pd.DataFrame, arms: list[str]) -> list[str]:
+    """The arms expected in a main table: `arms`, and the grid's best point with all weights > 0
+    when the point chosen on validation gives a task a weight of 0 (then with every weight > 0)."""
+    rows = table.set_index("arm")
+    if 0 not in ast.literal_eval(rows.loc["grid", "weights"]):
+        return sorted(arms)
+    weighted_all = rows.loc["grid (all weights > 0)"]
+    assert min(ast.literal_eval(weighted_all["weights"])) > 0
+    assert weighted_all["runs"] == rows.loc["grid", "runs"]  # the same grid search
+    return sorted([*arms, "grid (all weights > 0)"])
 
 
 PROBE = """<script>
