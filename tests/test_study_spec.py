@@ -141,6 +141,10 @@ BAD = [
     ("batch larger than the data", TINY.replace("batch_size = 16", "batch_size = 1000"), "batch_size"),
     ("one task", TINY.replace("tasks = 2\nsigmas = [1.0, 10.0]", "tasks = 1"), "problem"),
     ("bad sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nsampler = "magic"\nn_trials = 3'), "arms.grid.sampler"),
+    ("boundary not a boolean", TINY.replace("resolution = 0.5", 'resolution = 0.5\nboundary = "no"'), "arms.grid.boundary"),
+    ("boundary with listed points", TINY.replace("resolution = 0.5", "points = [[1, 1]]\nboundary = false"), "arms.grid.boundary"),
+    ("boundary with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nboundary = false'), "arms.grid.boundary"),
+    ("no point inside", TINY.replace("resolution = 0.5", "resolution = 1\nboundary = false"), "arms.grid.resolution"),
 ]
 
 
@@ -151,6 +155,20 @@ def test_bad_study_files_get_errors_naming_file_and_field(tmp_path, case, text, 
         StudySpec.load(path)
     message = str(err.value)
     assert path in message and field in message and "expected" in message
+
+
+def test_a_grid_without_its_boundary_keeps_the_points_that_weight_every_task(tmp_path):
+    full = StudySpec.load(write(tmp_path, TINY))
+    inside = StudySpec.load(write(tmp_path, TINY.replace("resolution = 0.5", "resolution = 0.5\nboundary = false")))
+    def grid_keys(spec):
+        return [r.key for r in spec.runs() if r.arm == "grid"]
+    assert grid_keys(full) == [f"w={w}/seed={s}" for w in ("2,0", "1,1", "0,2") for s in (0, 1)]
+    assert grid_keys(inside) == ["w=1,1/seed=0", "w=1,1/seed=1"]
+    assert inside.config_hash() != full.config_hash()
+    # Studies stored before the option existed keep their configuration hash.
+    assert "boundary" not in full.identity()["arms"]["grid"]
+    finer = simplex_grid(3, 0.1)
+    assert len([p for p in finer if min(p) > 0]) == math.comb(9, 2) == 36  # the default study's
 
 
 def test_unknown_study_name_lists_the_known_ones():

@@ -167,7 +167,7 @@ class GridArm(Arm):
     """Static weights on the simplex: exhaustive, a list of points, or sampled by Optuna."""
 
     kind = "grid"
-    options = ("method", "resolution", "points", "sampler", "n_trials", "parallel_points",
+    options = ("method", "resolution", "boundary", "points", "sampler", "n_trials", "parallel_points",
                "sampler_seed")
 
     def parse(self, options):
@@ -178,6 +178,15 @@ class GridArm(Arm):
             for bad in ("sampler", "n_trials", "parallel_points", "sampler_seed"):
                 if bad in options:
                     raise self.error(bad, "no sampler option with method = 'exhaustive'", options[bad])
+            # boundary = false: only points with every weight > 0, as in the paper's grid (a task
+            # weighted 0 never trains its head; see the comparison's "(all weights > 0)" row).
+            self.boundary = options.get("boundary", True)
+            if not isinstance(self.boundary, bool):
+                raise self.error("boundary", "true or false (false: only points with every weight > 0)",
+                                 self.boundary)
+            if not self.boundary and "points" in options:
+                raise self.error("boundary", "no boundary option with a list of points (list the points "
+                                 "you want)", self.boundary)
             if ("resolution" in options) == ("points" in options):
                 raise self.error("resolution", "either a resolution or a list of points (one of the two)")
             if "points" in options:
@@ -197,8 +206,14 @@ class GridArm(Arm):
                     raise self.error("resolution", f"a number in (0, 1] whose inverse is whole ({err})",
                                      self.resolution) from None
                 self.points = simplex_grid(self.tasks, self.resolution)
+                if not self.boundary:
+                    self.points = [p for p in self.points if min(p) > 0]
+                    if not self.points:
+                        raise self.error("resolution", f"a resolution of at most 1/{self.tasks} with "
+                                         f"boundary = false (a finer grid has points with all {self.tasks} "
+                                         "weights > 0)", self.resolution)
             return
-        for bad in ("resolution", "points"):
+        for bad in ("resolution", "points", "boundary"):
             if bad in options:
                 raise self.error(bad, "no grid points with method = 'optuna' (the sampler proposes them)",
                                  options[bad])
@@ -264,8 +279,11 @@ class GridArm(Arm):
 
     def describe(self):
         if self.method == "exhaustive":
-            return {"kind": self.kind, "method": self.method, "resolution": self.resolution,
-                    "points": [list(p) for p in self.points] if self.resolution is None else len(self.points)}
+            described = {"kind": self.kind, "method": self.method, "resolution": self.resolution,
+                         "points": [list(p) for p in self.points] if self.resolution is None else len(self.points)}
+            if not self.boundary:  # only when set: studies stored before the option keep their hash
+                described["boundary"] = False
+            return described
         return {"kind": self.kind, "method": self.method, "sampler": self.sampler_name,
                 "n_trials": self.n_trials, "parallel_points": self.parallel_points,
                 "sampler_seed": self.sampler_seed}
