@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from bench.compare.analysis import build_comparison
-from bench.compare.stats import describe, l2_distance, paired, standing, summarize
+from bench.compare.stats import describe, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.report import figures
 from bench.report.figures import _loss_scale, arm_colours
@@ -36,6 +36,16 @@ def test_standing_among_grid_points():
 
 def test_l2_distance():
     assert l2_distance([3.0, 0.0], [1.0, 1.0]) == pytest.approx(math.sqrt(5))
+
+
+@pytest.mark.parametrize("value, digits, text", [
+    (2.4, 4, "2.400"), (2.478, 4, "2.478"), (237.84, 4, "237.8"), (9249.4, 4, "9249"),
+    (123456.7, 4, "123457"), (0.30412, 3, "0.304"), (9.99996, 4, "10.00"), (-6.0, 2, "-6.0"),
+    (0.0090, 2, "0.0090"), (1.2e-7, 3, "1.20e-07"), (0.0, 4, "0"), (math.nan, 4, "nan"),
+])
+def test_figures_in_sentences_keep_their_significant_digits(value, digits, text):
+    # 2.400 next to 2.478 says the figure is as precise as its neighbour; 2.4 would not.
+    assert significant(value, digits) == text
 
 
 def test_paired_comparison_and_its_sentence():
@@ -119,7 +129,7 @@ def test_gradnorm_standing_distance_and_paired_tests():
     verdict = "beats" if versus_grid.p_value < 0.05 else "does not differ significantly from"
     assert c.headline[0].startswith(
         f"gradnorm {verdict} the grid search (grid; paired over 3 seeds, p = {versus_grid.p_value:.2g}): "
-        f"test loss {versus_grid.mean_a:.4g} vs {versus_grid.mean_b:.4g}")
+        f"test loss {significant(versus_grid.mean_a)} vs {significant(versus_grid.mean_b)}")
 
 
 @pytest.mark.parametrize("static_tests,verdict", [
@@ -140,7 +150,7 @@ def test_the_headline_claims_static_beats_gradnorm_only_when_the_test_says_so(st
     assert (row.p_value < 0.05) == (verdict == "beats")
     assert again.headline[1].startswith(
         f"gradnorm-static {verdict} gradnorm (paired over 3 seeds, p = {row.p_value:.2g}): test loss "
-        f"{row.mean_a:.4g} vs {row.mean_b:.4g}, lower on 3 of 3 seeds.")
+        f"{significant(row.mean_a)} vs {significant(row.mean_b)}, lower on 3 of 3 seeds.")
 
 
 def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
@@ -187,9 +197,9 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert again.headline[0].startswith("gradnorm is beaten by the grid search (grid; ")
     assert again.headline[1] == (
         "The grid's chosen point (w=2,0) gives b a weight of 0, so its head never trains (test loss of "
-        f"b: 0.9 vs {per_task[('gradnorm', 'b')]:.4g} for gradnorm). gradnorm beats "
+        f"b: 0.9000 vs {significant(per_task[('gradnorm', 'b')])} for gradnorm). gradnorm beats "
         f"the only grid point that weights every task, w=1,1 (chosen on validation; paired over 3 "
-        f"seeds, p = {row.p_value:.2g}): test loss {row.mean_a:.4g} vs 1.21.")
+        f"seeds, p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs 1.210.")
     assert row.p_value < 0.05
     landscape = figures.grid_landscape(again)
     legend = [t.get_text() for t in landscape.axes[0].get_legend().get_texts()]
@@ -207,7 +217,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     two = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(extra)]), [])
     assert two.grids["grid"].weighted_all == "w=1,1"
     assert "the best of the 2 grid points that weight every task, w=1,1 (chosen on validation; " in two.headline[1]
-    assert two.headline[1].endswith("test loss 1.117 vs 1.21; 1 of the 2 have a lower test loss.")
+    assert two.headline[1].endswith("test loss 1.117 vs 1.210; 1 of the 2 have a lower test loss.")
     # With no point that weights every task left eligible, the line says so.
     runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
     runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"

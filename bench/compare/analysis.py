@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare import stats
+from bench.compare.stats import significant
 from bench.errors import BenchError
 from bench.store.export import runs_table
 from bench.store.results import ResultStore
@@ -320,8 +321,8 @@ def _headline(c: Comparison) -> list[str]:
     main = c.main.set_index("arm")
 
     def gaps(a: str, b: str) -> str:
-        return (f"Overfitting gap (test - train): {main.loc[a, 'overfitting_gap']:.3g} vs "
-                f"{main.loc[b, 'overfitting_gap']:.3g}.")
+        gap_a, gap_b = main.loc[a, "overfitting_gap"], main.loc[b, "overfitting_gap"]
+        return f"Overfitting gap (test - train): {significant(gap_a, 3)} vs {significant(gap_b, 3)}."
 
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
@@ -338,9 +339,10 @@ def _headline(c: Comparison) -> list[str]:
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
-            f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss {row.mean_a:.4g} vs "
-            f"{row.mean_b:.4g} for the point chosen on validation; {int(standing.n_better)} of "
-            f"{int(standing.n_points)} grid points have a lower test loss. Cost: {int(main.loc[a, 'runs'])} "
+            f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
+            f"{significant(row.mean_a)} vs {significant(row.mean_b)} for the point chosen on validation; "
+            f"{int(standing.n_better)} of {int(standing.n_points)} grid points have a lower test loss. "
+            f"Cost: {int(main.loc[a, 'runs'])} "
             f"runs ({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
             + gaps(a, b)
         )
@@ -351,8 +353,8 @@ def _headline(c: Comparison) -> list[str]:
         if main.loc[a, "kind"] != "gradnorm-static" or main.loc[b, "kind"] != "gradnorm" or row.n == 0:
             continue
         verdict, evidence = _verdict(row)
-        lines.append(f"{a} {verdict} {b} ({evidence}): test loss {row.mean_a:.4g} vs {row.mean_b:.4g}, "
-                     f"lower on {int(row.wins)} of {int(row.n)} seeds. " + gaps(a, b))
+        lines.append(f"{a} {verdict} {b} ({evidence}): test loss {significant(row.mean_a)} vs "
+                     f"{significant(row.mean_b)}, lower on {int(row.wins)} of {int(row.n)} seeds. " + gaps(a, b))
     return lines
 
 
@@ -360,8 +362,8 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     """The sentence for a grid whose selected point gives tasks up: what those tasks lost, and
     how arm `a` stands against the grid's best point that weights every task."""
     per_task = c.per_task.set_index(["arm", "task"]).test_loss
-    losses = "; ".join(f"{t}: {per_task[(grid.arm, t)]:.4g} vs {per_task[(a, t)]:.4g} for {a}"
-                       for t in grid.unweighted)
+    losses = "; ".join(f"{t}: {significant(per_task[(grid.arm, t)])} vs "
+                       f"{significant(per_task[(a, t)])} for {a}" for t in grid.unweighted)
     tasks = " and ".join(grid.unweighted)
     heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
     line = (f"The grid's chosen point ({point_words(grid.selected, grid.weights)}) gives {tasks} a weight "
@@ -378,7 +380,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
     count = f"; {better} of the {len(weighted)} have a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
-                   f"test loss {row.mean_a:.4g} vs {row.mean_b:.4g}{count}.")
+                   f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}{count}.")
 
 
 __all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]

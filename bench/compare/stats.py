@@ -103,6 +103,20 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
                   p_value=p_t, wilcoxon_p=p_w, effect_size=d)
 
 
+def significant(value: float, digits: int = 4) -> str:
+    """`value` to `digits` significant digits with its trailing zeros: 2.400 next to 2.478, not
+    2.4, which reads as a coarser figure. Whole numbers stay whole: 12346, not 1.235e+04."""
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    if 10 ** (digits - 1) <= abs(value) < 1e15:
+        return f"{value:.0f}"
+    rounded = float(f"{value:.{digits}g}")  # rounding first: 9.9996 -> 10.00, not 10.000
+    if not 1e-4 <= abs(rounded) < 1e15:
+        return f"{rounded:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{rounded:.{decimals}f}"
+
+
 def _p(result: Paired) -> str:
     p = result.p_value
     if math.isnan(p):
@@ -115,7 +129,7 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
     the best of 66 grid points on 3/3 seeds (...)', with the test for the reader to weigh."""
     if result.n == 0:
         return f"{a} and {b} share no finished seed: no comparison."
-    effect = "" if math.isnan(result.effect_size) else f", effect size d = {result.effect_size:.2g}"
+    effect = "" if math.isnan(result.effect_size) else f", effect size d = {significant(result.effect_size, 2)}"
     # Said from the side that wins more seeds: "lower ... on 0/3 seeds" reads as a riddle.
     if result.wins > result.losses:
         outcome = f"has a lower test loss than {b}{b_detail} on {result.wins}/{result.n} seeds"
@@ -125,4 +139,4 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
         outcome = (f"is level with {b}{b_detail}, lower on {result.wins} and higher on {result.losses} "
                    f"of {result.n} seeds")
     return (f"{a} {outcome} (mean task-normalised test loss "
-            f"{result.mean_a:.4g} vs {result.mean_b:.4g}, {_p(result)}{effect}).")
+            f"{significant(result.mean_a)} vs {significant(result.mean_b)}, {_p(result)}{effect}).")
