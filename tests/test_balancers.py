@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bench.balancers import BALANCERS, build_balancer_params
 from bench.balancers.dwa import DWA, DWAParams
 from bench.balancers.equal import Equal, EqualParams
+from bench.balancers.rlw import DRAW_BLOCK_STEPS, RLW, RLWParams
 from bench.balancers.static import Static, StaticParams
 from bench.balancers.uncertainty import Uncertainty, UncertaintyParams
 from bench.errors import ConfigError
@@ -26,7 +27,7 @@ def tasks(*kinds: str) -> list[TaskSpec]:
 
 
 def test_registry_holds_every_method_once_under_its_own_name():
-    assert set(BALANCERS) == {"equal", "static", "gradnorm", "uncertainty", "dwa"}
+    assert set(BALANCERS) == {"equal", "static", "gradnorm", "uncertainty", "dwa", "rlw"}
     assert all(cls.name == name for name, cls in BALANCERS.items())
 
 
@@ -91,3 +92,57 @@ def test_dwa_keeps_unit_weights_for_two_periods_then_follows_the_loss_ratio():
 def test_dwa_period_defaults_to_one_epoch():
     balancer = DWA([DWAParams()], tasks("regression", "regression"), **dict(CPU, steps_per_epoch=7))
     assert balancer.period == 7
+
+
+def rlw_weights_over(balancer: RLW, steps: int, losses: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights an RLW balancer gives at each of `steps` steps, (steps, R, T)."""
+    rows = []
+    for step in range(steps):
+        rows.append(balancer.weights())
+        given = losses[step] if losses is not None else torch.ones_like(rows[-1])
+        balancer.update(step, given, None)
+    return torch.stack(rows)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 12), st.lists(st.integers(0, 2**62), min_size=1, max_size=4))
+def test_rlw_weights_are_positive_and_sum_to_T_at_every_step(n_tasks, seeds):
+    balancer = RLW([RLWParams()] * len(seeds), tasks(*["regression"] * n_tasks), seeds=seeds, **CPU)
+    w = rlw_weights_over(balancer, 50)
+    assert w.shape == (50, len(seeds), n_tasks)
+    assert bool((w > 0).all())
+    assert torch.allclose(w.sum(dim=2), torch.full(w.shape[:2], float(n_tasks), dtype=torch.float64))
+
+
+def test_rlw_weights_come_from_the_runs_seed_whatever_the_losses_or_the_other_runs():
+    specs = tasks("regression", "regression", "regression")
+    steps = DRAW_BLOCK_STEPS + 10  # across a block of draws
+    alone = rlw_weights_over(RLW([RLWParams()], specs, seeds=[7], **CPU), steps)
+    stacked = rlw_weights_over(RLW([RLWParams()] * 3, specs, seeds=[3, 7, 11], **CPU), steps,
+                               losses=torch.rand(steps, 3, 3, dtype=torch.float64) * 100)
+    assert torch.equal(stacked[:, 1], alone[:, 0])
+    assert not torch.allclose(stacked[:, 0], stacked[:, 2])  # other seeds, other draws
+    assert not torch.allclose(alone[0, 0], alone[1, 0])  # a fresh draw at every step
+
+
+def test_rlw_weights_follow_softmax_of_standard_normal_draws():
+    # T = 2: w_1 = 2 sigmoid(z_1 - z_2) with z_1 - z_2 ~ N(0, 2). Its mean is 1 by symmetry and
+    # its median 1; P(w_1 > 2 sigmoid(sqrt 2)) = P(N(0, 1) > 1) = 0.159.
+    balancer = RLW([RLWParams()], tasks("regression", "regression"), seeds=[0], **CPU)
+    w1 = rlw_weights_over(balancer, 20000)[:, 0, 0]
+    assert float(w1.mean()) == pytest.approx(1.0, abs=0.01)
+    assert float(w1.median()) == pytest.approx(1.0, abs=0.02)
+    threshold = 2 * torch.sigmoid(torch.tensor(math.sqrt(2.0)))
+    assert float((w1 > threshold).double().mean()) == pytest.approx(0.1587, abs=0.01)
+
+
+def test_rlw_keeps_a_stopped_runs_weights_and_needs_seeds():
+    balancer = RLW([RLWParams()] * 2, tasks("regression", "regression"), seeds=[1, 2], **CPU)
+    balancer.update(0, torch.ones(2, 2, dtype=torch.float64), None)
+    before = balancer.weights().clone()
+    balancer.stop_runs(torch.tensor([True, False]))
+    balancer.update(1, torch.ones(2, 2, dtype=torch.float64), None)
+    after = balancer.weights()
+    assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+    with pytest.raises(ValueError, match="seed"):
+        RLW([RLWParams()], tasks("regression", "regression"), **CPU)

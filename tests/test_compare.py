@@ -132,6 +132,29 @@ def test_gradnorm_standing_distance_and_paired_tests():
         f"test loss {significant(versus_grid.mean_a)} vs {significant(versus_grid.mean_b)}")
 
 
+def test_gradnorm_is_put_to_the_random_weighting_litmus_test():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    # Random weights drawn at every step average to about 1 each; these runs lose on every seed.
+    rlw = [_run("rlw", f"seed={seed}", seed, 1.3, test, test - 0.2, mean_weights=(0.98, 1.02),
+                balancer="rlw") for seed, test in zip((0, 1, 2), (1.31, 1.35, 1.30))]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "rlw": "rlw"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(rlw)]), [])
+    pairs = again.comparisons.set_index(["arm", "versus"])
+    row = pairs.loc[("gradnorm", "rlw")]
+    assert (row.n, row.wins) == (3, 3)
+    assert row.sentence.startswith("gradnorm has a lower test loss than random loss weighting on 3/3 seeds")
+    assert ("rlw", "equal") in pairs.index and ("rlw", "gradnorm") not in pairs.index
+    assert again.main.set_index("arm").loc["rlw", "weights"] == [0.98, 1.02]  # time-averaged
+    assert again.headline[-1] == (
+        f"gradnorm beats random loss weighting (rlw; paired over 3 seeds, p = {row.p_value:.2g}), "
+        "Lin et al.'s litmus test for a weighting method: test loss "
+        f"{significant(row.mean_a)} vs {significant(row.mean_b)}, lower on 3 of 3 seeds.")
+    assert row.p_value < 0.05
+    # Without an rlw arm, no such line.
+    assert not any("random loss weighting" in line for line in c.headline)
+
+
 @pytest.mark.parametrize("static_tests,verdict", [
     # lower on every seed, but by a margin the paired t-test cannot tell from noise
     ((1.099, 1.118, 1.05), "does not differ significantly from"),

@@ -20,6 +20,7 @@ BALANCER_CASES = [
     ("gradnorm", {"alpha": 0.5, "parametrisation": "softmax", "grad_params": "all_shared"}),
     ("uncertainty", {}),
     ("dwa", {"period": 3}),
+    ("rlw", {}),
 ]
 
 
@@ -160,7 +161,7 @@ class PoisonedToy(ToyProblem):
         return data
 
 
-@pytest.mark.parametrize("balancer", ["equal", "gradnorm", "uncertainty", "dwa"])
+@pytest.mark.parametrize("balancer", ["equal", "gradnorm", "uncertainty", "dwa", "rlw"])
 def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer):
     monkeypatch.setitem(PROBLEMS, PoisonedToy.name, PoisonedToy)
     budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5)

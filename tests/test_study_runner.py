@@ -33,6 +33,8 @@ parallel_points = 2
 
 [arms.dwa]
 period = 2
+
+[arms.rlw]
 """
 
 
@@ -55,7 +57,7 @@ def test_every_arm_runs_and_is_stored(store):
     runner = StudyRunner(spec, store)
     progress = runner.run()
     assert progress.left == 0 and progress.failed == 0
-    assert progress.total == len(spec.runs()) == 6 + 4 + 4 + 2 + 8 + 2 + 2
+    assert progress.total == len(spec.runs()) == 6 + 4 + 4 + 2 + 8 + 2 + 2 + 2
     records = results_by_key(store, "tiny")
     assert len(records) == progress.total
     for (arm, key), r in records.items():

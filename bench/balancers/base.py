@@ -30,10 +30,16 @@ class Balancer(ABC):
     per_run_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Sequence[Any], tasks: Sequence[TaskSpec], *,
-                 device: torch.device, dtype: torch.dtype, steps_per_epoch: int):
+                 device: torch.device, dtype: torch.dtype, steps_per_epoch: int,
+                 seeds: Sequence[int] | None = None):
         if not params:
             raise ValueError("a balancer needs the options of at least one run")
+        if seeds is not None and len(seeds) != len(params):
+            raise ValueError(f"{len(seeds)} seeds for {len(params)} runs")
         self.params = list(params)
+        # One seed per run for a method's own random stream (a run's weights must not depend
+        # on the runs it trains with); None where the caller has no seeds to give.
+        self.seeds = None if seeds is None else [int(s) for s in seeds]
         self.tasks = list(tasks)
         self.device = device
         self.dtype = dtype

@@ -24,7 +24,8 @@ from bench.errors import BenchError
 from bench.store.export import runs_table
 from bench.store.results import ResultStore
 
-ADAPTIVE = ("gradnorm", "uncertainty", "dwa")
+# Balancers whose weights change during a run: a run's weights are shown time-averaged.
+VARYING_WEIGHTS = ("gradnorm", "uncertainty", "dwa", "rlw")
 # A task whose static weight is exactly 0 sends no gradient anywhere: its head keeps its initial
 # weights (Adam moves nothing whose gradient stays 0). A grid point on the simplex's boundary can
 # then win on the summed loss by giving a task up, which the paper's grid (weights drawn at
@@ -185,7 +186,7 @@ def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
     ok = g[g.status == "ok"]
     if ok.empty:
         return [math.nan] * len(tasks)
-    if ok.balancer.iloc[0] in ADAPTIVE:
+    if ok.balancer.iloc[0] in VARYING_WEIGHTS:
         return [float(ok[f"mean_weight_{t}"].mean()) for t in tasks]
     return [float(ok[f"weight_{t}"].iloc[0]) if pd.notna(ok[f"weight_{t}"].iloc[0])
             else float(ok[f"mean_weight_{t}"].iloc[0]) for t in tasks]
@@ -284,6 +285,8 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
                     pairs.append((label, grid.weighted_all_label,
                                   f"{grid.weighted_all_words} ({point_words(grid.weighted_all, grid.weighted_all_weights)}, "
                                   "chosen on validation)"))
+            # Lin et al.'s litmus test: does the weighting beat weights drawn at random?
+            pairs.extend((label, rlw, "random loss weighting") for rlw, k in kinds.items() if k == "rlw")
         if kind == "gradnorm-static":
             source = [lb for lb in kinds if arm_of.get(lb) == sources.get(arm_of[label])
                       and variant_of.get(lb) == variant_of[label]]
@@ -316,7 +319,8 @@ def _verdict(row: Any) -> tuple[str, str]:
 def _headline(c: Comparison) -> list[str]:
     """A few plain sentences answering the paper's two claims: did GradNorm match or beat the
     grid, at what cost, and does it overfit less; and do its averaged weights, retrained as
-    static weights, do as well as GradNorm itself?"""
+    static weights, do as well as GradNorm itself? And, with an `rlw` arm: does GradNorm beat
+    weights drawn at random?"""
     lines = []
     main = c.main.set_index("arm")
 
@@ -348,13 +352,24 @@ def _headline(c: Comparison) -> list[str]:
         )
         if c.grids[b].unweighted:
             lines.append(_given_up(c, a, c.grids[b]))
-    for _, row in c.comparisons.iterrows():
-        a, b = row.arm, row.versus
-        if main.loc[a, "kind"] != "gradnorm-static" or main.loc[b, "kind"] != "gradnorm" or row.n == 0:
-            continue
+    def pairs(kind_a: str, kind_b: str):
+        """The paired rows of an arm of kind_a against one of kind_b, with seeds in common."""
+        for _, row in c.comparisons.iterrows():
+            if main.loc[row.arm, "kind"] == kind_a and main.loc[row.versus, "kind"] == kind_b and row.n > 0:
+                yield row
+
+    def losses(row: Any) -> str:
+        return (f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}, "
+                f"lower on {int(row.wins)} of {int(row.n)} seeds")
+
+    for row in pairs("gradnorm-static", "gradnorm"):
         verdict, evidence = _verdict(row)
-        lines.append(f"{a} {verdict} {b} ({evidence}): test loss {significant(row.mean_a)} vs "
-                     f"{significant(row.mean_b)}, lower on {int(row.wins)} of {int(row.n)} seeds. " + gaps(a, b))
+        lines.append(f"{row.arm} {verdict} {row.versus} ({evidence}): {losses(row)}. "
+                     + gaps(row.arm, row.versus))
+    for row in pairs("gradnorm", "rlw"):
+        verdict, evidence = _verdict(row)
+        lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
+                     f"litmus test for a weighting method: {losses(row)}.")
     return lines
 
 

@@ -9,7 +9,7 @@ registry the study file's `kind` field is checked against.
 - `gradnorm`: GradNorm at one or more alpha values, with any GradNorm option.
 - `gradnorm-static`: for every run of a GradNorm arm, its time-averaged weights (whole run or the
   tail window) retrained from scratch with the same seed: the paper's "GradNorm static".
-- `equal`, `static`, `uncertainty`, `dwa`: the baselines.
+- `equal`, `static`, `uncertainty`, `dwa`, `rlw`: the baselines.
 """
 
 from __future__ import annotations
@@ -130,6 +130,11 @@ class UncertaintyArm(BaselineArm):
 class DWAArm(BaselineArm):
     kind = balancer = "dwa"
     takes_balancer_options = "dwa"
+
+
+class RLWArm(BaselineArm):
+    kind = balancer = "rlw"
+    takes_balancer_options = "rlw"
 
 
 class StaticArm(Arm):
@@ -362,5 +367,5 @@ class GradNormStaticArm(Arm):
 
 ARM_KINDS: dict[str, type[Arm]] = {
     cls.kind: cls for cls in (GridArm, GradNormArm, GradNormStaticArm, EqualArm, StaticArm,
-                              UncertaintyArm, DWAArm)
+                              UncertaintyArm, DWAArm, RLWArm)
 }

@@ -147,6 +147,7 @@ class BatchTrainer:
         self.balancer = cls(
             [build_params(cls.Params, p) for p in family_params], self.tasks,
             device=self.device, dtype=self.dtype, steps_per_epoch=self.steps_per_epoch,
+            seeds=[derive_seed(c.seed, "balancer") for c in self.configs],
         )
         self.alive = torch.ones(R, dtype=torch.bool, device=self.device)
         self._pending_failures = torch.zeros(R, dtype=torch.bool, device=self.device)
