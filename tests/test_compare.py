@@ -138,13 +138,19 @@ def test_gradnorm_is_put_to_the_random_weighting_litmus_test():
     # Random weights drawn at every step average to about 1 each; these runs lose on every seed.
     rlw = [_run("rlw", f"seed={seed}", seed, 1.3, test, test - 0.2, mean_weights=(0.98, 1.02),
                 balancer="rlw") for seed, test in zip((0, 1, 2), (1.31, 1.35, 1.30))]
-    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "rlw": "rlw"}}
-    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(rlw)]), [])
+    uncertainty = [_run("uncertainty", f"seed={seed}", seed, 1.0, test, test - 0.1, mean_weights=(1.2, 0.8),
+                        balancer="uncertainty") for seed, test in zip((0, 1, 2), (1.05, 1.15, 1.10))]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "rlw": "rlw", "uncertainty": "uncertainty"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(rlw + uncertainty)]), [])
     pairs = again.comparisons.set_index(["arm", "versus"])
     row = pairs.loc[("gradnorm", "rlw")]
     assert (row.n, row.wins) == (3, 3)
     assert row.sentence.startswith("gradnorm has a lower test loss than random loss weighting on 3/3 seeds")
     assert ("rlw", "equal") in pairs.index and ("rlw", "gradnorm") not in pairs.index
+    # GradNorm is paired with the other weighting methods too, but only rlw makes the summary.
+    assert pairs.loc[("gradnorm", "uncertainty")].sentence.startswith(
+        "gradnorm has a higher test loss than uncertainty weighting on 2/3 seeds")
+    assert not any("uncertainty" in line for line in again.headline)
     assert again.main.set_index("arm").loc["rlw", "weights"] == [0.98, 1.02]  # time-averaged
     assert again.headline[-1] == (
         f"gradnorm beats random loss weighting (rlw; paired over 3 seeds, p = {row.p_value:.2g}), "

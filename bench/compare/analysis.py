@@ -26,6 +26,9 @@ from bench.store.results import ResultStore
 
 # Balancers whose weights change during a run: a run's weights are shown time-averaged.
 VARYING_WEIGHTS = ("gradnorm", "uncertainty", "dwa", "rlw")
+# The weighting methods a GradNorm arm is paired with, as the sentences name them.
+BASELINE_WORDS = {"uncertainty": "uncertainty weighting", "dwa": "dynamic weight average",
+                  "rlw": "random loss weighting"}
 # A task whose static weight is exactly 0 sends no gradient anywhere: its head keeps its initial
 # weights (Adam moves nothing whose gradient stays 0). A grid point on the simplex's boundary can
 # then win on the summed loss by giving a task up, which the paper's grid (weights drawn at
@@ -285,8 +288,8 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
                     pairs.append((label, grid.weighted_all_label,
                                   f"{grid.weighted_all_words} ({point_words(grid.weighted_all, grid.weighted_all_weights)}, "
                                   "chosen on validation)"))
-            # Lin et al.'s litmus test: does the weighting beat weights drawn at random?
-            pairs.extend((label, rlw, "random loss weighting") for rlw, k in kinds.items() if k == "rlw")
+            # The other weighting methods, random weights among them (Lin et al.'s litmus test).
+            pairs.extend((label, other, BASELINE_WORDS[k]) for other, k in kinds.items() if k in BASELINE_WORDS)
         if kind == "gradnorm-static":
             source = [lb for lb in kinds if arm_of.get(lb) == sources.get(arm_of[label])
                       and variant_of.get(lb) == variant_of[label]]
