@@ -349,12 +349,13 @@ def _headline(c: Comparison) -> list[str]:
             f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
             f"{significant(row.mean_a)} vs {significant(row.mean_b)} for the point chosen on validation; "
             f"{int(standing.n_better)} of {int(standing.n_points)} grid points have a lower test loss. "
-            f"Cost: {int(main.loc[a, 'runs'])} "
-            f"runs ({own_cost:.0f} s) against {int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
+            f"Cost: {int(main.loc[a, 'runs'])} runs ({own_cost:.0f} s) against "
+            f"{int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
             + gaps(a, b)
         )
         if c.grids[b].unweighted:
             lines.append(_given_up(c, a, c.grids[b]))
+
     def pairs(kind_a: str, kind_b: str):
         """The paired rows of an arm of kind_a against one of kind_b, with seeds in common."""
         for _, row in c.comparisons.iterrows():
