@@ -30,6 +30,15 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.parametrize("verb", [[], ["run"], ["compare"], ["status"], ["train"], ["list"], ["perf"]])
+def test_help_shows_flags_as_flags_not_as_options_taking_a_value(verb, capsys):
+    # typer 0.29.0-0.29.2 print "<bool>" after every flag, as if it took a value; pyproject.toml
+    # excludes them.
+    code, out, _ = run_cli([*verb, "--help"], capsys)
+    assert code == 0 and "--help" in out
+    assert "<bool>" not in out
+
+
 def test_train_json_prints_exactly_one_object_with_the_documented_keys(capsys):
     code, out, _ = run_cli(["train", *TINY_TRAIN, "--tasks", "2", "--sigmas", "1,100",
                             "--balancer", "gradnorm", "--alpha", "0.12", "--seed", "0", "--json"], capsys)
