@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.errors import ConfigError
 from tests.conftest import require_system_tool
 from tests.test_study_spec import TINY
 
@@ -65,6 +66,26 @@ def test_train_a_problem_of_ones_own_built_on_a_registered_one(tmp_path, monkeyp
     assert code == 0, err
     record = json.loads(out)
     assert record["status"] == "ok" and record["config"]["problem_params"] == {"n_train": "50"}
+
+
+def test_options_of_an_unannotated_problem_function_take_their_defaults_types(tmp_path, monkeypatch):
+    """Command-line values are text: without annotations, "false" would reach the function as a
+    truthy string. A default of type bool, int or float gives the type instead."""
+    from bench.problems.user import user_problem
+
+    (tmp_path / "plain_toy.py").write_text(
+        "from bench.problems import build_problem\n\n"
+        "seen = {}\n\n"
+        "def plain(n_train=60, noisy=True, scale=1.0, label='a'):\n"
+        "    seen.update(n_train=n_train, noisy=noisy, scale=scale, label=label)\n"
+        "    return build_problem('toy', {'n_train': n_train, 'n_val': 20, 'n_test': 20})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    user_problem("plain_toy:plain", {"n_train": "50", "noisy": "false", "scale": "2", "label": "7"})
+    import plain_toy
+    assert plain_toy.seen == {"n_train": 50, "noisy": False, "scale": 2.0, "label": "7"}
+    assert type(plain_toy.seen["scale"]) is float
+    with pytest.raises(ConfigError, match=r"problem\.n_train.*an integer"):
+        user_problem("plain_toy:plain", {"n_train": "many"})
 
 
 def test_train_prints_a_readable_summary(capsys):

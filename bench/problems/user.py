@@ -40,8 +40,14 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
         hints = typing.get_type_hints(function)
     except Exception:  # unresolvable annotations: pass the values as given
         hints = {}
-    # Values from the command line arrive as text: convert them to the annotated types.
-    params = {k: coerce(hints[k], v, f"problem.{k}", source) if k in hints else v for k, v in params.items()}
+    # Values from the command line arrive as text: convert them to the annotated types, or, for
+    # an argument without annotation, to its default's type (else "false" would be truthy).
+    for k, v in params.items():
+        default = accepted[k].default if k in accepted else inspect.Parameter.empty
+        if k in hints:
+            params[k] = coerce(hints[k], v, f"problem.{k}", source)
+        elif isinstance(v, str) and type(default) in (bool, int, float):
+            params[k] = coerce(type(default), v, f"problem.{k}", source)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     unknown = sorted(k for k in params if k not in accepted and not takes_any)
     if unknown:
