@@ -399,3 +399,29 @@ def test_no_figure_has_labels_running_into_each_other():
         drawn.append(figure_id)
     assert {"distance", "landscape", "pareto", "gaps"} <= set(drawn)
     plt.close("all")
+
+
+def test_every_grid_arm_gets_its_own_landscape_distance_and_pareto_figures():
+    """With two grids (exhaustive and sampled, say), each is drawn; before, only the first was."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    # A second grid whose points are the first's, shifted: another chosen point and other losses.
+    second = runs[runs.arm == "grid"].assign(arm="grid-tpe", normalized_test_loss=lambda f: f.normalized_test_loss + 0.5)
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "grid-tpe": "grid"}}
+    two = build_comparison("hand", manifest, pd.concat([runs, second]), [])
+    assert set(two.grids) == {"grid", "grid-tpe"}
+    drawn = {figure_id: (title, fig) for figure_id, title, fig in figures.all_figures(two)}
+    for kind in ("landscape", "distance", "pareto"):
+        assert kind not in drawn
+        assert {f"{kind}-grid", f"{kind}-grid-tpe"} <= set(drawn)
+        assert drawn[f"{kind}-grid-tpe"][0].endswith("(grid-tpe)")
+    # Each landscape plots its own grid's points.
+    tops = {}
+    for arm in ("grid", "grid-tpe"):
+        ax = drawn[f"landscape-{arm}"][1].axes[0]
+        line = next(line for line in ax.lines if line.get_label() == f"{arm} points")
+        tops[arm] = line.get_ydata().max()
+    assert tops["grid-tpe"] == pytest.approx(tops["grid"] + 0.5)
+    # One grid: the figures keep their plain ids.
+    assert {"landscape", "distance", "pareto"} <= {i for i, _, _ in figures.all_figures(c)}
+    plt.close("all")

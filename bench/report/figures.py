@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from bench.compare.analysis import Comparison  # noqa: E402
+from bench.compare.analysis import Comparison, GridSelection  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -150,11 +150,18 @@ def _markers(c: Comparison) -> list[tuple[str, list[float]]]:
             and not any(math.isnan(w) for w in row.weights)]
 
 
-def grid_landscape(c: Comparison) -> plt.Figure | None:
+def _grid(c: Comparison, arm: str | None) -> tuple[str, GridSelection, pd.DataFrame]:
+    """The grid arm a figure draws (the study's first by default), its summary and its points
+    that trained."""
+    arm = arm or next(iter(c.grids))
+    grid = c.grids[arm]
+    return arm, grid, grid.points[grid.points.failed == 0]
+
+
+def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     if not c.grids or len(c.tasks) not in (2, 3):
         return None
-    arm, grid = next(iter(c.grids.items()))
-    points = grid.points[grid.points.failed == 0]
+    arm, grid, points = _grid(c, arm)
     w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
     loss = points.normalized_test_loss.to_numpy()
     markers = _markers(c)
@@ -196,10 +203,10 @@ def grid_landscape(c: Comparison) -> plt.Figure | None:
     cbar = fig.colorbar(tri, ax=ax, shrink=0.8, pad=0.08)
     cbar.set_label("log10 task-normalised test loss")
     best = xy(grid.weights)
-    ax.plot(*best, "*", ms=18, color="gold", mec="k", label="grid: chosen on validation")
+    ax.plot(*best, "*", ms=18, color="gold", mec="k", label=f"{arm}: chosen on validation")
     if grid.weighted_all:
         ax.plot(*xy(grid.weighted_all_weights), "*", ms=15, color="white", mec="k",
-                label="grid: chosen on validation, all weights > 0")
+                label=f"{arm}: chosen on validation, all weights > 0")
     for (label, weights), colour, marker, size in zip(markers, colours, itertools.cycle("osD^vP"),
                                                       _nested_sizes(len(markers), 15, 7)):
         ax.plot(*xy(weights), marker, ms=size, color=colour, mec="k", label=label)
@@ -224,14 +231,13 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> str:
     return f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {sps.spearmanr(x, y).statistic:.2f}"
 
 
-def distance_to_gradnorm(c: Comparison) -> plt.Figure | None:
+def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     """The paper's Figure 6: relative change in test loss against the L2 distance between each
     grid point's weights and GradNorm's time-averaged weights."""
     gradnorm = c.main[c.main.kind == "gradnorm"]
     if not c.grids or gradnorm.empty:
         return None
-    arm, grid = next(iter(c.grids.items()))
-    points = grid.points[grid.points.failed == 0]
+    arm, grid, points = _grid(c, arm)
     w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
     fig, axes = plt.subplots(1, len(gradnorm), figsize=(6.5 * len(gradnorm), 4.4), squeeze=False)
     for ax, row in zip(axes[0], gradnorm.itertuples()):
@@ -268,11 +274,10 @@ def _pareto_mask(values: np.ndarray) -> np.ndarray:
     return mask
 
 
-def pareto_front(c: Comparison) -> plt.Figure | None:
+def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     if not c.grids or len(c.tasks) < 2:
         return None
-    arm, grid = next(iter(c.grids.items()))
-    points = grid.points[grid.points.failed == 0]
+    arm, grid, points = _grid(c, arm)
     losses = points[[f"test_loss_{t}" for t in c.tasks]].to_numpy()
     front = _pareto_mask(losses)
     pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
@@ -335,8 +340,17 @@ FIGURES = [
 ]
 
 
+# Figures of one grid arm: a study with several grids (an exhaustive one and a TPE one, say)
+# gets one of each per grid.
+PER_GRID = {"landscape", "distance", "pareto"}
+
+
 def all_figures(c: Comparison) -> Iterator[tuple[str, str, plt.Figure]]:
     for figure_id, title, draw in FIGURES:
-        fig = draw(c)
-        if fig is not None:
-            yield figure_id, title, fig
+        if figure_id in PER_GRID and len(c.grids) > 1:
+            drawn = ((f"{figure_id}-{arm}", f"{title} ({arm})", draw(c, arm)) for arm in c.grids)
+        else:
+            drawn = iter([(figure_id, title, draw(c))])
+        for shown_id, shown_title, fig in drawn:
+            if fig is not None:
+                yield shown_id, shown_title, fig
