@@ -8,10 +8,12 @@ import math
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
 from bench.compare.analysis import build_comparison
-from bench.compare.stats import describe, l2_distance, paired, significant, standing, summarize
+from bench.compare.stats import describe, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.report import figures
 from bench.report.figures import _loss_scale, arm_colours
@@ -425,3 +427,51 @@ def test_every_grid_arm_gets_its_own_landscape_distance_and_pareto_figures():
     # One grid: the figures keep their plain ids.
     assert {"landscape", "distance", "pareto"} <= {i for i, _, _ in figures.all_figures(c)}
     plt.close("all")
+
+
+def test_holm_adjusts_a_family_of_p_values():
+    adjusted = holm([0.01, 0.04, 0.03, math.nan])
+    # m = 3 tests (no test is no test): 0.01 * 3, 0.03 * 2, then 0.04 * 1 raised to stay in order.
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
+    assert holm([0.5, 0.6]).tolist() == [1.0, 1.0]
+    assert holm([]).size == 0 and math.isnan(holm([math.nan])[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(math.nan)), max_size=12))
+def test_holm_equals_its_definition(p_values):
+    """Holm: sorted p_(1) <= ... <= p_(m), adjusted p_(i) = min(1, max_{j <= i} (m - j + 1) p_(j))."""
+    adjusted = holm(p_values)
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    order = sorted(tested, key=lambda i: p_values[i])
+    m = len(order)
+    for rank, i in enumerate(order):
+        expected = min(1.0, max((m - j) * p_values[order[j]] for j in range(rank + 1)))
+        assert adjusted[i] == pytest.approx(expected, abs=1e-12)
+        assert p_values[i] <= adjusted[i] + 1e-12
+    assert all(math.isnan(adjusted[i]) for i, p in enumerate(p_values) if math.isnan(p))
+
+
+def test_a_verdict_that_the_family_of_tests_weakens_says_so():
+    """gradnorm's p against the grid is 0.034 alone, but 0.068 after Holm over the study's three
+    paired tests: the verdict keeps the test's own p and shows the adjusted one beside it."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    runs = runs[runs.arm != "gradnorm"]
+    rows = []
+    for seed, test in zip((0, 1, 2), (1.10, 1.16, 1.14)):
+        rows.append(_run("gradnorm", f"alpha=0.12/seed={seed}", seed, 1.05, test, test - 0.1,
+                         mean_weights=(1.5, 0.5), balancer="gradnorm"))
+    for seed, test in zip((0, 1, 2), (1.45, 1.38, 1.43)):  # about equal weights' 1.40, 1.41, 1.42
+        rows.append(_run("static", f"seed={seed}", seed, 1.05, test, 1.2, weights=(1.5, 0.5)))
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "static": "static"}}
+    family = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(rows)]), [])
+    table = family.comparisons.set_index(["arm", "versus"])
+    assert len(table) == 3 and list(table.p_holm) == pytest.approx(list(holm(table.p_value)))
+    row = table.loc[("gradnorm", "grid")]
+    assert row.p_value == pytest.approx(0.034, abs=5e-4) and row.p_holm == pytest.approx(2 * row.p_value)
+    assert family.headline[0].startswith(
+        f"gradnorm beats the grid search (grid; paired over 3 seeds, p = {row.p_value:.2g}, "
+        f"or {row.p_holm:.2g} after Holm's adjustment for the study's 3 paired tests): ")
+    # Where the adjustment leaves the verdict standing, the sentence stays as it was.
+    assert "Holm" not in " ".join(hand_made().headline)

@@ -301,22 +301,29 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
         result = stats.paired(by_label[a], by_label[b])
         rows.append({"arm": a, "versus": b, **result.as_dict(),
                      "sentence": stats.describe(a, b_words, result)})
-    return pd.DataFrame(rows, columns=["arm", "versus", "n", "wins", "losses", "mean_a", "mean_b",
-                                       "mean_difference", "p_value", "wilcoxon_p", "effect_size",
-                                       "sentence"])
+    frame = pd.DataFrame(rows, columns=["arm", "versus", "n", "wins", "losses", "mean_a", "mean_b",
+                                        "mean_difference", "p_value", "wilcoxon_p", "effect_size",
+                                        "sentence"])
+    # A study reports several tests at once: Holm's adjustment over all its paired t-tests says
+    # which differences survive as a family (the verdicts name it where it changes them).
+    frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", stats.holm(frame.p_value))
+    return frame
 
 
-def _verdict(row: Any) -> tuple[str, str]:
+def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
-    where the paired t-test finds one at the 5 % level; and the evidence, in words."""
+    where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
+    Holm-adjusted p where the study's other tests make that difference uncertain."""
     if row.n < 2 or math.isnan(row.p_value):
         verdict = "beats" if row.mean_difference < 0 else "does not beat"
         return verdict, f"{int(row.n)} seed" + ("s" if row.n != 1 else "")
+    evidence = f"paired over {int(row.n)} seeds, p = {row.p_value:.2g}"
     if row.p_value >= 0.05:
-        verdict = "does not differ significantly from"
-    else:
-        verdict = "beats" if row.mean_difference < 0 else "is beaten by"
-    return verdict, f"paired over {int(row.n)} seeds, p = {row.p_value:.2g}"
+        return "does not differ significantly from", evidence
+    if row.p_holm >= 0.05:
+        tests = int(comparisons.p_value.notna().sum())
+        evidence += f", or {row.p_holm:.2g} after Holm's adjustment for the study's {tests} paired tests"
+    return ("beats" if row.mean_difference < 0 else "is beaten by"), evidence
 
 
 def _headline(c: Comparison) -> list[str]:
@@ -341,7 +348,7 @@ def _headline(c: Comparison) -> list[str]:
                    else "no seed has finished on both")
             lines.append(f"{a} cannot be compared with the grid search ({b}): {why}.")
             continue
-        verdict, evidence = _verdict(row)
+        verdict, evidence = _verdict(row, c.comparisons)
         diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
@@ -367,11 +374,11 @@ def _headline(c: Comparison) -> list[str]:
                 f"lower on {int(row.wins)} of {int(row.n)} seeds")
 
     for row in pairs("gradnorm-static", "gradnorm"):
-        verdict, evidence = _verdict(row)
+        verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} {row.versus} ({evidence}): {losses(row)}. "
                      + gaps(row.arm, row.versus))
     for row in pairs("gradnorm", "rlw"):
-        verdict, evidence = _verdict(row)
+        verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
                      f"litmus test for a weighting method: {losses(row)}.")
     return lines
@@ -394,7 +401,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     if rows.empty or rows.iloc[0].n == 0:
         return line + f"{a} cannot be compared with {where}: no seed has finished on both."
     row = rows.iloc[0]
-    verdict, evidence = _verdict(row)
+    verdict, evidence = _verdict(row, c.comparisons)
     weighted = grid.points[(grid.points.failed == 0) & grid.points.all_weights_positive]
     better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
     count = f"; {better} of the {len(weighted)} have a lower test loss" if len(weighted) > 1 else ""

@@ -103,6 +103,19 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
                   p_value=p_t, wilcoxon_p=p_w, effect_size=d)
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of m p-values (family-wise error): the smallest
+    times m, the next times m - 1, and so on, kept non-decreasing and at most 1. A NaN (no test
+    was possible) stays NaN and is not counted in m."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    scaled = p[order] * (len(order) - np.arange(len(order)))
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled)) if len(order) else scaled
+    return adjusted
+
+
 def significant(value: float, digits: int = 4) -> str:
     """`value` to `digits` significant digits with its trailing zeros: 2.400 next to 2.478, not
     2.4, which reads as a coarser figure. Whole numbers stay whole: 12346, not 1.235e+04."""
