@@ -475,3 +475,34 @@ def test_a_verdict_that_the_family_of_tests_weakens_says_so():
         f"or {row.p_holm:.2g} after Holm's adjustment for the study's 3 paired tests): ")
     # Where the adjustment leaves the verdict standing, the sentence stays as it was.
     assert "Holm" not in " ".join(hand_made().headline)
+
+
+def test_distance_figure_keeps_the_papers_points_readable_beside_far_outliers():
+    """Boundary points hundreds of % worse flattened the points that weight every task into one
+    line, and a line fitted through them predicted losses below zero: the line now follows the
+    points with every weight > 0, and the axis turns logarithmic only beyond their range."""
+    def study(boundary_losses):
+        rows = []
+        grid = {(2.0, 0.0): boundary_losses[0], (1.5, 0.5): 1.04, (1.0, 1.0): 1.02, (0.5, 1.5): 1.06,
+                (0.0, 2.0): boundary_losses[1]}
+        for w, test in grid.items():
+            for seed in (0, 1, 2):
+                rows.append(_run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, test, test + 0.001 * seed,
+                                 test - 0.3, weights=w))
+        for seed in (0, 1, 2):
+            rows.append(_run("gradnorm", f"alpha=0.12/seed={seed}", seed, 1.0, 1.0, 0.9, mean_weights=(1.2, 0.8),
+                             balancer="gradnorm"))
+        manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+        return build_comparison("outliers", manifest, pd.DataFrame(rows), [])
+
+    ax = figures.distance_to_gradnorm(study((9.0, 12.0))).axes[0]
+    assert ax.get_yscale() == "symlog"
+    ticks = list(ax.get_yticks())
+    assert 0 in ticks and 100 in ticks and 1000 in ticks  # round ticks in the linear part, decades beyond
+    fit = ax.lines[0]  # the fitted line spans the interior points' distances only
+    interior = [abs(1.2 - w0) * math.sqrt(2) for w0 in (1.5, 1.0, 0.5)]
+    assert min(fit.get_xdata()) == pytest.approx(min(interior)) and max(fit.get_xdata()) == pytest.approx(max(interior))
+    assert min(fit.get_ydata()) > 0  # every grid point is worse than GradNorm; so is the line
+    # Without far outliers the axis stays linear.
+    assert figures.distance_to_gradnorm(study((1.1, 1.2))).axes[0].get_yscale() == "linear"
+    plt.close("all")

@@ -231,6 +231,20 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> str:
     return f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {sps.spearmanr(x, y).statistic:.2f}"
 
 
+def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
+    """A y axis linear within +-`linear` (wide, with round ticks) and logarithmic beyond, with
+    a tick at every decade the values reach."""
+    ax.set_yscale("symlog", linthresh=linear, linscale=4)
+    ticks = [t for t in matplotlib.ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
+             if abs(t) <= linear]
+    for sign, end in ((1, values.max()), (-1, -values.min())):
+        if end > linear:
+            ticks += [sign * 10.0 ** k for k in range(math.ceil(math.log10(linear)), math.ceil(math.log10(end)) + 1)]
+    ax.set_yticks(sorted(set(ticks)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     """The paper's Figure 6: relative change in test loss against the L2 distance between each
     grid point's weights and GradNorm's time-averaged weights."""
@@ -239,15 +253,22 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         return None
     arm, grid, points = _grid(c, arm)
     w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
-    fig, axes = plt.subplots(1, len(gradnorm), figsize=(6.5 * len(gradnorm), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(gradnorm), figsize=(7 * len(gradnorm), 4.6), squeeze=False)
     for ax, row in zip(axes[0], gradnorm.itertuples()):
         distance = np.linalg.norm(w - np.asarray(row.weights), axis=1)
         change = 100 * (points.normalized_test_loss.to_numpy() / row.normalized_test_loss - 1)
-        sns.regplot(x=distance, y=change, ax=ax, scatter=False, line_kws={"color": "C3"})
         # Points on the simplex's boundary leave a task untrained: often the far outliers, so
         # they are marked, and the correlations are also given without them (as in the paper,
-        # whose grid drew its weights at random).
+        # whose grid drew its weights at random). The fitted line follows the paper's points
+        # too: through the outliers it would predict losses below zero.
         boundary = ~points.all_weights_positive.to_numpy()
+        fitted = ~boundary if (~boundary).sum() >= 3 else np.ones_like(boundary)
+        sns.regplot(x=distance[fitted], y=change[fitted], ax=ax, scatter=False, line_kws={"color": "C3"})
+        inner = np.abs(change[~boundary]).max() if (~boundary).any() else 0.0
+        if boundary.any() and inner > 0 and np.abs(change).max() > 5 * inner:
+            # Outliers hundreds of % away would flatten the paper's points into one line: linear
+            # up to those points' range, logarithmic beyond.
+            _linear_then_log(ax, change, 1.5 * inner)
         ax.scatter(distance[~boundary], change[~boundary], s=16, color="C0", label="all weights > 0")
         title = _correlations(distance, change)
         if boundary.any():
@@ -259,7 +280,7 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         ax.axhline(0, color="k", lw=0.8)
         # Wrapped: with a long arm name it would run into the next panel's label.
         ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights", 55))
-        ax.set_ylabel(f"test loss change vs {row.arm} (%)")
+        ax.set_ylabel(textwrap.fill(f"test loss change vs {row.arm} (%)", 32))
     fig.tight_layout()
     return fig
 
