@@ -97,7 +97,7 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
                              "weight": point[1 + i]})
     data = pd.DataFrame(rows)
     labels = list(dict.fromkeys(data.label))
-    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels) + 1.2, 4.2), squeeze=False)
     palette = dict(zip(c.tasks, sns.color_palette("colorblind", len(c.tasks))))
     for ax, label in zip(axes[0], labels):
         d = data[data.label == label]
@@ -109,6 +109,11 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
         ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average")
         ax.set_xlabel("step")
         ax.set_ylabel("task weight w_i")
+        ax.get_legend().remove()
+    # One legend, beside the last panel: inside, with many tasks it hid the largest weights.
+    handles, names = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(handles, names, title="task", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       frameon=False, fontsize="small")
     fig.tight_layout()
     return fig
 
