@@ -125,6 +125,7 @@ def test_gradnorm_standing_distance_and_paired_tests():
     assert "the best of 3 grid points" in versus_grid.sentence
     versus_equal = c.comparisons[(c.comparisons.arm == "gradnorm") & (c.comparisons.versus == "equal")].iloc[0]
     assert versus_equal.wins == 3
+    assert "; 1 of 3 grid points has a lower test loss. " in c.headline[0]  # not "1 of 3 ... have"
     main = c.main.set_index("arm")
     assert main.loc["gradnorm", "overfitting_gap"] == pytest.approx(0.1)
     assert main.loc["gradnorm", "weights"] == [1.5, 0.5]
@@ -248,7 +249,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     two = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(extra)]), [])
     assert two.grids["grid"].weighted_all == "w=1,1"
     assert "the best of the 2 grid points that weight every task, w=1,1 (chosen on validation; " in two.headline[1]
-    assert two.headline[1].endswith("test loss 1.117 vs 1.210; 1 of the 2 have a lower test loss.")
+    assert two.headline[1].endswith("test loss 1.117 vs 1.210; 1 of the 2 has a lower test loss.")
     # With no point that weights every task left eligible, the line says so.
     runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
     runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"

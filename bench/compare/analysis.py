@@ -310,6 +310,11 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     return frame
 
 
+def _have(count: int) -> str:
+    """The verb after "k of n points": "1 of 66 has", "0 of 66 have"."""
+    return "has" if count == 1 else "have"
+
+
 def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
     where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
@@ -355,7 +360,8 @@ def _headline(c: Comparison) -> list[str]:
         lines.append(
             f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
             f"{significant(row.mean_a)} vs {significant(row.mean_b)} for the point chosen on validation; "
-            f"{int(standing.n_better)} of {int(standing.n_points)} grid points have a lower test loss. "
+            f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
+            "test loss. "
             f"Cost: {int(main.loc[a, 'runs'])} runs ({own_cost:.0f} s) against "
             f"{int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
             + gaps(a, b)
@@ -404,7 +410,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     verdict, evidence = _verdict(row, c.comparisons)
     weighted = grid.points[(grid.points.failed == 0) & grid.points.all_weights_positive]
     better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
-    count = f"; {better} of the {len(weighted)} have a lower test loss" if len(weighted) > 1 else ""
+    count = f"; {better} of the {len(weighted)} {_have(better)} a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
                    f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}{count}.")
 
