@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures are written to files; never open a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -240,14 +241,14 @@ def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
     """A y axis linear within +-`linear` (wide, with round ticks) and logarithmic beyond, with
     a tick at every decade the values reach."""
     ax.set_yscale("symlog", linthresh=linear, linscale=4)
-    ticks = [t for t in matplotlib.ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
+    ticks = [t for t in ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
              if abs(t) <= linear]
     for sign, end in ((1, values.max()), (-1, -values.min())):
         if end > linear:
             ticks += [sign * 10.0 ** k for k in range(math.ceil(math.log10(linear)), math.ceil(math.log10(end)) + 1)]
     ax.set_yticks(sorted(set(ticks)))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
 
 
 def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
@@ -266,21 +267,22 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         # they are marked, and the correlations are also given without them (as in the paper,
         # whose grid drew its weights at random). The fitted line follows the paper's points
         # too: through the outliers it would predict losses below zero.
-        boundary = ~points.all_weights_positive.to_numpy()
-        fitted = ~boundary if (~boundary).sum() >= 3 else np.ones_like(boundary)
+        interior = points.all_weights_positive.to_numpy()
+        boundary = ~interior
+        fitted = interior if interior.sum() >= 3 else np.ones_like(interior)
         sns.regplot(x=distance[fitted], y=change[fitted], ax=ax, scatter=False, line_kws={"color": "C3"})
-        inner = np.abs(change[~boundary]).max() if (~boundary).any() else 0.0
+        inner = np.abs(change[interior]).max() if interior.any() else 0.0
         if boundary.any() and inner > 0 and np.abs(change).max() > 5 * inner:
             # Outliers hundreds of % away would flatten the paper's points into one line: linear
             # up to those points' range, logarithmic beyond.
             _linear_then_log(ax, change, 1.5 * inner)
-        ax.scatter(distance[~boundary], change[~boundary], s=16, color="C0", label="all weights > 0")
+        ax.scatter(distance[interior], change[interior], s=16, color="C0", label="all weights > 0")
         title = _correlations(distance, change)
         if boundary.any():
             ax.scatter(distance[boundary], change[boundary], s=22, color="C1", marker="D",
                        label="a weight of 0 (that task's head never trains)")
             ax.legend(fontsize="small")
-            title = f"all points: {title}\nall weights > 0: {_correlations(distance[~boundary], change[~boundary])}"
+            title = f"all points: {title}\nall weights > 0: {_correlations(distance[interior], change[interior])}"
         ax.set_title(title)
         ax.axhline(0, color="k", lw=0.8)
         # Wrapped: with a long arm name it would run into the next panel's label.
