@@ -164,6 +164,44 @@ def test_gradnorm_is_put_to_the_random_weighting_litmus_test():
     assert not any("random loss weighting" in line for line in c.headline)
 
 
+def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor():
+    c = hand_made()
+    assert not any("≤ 0" in line or "floor" in line for line in c.headline)
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    gradnorm = runs.arm == "gradnorm"
+    runs["steps_done"] = 400
+    runs.loc[gradnorm, "nonpositive_weight_steps"] = [0, 29, 241]
+    runs.loc[gradnorm, "floor_binding_steps"] = 0
+    again = build_comparison("hand", c.manifest, runs, [])
+    assert again.headline[-1].startswith("gradnorm: a task weight was ≤ 0 on 29 to 241 of 400 steps in 2 of 3 "
+                                         "runs. The paper imposes no floor")
+    assert "`floor`" in again.headline[-1] and "`weight_lr`" in again.headline[-1]
+    runs.loc[gradnorm, "nonpositive_weight_steps"] = 0
+    runs.loc[gradnorm, "floor_binding_steps"] = [12, 12, 12]
+    floored = build_comparison("hand", c.manifest, runs, [])
+    assert floored.headline[-1] == "gradnorm: the floor held a task weight up on 12 of 400 steps in 3 of 3 runs."
+    assert floored.headline[:-1] == c.headline
+
+
+def test_the_weight_figure_marks_zero_only_where_a_weight_reached_it():
+    c = hand_made()
+
+    def records(lowest: float) -> list[dict]:
+        return [{"arm": "gradnorm", "run_key": f"alpha=0.12/seed={seed}",
+                 "record": {"weights_trajectory": [[0, 1.0, 1.0], [1, 2.0 - lowest, lowest], [2, 1.5, 0.5]]}}
+                for seed in (0, 1, 2)]
+
+    def zero_lines(lowest: float) -> int:
+        with_records = build_comparison("hand", c.manifest, c.runs.drop(columns=["variant", "kind", "label"]),
+                                        records(lowest))
+        ax = figures.weight_trajectories(with_records).axes[0]
+        return sum(1 for line in ax.lines if list(line.get_ydata()) == [0, 0])
+
+    assert zero_lines(-0.05) == 1
+    assert zero_lines(0.05) == 0
+    plt.close("all")
+
+
 @pytest.mark.parametrize("static_tests,verdict", [
     # lower on every seed, but by a margin the paired t-test cannot tell from noise
     ((1.099, 1.118, 1.05), "does not differ significantly from"),
@@ -217,7 +255,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     main = again.main.set_index("arm")
     assert main.loc["grid", "normalized_test_loss"] == pytest.approx(0.51)
     assert main.loc["grid (all weights > 0)", "normalized_test_loss"] == pytest.approx(1.21)
-    assert main.loc["grid (all weights > 0)", ["runs", "selected_point"]].tolist() == [9, "w=1,1"]
+    assert main.loc["grid (all weights > 0)", ["runs", "selected_point"]].tolist() == [3, "w=1,1"]
     assert main.loc["grid (all weights > 0)", "weights"] == [1.0, 1.0]
     per_task = again.per_task.set_index(["arm", "task"]).test_loss
     assert per_task[("grid (all weights > 0)", "b")] == pytest.approx(1.21 / 2)

@@ -86,6 +86,14 @@ def test_every_arm_runs_and_is_stored(store):
     assert len(table) == progress.total
     grid = table[table.arm == "grid"]
     assert ((grid.weight_task0 + grid.weight_task1) - 2).abs().max() < 1e-9
+    # GradNorm's own counts and L_i(0) come from each record, for the comparison to report.
+    gradnorm = table[table.arm == "gradnorm"]
+    for row in gradnorm.itertuples():
+        stats = records[("gradnorm", row.run_key)]["record"]["balancer_stats"]
+        assert row.nonpositive_weight_steps == stats["nonpositive_weight_steps"]
+        assert row.floor_binding_steps == stats["floor_binding_steps"]
+        assert [row.initial_loss_task0, row.initial_loss_task1] == stats["initial_losses"]
+    assert table[table.arm == "grid"].nonpositive_weight_steps.isna().all()
 
 
 @pytest.mark.parametrize("sampler", ["random", "qmc", "cmaes", "grid"])

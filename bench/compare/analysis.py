@@ -200,7 +200,11 @@ def _main_table(runs, chosen, grids, tasks, manifest) -> pd.DataFrame:
     sources = manifest.get("gradnorm_static_sources", {})
     for label, g in chosen.groupby("label", sort=False):
         arm = g.arm.iloc[0]
-        own = runs[runs.arm == arm] if arm in grids else g
+        own = g
+        if arm in grids:  # a grid costs every point it trained; its every-task row, only those points
+            own = runs[runs.arm == arm]
+            if label == grids[arm].weighted_all_label:
+                own = own[(own[[f"weight_{t}" for t in tasks]] > 0).all(axis=1)]
         ok = g[g.status == "ok"]
         test = stats.summarize(ok.normalized_test_loss.tolist())
         row = {
@@ -387,6 +391,32 @@ def _headline(c: Comparison) -> list[str]:
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
                      f"litmus test for a weighting method: {losses(row)}.")
+    return lines + _weight_health(c)
+
+
+def _weight_health(c: Comparison) -> list[str]:
+    """A sentence per GradNorm label whose weights crossed zero or met their floor: a weight
+    <= 0 no longer trains its task (or trains it upward), which the tables alone do not show."""
+    lines = []
+    for label, g in c.runs[c.runs.balancer == "gradnorm"].groupby("label", sort=False):
+        for column, what, advice in (
+                ("nonpositive_weight_steps", "a task weight was ≤ 0",
+                 " The paper imposes no floor, and a weight ≤ 0 stops training its task or trains it "
+                 "towards a higher loss; a smaller `weight_lr` or a `floor` (e.g. 0.01) keeps every "
+                 "weight positive."),
+                ("floor_binding_steps", "the floor held a task weight up", "")):
+            if column not in g:
+                continue
+            counts = g[column].dropna()
+            hit = counts[counts > 0]
+            if hit.empty:
+                continue
+            low, high = int(hit.min()), int(hit.max())
+            span = f"{low}" if low == high else f"{low} to {high}"
+            steps = g.loc[hit.index, "steps_done"].dropna() if "steps_done" in g else pd.Series(dtype=float)
+            of_steps = f" of {int(steps.max())}" if len(steps) and steps.min() == steps.max() else ""
+            lines.append(f"{label}: {what} on {span}{of_steps} steps in {len(hit)} of {len(counts)} "
+                         f"runs.{advice}")
     return lines
 
 

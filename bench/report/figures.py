@@ -107,6 +107,8 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
         means = c.main.set_index("arm").loc[label, "weights"]
         for task, mean in zip(c.tasks, means):
             ax.axhline(mean, color=palette[task], ls="--", lw=1.2)
+        if d.weight.min() <= 0:  # the paper has no floor: mark where a weight stops training its task
+            ax.axhline(0, color="0.15", lw=0.9)
         ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average")
         ax.set_xlabel("step")
         ax.set_ylabel("task weight w_i")

@@ -45,6 +45,11 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
                  "normalized_overfitting_gap", "wall_time_s", "batch_wall_time_s", "batch_runs",
                  "steps_done", "device", "failed_step"):
         row[name] = record.get(name)
+    # GradNorm's health: steps with a weight <= 0 (the paper has no floor), steps a floor bound.
+    balancer_stats = record.get("balancer_stats") or {}
+    for name in ("nonpositive_weight_steps", "floor_binding_steps"):
+        row[name] = balancer_stats.get(name)
+    initial_losses = balancer_stats.get("initial_losses")
     weights = attrs.get("weights")
     for i, task in enumerate(tasks):
         row[f"weight_{task}"] = weights[i] if weights else None
@@ -52,6 +57,8 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
                      "test_loss", "overfitting_gap"):
             values = record.get(what)
             row[f"{what.replace('_weights', '_weight')}_{task}"] = values[i] if values else None
+        if initial_losses:
+            row[f"initial_loss_{task}"] = initial_losses[i]
         for split, metrics in (record.get("metrics") or {}).items():
             for metric, values in metrics.items():
                 row[f"{split}_{metric}_{task}"] = values[i]
