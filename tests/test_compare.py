@@ -6,6 +6,7 @@ import itertools
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -181,6 +182,11 @@ def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor
     floored = build_comparison("hand", c.manifest, runs, [])
     assert floored.headline[-1] == "gradnorm: the floor held a task weight up on 12 of 400 steps in 3 of 3 runs."
     assert floored.headline[:-1] == c.headline
+
+
+def test_a_correlation_that_rounds_to_zero_reads_0_00_not_minus_0_00():
+    text = figures._correlations(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, -0.001]))
+    assert text.startswith("Pearson r = 0.00 (p = 1), Spearman rho = -0.50")
 
 
 def test_the_weight_figure_marks_zero_only_where_a_weight_reached_it():

@@ -236,7 +236,9 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> str:
     if len(x) < 3:
         return f"{len(x)} point{'' if len(x) == 1 else 's'}, too few for a correlation"
     r, p = sps.pearsonr(x, y)
-    return f"Pearson r = {r:.2f} (p = {p:.2g}), Spearman rho = {sps.spearmanr(x, y).statistic:.2f}"
+    rho = sps.spearmanr(x, y).statistic
+    # + 0.0 turns a rounded -0.00 into 0.00
+    return f"Pearson r = {round(r, 2) + 0.0:.2f} (p = {p:.2g}), Spearman rho = {round(rho, 2) + 0.0:.2f}"
 
 
 def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
