@@ -184,6 +184,35 @@ def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor
     assert floored.headline[:-1] == c.headline
 
 
+def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    # alpha = 1.5 is worse on validation (1.06 against 1.05) and far better on test: choosing it
+    # on test would flatter GradNorm, as choosing the grid's point on test would flatter the grid.
+    better_on_test = [_run("gradnorm", f"alpha=1.5/seed={seed}", seed, 1.06, test, test - 0.1,
+                           mean_weights=(1.4, 0.6), balancer="gradnorm")
+                      for seed, test in zip((0, 1, 2), (0.90, 0.93, 0.91))]
+    again = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(better_on_test)]), [])
+    choice = again.alpha_choices["gradnorm"]
+    assert choice.chosen == "gradnorm (alpha=0.12)"
+    assert again.headline[0] == (
+        "gradnorm: validation chose alpha=0.12 of 2 values (mean task-normalised validation loss 1.050; "
+        "alpha=1.5: 1.060); the sentences here are for gradnorm (alpha=0.12), and the tables list every alpha.")
+    assert again.headline[1].startswith("gradnorm (alpha=0.12) beats the grid search")
+    assert not any("alpha=1.5" in line for line in again.headline[1:])
+    assert {"gradnorm (alpha=0.12)", "gradnorm (alpha=1.5)"} <= set(again.main.arm)  # every alpha in the tables
+    assert ("gradnorm (alpha=1.5)", "grid") in set(zip(again.comparisons.arm, again.comparisons.versus))
+    # A failed seed leaves its alpha out of the choice, as it does a grid point.
+    runs_failed = pd.concat([runs, pd.DataFrame(better_on_test)])
+    runs_failed.loc[runs_failed.run_key == "alpha=0.12/seed=1", "status"] = "failed"
+    failed = build_comparison("hand", c.manifest, runs_failed, [])
+    assert failed.alpha_choices["gradnorm"].chosen == "gradnorm (alpha=1.5)"
+    assert failed.headline[0] == (
+        "gradnorm: alpha=1.5 is the only one of 2 values with every seed finished; the sentences here are for "
+        "gradnorm (alpha=1.5), and the tables list every alpha. Left out for a failed seed: alpha=0.12.")
+    assert c.alpha_choices == {}  # one alpha: nothing to choose
+
+
 def test_a_correlation_that_rounds_to_zero_reads_0_00_not_minus_0_00():
     text = figures._correlations(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, -0.001]))
     assert text.startswith("Pearson r = 0.00 (p = 1), Spearman rho = -0.50")

@@ -6,7 +6,8 @@ Names used below:
   grid, a single one for the baselines; a *label* names an arm's variant in the tables
   ("gradnorm (alpha=0.12)"), or the arm alone when it has one variant. A grid arm is represented
   by the point selected on the validation split (task-normalised validation loss, mean over
-  seeds); the test split is only reported.
+  seeds); the test split is only reported. A GradNorm arm with several alphas has every alpha in
+  the tables, and the summary speaks for the alpha chosen on validation the same way.
 """
 
 from __future__ import annotations
@@ -66,6 +67,33 @@ class GridSelection:
 
 
 @dataclass
+class AlphaChoice:
+    """A GradNorm arm trained with several alphas: the one chosen on validation, as the grid's
+    point is, so that the summary does not pick GradNorm's best alpha on the test split."""
+    arm: str
+    chosen: str  # the chosen variant's label, "gradnorm (alpha=0.12)"
+    val_losses: dict[str, float]  # variant ("alpha=0.12") -> mean task-normalised validation loss
+    excluded: list[str] = field(default_factory=list)  # variants with a failed seed, left out
+
+    def sentence(self) -> str:
+        chosen = min(self.val_losses, key=self.val_losses.__getitem__)
+        # as many digits as it takes (up to 6) to tell the chosen loss from the next
+        digits = next((d for d in (4, 5, 6) if len({significant(v, d) for v in self.val_losses.values()})
+                       == len(self.val_losses)), 6)
+        others = "; ".join(f"{v}: {significant(loss, digits)}" for v, loss in self.val_losses.items()
+                           if v != chosen)
+        left_out = f" Left out for a failed seed: {', '.join(self.excluded)}." if self.excluded else ""
+        if len(self.val_losses) == 1:
+            return (f"{self.arm}: {chosen} is the only one of {1 + len(self.excluded)} values with every "
+                    f"seed finished; the sentences here are for {self.chosen}, and the tables list every "
+                    f"alpha.{left_out}")
+        return (f"{self.arm}: validation chose {chosen} of {len(self.val_losses) + len(self.excluded)} "
+                f"values (mean task-normalised validation loss {significant(self.val_losses[chosen], digits)}; "
+                f"{others}); the sentences here are for {self.chosen}, and the tables list every "
+                f"alpha.{left_out}")
+
+
+@dataclass
 class Comparison:
     study: str
     manifest: dict[str, Any]
@@ -78,6 +106,7 @@ class Comparison:
     standings: pd.DataFrame
     comparisons: pd.DataFrame
     headline: list[str] = field(default_factory=list)
+    alpha_choices: dict[str, AlphaChoice] = field(default_factory=dict)
 
     @cached_property  # read by the terminal and the report several times each
     def failures(self) -> pd.DataFrame:
@@ -132,9 +161,29 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     standings = _standings(chosen, grids, main)
     comparisons = _paired(chosen, grids, manifest, main)
     comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
-                            standings, comparisons)
+                            standings, comparisons, alpha_choices=_choose_alphas(runs))
     comparison.headline = _headline(comparison)
     return comparison
+
+
+def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
+    """For each GradNorm arm with several alphas, the one with the lowest mean validation loss
+    among those with every seed finished."""
+    choices = {}
+    gradnorm = runs[runs.kind == "gradnorm"]
+    for arm, g in gradnorm.groupby("arm", sort=False):
+        if g.label.nunique() < 2:
+            continue
+        failed = g[g.status != "ok"].variant.unique().tolist()
+        eligible = g[~g.variant.isin(failed)]
+        if eligible.empty:
+            continue
+        val = eligible.groupby("variant", sort=False).normalized_val_loss.mean()
+        best = val.idxmin()
+        label = eligible[eligible.variant == best].label.iloc[0]
+        choices[arm] = AlphaChoice(arm, label, {str(k): float(v) for k, v in val.items()},
+                                   [str(v) for v in failed])
+    return choices
 
 
 def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
@@ -340,8 +389,12 @@ def _headline(c: Comparison) -> list[str]:
     grid, at what cost, and does it overfit less; and do its averaged weights, retrained as
     static weights, do as well as GradNorm itself? And, with an `rlw` arm: does GradNorm beat
     weights drawn at random?"""
-    lines = []
+    lines = [choice.sentence() for choice in c.alpha_choices.values()]
     main = c.main.set_index("arm")
+    # With several alphas, the sentences speak for the one chosen on validation only.
+    chosen = {choice.chosen for choice in c.alpha_choices.values()}
+    passed_over = {label for label in c.runs[c.runs.arm.isin(list(c.alpha_choices))].label.unique()
+                   if label not in chosen}
 
     def gaps(a: str, b: str) -> str:
         gap_a, gap_b = main.loc[a, "overfitting_gap"], main.loc[b, "overfitting_gap"]
@@ -349,7 +402,7 @@ def _headline(c: Comparison) -> list[str]:
 
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
-        if main.loc[a, "kind"] != "gradnorm" or b not in c.grids:
+        if main.loc[a, "kind"] != "gradnorm" or b not in c.grids or a in passed_over:
             continue
         failed = int(main.loc[a, "failed"])
         if row.n == 0:  # nothing to compare: say why rather than print NaNs
@@ -376,7 +429,8 @@ def _headline(c: Comparison) -> list[str]:
     def pairs(kind_a: str, kind_b: str):
         """The paired rows of an arm of kind_a against one of kind_b, with seeds in common."""
         for _, row in c.comparisons.iterrows():
-            if main.loc[row.arm, "kind"] == kind_a and main.loc[row.versus, "kind"] == kind_b and row.n > 0:
+            if (main.loc[row.arm, "kind"] == kind_a and main.loc[row.versus, "kind"] == kind_b and row.n > 0
+                    and not {row.arm, row.versus} & passed_over):
                 yield row
 
     def losses(row: Any) -> str:
