@@ -141,8 +141,8 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
         "train_loss": [2.1271, 2.0864], "overfitting_gap": [0.33, 0.3159],
         "wall_time_s": [3.62, 227.2], "weights": [[2.01, 0.77, 0.22], [2.7, 0.3, 0.0]],
     })
-    print_comparison(SimpleNamespace(study="s", headline=[], main=main, comparisons=pd.DataFrame(),
-                                     failures=pd.DataFrame()))
+    print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
+                                     comparisons=pd.DataFrame(), failures=pd.DataFrame()))
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(" g")}

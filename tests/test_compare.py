@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from bench.compare.analysis import build_comparison
+from bench.compare.analysis import build_comparison, run_command
 from bench.compare.stats import describe, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
+from bench.store.results import StudyProgress
 from bench.report import figures
 from bench.report.figures import _loss_scale, arm_colours
 
@@ -167,14 +168,14 @@ def test_gradnorm_is_put_to_the_random_weighting_litmus_test():
 
 def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor():
     c = hand_made()
-    assert not any("≤ 0" in line or "floor" in line for line in c.headline)
+    assert not any("<= 0" in line or "floor" in line for line in c.headline)
     runs = c.runs.drop(columns=["variant", "kind", "label"])
     gradnorm = runs.arm == "gradnorm"
     runs["steps_done"] = 400
     runs.loc[gradnorm, "nonpositive_weight_steps"] = [0, 29, 241]
     runs.loc[gradnorm, "floor_binding_steps"] = 0
     again = build_comparison("hand", c.manifest, runs, [])
-    assert again.headline[-1].startswith("gradnorm: a task weight was ≤ 0 on 29 to 241 of 400 steps in 2 of 3 "
+    assert again.headline[-1].startswith("gradnorm: a task weight was <= 0 on 29 to 241 of 400 steps in 2 of 3 "
                                          "runs. The paper imposes no floor")
     assert "`floor`" in again.headline[-1] and "`weight_lr`" in again.headline[-1]
     runs.loc[gradnorm, "nonpositive_weight_steps"] = 0
@@ -211,6 +212,35 @@ def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation
         "gradnorm: alpha=1.5 is the only one of 2 values with every seed finished; the sentences here are for "
         "gradnorm (alpha=1.5), and the tables list every alpha. Left out for a failed seed: alpha=0.12.")
     assert c.alpha_choices == {}  # one alpha: nothing to choose
+
+
+@pytest.mark.parametrize("stored, seeds, command", [
+    ("grid", [0, 1, 2], "bench run --study studies/grid.toml"),
+    ("grid", [0, 1], "bench run --study studies/grid.toml"),  # unfinished: the file's seeds
+    ("grid", list(range(10)), "bench run --study studies/grid.toml --seeds 0-9"),
+    ("grid", [0, 1, 2, 3, 7, 8], "bench run --study studies/grid.toml --seeds 0-3,7,8"),
+    ("grid-quick", [0, 1, 2], "bench run --study studies/grid.toml --quick"),
+    ("grid-v2", [0, 1, 2], "bench run --study studies/grid.toml --new-version"),
+    ("grid-quick-v3", [0, 4], "bench run --study studies/grid.toml --quick --seeds 0-2,4 --new-version"),
+])
+def test_the_run_command_recreates_the_stored_study_not_just_its_file(stored, seeds, command):
+    manifest = {"study_file": "studies/grid.toml", "study_text": 'name = "grid"\nseeds = [0, 1, 2]\n'}
+    assert run_command(stored, manifest, seeds) == command
+
+
+def test_an_unfinished_study_says_so_before_anything_else():
+    c = hand_made()
+    assert c.unfinished is None  # built from runs alone: nothing known of runs still queued
+    c.manifest = {**c.manifest, "study_file": "hand.toml", "study_text": 'name = "hand"\nseeds = [0, 1, 2]\n'}
+    c.progress = StudyProgress(total=20, done=15, failed=0, running=3, waiting=2)
+    assert c.unfinished == (
+        "hand is not finished: 15 of 20 runs are stored (3 running, 2 waiting). The tables, tests and figures "
+        "cover the finished runs only; a grid's choice and the verdicts can change. `bench run --study hand.toml` "
+        "finishes it (or helps, if it is running elsewhere).")
+    c.progress = StudyProgress(total=20, done=18, failed=1, running=0, waiting=2)
+    assert "(2 waiting)" in c.unfinished
+    c.progress = StudyProgress(total=20, done=20, failed=1, running=0, waiting=0)
+    assert c.unfinished is None
 
 
 def test_a_correlation_that_rounds_to_zero_reads_0_00_not_minus_0_00():

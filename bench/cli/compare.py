@@ -64,6 +64,8 @@ def compare_command(
 
 def print_comparison(c) -> None:
     console.rule(Text(c.study, style="bold"))
+    if c.unfinished:
+        console.print(Text(c.unfinished, style="bold yellow"))
     for line in c.headline:
         console.print(f"- {line}")
     table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",

@@ -13,6 +13,9 @@ Names used below:
 from __future__ import annotations
 
 import math
+import re
+import shlex
+import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -23,7 +26,8 @@ from bench.compare import stats
 from bench.compare.stats import significant
 from bench.errors import BenchError
 from bench.store.export import runs_table
-from bench.store.results import ResultStore
+from bench.store import DEFAULT_STORAGE
+from bench.store.results import ResultStore, StudyProgress
 
 # Balancers whose weights change during a run: a run's weights are shown time-averaged.
 VARYING_WEIGHTS = ("gradnorm", "uncertainty", "dwa", "rlw")
@@ -107,6 +111,28 @@ class Comparison:
     comparisons: pd.DataFrame
     headline: list[str] = field(default_factory=list)
     alpha_choices: dict[str, AlphaChoice] = field(default_factory=dict)
+    progress: StudyProgress | None = None  # every run queued in the store, finished or not
+    storage: str | None = None  # the store's URL, where it is not the default
+
+    @property
+    def unfinished(self) -> str | None:
+        """What a reader of a study still training must know first: which runs the tables lack."""
+        p = self.progress
+        if p is None or p.left == 0:
+            return None
+        state = ", ".join(f"{n} {what}" for n, what in ((p.running, "running"), (p.waiting, "waiting"))
+                          if n) or "none running"
+        return (f"{self.study} is not finished: {p.done} of {p.total} runs are stored ({state}). "
+                "The tables, tests and figures cover the finished runs only; a grid's choice and the "
+                f"verdicts can change. `{self.run_command}` finishes it (or helps, if it is running "
+                "elsewhere).")
+
+    @property
+    def run_command(self) -> str:
+        """The `bench run` command that trains this stored study: its file, with the options that
+        made the stored study differ from the file (--quick, --seeds, --new-version)."""
+        command = run_command(self.study, self.manifest, self.runs.seed.dropna().astype(int).tolist())
+        return command + (f" --storage {shlex.quote(self.storage)}" if self.storage else "")
 
     @cached_property  # read by the terminal and the report several times each
     def failures(self) -> pd.DataFrame:
@@ -121,9 +147,43 @@ class Comparison:
         return self.runs[self.runs.label == label]
 
 
+def run_command(study: str, manifest: dict[str, Any], seeds: list[int]) -> str:
+    """`bench run` for stored study `study` from its manifest; `seeds`: those of its finished runs."""
+    try:
+        text = tomllib.loads(manifest.get("study_text") or "")
+    except tomllib.TOMLDecodeError:
+        text = {}
+    parts = ["bench", "run", "--study", shlex.quote(str(manifest.get("study_file") or study))]
+    # The stored name is the file's, then -quick for --quick, then -vN for --new-version.
+    suffix = re.fullmatch(re.escape(str(text.get("name", study))) + r"(-quick)?(-v\d+)?", study)
+    if suffix and suffix[1]:
+        parts.append("--quick")
+    file_seeds = [s for s in text.get("seeds", []) if isinstance(s, int)]
+    every_seed = sorted(set(file_seeds) | set(seeds))
+    if every_seed != sorted(file_seeds):
+        parts += ["--seeds", _seed_ranges(every_seed)]
+    if suffix and suffix[2]:
+        parts.append("--new-version")
+    return " ".join(parts)
+
+
+def _seed_ranges(seeds: list[int]) -> str:
+    """0,1,2,3,7 -> '0-3,7', as `bench run --seeds` reads it."""
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+
+
 def load_comparison(store: ResultStore, study: str) -> Comparison:
     manifest = store.require_manifest(study)
-    return build_comparison(study, manifest, runs_table(store, study), store.records(study))
+    comparison = build_comparison(study, manifest, runs_table(store, study), store.records(study))
+    comparison.progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
+    comparison.storage = store.url if store.url != DEFAULT_STORAGE else None
+    return comparison
 
 
 def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
@@ -454,8 +514,8 @@ def _weight_health(c: Comparison) -> list[str]:
     lines = []
     for label, g in c.runs[c.runs.balancer == "gradnorm"].groupby("label", sort=False):
         for column, what, advice in (
-                ("nonpositive_weight_steps", "a task weight was ≤ 0",
-                 " The paper imposes no floor, and a weight ≤ 0 stops training its task or trains it "
+                ("nonpositive_weight_steps", "a task weight was <= 0",
+                 " The paper imposes no floor, and a weight <= 0 stops training its task or trains it "
                  "towards a higher loss; a smaller `weight_lr` or a `floor` (e.g. 0.01) keeps every "
                  "weight positive."),
                 ("floor_binding_steps", "the floor held a task weight up", "")):

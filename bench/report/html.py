@@ -114,7 +114,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     html = _env.get_template("report.html.j2").render(
         study=c.study, description=manifest.get("description", ""), tasks=c.tasks,
         n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
-        generated=time.strftime("%Y-%m-%d %H:%M"), headline=c.headline,
+        generated=time.strftime("%Y-%m-%d %H:%M"), headline=c.headline, unfinished=c.unfinished,
         sentences=list(c.comparisons.sentence) if not c.comparisons.empty else [],
         main_table=_html(main_display),
         standings_table=_html(c.standings) if not c.standings.empty else "",
@@ -122,7 +122,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
         failures_table=_html(c.failures) if not c.failures.empty else "", n_failed=len(c.failures),
         figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
-        grid_tables=grid_tables, study_file=manifest.get("study_file", c.study), storage=storage,
+        grid_tables=grid_tables, run_command=c.run_command, storage=storage,
         run_env=run_env, report_env=report_env, devices=devices,
         study_text=manifest.get("study_text", ""),
     )
