@@ -243,6 +243,24 @@ def test_an_unfinished_study_says_so_before_anything_else():
     assert c.unfinished is None
 
 
+def test_figures_with_a_panel_per_alpha_put_at_most_two_in_a_row():
+    """Three alphas drew three panels side by side, shrunk to unreadable text in the report."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    gradnorm = runs[runs.arm == "gradnorm"]
+    alphas = pd.concat([gradnorm.assign(run_key=gradnorm.run_key.str.replace("0.12", a)) for a in ("0.12", "1.5", "3")])
+    records = [{"arm": "gradnorm", "run_key": key, "record": {"weights_trajectory": [[0, 1.0, 1.0], [1, 1.5, 0.5]]}}
+               for key in alphas.run_key]
+    three = build_comparison("hand", c.manifest, pd.concat([runs[runs.arm != "gradnorm"], alphas]), records)
+    for fig in (figures.weight_trajectories(three), figures.distance_to_gradnorm(three)):
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(visible) == 3
+        columns = {round(ax.get_position().x0, 3) for ax in visible}
+        rows = {round(ax.get_position().y0, 3) for ax in visible}
+        assert (len(columns), len(rows)) == (2, 2)
+    plt.close("all")
+
+
 def test_a_correlation_that_rounds_to_zero_reads_0_00_not_minus_0_00():
     text = figures._correlations(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, -0.001]))
     assert text.startswith("Pearson r = 0.00 (p = 1), Spearman rho = -0.50")

@@ -85,6 +85,18 @@ def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
     return scale
 
 
+def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tuple[plt.Figure, list]:
+    """n panels of width x height inches, at most two a row: three in a row shrink to unreadable
+    text at the report's width. Returns the figure and its axes in reading order: the n panels,
+    then a hidden spare where n is odd and above 1."""
+    ncols = min(2, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols + extra_width, height * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
 def weight_trajectories(c: Comparison) -> plt.Figure | None:
     records = _records(c)
     adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
@@ -98,9 +110,9 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
                              "weight": point[1 + i]})
     data = pd.DataFrame(rows)
     labels = list(dict.fromkeys(data.label))
-    fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels) + 1.2, 4.2), squeeze=False)
+    fig, axes = _panels(len(labels), 6.5, 4.2, extra_width=1.2)
     palette = dict(zip(c.tasks, sns.color_palette("colorblind", len(c.tasks))))
-    for ax, label in zip(axes[0], labels):
+    for ax, label in zip(axes, labels):
         d = data[data.label == label]
         sns.lineplot(data=d, x="step", y="weight", hue="task", units="seed", estimator=None,
                      lw=0.9, alpha=0.8, palette=palette, ax=ax)
@@ -113,10 +125,10 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
         ax.set_xlabel("step")
         ax.set_ylabel("task weight w_i")
         ax.get_legend().remove()
-    # One legend, beside the last panel: inside, with many tasks it hid the largest weights.
-    handles, names = axes[0][0].get_legend_handles_labels()
-    axes[0][-1].legend(handles, names, title="task", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                       frameon=False, fontsize="small")
+    # One legend, beside the first row's last panel: inside, with many tasks it hid the largest weights.
+    handles, names = axes[0].get_legend_handles_labels()
+    axes[min(1, len(labels) - 1)].legend(handles, names, title="task", loc="upper left",
+                                         bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -263,8 +275,8 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         return None
     arm, grid, points = _grid(c, arm)
     w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
-    fig, axes = plt.subplots(1, len(gradnorm), figsize=(7 * len(gradnorm), 4.6), squeeze=False)
-    for ax, row in zip(axes[0], gradnorm.itertuples()):
+    fig, axes = _panels(len(gradnorm), 7, 4.6)
+    for ax, row in zip(axes, gradnorm.itertuples()):
         distance = np.linalg.norm(w - np.asarray(row.weights), axis=1)
         change = 100 * (points.normalized_test_loss.to_numpy() / row.normalized_test_loss - 1)
         # Points on the simplex's boundary leave a task untrained: often the far outliers, so
@@ -316,13 +328,9 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
     others = [lb for lb in per_task.index if lb != arm]
     colours = arm_colours(c)
-    # At most two panels a row: three in a row shrink to unreadable text at the report's width.
-    ncols = min(2, len(pairs))
-    nrows = math.ceil(len(pairs) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.8 * nrows + 0.6), squeeze=False)
-    for ax in axes.flat[len(pairs):]:
-        ax.set_visible(False)
-    for ax, (i, j) in zip(axes.flat, pairs):
+    fig, axes = _panels(len(pairs), 5.4, 4.8)
+    fig.set_figheight(fig.get_figheight() + 0.6)  # room for the legend below
+    for ax, (i, j) in zip(axes, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
         ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
         for label, size in zip(others, _nested_sizes(len(others), 150, 70)):
@@ -332,10 +340,10 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
         _loss_scale(ax, np.r_[losses[:, j], per_task.loc[others, c.tasks[j]]], axis="y")
         ax.set_xlabel(f"test loss {c.tasks[i]}")
         ax.set_ylabel(f"test loss {c.tasks[j]}")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
     if len(pairs) % 2 and len(pairs) > 1:  # the legend takes the empty panel's place
-        spare = axes.flat[len(pairs)]
+        spare = axes[len(pairs)]
         spare.set_visible(True)
         spare.axis("off")
         spare.legend(handles, labels, loc="center", fontsize="small")
