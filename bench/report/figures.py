@@ -187,7 +187,7 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     markers = _markers(c)
     colours = [arm_colours(c)[label] for label, _ in markers]
     if len(c.tasks) == 2:
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        fig, ax = plt.subplots(figsize=(10, 4.5))
         order = np.argsort(w[:, 0])
         ax.plot(w[order, 0], loss[order], "o-", color="0.35", ms=4, label=f"{arm} points")
         best = points[points.selected].iloc[0]
@@ -205,7 +205,8 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
         ax.set_ylabel("task-normalised test loss")
         _loss_scale(ax, loss)
         ax.set_title("Grid landscape: test loss of every static weighting (mean over seeds)")
-        ax.legend(fontsize="small")
+        # Beside the axes: inside, it hid the grid's curve where the arms' lines crowd.
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         return fig
     # T = 3: a heat map on the simplex (barycentric -> plane).
