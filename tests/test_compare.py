@@ -261,6 +261,24 @@ def test_figures_with_a_panel_per_alpha_put_at_most_two_in_a_row():
     plt.close("all")
 
 
+def test_the_report_explains_verdicts_only_where_gradnorm_meets_a_grid(tmp_path):
+    from bench.report import write_report
+
+    c = hand_made()
+    html = write_report(c, tmp_path).read_text()
+    assert "Verdicts (" in html and "no GradNorm arm compared with a grid" not in html
+    # No grid, but a summary line all the same (GradNorm's weights crossed zero).
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    runs = runs[runs.arm != "grid"].assign(nonpositive_weight_steps=5, steps_done=100)
+    manifest = {**c.manifest, "kinds": {"gradnorm": "gradnorm", "equal": "equal"}}
+    no_grid = build_comparison("hand", manifest, runs, [])
+    assert no_grid.headline and not no_grid.grids
+    html = write_report(no_grid, tmp_path / "no-grid").read_text()
+    assert "a task weight was &lt;= 0 on 5 of 100 steps" in html
+    assert "no GradNorm arm compared with a grid;" in html and "Verdicts (" not in html
+    plt.close("all")
+
+
 def test_a_correlation_that_rounds_to_zero_reads_0_00_not_minus_0_00():
     text = figures._correlations(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, -0.001]))
     assert text.startswith("Pearson r = 0.00 (p = 1), Spearman rho = -0.50")
