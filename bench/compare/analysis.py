@@ -75,12 +75,20 @@ class AlphaChoice:
     """A GradNorm arm trained with several alphas: the one chosen on validation, as the grid's
     point is, so that the summary does not pick GradNorm's best alpha on the test split."""
     arm: str
-    chosen: str  # the chosen variant's label, "gradnorm (alpha=0.12)"
     val_losses: dict[str, float]  # variant ("alpha=0.12") -> mean task-normalised validation loss
     excluded: list[str] = field(default_factory=list)  # variants with a failed seed, left out
 
+    @property
+    def chosen_variant(self) -> str:
+        return min(self.val_losses, key=self.val_losses.__getitem__)
+
+    @property
+    def chosen(self) -> str:
+        """The chosen variant's label, as the tables name it: "gradnorm (alpha=0.12)"."""
+        return f"{self.arm} ({self.chosen_variant})"
+
     def sentence(self) -> str:
-        chosen = min(self.val_losses, key=self.val_losses.__getitem__)
+        chosen = self.chosen_variant
         # as many digits as it takes (up to 6) to tell the chosen loss from the next
         digits = next((d for d in (4, 5, 6) if len({significant(v, d) for v in self.val_losses.values()})
                        == len(self.val_losses)), 6)
@@ -239,10 +247,7 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
         if eligible.empty:
             continue
         val = eligible.groupby("variant", sort=False).normalized_val_loss.mean()
-        best = val.idxmin()
-        label = eligible[eligible.variant == best].label.iloc[0]
-        choices[arm] = AlphaChoice(arm, label, {str(k): float(v) for k, v in val.items()},
-                                   [str(v) for v in failed])
+        choices[arm] = AlphaChoice(arm, {str(k): float(v) for k, v in val.items()}, [str(v) for v in failed])
     return choices
 
 
