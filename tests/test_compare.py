@@ -445,6 +445,22 @@ def test_every_arm_keeps_one_distinct_colour_across_figures():
     assert len(set(colours.values())) == len(colours)
 
 
+def test_the_compared_arms_keep_their_colours_whatever_other_arms_are_called():
+    """Colours went by the tables' order (the store's, alphabetical): a `dwa` arm listed first took
+    equal's colour and moved every other arm's, so one arm changed colour from study to study."""
+    c = hand_made()
+    dwa = pd.DataFrame([_run("dwa", f"seed={seed}", seed, 1.3, 1.3, 1.2, weights=(1.0, 1.0), balancer="dwa")
+                        for seed in (0, 1, 2)])
+    runs = pd.concat([dwa, c.runs.drop(columns=["variant", "kind", "label"])], ignore_index=True)
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "dwa": "dwa"}}
+    with_dwa = build_comparison("hand", manifest, runs, [])
+    assert with_dwa.main.arm.iloc[0] == "dwa"  # the case: it sorts before the others
+    colours, before = arm_colours(with_dwa), arm_colours(c)
+    for arm in ("equal", "gradnorm", "grid"):
+        assert colours[arm] == before[arm]
+    assert colours["dwa"] not in {before[arm] for arm in ("equal", "gradnorm", "grid")}
+
+
 def with_records(c):
     """`c` with a stored record per run: test-loss curves of two points, the last one final."""
     records = []
@@ -480,6 +496,11 @@ def test_figures_draw_the_tables_student_t_interval_not_a_bootstrap():
     at_end = band.get_paths()[0].vertices
     at_end = at_end[at_end[:, 0] == 10, 1]
     assert (at_end.min(), at_end.max()) == (pytest.approx(final.ci_low), pytest.approx(final.ci_high))
+    # The legend lists the arms as the tables do, beside the axes where it hides no curve.
+    legend = curves.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [a for a in c.main.arm if a in set(ok.label)]
+    curves.canvas.draw()
+    assert legend.get_window_extent().x0 >= curves.axes[0].get_window_extent().x1
     plt.close("all")
 
 
@@ -643,6 +664,9 @@ def test_distance_figure_keeps_the_papers_points_readable_beside_far_outliers():
     interior = [abs(1.2 - w0) * math.sqrt(2) for w0 in (1.5, 1.0, 0.5)]
     assert min(fit.get_xdata()) == pytest.approx(min(interior)) and max(fit.get_xdata()) == pytest.approx(max(interior))
     assert min(fit.get_ydata()) > 0  # every grid point is worse than GradNorm; so is the line
+    # A point just beyond the linear range, short of a decade, gets its own tick (-9.4 %).
+    ticks = list(figures.distance_to_gradnorm(study((0.905, 12.0))).axes[0].get_yticks())
+    assert ticks[0] == pytest.approx(-9.4) and 1000 in ticks and -10 not in ticks
     # Without far outliers the axis stays linear.
     assert figures.distance_to_gradnorm(study((1.1, 1.2))).axes[0].get_yscale() == "linear"
     plt.close("all")

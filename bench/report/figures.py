@@ -66,11 +66,17 @@ def _chosen(c: Comparison, records: pd.DataFrame) -> pd.DataFrame:
 # The colorblind palette with its vermilion moved back: the first four arms (equal, GradNorm,
 # its static retrain, a grid) then get four hues that no reader confuses.
 _ARM_PALETTE = [sns.color_palette("colorblind")[i] for i in (0, 1, 2, 4, 3, 5, 6, 7, 8, 9)]
+_FIRST_COLOURED = ("equal", "gradnorm", "gradnorm-static", "grid")
 
 
 def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
-    """One colour per arm label, the same in every figure of the report."""
+    """One colour per arm label, the same in every figure of the report. The comparison's own
+    arms take the palette's first hues whatever the other arms are called: in alphabetical
+    order, a `dwa` arm had taken equal's blue and shifted every other arm's hue."""
+    kinds = dict(zip(c.runs.label, c.runs.kind)) | dict(zip(c.main.arm, c.main.kind))
     labels = list(dict.fromkeys([*c.main.arm, *c.runs.label]))
+    rank = {kind: i for i, kind in enumerate(_FIRST_COLOURED)}
+    labels.sort(key=lambda label: rank.get(kinds.get(label), len(rank)))  # stable: ties keep their order
     return {label: _ARM_PALETTE[i % len(_ARM_PALETTE)] for i, label in enumerate(labels)}
 
 
@@ -147,13 +153,15 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
             rows.append({"arm": r.label, "seed": r.seed, "step": step,
                          "loss": sum(l / n for l, n in zip(losses, normalisers))})
     data = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(8, 4.6))
-    sns.lineplot(data=data, x="step", y="loss", hue="arm", errorbar=t_interval, ax=ax,
-                 palette=arm_colours(c))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    order = list(dict.fromkeys([label for label in c.main.arm if label in set(data.arm)] + list(data.arm)))
+    sns.lineplot(data=data, x="step", y="loss", hue="arm", hue_order=order, errorbar=t_interval, ax=ax,
+                 palette=arm_colours(c))  # the legend lists the arms in the tables' order
     scale = _loss_scale(ax, data.loss)
     ax.set_ylabel("task-normalised test loss" + (" (log scale)" if scale == "log" else ""))
     ax.set_title("Test loss during training (mean over seeds, 95% interval); grids: the point chosen on validation")
-    ax.legend(title=None, fontsize="small")
+    # Beside the axes: inside, a legend of many arms covered the curves' ends.
+    ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -256,13 +264,16 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> str:
 
 def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
     """A y axis linear within +-`linear` (wide, with round ticks) and logarithmic beyond, with
-    a tick at every decade the values reach."""
+    a tick at every decade the values reach; a side whose values reach no decade gets a tick
+    at its farthest value (else a point at -1.7 beside a linear range of +-1.3 had no tick
+    nearer than -0.8)."""
     ax.set_yscale("symlog", linthresh=linear, linscale=4)
     ticks = [t for t in ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
              if abs(t) <= linear]
     for sign, end in ((1, values.max()), (-1, -values.min())):
         if end > linear:
-            ticks += [sign * 10.0 ** k for k in range(math.ceil(math.log10(linear)), math.ceil(math.log10(end)) + 1)]
+            decades = [10.0 ** k for k in range(math.ceil(math.log10(linear)), math.floor(math.log10(end)) + 1)]
+            ticks += [sign * d for d in decades] or [sign * float(f"{end:.2g}")]
     ax.set_yticks(sorted(set(ticks)))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(ticker.NullLocator())
