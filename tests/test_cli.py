@@ -40,6 +40,29 @@ def test_help_shows_flags_as_flags_not_as_options_taking_a_value(verb, capsys):
     assert "<bool>" not in out
 
 
+def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsys):
+    """Every verb's module imported torch, pandas, scipy and matplotlib at the top: `bench --help`
+    took 5 s, and `bench status` loaded the training engine to count runs. Those load now when a
+    verb needs them, so help and status do without."""
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY)
+    journal = str(tmp_path / "bench.journal")
+    assert main(["run", "--study", str(study), "--storage", journal]) == 0  # in this process: torch is loaded here
+    capsys.readouterr()
+    verbs = ["run", "compare", "status", "train", "list", "perf"]
+    script = (
+        "import sys\n"
+        "from bench.cli import main\n"
+        f"codes = [main(args) for args in (['--help'], *[[v, '--help'] for v in {verbs!r}],\n"
+        f"         ['status', '--study', 'tiny', '--storage', {journal!r}])]\n"
+        "heavy = [m for m in ('torch', 'pandas', 'scipy', 'matplotlib', 'seaborn') if m in sys.modules]\n"
+        "print('RESULT', codes, heavy)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path).stdout
+    assert "tiny in" in out and "RESULT" in out  # the status table was printed
+    assert out.split("RESULT", 1)[1].split() == ["[0,"] + ["0,"] * len(verbs) + ["0]", "[]"]
+
+
 def test_train_json_prints_exactly_one_object_with_the_documented_keys(capsys):
     code, out, _ = run_cli(["train", *TINY_TRAIN, "--tasks", "2", "--sigmas", "1,100",
                             "--balancer", "gradnorm", "--alpha", "0.12", "--seed", "0", "--json"], capsys)

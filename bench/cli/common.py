@@ -7,16 +7,18 @@ import math
 import shlex
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from bench.errors import BenchError, ConfigError
-from bench.report.html import format_number
-from bench.store import ResultStore
-from bench.study import StudySpec
+from bench.formatting import format_number
+
+if TYPE_CHECKING:  # the verbs import what they use when they run: `bench --help` loads none of it
+    from bench.store import ResultStore
+    from bench.study import StudySpec
 
 # No markup: what is printed quotes the user's names, paths and TOML tables ("grid[fine]",
 # "[budget]"), which rich would read as tags and drop. Styles are given explicitly (Text, style=).
@@ -79,6 +81,8 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
     out = []
     for name in requested:
         if store.manifest(name) is None:
+            from bench.study import StudySpec  # only for a file's name: loading it imports torch
+
             try:
                 spec = StudySpec.load(name)
             except ConfigError:

@@ -7,15 +7,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import pandas as pd
 import typer
 from rich.text import Text
 
 from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names
-from bench.compare import load_comparison
 from bench.errors import BenchError, ConfigError
-from bench.report import REPORTS_DIR, write_report
-from bench.store import ResultStore
 
 CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
 # Failed runs listed in the terminal, with their reasons; the report lists every one.
@@ -26,12 +22,18 @@ def compare_command(
     study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout).")] = "table",
-    reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = str(REPORTS_DIR),
+    reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = "reports",  # report.REPORTS_DIR
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
     if output_format not in ("table", "csv", "markdown"):
         raise ConfigError("--format", "table, csv or markdown", output_format)
+    import pandas as pd
+
+    from bench.compare import load_comparison
+    from bench.report import write_report
+    from bench.store import ResultStore
+
     store = ResultStore(storage)
     names = stored_study_names(store, study)
     mains = []

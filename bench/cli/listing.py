@@ -8,9 +8,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from bench.balancers import BALANCERS
 from bench.cli.common import console
-from bench.problems import PROBLEMS
 
 
 def _default(field: dataclasses.Field) -> str:
@@ -32,6 +30,9 @@ def _entry(description: str, params_cls: type) -> Text:
 
 def list_command() -> None:
     """List the problems and balancing methods, with their options and defaults."""
+    from bench.balancers import BALANCERS
+    from bench.problems import PROBLEMS
+
     for title, registry in (("problems", PROBLEMS), ("balancers", BALANCERS)):
         # Two columns and no vertical rules: at 80 columns a third squeezed the descriptions to
         # a word a line, cut with ellipses.

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from bench.cli.common import console, err_console, print_json
 from bench.errors import ConfigError
-from bench.perf import append_csv, run_benchmark
 
 
 def perf_command(
@@ -25,6 +24,8 @@ def perf_command(
     """Time a study's runs one by one and stacked, and a GradNorm step against an equal one.
 
     Also: the stacked step's throughput against a large matrix product, and peak memory."""
+    from bench.perf import append_csv, run_benchmark
+
     require_writable(csv)  # before minutes of measuring, not after
     figures = run_benchmark(study, steps, device, sequential,
                             progress=lambda what: err_console.print(f"{what}...", style="dim"))

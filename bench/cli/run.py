@@ -12,10 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.cli.common import arm_table, console, err_console, fmt
 from bench.errors import BenchError, ConfigError
-from bench.store import ResultStore
-from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from bench.study import StudyRunner, StudySpec
 
 QUICK_FACTOR = 0.1
 
@@ -49,6 +46,10 @@ def run_command(
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
 ) -> None:
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
+    from bench.store import ResultStore
+    from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
+    from bench.study import StudyRunner, StudySpec
+
     spec = StudySpec.load(study)
     if seeds is not None:
         spec = spec.with_seeds(parse_seeds(seeds))

@@ -8,7 +8,6 @@ import typer
 from rich.text import Text
 
 from bench.cli.common import arm_table, console, stored_study_names
-from bench.store import ResultStore
 
 
 def status_command(
@@ -16,6 +15,8 @@ def status_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
 ) -> None:
     """Progress of a study: runs done, running, failed and left, per arm and in total."""
+    from bench.store import ResultStore
+
     store = ResultStore(storage)
     for name in stored_study_names(store, study):
         progress = store.stored_progress(name)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json
-from bench.training import Budget, RunConfig, RunRecord, train
+from bench.training import Budget  # torch-free; the engine loads when a run starts
+
+if TYPE_CHECKING:
+    from bench.training import RunRecord
 
 
 def train_command(
@@ -33,6 +36,8 @@ def train_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record as one JSON object.")] = False,
 ) -> None:
     """Train one multitask model under one loss-balancing method and report its losses and weights."""
+    from bench.training import RunConfig, train
+
     problem_params: dict[str, object] = parse_assignments(problem_param, "--problem-param")
     if tasks is not None:
         problem_params["tasks"] = tasks

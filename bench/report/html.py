@@ -20,23 +20,13 @@ from PIL import Image  # a dependency of matplotlib
 
 from bench.compare.analysis import Comparison
 from bench.environment import environment
+from bench.formatting import format_number
 from bench.report.figures import all_figures
 
 REPORTS_DIR = Path("reports")
 GRID_ROWS_SHOWN = 20
 _env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"),
                           autoescape=jinja2.select_autoescape(["html", "j2"]))
-
-
-def format_number(value: float | None, digits: int = 4, exponent_digits: int | None = None) -> str:
-    """`digits` significant digits, trailing zeros kept (2.700, not 2.7) so that a column's
-    decimals line up; outside [1e-3, 1e5) scientific notation with `exponent_digits`
-    significant digits (default `digits`); "-" for None or NaN."""
-    if value is None or value != value:
-        return "-"
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.{max(0, (exponent_digits or digits) - 1)}e}"
-    return f"{value:#.{digits}g}".rstrip(".")
 
 
 def _number(value: Any) -> str:

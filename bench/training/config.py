@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,33 +16,8 @@ from bench.balancers import balancer_class, build_balancer_params
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.problems import build_problem
+from bench.training.budget import Budget
 from bench.training.device import resolve_device
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long and how a run trains. The network's optimiser is Adam."""
-
-    steps: int = 1500
-    batch_size: int = 100
-    lr: float = 1e-3
-    eval_every: int = 100
-    # Time-averaged weights are also reported over the last `tail_fraction` of the steps.
-    tail_fraction: float = 0.5
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, "an integer >= 1", getattr(self, name))
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("lr", "a positive number", self.lr)
-        if not 0 < self.tail_fraction <= 1:
-            raise ConfigError("tail_fraction", "a number in (0, 1]", self.tail_fraction)
-
-    def scaled(self, factor: float) -> "Budget":
-        """The same budget with `factor` times the steps (at least 1), for quick looks."""
-        steps = max(1, round(self.steps * factor))
-        return dataclasses.replace(self, steps=steps, eval_every=max(1, min(self.eval_every, steps)))
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -1,0 +1,14 @@
+"""How numbers are written for people, the same in the terminal's tables and the report's."""
+
+from __future__ import annotations
+
+
+def format_number(value: float | None, digits: int = 4, exponent_digits: int | None = None) -> str:
+    """`digits` significant digits, trailing zeros kept (2.700, not 2.7) so that a column's
+    decimals line up; outside [1e-3, 1e5) scientific notation with `exponent_digits`
+    significant digits (default `digits`); "-" for None or NaN."""
+    if value is None or value != value:
+        return "-"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.{max(0, (exponent_digits or digits) - 1)}e}"
+    return f"{value:#.{digits}g}".rstrip(".")
