@@ -63,6 +63,24 @@ def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsy
     assert out.split("RESULT", 1)[1].split() == ["[0,"] + ["0,"] * len(verbs) + ["0]", "[]"]
 
 
+def test_slow_reads_show_a_spinner_on_a_terminal_and_nothing_in_a_pipe(monkeypatch):
+    """Replaying a large journal and drawing a report took 15 s of silence in `bench compare`."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from bench.cli import common
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        monkeypatch.setattr(common, "err_console", Console(file=out, force_terminal=terminal, width=80))
+        with common.working("reading results/bench.journal"):
+            time.sleep(0.3)
+        assert ("reading results/bench.journal" in out.getvalue()) == terminal
+        assert terminal or out.getvalue() == ""
+
+
 def test_train_json_prints_exactly_one_object_with_the_documented_keys(capsys):
     code, out, _ = run_cli(["train", *TINY_TRAIN, "--tasks", "2", "--sigmas", "1,100",
                             "--balancer", "gradnorm", "--alpha", "0.12", "--seed", "0", "--json"], capsys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -24,6 +25,15 @@ if TYPE_CHECKING:  # the verbs import what they use when they run: `bench --help
 # "[budget]"), which rich would read as tags and drop. Styles are given explicitly (Text, style=).
 console = Console(highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False, markup=False)
+
+
+def working(what: str) -> contextlib.AbstractContextManager:
+    """A spinner on stderr saying what is being done, while it is done, on a terminal only
+    (nothing in a log or a pipe). For the seconds a verb would otherwise sit silent: replaying
+    a large journal, drawing a report's figures."""
+    if not err_console.is_terminal:
+        return contextlib.nullcontext()
+    return err_console.status(what, spinner="dots")
 
 
 def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names
+from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names, working
 from bench.errors import BenchError, ConfigError
 
 CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
@@ -32,20 +32,23 @@ def compare_command(
 
     from bench.compare import load_comparison
     from bench.report import write_report
-    from bench.store import ResultStore
+    from bench.store import DEFAULT_STORAGE, ResultStore
 
-    store = ResultStore(storage)
-    names = stored_study_names(store, study)
+    with working(f"reading {storage or DEFAULT_STORAGE}"):
+        store = ResultStore(storage)
+        names = stored_study_names(store, study)
     mains = []
     for name in names:
-        comparison = load_comparison(store, name)
+        with working(f"comparing the arms of {name}"):
+            comparison = load_comparison(store, name)
         main = comparison.main.assign(study=name)
         mains.append(main)
         if output_format == "table":
             print_comparison(comparison)
         if not no_report:
             try:
-                path = write_report(comparison, Path(reports), storage)
+                with working(f"drawing the report of {name}"):
+                    path = write_report(comparison, Path(reports), storage)
             except OSError as err:
                 raise BenchError(f"cannot write the report of {name} to {Path(reports) / name}: "
                                  f"{err.strerror or err} ({err.filename}); pass --reports with another "

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cli.common import arm_table, console, err_console, fmt
+from bench.cli.common import arm_table, console, err_console, fmt, working
 from bench.errors import BenchError, ConfigError
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
@@ -46,7 +46,7 @@ def run_command(
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
 ) -> None:
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
-    from bench.store import ResultStore
+    from bench.store import DEFAULT_STORAGE, ResultStore
     from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
     from bench.study import StudyRunner, StudySpec
 
@@ -62,7 +62,8 @@ def run_command(
     if grace <= heartbeat:
         # A shorter grace would declare live runs dead between two beats and retrain them.
         raise ConfigError("--grace", f"more seconds than --heartbeat ({heartbeat})", grace)
-    store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
+    with working(f"reading {storage or DEFAULT_STORAGE}"):
+        store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
                          new_version=new_version, backend=backend, scheduler=scheduler)
     console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import arm_table, console, stored_study_names
+from bench.cli.common import arm_table, console, stored_study_names, working
 
 
 def status_command(
@@ -15,10 +15,12 @@ def status_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
 ) -> None:
     """Progress of a study: runs done, running, failed and left, per arm and in total."""
-    from bench.store import ResultStore
+    from bench.store import DEFAULT_STORAGE, ResultStore
 
-    store = ResultStore(storage)
-    for name in stored_study_names(store, study):
+    with working(f"reading {storage or DEFAULT_STORAGE}"):
+        store = ResultStore(storage)
+        names = stored_study_names(store, study)
+    for name in names:
         progress = store.stored_progress(name)
         table = arm_table(f"{name} in {store.url}", ["runs", "done", "failed", "running", "waiting", "left"])
         total = None
