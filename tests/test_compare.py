@@ -185,6 +185,42 @@ def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor
     assert floored.headline[:-1] == c.headline
 
 
+def test_the_summary_says_when_gradnorms_gradient_norms_stayed_far_from_their_targets():
+    """A weight that oscillates, or one that keeps growing for a stuck task, leaves G_i far from
+    G_bar r_i^alpha; nothing else in the tables shows that GradNorm did not balance."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    gradnorm = runs.arm == "gradnorm"
+    manifest = {**c.manifest, "identity": {"budget": {"tail_fraction": 0.5}}}
+    runs.loc[gradnorm, "norm_target_gap"] = [0.12, 0.16, 0.76]
+    far = build_comparison("hand", manifest, runs, [])
+    assert far.headline[-1].startswith(
+        "gradnorm: GradNorm did not reach its own targets: over the last 50% of the steps, its gradient "
+        "norms at W were on average 35% away from them (sum_i |G_i - G_bar r_i^alpha| / "
+        "sum_i G_bar r_i^alpha, 12% to 76% over 3 runs; 0 is on target).")
+    runs.loc[gradnorm, "norm_target_gap"] = [0.07, 0.08, 0.08]
+    assert build_comparison("hand", manifest, runs, []).headline == c.headline
+    runs["norm_target_gap"] = None  # runs stored before the targets were recorded
+    assert build_comparison("hand", manifest, runs, []).headline == c.headline
+
+
+def test_the_gradient_norm_figure_draws_each_task_and_its_target():
+    c = hand_made()
+    traces = {"grad_norms": [[0, 0.1, 1.9], [1, 0.9, 1.1], [2, 1.0, 1.0]],
+              "target_norms": [[0, 1.0, 1.0], [1, 1.0, 1.0], [2, 1.0, 1.0]]}
+    records = [{"arm": "gradnorm", "run_key": f"alpha=0.12/seed={seed}", "record": {"traces": traces}}
+               for seed in (0, 1, 2)]
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    ax = figures.gradient_norms(build_comparison("hand", c.manifest, runs, records)).axes[0]
+    drawn = sorted(tuple(np.round(line.get_ydata(), 6)) for line in ax.lines if len(line.get_xdata()) == 3)
+    # G_i / G_bar per task (task a: 0.1, 0.9, 1.0 over a mean of 1.0), then the targets at 1.
+    assert drawn == [(0.1, 0.9, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.9, 1.1, 1.0)]
+    assert ax.get_yscale() == "log"  # 0.1 to 1.9: more than a decade
+    old = [{**r, "record": {"traces": {"grad_norms": traces["grad_norms"]}}} for r in records]
+    assert figures.gradient_norms(build_comparison("hand", c.manifest, runs, old)) is None
+    plt.close("all")
+
+
 def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

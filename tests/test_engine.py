@@ -65,7 +65,7 @@ def test_record_holds_what_a_run_produced():
     assert record.curves["step"] == [0, 5, 10, 15, 20]
     assert len(record.curves["test"]) == 5 and record.curves["test"][-1] == record.test_loss
     assert record.metrics["test"]["rms"][0] == pytest.approx(math.sqrt(record.test_loss[0]))
-    assert set(record.traces) == {"grad_norms"}
+    assert set(record.traces) == {"grad_norms", "target_norms"}
 
 
 def test_tail_mean_weights_use_the_tail_window():

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bench.balancers.gradnorm import GradNorm, GradNormParams
 from bench.problems.base import TaskSpec
+from bench.store.export import norm_target_gap
 from bench.training import Budget
 from bench.training import engine
 from bench.training.engine import BatchTrainer
@@ -281,7 +282,7 @@ def test_weight_optimizer_state_survives_across_steps():
 def test_alpha_zero_pulls_gradient_norms_at_W_towards_equality():
     budget = Budget(steps=150, batch_size=16, lr=1e-3, eval_every=50)
     trainer = trainer_for(sigmas=(1.0, 20.0), alpha=0.0, weight_lr=0.02, budget=budget)
-    trainer.run()
+    record = trainer.run()[0].to_dict()
     G = trainer.balancer.traces()["grad_norms"]  # (steps, R, T): G_i = |w_i| ||grad_W L_i||
 
     def spread(g):
@@ -290,6 +291,27 @@ def test_alpha_zero_pulls_gradient_norms_at_W_towards_equality():
     first, last = spread(G[:5]), spread(G[-30:])
     assert first > 5
     assert last < first / 3
+    # The recorded targets are G_bar(t) at alpha = 0, and the runs table's gap measures the
+    # distance from them over the tail window: far at the start, close once balanced.
+    target = trainer.balancer.traces()["target_norms"]
+    assert torch.allclose(target, G.mean(dim=-1, keepdim=True).expand_as(G))
+    assert norm_target_gap(record) < 0.3
+    assert norm_target_gap({**record, "tail_fraction": 1.0}) > norm_target_gap(record)
+    first_steps = {k: [row for row in v if row[0] < 5] for k, v in record["traces"].items()}
+    assert norm_target_gap({**record, "traces": first_steps, "steps_done": 5}) > 0.6  # spread > 5: gap > 4/6
+
+
+def test_target_trace_is_nan_while_the_initial_losses_are_being_averaged():
+    trainer = trainer_for(alpha=1.0, initial_loss="mean_first_steps", initial_loss_steps=4)
+    for step in range(6):
+        trainer.step(step)
+    traces = trainer.balancer.traces()
+    assert traces["grad_norms"].shape == traces["target_norms"].shape == (6, 1, 2)
+    assert torch.isnan(traces["target_norms"][:4]).all()
+    assert torch.isfinite(traces["target_norms"][4:]).all()
+    trainer.evaluate()
+    record = trainer.records(0.0)[0].to_dict()
+    assert math.isfinite(norm_target_gap({**record, "tail_fraction": 1.0}))  # the NaN steps are skipped
 
 
 def test_initial_loss_mean_of_first_steps_keeps_unit_weights_meanwhile():

@@ -14,7 +14,7 @@ import bench.study.manager as manager
 from bench.errors import BenchError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
-from bench.store.export import runs_table
+from bench.store.export import norm_target_gap, runs_table
 from bench.store.results import StudyConfigChanged
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
@@ -93,7 +93,9 @@ def test_every_arm_runs_and_is_stored(store):
         assert row.nonpositive_weight_steps == stats["nonpositive_weight_steps"]
         assert row.floor_binding_steps == stats["floor_binding_steps"]
         assert [row.initial_loss_task0, row.initial_loss_task1] == stats["initial_losses"]
+        assert row.norm_target_gap == norm_target_gap(records[("gradnorm", row.run_key)]["record"]) >= 0
     assert table[table.arm == "grid"].nonpositive_weight_steps.isna().all()
+    assert table[table.arm == "grid"].norm_target_gap.isna().all()
 
 
 @pytest.mark.parametrize("sampler", ["random", "qmc", "cmaes", "grid"])

@@ -99,6 +99,7 @@ class GradNorm(Balancer):
         self.floor_binding_steps = torch.zeros(R, dtype=torch.long, device=self.device)
         self.nonpositive_weight_steps = torch.zeros(R, dtype=torch.long, device=self.device)
         self._norm_trace: list[Tensor] = []
+        self._target_trace: list[Tensor] = []  # G_bar r_i^alpha per step: how far G_i is from its aim
         # The last step's quantities, kept for inspection and tests.
         self.last_gradnorm_loss: Tensor | None = None
         self.last_target: Tensor | None = None
@@ -170,6 +171,7 @@ class GradNorm(Balancer):
         assert grad_norms is not None, "GradNorm needs the per-task gradient norms"
         if self.initial_losses is None and self._set_initial_losses(step, losses):
             self._norm_trace.append(self.weights().abs() * grad_norms)
+            self._target_trace.append(torch.full_like(grad_norms, math.nan))  # no target while warming up
             return
         any_stopped = bool(self._stopped.any())
         if any_stopped:
@@ -180,6 +182,7 @@ class GradNorm(Balancer):
             before = self.theta.detach().clone()
         self.last_gradnorm_loss, grad = self.loss_and_gradient(losses, grad_norms)
         self._norm_trace.append(self.last_weighted_norms)
+        self._target_trace.append(self.last_target)
         self.theta.grad = grad
         self.optimizer.step()
         self.theta.grad = None
@@ -215,8 +218,11 @@ class GradNorm(Balancer):
         self._stopped |= runs
 
     def traces(self) -> dict[str, Tensor]:
-        """G_i(t) = |w_i| ||grad_W L_i|| at every step, shape (steps, R, T)."""
-        return {"grad_norms": torch.stack(self._norm_trace)} if self._norm_trace else {}
+        """G_i(t) = |w_i| ||grad_W L_i|| and its target G_bar(t) r_i(t)^alpha at every step, each
+        of shape (steps, R, T); the target is NaN on warm-up steps, which have none."""
+        if not self._norm_trace:
+            return {}
+        return {"grad_norms": torch.stack(self._norm_trace), "target_norms": torch.stack(self._target_trace)}
 
     def run_stats(self):
         initial = self.initial_losses

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import matplotlib
 
@@ -103,6 +103,25 @@ def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tu
     return fig, list(axes.flat)
 
 
+def _task_panels(c: Comparison, data: pd.DataFrame,
+                 draw: Callable[[plt.Axes, str, pd.DataFrame, dict], None]) -> plt.Figure:
+    """One panel per GradNorm label in `data` (rows with label, step, task, ...), drawn by
+    `draw(ax, label, its rows, a colour per task)`, and one task legend beside the first row's
+    last panel: inside, with many tasks it hid the largest weights."""
+    labels = list(dict.fromkeys(data.label))
+    fig, axes = _panels(len(labels), 6.5, 4.2, extra_width=1.2)
+    palette = dict(zip(c.tasks, sns.color_palette("colorblind", len(c.tasks))))
+    for ax, label in zip(axes, labels):
+        draw(ax, label, data[data.label == label], palette)
+        ax.set_xlabel("step")
+        ax.get_legend().remove()
+    handles, names = axes[0].get_legend_handles_labels()
+    axes[min(1, len(labels) - 1)].legend(handles, names, title="task", loc="upper left",
+                                         bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def weight_trajectories(c: Comparison) -> plt.Figure | None:
     records = _records(c)
     adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
@@ -114,12 +133,8 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
             for i, task in enumerate(c.tasks):
                 rows.append({"label": r.label, "seed": r.seed, "step": point[0], "task": task,
                              "weight": point[1 + i]})
-    data = pd.DataFrame(rows)
-    labels = list(dict.fromkeys(data.label))
-    fig, axes = _panels(len(labels), 6.5, 4.2, extra_width=1.2)
-    palette = dict(zip(c.tasks, sns.color_palette("colorblind", len(c.tasks))))
-    for ax, label in zip(axes, labels):
-        d = data[data.label == label]
+
+    def draw(ax: plt.Axes, label: str, d: pd.DataFrame, palette: dict) -> None:
         sns.lineplot(data=d, x="step", y="weight", hue="task", units="seed", estimator=None,
                      lw=0.9, alpha=0.8, palette=palette, ax=ax)
         means = c.main.set_index("arm").loc[label, "weights"]
@@ -128,15 +143,41 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
         if d.weight.min() <= 0:  # the paper has no floor: mark where a weight stops training its task
             ax.axhline(0, color="0.15", lw=0.9)
         ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average")
-        ax.set_xlabel("step")
         ax.set_ylabel("task weight w_i")
-        ax.get_legend().remove()
-    # One legend, beside the first row's last panel: inside, with many tasks it hid the largest weights.
-    handles, names = axes[0].get_legend_handles_labels()
-    axes[min(1, len(labels) - 1)].legend(handles, names, title="task", loc="upper left",
-                                         bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
-    fig.tight_layout()
-    return fig
+
+    return _task_panels(c, pd.DataFrame(rows), draw)
+
+
+def gradient_norms(c: Comparison) -> plt.Figure | None:
+    """GradNorm's per-task gradient norms at W against the targets it pulls them to, both over
+    their mean G_bar(t), averaged over seeds: where the solid line meets its dashed one, GradNorm
+    balanced that task; where it does not, the weights oscillate or a task is stuck."""
+    records = _records(c)
+    adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
+    rows = []
+    for _, r in adaptive.iterrows():
+        traces = r.record.get("traces") or {}
+        if "target_norms" not in traces:  # stored before the targets were recorded
+            continue
+        for (step, *norms), (_, *targets) in zip(traces["grad_norms"], traces["target_norms"]):
+            mean = sum(norms) / len(norms)
+            if not mean > 0:
+                continue
+            for task, g, target in zip(c.tasks, norms, targets):
+                rows.append({"label": r.label, "seed": r.seed, "step": step, "task": task,
+                             "G_i / G_bar": g / mean, "target / G_bar": target / mean})
+    if not rows:
+        return None
+
+    def draw(ax: plt.Axes, label: str, d: pd.DataFrame, palette: dict) -> None:
+        for column, dashes in (("G_i / G_bar", None), ("target / G_bar", (0, (4, 2)))):
+            sns.lineplot(data=d, x="step", y=column, hue="task", errorbar=None, lw=1.1, palette=palette,
+                         ax=ax, legend=dashes is None, **({"linestyle": dashes} if dashes else {}))
+        scale = _loss_scale(ax, pd.concat([d["G_i / G_bar"], d["target / G_bar"]]))
+        ax.set_title(f"{label}: G_i(t) / G_bar(t), mean over seeds\ndashed: its target r_i(t)^alpha")
+        ax.set_ylabel("gradient norm at W over its mean" + (" (log scale)" if scale == "log" else ""))
+
+    return _task_panels(c, pd.DataFrame(rows), draw)
 
 
 def test_loss_curves(c: Comparison) -> plt.Figure | None:
@@ -384,6 +425,7 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
 
 FIGURES = [
     ("weights", "GradNorm's task weights over training", weight_trajectories),
+    ("norms", "GradNorm's gradient norms at W against its targets", gradient_norms),
     ("curves", "Test loss during training", test_loss_curves),
     ("landscape", "The grid's landscape", grid_landscape),
     ("distance", "Test loss against distance to GradNorm's weights", distance_to_gradnorm),

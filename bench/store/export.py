@@ -7,6 +7,7 @@ CSV and Parquet under `results/<study>/`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
     balancer_stats = record.get("balancer_stats") or {}
     for name in ("nonpositive_weight_steps", "floor_binding_steps"):
         row[name] = balancer_stats.get(name)
+    row["norm_target_gap"] = norm_target_gap(record)
     initial_losses = balancer_stats.get("initial_losses")
     weights = attrs.get("weights")
     for i, task in enumerate(tasks):
@@ -63,6 +65,25 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
             for metric, values in metrics.items():
                 row[f"{split}_{metric}_{task}"] = values[i]
     return row
+
+
+def norm_target_gap(record: dict[str, Any]) -> float | None:
+    """How far a GradNorm run's gradient norms at W stayed from GradNorm's own targets over the
+    tail window (the last `tail_fraction` of its steps): the mean of
+    sum_i |G_i - G_bar r_i^alpha| / sum_i G_bar r_i^alpha over the recorded steps there; 0 means
+    on target. None for other balancers and for runs stored without the targets."""
+    traces = record.get("traces") or {}
+    norms, targets = traces.get("grad_norms"), traces.get("target_norms")
+    steps = record.get("steps_done") or 0
+    if not norms or not targets or steps < 1:
+        return None
+    start = steps - max(1, math.ceil((record.get("tail_fraction") or 1.0) * steps))
+    gaps = []
+    for (step, *g), (_, *target) in zip(norms, targets):
+        aim = sum(target)
+        if step >= start and math.isfinite(aim) and aim > 0 and all(map(math.isfinite, g)):
+            gaps.append(sum(abs(a - b) for a, b in zip(g, target)) / aim)
+    return sum(gaps) / len(gaps) if gaps else None
 
 
 def write_runs_table(store: ResultStore, study: str, folder: Path | None = None) -> list[Path]:
