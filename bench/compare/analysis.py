@@ -543,28 +543,31 @@ def _weight_health(c: Comparison) -> list[str]:
     return lines
 
 
-# Mean relative distance of G_i from GradNorm's targets over the tail window above which the
-# summary says GradNorm did not balance: runs that settle stay within about 10% on the toy
-# problem; the NYUv2 rate on sigma = (1, 100) leaves them 85% away.
+# How far (runs table's `norm_target_gap`) a run's gradient norms may stay from GradNorm's targets
+# before the summary says it did not balance: runs that settle stay within 0.5% on the toy
+# problem and within 15% on a noisier one; weights swinging across zero left one run 73% away.
 NORM_GAP_FAR = 0.25
 
 
 def _off_target(c: Comparison, label: str, runs: pd.DataFrame) -> str | None:
-    """A sentence for a GradNorm label whose gradient norms at W stayed far from its own targets:
-    the weights oscillate, or one grows for a task that cannot lower its loss (a stuck task)."""
+    """A sentence for a GradNorm label with runs whose gradient norms at W stayed far from its own
+    targets over the tail window: GradNorm did not do what it is meant to do there."""
     if "norm_target_gap" not in runs:
         return None
     gaps = runs.loc[runs.status == "ok", "norm_target_gap"].dropna()
-    if gaps.empty or gaps.mean() <= NORM_GAP_FAR:
+    far = gaps[gaps > NORM_GAP_FAR]
+    if far.empty:
         return None
     tail = (c.manifest.get("identity") or {}).get("budget", {}).get("tail_fraction")
     window = f"the last {tail:.0%} of the steps" if tail else "the tail window"
-    spread = "" if len(gaps) == 1 else f", {gaps.min():.0%} to {gaps.max():.0%} over {len(gaps)} runs"
-    return (f"{label}: GradNorm did not reach its own targets: over {window}, its gradient norms at W "
-            f"were on average {gaps.mean():.0%} away from them (sum_i |G_i - G_bar r_i^alpha| / "
-            f"sum_i G_bar r_i^alpha{spread}; 0 is on target). Weights that oscillate (a `weight_lr` too "
-            "large) do this, and so does a weight that keeps growing for a task whose loss cannot fall; "
-            "the gradient-norm figure shows which.")
+    span = f"{far.min():.0%}" if len(far) == 1 else f"{far.min():.0%} to {far.max():.0%}"
+    rest = gaps[gaps <= NORM_GAP_FAR]
+    others = f"; the other runs, within {rest.max():.0%}" if len(rest) else ""
+    return (f"{label}: GradNorm did not reach its own targets in {len(far)} of {len(gaps)} runs: over "
+            f"{window}, their gradient norms at W were {span} away from them on average (sum_i "
+            f"|mean G_i/G_bar - mean r_i^alpha| / sum_i mean r_i^alpha; 0 is on target{others}). "
+            "Weights that swing across zero (a `weight_lr` too large) do this; the gradient-norm "
+            "figure shows where.")
 
 
 def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:

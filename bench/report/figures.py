@@ -151,7 +151,7 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
 def gradient_norms(c: Comparison) -> plt.Figure | None:
     """GradNorm's per-task gradient norms at W against the targets it pulls them to, both over
     their mean G_bar(t), averaged over seeds: where the solid line meets its dashed one, GradNorm
-    balanced that task; where it does not, the weights oscillate or a task is stuck."""
+    balanced that task."""
     records = _records(c)
     adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
     rows = []

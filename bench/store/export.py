@@ -69,21 +69,29 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
 
 def norm_target_gap(record: dict[str, Any]) -> float | None:
     """How far a GradNorm run's gradient norms at W stayed from GradNorm's own targets over the
-    tail window (the last `tail_fraction` of its steps): the mean of
-    sum_i |G_i - G_bar r_i^alpha| / sum_i G_bar r_i^alpha over the recorded steps there; 0 means
-    on target. None for other balancers and for runs stored without the targets."""
+    tail window (the last `tail_fraction` of its steps): with G_i / G_bar and its target
+    r_i^alpha averaged over the recorded steps there, sum_i |mean G_i/G_bar - mean r_i^alpha| /
+    sum_i mean r_i^alpha; 0 means on target. Averaged before they are compared, so that
+    mini-batch noise, which scatters each step's norms around their targets, does not count:
+    step by step, runs that balanced read 7% away on the toy problem and 30% on another.
+    None for other balancers and for runs stored without the targets."""
     traces = record.get("traces") or {}
     norms, targets = traces.get("grad_norms"), traces.get("target_norms")
     steps = record.get("steps_done") or 0
     if not norms or not targets or steps < 1:
         return None
     start = steps - max(1, math.ceil((record.get("tail_fraction") or 1.0) * steps))
-    gaps = []
+    relative_norms, relative_targets = [], []
     for (step, *g), (_, *target) in zip(norms, targets):
-        aim = sum(target)
-        if step >= start and math.isfinite(aim) and aim > 0 and all(map(math.isfinite, g)):
-            gaps.append(sum(abs(a - b) for a, b in zip(g, target)) / aim)
-    return sum(gaps) / len(gaps) if gaps else None
+        mean = sum(g) / len(g)
+        if step >= start and mean > 0 and all(map(math.isfinite, [*g, *target])):
+            relative_norms.append([v / mean for v in g])
+            relative_targets.append([v / mean for v in target])
+    if not relative_norms:
+        return None
+    norm_means = [sum(column) / len(column) for column in zip(*relative_norms)]
+    target_means = [sum(column) / len(column) for column in zip(*relative_targets)]
+    return sum(abs(a - b) for a, b in zip(norm_means, target_means)) / sum(target_means)
 
 
 def write_runs_table(store: ResultStore, study: str, folder: Path | None = None) -> list[Path]:
