@@ -433,6 +433,12 @@ def _have(count: int) -> str:
     return "has" if count == 1 else "have"
 
 
+def _seconds(value: float) -> str:
+    """Wall time for a sentence: whole seconds, tenths below 10 s (a small study's arms all
+    read "0 s" otherwise)."""
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
 def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
     where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
@@ -484,8 +490,8 @@ def _headline(c: Comparison) -> list[str]:
             f"{significant(row.mean_a)} vs {significant(row.mean_b)} for the point chosen on validation; "
             f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
             "test loss. "
-            f"Cost: {int(main.loc[a, 'runs'])} runs ({own_cost:.0f} s) against "
-            f"{int(main.loc[b, 'runs'])} runs ({grid_cost:.0f} s). "
+            f"Cost: {int(main.loc[a, 'runs'])} runs ({_seconds(own_cost)}) against "
+            f"{int(main.loc[b, 'runs'])} runs ({_seconds(grid_cost)}). "
             + gaps(a, b)
         )
         if c.grids[b].unweighted:

@@ -1,7 +1,7 @@
 """Figures of a comparison, drawn with seaborn / matplotlib from stored results only.
 
 Each function returns a matplotlib Figure, or None when the study has nothing to draw for it
-(no GradNorm arm, no grid, ...). `all_figures` returns (id, title, caption, figure) tuples.
+(no GradNorm arm, no grid, ...). `all_figures` yields (id, title, figure) tuples.
 """
 
 from __future__ import annotations
@@ -28,11 +28,22 @@ from bench.compare.stats import summarize  # noqa: E402
 sns.set_theme(style="whitegrid", context="notebook")
 
 
+# From this many seeds on, the 95% interval of a mean (± t sd/√n) is about as wide as the seeds'
+# own spread; with fewer it is far wider (3x the expected range at 3 seeds, 16x at 2), and a
+# band or bar of it swamps the values it summarises, so the figures draw the seeds instead.
+INTERVAL_MIN_SEEDS = 5
+
+
 def t_interval(values) -> tuple[float, float]:
     """The 95% Student-t interval of the mean, as in the tables. Seaborn's default bootstrap
     interval is random and, over the usual 3 seeds, about 2.5x too narrow."""
     s = summarize(list(values))
     return s.ci_low, s.ci_high
+
+
+def _fewest_seeds(data: pd.DataFrame, by: str) -> int:
+    """The fewest seeds of any group of `data` by its column `by` (an arm's label)."""
+    return int(data.groupby(by).seed.nunique().min())
 
 
 def _nested_sizes(n: int, largest: float, smallest: float) -> list[float]:
@@ -196,11 +207,17 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     data = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(10, 4.6))
     order = list(dict.fromkeys([label for label in c.main.arm if label in set(data.arm)] + list(data.arm)))
-    sns.lineplot(data=data, x="step", y="loss", hue="arm", hue_order=order, errorbar=t_interval, ax=ax,
-                 palette=arm_colours(c))  # the legend lists the arms in the tables' order
+    palette = arm_colours(c)
+    few = _fewest_seeds(data, "arm") < INTERVAL_MIN_SEEDS
+    if few:  # each seed thin, under the means
+        sns.lineplot(data=data, x="step", y="loss", hue="arm", hue_order=order, units="seed", estimator=None,
+                     lw=0.8, alpha=0.45, palette=palette, legend=False, ax=ax)
+    sns.lineplot(data=data, x="step", y="loss", hue="arm", hue_order=order, ax=ax, palette=palette,
+                 errorbar=None if few else t_interval, lw=2 if few else 1.5)  # legend in the tables' order
     scale = _loss_scale(ax, data.loss)
     ax.set_ylabel("task-normalised test loss" + (" (log scale)" if scale == "log" else ""))
-    ax.set_title("Test loss during training (mean over seeds, 95% interval); grids: the point chosen on validation")
+    spread = "thin: each seed" if few else "95% interval"
+    ax.set_title(f"Test loss during training (mean over seeds, {spread}); grids: the point chosen on validation")
     # Beside the axes: inside, a legend of many arms covered the curves' ends.
     ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
@@ -309,13 +326,18 @@ def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
     at its farthest value (else a point at -1.7 beside a linear range of +-1.3 had no tick
     nearer than -0.8)."""
     ax.set_yscale("symlog", linthresh=linear, linscale=4)
-    ticks = [t for t in ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
+    inner = [t for t in ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
              if abs(t) <= linear]
+    outer: list[float] = []
     for sign, end in ((1, values.max()), (-1, -values.min())):
         if end > linear:
             decades = [10.0 ** k for k in range(math.ceil(math.log10(linear)), math.floor(math.log10(end)) + 1)]
-            ticks += [sign * d for d in decades] or [sign * float(f"{end:.2g}")]
-    ax.set_yticks(sorted(set(ticks)))
+            outer += [sign * d for d in decades] or [sign * float(f"{end:.2g}")]
+    # A linear tick close to an outer one (7.5 just below 10) printed over it: keep the outer one.
+    at = ax.yaxis.get_transform().transform
+    spacing = at(np.array([inner[1]]))[0] - at(np.array([inner[0]]))[0] if len(inner) > 1 else np.inf
+    inner = [t for t in inner if not outer or np.abs(at(np.array(outer)) - at(np.array([t]))[0]).min() >= spacing / 2]
+    ax.set_yticks(sorted(set(inner + outer)))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(ticker.NullLocator())
 
@@ -413,11 +435,13 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
     if runs.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.6 * runs.label.nunique() + 1.8))
-    sns.barplot(data=runs, y="label", x="normalized_overfitting_gap", errorbar=t_interval, ax=ax,
-                color="C0", alpha=0.6)
+    few = _fewest_seeds(runs, "label") < INTERVAL_MIN_SEEDS
+    sns.barplot(data=runs, y="label", x="normalized_overfitting_gap", errorbar=None if few else t_interval,
+                ax=ax, color="C0", alpha=0.6)
     sns.stripplot(data=runs, y="label", x="normalized_overfitting_gap", color="k", size=5, ax=ax)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("overfitting gap: task-normalised test minus train loss (per seed, mean and 95% interval)")
+    ax.set_xlabel("overfitting gap: task-normalised test minus train loss (per seed, and mean"
+                  + ("" if few else " with 95% interval") + ")")
     ax.set_ylabel("")
     fig.tight_layout()
     return fig
