@@ -63,6 +63,23 @@ def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsy
     assert out.split("RESULT", 1)[1].split() == ["[0,"] + ["0,"] * len(verbs) + ["0]", "[]"]
 
 
+def test_a_ctrl_c_while_the_cli_loads_exits_130_without_a_traceback(monkeypatch):
+    """Loading the CLI's libraries takes about half a second; a Ctrl-C then printed a traceback
+    from deep inside an import."""
+    from bench.__main__ import console_main
+
+    class InterruptedImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "bench.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "bench.cli")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit_:
+        console_main()
+    assert exit_.value.code == 130
+
+
 def test_slow_reads_show_a_spinner_on_a_terminal_and_nothing_in_a_pipe(monkeypatch):
     """Replaying a large journal and drawing a report took 15 s of silence in `bench compare`."""
     import io

@@ -209,6 +209,46 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_worker(store, monkeypatch
     assert sys.unraisablehook == unraisable.append  # hook restored
 
 
+def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store, monkeypatch):
+    """The interrupt landed between two runs' writes: the rest of the stack, trained, was thrown
+    away (36 of 42 in one case). Now the batch is stored whole and the worker stops after it."""
+    spec = spec_of(TINY)
+    real_complete = store.complete
+    writes = {"n": 0}
+
+    def complete_then_ctrl_c(*args, **kwargs):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, mid-batch
+        return real_complete(*args, **kwargs)
+
+    monkeypatch.setattr(store, "complete", complete_then_ctrl_c)
+    runner = StudyRunner(spec, store, batch_runs=4)
+    with pytest.raises(manager.Interrupted) as err:
+        runner.run()
+    progress = runner.progress()
+    assert progress.done == runner.trained_here == 4  # the whole first stack
+    assert progress.running == 0 and progress.left == len(spec.runs()) - 4
+    assert str(err.value).startswith("interrupted: 4 runs trained here are stored; ")
+
+    # A second Ctrl-C does not wait for the batch.
+    writes["n"] = 0
+
+    def complete_then_two_ctrl_c(*args, **kwargs):
+        writes["n"] += 1
+        if writes["n"] in (2, 3):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return real_complete(*args, **kwargs)
+
+    monkeypatch.setattr(store, "complete", complete_then_two_ctrl_c)
+    again = StudyRunner(spec, store, batch_runs=4)
+    with pytest.raises(manager.Interrupted):
+        again.run()
+    assert again.trained_here == 2 and again.progress().running == 0
+
+
 def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
     StudyRunner(spec_of(TINY), store).run()
     changed = spec_of(TINY.replace("steps = 10", "steps = 12"))

@@ -142,6 +142,7 @@ class StudyRunner:
         self.trained_here = 0
         self.prepared = False
         self._interrupted = threading.Event()
+        self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         if backend not in ("loky", "dask"):
             raise BenchError(f"--backend: expected loky or dask, got {backend!r}")
@@ -206,7 +207,8 @@ class StudyRunner:
                     time.sleep(self.poll_interval)
             except KeyboardInterrupt:
                 released = self.release_all("interrupted (Ctrl-C)")
-                raise Interrupted(f"interrupted: {released} runs in hand were queued again; "
+                stored = f"{self.trained_here} runs trained here are stored; " if self.trained_here else ""
+                raise Interrupted(f"interrupted: {stored}{released} runs in hand were queued again; "
                                   f"run the same command to continue") from None
             except BaseException as err:
                 # Never leave claimed runs RUNNING: give them back, then let the error speak.
@@ -228,7 +230,10 @@ class StudyRunner:
             return
 
         def on_sigint(signum, frame):
+            first = not self._interrupted.is_set()
             self._interrupted.set()
+            if first and self._storing:
+                return  # runs already trained are being stored: `store_records` stops after them
             signal.default_int_handler(signum, frame)
 
         previous_hook = sys.unraisablehook
@@ -398,6 +403,17 @@ class StudyRunner:
         return joblib.parallel_config(backend="dask")
 
     def store_records(self, batch: Sequence[Claimed], records: Sequence[dict[str, Any]]) -> None:
+        """Store a trained batch's records. A Ctrl-C meanwhile stops the worker after the last
+        one (a second Ctrl-C at once): it threw away a whole stack's training, minutes of a
+        real study, for the second it takes to write."""
+        self._storing = True
+        try:
+            self._store_records(batch, records)
+        finally:
+            self._storing = False
+        self._check_interrupted()
+
+    def _store_records(self, batch: Sequence[Claimed], records: Sequence[dict[str, Any]]) -> None:
         for claimed, record in zip(batch, records):
             attrs = record_to_attrs(record)
             attrs.update({"arm": claimed.arm, "seed": claimed.run.seed, "version": __version__,
