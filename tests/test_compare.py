@@ -194,14 +194,24 @@ def test_the_summary_says_when_gradnorms_gradient_norms_stayed_far_from_their_ta
     gradnorm = runs.arm == "gradnorm"
     manifest = {**c.manifest, "identity": {"budget": {"tail_fraction": 0.5}}}
     runs.loc[gradnorm, "norm_target_gap"] = [0.003, 0.012, 0.733]  # the NYUv2 rate on sigma = (1, 100)
+    runs.loc[gradnorm, "nonpositive_weight_steps"] = [0, 0, 1315]
     far = build_comparison("hand", manifest, runs, [])
     assert far.headline[-1] == (
         "gradnorm: GradNorm did not reach its own targets in 1 of 3 runs: over the last 50% of the "
         "steps, their gradient norms at W were 73% away from them on average (sum_i |mean G_i/G_bar - "
-        "mean r_i^alpha| / sum_i mean r_i^alpha; 0 is on target; the other runs, within 1%). Weights "
-        "that swing across zero (a `weight_lr` too large) do this; the gradient-norm figure shows where.")
+        "mean r_i^alpha| / sum_i mean r_i^alpha; 0 is on target; the other runs, within 1%). A task "
+        "weight crossed zero in 1 of them: weights that swing so (a `weight_lr` too large) leave the "
+        "norms off target; the weight and gradient-norm figures show which.")
+    # No weight near zero: too few steps (`--quick` left every run 56% away).
     runs.loc[gradnorm, "norm_target_gap"] = [0.3, 0.4, 0.5]
-    assert "in 3 of 3 runs" in build_comparison("hand", manifest, runs, []).headline[-1]
+    runs.loc[gradnorm, "nonpositive_weight_steps"] = 0
+    short = build_comparison("hand", manifest, runs, []).headline[-1]
+    assert "in 3 of 3 runs" in short and "crossed zero in 3" not in short
+    assert short.endswith("No task weight crossed zero in them: the weights were likely still on their way, "
+                          "in too few steps for their `weight_lr`; the weight and gradient-norm figures "
+                          "show which.")
+    quick = build_comparison("hand-quick", {**manifest, "study_text": 'name = "hand"'}, runs, []).headline[-1]
+    assert "`weight_lr` (a --quick study has a tenth of the steps); the" in quick
     runs.loc[gradnorm, "norm_target_gap"] = [0.002, 0.14, 0.004]
     assert build_comparison("hand", manifest, runs, []).headline == c.headline
     runs["norm_target_gap"] = None  # runs stored before the targets were recorded
@@ -220,6 +230,9 @@ def test_the_gradient_norm_figure_draws_each_task_and_its_target():
     # G_i / G_bar per task (task a: 0.1, 0.9, 1.0 over a mean of 1.0), then the targets at 1.
     assert drawn == [(0.1, 0.9, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.9, 1.1, 1.0)]
     assert ax.get_yscale() == "log"  # 0.1 to 1.9: more than a decade
+    ax.figure.canvas.draw()
+    labels = {t.get_text() for t in [*ax.get_yticklabels(), *ax.get_yticklabels(minor=True)]} - {""}
+    assert {"0.1", "1"} <= labels and not any("10^" in label for label in labels), labels  # not 10^{-1}
     old = [{**r, "record": {"traces": {"grad_norms": traces["grad_norms"]}}} for r in records]
     assert figures.gradient_norms(build_comparison("hand", c.manifest, runs, old)) is None
     plt.close("all")
@@ -624,6 +637,35 @@ def test_no_figure_has_labels_running_into_each_other():
         drawn.append(figure_id)
     assert {"distance", "landscape", "pareto", "gaps"} <= set(drawn)
     plt.close("all")
+
+
+def test_the_simplex_landscape_spends_its_colours_where_the_points_are():
+    """Boundary points several times worse took most of an even (log) colour scale and left the
+    interior, where the grid's choice is made, in one colour."""
+    tasks = ["a", "b", "c"]
+    rows = []
+    n = 6  # exhaustive, resolution 1/6: 28 points, 15 on the boundary
+    for i in range(n + 1):
+        for j in range(n + 1 - i):
+            w = (3 * i / n, 3 * j / n, 3 * (n - i - j) / n)
+            loss = 20.0 if min(w) == 0 else 2.40 + 0.01 * i + 0.003 * j  # 2.41 to 2.45 inside
+            for seed in (0, 1, 2):
+                rows.append(_run("grid", "w=" + ",".join(f"{x:g}" for x in w) + f"/seed={seed}", seed,
+                                 loss, loss, loss - 0.3, weights=w, tasks=tasks))
+    manifest = {"task_names": tasks, "kinds": {"grid": "grid"}, "gradnorm_static_sources": {}}
+    fig = figures.grid_landscape(build_comparison("skewed", manifest, pd.DataFrame(rows), []))
+    ax, cbar = fig.axes
+    points = next(p for p in ax.collections if p.get_offsets().shape[0] == 28)
+    colours = points.to_rgba(points.get_array())
+    x, y = points.get_offsets().T
+    interior = (y > 0.01) & (np.abs(y - math.sqrt(3) * x) > 0.01) & (np.abs(y - math.sqrt(3) * (1 - x)) > 0.01)
+    assert interior.sum() == 10
+    inside = {tuple(np.round(c, 6)) for c in colours[interior]}
+    assert len(inside) >= 4  # the 10 interior points (a third of the grid) in several bands, not one or two
+    labels = [t.get_text() for t in cbar.get_yticklabels()]
+    assert labels[0] == "2.413" and labels[-1] == "20.00"  # losses, not log10 of them
+    assert "log10" not in cbar.get_ylabel()
+    plt.close(fig)
 
 
 def test_every_grid_arm_gets_its_own_landscape_distance_and_pareto_figures():

@@ -155,15 +155,30 @@ class Comparison:
         return self.runs[self.runs.label == label]
 
 
+def _study_text(manifest: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return tomllib.loads(manifest.get("study_text") or "")
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
+def _name_suffix(study: str, manifest: dict[str, Any]) -> re.Match | None:
+    """The stored name is the file's, then -quick for --quick, then -vN for --new-version."""
+    name = str(_study_text(manifest).get("name", study))
+    return re.fullmatch(re.escape(name) + r"(-quick)?(-v\d+)?", study)
+
+
+def is_quick(study: str, manifest: dict[str, Any]) -> bool:
+    """Whether stored study `study` was trained with `bench run --quick`."""
+    suffix = _name_suffix(study, manifest)
+    return bool(suffix and suffix[1])
+
+
 def run_command(study: str, manifest: dict[str, Any], seeds: list[int]) -> str:
     """`bench run` for stored study `study` from its manifest; `seeds`: those of its finished runs."""
-    try:
-        text = tomllib.loads(manifest.get("study_text") or "")
-    except tomllib.TOMLDecodeError:
-        text = {}
+    text = _study_text(manifest)
     parts = ["bench", "run", "--study", shlex.quote(str(manifest.get("study_file") or study))]
-    # The stored name is the file's, then -quick for --quick, then -vN for --new-version.
-    suffix = re.fullmatch(re.escape(str(text.get("name", study))) + r"(-quick)?(-v\d+)?", study)
+    suffix = _name_suffix(study, manifest)
     if suffix and suffix[1]:
         parts.append("--quick")
     file_seeds = [s for s in text.get("seeds", []) if isinstance(s, int)]
@@ -569,11 +584,21 @@ def _off_target(c: Comparison, label: str, runs: pd.DataFrame) -> str | None:
     span = f"{far.min():.0%}" if len(far) == 1 else f"{far.min():.0%} to {far.max():.0%}"
     rest = gaps[gaps <= NORM_GAP_FAR]
     others = f"; the other runs, within {rest.max():.0%}" if len(rest) else ""
+    crossed = runs.loc[far.index].get("nonpositive_weight_steps", pd.Series(dtype=float)).dropna()
+    if (crossed > 0).any():
+        n = int((crossed > 0).sum())
+        cause = (f"A task weight crossed zero in {n} of them: weights that swing so (a `weight_lr` too "
+                 "large) leave the norms off target")
+    else:
+        # A run far too short for its weights' learning rate: `--quick` on the toy studies left
+        # every run 56% away, with no weight near zero.
+        quick = " (a --quick study has a tenth of the steps)" if is_quick(c.study, c.manifest) else ""
+        cause = ("No task weight crossed zero in them: the weights were likely still on their way, in "
+                 f"too few steps for their `weight_lr`{quick}")
     return (f"{label}: GradNorm did not reach its own targets in {len(far)} of {len(gaps)} runs: over "
             f"{window}, their gradient norms at W were {span} away from them on average (sum_i "
             f"|mean G_i/G_bar - mean r_i^alpha| / sum_i mean r_i^alpha; 0 is on target{others}). "
-            "Weights that swing across zero (a `weight_lr` too large) do this; the gradient-norm "
-            "figure shows where.")
+            f"{cause}; the weight and gradient-norm figures show which.")
 
 
 def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:

@@ -24,6 +24,7 @@ from scipy import stats as sps  # noqa: E402
 
 from bench.compare.analysis import Comparison, GridSelection  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
+from bench.formatting import format_number  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -99,7 +100,20 @@ def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
     wide = values.size > 1 and values.max() / values.min() > 10
     scale = "log" if wide else "linear"
     (ax.set_yscale if axis == "y" else ax.set_xscale)(scale)
+    if wide:
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        target.set_major_formatter(_PlainLogFormatter())
+        target.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
     return scale
+
+
+class _PlainLogFormatter(ticker.LogFormatterSciNotation):
+    """A log axis's labels, where matplotlib puts them, as plain numbers: 0.2 and 300 rather than
+    2 x 10^-1 and 3 x 10^2 (scientific notation only outside [0.001, 100000))."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        label = super().__call__(x, pos)
+        return f"{x:g}" if label and 1e-3 <= abs(x) < 1e5 else label
 
 
 def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tuple[plt.Figure, list]:
@@ -284,11 +298,19 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
 
     pts = xy(w)
     fig, ax = plt.subplots(figsize=(7.5, 7.2))
-    log_loss = np.log10(loss)
-    tri = ax.tricontourf(pts[:, 0], pts[:, 1], log_loss, levels=14, cmap="viridis_r")
-    ax.scatter(pts[:, 0], pts[:, 1], c=log_loss, cmap="viridis_r", s=18, edgecolors="k", linewidths=0.3)
-    cbar = fig.colorbar(tri, ax=ax, shrink=0.8, pad=0.08)
-    cbar.set_label("log10 task-normalised test loss")
+    # Colour bands hold equal shares of the points: on an even (or log) scale the boundary points,
+    # several times worse, took most of the colours and left the interior, where the choice is
+    # made, in one or two bands.
+    levels = np.unique(np.quantile(loss, np.linspace(0, 1, 15)))
+    if len(levels) < 2:  # every point alike
+        levels = np.array([loss.min() - 0.5, loss.min() + 0.5])
+    norm = matplotlib.colors.BoundaryNorm(levels, 256)
+    tri = ax.tricontourf(pts[:, 0], pts[:, 1], loss, levels=levels, cmap="viridis_r", norm=norm)
+    ax.scatter(pts[:, 0], pts[:, 1], c=loss, cmap="viridis_r", norm=norm, s=18, edgecolors="k", linewidths=0.3)
+    cbar = fig.colorbar(tri, ax=ax, shrink=0.8, pad=0.08, spacing="uniform")
+    cbar.set_ticks(levels)
+    cbar.set_ticklabels([format_number(v) for v in levels], fontsize="small")
+    cbar.set_label("task-normalised test loss (colour bands: equal numbers of points)")
     best = xy(grid.weights)
     ax.plot(*best, "*", ms=18, color="gold", mec="k", label=f"{arm}: chosen on validation")
     if grid.weighted_all:
