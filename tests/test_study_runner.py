@@ -249,6 +249,34 @@ def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store
     assert again.trained_here == 2 and again.progress().running == 0
 
 
+def test_a_ctrl_c_while_the_runs_are_queued_leaves_a_study_the_next_run_finishes(store, monkeypatch):
+    """The queue's lock stayed without its "done" mark: every later `bench run` waited two minutes
+    for the interrupted worker, then stopped, asking the user to delete an Optuna study by hand."""
+    import optuna
+
+    spec = spec_of(TINY)
+    real_create = optuna.trial.create_trial
+    made = {"n": 0}
+
+    def create_then_ctrl_c(*args, **kwargs):
+        made["n"] += 1
+        if made["n"] == 4:
+            raise KeyboardInterrupt
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.trial, "create_trial", create_then_ctrl_c)
+    with pytest.raises(manager.Interrupted) as err:
+        StudyRunner(spec, store).run()
+    assert str(err.value).startswith("interrupted before training began")
+    monkeypatch.setattr(optuna.trial, "create_trial", real_create)
+    import bench.store.results as results
+
+    monkeypatch.setattr(results, "WAIT_FOR_OTHERS_S", 0.5)  # the old lock failed after this wait
+    again = StudyRunner(spec, store)
+    assert again.run().left == 0
+    assert again.trained_here == len(spec.runs())  # each run queued once: 3 then the rest
+
+
 def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
     StudyRunner(spec_of(TINY), store).run()
     changed = spec_of(TINY.replace("steps = 10", "steps = 12"))

@@ -266,19 +266,25 @@ class ResultStore:
                 time.sleep(0.2)
             return 0
         queued = 0
-        for arm, runs in runs_by_arm.items():
-            arm_study = self.arm_study(study, arm)
-            present = {t.user_attrs.get(RUN_KEY) for t in arm_study.get_trials(deepcopy=False)}
-            for key, params in runs:
-                if key in present:
-                    continue
-                arm_study.add_trial(optuna.trial.create_trial(
-                    state=TrialState.WAITING,
-                    params={n: v for n, (v, _) in params.items()},
-                    distributions={n: d for n, (_, d) in params.items()},
-                    user_attrs={RUN_KEY: key},
-                ))
-                queued += 1
+        try:
+            for arm, runs in runs_by_arm.items():
+                arm_study = self.arm_study(study, arm)
+                present = {t.user_attrs.get(RUN_KEY) for t in arm_study.get_trials(deepcopy=False)}
+                for key, params in runs:
+                    if key in present:
+                        continue
+                    arm_study.add_trial(optuna.trial.create_trial(
+                        state=TrialState.WAITING,
+                        params={n: v for n, (v, _) in params.items()},
+                        distributions={n: d for n, (_, d) in params.items()},
+                        user_attrs={RUN_KEY: key},
+                    ))
+                    queued += 1
+        except BaseException:
+            # Ctrl-C (or an error) part-way: drop the lock, so that the next worker queues the rest
+            # (runs already queued are skipped) instead of waiting for a "done" that never comes.
+            optuna.delete_study(study_name=lock_name, storage=self.storage)
+            raise
         lock.set_user_attr("done", True)
         return queued
 

@@ -183,7 +183,11 @@ class StudyRunner:
     # ------------------------------------------------------------------ the loop
     def run(self) -> StudyProgress:
         if not self.prepared:
-            self.prepare()
+            try:
+                self.prepare()
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted before training began (the runs queued so far are kept); "
+                                  "run the same command to continue") from None
         interval = self.store.storage.get_heartbeat_interval() if hasattr(
             self.store.storage, "get_heartbeat_interval") else None
         with HeartbeatThread(self.store, interval or 5) as heartbeat, self._noticing_interrupts():
