@@ -119,6 +119,17 @@ def test_unreachable_storage(workdir, capsys):
     assert code == 2 and "cannot open the storage" in line and "127.0.0.1:1" in line
 
 
+@pytest.mark.parametrize("storage", [None, "elsewhere/bench.journal", "sqlite:///bench.db"])
+def test_reading_verbs_refuse_a_storage_that_does_not_exist_and_create_nothing(workdir, capsys, storage):
+    """`bench compare` in the wrong folder created results/bench.journal, empty, and then said
+    the storage held no study."""
+    for verb in ("compare", "status"):
+        code, line = run([verb, *(["--storage", storage] if storage else [])], capsys)
+        assert code == 2 and f"no results at {storage or 'results/bench.journal'}" in line, line
+        assert "bench run --study" in line
+    assert list(workdir.iterdir()) == [], list(workdir.iterdir())
+
+
 def test_results_folder_not_writable(workdir, capsys):
     (workdir / "blocked").write_text("a file where the results folder should be")
     code, line = run(["run", "--study", study(workdir), "--storage", "blocked/bench.journal"], capsys)

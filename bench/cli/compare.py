@@ -35,7 +35,7 @@ def compare_command(
     from bench.store import DEFAULT_STORAGE, ResultStore
 
     with working(f"reading {storage or DEFAULT_STORAGE}"):
-        store = ResultStore(storage)
+        store = ResultStore(storage, create=False)
         names = stored_study_names(store, study)
     mains = []
     for name in names:

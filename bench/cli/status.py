@@ -18,7 +18,7 @@ def status_command(
     from bench.store import DEFAULT_STORAGE, ResultStore
 
     with working(f"reading {storage or DEFAULT_STORAGE}"):
-        store = ResultStore(storage)
+        store = ResultStore(storage, create=False)
         names = stored_study_names(store, study)
     for name in names:
         progress = store.stored_progress(name)

@@ -148,10 +148,12 @@ class ResultStore:
     """One Optuna storage holding any number of studies."""
 
     def __init__(self, url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int = GRACE_PERIOD):
+                 grace_period: int = GRACE_PERIOD, create: bool = True):
+        """`create=False` (for commands that only read) refuses a storage file that does not
+        exist rather than creating an empty one."""
         self.url = url or DEFAULT_STORAGE
         self.storage = open_storage(self.url, heartbeat_interval=heartbeat_interval,
-                                    grace_period=grace_period)
+                                    grace_period=grace_period, create=create)
 
     # ------------------------------------------------------------------ studies
     def study_names(self) -> list[str]:

@@ -78,13 +78,28 @@ def is_file_storage(url: str) -> bool:
     return "://" not in url
 
 
+def _local_file(url: str) -> Path | None:
+    """The file behind a journal's path or a sqlite:/// URL; None for a database server's URL."""
+    if is_file_storage(url):
+        return Path(url)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        return Path(url.removeprefix("sqlite:///").split("?")[0])
+    return None
+
+
 def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int = GRACE_PERIOD) -> BaseStorage:
-    """The storage at `url` (default: the journal file under results/), with heartbeats on."""
+                 grace_period: int = GRACE_PERIOD, create: bool = True) -> BaseStorage:
+    """The storage at `url` (default: the journal file under results/), with heartbeats on.
+    With `create=False`, a journal or SQLite file that does not exist is refused, not created."""
+    url = url or DEFAULT_STORAGE
+    local = _local_file(url)
+    if not create and local is not None and not local.exists():
+        raise StorageError(f"no results at {url}: `bench run --study ...` stores them there"
+                           + ("" if url == DEFAULT_STORAGE else ", or pass --storage with the storage it used"))
     with warnings.catch_warnings():
         # Optuna marks heartbeats and the retry callback experimental; we rely on them knowingly.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _open_storage(url or DEFAULT_STORAGE, heartbeat_interval, grace_period)
+        return _open_storage(url, heartbeat_interval, grace_period)
 
 
 def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> BaseStorage:
