@@ -50,3 +50,21 @@ def test_user_problem_errors_are_clear(tmp_path, monkeypatch):
         build_problem("my_problems:two_waves", {"colour": "red"})
     problem = build_problem("my_problems:two_waves", {"scale": 3.0})
     assert problem.task_names == ["sine", "cosine"] and problem.name == "my_problems:two_waves"
+
+
+def test_a_problem_beside_its_study_file_imports_from_any_folder(tmp_path, monkeypatch):
+    """The README's problem module sat next to its study, but a study run from another folder
+    could not import it."""
+    from bench.study import StudySpec
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "waves_beside_the_study.py").write_text(example("my_problems.py"))
+    (project / "waves.toml").write_text(
+        example("waves.toml").replace("my_problems:two_waves", "waves_beside_the_study:two_waves"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load() adds the study's folder
+    monkeypatch.delitem(sys.modules, "waves_beside_the_study", raising=False)
+    spec = StudySpec.load("project/waves.toml")
+    assert spec.problem == "waves_beside_the_study:two_waves" and spec.n_tasks == 2
+    assert sys.path[-1] == str(project)

@@ -175,3 +175,9 @@ def test_unknown_study_name_lists_the_known_ones():
     with pytest.raises(ConfigError) as err:
         StudySpec.load("no-such-study")
     assert "gridsearch" in str(err.value)
+
+
+def test_a_study_name_finds_its_file_in_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "mine.toml").write_text(TINY.replace('name = "tiny"', 'name = "mine"'))
+    monkeypatch.chdir(tmp_path)
+    assert StudySpec.load("mine").name == "mine"  # as `bench run --study mine` beside mine.toml

@@ -32,7 +32,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_command(
-    study: Annotated[str, typer.Option(help="A study file, or the name of one in studies/.")],
+    study: Annotated[str, typer.Option(help="A study file, or the name of one here or in studies/.")],
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
     jobs: Annotated[int, typer.Option(help="Parallel training processes (joblib).")] = 1,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds to run, e.g. 0,1,2 or 0-4 (default: the study's). More seeds add runs to the same study.")] = None,

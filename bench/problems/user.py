@@ -1,8 +1,9 @@
 """User-defined problems: "package.module:function" names a function that returns a Problem.
 
 The function is called with the study's [problem] options (all but `name`) as keyword
-arguments. The module is imported from the Python path, with the current directory first, so a
-study can name a module that sits beside it. See the README for the interface and an example.
+arguments. The module is imported from the Python path, with the current directory first and a
+study file's folder last (`StudySpec.load` adds it), so a study can name a module that sits
+beside it. See the README for the interface and an example.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ expected.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,9 +49,9 @@ def studies_dirs() -> list[Path]:
 
 
 def find_study_file(name: str) -> Path:
-    """A path, or the name of a file in studies/ (with or without .toml)."""
-    for candidate in [Path(name)] + [c for folder in studies_dirs()
-                                     for c in (folder / name, folder / f"{name}.toml")]:
+    """A path, or the name of a file here or in studies/ (with or without .toml)."""
+    for candidate in [Path(name), Path(f"{name}.toml")] + [c for folder in studies_dirs()
+                                                           for c in (folder / name, folder / f"{name}.toml")]:
         if candidate.is_file():
             # Shown in reports as the command to reproduce: relative to here when it can be.
             try:
@@ -58,7 +59,7 @@ def find_study_file(name: str) -> Path:
             except ValueError:
                 return candidate
     known = sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.toml")})
-    raise ConfigError("--study", "a study file or the name of one in studies/ "
+    raise ConfigError("--study", "a study file, or the name of one here or in studies/ "
                       f"({', '.join(known) or 'none found'})", name)
 
 
@@ -80,6 +81,11 @@ class StudySpec:
     @classmethod
     def load(cls, name_or_path: str) -> "StudySpec":
         path = find_study_file(name_or_path)
+        # A problem of one's own may sit beside its study file: importable from there too (after
+        # the current directory), here and in worker processes, which start with this sys.path.
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
         text = path.read_text()
         try:
             data = tomllib.loads(text)
