@@ -277,6 +277,57 @@ def test_a_ctrl_c_while_the_runs_are_queued_leaves_a_study_the_next_run_finishes
     assert again.trained_here == len(spec.runs())  # each run queued once: 3 then the rest
 
 
+def test_a_queue_lock_whose_worker_died_is_taken_over_and_a_live_one_is_waited_for(store):
+    """A worker killed while queuing (no Ctrl-C to clean up) left its lock for good: every later
+    worker waited two minutes and stopped. Now a lock unmarked for the grace period is taken
+    over, and one its worker keeps marking is waited for, however long the queuing takes."""
+    import threading
+
+    import optuna
+
+    store.grace_period = 0.6
+    runs = {"arm": [(f"k{i}", {}) for i in range(3)]}
+    optuna.create_study(storage=store.storage, study_name="s#queue-dead")  # its worker was killed
+    start = time.monotonic()
+    assert store.queue_once("s", "dead", runs) == 3
+    assert 0.6 < time.monotonic() - start < 10
+    assert store.queue_once("s", "dead", runs) == 0  # done: queued once
+
+    live = optuna.create_study(storage=store.storage, study_name="s#queue-live")
+
+    def queuing_slowly():
+        for beat in range(1, 8):  # 1.4 s of queuing, marked every 0.2 s
+            time.sleep(0.2)
+            live.set_user_attr("beats", beat)
+        live.set_user_attr("done", True)
+
+    worker = threading.Thread(target=queuing_slowly)
+    worker.start()
+    assert store.queue_once("s", "live", {"arm": [("other", {})]}) == 0  # waited, took nothing over
+    worker.join()
+    assert "s#queue-live" in [s.study_name for s in store.storage.get_all_studies()]
+
+
+def test_a_ctrl_c_while_a_study_is_registered_leaves_its_name_free(store, monkeypatch):
+    import optuna
+
+    real = optuna.Study.set_user_attr
+    calls = {"n": 0}
+
+    def set_then_ctrl_c(self, key, value):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", set_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        store.register("named", "hash", {"a": 1, "b": 2})
+    monkeypatch.setattr(optuna.Study, "set_user_attr", real)
+    assert "named" not in [s.study_name for s in store.storage.get_all_studies()]
+    assert store.register("named", "hash", {"a": 1}) == "named"
+
+
 def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
     StudyRunner(spec_of(TINY), store).run()
     changed = spec_of(TINY.replace("steps = 10", "steps = 12"))

@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
@@ -39,6 +39,7 @@ STATUS = "status"
 REASON = "reason"
 WORKER = "bench:worker"  # trial system attribute: host:pid of the worker holding the run
 WAIT_FOR_OTHERS_S = 120.0
+QUEUE_BEAT_S = 2.0  # the worker queuing a study's runs marks its lock this often
 MAX_VERSIONS = 999  # name, name-v2, ... name-v999
 
 # The run record is kept in a few user attributes: each stays small enough for any RDB's text
@@ -152,6 +153,7 @@ class ResultStore:
         """`create=False` (for commands that only read) refuses a storage file that does not
         exist rather than creating an empty one."""
         self.url = url or DEFAULT_STORAGE
+        self.grace_period = grace_period
         self.storage = open_storage(self.url, heartbeat_interval=heartbeat_interval,
                                     grace_period=grace_period, create=create)
 
@@ -198,13 +200,16 @@ class ResultStore:
         """The stored name for a study with this configuration: `name`, or with --new-version
         the first `name-vN` that is free or holds the same configuration. A different
         configuration under the same name is refused, never mixed in."""
-        for version in range(1, MAX_VERSIONS + 1):
+        version = 1
+        while version <= MAX_VERSIONS:
             candidate = version_name(name, version)
             try:
                 study = optuna.create_study(storage=self.storage, study_name=candidate,
                                             load_if_exists=False)
             except DuplicatedStudyError:
                 stored = self._wait_for_manifest(candidate)
+                if stored is None:  # its creator was interrupted and dropped it: try again
+                    continue
                 if stored.get("config_hash") == config_hash:
                     return candidate
                 if not new_version:
@@ -217,20 +222,29 @@ class ResultStore:
                         f"(stored {stored.get('config_hash')}, now {config_hash}); results are never "
                         f"mixed: {hint}, or --storage for another store"
                     ) from None
+                version += 1
                 continue
             except optuna.exceptions.StorageInternalError as err:
                 raise StorageError(f"cannot write to the storage {self.url}: {err}") from None
-            for key, value in {**attrs, "config_hash": config_hash, "version": __version__,
-                               "created": time.time(), MANIFEST: True}.items():
-                study.set_user_attr(key, value)
+            try:
+                for key, value in {**attrs, "config_hash": config_hash, "version": __version__,
+                                   "created": time.time(), MANIFEST: True}.items():
+                    study.set_user_attr(key, value)
+            except BaseException:  # Ctrl-C: a study without its manifest would block the name
+                _delete_study(self.storage, study._study_id)
+                raise
             return candidate
         raise BenchError(f"too many versions of study {name!r}")
 
-    def _wait_for_manifest(self, name: str) -> dict[str, Any]:
+    def _wait_for_manifest(self, name: str) -> dict[str, Any] | None:
+        """The manifest of study `name`, once written; None if the study is dropped meanwhile."""
         # The manifest's creator writes its attributes right after creating it.
         deadline = time.monotonic() + WAIT_FOR_OTHERS_S
         while True:
-            attrs = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(name))
+            try:
+                attrs = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(name))
+            except KeyError:
+                return None
             if attrs.get(MANIFEST):
                 return attrs
             if attrs.get("config_hash") is None and time.monotonic() > deadline:
@@ -255,19 +269,14 @@ class ResultStore:
         together: the worker that creates the lock study `study#queue-<runset_id>` queues, the
         others wait until it is done. Returns the number of runs this call queued."""
         lock_name = f"{study}#queue-{runset_id}"
-        try:
-            lock = optuna.create_study(storage=self.storage, study_name=lock_name, load_if_exists=False)
-        except DuplicatedStudyError:
-            deadline = time.monotonic() + WAIT_FOR_OTHERS_S
-            lock_id = self.storage.get_study_id_from_name(lock_name)
-            while not self.storage.get_study_user_attrs(lock_id).get("done"):
-                if time.monotonic() > deadline:
-                    raise BenchError(f"another worker has been queuing the runs of {study!r} for over "
-                                     f"{WAIT_FOR_OTHERS_S:.0f} s; if it died, delete the Optuna "
-                                     f"study {lock_name!r} and run again")
-                time.sleep(0.2)
-            return 0
-        queued = 0
+        while True:
+            try:
+                lock = optuna.create_study(storage=self.storage, study_name=lock_name, load_if_exists=False)
+                break
+            except DuplicatedStudyError:
+                if self._wait_for_queue(lock_name):
+                    return 0
+        queued, beats, beaten = 0, 0, time.monotonic()
         try:
             for arm, runs in runs_by_arm.items():
                 arm_study = self.arm_study(study, arm)
@@ -275,6 +284,12 @@ class ResultStore:
                 for key, params in runs:
                     if key in present:
                         continue
+                    if time.monotonic() - beaten > QUEUE_BEAT_S:  # alive, for the workers waiting
+                        beats, beaten = beats + 1, time.monotonic()
+                        try:
+                            lock.set_user_attr("beats", beats)
+                        except KeyError:  # stalled past the grace period: another worker took over
+                            return queued + self.queue_once(study, runset_id, runs_by_arm)
                     arm_study.add_trial(optuna.trial.create_trial(
                         state=TrialState.WAITING,
                         params={n: v for n, (v, _) in params.items()},
@@ -285,10 +300,32 @@ class ResultStore:
         except BaseException:
             # Ctrl-C (or an error) part-way: drop the lock, so that the next worker queues the rest
             # (runs already queued are skipped) instead of waiting for a "done" that never comes.
-            optuna.delete_study(study_name=lock_name, storage=self.storage)
+            _delete_study(self.storage, lock._study_id)
             raise
         lock.set_user_attr("done", True)
         return queued
+
+    def _wait_for_queue(self, lock_name: str) -> bool:
+        """Wait for the worker that holds the queue's lock: True once it has queued every run;
+        False once the lock is gone, so that the caller takes it. A lock whose worker stopped
+        marking it for the grace period (killed, its machine lost) is deleted, by its id: of
+        several waiters, one deletes it and one takes the lock, the others wait on the new one."""
+        seen: tuple[tuple[int, Any], float] | None = None
+        while True:
+            try:
+                lock_id = self.storage.get_study_id_from_name(lock_name)
+            except KeyError:
+                return False
+            attrs = self.storage.get_study_user_attrs(lock_id)
+            if attrs.get("done"):
+                return True
+            marks = (lock_id, attrs.get("beats"))
+            if seen is None or seen[0] != marks:
+                seen = (marks, time.monotonic())  # measured here: no clock is shared with its machine
+            elif time.monotonic() - seen[1] > self.grace_period:
+                _delete_study(self.storage, lock_id)
+                return False
+            time.sleep(0.2)
 
     # ------------------------------------------------------------------ workers
     def arm_trials(self, study: str, arms: Iterable[str],
@@ -433,3 +470,11 @@ class ResultStore:
                     "user_attrs": {k: v for k, v in t.user_attrs.items() if k not in RECORD_PARTS},
                 })
         return out
+
+
+def _delete_study(storage: BaseStorage, study_id: int) -> None:
+    """Delete a study by its id; already gone (another worker deleted it) is fine."""
+    try:
+        storage.delete_study(study_id)
+    except KeyError:
+        pass
