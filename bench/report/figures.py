@@ -356,9 +356,11 @@ def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
             decades = [10.0 ** k for k in range(math.ceil(math.log10(linear)), math.floor(math.log10(end)) + 1)]
             outer += [sign * d for d in decades] or [sign * float(f"{end:.2g}")]
     # A linear tick close to an outer one (7.5 just below 10) printed over it: keep the outer one.
-    at = ax.yaxis.get_transform().transform
-    spacing = at(np.array([inner[1]]))[0] - at(np.array([inner[0]]))[0] if len(inner) > 1 else np.inf
-    inner = [t for t in inner if not outer or np.abs(at(np.array(outer)) - at(np.array([t]))[0]).min() >= spacing / 2]
+    if outer and len(inner) > 1:
+        at = ax.yaxis.get_transform().transform  # data to the axis's symlog coordinate
+        spacing = np.diff(at(np.array(inner[:2])))[0]
+        outer_at = at(np.array(outer))
+        inner = [t for t in inner if np.abs(outer_at - at(np.array([t]))).min() >= spacing / 2]
     ax.set_yticks(sorted(set(inner + outer)))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(ticker.NullLocator())
