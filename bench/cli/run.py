@@ -73,7 +73,7 @@ def run_command(
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=err_console, transient=False) as progress:
-        task = progress.add_task("training", total=None)
+        task = progress.add_task("training", total=sum(len(runs) for runs in runner.runs.values()))
 
         def report(done: float, total: int) -> None:
             progress.update(task, completed=done, total=total)

@@ -155,6 +155,13 @@ class StudyRunner:
     # ------------------------------------------------------------------ setting up
     def prepare(self) -> str:
         """Register the study (refusing a changed configuration) and queue its runs once."""
+        try:
+            return self._prepare()
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted before training began (the runs queued so far are kept); "
+                              "run the same command to continue") from None
+
+    def _prepare(self) -> str:
         spec = self.spec
         attrs = {
             "arms": list(spec.arms),
@@ -183,11 +190,7 @@ class StudyRunner:
     # ------------------------------------------------------------------ the loop
     def run(self) -> StudyProgress:
         if not self.prepared:
-            try:
-                self.prepare()
-            except KeyboardInterrupt:
-                raise Interrupted("interrupted before training began (the runs queued so far are kept); "
-                                  "run the same command to continue") from None
+            self.prepare()
         interval = self.store.storage.get_heartbeat_interval() if hasattr(
             self.store.storage, "get_heartbeat_interval") else None
         with HeartbeatThread(self.store, interval or 5) as heartbeat, self._noticing_interrupts():
