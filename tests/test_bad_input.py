@@ -207,6 +207,12 @@ def test_heartbeats_that_would_retrain_live_runs(workdir, capsys, options, field
     assert ResultStore().study_names() == []
 
 
+@pytest.mark.parametrize("options", [["--jobs", "0"], ["--batch-runs", "0"]])
+def test_run_options_out_of_range_name_their_flag(workdir, capsys, options):
+    code, line = run(["run", "--study", study(workdir), *options], capsys)
+    assert code == 2 and line == f"error: {options[0]}: expected an integer >= 1, got 0"
+
+
 def test_a_benchmark_of_no_steps(workdir, capsys):
     code, line = run(["perf", "--steps", "0"], capsys)
     assert code == 2 and "--steps" in line and ">= 1" in line

@@ -120,7 +120,7 @@ class StudyRunner:
                  poll_interval: float = 2.0, backend: str = "loky", scheduler: str | None = None,
                  on_progress: Callable[[float, int], None] | None = None):
         if jobs < 1:
-            raise BenchError("--jobs must be at least 1")
+            raise ConfigError("--jobs", "an integer >= 1", jobs)
         resolve_device(device, field="--device")  # here, not after the study is queued
         self.spec = spec
         self.store = store
