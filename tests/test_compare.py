@@ -46,6 +46,7 @@ def test_l2_distance():
     (2.4, 4, "2.400"), (2.478, 4, "2.478"), (237.84, 4, "237.8"), (9249.4, 4, "9249"),
     (123456.7, 4, "123457"), (0.30412, 3, "0.304"), (9.99996, 4, "10.00"), (-6.0, 2, "-6.0"),
     (0.0090, 2, "0.0090"), (1.2e-7, 3, "1.20e-07"), (0.0, 4, "0"), (math.nan, 4, "nan"),
+    (999999.4, 4, "999999"), (321065144.0, 4, "3.211e+08"),
 ])
 def test_figures_in_sentences_keep_their_significant_digits(value, digits, text):
     # 2.400 next to 2.478 says the figure is as precise as its neighbour; 2.4 would not.

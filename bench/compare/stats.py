@@ -118,13 +118,14 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 def significant(value: float, digits: int = 4) -> str:
     """`value` to `digits` significant digits with its trailing zeros: 2.400 next to 2.478, not
-    2.4, which reads as a coarser figure. Whole numbers stay whole: 12346, not 1.235e+04."""
+    2.4, which reads as a coarser figure. Whole numbers stay whole up to a million (12346, not
+    1.235e+04); beyond, a diverged run's 321065144 reads better as 3.211e+08."""
     if not math.isfinite(value) or value == 0:
         return f"{value:g}"
-    if 10 ** (digits - 1) <= abs(value) < 1e15:
+    if 10 ** (digits - 1) <= abs(value) < 1e6:
         return f"{value:.0f}"
     rounded = float(f"{value:.{digits}g}")  # rounding first: 9.9996 -> 10.00, not 10.000
-    if not 1e-4 <= abs(rounded) < 1e15:
+    if not 1e-4 <= abs(rounded) < 1e6:
         return f"{rounded:.{digits - 1}e}"
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
     return f"{rounded:.{decimals}f}"
