@@ -558,6 +558,23 @@ def test_figures_draw_the_tables_student_t_interval_not_a_bootstrap():
     plt.close("all")
 
 
+def test_a_runaway_runs_gap_does_not_flatten_every_other_arm_to_zero():
+    """A GradNorm run whose loss ran away (finite, so stored as finished) had a gap of -1e6:
+    on a linear axis every other bar sat at zero, and its offset label ran into the axis label."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    first = runs.index[runs.arm == "gradnorm"][0]
+    runs.loc[first, "normalized_overfitting_gap"] = -1.0e6
+    ax = figures.overfitting_gaps(build_comparison("hand", c.manifest, runs, [])).axes[0]
+    assert ax.get_xscale() == "symlog"
+    ticks = np.asarray(ax.get_xticks())
+    assert (ticks < -1).sum() <= 3 and -1e6 in ticks  # at most 3 decades a side, the farthest kept
+    labels = [ax.xaxis.get_major_formatter()(t) for t in ticks]
+    assert r"$\mathdefault{-10^{6}}$" in labels and "0" in labels
+    assert figures.overfitting_gaps(c).axes[0].get_xscale() == "linear"  # gaps 0.1 to 0.32
+    plt.close("all")
+
+
 def test_with_few_seeds_the_figures_draw_the_seeds_not_an_interval_wider_than_them():
     """Over 2 seeds a 95% interval of the mean spans 18 standard deviations: a user problem's band
     reached from -6 to 9 around losses of 1 to 2.2 and hid every curve."""

@@ -342,28 +342,39 @@ def _correlations(x: np.ndarray, y: np.ndarray) -> str:
     return f"Pearson r = {round(r, 2) + 0.0:.2f} (p = {p:.2g}), Spearman rho = {round(rho, 2) + 0.0:.2f}"
 
 
-def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float) -> None:
-    """A y axis linear within +-`linear` (wide, with round ticks) and logarithmic beyond, with
+def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float, axis: str = "y") -> None:
+    """An axis linear within +-`linear` (wide, with round ticks) and logarithmic beyond, with
     a tick at every decade the values reach; a side whose values reach no decade gets a tick
     at its farthest value (else a point at -1.7 beside a linear range of +-1.3 had no tick
     nearer than -0.8)."""
-    ax.set_yscale("symlog", linthresh=linear, linscale=4)
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("symlog", linthresh=linear, linscale=4)
     inner = [t for t in ticker.MaxNLocator(4).tick_values(max(min(values.min(), 0), -linear), linear)
              if abs(t) <= linear]
     outer: list[float] = []
     for sign, end in ((1, values.max()), (-1, -values.min())):
         if end > linear:
             decades = [10.0 ** k for k in range(math.ceil(math.log10(linear)), math.floor(math.log10(end)) + 1)]
+            step = max(1, math.ceil(len(decades) / 3))  # at most 3 a side: six decades' labels ran together
+            decades = decades[::-1][::step][::-1]  # the farthest kept
             outer += [sign * d for d in decades] or [sign * float(f"{end:.2g}")]
     # A linear tick close to an outer one (7.5 just below 10) printed over it: keep the outer one.
     if outer and len(inner) > 1:
-        at = ax.yaxis.get_transform().transform  # data to the axis's symlog coordinate
+        at = target.get_transform().transform  # data to the axis's symlog coordinate
         spacing = np.diff(at(np.array(inner[:2])))[0]
         outer_at = at(np.array(outer))
         inner = [t for t in inner if np.abs(outer_at - at(np.array([t]))).min() >= spacing / 2]
-    ax.set_yticks(sorted(set(inner + outer)))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    target.set_ticks(sorted(set(inner + outer)))
+    target.set_major_formatter(ticker.FuncFormatter(_symlog_label))
+    target.set_minor_locator(ticker.NullLocator())
+
+
+def _symlog_label(value: float, _pos: int | None = None) -> str:
+    """1000 as 1000, 100000 as 10^5: long runs of zeros are hard to count."""
+    k = math.log10(abs(value)) if value else 0.0
+    if abs(value) >= 1e4 and k == round(k):
+        return rf"$\mathdefault{{{'-' if value < 0 else ''}10^{{{round(k)}}}}}$"
+    return f"{value:g}"
 
 
 def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
@@ -464,6 +475,11 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
                 ax=ax, color="C0", alpha=0.6)
     sns.stripplot(data=runs, y="label", x="normalized_overfitting_gap", color="k", size=5, ax=ax)
     ax.axvline(0, color="k", lw=0.8)
+    gaps = runs.normalized_overfitting_gap.to_numpy(dtype=float)
+    typical = np.quantile(np.abs(gaps), 0.75)
+    if typical > 0 and np.abs(gaps).max() > 20 * typical:
+        # A run whose loss ran away (finite, so not failed) put every other arm at zero.
+        _linear_then_log(ax, gaps, 1.5 * typical, axis="x")
     ax.set_xlabel("overfitting gap: task-normalised test minus train loss (per seed, and mean"
                   + ("" if few else " with 95% interval") + ")")
     ax.set_ylabel("")
