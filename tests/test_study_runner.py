@@ -209,7 +209,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_worker(store, monkeypatch
     assert sys.unraisablehook == unraisable.append  # hook restored
 
 
-def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store, monkeypatch):
+def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store, monkeypatch, capsys):
     """The interrupt landed between two runs' writes: the rest of the stack, trained, was thrown
     away (36 of 42 in one case). Now the batch is stored whole and the worker stops after it."""
     spec = spec_of(TINY)
@@ -231,6 +231,7 @@ def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store
     assert progress.done == runner.trained_here == 4  # the whole first stack
     assert progress.running == 0 and progress.left == len(spec.runs()) - 4
     assert str(err.value).startswith("interrupted: 4 runs trained here are stored; ")
+    assert "storing the runs just trained, then stopping" in capsys.readouterr().err
 
     # A second Ctrl-C does not wait for the batch.
     writes["n"] = 0

@@ -239,8 +239,10 @@ class StudyRunner:
         def on_sigint(signum, frame):
             first = not self._interrupted.is_set()
             self._interrupted.set()
-            if first and self._storing:
-                return  # runs already trained are being stored: `store_records` stops after them
+            if first and self._storing:  # runs already trained: `store_records` stops after them
+                print("storing the runs just trained, then stopping (Ctrl-C again stops at once)",
+                      file=sys.stderr, flush=True)
+                return
             signal.default_int_handler(signum, frame)
 
         previous_hook = sys.unraisablehook
