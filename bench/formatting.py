@@ -12,3 +12,8 @@ def format_number(value: float | None, digits: int = 4, exponent_digits: int | N
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
         return f"{value:.{max(0, (exponent_digits or digits) - 1)}e}"
     return f"{value:#.{digits}g}".rstrip(".")
+
+
+def count(n: int, noun: str) -> str:
+    """'1 run', '2 runs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

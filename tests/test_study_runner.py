@@ -174,6 +174,16 @@ def test_an_interruption_between_claiming_a_run_and_holding_it_leaves_nothing_ru
     assert again.trained_here == len(spec.runs())
 
 
+def test_the_interrupted_message_counts_one_run_as_one_run(store, monkeypatch):
+    def interrupted_first_hold(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StudyRunner, "_hold", interrupted_first_hold)
+    with pytest.raises(manager.Interrupted) as err:
+        StudyRunner(spec_of(TINY), store).run()
+    assert str(err.value).startswith("interrupted: 1 run in hand was queued again; ")  # not "1 runs ... were"
+
+
 def test_a_ctrl_c_that_python_swallows_still_stops_the_worker(store, monkeypatch):
     """Python drops a KeyboardInterrupt raised inside a finaliser or an import lock's callback
     ("Exception ignored in ..."); the worker must stop all the same, its runs queued again,

@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from bench.cli.common import arm_table, console, stored_study_names, working
+from bench.formatting import count
 
 
 def status_command(
@@ -33,4 +34,4 @@ def status_command(
         console.print(table)
         workers = store.workers(name)
         if workers:
-            console.print("running on: " + ", ".join(f"{w} ({n} runs)" for w, n in sorted(workers.items())))
+            console.print("running on: " + ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(workers.items())))

@@ -35,6 +35,7 @@ from bench import __version__
 from bench.environment import environment
 from bench.balancers.static import validate_static_weights
 from bench.errors import BenchError, ConfigError
+from bench.formatting import count
 from bench.store.results import (
     REASON, RUN_KEY, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
 )
@@ -214,8 +215,10 @@ class StudyRunner:
                     time.sleep(self.poll_interval)
             except KeyboardInterrupt:
                 released = self.release_all("interrupted (Ctrl-C)")
-                stored = f"{self.trained_here} runs trained here are stored; " if self.trained_here else ""
-                raise Interrupted(f"interrupted: {stored}{released} runs in hand were queued again; "
+                stored = (f"{count(self.trained_here, 'run')} trained here "
+                          f"{'is' if self.trained_here == 1 else 'are'} stored; " if self.trained_here else "")
+                raise Interrupted(f"interrupted: {stored}{count(released, 'run')} in hand "
+                                  f"{'was' if released == 1 else 'were'} queued again; "
                                   f"run the same command to continue") from None
             except BaseException as err:
                 # Never leave claimed runs RUNNING: give them back, then let the error speak.
