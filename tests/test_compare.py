@@ -130,6 +130,9 @@ def test_gradnorm_standing_distance_and_paired_tests():
     assert versus_equal.wins == 3
     assert "; 1 of 3 grid points has a lower test loss. " in c.headline[0]  # not "1 of 3 ... have"
     assert "Cost: 3 runs (3.0 s) against 9 runs (9.0 s)." in c.headline[0]  # not "(3 s)", "(0 s)" for 0.4
+    one = c.runs.drop(columns=["variant", "kind", "label"])
+    one = one[(one.seed == 0) | (one.arm == "grid")]
+    assert "Cost: 1 run (1.0 s) against 9 runs" in build_comparison("one", c.manifest, one, []).headline[0]
     main = c.main.set_index("arm")
     assert main.loc["gradnorm", "overfitting_gap"] == pytest.approx(0.1)
     assert main.loc["gradnorm", "weights"] == [1.5, 0.5]

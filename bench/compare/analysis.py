@@ -25,6 +25,7 @@ import pandas as pd
 from bench.compare import stats
 from bench.compare.stats import significant
 from bench.errors import BenchError
+from bench.formatting import count
 from bench.store.export import runs_table
 from bench.store import DEFAULT_STORAGE
 from bench.store.results import ResultStore, StudyProgress
@@ -505,8 +506,8 @@ def _headline(c: Comparison) -> list[str]:
             f"{significant(row.mean_a)} vs {significant(row.mean_b)} for the point chosen on validation; "
             f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
             "test loss. "
-            f"Cost: {int(main.loc[a, 'runs'])} runs ({_seconds(own_cost)}) against "
-            f"{int(main.loc[b, 'runs'])} runs ({_seconds(grid_cost)}). "
+            f"Cost: {count(int(main.loc[a, 'runs']), 'run')} ({_seconds(own_cost)}) against "
+            f"{count(int(main.loc[b, 'runs']), 'run')} ({_seconds(grid_cost)}). "
             + gaps(a, b)
         )
         if c.grids[b].unweighted:
