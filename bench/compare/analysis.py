@@ -444,9 +444,9 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     return frame
 
 
-def _have(count: int) -> str:
+def _have(k: int) -> str:
     """The verb after "k of n points": "1 of 66 has", "0 of 66 have"."""
-    return "has" if count == 1 else "have"
+    return "has" if k == 1 else "have"
 
 
 def _seconds(value: float) -> str:
