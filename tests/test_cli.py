@@ -207,6 +207,43 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
     assert rows["gradnorm-static"][1:] == ["3", "0", "2.457", "0.081", "0.032", "2.127", "0.330", "3.6"]
     assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
 
+def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(capsys, monkeypatch):
+    """A runaway run (a loss of 3e8, a gap of -3e5) widens the number columns past 80: names
+    then break after a hyphen, and every number stays whole."""
+    from types import SimpleNamespace
+
+    from bench.cli import common
+    from bench.cli.compare import print_comparison
+
+    monkeypatch.setattr(common.console, "width", 80)
+    arms = ["gradnorm", "gradnorm-floor-static", "gradnorm-static"]
+    main = pd.DataFrame({
+        "arm": arms, "runs": [3, 3, 3], "failed": [0, 0, 1], "seeds": [3, 3, 2],
+        "normalized_test_loss": [3.211e8, 2.478, 2.491], "test_std": [6e8, 0.021, 0.0084],
+        "test_ci95_low": [-7e8, 2.425, 2.416], "test_ci95_high": [1.3e9, 2.531, 2.566],
+        "train_loss": [3.211e8, 2.596, 2.631], "overfitting_gap": [-3.3e5, -0.117, -0.140],
+        "wall_time_s": [2.2, 1.1, 0.7], "weights": [[-18.7, 7.9, 9.8, 4.9]] + [[0.1, 1.1, 1.4, 1.4]] * 2,
+    })
+    print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
+                                     comparisons=pd.DataFrame(), failures=pd.DataFrame()))
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(i for i, line in enumerate(lines) if line.startswith(" arm "))
+    names, numbers = [], []  # each arm's name pieces, and the numbers on its first line
+    for line in lines[header + 2:]:
+        if not line.strip():
+            break
+        first, *rest = line.split()
+        if rest:
+            names.append([first])
+            numbers.append(rest)
+        else:
+            names[-1].append(first)  # a name's continuation line
+    assert ["".join(pieces) for pieces in names] == arms
+    assert any(len(pieces) > 1 for pieces in names)  # the table did need to break a name
+    assert all(piece.endswith("-") for pieces in names for piece in pieces[:-1])
+    assert numbers[0] == ["3", "0", "3.21e+08", "1e+09", "6e+08", "3.21e+08", "-3.3e+05", "2.2"]
+    assert numbers[1][-2:] == ["-0.117", "1.1"] and numbers[2][-2:] == ["-0.140", "0.7"]
 
 def test_compare_prints_the_verdicts_then_each_paired_sentence_once(capsys):
     """The headline gives the verdicts of the paired t-test; the list below the table describes

@@ -7,12 +7,14 @@ import json
 import math
 import shlex
 import sys
-from collections.abc import Iterable
+import textwrap
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bench.errors import BenchError, ConfigError
 from bench.formatting import format_number
@@ -64,13 +66,35 @@ def _strict(value: Any) -> Any:
     return value
 
 
-def arm_table(title: str, numeric_columns: Iterable[str], key: str = "arm") -> Table:
+def arm_table(title: str, numeric_columns: Sequence[str], rows: Iterable[Sequence[str | Text]],
+              key: str = "arm") -> Table:
     """A table of one row per arm (or per `key`): no vertical rules, so that it fits 80 columns
-    (a log, a CI page); long names fold, numbers are never cut."""
+    (a log, a CI page). When it would not fit (a runaway run's numbers widen their columns),
+    names break after a hyphen ("gradnorm-floor-" / "static") rather than mid-word, and
+    numbers are cut only on a console too narrow even for that."""
+    rows = [list(row) for row in rows]
+    table = _arm_table(title, numeric_columns, rows, key)
+    # Measured unbounded: rich clamps a measurement to the console's width.
+    excess = console.measure(table, options=console.options.update(width=10_000)).maximum - console.width
+    if excess <= 0:
+        return table
+    longest = max(len(Text(str(row[0])).plain) for row in rows) if rows else 0
+    width = max(len(key), longest - excess, 8)
+    for row in rows:
+        if isinstance(row[0], str):
+            row[0] = "\n".join(textwrap.wrap(row[0], width, break_on_hyphens=True)) or row[0]
+    return _arm_table(title, numeric_columns, rows, key)
+
+
+def _arm_table(title: str, numeric_columns: Sequence[str], rows: list[list], key: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column(key, overflow="fold", min_width=8)
+    # Names are wrapped above, at hyphens: rich's own folding would break them at any letter,
+    # or drop the column entirely on a narrow console.
+    table.add_column(key, no_wrap=True, min_width=8)
     for column in numeric_columns:
         table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

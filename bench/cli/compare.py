@@ -73,14 +73,15 @@ def print_comparison(c) -> None:
         console.print(Text(c.unfinished, style="bold yellow"))
     for line in c.headline:
         console.print(f"- {line}")
-    table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",
-                      ("runs", "failed", "test", "± 95%", "sd", "train", "gap", "sec"))
+    rows = []
     for row in c.main.itertuples():
         # Four significant digits, as in the sentences: arms often differ in the third.
         half = (row.test_ci95_high - row.test_ci95_low) / 2 if row.seeds > 1 else None
-        table.add_row(row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss), fmt(half, 2),
-                      fmt(row.test_std, 2), fmt(row.train_loss), fmt(row.overfitting_gap, 3),
-                      f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}")
+        rows.append((row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss), fmt(half, 2),
+                     fmt(row.test_std, 2), fmt(row.train_loss), fmt(row.overfitting_gap, 3),
+                     f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}"))
+    table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",
+                      ("runs", "failed", "test", "± 95%", "sd", "train", "gap", "sec"), rows)
     console.print(table)
     for row in c.main.itertuples():
         if not all(math.isnan(w) for w in row.weights):  # an arm whose runs all failed has none

@@ -101,12 +101,13 @@ def run_command(
 def print_arm_summary(table) -> None:
     if table.empty:
         return
+    rows = []
+    for arm, runs in table.groupby("arm", sort=False):
+        ok = runs[runs.status == "ok"]
+        rows.append((arm, str(len(runs)), str(int((runs.status == "failed").sum())),
+                     fmt(ok.normalized_val_loss.mean() if len(ok) else None),
+                     fmt(ok.normalized_test_loss.mean() if len(ok) else None),
+                     f"{runs.wall_time_s.sum():.1f}"))
     out = arm_table("task-normalised losses, mean over each arm's runs",
-                    ("runs", "failed", "val", "test", "wall time (s)"))
-    for arm, rows in table.groupby("arm", sort=False):
-        ok = rows[rows.status == "ok"]
-        out.add_row(arm, str(len(rows)), str(int((rows.status == "failed").sum())),
-                    fmt(ok.normalized_val_loss.mean() if len(ok) else None),
-                    fmt(ok.normalized_test_loss.mean() if len(ok) else None),
-                    f"{rows.wall_time_s.sum():.1f}")
+                    ("runs", "failed", "val", "test", "wall time (s)"), rows)
     console.print(out)

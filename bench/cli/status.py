@@ -23,14 +23,14 @@ def status_command(
         names = stored_study_names(store, study)
     for name in names:
         progress = store.stored_progress(name)
-        table = arm_table(f"{name} in {store.url}", ["runs", "done", "failed", "running", "waiting", "left"])
-        total = None
+        rows, total = [], None
         for arm, p in progress.items():
-            table.add_row(arm, str(p.total), str(p.done), str(p.failed), str(p.running), str(p.waiting), str(p.left))
+            rows.append((arm, str(p.total), str(p.done), str(p.failed), str(p.running), str(p.waiting), str(p.left)))
             total = p if total is None else total + p
         if total is not None:
-            table.add_row(*(Text(str(v), style="bold") for v in ("all", total.total, total.done, total.failed,
-                                                                  total.running, total.waiting, total.left)))
+            rows.append([Text(str(v), style="bold") for v in ("all", total.total, total.done, total.failed,
+                                                               total.running, total.waiting, total.left)])
+        table = arm_table(f"{name} in {store.url}", ["runs", "done", "failed", "running", "waiting", "left"], rows)
         console.print(table)
         workers = store.workers(name)
         if workers:

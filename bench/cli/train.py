@@ -85,13 +85,13 @@ def print_summary(record: RunRecord) -> None:
         (c["balancer"], "bold"), " on ", (c["problem"], "bold"),
         f" (seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, {record.device}): ",
         (record.status, "bold"), f" - {record.reason}" if record.reason else ""))
+    def at(values, i):
+        return fmt(values[i]) if values else "-"
+    rows = [(name, at(record.train_loss, i), at(record.val_loss, i), at(record.test_loss, i),
+             at(record.overfitting_gap, i), at(record.mean_weights, i), at(record.final_weights, i))
+            for i, name in enumerate(record.task_names)]
     table = arm_table("losses per task (gap = test - train) and weights",
-                      ("train", "val", "test", "gap", "mean w", "final w"), key="task")
-    for i, name in enumerate(record.task_names):
-        def at(values):
-            return fmt(values[i]) if values else "-"
-        table.add_row(name, at(record.train_loss), at(record.val_loss), at(record.test_loss),
-                      at(record.overfitting_gap), at(record.mean_weights), at(record.final_weights))
+                      ("train", "val", "test", "gap", "mean w", "final w"), rows, key="task")
     console.print(table)
     if record.ok:
         console.print(f"task-normalised loss: train {fmt(record.normalized_train_loss)}, "
