@@ -6,7 +6,11 @@ from __future__ import annotations
 def format_number(value: float | None, digits: int = 4, exponent_digits: int | None = None) -> str:
     """`digits` significant digits, trailing zeros kept (2.700, not 2.7) so that a column's
     decimals line up; outside [1e-3, 1e5) scientific notation with `exponent_digits`
-    significant digits (default `digits`); "-" for None or NaN."""
+    significant digits (default `digits`); "-" for None or NaN.
+
+    >>> format_number(2.7), format_number(1234.56), format_number(-3.3e5, 2), format_number(None)
+    ('2.700', '1235', '-3.3e+05', '-')
+    """
     if value is None or value != value:
         return "-"
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
@@ -15,5 +19,8 @@ def format_number(value: float | None, digits: int = 4, exponent_digits: int | N
 
 
 def count(n: int, noun: str) -> str:
-    """'1 run', '2 runs'."""
+    """
+    >>> count(1, "run"), count(2, "run"), count(0, "seed")
+    ('1 run', '2 runs', '0 seeds')
+    """
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -6,6 +6,39 @@ records them; after the network's gradient is computed it calls `update(step, lo
 where the balancer moves to w(t + 1). Balancers never touch the network's parameters or
 gradients: they see only the detached per-task losses and, when they ask for them, the per-task
 gradient norms ||grad_W L_i|| at the parameters W they name.
+
+Driving one by hand, as the engine does: GradNorm (Algorithm 1) for one run of two tasks.
+
+>>> import torch
+>>> from bench.balancers import BALANCERS, build_balancer_params
+>>> from bench.problems import TaskSpec
+>>> from bench.problems.losses import squared_error
+>>> tasks = [TaskSpec("a", "regression", loss=squared_error), TaskSpec("b", "regression", loss=squared_error)]
+>>> options = build_balancer_params("gradnorm", {"alpha": 1.5, "weight_lr": 0.1})
+>>> gradnorm = BALANCERS["gradnorm"]([options], tasks, device=torch.device("cpu"),
+...                                  dtype=torch.float64, steps_per_epoch=10)
+>>> gradnorm.weights()  # w(0) = 1 for every task
+tensor([[1., 1.]], dtype=torch.float64)
+
+At the first step both losses are at L_i(0), so both targets are the mean norm G_bar = 1.5;
+task a's gradient norm (2) is above it and b's (1) below, so a's weight falls and b's rises by
+Adam's first step (the learning rate), and the weights still sum to T = 2:
+
+>>> losses, norms = torch.tensor([[1.0, 1.0]], dtype=torch.float64), torch.tensor([[2.0, 1.0]], dtype=torch.float64)
+>>> gradnorm.update(0, losses, norms)
+>>> gradnorm.weights()
+tensor([[0.9000, 1.1000]], dtype=torch.float64)
+
+Later, with the same unweighted norms (so G_i = w_i ||grad_W L_i|| = 1.8 and 1.1), task b
+has trained faster (its loss ratio L_b / L_b(0) is the lower), so its target
+G_bar r_b^alpha is the lower; b's norm is now above its target and a's below, so the gradient
+of L_grad pushes w_b down and w_a up (`update` hands it to the weights' Adam):
+
+>>> loss, gradient = gradnorm.loss_and_gradient(torch.tensor([[0.8, 0.2]], dtype=torch.float64), norms)
+>>> gradnorm.last_weighted_norms, gradnorm.last_target
+(tensor([[1.8000, 1.1000]], dtype=torch.float64), tensor([[2.9346, 0.3668]], dtype=torch.float64))
+>>> gradient
+tensor([[-2.,  1.]], dtype=torch.float64)
 """
 
 from __future__ import annotations

@@ -106,7 +106,11 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjustment of a family of m p-values (family-wise error): the smallest
     times m, the next times m - 1, and so on, kept non-decreasing and at most 1. A NaN (no test
-    was possible) stays NaN and is not counted in m."""
+    was possible) stays NaN and is not counted in m.
+
+    >>> holm([0.01, 0.04, 0.03, math.nan])  # m = 3: 0.01 x 3, then max(0.03 x 2, 0.04 x 1)
+    array([0.03, 0.06, 0.06,  nan])
+    """
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full_like(p, math.nan)
     tested = np.flatnonzero(~np.isnan(p))
@@ -119,7 +123,11 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 def significant(value: float, digits: int = 4) -> str:
     """`value` to `digits` significant digits with its trailing zeros: 2.400 next to 2.478, not
     2.4, which reads as a coarser figure. Whole numbers stay whole up to a million (12346, not
-    1.235e+04); beyond, a diverged run's 321065144 reads better as 3.211e+08."""
+    1.235e+04); beyond, a diverged run's 321065144 reads better as 3.211e+08.
+
+    >>> significant(2.4), significant(2.47849), significant(12345.6), significant(321065144)
+    ('2.400', '2.478', '12346', '3.211e+08')
+    """
     if not math.isfinite(value) or value == 0:
         return f"{value:g}"
     if 10 ** (digits - 1) <= abs(value) < 1e6:

@@ -13,6 +13,15 @@ distribution on the cube to the uniform distribution on the simplex (Dirichlet(1
 a random or quasi-random sampler covers the simplex evenly and TPE / CMA-ES search a box with no
 constraint, instead of T free numbers renormalised after the fact (which over-samples the
 centre).
+
+>>> simplex_grid(2, 0.5)
+[(2.0, 0.0), (1.0, 1.0), (0.0, 2.0)]
+>>> len(simplex_grid(3, 0.1)), grid_size(3, 0.1), grid_size(4, 0.05)
+(66, 66, 1771)
+>>> [round(w, 4) for w in cube_to_simplex([0.5, 0.5], 3)]  # the cube's centre
+[0.8787, 1.0607, 1.0607]
+>>> [round(u, 4) for u in simplex_to_cube(cube_to_simplex([0.2, 0.7, 0.9], 4))]
+[0.2, 0.7, 0.9]
 """
 
 from __future__ import annotations
