@@ -171,6 +171,30 @@ def test_gradnorm_is_put_to_the_random_weighting_litmus_test():
     assert not any("random loss weighting" in line for line in c.headline)
 
 
+def test_gradnorm_is_set_against_every_static_arm_the_study_names():
+    """A static arm (weights in use, or each task's loss scale) is the alternative to GradNorm a
+    practitioner already has: it is paired with GradNorm and makes the summary, said from the side
+    that wins more seeds."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    scaled = [_run("scaled", f"seed={seed}", seed, 0.9, test, test - 0.2, weights=(1.8, 0.2))
+              for seed, test in zip((0, 1, 2), (1.00, 1.03, 1.01))]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "scaled": "static"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(scaled)]), [])
+    pairs = again.comparisons.set_index(["arm", "versus"])
+    row = pairs.loc[("gradnorm", "scaled")]
+    assert (row.n, row.wins, row.losses) == (3, 0, 3)
+    assert row.sentence.startswith(
+        "gradnorm has a higher test loss than the static weights of scaled (w=1.8,0.2) on 3/3 seeds")
+    assert ("scaled", "equal") in pairs.index
+    line = next(line for line in again.headline if "static weights of scaled" in line)
+    verdict = "is beaten by" if row.p_value < 0.05 else "does not differ significantly from"
+    assert line == (f"gradnorm {verdict} the static weights of scaled (w=1.8,0.2; paired over 3 seeds, "
+                    f"p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs {significant(row.mean_b)}, "
+                    "higher on 3 of 3 seeds. Overfitting gap (test - train): 0.100 vs 0.200.")
+    assert not any("static weights of" in line for line in c.headline)  # no static arm, no line
+
+
 def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor():
     c = hand_made()
     assert not any("<= 0" in line or "floor" in line for line in c.headline)
@@ -739,8 +763,9 @@ def test_holm_equals_its_definition(p_values):
 
 
 def test_a_verdict_that_the_family_of_tests_weakens_says_so():
-    """gradnorm's p against the grid is 0.034 alone, but 0.068 after Holm over the study's three
-    paired tests: the verdict keeps the test's own p and shows the adjusted one beside it."""
+    """gradnorm's p against the grid is 0.034 alone, but 0.068 after Holm over the study's four
+    paired tests (it is the third smallest): the verdict keeps the test's own p and shows the
+    adjusted one beside it."""
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])
     runs = runs[runs.arm != "gradnorm"]
@@ -753,12 +778,12 @@ def test_a_verdict_that_the_family_of_tests_weakens_says_so():
     manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "static": "static"}}
     family = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(rows)]), [])
     table = family.comparisons.set_index(["arm", "versus"])
-    assert len(table) == 3 and list(table.p_holm) == pytest.approx(list(holm(table.p_value)))
+    assert len(table) == 4 and list(table.p_holm) == pytest.approx(list(holm(table.p_value)))
     row = table.loc[("gradnorm", "grid")]
     assert row.p_value == pytest.approx(0.034, abs=5e-4) and row.p_holm == pytest.approx(2 * row.p_value)
     assert family.headline[0].startswith(
         f"gradnorm beats the grid search (grid; paired over 3 seeds, p = {row.p_value:.2g}, "
-        f"or {row.p_holm:.2g} after Holm's adjustment for the study's 3 paired tests): ")
+        f"or {row.p_holm:.2g} after Holm's adjustment for the study's 4 paired tests): ")
     # Where the adjustment leaves the verdict standing, the sentence stays as it was.
     assert "Holm" not in " ".join(hand_made().headline)
 

@@ -314,6 +314,13 @@ def point_words(point: str, weights: list[float]) -> str:
     return point if point.startswith("w=") else f"{point}: w=" + ",".join(f"{w:.3g}" for w in weights)
 
 
+def static_words(arm: str, weights: list[float], evidence: str = "") -> str:
+    """A study's own static arm as the sentences name it: its name and weights (and the evidence
+    of a verdict, in the same parentheses)."""
+    return (f"the static weights of {arm} (w=" + ",".join(f"{w:.3g}" for w in weights)
+            + (f"; {evidence}" if evidence else "") + ")")
+
+
 def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
     """The weights a label trained with: static weights, or time-averaged adaptive ones."""
     ok = g[g.status == "ok"]
@@ -408,6 +415,7 @@ def _per_seed(g: pd.DataFrame) -> dict[int, float]:
 
 def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     kinds = dict(zip(main.arm, main.kind))
+    weights_of = dict(zip(main.arm, main.weights))
     by_label = {label: _per_seed(g) for label, g in chosen.groupby("label", sort=False)}
     variant_of = chosen.groupby("label").variant.first().to_dict()
     arm_of = chosen.groupby("label").arm.first().to_dict()
@@ -424,6 +432,10 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
                                   "chosen on validation)"))
             # The other weighting methods, random weights among them (Lin et al.'s litmus test).
             pairs.extend((label, other, BASELINE_WORDS[k]) for other, k in kinds.items() if k in BASELINE_WORDS)
+            # Static weights the study names (weights in use, or scaled by each task's loss scale):
+            # the alternative to GradNorm a practitioner already has.
+            pairs.extend((label, other, static_words(other, weights_of[other]))
+                         for other, k in kinds.items() if k == "static")
         if kind == "gradnorm-static":
             source = [lb for lb in kinds if arm_of.get(lb) == sources.get(arm_of[label])
                       and variant_of.get(lb) == variant_of[label]]
@@ -521,13 +533,18 @@ def _headline(c: Comparison) -> list[str]:
                 yield row
 
     def losses(row: Any) -> str:
-        return (f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}, "
-                f"lower on {int(row.wins)} of {int(row.n)} seeds")
+        # From the side that wins more seeds, as the paired sentences: "lower on 0 of 10" is a riddle.
+        side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
+        return f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}, {side} of {int(row.n)} seeds"
 
     for row in pairs("gradnorm-static", "gradnorm"):
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} {row.versus} ({evidence}): {losses(row)}. "
                      + gaps(row.arm, row.versus))
+    for row in pairs("gradnorm", "static"):
+        verdict, evidence = _verdict(row, c.comparisons)
+        lines.append(f"{row.arm} {verdict} {static_words(row.versus, main.loc[row.versus, 'weights'], evidence)}"
+                     f": {losses(row)}. " + gaps(row.arm, row.versus))
     for row in pairs("gradnorm", "rlw"):
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
