@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bench.balancers import BALANCERS, build_balancer_params
 from bench.balancers.dwa import DWA, DWAParams
 from bench.balancers.equal import Equal, EqualParams
+from bench.balancers.loss_scale import LossScale, LossScaleParams
 from bench.balancers.rlw import DRAW_BLOCK_STEPS, RLW, RLWParams
 from bench.balancers.static import Static, StaticParams
 from bench.balancers.uncertainty import Uncertainty, UncertaintyParams
@@ -27,7 +28,7 @@ def tasks(*kinds: str) -> list[TaskSpec]:
 
 
 def test_registry_holds_every_method_once_under_its_own_name():
-    assert set(BALANCERS) == {"equal", "static", "gradnorm", "uncertainty", "dwa", "rlw"}
+    assert set(BALANCERS) == {"equal", "static", "gradnorm", "uncertainty", "dwa", "rlw", "loss-scale"}
     assert all(cls.name == name for name, cls in BALANCERS.items())
 
 
@@ -92,6 +93,39 @@ def test_dwa_keeps_unit_weights_for_two_periods_then_follows_the_loss_ratio():
 def test_dwa_period_defaults_to_one_epoch():
     balancer = DWA([DWAParams()], tasks("regression", "regression"), **dict(CPU, steps_per_epoch=7))
     assert balancer.period == 7
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.floats(1e-3, 1e4), min_size=3, max_size=3), min_size=1, max_size=4),
+       st.integers(1, 3))
+def test_loss_scale_weights_are_one_until_L0_is_known_then_inverse_to_it_and_fixed(first, steps):
+    """w_i = 1 while L_i(0) is measured (the mean of the first `steps` steps' losses), then
+    T (1 / L_i(0)) / sum_j (1 / L_j(0)) for good: sum T, and w_i L_i(0) the same for every task."""
+    runs = len(first)
+    balancer = LossScale([LossScaleParams(steps=steps)] * runs, tasks(*["regression"] * 3), **CPU)
+    losses = torch.tensor(first, dtype=torch.float64)
+    for step in range(steps):
+        assert torch.equal(balancer.weights(), torch.ones(runs, 3, dtype=torch.float64))
+        balancer.update(step, losses * (1 + 0.5 * step) / (1 + 0.25 * (steps - 1)), None)  # mean: `losses`
+    w = balancer.weights()
+    assert torch.allclose(w.sum(dim=1), torch.full((runs,), 3.0, dtype=torch.float64))
+    balanced = w * losses  # each task's weighted initial loss, the same across tasks
+    assert torch.allclose(balanced, balanced[:, :1].expand_as(balanced), rtol=1e-9)
+    balancer.update(steps, losses.flip(1) * 7, None)  # later losses change nothing
+    assert torch.equal(balancer.weights(), w)
+    assert balancer.run_stats()[0]["initial_losses"] == pytest.approx(first[0])
+
+
+def test_loss_scale_keeps_a_stopped_runs_unit_weights_and_its_nans_out():
+    balancer = LossScale([LossScaleParams()] * 2, tasks("regression", "regression"), **CPU)
+    balancer.stop_runs(torch.tensor([True, False]))
+    balancer.update(0, torch.tensor([[math.nan, 1.0], [4.0, 1.0]], dtype=torch.float64), None)
+    assert balancer.weights().tolist() == [[1.0, 1.0], [0.4, 1.6]]
+
+
+def test_loss_scale_needs_at_least_one_step():
+    with pytest.raises(ConfigError, match="steps"):
+        build_balancer_params("loss-scale", {"steps": 0})
 
 
 def rlw_weights_over(balancer: RLW, steps: int, losses: torch.Tensor | None = None) -> torch.Tensor:

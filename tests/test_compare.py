@@ -195,6 +195,22 @@ def test_gradnorm_is_set_against_every_static_arm_the_study_names():
     assert not any("static weights of" in line for line in c.headline)  # no static arm, no line
 
 
+def test_gradnorm_is_set_against_loss_scale_weights_in_the_summary():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    scaled = [_run("loss-scale", f"seed={seed}", seed, 0.9, test, test - 0.2, mean_weights=(1.7, 0.3),
+                   balancer="loss-scale") for seed, test in zip((0, 1, 2), (1.00, 1.13, 1.02))]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "loss-scale": "loss-scale"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(scaled)]), [])
+    row = again.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "loss-scale")]
+    assert (row.n, row.wins, row.losses) == (3, 1, 2)
+    assert row.sentence.startswith("gradnorm has a higher test loss than weights scaled by 1 / L_i(0) on 2/3 seeds")
+    assert again.main.set_index("arm").loc["loss-scale", "weights"] == [1.7, 0.3]  # as trained
+    assert (f"gradnorm does not differ significantly from static weights scaled by each task's first-step "
+            f"loss, 1 / L_i(0) (loss-scale; paired over 3 seeds, p = {row.p_value:.2g}): test loss "
+            f"{significant(row.mean_a)} vs {significant(row.mean_b)}, higher on 2 of 3 seeds.") in again.headline[-1]
+
+
 def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor():
     c = hand_made()
     assert not any("<= 0" in line or "floor" in line for line in c.headline)

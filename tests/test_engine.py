@@ -21,6 +21,7 @@ BALANCER_CASES = [
     ("uncertainty", {}),
     ("dwa", {"period": 3}),
     ("rlw", {}),
+    ("loss-scale", {"steps": 2}),
 ]
 
 
@@ -161,7 +162,7 @@ class PoisonedToy(ToyProblem):
         return data
 
 
-@pytest.mark.parametrize("balancer", ["equal", "gradnorm", "uncertainty", "dwa", "rlw"])
+@pytest.mark.parametrize("balancer", ["equal", "gradnorm", "uncertainty", "dwa", "rlw", "loss-scale"])
 def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer):
     monkeypatch.setitem(PROBLEMS, PoisonedToy.name, PoisonedToy)
     budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5)

@@ -10,6 +10,7 @@ from bench.balancers.base import Balancer
 from bench.balancers.dwa import DWA
 from bench.balancers.equal import Equal
 from bench.balancers.gradnorm import GradNorm
+from bench.balancers.loss_scale import LossScale
 from bench.balancers.rlw import RLW
 from bench.balancers.static import Static
 from bench.balancers.uncertainty import Uncertainty
@@ -17,7 +18,7 @@ from bench.errors import ConfigError
 from bench.params import build_params
 
 BALANCERS: dict[str, type[Balancer]] = {
-    cls.name: cls for cls in (Equal, Static, GradNorm, Uncertainty, DWA, RLW)
+    cls.name: cls for cls in (Equal, Static, GradNorm, Uncertainty, DWA, RLW, LossScale)
 }
 
 

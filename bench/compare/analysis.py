@@ -31,10 +31,10 @@ from bench.store import DEFAULT_STORAGE
 from bench.store.results import ResultStore, StudyProgress
 
 # Balancers whose weights change during a run: a run's weights are shown time-averaged.
-VARYING_WEIGHTS = ("gradnorm", "uncertainty", "dwa", "rlw")
+VARYING_WEIGHTS = ("gradnorm", "uncertainty", "dwa", "rlw", "loss-scale")
 # The weighting methods a GradNorm arm is paired with, as the sentences name them.
 BASELINE_WORDS = {"uncertainty": "uncertainty weighting", "dwa": "dynamic weight average",
-                  "rlw": "random loss weighting"}
+                  "rlw": "random loss weighting", "loss-scale": "weights scaled by 1 / L_i(0)"}
 # A task whose static weight is exactly 0 sends no gradient anywhere: its head keeps its initial
 # weights (Adam moves nothing whose gradient stays 0). A grid point on the simplex's boundary can
 # then win on the summed loss by giving a task up, which the paper's grid (weights drawn at
@@ -545,6 +545,10 @@ def _headline(c: Comparison) -> list[str]:
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} {static_words(row.versus, main.loc[row.versus, 'weights'], evidence)}"
                      f": {losses(row)}. " + gaps(row.arm, row.versus))
+    for row in pairs("gradnorm", "loss-scale"):
+        verdict, evidence = _verdict(row, c.comparisons)
+        lines.append(f"{row.arm} {verdict} static weights scaled by each task's first-step loss, 1 / L_i(0) "
+                     f"({row.versus}; {evidence}): {losses(row)}. " + gaps(row.arm, row.versus))
     for row in pairs("gradnorm", "rlw"):
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "

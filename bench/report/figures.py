@@ -246,7 +246,7 @@ def _markers(c: Comparison) -> list[tuple[str, list[float]]]:
     """Arms placed on grid figures: GradNorm (averaged weights), GradNorm static, equal."""
     main = c.main[~c.main.kind.isin(["grid"])]
     return [(row.arm, list(row.weights)) for row in main.itertuples()
-            if row.kind in ("gradnorm", "gradnorm-static", "equal", "static")
+            if row.kind in ("gradnorm", "gradnorm-static", "equal", "static", "loss-scale")
             and not any(math.isnan(w) for w in row.weights)]
 
 

@@ -9,7 +9,7 @@ registry the study file's `kind` field is checked against.
 - `gradnorm`: GradNorm at one or more alpha values, with any GradNorm option.
 - `gradnorm-static`: for every run of a GradNorm arm, its time-averaged weights (whole run or the
   tail window) retrained from scratch with the same seed: the paper's "GradNorm static".
-- `equal`, `static`, `uncertainty`, `dwa`, `rlw`: the baselines.
+- `equal`, `static`, `uncertainty`, `dwa`, `rlw`, `loss-scale`: the baselines.
 """
 
 from __future__ import annotations
@@ -135,6 +135,11 @@ class DWAArm(BaselineArm):
 class RLWArm(BaselineArm):
     kind = balancer = "rlw"
     takes_balancer_options = "rlw"
+
+
+class LossScaleArm(BaselineArm):
+    kind = balancer = "loss-scale"
+    takes_balancer_options = "loss-scale"
 
 
 class StaticArm(Arm):
@@ -367,5 +372,5 @@ class GradNormStaticArm(Arm):
 
 ARM_KINDS: dict[str, type[Arm]] = {
     cls.kind: cls for cls in (GridArm, GradNormArm, GradNormStaticArm, EqualArm, StaticArm,
-                              UncertaintyArm, DWAArm, RLWArm)
+                              UncertaintyArm, DWAArm, RLWArm, LossScaleArm)
 }
