@@ -384,7 +384,7 @@ def test_compare_csv_on_the_gridsearch_study(tmp_path):
     csv = bench("compare", "--study", "gridsearch-quick", "--format", "csv", cwd=tmp_path)
     table = pd.read_csv(__import__("io").StringIO(csv.stdout))
     assert list(table.columns[:5]) == ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
-    assert sorted(table.arm) == arms_with_grid(table, ["equal", "gradnorm", "gradnorm-static", "grid"])
+    assert sorted(table.arm) == arms_with_grid(table, ["equal", "gradnorm", "gradnorm-static", "grid", "loss-scale"])
     rows = table.set_index("arm")
     assert rows.loc["grid", "runs"] == 198
     if "grid (all weights > 0)" in rows.index:  # 36 of the 66 points weight every task

@@ -67,6 +67,16 @@ def compare_command(
             sys.stdout.write(display_table(frame).to_markdown(index=False) + "\n")
 
 
+def weight_text(w: float) -> str:
+    """A task weight in the terminal: two decimals, and two significant digits below 0.005, so
+    that a weight of 0.0002 (loss-scale weights at sigma = 100) does not read as a weight of 0.
+
+    >>> [weight_text(w) for w in (2.8134, 0.0002, 0.0, 0.011)]
+    ['2.81', '0.0002', '0.00', '0.01']
+    """
+    return f"{w:.2f}" if w == 0 or abs(w) >= 0.005 else f"{w:.2g}"
+
+
 def print_comparison(c) -> None:
     console.rule(Text(c.study, style="bold"))
     if c.unfinished:
@@ -85,7 +95,7 @@ def print_comparison(c) -> None:
     console.print(table)
     for row in c.main.itertuples():
         if not all(math.isnan(w) for w in row.weights):  # an arm whose runs all failed has none
-            console.print(f"  weights of {row.arm}: (" + ", ".join(f"{w:.2f}" for w in row.weights) + ")")
+            console.print(f"  weights of {row.arm}: (" + ", ".join(weight_text(w) for w in row.weights) + ")")
     # The paired comparisons, described (the headline above gives the verdicts), as in the report.
     for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
         console.print(f"- {sentence}")
