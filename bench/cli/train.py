@@ -85,6 +85,7 @@ def print_summary(record: RunRecord) -> None:
         (c["balancer"], "bold"), " on ", (c["problem"], "bold"),
         f" (seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, {record.device}): ",
         (record.status, "bold"), f" - {record.reason}" if record.reason else ""))
+
     def at(values, i):
         return fmt(values[i]) if values else "-"
     rows = [(name, at(record.train_loss, i), at(record.val_loss, i), at(record.test_loss, i),

@@ -309,16 +309,20 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
     return selection
 
 
+def weights_words(weights: list[float]) -> str:
+    """Weights as the sentences write them: "w=2.81,0.176,0.011"."""
+    return "w=" + ",".join(f"{w:.3g}" for w in weights)
+
+
 def point_words(point: str, weights: list[float]) -> str:
     """A grid point as readers know it: its weights (an Optuna trial's name, then its weights)."""
-    return point if point.startswith("w=") else f"{point}: w=" + ",".join(f"{w:.3g}" for w in weights)
+    return point if point.startswith("w=") else f"{point}: {weights_words(weights)}"
 
 
 def static_words(arm: str, weights: list[float], evidence: str = "") -> str:
     """A study's own static arm as the sentences name it: its name and weights (and the evidence
     of a verdict, in the same parentheses)."""
-    return (f"the static weights of {arm} (w=" + ",".join(f"{w:.3g}" for w in weights)
-            + (f"; {evidence}" if evidence else "") + ")")
+    return f"the static weights of {arm} ({weights_words(weights)}" + (f"; {evidence}" if evidence else "") + ")"
 
 
 def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
@@ -541,14 +545,15 @@ def _headline(c: Comparison) -> list[str]:
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} {row.versus} ({evidence}): {losses(row)}. "
                      + gaps(row.arm, row.versus))
-    for row in pairs("gradnorm", "static"):
-        verdict, evidence = _verdict(row, c.comparisons)
-        lines.append(f"{row.arm} {verdict} {static_words(row.versus, main.loc[row.versus, 'weights'], evidence)}"
-                     f": {losses(row)}. " + gaps(row.arm, row.versus))
-    for row in pairs("gradnorm", "loss-scale"):
-        verdict, evidence = _verdict(row, c.comparisons)
-        lines.append(f"{row.arm} {verdict} static weights scaled by each task's first-step loss, 1 / L_i(0) "
-                     f"({row.versus}; {evidence}): {losses(row)}. " + gaps(row.arm, row.versus))
+    # Static weights that need no search: the study's own, and those scaled by 1 / L_i(0).
+    rivals = {"static": lambda b, evidence: static_words(b, main.loc[b, "weights"], evidence),
+              "loss-scale": lambda b, evidence: ("static weights scaled by each task's first-step loss, "
+                                                 f"1 / L_i(0) ({b}; {evidence})")}
+    for kind, words in rivals.items():
+        for row in pairs("gradnorm", kind):
+            verdict, evidence = _verdict(row, c.comparisons)
+            lines.append(f"{row.arm} {verdict} {words(row.versus, evidence)}: {losses(row)}. "
+                         + gaps(row.arm, row.versus))
     for row in pairs("gradnorm", "rlw"):
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
