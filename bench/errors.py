@@ -1,5 +1,15 @@
 """User-facing errors: the CLI prints their message on one line and exits non-zero."""
 
+from __future__ import annotations
+
+import os
+import sysconfig
+import traceback
+from pathlib import Path
+
+SHOW_TRACEBACK = "BENCH_TRACEBACK"  # set to 1: errors raised in a user's own code keep their traceback
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 
 class BenchError(Exception):
     """An error caused by the user's input or environment, with a message that says what to fix."""
@@ -26,3 +36,40 @@ class ConfigError(BenchError):
 
 class StorageError(BenchError):
     """The result storage cannot be opened or written."""
+
+
+class UserCodeError(BenchError):
+    """An exception raised in the user's own code (a problem module of theirs: its data, model or
+    loss), told in one line with the file and line it came from. It crosses process boundaries
+    as plain text, so a `--jobs` worker's error reads the same."""
+
+    exit_code = 1
+
+    @classmethod
+    def located(cls, err: BaseException) -> UserCodeError | None:
+        """The error as a UserCodeError, or None when it did not come from the user's code (a bug
+        of ours keeps its traceback) or when BENCH_TRACEBACK is set."""
+        if isinstance(err, UserCodeError):
+            return err
+        if os.environ.get(SHOW_TRACEBACK):
+            return None
+        frame = user_code_frame(err)
+        if frame is None:
+            return None
+        return cls(f"{type(err).__name__}: {err}, raised in your code at {frame.filename}, line "
+                   f"{frame.lineno}, in {frame.name}")
+
+
+def user_code_frame(err: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of the error's traceback in the user's own code: not in this package,
+    the standard library or installed packages."""
+    paths = sysconfig.get_paths()
+    library_dirs = {Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        path = Path(frame.filename)
+        if not path.is_file():  # <frozen importlib...>, <string>
+            continue
+        path = path.resolve()
+        if not any(path.is_relative_to(d) for d in (PACKAGE_DIR, *library_dirs)):
+            return frame
+    return None

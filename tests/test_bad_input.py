@@ -11,6 +11,7 @@ import torch
 
 from bench.cli import main
 from bench.store import ResultStore
+from bench.study.spec import StudySpec
 from tests.test_study_spec import TINY
 
 
@@ -77,6 +78,17 @@ def test_negative_alpha(workdir, capsys):
     assert code == 2 and "alpha" in line
 
 
+@pytest.mark.parametrize("balancer,options,field", [
+    ("loss-scale", ["-b", "steps=20"], "balancer.steps"),
+    ("gradnorm", ["-b", "initial_loss=mean_first_steps", "-b", "initial_loss_steps=20"], "balancer.initial_loss_steps"),
+    ("dwa", ["-b", "period=10"], "balancer.period"),
+])
+def test_a_warm_up_as_long_as_the_run_is_refused_not_trained_as_equal_weights(workdir, capsys, balancer, options,
+                                                                                field):
+    code, line = run(["train", "--balancer", balancer, *options, "--steps", "20"], capsys)
+    assert code == 2 and field in line and "the budget's 20 steps" in line
+
+
 @pytest.mark.parametrize("option,value,expected", [
     ("sigmas", "1,a", "problem.sigmas: expected a list of numbers"),
     ("tasks", "three", "problem.tasks: expected an integer"),
@@ -111,6 +123,59 @@ def test_a_problem_of_ones_own_whose_data_lacks_a_target(workdir, capsys, monkey
     monkeypatch.syspath_prepend(str(workdir))
     code, line = run(["train", "--problem", "broken_problem:broken", "--steps", "1", "--batch-size", "10"], capsys)
     assert code == 2 and "Broken._load to return one target tensor per task (2)" in line and "1 in val" in line
+
+
+FAILING_PROBLEM = """
+from bench.problems import build_problem
+
+class Failing(type(build_problem("toy"))):
+    def build_model(self, init_seeds):
+        model = super().build_model(init_seeds)
+        forward, calls = model.forward, []
+
+        def failing_forward(x):
+            calls.append(1)
+            if len(calls) > 3:  # a few steps in: runs have been claimed
+                raise FloatingPointError("the sensor went away")
+            return forward(x)
+
+        model.forward = failing_forward
+        return model
+
+def failing(**options):
+    return Failing(build_problem("toy", options).params)
+
+def missing_data():
+    return {}["data"]
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_error_in_ones_own_problem_code_is_one_line_naming_its_file_and_line(workdir, capsys, jobs):
+    module = f"failing_problem_{jobs}"  # one module per test: an imported module stays cached
+    (workdir / f"{module}.py").write_text(FAILING_PROBLEM)
+    path = study(workdir, TINY.replace('name = "toy"', f'name = "{module}:failing"'))
+    code, line = run(["run", "--study", path, "--jobs", jobs], capsys)
+    assert code == 1 and line.startswith("error: FloatingPointError: the sensor went away, raised in your code at ")
+    assert f"{module}.py, line 12, in failing_forward (the runs in hand were queued again; " in line
+    # Nothing is left RUNNING: the runs it held wait for the next `bench run`.
+    runs = StudySpec.load(path).runs()
+    progress = ResultStore().progress("tiny", {a: [r.key for r in runs if r.arm == a] for a in {r.arm for r in runs}})
+    assert progress.running == 0 and progress.waiting == progress.left == len(runs)
+
+
+def test_an_error_while_building_ones_own_problem_and_a_syntax_error(workdir, capsys, monkeypatch):
+    (workdir / "failing_builder.py").write_text(FAILING_PROBLEM)
+    (workdir / "unfinished.py").write_text("def problem(:\n")
+    code, line = run(["train", "--problem", "failing_builder:missing_data", "--steps", "1"], capsys)
+    assert code == 1 and line.startswith("error: KeyError: 'data', raised in your code at ")
+    assert line.endswith("failing_builder.py, line 22, in missing_data (BENCH_TRACEBACK=1 shows the traceback)")
+    code, line = run(["train", "--problem", "unfinished:problem", "--steps", "1"], capsys)
+    assert code == 2 and "problem: expected a module without syntax errors (invalid syntax: " in line
+    assert "unfinished.py, line 1)" in line
+    monkeypatch.setenv("BENCH_TRACEBACK", "1")  # for whoever debugs it: the whole traceback
+    with pytest.raises(KeyError, match="data"):
+        main(["train", "--problem", "failing_builder:missing_data", "--steps", "1"])
 
 
 def test_unreachable_storage(workdir, capsys):
@@ -211,6 +276,22 @@ def test_heartbeats_that_would_retrain_live_runs(workdir, capsys, options, field
 def test_run_options_out_of_range_name_their_flag(workdir, capsys, options):
     code, line = run(["run", "--study", study(workdir), *options], capsys)
     assert code == 2 and line == f"error: {options[0]}: expected an integer >= 1, got 0"
+
+
+@pytest.mark.parametrize("seeds,expected", [
+    ("3-1", "low <= high"), ("a", "a list such as 0,1,2"), ("0,,1", "a list such as 0,1,2"),
+    ("-1", "a list such as 0,1,2"), ("0,0", "distinct"),
+    ("0-100000000", "at most 1,000 seeds"),  # counted before it is listed: this must not hang
+])
+def test_bad_seeds_name_the_flag_and_store_nothing(workdir, capsys, seeds, expected):
+    code, line = run(["run", "--study", study(workdir), "--seeds", seeds], capsys)
+    assert code == 2 and line.startswith("error: --seeds:") and expected in line
+    assert not (workdir / "results").exists()
+
+
+def test_a_batch_larger_than_the_training_set(workdir, capsys):
+    code, line = run(["train", "--batch-size", "5000", "--steps", "1"], capsys)
+    assert line == "error: bench train: batch_size: expected at most the problem's 1000 training examples, got 5000"
 
 
 def test_a_benchmark_of_no_steps(workdir, capsys):

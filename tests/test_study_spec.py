@@ -145,6 +145,12 @@ BAD = [
     ("boundary with listed points", TINY.replace("resolution = 0.5", "points = [[1, 1]]\nboundary = false"), "arms.grid.boundary"),
     ("boundary with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nboundary = false'), "arms.grid.boundary"),
     ("no point inside", TINY.replace("resolution = 0.5", "resolution = 1\nboundary = false"), "arms.grid.resolution"),
+    ("a grid past max_points", TINY.replace("resolution = 0.5", "resolution = 0.0001"), "arms.grid.resolution"),
+    ("max_points with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nmax_points = 5'), "arms.grid.max_points"),
+    ("loss-scale warm-up past the budget", TINY + "\n[arms.loss-scale]\nsteps = 10\n", "arms.loss-scale.steps"),
+    ("GradNorm warm-up past the budget", TINY.replace("alpha = [0.5, 1.0]", 'alpha = 1.0\ninitial_loss = "mean_first_steps"\ninitial_loss_steps = 12'), "arms.gradnorm.initial_loss_steps"),
+    ("GradNorm warm-up under another rule", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\ninitial_loss_steps = 3"), "arms.gradnorm.initial_loss_steps"),
+    ("DWA periods past the budget", TINY + "\n[arms.dwa]\nperiod = 5\n", "arms.dwa.period"),
 ]
 
 
@@ -169,6 +175,28 @@ def test_a_grid_without_its_boundary_keeps_the_points_that_weight_every_task(tmp
     assert "boundary" not in full.identity()["arms"]["grid"]
     finer = simplex_grid(3, 0.1)
     assert len([p for p in finer if min(p) > 0]) == math.comb(9, 2) == 36  # the default study's
+
+
+def test_a_grid_is_counted_before_it_is_listed_and_max_points_lets_a_large_one_through(tmp_path):
+    three = TINY.replace("tasks = 2\nsigmas = [1.0, 10.0]", "tasks = 3\nsigmas = [1.0, 10.0, 100.0]")
+    with pytest.raises(ConfigError, match="501,501"):  # listing these points would take half a minute
+        StudySpec.load(write(tmp_path, three.replace("resolution = 0.5", "resolution = 0.001")))
+    with pytest.raises(ConfigError, match="max_points = 20"):  # 21 points
+        StudySpec.load(write(tmp_path, three.replace("resolution = 0.5", "resolution = 0.2\nmax_points = 20")))
+    spec = StudySpec.load(write(tmp_path, three.replace("resolution = 0.5", "resolution = 0.2\nmax_points = 21")))
+    assert len(spec.arms["grid"].points) == 21
+    inside = three.replace("resolution = 0.5", "resolution = 0.2\nboundary = false\nmax_points = 6")
+    assert len(StudySpec.load(write(tmp_path, inside)).arms["grid"].points) == 6  # only the interior counts
+    # The cap only guards; it does not change what the study trains.
+    assert spec.config_hash() == StudySpec.load(write(tmp_path, three.replace("resolution = 0.5", "resolution = 0.2"))).config_hash()
+
+
+def test_a_warm_up_that_fits_the_budget_but_not_a_quick_look_is_refused_for_quick_only(tmp_path):
+    spec = StudySpec.load(write(tmp_path, TINY.replace("steps = 10", "steps = 40") + "\n[arms.loss-scale]\nsteps = 5\n"))
+    assert spec.arms["loss-scale"].balancer_params == {"steps": 5}
+    assert spec.quick(0.5).budget.steps == 20
+    with pytest.raises(ConfigError, match="arms.loss-scale.steps: expected fewer than the budget's 4 steps.*--quick"):
+        spec.quick(0.1)
 
 
 def test_unknown_study_name_lists_the_known_ones():

@@ -37,4 +37,17 @@ def build_balancer_params(name: str, params: Mapping[str, Any] | None = None, *,
                         owner=f"balancer {name!r}")
 
 
-__all__ = ["BALANCERS", "Balancer", "balancer_class", "build_balancer_params"]
+def check_balancer_steps(params: Any, steps: int, *, source: str | None = None,
+                         prefix: str = "balancer.") -> None:
+    """Refuse options whose warm-up outlasts a budget of `steps` steps: the method would train
+    the whole run with its initial weights of 1, equal weights under another name."""
+    check = getattr(params, "check_steps", None)
+    if check is None:
+        return
+    try:
+        check(steps)
+    except ConfigError as err:
+        raise ConfigError(prefix + err.field, err.expected, err.got, source=source) from None
+
+
+__all__ = ["BALANCERS", "Balancer", "balancer_class", "build_balancer_params", "check_balancer_steps"]

@@ -30,6 +30,12 @@ class DWAParams:
         if self.period is not None and self.period < 1:
             raise ConfigError("period", "an integer >= 1 (steps)", self.period)
 
+    def check_steps(self, steps: int) -> None:
+        """Refuse periods so long that the weights stay 1 throughout (they do for two periods)."""
+        if self.period is not None and 2 * self.period >= steps:
+            raise ConfigError("period", f"fewer than half the budget's {steps} steps (the weights stay 1 "
+                              "for the first two periods)", self.period)
+
 
 def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:
     """Liu et al.'s weights from two consecutive period-mean losses, each (R, T)."""

@@ -64,12 +64,23 @@ class GradNormParams:
             raise ConfigError("weight_lr", "a positive number", self.weight_lr)
         if self.initial_loss_steps < 1:
             raise ConfigError("initial_loss_steps", "an integer >= 1", self.initial_loss_steps)
+        if self.initial_loss_steps != 1 and self.initial_loss != "mean_first_steps":
+            # Only that rule averages; under the others the option would be silently ignored.
+            raise ConfigError("initial_loss_steps", "initial_loss = 'mean_first_steps' with it (the "
+                              f"{self.initial_loss!r} rule takes L_i(0) from the first step)",
+                              self.initial_loss_steps)
         if self.floor is not None:
             if not 0 < self.floor < 1:
                 raise ConfigError("floor", "a number in (0, 1) (the mean weight is 1)", self.floor)
             if self.parametrisation != "raw":
                 raise ConfigError("floor", "no floor with parametrisation = 'softmax' "
                                   "(softmax weights are positive already)", self.floor)
+
+    def check_steps(self, steps: int) -> None:
+        """Refuse a warm-up that outlasts the run: its weights would stay 1 throughout."""
+        if self.initial_loss == "mean_first_steps" and self.initial_loss_steps >= steps:
+            raise ConfigError("initial_loss_steps", f"fewer than the budget's {steps} steps (the weights "
+                              "stay 1 until L_i(0) is known)", self.initial_loss_steps)
 
 
 class GradNorm(Balancer):

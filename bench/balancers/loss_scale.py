@@ -31,6 +31,12 @@ class LossScaleParams:
             raise ConfigError("steps", "an integer >= 1 (the first steps whose losses give L_i(0))",
                               self.steps)
 
+    def check_steps(self, steps: int) -> None:
+        """Refuse a warm-up that outlasts the run: its weights would stay 1 throughout."""
+        if self.steps >= steps:
+            raise ConfigError("steps", f"fewer than the budget's {steps} steps (the weights stay 1 until "
+                              "L_i(0) is known)", self.steps)
+
 
 def inverse_loss_weights(initial_losses: Tensor) -> Tensor:
     """T (1 / L_i(0)) / sum_j (1 / L_j(0)) for each row (run) of `initial_losses` (R, T)."""

@@ -17,7 +17,7 @@ from bench.cli.perf import perf_command
 from bench.cli.run import run_command
 from bench.cli.status import status_command
 from bench.cli.train import train_command
-from bench.errors import BenchError
+from bench.errors import SHOW_TRACEBACK, BenchError, UserCodeError
 from bench.training.allocator import keep_freed_memory
 
 app = typer.Typer(
@@ -29,23 +29,33 @@ app = typer.Typer(
 )
 
 
-def user_errors_as_one_line(command: Callable) -> Callable:
-    """Print a BenchError as `error: <message>` on stderr and exit with its code."""
+def user_errors_as_one_line(command: Callable, after_user_error: str = "") -> Callable:
+    """Print a BenchError as `error: <message>` on stderr and exit with its code. An error raised
+    in the user's own code (their problem's loading, model or loss) is one line too, naming the
+    file and line; an error of this package's own keeps its traceback, for a bug report."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except BenchError as err:
-            err_console.print(Text.assemble(("error:", "red"), f" {err}"), soft_wrap=True)
-            raise typer.Exit(err.exit_code) from None
+        except Exception as err:
+            located = err if isinstance(err, BenchError) else UserCodeError.located(err)
+            if located is None:
+                raise
+            message = str(located)
+            if isinstance(located, UserCodeError):
+                message += f" ({after_user_error}{SHOW_TRACEBACK}=1 shows the traceback)"
+            err_console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
+            raise typer.Exit(located.exit_code) from None
 
     return wrapper
 
 
 for name, command in (("run", run_command), ("compare", compare_command), ("status", status_command),
                       ("train", train_command), ("list", list_command), ("perf", perf_command)):
-    app.command(name)(user_errors_as_one_line(command))
+    # A worker gives back the runs it holds before the error reaches here (StudyRunner.run).
+    app.command(name)(user_errors_as_one_line(
+        command, "the runs in hand were queued again; " if name == "run" else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from bench.errors import BenchError, ConfigError
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 QUICK_FACTOR = 0.1
+MAX_SEEDS = 1000  # each seed is a run of every arm: more is a typo, not a study
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -27,6 +28,8 @@ def parse_seeds(text: str) -> list[int]:
         lo, hi = int(match[1]), int(match[2] or match[1])
         if hi < lo:
             raise ConfigError("--seeds", "ranges low-high with low <= high", text)
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:  # counted before listing: 0-100000000 must fail at once
+            raise ConfigError("--seeds", f"at most {MAX_SEEDS:,} seeds (each is a run of every arm)", text)
         seeds.extend(range(lo, hi + 1))
     return seeds
 

@@ -31,6 +31,9 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError("problem", f"an importable module ({err})", name, source=source) from None
+    except SyntaxError as err:
+        raise ConfigError("problem", f"a module without syntax errors ({err.msg}: {err.filename}, "
+                          f"line {err.lineno})", name, source=source) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError("problem", f"a function {function_name!r} in module {module_name!r}", name,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from bench.balancers import balancer_class
+from bench.balancers import balancer_class, check_balancer_steps
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
@@ -80,9 +80,11 @@ class Arm:
         table.pop("kind", None)
         own = {k: table.pop(k) for k in list(table) if k in self.options}
         self.balancer_params: dict[str, Any] = {}
+        self.balancer_options: Any = None  # the options dataclass, defaults filled in
         if self.takes_balancer_options is not None:
             params = build_params(balancer_class(self.takes_balancer_options).Params, table,
                                   source=source, prefix=f"arms.{name}.", owner=f"the '{self.kind}' arm")
+            self.balancer_options = params
             # Keep only what the file set: defaults stay the balancer's, not frozen in the study.
             self.balancer_params = {k: v for k, v in params_to_dict(params).items() if k in table}
             table = {}
@@ -99,6 +101,12 @@ class Arm:
 
     def parse(self, options: dict[str, Any]) -> None:
         """Check this arm's own options (not the balancer's)."""
+
+    def check_steps(self, steps: int) -> None:
+        """Refuse balancer options whose warm-up outlasts a budget of `steps` steps."""
+        if self.balancer_options is not None:
+            check_balancer_steps(self.balancer_options, steps, source=self.source,
+                                 prefix=f"arms.{self.name}.")
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         raise NotImplementedError
@@ -177,8 +185,11 @@ class GridArm(Arm):
     """Static weights on the simplex: exhaustive, a list of points, or sampled by Optuna."""
 
     kind = "grid"
-    options = ("method", "resolution", "boundary", "points", "sampler", "n_trials", "parallel_points",
-               "sampler_seed")
+    options = ("method", "resolution", "boundary", "max_points", "points", "sampler", "n_trials",
+               "parallel_points", "sampler_seed")
+    # A finer resolution multiplies the points (T = 3 at 0.001: 501,501 of them, each trained once
+    # per seed); past this many, the file must say it means it.
+    default_max_points = 10_000
 
     def parse(self, options):
         self.method = options.get("method", "exhaustive")
@@ -188,6 +199,9 @@ class GridArm(Arm):
             for bad in ("sampler", "n_trials", "parallel_points", "sampler_seed"):
                 if bad in options:
                     raise self.error(bad, "no sampler option with method = 'exhaustive'", options[bad])
+            max_points = options.get("max_points", self.default_max_points)
+            if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+                raise self.error("max_points", "a whole number of points >= 1", max_points)
             # boundary = false: only points with every weight > 0, as in the paper's grid (a task
             # weighted 0 never trains its head; see the comparison's "(all weights > 0)" row).
             self.boundary = options.get("boundary", True)
@@ -211,10 +225,18 @@ class GridArm(Arm):
                     raise self.error("resolution", "a number such as 0.1 (1 / resolution divisions)",
                                      self.resolution)
                 try:
-                    grid_divisions(self.resolution)
+                    n = grid_divisions(self.resolution)
                 except ValueError as err:
                     raise self.error("resolution", f"a number in (0, 1] whose inverse is whole ({err})",
                                      self.resolution) from None
+                # Counted before the points are listed: a mistyped resolution must fail at once.
+                size = (math.comb(n + self.tasks - 1, self.tasks - 1) if self.boundary
+                        else math.comb(n - 1, self.tasks - 1))
+                if size > max_points:
+                    raise self.error("resolution", f"a grid of at most max_points = {max_points:,} points "
+                                     f"(this one has {size:,} for {self.tasks} tasks, each trained once per "
+                                     "seed): a coarser resolution, method = 'optuna' with n_trials, or a "
+                                     "larger max_points", self.resolution)
                 self.points = simplex_grid(self.tasks, self.resolution)
                 if not self.boundary:
                     self.points = [p for p in self.points if min(p) > 0]
@@ -223,7 +245,7 @@ class GridArm(Arm):
                                          f"boundary = false (a finer grid has points with all {self.tasks} "
                                          "weights > 0)", self.resolution)
             return
-        for bad in ("resolution", "points", "boundary"):
+        for bad in ("resolution", "points", "boundary", "max_points"):
             if bad in options:
                 raise self.error(bad, "no grid points with method = 'optuna' (the sampler proposes them)",
                                  options[bad])

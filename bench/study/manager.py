@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bench import __version__
 from bench.environment import environment
 from bench.balancers.static import validate_static_weights
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, UserCodeError
 from bench.formatting import count
 from bench.store.results import (
     REASON, RUN_KEY, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
@@ -74,7 +74,14 @@ def _train_batch(index: int, configs: list[dict[str, Any]], threads: int, own_pr
     if own_process:
         keep_freed_memory()
     torch.set_num_threads(threads)
-    return index, [r.to_dict() for r in train_runs([RunConfig.from_dict(c) for c in configs])]
+    try:
+        return index, [r.to_dict() for r in train_runs([RunConfig.from_dict(c) for c in configs])]
+    except Exception as err:
+        # Located here, where the traceback is: the parent process receives only the exception.
+        located = UserCodeError.located(err)
+        if located is None:
+            raise
+        raise located from None
 
 
 class HeartbeatThread:

@@ -148,6 +148,8 @@ class StudySpec:
         for arm in arms.values():
             if isinstance(arm, GradNormStaticArm):
                 arm.bind(arms)
+        for arm in arms.values():
+            arm.check_steps(budget.steps)
         n_train = problem.train_size()
         if n_train is not None and budget.batch_size > n_train:
             raise error("budget.batch_size", f"at most the problem's {n_train} training examples",
@@ -165,7 +167,14 @@ class StudySpec:
 
     def quick(self, factor: float) -> "StudySpec":
         """A quick look: `factor` times the steps, stored as its own study, `<name>-quick`."""
-        return dataclasses.replace(self, name=f"{self.name}-quick", budget=self.budget.scaled(factor))
+        budget = self.budget.scaled(factor)
+        for arm in self.arms.values():
+            try:
+                arm.check_steps(budget.steps)
+            except ConfigError as err:
+                raise ConfigError(err.field, f"{err.expected}; --quick runs {budget.steps} of the "
+                                  f"{self.budget.steps} steps", err.got, source=err.source) from None
+        return dataclasses.replace(self, name=f"{self.name}-quick", budget=budget)
 
     # ------------------------------------------------------------------ what it runs
     @property
