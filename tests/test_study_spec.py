@@ -146,7 +146,8 @@ BAD = [
     ("boundary with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nboundary = false'), "arms.grid.boundary"),
     ("no point inside", TINY.replace("resolution = 0.5", "resolution = 1\nboundary = false"), "arms.grid.resolution"),
     ("a grid past max_points", TINY.replace("resolution = 0.5", "resolution = 0.0001"), "arms.grid.resolution"),
-    ("max_points with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nmax_points = 5'), "arms.grid.max_points"),
+    ("sampled points past max_points", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 10001'), "arms.grid.n_trials"),
+    ("max_points not a number", TINY.replace("resolution = 0.5", 'resolution = 0.5\nmax_points = "many"'), "arms.grid.max_points"),
     ("loss-scale warm-up past the budget", TINY + "\n[arms.loss-scale]\nsteps = 10\n", "arms.loss-scale.steps"),
     ("GradNorm warm-up past the budget", TINY.replace("alpha = [0.5, 1.0]", 'alpha = 1.0\ninitial_loss = "mean_first_steps"\ninitial_loss_steps = 12'), "arms.gradnorm.initial_loss_steps"),
     ("GradNorm warm-up under another rule", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\ninitial_loss_steps = 3"), "arms.gradnorm.initial_loss_steps"),
@@ -187,6 +188,8 @@ def test_a_grid_is_counted_before_it_is_listed_and_max_points_lets_a_large_one_t
     assert len(spec.arms["grid"].points) == 21
     inside = three.replace("resolution = 0.5", "resolution = 0.2\nboundary = false\nmax_points = 6")
     assert len(StudySpec.load(write(tmp_path, inside)).arms["grid"].points) == 6  # only the interior counts
+    sampled = three.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 30\nmax_points = 30')
+    assert StudySpec.load(write(tmp_path, sampled)).arms["grid"].n_trials == 30
     # The cap only guards; it does not change what the study trains.
     assert spec.config_hash() == StudySpec.load(write(tmp_path, three.replace("resolution = 0.5", "resolution = 0.2"))).config_hash()
 

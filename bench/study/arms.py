@@ -188,20 +188,20 @@ class GridArm(Arm):
     options = ("method", "resolution", "boundary", "max_points", "points", "sampler", "n_trials",
                "parallel_points", "sampler_seed")
     # A finer resolution multiplies the points (T = 3 at 0.001: 501,501 of them, each trained once
-    # per seed); past this many, the file must say it means it.
+    # per seed); past this many points, listed or sampled, the file must say it means it.
     default_max_points = 10_000
 
     def parse(self, options):
         self.method = options.get("method", "exhaustive")
         if self.method not in ("exhaustive", "optuna"):
             raise self.error("method", "'exhaustive' or 'optuna'", self.method)
+        max_points = options.get("max_points", self.default_max_points)
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+            raise self.error("max_points", "a whole number of points >= 1", max_points)
         if self.method == "exhaustive":
             for bad in ("sampler", "n_trials", "parallel_points", "sampler_seed"):
                 if bad in options:
                     raise self.error(bad, "no sampler option with method = 'exhaustive'", options[bad])
-            max_points = options.get("max_points", self.default_max_points)
-            if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
-                raise self.error("max_points", "a whole number of points >= 1", max_points)
             # boundary = false: only points with every weight > 0, as in the paper's grid (a task
             # weighted 0 never trains its head; see the comparison's "(all weights > 0)" row).
             self.boundary = options.get("boundary", True)
@@ -245,7 +245,7 @@ class GridArm(Arm):
                                          f"boundary = false (a finer grid has points with all {self.tasks} "
                                          "weights > 0)", self.resolution)
             return
-        for bad in ("resolution", "points", "boundary", "max_points"):
+        for bad in ("resolution", "points", "boundary"):
             if bad in options:
                 raise self.error(bad, "no grid points with method = 'optuna' (the sampler proposes them)",
                                  options[bad])
@@ -255,6 +255,9 @@ class GridArm(Arm):
         self.n_trials = options.get("n_trials")
         if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or self.n_trials < 1:
             raise self.error("n_trials", "a whole number of points >= 1", self.n_trials)
+        if self.n_trials > max_points:
+            raise self.error("n_trials", f"at most max_points = {max_points:,} points (each trained once per "
+                             "seed), or a larger max_points", self.n_trials)
         self.parallel_points = options.get("parallel_points", 8)
         if not isinstance(self.parallel_points, int) or self.parallel_points < 1:
             raise self.error("parallel_points", "a whole number >= 1", self.parallel_points)
