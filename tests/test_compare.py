@@ -211,6 +211,21 @@ def test_gradnorm_is_set_against_loss_scale_weights_in_the_summary():
             f"{significant(row.mean_a)} vs {significant(row.mean_b)}, higher on 2 of 3 seeds.") in again.headline[-1]
 
 
+def test_numbers_that_differ_print_differently_beside_the_verdict():
+    """With one seed there is no test: the verdict follows the means, so "beats ... 1.110 vs 1.110"
+    must show the digits that decide it."""
+    c = hand_made(seeds=1)
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    scaled = [_run("loss-scale", "seed=0", 0, 0.9, 1.10004, 1.0, mean_weights=(1.7, 0.3), balancer="loss-scale")]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "loss-scale": "loss-scale"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(scaled)]), [])
+    line = next(line for line in again.headline if "first-step loss" in line)
+    assert line.startswith("gradnorm beats static weights scaled by each task's first-step loss")
+    assert "test loss 1.10000 vs 1.10004, lower on 1 of 1 seeds" in line
+    row = again.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "loss-scale")]
+    assert "(mean task-normalised test loss 1.10000 vs 1.10004, no test (too few seeds))" in row.sentence
+
+
 def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor():
     c = hand_made()
     assert not any("<= 0" in line or "floor" in line for line in c.headline)

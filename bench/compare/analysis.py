@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare import stats
-from bench.compare.stats import significant
+from bench.compare.stats import significant, versus
 from bench.errors import BenchError
 from bench.formatting import count
 from bench.store.export import runs_table
@@ -501,7 +501,7 @@ def _headline(c: Comparison) -> list[str]:
 
     def gaps(a: str, b: str) -> str:
         gap_a, gap_b = main.loc[a, "overfitting_gap"], main.loc[b, "overfitting_gap"]
-        return f"Overfitting gap (test - train): {significant(gap_a, 3)} vs {significant(gap_b, 3)}."
+        return f"Overfitting gap (test - train): {versus(gap_a, gap_b, 3)}."
 
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
@@ -519,7 +519,7 @@ def _headline(c: Comparison) -> list[str]:
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
             f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
-            f"{significant(row.mean_a)} vs {significant(row.mean_b)} for the point chosen on validation; "
+            f"{versus(row.mean_a, row.mean_b)} for the point chosen on validation; "
             f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
             "test loss. "
             f"Cost: {count(int(main.loc[a, 'runs']), 'run')} ({_seconds(own_cost)}) against "
@@ -539,7 +539,7 @@ def _headline(c: Comparison) -> list[str]:
     def losses(row: Any) -> str:
         # From the side that wins more seeds, as the paired sentences: "lower on 0 of 10" is a riddle.
         side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
-        return f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}, {side} of {int(row.n)} seeds"
+        return f"test loss {versus(row.mean_a, row.mean_b)}, {side} of {int(row.n)} seeds"
 
     for row in pairs("gradnorm-static", "gradnorm"):
         verdict, evidence = _verdict(row, c.comparisons)
@@ -632,8 +632,8 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     """The sentence for a grid whose selected point gives tasks up: what those tasks lost, and
     how arm `a` stands against the grid's best point that weights every task."""
     per_task = c.per_task.set_index(["arm", "task"]).test_loss
-    losses = "; ".join(f"{t}: {significant(per_task[(grid.arm, t)])} vs "
-                       f"{significant(per_task[(a, t)])} for {a}" for t in grid.unweighted)
+    losses = "; ".join(f"{t}: {versus(per_task[(grid.arm, t)], per_task[(a, t)])} for {a}"
+                       for t in grid.unweighted)
     tasks = " and ".join(grid.unweighted)
     heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
     line = (f"The grid's chosen point ({point_words(grid.selected, grid.weights)}) gives {tasks} a weight "
@@ -650,7 +650,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
     count = f"; {better} of the {len(weighted)} {_have(better)} a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
-                   f"test loss {significant(row.mean_a)} vs {significant(row.mean_b)}{count}.")
+                   f"test loss {versus(row.mean_a, row.mean_b)}{count}.")
 
 
 __all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]

@@ -139,6 +139,20 @@ def significant(value: float, digits: int = 4) -> str:
     return f"{rounded:.{decimals}f}"
 
 
+def versus(a: float, b: float, digits: int = 4) -> str:
+    """"a vs b", each to `digits` significant digits, or more (up to 7) where that many would
+    print two different numbers alike: "1.860 vs 1.860" under the verb "beats" reads as an error.
+
+    >>> versus(2.4, 2.47849), versus(1.86012, 1.86049), versus(1.86, 1.86)
+    ('2.400 vs 2.478', '1.8601 vs 1.8605', '1.860 vs 1.860')
+    """
+    for d in range(digits, 8):
+        left, right = significant(a, d), significant(b, d)
+        if left != right or a == b:
+            break
+    return f"{left} vs {right}"
+
+
 def _p(result: Paired) -> str:
     p = result.p_value
     if math.isnan(p):
@@ -161,4 +175,4 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
         outcome = (f"is level with {b}{b_detail}, lower on {result.wins} and higher on {result.losses} "
                    f"of {result.n} seeds")
     return (f"{a} {outcome} (mean task-normalised test loss "
-            f"{significant(result.mean_a)} vs {significant(result.mean_b)}, {_p(result)}{effect}).")
+            f"{versus(result.mean_a, result.mean_b)}, {_p(result)}{effect}).")
