@@ -24,3 +24,11 @@ def count(n: int, noun: str) -> str:
     ('1 run', '2 runs', '0 seeds')
     """
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def join_words(words: list[str]) -> str:
+    """
+    >>> join_words(["task1"]), join_words(["task1", "task2"]), join_words(["task1", "task2", "task3"])
+    ('task1', 'task1 and task2', 'task1, task2 and task3')
+    """
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

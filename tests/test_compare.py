@@ -446,6 +446,20 @@ def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
     assert again.grids["grid"].excluded == 1
 
 
+def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blame_unfinished_seeds():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    runs = runs[~runs.run_key.str.startswith("w=1,1/")]  # T = 2 at resolution 1: the corners only
+    again = build_comparison("hand", c.manifest, runs, [])
+    assert again.grids["grid"].unweighted == ["b"]
+    assert again.headline[1].endswith("The grid has no point that weights all 2 tasks.")
+    runs.loc[runs.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
+    middle = [_run("grid", f"w=1,1/seed={seed}", seed, 1.0, 1.2, 0.9, weights=(1.0, 1.0),
+                   status="failed" if seed == 2 else "ok") for seed in range(3)]  # failed on one seed
+    unfinished = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(middle)]), [])
+    assert unfinished.headline[1].endswith("No grid point with every seed finished weights every task.")
+
+
 def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_weighting_every_task():
     c = hand_made()
     assert c.grids["grid"].unweighted == [] and c.grids["grid"].weighted_all is None

@@ -25,7 +25,7 @@ import pandas as pd
 from bench.compare import stats
 from bench.compare.stats import significant, versus
 from bench.errors import BenchError
-from bench.formatting import count
+from bench.formatting import count, join_words
 from bench.store.export import runs_table
 from bench.store import DEFAULT_STORAGE
 from bench.store.results import ResultStore, StudyProgress
@@ -634,11 +634,13 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     per_task = c.per_task.set_index(["arm", "task"]).test_loss
     losses = "; ".join(f"{t}: {versus(per_task[(grid.arm, t)], per_task[(a, t)])} for {a}"
                        for t in grid.unweighted)
-    tasks = " and ".join(grid.unweighted)
+    tasks = join_words(grid.unweighted)
     heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
     line = (f"The grid's chosen point ({point_words(grid.selected, grid.weights)}) gives {tasks} a weight "
             f"of 0, so {heads} (test loss of {losses}). ")
     if not grid.weighted_all:
+        if not grid.points.all_weights_positive.any():  # T = 4 at resolution 0.5, say
+            return line + f"The grid has no point that weights all {len(c.tasks)} tasks."
         return line + "No grid point with every seed finished weights every task."
     rows = c.comparisons[(c.comparisons.arm == a) & (c.comparisons.versus == grid.weighted_all_label)]
     where = f"{grid.weighted_all_words}, {point_words(grid.weighted_all, grid.weighted_all_weights)}"
