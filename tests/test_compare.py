@@ -453,6 +453,10 @@ def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blam
     again = build_comparison("hand", c.manifest, runs, [])
     assert again.grids["grid"].unweighted == ["b"]
     assert again.headline[1].endswith("The grid has no point that weights all 2 tasks.")
+    distance = figures.distance_to_gradnorm(again)
+    assert [t.get_text() for t in distance.axes[0].get_legend().get_texts()] == [
+        "a weight of 0 (that task's head never trains)"]
+    plt.close(distance)
     runs.loc[runs.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
     middle = [_run("grid", f"w=1,1/seed={seed}", seed, 1.0, 1.2, 0.9, weights=(1.0, 1.0),
                    status="failed" if seed == 2 else "ok") for seed in range(3)]  # failed on one seed

@@ -402,7 +402,8 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
             # Outliers hundreds of % away would flatten the paper's points into one line: linear
             # up to those points' range, logarithmic beyond.
             _linear_then_log(ax, change, 1.5 * inner)
-        ax.scatter(distance[interior], change[interior], s=16, color="C0", label="all weights > 0")
+        if interior.any():  # a legend entry for no points would promise what is not drawn
+            ax.scatter(distance[interior], change[interior], s=16, color="C0", label="all weights > 0")
         title = _correlations(distance, change)
         if boundary.any():
             ax.scatter(distance[boundary], change[boundary], s=22, color="C1", marker="D",
