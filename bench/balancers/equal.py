@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bench.balancers.static import Static, StaticParams
 
@@ -22,6 +23,6 @@ class Equal(Static):
         super().__init__([StaticParams() for _ in params], tasks, **kwargs)
 
     @classmethod
-    def batch_family(cls, params):
+    def batch_family(cls, params: Any) -> tuple[str, Any]:
         # Equal weights are the static point (1, ..., 1): they train in the same batch as a grid.
         return Static.name, StaticParams()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -235,7 +235,7 @@ class GradNorm(Balancer):
             return {}
         return {"grad_norms": torch.stack(self._norm_trace), "target_norms": torch.stack(self._target_trace)}
 
-    def run_stats(self):
+    def run_stats(self) -> list[dict[str, Any]]:
         initial = self.initial_losses
         return [
             {

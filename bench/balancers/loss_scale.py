@@ -13,6 +13,7 @@ losses are not known before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -76,7 +77,7 @@ class LossScale(Balancer):
     def stop_runs(self, runs: Tensor) -> None:
         self._stopped |= runs
 
-    def run_stats(self):
+    def run_stats(self) -> list[dict[str, Any]]:
         initial = self.initial_losses
         return [{"initial_losses": None if initial is None else initial[r].tolist()}
                 for r in range(self.n_runs)]

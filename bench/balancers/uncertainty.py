@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,5 +73,5 @@ class Uncertainty(Balancer):
     def stop_runs(self, runs: Tensor) -> None:
         self._stopped |= runs
 
-    def run_stats(self):
+    def run_stats(self) -> list[dict[str, Any]]:
         return [{"log_variances": self.log_variance[r].tolist()} for r in range(self.n_runs)]

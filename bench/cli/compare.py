@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.text import Text
 
 from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names, working
 from bench.errors import BenchError, ConfigError
+
+if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
+    from bench.compare import Comparison
 
 CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
 # Failed runs listed in the terminal, with their reasons; the report lists every one.
@@ -77,7 +80,7 @@ def weight_text(w: float) -> str:
     return f"{w:.2f}" if w == 0 or abs(w) >= 0.005 else f"{w:.2g}"
 
 
-def print_comparison(c) -> None:
+def print_comparison(c: Comparison) -> None:
     console.rule(Text(c.study, style="bold"))
     if c.unfinished:
         console.print(Text(c.unfinished, style="bold yellow"))

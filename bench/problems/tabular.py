@@ -15,7 +15,7 @@ from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split
 from bench.problems.layers import StackedLinear, StackedMLP, seeded_generators
 
 
-def check_table_options(field: str, chosen: tuple[str, ...], known, hidden: tuple[int, ...]) -> None:
+def check_table_options(field: str, chosen: tuple[str, ...], known: Sequence[str], hidden: tuple[int, ...]) -> None:
     """The options tabular problems share: distinct known task names, an MLP of >= 2 layers."""
     if not chosen or any(c not in known for c in chosen) or len(set(chosen)) != len(chosen):
         raise ConfigError(field, "distinct names among " + ", ".join(known), list(chosen))

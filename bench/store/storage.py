@@ -70,7 +70,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval
 
-    def get_heartbeat_stale_trial_callback(self):
+    def get_heartbeat_stale_trial_callback(self) -> Callable[..., None] | None:
         return self._stale_trial_callback
 
 

@@ -120,7 +120,7 @@ class BaselineArm(Arm):
 
     balancer: ClassVar[str]
 
-    def runs(self, seeds):
+    def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [RunSpec(self.name, f"seed={s}", s, self.balancer, dict(self.balancer_params),
                         {"seed": seed_param(s)}) for s in seeds]
 
@@ -156,16 +156,16 @@ class StaticArm(Arm):
     kind = "static"
     options = ("weights",)
 
-    def parse(self, options):
+    def parse(self, options: dict[str, Any]) -> None:
         if "weights" not in options:
             raise self.error("weights", f"a list of {self.tasks} non-negative weights")
         self.weights = _check_point(self, "weights", options["weights"], self.tasks)
 
-    def runs(self, seeds):
+    def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [RunSpec(self.name, f"seed={s}", s, "static", {"weights": list(self.weights)},
                         {**weight_params(self.weights), "seed": seed_param(s)}) for s in seeds]
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "weights": list(self.weights)}
 
 
@@ -191,7 +191,7 @@ class GridArm(Arm):
     # per seed); past this many points, listed or sampled, the file must say it means it.
     default_max_points = 10_000
 
-    def parse(self, options):
+    def parse(self, options: dict[str, Any]) -> None:
         self.method = options.get("method", "exhaustive")
         if self.method not in ("exhaustive", "optuna"):
             raise self.error("method", "'exhaustive' or 'optuna'", self.method)
@@ -267,7 +267,7 @@ class GridArm(Arm):
         if self.tasks < 2:
             raise self.error("method", "at least two tasks for a sampled grid", self.tasks)
 
-    def runs(self, seeds):
+    def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         if self.method == "exhaustive":
             return [
                 RunSpec(self.name, f"w={format_weights(p)}/seed={s}", s, "static", {"weights": list(p)},
@@ -312,7 +312,7 @@ class GridArm(Arm):
     def weights_from_cube(self, params: Mapping[str, float]) -> tuple[float, ...]:
         return cube_to_simplex([params[f"z{k}"] for k in range(self.tasks - 1)], self.tasks)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         if self.method == "exhaustive":
             described = {"kind": self.kind, "method": self.method, "resolution": self.resolution,
                          "points": [list(p) for p in self.points] if self.resolution is None else len(self.points)}
@@ -331,7 +331,7 @@ class GradNormArm(Arm):
     options = ("alpha",)
     takes_balancer_options = "gradnorm"
 
-    def parse(self, options):
+    def parse(self, options: dict[str, Any]) -> None:
         alpha = options.get("alpha", [1.5])
         alphas = alpha if isinstance(alpha, list) else [alpha]
         if not alphas:
@@ -343,14 +343,14 @@ class GradNormArm(Arm):
             raise self.error("alpha", "distinct values", alpha)
         self.alphas = [float(a) for a in alphas]
 
-    def runs(self, seeds):
+    def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [
             RunSpec(self.name, f"alpha={a:g}/seed={s}", s, "gradnorm", {**self.balancer_params, "alpha": a},
                     {"alpha": (a, FloatDistribution(0.0, max(10.0, a))), "seed": seed_param(s)})
             for a in self.alphas for s in seeds
         ]
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "alpha": self.alphas, **self.balancer_params}
 
 
@@ -360,7 +360,7 @@ class GradNormStaticArm(Arm):
     kind = "gradnorm-static"
     options = ("source", "window")
 
-    def parse(self, options):
+    def parse(self, options: dict[str, Any]) -> None:
         self.source_arm = options.get("source")
         self.window = options.get("window", "all")
         if self.window not in ("all", "tail"):
@@ -380,7 +380,7 @@ class GradNormStaticArm(Arm):
                              self.source_arm)
         self.gradnorm = arms[self.source_arm]
 
-    def runs(self, seeds):
+    def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [
             RunSpec(self.name, run.key, run.seed, "static", {}, {"seed": seed_param(run.seed)},
                     depends_on=(self.source_arm, run.key), dependency="complete")
@@ -391,7 +391,7 @@ class GradNormStaticArm(Arm):
         key = "mean_weights" if self.window == "all" else "tail_mean_weights"
         return list(source_record[key])
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source_arm, "window": self.window}
 
 
