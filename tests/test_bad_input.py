@@ -208,7 +208,7 @@ def test_a_study_changed_under_the_same_name_keeps_what_is_stored(workdir, capsy
     before = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
     study(workdir, TINY.replace("lr = 0.01", "lr = 0.02"))
     code, line = run(["run", "--study", path], capsys)
-    assert code == 2 and "another configuration" in line and "--new-version" in line
+    assert code == 2 and "another configuration (budget.lr: 0.01 -> 0.02)" in line and "--new-version" in line
     after = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
     assert after == before
 
@@ -227,6 +227,7 @@ def test_a_study_file_reads_the_stored_version_it_describes(workdir, capsys):
     study(workdir, TINY.replace("lr = 0.01", "lr = 0.03"))  # never run: no stored results are its
     code, line = run(["compare", "--study", path, "--no-report"], capsys)
     assert code == 2 and "has not been run" in line and "tiny, tiny-v2" in line and "--new-version" in line
+    assert "(since tiny-v2: budget.lr: 0.02 -> 0.03)" in line
     study(workdir, TINY.replace("lr = 0.01", "lr = 0.02"))  # stored as v2: the refusal says so
     code, line = run(["run", "--study", path], capsys)
     assert code == 2 and "stored as 'tiny-v2'" in line

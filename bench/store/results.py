@@ -145,6 +145,37 @@ class StudyProgress:
         return StudyProgress(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
 
+def configuration_changes(stored: Any, now: Any, limit: int = 3) -> str:
+    """What changed between two study configurations, in the study file's own terms:
+    "arms.gradnorm.alpha: [0.12] -> [1.5]; arms.dwa: added". Empty if either is unknown (a study
+    stored before configurations were kept).
+
+    >>> configuration_changes({"budget": {"steps": 1500}, "arms": {"equal": {}}},
+    ...                       {"budget": {"steps": 300}, "arms": {"equal": {}, "dwa": {}}})
+    'budget.steps: 1500 -> 300; arms.dwa: added'
+    """
+    if not isinstance(stored, dict) or not isinstance(now, dict):
+        return ""
+    changes: list[str] = []
+
+    def walk(old: Any, new: Any, path: str) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in list(old) + [k for k in new if k not in old]:
+                where = f"{path}.{key}" if path else str(key)
+                if key not in new:
+                    changes.append(f"{where}: removed")
+                elif key not in old:
+                    changes.append(f"{where}: added")
+                else:
+                    walk(old[key], new[key], where)
+        elif old != new:
+            changes.append(f"{path}: {old!r} -> {new!r}")
+
+    walk(stored, now, "")
+    more = f"; and {len(changes) - limit} more" if len(changes) > limit else ""
+    return "; ".join(changes[:limit]) + more
+
+
 class ResultStore:
     """One Optuna storage holding any number of studies."""
 
@@ -217,10 +248,11 @@ class ResultStore:
                     hint = (f"it is stored as {same!r}: pass --new-version to continue it" if same else
                             "pass --new-version to store this one as a new version (first free: "
                             f"{version_name(name, len(self.versions(name)) + 1)})")
+                    changes = (configuration_changes(stored.get("identity"), attrs.get("identity"))
+                               or f"stored {stored.get('config_hash')}, now {config_hash}")
                     raise StudyConfigChanged(
-                        f"study {name!r} in {self.url} was run with another configuration "
-                        f"(stored {stored.get('config_hash')}, now {config_hash}); results are never "
-                        f"mixed: {hint}, or --storage for another store"
+                        f"study {name!r} in {self.url} was run with another configuration ({changes}); "
+                        f"results are never mixed: {hint}, or --storage for another store"
                     ) from None
                 version += 1
                 continue
