@@ -222,8 +222,12 @@ class GradNorm(Balancer):
             if not bool(newly.any()):
                 break
             bound |= newly
-        self.floor_binding_steps += bound.any(dim=1).long()
-        return clamped
+        binding = bound.any(dim=1, keepdim=True)
+        self.floor_binding_steps += binding.squeeze(1).long()
+        # A run whose floor does not bind keeps its weights as they are: rescaling them by
+        # T / sum = 1 would still round them differently, and a floor that never binds must leave
+        # the run identical to Algorithm 1's (after 600 toy steps it moved the test loss by 1e-3).
+        return torch.where(binding, clamped, w)
 
     def stop_runs(self, runs: Tensor) -> None:
         self._stopped |= runs
