@@ -290,6 +290,14 @@ def test_bad_seeds_name_the_flag_and_store_nothing(workdir, capsys, seeds, expec
     assert not (workdir / "results").exists()
 
 
+def test_dwa_default_period_longer_than_half_the_run(workdir, capsys):
+    code, line = run(["train", "--balancer", "dwa", "--steps", "20"], capsys)  # an epoch is 10 steps
+    assert code == 2 and line == ("error: bench train: balancer.period: expected a period of fewer than 10 "
+                                  "steps, or a budget of more than 20 steps: the default period, one epoch, "
+                                  "is 10 steps here, and the weights stay 1 for the first two periods")
+    assert main(["train", "--balancer", "dwa", "--steps", "20", "-b", "period=5"]) == 0
+
+
 def test_a_batch_larger_than_the_training_set(workdir, capsys):
     code, line = run(["train", "--batch-size", "5000", "--steps", "1"], capsys)
     assert line == "error: bench train: batch_size: expected at most the problem's 1000 training examples, got 5000"

@@ -152,6 +152,7 @@ BAD = [
     ("GradNorm warm-up past the budget", TINY.replace("alpha = [0.5, 1.0]", 'alpha = 1.0\ninitial_loss = "mean_first_steps"\ninitial_loss_steps = 12'), "arms.gradnorm.initial_loss_steps"),
     ("GradNorm warm-up under another rule", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\ninitial_loss_steps = 3"), "arms.gradnorm.initial_loss_steps"),
     ("DWA periods past the budget", TINY + "\n[arms.dwa]\nperiod = 5\n", "arms.dwa.period"),
+    ("DWA's default period past the budget", TINY.replace("steps = 10", "steps = 8") + "\n[arms.dwa]\n", "arms.dwa.period"),
 ]
 
 
@@ -200,6 +201,16 @@ def test_a_warm_up_that_fits_the_budget_but_not_a_quick_look_is_refused_for_quic
     assert spec.quick(0.5).budget.steps == 20
     with pytest.raises(ConfigError, match="arms.loss-scale.steps: expected fewer than the budget's 4 steps.*--quick"):
         spec.quick(0.1)
+
+
+def test_dwa_default_period_of_one_epoch_is_checked_against_the_budget(tmp_path):
+    # 64 training examples in batches of 16: an epoch is 4 steps, and DWA's weights stay 1 for
+    # its first two periods, so 8 steps would train equal weights under DWA's name.
+    assert StudySpec.load(write(tmp_path, TINY + "\n[arms.dwa]\n")).budget.steps == 10
+    with pytest.raises(ConfigError, match="arms.dwa.period: expected a period of fewer than 4 steps, "
+                       "or a budget of more than 8 steps: the default period, one epoch, is 4 steps"):
+        StudySpec.load(write(tmp_path, TINY.replace("steps = 10", "steps = 8") + "\n[arms.dwa]\n"))
+    assert StudySpec.load(write(tmp_path, TINY.replace("steps = 10", "steps = 8") + "\n[arms.dwa]\nperiod = 3\n"))
 
 
 def test_unknown_study_name_lists_the_known_ones():

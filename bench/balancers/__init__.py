@@ -37,15 +37,16 @@ def build_balancer_params(name: str, params: Mapping[str, Any] | None = None, *,
                         owner=f"balancer {name!r}")
 
 
-def check_balancer_steps(params: Any, steps: int, *, source: str | None = None,
-                         prefix: str = "balancer.") -> None:
+def check_balancer_steps(params: Any, steps: int, *, steps_per_epoch: int | None = None,
+                         source: str | None = None, prefix: str = "balancer.") -> None:
     """Refuse options whose warm-up outlasts a budget of `steps` steps: the method would train
-    the whole run with its initial weights of 1, equal weights under another name."""
+    the whole run with its initial weights of 1, equal weights under another name.
+    `steps_per_epoch` (None when the training size is unknown) checks warm-ups counted in epochs."""
     check = getattr(params, "check_steps", None)
     if check is None:
         return
     try:
-        check(steps)
+        check(steps, steps_per_epoch=steps_per_epoch)
     except ConfigError as err:
         raise ConfigError(prefix + err.field, err.expected, err.got, source=source) from None
 

@@ -30,11 +30,17 @@ class DWAParams:
         if self.period is not None and self.period < 1:
             raise ConfigError("period", "an integer >= 1 (steps)", self.period)
 
-    def check_steps(self, steps: int) -> None:
-        """Refuse periods so long that the weights stay 1 throughout (they do for two periods)."""
+    def check_steps(self, steps: int, *, steps_per_epoch: int | None = None) -> None:
+        """Refuse periods so long that the weights stay 1 throughout (they do for two periods).
+        The default period, one epoch, is checked when `steps_per_epoch` is known."""
         if self.period is not None and 2 * self.period >= steps:
             raise ConfigError("period", f"fewer than half the budget's {steps} steps (the weights stay 1 "
                               "for the first two periods)", self.period)
+        if self.period is None and steps_per_epoch is not None and 2 * max(1, steps_per_epoch) >= steps:
+            raise ConfigError("period", f"a period of fewer than {(steps + 1) // 2} steps, or a budget of "
+                              f"more than {2 * max(1, steps_per_epoch)} steps: the default period, one "
+                              f"epoch, is {steps_per_epoch} steps here, and the weights stay 1 for the "
+                              "first two periods")
 
 
 def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:

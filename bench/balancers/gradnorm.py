@@ -76,7 +76,7 @@ class GradNormParams:
                 raise ConfigError("floor", "no floor with parametrisation = 'softmax' "
                                   "(softmax weights are positive already)", self.floor)
 
-    def check_steps(self, steps: int) -> None:
+    def check_steps(self, steps: int, *, steps_per_epoch: int | None = None) -> None:
         """Refuse a warm-up that outlasts the run: its weights would stay 1 throughout."""
         if self.initial_loss == "mean_first_steps" and self.initial_loss_steps >= steps:
             raise ConfigError("initial_loss_steps", f"fewer than the budget's {steps} steps (the weights "

@@ -32,7 +32,7 @@ class LossScaleParams:
             raise ConfigError("steps", "an integer >= 1 (the first steps whose losses give L_i(0))",
                               self.steps)
 
-    def check_steps(self, steps: int) -> None:
+    def check_steps(self, steps: int, *, steps_per_epoch: int | None = None) -> None:
         """Refuse a warm-up that outlasts the run: its weights would stay 1 throughout."""
         if self.steps >= steps:
             raise ConfigError("steps", f"fewer than the budget's {steps} steps (the weights stay 1 until "

@@ -102,11 +102,11 @@ class Arm:
     def parse(self, options: dict[str, Any]) -> None:
         """Check this arm's own options (not the balancer's)."""
 
-    def check_steps(self, steps: int) -> None:
+    def check_steps(self, steps: int, steps_per_epoch: int | None) -> None:
         """Refuse balancer options whose warm-up outlasts a budget of `steps` steps."""
         if self.balancer_options is not None:
-            check_balancer_steps(self.balancer_options, steps, source=self.source,
-                                 prefix=f"arms.{self.name}.")
+            check_balancer_steps(self.balancer_options, steps, steps_per_epoch=steps_per_epoch,
+                                 source=self.source, prefix=f"arms.{self.name}.")
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         raise NotImplementedError

@@ -148,12 +148,12 @@ class StudySpec:
         for arm in arms.values():
             if isinstance(arm, GradNormStaticArm):
                 arm.bind(arms)
-        for arm in arms.values():
-            arm.check_steps(budget.steps)
         n_train = problem.train_size()
         if n_train is not None and budget.batch_size > n_train:
             raise error("budget.batch_size", f"at most the problem's {n_train} training examples",
                         budget.batch_size)
+        for arm in arms.values():
+            arm.check_steps(budget.steps, budget.steps_per_epoch(n_train))
         spec = cls(name=name, description=str(data.get("description", "")), path=source,
                    problem=problem_table["name"], problem_params=problem_params, budget=budget,
                    seeds=list(seeds), selection=selection, dtype=dtype, arms=arms, text=text)
@@ -168,9 +168,10 @@ class StudySpec:
     def quick(self, factor: float) -> "StudySpec":
         """A quick look: `factor` times the steps, stored as its own study, `<name>-quick`."""
         budget = self.budget.scaled(factor)
+        steps_per_epoch = budget.steps_per_epoch(build_problem(self.problem, self.problem_params).train_size())
         for arm in self.arms.values():
             try:
-                arm.check_steps(budget.steps)
+                arm.check_steps(budget.steps, steps_per_epoch)
             except ConfigError as err:
                 raise ConfigError(err.field, f"{err.expected}; --quick runs {budget.steps} of the "
                                   f"{self.budget.steps} steps", err.got, source=err.source) from None

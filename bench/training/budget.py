@@ -30,6 +30,10 @@ class Budget:
         if not 0 < self.tail_fraction <= 1:
             raise ConfigError("tail_fraction", "a number in (0, 1]", self.tail_fraction)
 
+    def steps_per_epoch(self, n_train: int | None) -> int | None:
+        """Full batches in one pass over `n_train` training examples (None when unknown)."""
+        return None if n_train is None else n_train // self.batch_size
+
     def scaled(self, factor: float) -> "Budget":
         """The same budget with `factor` times the steps (at least 1), for quick looks."""
         steps = max(1, round(self.steps * factor))

@@ -123,7 +123,7 @@ class BatchTrainer:
             )
         self._shared_data = len(distinct) == 1
         n_train = self.splits["train"][0].shape[1]
-        self.steps_per_epoch = n_train // self.budget.batch_size
+        self.steps_per_epoch = self.budget.steps_per_epoch(n_train)
 
         # Batch order: one sequence per distinct seed.
         seeds = [c.seed for c in self.configs]
