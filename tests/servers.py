@@ -51,7 +51,7 @@ def postgres_server() -> Iterator[str]:
                     "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
                     "start"], check=True, capture_output=True)
     try:
-        yield f"postgresql+psycopg2://bench@127.0.0.1:{port}"
+        yield f"postgresql://bench@127.0.0.1:{port}"  # the README's form, with the [postgres] driver
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)

@@ -180,7 +180,7 @@ def test_an_error_while_building_ones_own_problem_and_a_syntax_error(workdir, ca
 
 def test_unreachable_storage(workdir, capsys):
     path = study(workdir)
-    code, line = run(["run", "--study", path, "--storage", "postgresql+psycopg2://bench@127.0.0.1:1/nowhere"], capsys)
+    code, line = run(["run", "--study", path, "--storage", "postgresql://bench@127.0.0.1:1/nowhere"], capsys)
     assert code == 2 and "cannot open the storage" in line and "127.0.0.1:1" in line
 
 
@@ -323,10 +323,13 @@ def test_messages_that_name_a_toml_table_keep_it(workdir, capsys):
     ("sqlite://", "in-memory database"),
     ("sqlite:///:memory:", "in-memory database"),
     ("mysql://bench@127.0.0.1:1/db", "(the module MySQLdb); for MySQL: pip install pymysql"),
+    ("postgresql+pg8000://bench@127.0.0.1:1/db", "(the module pg8000); for PostgreSQL: pip install "
+                                                 "'gradnorm-bench[postgres]'"),
 ])
 def test_storages_that_cannot_keep_results(workdir, capsys, storage, expected):
-    if "MySQLdb" in expected and importlib.util.find_spec("MySQLdb") is not None:
-        pytest.skip("a MySQL driver is installed here")
+    driver = expected.split("(the module ")[-1].split(")")[0] if "(the module" in expected else None
+    if driver and importlib.util.find_spec(driver) is not None:
+        pytest.skip(f"the driver {driver} is installed here")
     (workdir / "a_folder").mkdir()
     for verb in ("run", "status"):
         code, line = run([verb, "--study", study(workdir), "--storage", storage], capsys)

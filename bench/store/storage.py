@@ -37,7 +37,8 @@ GRACE_PERIOD = 30
 HEARTBEAT_ATTR = "bench:heartbeat"
 # What to install when SQLAlchemy lacks a URL's driver, by dialect.
 DRIVER_HINTS = {
-    "postgresql": "for PostgreSQL: pip install 'gradnorm-bench[postgres]' (psycopg2: a postgresql:// URL)",
+    "postgresql": "for PostgreSQL: pip install 'gradnorm-bench[postgres]' (psycopg 3 and SQLAlchemy 2.1, "
+                  "which reads a postgresql:// URL with it; psycopg2 wants postgresql+psycopg2://)",
     "mysql": "for MySQL: pip install pymysql, and write the URL as mysql+pymysql://...",
 }
 
