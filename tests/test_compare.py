@@ -195,6 +195,26 @@ def test_gradnorm_is_set_against_every_static_arm_the_study_names():
     assert not any("static weights of" in line for line in c.headline)  # no static arm, no line
 
 
+def test_a_gradnorm_static_arm_shows_the_mean_of_its_seeds_weights_not_the_first_seeds():
+    """Each seed's retrain uses its own seed's GradNorm average, so the seeds' weights differ.
+    The arm was shown with seed 0's weights (1.00, 1.00 on multifashion, where the mean is
+    0.974, 1.026), in the tables, the landscape figure and the distance to the grid's point."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    per_seed = {0: (1.0, 1.0), 1: (1.4, 0.6), 2: (1.8, 0.2)}
+    static = [_run("gradnorm-static", f"seed={seed}", seed, 1.0, 1.1, 1.0, weights=w) for seed, w in per_seed.items()]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-static": "gradnorm-static"},
+                "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(static)]), [])
+    assert again.main.set_index("arm").loc["gradnorm-static", "weights"] == pytest.approx([1.4, 0.6])
+    per_task = again.per_task.set_index(["arm", "task"])
+    assert per_task.loc[("gradnorm-static", "b"), "weight"] == pytest.approx(0.6)
+    standing = again.standings.set_index("arm").loc["gradnorm-static"]
+    assert standing.distance_to_selected == pytest.approx(l2_distance([1.4, 0.6], [1.0, 1.0]))
+    # Weights that are the same on every seed stay exactly as stored.
+    assert again.main.set_index("arm").loc["equal", "weights"] == [1.0, 1.0]
+
+
 def test_gradnorm_is_set_against_loss_scale_weights_in_the_summary():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

@@ -326,14 +326,19 @@ def static_words(arm: str, weights: list[float], evidence: str = "") -> str:
 
 
 def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
-    """The weights a label trained with: static weights, or time-averaged adaptive ones."""
+    """The weights a label trained with, mean over its finished runs: static weights (a grid
+    point's are the same on every seed; a GradNorm-static retrain's are its own seed's GradNorm
+    average), or time-averaged adaptive ones."""
     ok = g[g.status == "ok"]
     if ok.empty:
         return [math.nan] * len(tasks)
-    if ok.balancer.iloc[0] in VARYING_WEIGHTS:
-        return [float(ok[f"mean_weight_{t}"].mean()) for t in tasks]
-    return [float(ok[f"weight_{t}"].iloc[0]) if pd.notna(ok[f"weight_{t}"].iloc[0])
-            else float(ok[f"mean_weight_{t}"].iloc[0]) for t in tasks]
+    varying = ok.balancer.iloc[0] in VARYING_WEIGHTS
+    weights = []
+    for t in tasks:
+        column = ok[f"mean_weight_{t}"] if varying or ok[f"weight_{t}"].isna().any() else ok[f"weight_{t}"]
+        # Equal weights are kept exactly as stored (a mean could move them in the last bit).
+        weights.append(float(column.iloc[0]) if column.nunique() == 1 else float(column.mean()))
+    return weights
 
 
 def _main_table(runs, chosen, grids, tasks, manifest) -> pd.DataFrame:
