@@ -548,6 +548,41 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert "grid (all weights > 0)" not in set(none_left.main.arm)
 
 
+def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_the_rest():
+    """On multifashion the two points that weight a task 0 (that task's loss 3.2 and 3.6) set the
+    axes, and every arm landed in one corner of them."""
+    rows = []
+    grid = {(2.0, 0.0): (0.5, 10.0), (1.5, 0.5): (0.6, 0.9), (1.0, 1.0): (0.7, 0.7), (0.5, 1.5): (0.9, 0.6),
+            (0.0, 2.0): (12.0, 0.5)}
+    for w, (a, b) in grid.items():
+        for seed in (0, 1, 2):
+            row = _run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, a + b, a + b, a + b - 0.1, weights=w)
+            rows.append({**row, "test_loss_a": a, "test_loss_b": b})
+    for seed in (0, 1, 2):
+        rows.append({**_run("gradnorm", f"alpha=1.5/seed={seed}", seed, 1.3, 1.5, 1.4, mean_weights=(1.1, 0.9),
+                            balancer="gradnorm"), "test_loss_a": 0.8, "test_loss_b": 0.75})
+        rows.append(_run("equal", f"seed={seed}", seed, math.nan, math.nan, math.nan, weights=(1.0, 1.0),
+                         status="failed"))
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
+                "gradnorm_static_sources": {}}
+    c = build_comparison("boundary", manifest, pd.DataFrame(rows), [])
+    ax = figures.pareto_front(c).axes[0]
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    assert 0.5 < x0 < 0.6 and 0.9 < x1 < 1.0 and 0.5 < y0 < 0.6 and 0.9 < y1 < 1.0
+    assert ax.get_xscale() == ax.get_yscale() == "linear"  # the far points no longer make it a log axis
+    assert ax.get_title() == "2 grid points with a weight of 0 lie beyond the axes"
+    legend = {col.get_label() for col in ax.collections}
+    assert "gradnorm" in legend and "equal" not in legend  # every equal run failed: nothing to draw
+    plt.close("all")
+    # Where every point fits, the axes take them all and say nothing.
+    near = pd.DataFrame([{**r, "test_loss_a": min(r["test_loss_a"], 1.2), "test_loss_b": min(r["test_loss_b"], 1.2)}
+                         if r["arm"] == "grid" else r for r in rows])
+    ax = figures.pareto_front(build_comparison("near", manifest, near, [])).axes[0]
+    assert ax.get_title() == "" and ax.get_xlim()[1] > 1.2
+    plt.close("all")
+
+
 def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

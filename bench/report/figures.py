@@ -24,7 +24,7 @@ from scipy import stats as sps  # noqa: E402
 
 from bench.compare.analysis import Comparison, GridSelection  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
-from bench.formatting import format_number  # noqa: E402
+from bench.formatting import count, format_number  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -437,8 +437,13 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     front = _pareto_mask(losses)
     pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
-    others = [lb for lb in per_task.index if lb != arm]
+    # An arm whose every run failed has no losses to draw, and so no legend entry either.
+    others = [lb for lb in per_task.index if lb != arm and per_task.loc[lb].notna().any()]
     colours = arm_colours(c)
+    # Points that weight a task 0 never train its head: their loss on it is many times the
+    # others', and drawn to scale they squeezed every arm into one corner. The axes then frame
+    # the points that weight every task and the arms, and say how many points lie beyond.
+    weighted_all = points.all_weights_positive.to_numpy(dtype=bool)
     fig, axes = _panels(len(pairs), 5.4, 4.8)
     fig.set_figheight(fig.get_figheight() + 0.6)  # room for the legend below
     for ax, (i, j) in zip(axes, pairs):
@@ -447,10 +452,20 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
         for label, size in zip(others, _nested_sizes(len(others), 150, 70)):
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=size,
                        marker="X", color=colours[label], edgecolors="k", label=label)
-        _loss_scale(ax, np.r_[losses[:, i], per_task.loc[others, c.tasks[i]]], axis="x")
-        _loss_scale(ax, np.r_[losses[:, j], per_task.loc[others, c.tasks[j]]], axis="y")
-        ax.set_xlabel(f"test loss {c.tasks[i]}")
-        ax.set_ylabel(f"test loss {c.tasks[j]}")
+        arms_xy = per_task.loc[others, [c.tasks[i], c.tasks[j]]].to_numpy(dtype=float)
+        focus = _focus_box(losses[:, [i, j]], weighted_all, arms_xy)
+        for k, (axis, task) in enumerate((("x", c.tasks[i]), ("y", c.tasks[j]))):
+            shown = np.r_[losses[:, (i, j)[k]], arms_xy[:, k]]
+            if focus is not None:
+                shown = shown[(shown >= focus[k][0]) & (shown <= focus[k][1])]
+            _loss_scale(ax, shown, axis=axis)
+            if focus is not None:
+                (ax.set_xlim if axis == "x" else ax.set_ylim)(*focus[k])
+            (ax.set_xlabel if axis == "x" else ax.set_ylabel)(f"test loss {task}")
+        if focus is not None:
+            outside = int((~_inside(losses[:, [i, j]], focus)).sum())
+            ax.set_title(f"{count(outside, 'grid point')} with a weight of 0 lie beyond the axes",
+                         fontsize="small", color="0.35")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
     if len(pairs) % 2 and len(pairs) > 1:  # the legend takes the empty panel's place
@@ -464,6 +479,29 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
                    bbox_to_anchor=(0.5, -0.02))
         fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+def _inside(xy: np.ndarray, box: tuple[tuple[float, float], tuple[float, float]]) -> np.ndarray:
+    (x0, x1), (y0, y1) = box
+    return (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+
+
+def _focus_box(grid_xy: np.ndarray, weighted_all: np.ndarray,
+               arms_xy: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Axis limits framing the grid points that weight every task and the other arms, or None
+    when every point fits at less than three times that frame's width in both directions."""
+    kept = np.r_[grid_xy[weighted_all], arms_xy]
+    kept = kept[np.isfinite(kept).all(axis=1)]
+    everything = np.r_[grid_xy, arms_xy]
+    everything = everything[np.isfinite(everything).all(axis=1)]
+    if len(kept) < 2 or weighted_all.all():
+        return None
+    low, high = kept.min(axis=0), kept.max(axis=0)
+    span = np.maximum(high - low, 1e-3 * np.abs(high))
+    if ((everything.max(axis=0) - everything.min(axis=0)) < 3 * span).all():
+        return None
+    pad = 0.08 * span
+    return (low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1])
 
 
 def overfitting_gaps(c: Comparison) -> plt.Figure | None:
