@@ -26,9 +26,11 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def join_words(words: list[str]) -> str:
+def join_words(words: list[str], conjunction: str = "and") -> str:
     """
     >>> join_words(["task1"]), join_words(["task1", "task2"]), join_words(["task1", "task2", "task3"])
     ('task1', 'task1 and task2', 'task1, task2 and task3')
+    >>> join_words(["grid", "equal"], "or")
+    'grid or equal'
     """
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" {conjunction} " + words[-1]

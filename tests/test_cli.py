@@ -200,7 +200,7 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
         "wall_time_s": [3.62, 227.2], "weights": [[2.01, 0.77, 0.22], [2.7, 0.3, 0.0]],
     })
     print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
-                                     comparisons=pd.DataFrame(), failures=pd.DataFrame()))
+                                     paired_sentences=[], failures=pd.DataFrame()))
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(" g")}
@@ -225,7 +225,7 @@ def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(ca
         "wall_time_s": [2.2, 1.1, 0.7], "weights": [[-18.7, 7.9, 9.8, 4.9]] + [[0.1, 1.1, 1.4, 1.4]] * 2,
     })
     print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
-                                     comparisons=pd.DataFrame(), failures=pd.DataFrame()))
+                                     paired_sentences=[], failures=pd.DataFrame()))
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line) for line in lines) <= 80
     header = next(i for i, line in enumerate(lines) if line.startswith(" arm "))

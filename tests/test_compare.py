@@ -596,6 +596,10 @@ def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results()
     assert again.headline == ["gradnorm cannot be compared with the grid search (grid): 3 of 3 runs failed "
                               "(see the failed runs)."]
     assert "gradnorm" not in set(again.standings.arm)  # NaN would rank first among the grid points
+    # One sentence for the arm, not one per rival: QM9's report said "shares no finished seed" 4 times.
+    assert again.paired_sentences == ["gradnorm has no finished run: no paired comparison with grid or equal.",
+                                      *again.comparisons.sentence[again.comparisons.arm != "gradnorm"]]
+    assert len(again.comparisons) == len(c.comparisons)  # the table keeps a row per pair
     failures = again.failures
     assert list(failures.run_key) == [f"alpha=0.12/seed={s}" for s in (0, 1, 2)]
     assert list(failures.failed_step) == [3, 7, 7] and all(type(v) is int for v in failures.failed_step)

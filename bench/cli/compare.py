@@ -100,7 +100,7 @@ def print_comparison(c: Comparison) -> None:
         if not all(math.isnan(w) for w in row.weights):  # an arm whose runs all failed has none
             console.print(f"  weights of {row.arm}: (" + ", ".join(weight_text(w) for w in row.weights) + ")")
     # The paired comparisons, described (the headline above gives the verdicts), as in the report.
-    for sentence in c.comparisons.sentence if not c.comparisons.empty else []:
+    for sentence in c.paired_sentences:
         console.print(f"- {sentence}")
     if not c.failures.empty:
         console.print(f"failed runs: {len(c.failures)}, left out of every mean above")

@@ -143,6 +143,23 @@ class Comparison:
         command = run_command(self.study, self.manifest, self.runs.seed.dropna().astype(int).tolist())
         return command + (f" --storage {shlex.quote(self.storage)}" if self.storage else "")
 
+    @property
+    def paired_sentences(self) -> list[str]:
+        """The paired comparisons, described, one sentence each; an arm with no finished run gets
+        one sentence, not one per rival that it shares no seed with."""
+        if self.comparisons.empty:
+            return []
+        finished = self.main.set_index("arm").eval("runs - failed") if not self.main.empty else pd.Series(dtype=int)
+        sentences, said = [], set()
+        for row in self.comparisons.itertuples():
+            if finished.get(row.arm, 1) > 0:
+                sentences.append(row.sentence)
+            elif row.arm not in said:
+                said.add(row.arm)
+                rivals = list(self.comparisons.versus[self.comparisons.arm == row.arm])
+                sentences.append(f"{row.arm} has no finished run: no paired comparison with {join_words(rivals, 'or')}.")
+        return sentences
+
     @cached_property  # read by the terminal and the report several times each
     def failures(self) -> pd.DataFrame:
         """One row per failed run, with the step it failed at and why."""

@@ -106,7 +106,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
         generated=time.strftime("%Y-%m-%d %H:%M"), headline=c.headline, unfinished=c.unfinished,
         compared_with_grid=bool(c.grids) and (c.main.kind == "gradnorm").any(),
-        sentences=list(c.comparisons.sentence) if not c.comparisons.empty else [],
+        sentences=c.paired_sentences,
         main_table=_html(main_display),
         standings_table=_html(c.standings) if not c.standings.empty else "",
         per_task_table=_html(c.per_task),
