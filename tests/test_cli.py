@@ -196,7 +196,7 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
         "arm": ["gradnorm-static", "grid"], "runs": [3, 198], "failed": [0, 12], "seeds": [3, 3],
         "normalized_test_loss": [2.4571, 2.4023], "test_std": [0.0321, 0.0131],
         "test_ci95_low": [2.3764, 2.3694], "test_ci95_high": [2.5377, 2.4342],
-        "train_loss": [2.1271, 2.0864], "overfitting_gap": [0.33, 0.3159],
+        "normalized_train_loss": [2.1271, 2.0864], "normalized_overfitting_gap": [0.33, 0.3159],
         "wall_time_s": [3.62, 227.2], "weights": [[2.01, 0.77, 0.22], [2.7, 0.3, 0.0]],
     })
     print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
@@ -221,7 +221,7 @@ def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(ca
         "arm": arms, "runs": [3, 3, 3], "failed": [0, 0, 1], "seeds": [3, 3, 2],
         "normalized_test_loss": [3.211e8, 2.478, 2.491], "test_std": [6e8, 0.021, 0.0084],
         "test_ci95_low": [-7e8, 2.425, 2.416], "test_ci95_high": [1.3e9, 2.531, 2.566],
-        "train_loss": [3.211e8, 2.596, 2.631], "overfitting_gap": [-3.3e5, -0.117, -0.140],
+        "normalized_train_loss": [3.211e8, 2.596, 2.631], "normalized_overfitting_gap": [-3.3e5, -0.117, -0.140],
         "wall_time_s": [2.2, 1.1, 0.7], "weights": [[-18.7, 7.9, 9.8, 4.9]] + [[0.1, 1.1, 1.4, 1.4]] * 2,
     })
     print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,

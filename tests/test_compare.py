@@ -134,7 +134,7 @@ def test_gradnorm_standing_distance_and_paired_tests():
     one = one[(one.seed == 0) | (one.arm == "grid")]
     assert "Cost: 1 run (1.0 s) against 9 runs" in build_comparison("one", c.manifest, one, []).headline[0]
     main = c.main.set_index("arm")
-    assert main.loc["gradnorm", "overfitting_gap"] == pytest.approx(0.1)
+    assert main.loc["gradnorm", "normalized_overfitting_gap"] == pytest.approx(0.1)
     assert main.loc["gradnorm", "weights"] == [1.5, 0.5]
     verdict = "beats" if versus_grid.p_value < 0.05 else "does not differ significantly from"
     assert c.headline[0].startswith(

@@ -91,7 +91,7 @@ def print_comparison(c: Comparison) -> None:
         # Four significant digits, as in the sentences: arms often differ in the third.
         half = (row.test_ci95_high - row.test_ci95_low) / 2 if row.seeds > 1 else None
         rows.append((row.arm, str(row.runs), str(row.failed), fmt(row.normalized_test_loss), fmt(half, 2),
-                     fmt(row.test_std, 2), fmt(row.train_loss), fmt(row.overfitting_gap, 3),
+                     fmt(row.test_std, 2), fmt(row.normalized_train_loss), fmt(row.normalized_overfitting_gap, 3),
                      f"{row.wall_time_s:.1f}" if row.wall_time_s < 10 else f"{row.wall_time_s:.0f}"))
     table = arm_table("task-normalised losses, mean over seeds (± half the 95% interval)",
                       ("runs", "failed", "test", "± 95%", "sd", "train", "gap", "sec"), rows)

@@ -376,8 +376,8 @@ def _main_table(runs, chosen, grids, tasks, manifest) -> pd.DataFrame:
             "normalized_test_loss": test.mean, "test_std": test.std,
             "test_ci95_low": test.ci_low, "test_ci95_high": test.ci_high,
             "normalized_val_loss": ok.normalized_val_loss.mean(),
-            "train_loss": ok.normalized_train_loss.mean(),
-            "overfitting_gap": ok.normalized_overfitting_gap.mean(),
+            "normalized_train_loss": ok.normalized_train_loss.mean(),
+            "normalized_overfitting_gap": ok.normalized_overfitting_gap.mean(),
             "seeds": test.n,
             "wall_time_s": float(own.wall_time_s.sum()),
             "weights": _weights_of(g, tasks),
@@ -522,7 +522,7 @@ def _headline(c: Comparison) -> list[str]:
                    if label not in chosen}
 
     def gaps(a: str, b: str) -> str:
-        gap_a, gap_b = main.loc[a, "overfitting_gap"], main.loc[b, "overfitting_gap"]
+        gap_a, gap_b = main.loc[a, "normalized_overfitting_gap"], main.loc[b, "normalized_overfitting_gap"]
         return f"Overfitting gap (test - train): {versus(gap_a, gap_b, 3)}."
 
     for _, row in c.comparisons.iterrows():
