@@ -219,6 +219,16 @@ def test_unknown_study_name_lists_the_known_ones():
     assert "gridsearch" in str(err.value)
 
 
+def test_without_a_studies_folder_the_error_says_where_the_shipped_studies_are(tmp_path, monkeypatch):
+    """A wheel installed without the repository has no studies/ beside the package."""
+    import bench.study.spec as spec_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(spec_module, "studies_dirs", lambda: [tmp_path / "studies"])
+    with pytest.raises(ConfigError, match="none found: the shipped studies are in the repository's studies/ folder"):
+        StudySpec.load("gridsearch")
+
+
 def test_a_study_name_finds_its_file_in_the_current_folder(tmp_path, monkeypatch):
     (tmp_path / "mine.toml").write_text(TINY.replace('name = "tiny"', 'name = "mine"'))
     monkeypatch.chdir(tmp_path)

@@ -59,8 +59,9 @@ def find_study_file(name: str) -> Path:
             except ValueError:
                 return candidate
     known = sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.toml")})
-    raise ConfigError("--study", "a study file, or the name of one here or in studies/ "
-                      f"({', '.join(known) or 'none found'})", name)
+    # An installed wheel has no studies/ beside it: the shipped ones are in the repository.
+    found = ", ".join(known) or "none found: the shipped studies are in the repository's studies/ folder"
+    raise ConfigError("--study", f"a study file, or the name of one here or in studies/ ({found})", name)
 
 
 @dataclass
