@@ -69,6 +69,16 @@ def test_record_holds_what_a_run_produced():
     assert set(record.traces) == {"grad_norms", "target_norms"}
 
 
+def test_a_weight_trajectory_keeps_where_the_weights_change_and_the_ends_of_every_flat_stretch():
+    static = train(tiny_config("static", tasks=3, weights=(3.0, 1.0, 0.5)))
+    steps = static.config["budget"]["steps"]
+    assert static.weights_trajectory == [[0, 2.0, 2 / 3, 1 / 3], [steps - 1, 2.0, 2 / 3, 1 / 3]]
+    # DWA keeps w = 1 for its first two periods (of 4 steps here), then moves every period.
+    dwa = train(tiny_config("dwa", tasks=3, period=4))
+    assert [row[0] for row in dwa.weights_trajectory[:4]] == [0, 7, 8, 11]
+    assert dwa.weights_trajectory[1][1:] == [1.0, 1.0, 1.0] != dwa.weights_trajectory[2][1:]
+
+
 def test_tail_mean_weights_use_the_tail_window():
     budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5, tail_fraction=0.25)
     record = train(tiny_config("gradnorm", alpha=1.0, budget=budget))

@@ -32,7 +32,7 @@ from bench.problems import Problem, build_problem
 from bench.problems.layers import StackedLinear
 from bench.training.config import RunConfig, derive_seed
 from bench.training.device import resolve_device
-from bench.training.record import TRAJECTORY_POINTS, RunRecord
+from bench.training.record import TRAJECTORY_POINTS, RunRecord, without_repeats
 
 ProgressCallback = Callable[[int], None]
 
@@ -412,8 +412,8 @@ class BatchTrainer:
                 record.final_weights = w[-1].tolist()
                 record.mean_weights = w.mean(0).tolist()
                 record.tail_mean_weights = w[-min(tail, run_steps):].mean(0).tolist()
-                record.weights_trajectory = [[s] + sampled[j, r].tolist()
-                                             for j, s in enumerate(idx) if s < run_steps]
+                record.weights_trajectory = without_repeats([[s] + sampled[j, r].tolist()
+                                                             for j, s in enumerate(idx) if s < run_steps])
                 record.traces = {
                     k: [[s] + v[j, r].tolist() for j, s in enumerate(k_idx) if s < run_steps]
                     for k, (k_idx, v) in traces.items()
