@@ -366,7 +366,8 @@ def test_run_then_compare_from_the_command_line(tmp_path):
     status = bench("status", "--study", str(study), cwd=tmp_path)
     assert "tiny in" in status.stdout and "16" in status.stdout
     main_table = pd.read_csv(__import__("io").StringIO(csv.stdout))
-    assert {"arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"} <= set(main_table.columns)
+    assert {"arm", "runs", "normalized_test_loss", "normalized_train_loss",
+            "normalized_overfitting_gap"} <= set(main_table.columns)
     assert sorted(main_table.arm) == arms_with_grid(main_table, [
         "equal", "gradnorm (alpha=0.5)", "gradnorm (alpha=1)", "gradnorm-static (alpha=0.5)",
         "gradnorm-static (alpha=1)", "grid"])
@@ -383,7 +384,8 @@ def test_compare_csv_on_the_gridsearch_study(tmp_path):
           "--quick", cwd=tmp_path)
     csv = bench("compare", "--study", "gridsearch-quick", "--format", "csv", cwd=tmp_path)
     table = pd.read_csv(__import__("io").StringIO(csv.stdout))
-    assert list(table.columns[:5]) == ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
+    assert list(table.columns[:5]) == ["arm", "runs", "normalized_test_loss", "normalized_train_loss",
+                                       "normalized_overfitting_gap"]
     assert sorted(table.arm) == arms_with_grid(table, ["equal", "gradnorm", "gradnorm-static", "grid", "loss-scale"])
     rows = table.set_index("arm")
     assert rows.loc["grid", "runs"] == 198

@@ -16,7 +16,7 @@ from bench.errors import BenchError, ConfigError
 if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
     from bench.compare import Comparison
 
-CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "train_loss", "overfitting_gap"]
+CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "normalized_train_loss", "normalized_overfitting_gap"]
 # Failed runs listed in the terminal, with their reasons; the report lists every one.
 FAILED_RUNS_SHOWN = 5
 
