@@ -9,6 +9,17 @@ from pathlib import Path
 
 SHOW_TRACEBACK = "BENCH_TRACEBACK"  # set to 1: errors raised in a user's own code keep their traceback
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The user's own problem packages (or single modules), wherever they are installed: a problem
+# package in site-packages is still the user's code.
+USER_CODE_PATHS: set[Path] = set()
+
+
+def mark_user_code(path: Path) -> None:
+    """Count the package folder or module file at `path` as the user's own code (never this
+    package: a problem function of ours named as module:function keeps our bugs ours)."""
+    path = path.resolve()
+    if not path.is_relative_to(PACKAGE_DIR):
+        USER_CODE_PATHS.add(path)
 
 
 class BenchError(Exception):
@@ -61,8 +72,9 @@ class UserCodeError(BenchError):
 
 
 def user_code_frame(err: BaseException) -> traceback.FrameSummary | None:
-    """The innermost frame of the error's traceback in the user's own code: not in this package,
-    the standard library or installed packages."""
+    """The innermost frame of the error's traceback in the user's own code: a problem package of
+    theirs (`mark_user_code`), or any file not in this package, the standard library or
+    installed packages."""
     paths = sysconfig.get_paths()
     library_dirs = {Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
@@ -70,6 +82,8 @@ def user_code_frame(err: BaseException) -> traceback.FrameSummary | None:
         if not path.is_file():  # <frozen importlib...>, <string>
             continue
         path = path.resolve()
+        if any(path.is_relative_to(p) for p in USER_CODE_PATHS):
+            return frame
         if not any(path.is_relative_to(d) for d in (PACKAGE_DIR, *library_dirs)):
             return frame
     return None

@@ -178,6 +178,23 @@ def test_an_error_while_building_ones_own_problem_and_a_syntax_error(workdir, ca
         main(["train", "--problem", "failing_builder:missing_data", "--steps", "1"])
 
 
+def test_an_error_in_ones_own_problem_package_installed_in_site_packages_is_one_line(workdir, capsys,
+                                                                                     monkeypatch):
+    """Installed packages are library code, whose errors keep their traceback; a problem package
+    of one's own installed there is still one's own code."""
+    import sysconfig
+
+    site = workdir / "site-packages"
+    (site / "installed_problems").mkdir(parents=True)
+    (site / "installed_problems" / "__init__.py").write_text(FAILING_PROBLEM)
+    monkeypatch.syspath_prepend(str(site))
+    real = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**real, "purelib": str(site), "platlib": str(site)})
+    code, line = run(["train", "--problem", "installed_problems:missing_data", "--steps", "1"], capsys)
+    assert code == 1 and line.startswith("error: KeyError: 'data', raised in your code at ")
+    assert "installed_problems/__init__.py, line 22, in missing_data" in line
+
+
 def test_unreachable_storage(workdir, capsys):
     path = study(workdir)
     code, line = run(["run", "--study", path, "--storage", "postgresql://bench@127.0.0.1:1/nowhere"], capsys)

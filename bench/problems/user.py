@@ -14,9 +14,10 @@ import os
 import sys
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, mark_user_code
 from bench.params import coerce
 from bench.problems.base import Problem
 
@@ -34,6 +35,9 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
     except SyntaxError as err:
         raise ConfigError("problem", f"a module without syntax errors ({err.msg}: {err.filename}, "
                           f"line {err.lineno})", name, source=source) from None
+    top = sys.modules.get(module_name.partition(".")[0], module)
+    if getattr(top, "__file__", None):  # its errors are the user's, even installed in site-packages
+        mark_user_code(Path(top.__file__).parent if hasattr(top, "__path__") else Path(top.__file__))
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError("problem", f"a function {function_name!r} in module {module_name!r}", name,
