@@ -149,15 +149,16 @@ class Comparison:
         one sentence, not one per rival that it shares no seed with."""
         if self.comparisons.empty:
             return []
-        finished = self.main.set_index("arm").eval("runs - failed") if not self.main.empty else pd.Series(dtype=int)
+        main = self.main.set_index("arm")
+        finished = main.runs - main.failed
         sentences, said = [], set()
         for row in self.comparisons.itertuples():
             if finished.get(row.arm, 1) > 0:
                 sentences.append(row.sentence)
             elif row.arm not in said:
                 said.add(row.arm)
-                rivals = list(self.comparisons.versus[self.comparisons.arm == row.arm])
-                sentences.append(f"{row.arm} has no finished run: no paired comparison with {join_words(rivals, 'or')}.")
+                rivals = join_words(list(self.comparisons.versus[self.comparisons.arm == row.arm]), "or")
+                sentences.append(f"{row.arm} has no finished run: no paired comparison with {rivals}.")
         return sentences
 
     @cached_property  # read by the terminal and the report several times each
