@@ -572,6 +572,9 @@ def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_t
     assert 0.5 < x0 < 0.6 and 0.9 < x1 < 1.0 and 0.5 < y0 < 0.6 and 0.9 < y1 < 1.0
     assert ax.get_xscale() == ax.get_yscale() == "linear"  # the far points no longer make it a log axis
     assert ax.get_title() == "2 grid points with a weight of 0 lie beyond the axes"
+    one_far = pd.DataFrame([r for r in rows if not r["run_key"].startswith("w=0,2/")])
+    ax = figures.pareto_front(build_comparison("one far", manifest, one_far, [])).axes[0]
+    assert ax.get_title() == "1 grid point with a weight of 0 lies beyond the axes"
     legend = {col.get_label() for col in ax.collections}
     assert "gradnorm" in legend and "equal" not in legend  # every equal run failed: nothing to draw
     plt.close("all")

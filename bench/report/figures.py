@@ -464,7 +464,8 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
             (ax.set_xlabel if axis == "x" else ax.set_ylabel)(f"test loss {task}")
         if focus is not None:
             outside = int((~_inside(losses[:, [i, j]], focus)).sum())
-            ax.set_title(f"{count(outside, 'grid point')} with a weight of 0 lie beyond the axes",
+            ax.set_title(f"{count(outside, 'grid point')} with a weight of 0 {'lies' if outside == 1 else 'lie'} "
+                         "beyond the axes",
                          fontsize="small", color="0.35")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
