@@ -36,9 +36,9 @@ class DWAParams:
         if self.period is not None and 2 * self.period >= steps:
             raise ConfigError("period", f"fewer than half the budget's {steps} steps (the weights stay 1 "
                               "for the first two periods)", self.period)
-        if self.period is None and steps_per_epoch is not None and 2 * max(1, steps_per_epoch) >= steps:
+        if self.period is None and steps_per_epoch is not None and 2 * steps_per_epoch >= steps:
             raise ConfigError("period", f"a period of fewer than {(steps + 1) // 2} steps, or a budget of "
-                              f"more than {2 * max(1, steps_per_epoch)} steps: the default period, one "
+                              f"more than {2 * steps_per_epoch} steps: the default period, one "
                               f"epoch, is {steps_per_epoch} steps here, and the weights stay 1 for the "
                               "first two periods")
 

@@ -149,12 +149,12 @@ class StudySpec:
         for arm in arms.values():
             if isinstance(arm, GradNormStaticArm):
                 arm.bind(arms)
-        n_train = problem.train_size()
-        if n_train is not None and budget.batch_size > n_train:
-            raise error("budget.batch_size", f"at most the problem's {n_train} training examples",
-                        budget.batch_size)
+        try:
+            steps_per_epoch = budget.steps_per_epoch(problem.train_size())
+        except ConfigError as err:
+            raise error("budget." + err.field, err.expected, err.got) from None
         for arm in arms.values():
-            arm.check_steps(budget.steps, budget.steps_per_epoch(n_train))
+            arm.check_steps(budget.steps, steps_per_epoch)
         spec = cls(name=name, description=str(data.get("description", "")), path=source,
                    problem=problem_table["name"], problem_params=problem_params, budget=budget,
                    seeds=list(seeds), selection=selection, dtype=dtype, arms=arms, text=text)

@@ -31,8 +31,13 @@ class Budget:
             raise ConfigError("tail_fraction", "a number in (0, 1]", self.tail_fraction)
 
     def steps_per_epoch(self, n_train: int | None) -> int | None:
-        """Full batches in one pass over `n_train` training examples (None when unknown)."""
-        return None if n_train is None else n_train // self.batch_size
+        """Full batches in one pass over `n_train` training examples (None when unknown); a batch
+        larger than the training set is refused."""
+        if n_train is None:
+            return None
+        if self.batch_size > n_train:
+            raise ConfigError("batch_size", f"at most the problem's {n_train} training examples", self.batch_size)
+        return n_train // self.batch_size
 
     def scaled(self, factor: float) -> "Budget":
         """The same budget with `factor` times the steps (at least 1), for quick looks."""

@@ -64,12 +64,11 @@ class RunConfig:
             raise ConfigError("dtype", "'float32' or 'float64'", self.dtype, source=source)
         resolve_device(self.device, source=source)
         budget = build_params(Budget, dataclasses.asdict(self.budget), source=source)
-        n_train = problem.train_size()
-        if n_train is not None and budget.batch_size > n_train:
-            raise ConfigError("batch_size", f"at most the problem's {n_train} training examples",
-                              budget.batch_size, source=source)
-        check_balancer_steps(balancer_params, budget.steps, steps_per_epoch=budget.steps_per_epoch(n_train),
-                             source=source)
+        try:
+            steps_per_epoch = budget.steps_per_epoch(problem.train_size())
+        except ConfigError as err:
+            raise ConfigError(err.field, err.expected, err.got, source=source) from None
+        check_balancer_steps(balancer_params, budget.steps, steps_per_epoch=steps_per_epoch, source=source)
         return dataclasses.replace(
             self,
             # A registered problem's options with their defaults filled in; a problem function of
