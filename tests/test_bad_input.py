@@ -389,3 +389,56 @@ def test_a_problem_of_ones_own_with_bad_tasks(workdir, capsys, monkeypatch, chan
     monkeypatch.syspath_prepend(str(workdir))
     code, line = run(["train", "--problem", f"{module}:bad", "--steps", "1"], capsys)
     assert code == 2 and f"Bad._tasks to return {expected}" in line
+
+
+def test_a_journal_whose_last_write_was_cut_short_is_refused_before_it_is_buried(workdir, capsys):
+    """Optuna's reader skips a cut-short last line, and its next append glued the two into a line
+    that stopped every later read with a bare JSONDecodeError (optuna/optuna#5138)."""
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    journal = workdir / "results" / "bench.journal"
+    intact = journal.read_bytes()
+    n_lines = intact.count(b"\n")
+    journal.write_bytes(intact + b'{"op_code": 5, "worker_id": "cut sho')  # a killed process's write
+    damaged = journal.read_bytes()
+
+    code, line = run(["run", "--study", path, "--seeds", "0,1"], capsys)
+    assert code == 2 and f"its last line, {n_lines + 1}, is cut short" in line
+    repair = f"head -n {n_lines} results/bench.journal > results/bench-repaired.journal"
+    assert repair in line and "left as it is" in line
+    assert journal.read_bytes() == damaged
+    assert main(["status", "--study", "tiny"]) == 0  # reading skips the last line, as Optuna does
+
+    # The repair the message gives works: the copy takes new runs.
+    (workdir / "results" / "bench-repaired.journal").write_bytes(intact)
+    assert main(["run", "--study", path, "--seeds", "0,1", "--storage", "results/bench-repaired.journal"]) == 0
+    assert len(ResultStore("results/bench-repaired.journal").records("tiny")) > len(ResultStore(create=False).records("tiny"))
+
+
+def test_a_journal_damaged_mid_file_or_not_a_journal(workdir, capsys):
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    lines = (workdir / "results" / "bench.journal").read_bytes().splitlines(keepends=True)
+    # Two writes run together: a cut-short line with the next one appended to it.
+    (workdir / "glued.journal").write_bytes(b"".join([*lines[:3], lines[3][:20], *lines[4:]]))
+    (workdir / "notes.journal").write_bytes(b"my notes\n" + b"".join(lines))
+    for verb in ("status", "compare", "run"):
+        code, line = run([verb, "--study", path, "--storage", "glued.journal"], capsys)
+        assert code == 2 and f"glued.journal is damaged: line 4 of {len(lines) - 1} is not a journal record" in line
+        assert "Lines 1 to 3 are intact: `head -n 3 glued.journal > glued-repaired.journal`" in line
+        code, line = run([verb, "--study", path, "--storage", "notes.journal"], capsys)
+        assert code == 2 and "notes.journal is not an Optuna journal file" in line
+
+
+def test_an_sqlite_database_given_as_a_journal_path_is_left_alone(workdir, capsys):
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0", "--storage", "sqlite:///bench.db"]) == 0
+    capsys.readouterr()
+    before = (workdir / "bench.db").read_bytes()
+    for verb in ("run", "status"):
+        code, line = run([verb, "--study", path, "--storage", "bench.db"], capsys)
+        assert code == 2 and "bench.db is an SQLite database, not a journal file" in line
+        assert "--storage sqlite:///bench.db" in line
+    assert (workdir / "bench.db").read_bytes() == before

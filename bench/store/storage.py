@@ -17,16 +17,19 @@ attribute.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.errors import StorageError
@@ -43,12 +46,118 @@ DRIVER_HINTS = {
 }
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class CheckedJournalFileBackend(JournalFileBackend):
+    """Optuna's journal file, whose read errors name the file and its first damaged line.
+
+    Optuna raises a bare JSONDecodeError (or "Invalid log format.") on a line it cannot read: a
+    write cut short by a killed process or a full disk, after which another write was appended
+    (optuna/optuna#5138), or a file that is not a journal at all.
+    """
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = Path(path)
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        try:
+            yield from super().read_logs(log_number_from)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError and Optuna's format error alike
+            raise StorageError(_damaged_journal_message(self.path)) from None
+
+
+def _is_sqlite(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
+def _is_record(line: bytes) -> bool:
+    """A complete journal line: one JSON object, newline-terminated."""
+    if not line.endswith(b"\n"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _first_damaged_line(path: Path) -> tuple[int, int, bytes] | None:
+    """(line number from 1, number of lines, the line) of the journal's first line that is not a
+    complete record; None if every line is one."""
+    damaged = None
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if damaged is None and not _is_record(line):
+                damaged = (number, line)
+    return None if damaged is None else (damaged[0], number, damaged[1])
+
+
+def _damaged_journal_message(path: Path) -> str:
+    """What is wrong with a journal file Optuna cannot read or add to, and how to go on."""
+    if _is_sqlite(path):
+        return f"{path} is an SQLite database, not a journal file: pass it as --storage sqlite:///{path}"
+    found = _first_damaged_line(path)
+    if found is None:  # repaired meanwhile by hand
+        return f"{path} could not be read as an Optuna journal file; reading it again may work"
+    number, total, line = found
+    if number == 1:
+        return (f"{path} is not an Optuna journal file (its first line is not a journal record): pass "
+                "--storage with a journal file's path or an RDB URL")
+    what = ("is cut short (a write interrupted by a killed process or a full disk)" if not line.endswith(b"\n")
+            else "is not a journal record (an edit, or two writes run together)")
+    if number == total:
+        where = (f"{path} is damaged: its last line, {number}, {what}; the next write would bury it, "
+                 "and Optuna could not read the file past it")
+        lost = ""
+    else:
+        where = f"{path} is damaged: line {number} of {total} {what}, and Optuna cannot read it past there"
+        lost = " (runs recorded after them are trained again)"
+    kept, them = ("Line 1 is", "it") if number == 2 else (f"Lines 1 to {number - 1} are", "them")
+    repaired = path.with_name(f"{path.stem}-repaired{path.suffix}")
+    command = f"head -n {number - 1} {shlex.quote(str(path))} > {shlex.quote(str(repaired))}"
+    return (f"{where}. {kept} intact: `{command}` copies {them} into a new "
+            f"journal to pass as --storage{lost}; {path} is left as it is")
+
+
+def _check_journal_can_grow(path: Path) -> None:
+    """Refuse to append to a journal whose last line is damaged: Optuna's reader skips a bad last
+    line, so the first append would bury it mid-file, where it stops every later read."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if _is_record(_last_line(path)):
+        return
+    lock = JournalFileSymlinkLock(str(path))  # the lock Optuna's writers hold: one may be mid-append
+    lock.acquire()
+    try:
+        intact = _is_record(_last_line(path))
+    finally:
+        lock.release()
+    if not intact:
+        raise StorageError(_damaged_journal_message(path))
+
+
+def _last_line(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        chunk = 1 << 16
+        while True:
+            start = max(0, size - chunk)
+            f.seek(start)
+            tail = f.read()
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            if cut >= 0 or start == 0:
+                return tail[cut + 1:]
+            chunk *= 4
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage plus Optuna's heartbeat interface."""
 
     def __init__(self, path: str, heartbeat_interval: int, grace_period: int,
                  stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None):
-        super().__init__(JournalFileBackend(path))
+        super().__init__(CheckedJournalFileBackend(path))
         self.path = path
         self._heartbeat_interval = heartbeat_interval
         self._grace_period = grace_period
@@ -100,10 +209,10 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
     with warnings.catch_warnings():
         # Optuna marks heartbeats and the retry callback experimental; we rely on them knowingly.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _open_storage(url, heartbeat_interval, grace_period)
+        return _open_storage(url, heartbeat_interval, grace_period, create)
 
 
-def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> BaseStorage:
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: bool) -> BaseStorage:
     retry = RetryHeartbeatStaleTrialCallback()
     if is_file_storage(url):
         path = Path(url)
@@ -118,6 +227,10 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> BaseS
             raise StorageError(f"the results storage {path} is not a file: pass --storage with a journal "
                                "file's path (it is created if missing) or an RDB URL")
         try:
+            if path.exists() and _is_sqlite(path):  # read as a journal, or appended to, it would break
+                raise StorageError(_damaged_journal_message(path))
+            if create:  # a command that writes
+                _check_journal_can_grow(path)
             return HeartbeatJournalStorage(str(path), heartbeat_interval, grace_period, retry)
         except OSError as err:
             raise StorageError(f"cannot open the results storage {path}: {err}") from None
