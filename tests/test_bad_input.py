@@ -432,7 +432,7 @@ def test_a_journal_damaged_mid_file_or_not_a_journal(workdir, capsys):
         assert code == 2 and "notes.journal is not an Optuna journal file" in line
 
 
-def test_an_sqlite_database_given_as_a_journal_path_is_left_alone(workdir, capsys):
+def test_an_sqlite_database_and_a_journal_each_given_as_the_other(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path, "--seeds", "0", "--storage", "sqlite:///bench.db"]) == 0
     capsys.readouterr()
@@ -442,3 +442,7 @@ def test_an_sqlite_database_given_as_a_journal_path_is_left_alone(workdir, capsy
         assert code == 2 and "bench.db is an SQLite database, not a journal file" in line
         assert "--storage sqlite:///bench.db" in line
     assert (workdir / "bench.db").read_bytes() == before
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    code, line = run(["status", "--study", path, "--storage", "sqlite:///results/bench.journal"], capsys)
+    assert code == 2 and "results/bench.journal is an Optuna journal file: pass it as --storage results/bench.journal" in line

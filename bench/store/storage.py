@@ -138,6 +138,11 @@ def _check_journal_can_grow(path: Path) -> None:
         raise StorageError(_damaged_journal_message(path))
 
 
+def _first_line(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.readline()
+
+
 def _last_line(path: Path) -> bytes:
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
@@ -251,6 +256,9 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
                            + DRIVER_HINTS.get(url.split(":")[0].split("+")[0], DRIVER_HINTS["postgresql"])) from None
     except Exception as err:  # SQLAlchemy's errors: unreachable host, bad credentials, bad URL
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        local = _local_file(url)
+        if local is not None and local.is_file() and _is_record(_first_line(local)):
+            message += f"; {local} is an Optuna journal file: pass it as --storage {local}"
         raise StorageError(f"cannot open the storage {url}: {message}") from None
 
 
