@@ -391,29 +391,68 @@ def test_a_problem_of_ones_own_with_bad_tasks(workdir, capsys, monkeypatch, chan
     assert code == 2 and f"Bad._tasks to return {expected}" in line
 
 
-def test_a_journal_whose_last_write_was_cut_short_is_refused_before_it_is_buried(workdir, capsys):
+def test_a_write_cut_short_is_set_aside_before_an_append_buries_it(workdir, capsys):
     """Optuna's reader skips a cut-short last line, and its next append glued the two into a line
     that stopped every later read with a bare JSONDecodeError (optuna/optuna#5138)."""
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    journal = workdir / "results" / "bench.journal"
+    intact = journal.read_bytes()
+    torn = b'{"op_code": 5, "worker_id": "cut sho'  # a killed process's write
+    journal.write_bytes(intact + torn)
+    assert main(["status", "--study", "tiny"]) == 0  # reading skips the last line, as Optuna does
+    assert journal.read_bytes() == intact + torn
+    capsys.readouterr()
+
+    assert main(["run", "--study", path, "--seeds", "0,1"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the last write to results/bench.journal was cut short" in err and f"its {len(torn)} bytes" in err
+    (aside,) = journal.parent.glob("bench.journal.cut-short-*")
+    assert aside.read_bytes() == torn and aside.name in err
+    assert journal.read_bytes().startswith(intact) and b"cut sho" not in journal.read_bytes()
+    assert {r["record"]["seed"] for r in ResultStore(create=False).records("tiny")} == {0, 1}
+
+
+def test_a_last_line_that_is_not_a_record_is_refused_and_left_as_it_is(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path, "--seeds", "0"]) == 0
     capsys.readouterr()
     journal = workdir / "results" / "bench.journal"
     intact = journal.read_bytes()
     n_lines = intact.count(b"\n")
-    journal.write_bytes(intact + b'{"op_code": 5, "worker_id": "cut sho')  # a killed process's write
-    damaged = journal.read_bytes()
-
+    journal.write_bytes(intact + b"edited by hand\n")
     code, line = run(["run", "--study", path, "--seeds", "0,1"], capsys)
-    assert code == 2 and f"its last line, {n_lines + 1}, is cut short" in line
+    assert code == 2 and f"its last line, {n_lines + 1}, is not a journal record" in line
     repair = f"head -n {n_lines} results/bench.journal > results/bench-repaired.journal"
     assert repair in line and "left as it is" in line
-    assert journal.read_bytes() == damaged
-    assert main(["status", "--study", "tiny"]) == 0  # reading skips the last line, as Optuna does
+    assert journal.read_bytes() == intact + b"edited by hand\n"
 
     # The repair the message gives works: the copy takes new runs.
     (workdir / "results" / "bench-repaired.journal").write_bytes(intact)
     assert main(["run", "--study", path, "--seeds", "0,1", "--storage", "results/bench-repaired.journal"]) == 0
     assert len(ResultStore("results/bench-repaired.journal").records("tiny")) > len(ResultStore(create=False).records("tiny"))
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_goes_on(workdir, capsys, monkeypatch):
+    from optuna.storages.journal import JournalFileBackend
+
+    path = study(workdir)
+    append = JournalFileBackend.append_logs
+    writes = []
+
+    def fills_the_disk(self, logs):
+        writes.append(len(logs))
+        if len(writes) > 60:
+            raise OSError(28, "No space left on device")
+        append(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", fills_the_disk)
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "cannot write to the results storage results/bench.journal: No space left on device" in line
+    assert "run the same command to go on" in line
+    monkeypatch.setattr(JournalFileBackend, "append_logs", append)
+    assert main(["run", "--study", path, "--grace", "6", "--heartbeat", "1"]) == 0
+    assert "0 failed" in capsys.readouterr().out
 
 
 def test_a_journal_damaged_mid_file_or_not_a_journal(workdir, capsys):

@@ -70,6 +70,8 @@ def run_command(
         raise ConfigError("--grace", f"more seconds than --heartbeat ({heartbeat})", grace)
     with working(f"reading {storage or DEFAULT_STORAGE}"):
         store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
+    for note in store.notes:
+        err_console.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
                          new_version=new_version, backend=backend, scheduler=scheduler)
     console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "

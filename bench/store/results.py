@@ -187,6 +187,7 @@ class ResultStore:
         self.grace_period = grace_period
         self.storage = open_storage(self.url, heartbeat_interval=heartbeat_interval,
                                     grace_period=grace_period, create=create)
+        self.notes: list[str] = list(getattr(self.storage, "notes", []))  # for the user to read
 
     # ------------------------------------------------------------------ studies
     def study_names(self) -> list[str]:

@@ -67,6 +67,14 @@ class CheckedJournalFileBackend(JournalFileBackend):
         except ValueError:  # JSONDecodeError, UnicodeDecodeError and Optuna's format error alike
             raise StorageError(_damaged_journal_message(self.path)) from None
 
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        try:
+            super().append_logs(logs)
+        except OSError as err:  # a full disk, a lost mount: the run in hand is queued again later
+            raise StorageError(f"cannot write to the results storage {self.path}: {err.strerror or err}. "
+                               "Every run stored before is kept; once it can be written, run the same "
+                               "command to go on") from None
+
 
 def _is_sqlite(path: Path) -> bool:
     with open(path, "rb") as f:
@@ -121,21 +129,31 @@ def _damaged_journal_message(path: Path) -> str:
             f"journal to pass as --storage{lost}; {path} is left as it is")
 
 
-def _check_journal_can_grow(path: Path) -> None:
-    """Refuse to append to a journal whose last line is damaged: Optuna's reader skips a bad last
-    line, so the first append would bury it mid-file, where it stops every later read."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    if _is_record(_last_line(path)):
-        return
+def _prepare_journal_for_writing(path: Path) -> str | None:
+    """Make sure an append cannot bury a damaged last line: Optuna's reader skips one, but once
+    another write follows it, it stops every later read. A write cut short (no newline, and no
+    writer holds the lock) is set aside in a file of its own, which leaves the journal as every
+    reader already sees it; the note returned says so. A complete line that is not a record (an
+    edit?) is refused."""
+    if not path.exists() or path.stat().st_size == 0 or _is_record(_last_line(path)):
+        return None
     lock = JournalFileSymlinkLock(str(path))  # the lock Optuna's writers hold: one may be mid-append
     lock.acquire()
     try:
-        intact = _is_record(_last_line(path))
+        last = _last_line(path)
+        if _is_record(last):
+            return None
+        if last.endswith(b"\n"):
+            raise StorageError(_damaged_journal_message(path))
+        aside = path.with_name(f"{path.name}.cut-short-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        aside.write_bytes(last)
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - len(last))
+            os.fsync(f.fileno())
     finally:
         lock.release()
-    if not intact:
-        raise StorageError(_damaged_journal_message(path))
+    return (f"the last write to {path} was cut short (a process killed while writing, or a full disk): its "
+            f"{len(last)} bytes, which no reader could use, were moved to {aside}")
 
 
 def _first_line(path: Path) -> bytes:
@@ -164,6 +182,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
                  stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None):
         super().__init__(CheckedJournalFileBackend(path))
         self.path = path
+        self.notes: list[str] = []  # what opening the journal did to it, for the user
         self._heartbeat_interval = heartbeat_interval
         self._grace_period = grace_period
         self._stale_trial_callback = stale_trial_callback
@@ -234,9 +253,11 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
         try:
             if path.exists() and _is_sqlite(path):  # read as a journal, or appended to, it would break
                 raise StorageError(_damaged_journal_message(path))
-            if create:  # a command that writes
-                _check_journal_can_grow(path)
-            return HeartbeatJournalStorage(str(path), heartbeat_interval, grace_period, retry)
+            note = _prepare_journal_for_writing(path) if create else None
+            storage = HeartbeatJournalStorage(str(path), heartbeat_interval, grace_period, retry)
+            if note:
+                storage.notes.append(note)
+            return storage
         except OSError as err:
             raise StorageError(f"cannot open the results storage {path}: {err}") from None
     if url.split("?")[0] in ("sqlite://", "sqlite:///:memory:"):
