@@ -485,3 +485,24 @@ def test_an_sqlite_database_and_a_journal_each_given_as_the_other(workdir, capsy
     capsys.readouterr()
     code, line = run(["status", "--study", path, "--storage", "sqlite:///results/bench.journal"], capsys)
     assert code == 2 and "results/bench.journal is an Optuna journal file: pass it as --storage results/bench.journal" in line
+
+
+def test_a_database_that_fails_mid_run_is_one_line(workdir, capsys, monkeypatch):
+    import sqlite3
+
+    import optuna
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import OperationalError
+
+    def disk_full(*args, **kwargs):
+        try:
+            raise OperationalError("INSERT INTO trial_user_attributes ...", {},
+                                   sqlite3.OperationalError("database or disk is full"))
+        except OperationalError as err:  # as Optuna raises it: its own guess, the reason in the cause
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. "
+                                                         "This typically happens due to invalid data") from err
+
+    monkeypatch.setattr(RDBStorage, "set_trial_user_attr", disk_full)
+    code, line = run(["run", "--study", study(workdir), "--storage", "sqlite:///bench.db"], capsys)
+    assert code == 2 and "the results storage failed: database or disk is full" in line
+    assert "invalid data" not in line and "run the same command to go on" in line

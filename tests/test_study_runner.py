@@ -11,7 +11,7 @@ import tomllib
 import pytest
 
 import bench.study.manager as manager
-from bench.errors import BenchError
+from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
 from bench.store.export import norm_target_gap, runs_table
@@ -172,6 +172,48 @@ def test_an_interruption_between_claiming_a_run_and_holding_it_leaves_nothing_ru
     again = StudyRunner(spec, store)
     assert again.run().left == 0
     assert again.trained_here == len(spec.runs())
+
+
+def test_a_run_given_back_whose_copy_was_never_queued_is_queued_again(store, monkeypatch):
+    """A full disk between a given-back run's two writes (its trial failed, its copy not yet
+    queued) left it neither queued nor running, and `bench run` refused forever to go on."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    spec = spec_of(TINY)
+    real_hold, real_retry = StudyRunner._hold, RetryHeartbeatStaleTrialCallback.__call__
+    calls = {"hold": 0, "retry": 0}
+
+    def interrupted_third_hold(self, *args, **kwargs):
+        calls["hold"] += 1
+        if calls["hold"] == 3:
+            raise KeyboardInterrupt
+        return real_hold(self, *args, **kwargs)
+
+    def first_copy_not_written(self, study, trial):
+        calls["retry"] += 1
+        if calls["retry"] == 1:
+            raise StorageError("cannot write to the results storage: No space left on device")
+        return real_retry(self, study, trial)
+
+    # The runs in hand after the lost one stay RUNNING until their heartbeats go stale.
+    store = ResultStore(store.url, heartbeat_interval=1, grace_period=2)
+    monkeypatch.setattr(StudyRunner, "_hold", interrupted_third_hold)
+    monkeypatch.setattr(RetryHeartbeatStaleTrialCallback, "__call__", first_copy_not_written)
+    with pytest.raises(StorageError):
+        StudyRunner(spec, store).run()
+    monkeypatch.setattr(StudyRunner, "_hold", real_hold)
+    expected = {arm: list(runs) for arm, runs in StudyRunner(spec, store).runs.items()}
+    (lost,) = store.lost_runs(spec.name, expected)
+    deadline = time.monotonic() + 60
+
+    def within_a_minute(done, total):  # the old code waited for the lost run for ever
+        assert time.monotonic() < deadline, "the lost run was never queued again"
+
+    again = StudyRunner(spec, store, poll_interval=0.05, on_progress=within_a_minute)
+    assert again.run().left == 0
+    assert again.trained_here == len(spec.runs())
+    assert not store.lost_runs(spec.name, expected)
+    assert lost in {(r["arm"], r["run_key"]) for r in store.records(spec.name)}
 
 
 def test_the_interrupted_message_counts_one_run_as_one_run(store, monkeypatch):

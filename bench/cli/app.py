@@ -18,6 +18,7 @@ from bench.cli.run import run_command
 from bench.cli.status import status_command
 from bench.cli.train import train_command
 from bench.errors import SHOW_TRACEBACK, BenchError, UserCodeError
+from bench.store.storage import storage_failure
 from bench.training.allocator import keep_freed_memory
 
 app = typer.Typer(
@@ -39,7 +40,8 @@ def user_errors_as_one_line(command: Callable, after_user_error: str = "") -> Ca
         try:
             return command(*args, **kwargs)
         except Exception as err:
-            located = err if isinstance(err, BenchError) else UserCodeError.located(err)
+            located = (err if isinstance(err, BenchError)
+                       else storage_failure(err) or UserCodeError.located(err))
             if located is None:
                 raise
             message = str(located)

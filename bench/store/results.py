@@ -323,12 +323,7 @@ class ResultStore:
                             lock.set_user_attr("beats", beats)
                         except KeyError:  # stalled past the grace period: another worker took over
                             return queued + self.queue_once(study, runset_id, runs_by_arm)
-                    arm_study.add_trial(optuna.trial.create_trial(
-                        state=TrialState.WAITING,
-                        params={n: v for n, (v, _) in params.items()},
-                        distributions={n: d for n, (_, d) in params.items()},
-                        user_attrs={RUN_KEY: key},
-                    ))
+                    _queue_run(arm_study, key, params)
                     queued += 1
         except BaseException:
             # Ctrl-C (or an error) part-way: drop the lock, so that the next worker queues the rest
@@ -337,6 +332,29 @@ class ResultStore:
             raise
         lock.set_user_attr("done", True)
         return queued
+
+    def lost_runs(self, study: str, expected: dict[str, list[str]]) -> set[tuple[str, str]]:
+        """(arm, run key) of the runs neither settled, queued nor running: given back, or failed
+        as stale, with the storage failing (a full disk) before their copy was queued."""
+        lost = set()
+        for arm, trials in self.arm_trials(study, expected).items():
+            for key in expected[arm]:
+                t = trials.by_key.get(key)
+                if t is None or (t.state == TrialState.FAIL and not is_finished(t)):
+                    lost.add((arm, key))
+        return lost
+
+    def requeue(self, study: str, runs: dict[str, list[tuple[str, dict[str, tuple[Any, BaseDistribution]]]]]
+                ) -> None:
+        """Queue these runs again (a lost run's copy, as `release` would have queued it)."""
+        for arm, arm_runs in runs.items():
+            trials = self.arm_trials(study, [arm])[arm]
+            for key, params in arm_runs:
+                last = trials.by_key.get(key)
+                if last is None:
+                    _queue_run(trials.study, key, params)
+                else:
+                    RetryHeartbeatStaleTrialCallback()(trials.study, last)
 
     def _wait_for_queue(self, lock_name: str) -> bool:
         """Wait for the worker that holds the queue's lock: True once it has queued every run;
@@ -503,6 +521,15 @@ class ResultStore:
                     "user_attrs": {k: v for k, v in t.user_attrs.items() if k not in RECORD_PARTS},
                 })
         return out
+
+
+def _queue_run(arm_study: optuna.Study, key: str, params: dict[str, tuple[Any, BaseDistribution]]) -> None:
+    arm_study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params={n: v for n, (v, _) in params.items()},
+        distributions={n: d for n, (_, d) in params.items()},
+        user_attrs={RUN_KEY: key},
+    ))
 
 
 def _delete_study(storage: BaseStorage, study_id: int) -> None:

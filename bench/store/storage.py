@@ -283,5 +283,20 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
         raise StorageError(f"cannot open the storage {url}: {message}") from None
 
 
+def storage_failure(err: BaseException) -> StorageError | None:
+    """An RDB storage's failure mid-command (a full disk, a lost server) as one line, or None for
+    any other error. Optuna reports a failed commit as StorageInternalError, whose own text guesses
+    at "invalid data"; the database's reason is in its cause."""
+    from sqlalchemy.exc import OperationalError
+
+    if not isinstance(err, (optuna.exceptions.StorageInternalError, OperationalError)):
+        return None
+    cause = err.__cause__ if isinstance(err.__cause__, OperationalError) else err
+    cause = getattr(cause, "orig", None) or cause  # the database driver's own error, without SQL
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return StorageError(f"the results storage failed: {reason}. Every run stored before is kept; once "
+                        "the storage works again, run the same command to go on")
+
+
 def describe_storage(url: str | None) -> str:
     return url or DEFAULT_STORAGE

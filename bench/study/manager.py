@@ -148,6 +148,7 @@ class StudyRunner:
         self.arm_order = sorted(spec.arms, key=lambda a: (not isinstance(spec.arms[a], GradNormArm),
                                                           isinstance(spec.arms[a], GradNormStaticArm)))
         self.trained_here = 0
+        self._lost: set[tuple[str, str]] = set()  # runs found lost at the last look
         self.prepared = False
         self._interrupted = threading.Event()
         self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
@@ -215,9 +216,14 @@ class StudyRunner:
                     self._report(progress.done)
                     if progress.left == 0:
                         return progress
+                    # Nothing to claim and nothing running: a run may be lost (its dependents
+                    # then wait for it for ever).
+                    if progress.running == 0 and self._requeue_lost():
+                        continue
                     if progress.running == 0 and progress.waiting == 0:
-                        raise BenchError(f"study {self.name!r}: {progress.left} runs are neither "
-                                         "queued nor running; run `bench run` again to queue them")
+                        raise BenchError(f"study {self.name!r}: {count(progress.left, 'run')} in a "
+                                         "state bench does not set (pruned?): neither finished, "
+                                         "queued, running nor given back")
                     # Others hold the remaining runs, or their dependencies: wait for them.
                     time.sleep(self.poll_interval)
             except KeyboardInterrupt:
@@ -447,6 +453,23 @@ class StudyRunner:
                 stored = self.store.fail(claimed.study, claimed.trial, reason, attrs)
             self.heartbeat.drop([claimed.trial._trial_id])
             self.trained_here += stored
+
+    def _requeue_lost(self) -> bool:
+        """Queue again the runs that are neither settled, queued nor running: a worker gave them
+        back, or they were failed as stale, and the storage failed (a full disk) before their copy
+        was queued. A run must be seen lost twice, a poll apart: the worker giving it back may be
+        between its two writes. False if no run is lost."""
+        expected = {arm: list(runs) for arm, runs in self.runs.items()}
+        lost = self.store.lost_runs(self.name, expected)
+        again, self._lost = lost & self._lost, lost
+        if again:
+            by_arm: dict[str, list] = defaultdict(list)
+            for arm, key in sorted(again):
+                by_arm[arm].append((key, dict(self.runs[arm][key].params)))
+            self.store.requeue(self.name, by_arm)
+        elif lost:
+            time.sleep(self.poll_interval)
+        return bool(lost)
 
     def _report(self, done: float) -> None:
         self._check_interrupted()
