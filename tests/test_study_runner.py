@@ -11,6 +11,7 @@ import tomllib
 import pytest
 
 import bench.study.manager as manager
+from bench.cli import main
 from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
@@ -174,7 +175,7 @@ def test_an_interruption_between_claiming_a_run_and_holding_it_leaves_nothing_ru
     assert again.trained_here == len(spec.runs())
 
 
-def test_a_run_given_back_whose_copy_was_never_queued_is_queued_again(store, monkeypatch):
+def test_a_run_given_back_whose_copy_was_never_queued_is_queued_again(store, monkeypatch, capsys):
     """A full disk between a given-back run's two writes (its trial failed, its copy not yet
     queued) left it neither queued nor running, and `bench run` refused forever to go on."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -204,6 +205,9 @@ def test_a_run_given_back_whose_copy_was_never_queued_is_queued_again(store, mon
     monkeypatch.setattr(StudyRunner, "_hold", real_hold)
     expected = {arm: list(runs) for arm, runs in StudyRunner(spec, store).runs.items()}
     (lost,) = store.lost_runs(spec.name, expected)
+    capsys.readouterr()
+    assert main(["status", "--storage", store.url]) == 0
+    assert "1 run given back but not queued again" in " ".join(capsys.readouterr().out.split())
     deadline = time.monotonic() + 60
 
     def within_a_minute(done, total):  # the old code waited for the lost run for ever

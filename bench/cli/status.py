@@ -32,6 +32,10 @@ def status_command(
                                                                total.running, total.waiting, total.left)])
         table = arm_table(f"{name} in {store.url}", ["runs", "done", "failed", "running", "waiting", "left"], rows)
         console.print(table)
+        lost = 0 if total is None else total.left - total.running - total.waiting
+        if lost:
+            console.print(f"{count(lost, 'run')} given back but not queued again (the storage failed in "
+                          f"between): `bench run` queues {'it' if lost == 1 else 'them'}")
         workers = store.workers(name)
         if workers:
             console.print("running on: " + ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(workers.items())))
