@@ -506,3 +506,18 @@ def test_a_database_that_fails_mid_run_is_one_line(workdir, capsys, monkeypatch)
     code, line = run(["run", "--study", study(workdir), "--storage", "sqlite:///bench.db"], capsys)
     assert code == 2 and "the results storage failed: database or disk is full" in line
     assert "invalid data" not in line and "run the same command to go on" in line
+
+
+def test_a_read_only_journal_is_read_but_not_written(workdir, capsys, monkeypatch):
+    """A colleague's results, shared read-only: comparing them was refused as "not writable"."""
+    import os
+
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    os_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: mode != os.W_OK and os_access(p, mode, **kw))
+    assert main(["status", "--study", "tiny"]) == 0
+    assert main(["compare", "--study", "tiny", "--no-report"]) == 0
+    code, line = run(["run", "--study", path, "--seeds", "0,1"], capsys)
+    assert code == 2 and "the results storage results/bench.journal is not writable" in line

@@ -244,7 +244,8 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StorageError(f"cannot create the results folder {path.parent}: {err.strerror}") from None
-        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        # Writing takes a lock file beside the journal; reading needs neither (a shared, read-only copy).
+        if create and (not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))):
             raise StorageError(f"the results storage {path} is not writable: check the folder's "
                                "permissions or pass --storage with another path or URL")
         if path.exists() and not path.is_file():  # a folder, /dev/null: the journal's appends fail later
