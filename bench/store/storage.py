@@ -91,15 +91,15 @@ def _is_record(line: bytes) -> bool:
         return False
 
 
-def _first_damaged_line(path: Path) -> tuple[int, int, bytes] | None:
-    """(line number from 1, number of lines, the line) of the journal's first line that is not a
-    complete record; None if every line is one."""
+def _first_damaged_line(path: Path) -> tuple[int, int] | None:
+    """(line number from 1, number of lines) of the journal's first line that is not a complete
+    record; None if every line is one."""
     damaged = None
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if damaged is None and not _is_record(line):
-                damaged = (number, line)
-    return None if damaged is None else (damaged[0], number, damaged[1])
+                damaged = number
+    return None if damaged is None else (damaged, number)
 
 
 def _damaged_journal_message(path: Path) -> str:
@@ -109,12 +109,12 @@ def _damaged_journal_message(path: Path) -> str:
     found = _first_damaged_line(path)
     if found is None:  # repaired meanwhile by hand
         return f"{path} could not be read as an Optuna journal file; reading it again may work"
-    number, total, line = found
+    number, total = found
     if number == 1:
         return (f"{path} is not an Optuna journal file (its first line is not a journal record): pass "
                 "--storage with a journal file's path or an RDB URL")
-    what = ("is cut short (a write interrupted by a killed process or a full disk)" if not line.endswith(b"\n")
-            else "is not a journal record (an edit, or two writes run together)")
+    # A cut-short last line never gets here: readers skip it and `bench run` sets it aside.
+    what = "is not a journal record (an edit, or two writes run together)"
     if number == total:
         where = (f"{path} is damaged: its last line, {number}, {what}; the next write would bury it, "
                  "and Optuna could not read the file past it")
