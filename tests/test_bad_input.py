@@ -521,3 +521,30 @@ def test_a_read_only_journal_is_read_but_not_written(workdir, capsys, monkeypatc
     assert main(["compare", "--study", "tiny", "--no-report"]) == 0
     code, line = run(["run", "--study", path, "--seeds", "0,1"], capsys)
     assert code == 2 and "the results storage results/bench.journal is not writable" in line
+
+
+def test_missing_data_stores_nothing_so_the_mended_study_file_runs_under_its_name(workdir, capsys):
+    from tests.test_real_problems import make_nyuv2
+
+    text = """name = "ny"
+seeds = [0]
+[problem]
+name = "nyuv2"
+root = "{root}"
+val_fraction = 0.34
+channels = [4, 8, 8]
+[budget]
+steps = 2
+batch_size = 2
+eval_every = 2
+[arms.equal]
+"""
+    path = study(workdir, text.format(root=workdir / "nowhere"), "ny.toml")
+    code, line = run(["run", "--study", path, "--storage", "r.journal"], capsys)
+    assert code == 2 and line.startswith("error: ny.toml: problem.root: expected the preprocessed NYUv2 data")
+    assert not ResultStore("r.journal", create=False).study_names()
+    # The data where the message says; the study file mended: no --new-version needed.
+    make_nyuv2(workdir / "nyuv2")
+    study(workdir, text.format(root=workdir / "nyuv2"), "ny.toml")
+    assert main(["run", "--study", path, "--storage", "r.journal"]) == 0
+    assert ResultStore("r.journal", create=False).study_names() == ["ny"]

@@ -172,6 +172,8 @@ class StudyRunner:
 
     def _prepare(self) -> str:
         spec = self.spec
+        if self.backend == "loky":  # a Dask client need not hold the data its workers read
+            self._check_data()
         attrs = {
             "arms": list(spec.arms),
             "kinds": {name: arm.kind for name, arm in spec.arms.items()},
@@ -192,6 +194,21 @@ class StudyRunner:
         self.store.queue_once(self.name, runset, by_arm)
         self.prepared = True
         return self.name
+
+    def _check_data(self) -> None:
+        """Load the first seed's data before the study is stored. Missing data, or fewer examples
+        than the study asks for, then stops `bench run` with nothing stored: a study stored with
+        its runs queued keeps its configuration, so mending the study file (a `root`, a smaller
+        `n_train`) would otherwise need --new-version and another name."""
+        from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
+
+        config = self.spec.run_config(self.spec.runs()[0], device=self.device)
+        try:
+            problem_for(config).load(config.resolved_data_seed)
+        except ConfigError as err:
+            if err.source is None and self.spec.path:
+                raise ConfigError(err.field, err.expected, err.got, source=self.spec.path) from None
+            raise
 
     def progress(self) -> StudyProgress:
         return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()})
@@ -393,7 +410,7 @@ class StudyRunner:
             for batch in batches:
                 steps = batch[0].config.budget.steps
 
-                def progress(step: int, size=len(batch), base=done_runs) -> None:
+                def progress(step: int, size: int = len(batch), base: int = done_runs, steps: int = steps) -> None:
                     self._report(total_before + base + size * step / steps)
 
                 records = train_runs([c.config for c in batch], progress)

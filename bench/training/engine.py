@@ -380,7 +380,7 @@ class BatchTrainer:
         return self.records(wall)
 
     def records(self, wall_time: float) -> list[RunRecord]:
-        T, steps = self.n_tasks, self.steps_done
+        steps = self.steps_done
         normalisers = torch.tensor([t.normaliser for t in self.tasks], dtype=torch.float64)
         curves = {name: torch.stack(v).cpu() for name, v in self.eval_losses.items()}  # (E, R, T)
         weights = self.weights_trace[:steps].double().cpu()  # (steps, R, T)
