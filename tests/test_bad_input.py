@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.errors import StorageError
 from bench.store import ResultStore
 from bench.study.spec import StudySpec
 from tests.test_study_spec import TINY
@@ -548,3 +549,33 @@ eval_every = 2
     study(workdir, text.format(root=workdir / "nyuv2"), "ny.toml")
     assert main(["run", "--study", path, "--storage", "r.journal"]) == 0
     assert ResultStore("r.journal", create=False).study_names() == ["ny"]
+
+
+def test_a_worker_that_loses_the_race_to_create_a_new_database_opens_it_again(monkeypatch):
+    import sqlite3
+
+    import bench.store.storage as storage
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    calls = []
+
+    def rdb(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # another worker inserted the schema's version first
+            raise IntegrityError("INSERT INTO alembic_version ...", {},
+                                 sqlite3.IntegrityError("UNIQUE constraint failed: alembic_version.version_num"))
+        return "opened"
+
+    monkeypatch.setattr(storage, "RDBStorage", rdb)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    assert storage.open_storage("sqlite:///new.db") == "opened" and len(calls) == 2
+
+    def unreachable(url, **kwargs):
+        calls.append(url)
+        raise OperationalError("connect", {}, sqlite3.OperationalError("unable to open database file"))
+
+    calls.clear()
+    monkeypatch.setattr(storage, "RDBStorage", unreachable)
+    with pytest.raises(StorageError, match="unable to open database file"):
+        storage.open_storage("sqlite:///nowhere/new.db")
+    assert len(calls) == 1  # any other failure is told at once

@@ -248,3 +248,36 @@ def test_our_own_worker_processes_keep_freed_memory_as_the_cli_does():
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
         faults = fresh.submit(_page_faults_per_step_after_worker_task, True).result()
     assert faults < 500
+
+
+def _open_when_told(url: str, go, results) -> None:
+    go.wait()
+    from bench.store.storage import open_storage
+
+    try:
+        open_storage(url)
+        results.put("ok")
+    except Exception as err:  # the message, for the assertion below
+        results.put(str(err))
+
+
+@pytest.mark.slow
+def test_workers_started_together_on_a_new_database_all_open_it():
+    """Each worker creates Optuna's tables if they are missing; four at once used to lose that
+    race (a duplicate table or key) and stop, all but one."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with postgres_server() as server:
+        for _ in range(3):
+            url = new_database(server)
+            go, results = context.Event(), context.Queue()
+            workers = [context.Process(target=_open_when_told, args=(url, go, results)) for _ in range(4)]
+            for worker in workers:
+                worker.start()
+            time.sleep(0.5)  # all four waiting at the start line
+            go.set()
+            outcomes = [results.get(timeout=120) for _ in workers]
+            for worker in workers:
+                worker.join()
+            assert outcomes == ["ok"] * 4

@@ -47,6 +47,9 @@ DRIVER_HINTS = {
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+# Opening a new database creates Optuna's tables; a worker that loses that race to another
+# opens it again, at most this many times in all.
+SCHEMA_RACE_ATTEMPTS = 4
 
 
 class CheckedJournalFileBackend(JournalFileBackend):
@@ -221,6 +224,17 @@ def _local_file(url: str) -> Path | None:
     return None
 
 
+def _lost_schema_race(err: BaseException) -> bool:
+    """Whether opening a database failed because another process created Optuna's tables at the
+    same moment (workers started together on a new database): opening it again then succeeds."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    text = str(err)
+    return (isinstance(err, IntegrityError) and "alembic_version" in text) or (
+        isinstance(err, (IntegrityError, OperationalError, ProgrammingError))
+        and ("already exists" in text or "pg_type_typname_nsp_index" in text))
+
+
 def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  grace_period: int = GRACE_PERIOD, create: bool = True) -> BaseStorage:
     """The storage at `url` (default: the journal file under results/), with heartbeats on.
@@ -268,8 +282,14 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs = {"pool_pre_ping": True}
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+            except Exception as err:
+                if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(err):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError as err:
         # Optuna's message is generic; the module SQLAlchemy tried to import is in the cause.
         missing = getattr(err.__cause__, "name", None) or err.name or "unknown"
