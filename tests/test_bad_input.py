@@ -579,3 +579,23 @@ def test_a_worker_that_loses_the_race_to_create_a_new_database_opens_it_again(mo
     with pytest.raises(StorageError, match="unable to open database file"):
         storage.open_storage("sqlite:///nowhere/new.db")
     assert len(calls) == 1  # any other failure is told at once
+
+
+def test_a_table_write_that_fails_keeps_the_previous_table_whole(workdir, capsys, monkeypatch):
+    import pandas as pd
+
+    path = study(workdir)
+    assert main(["run", "--study", path]) == 0
+    tables = workdir / "results" / "tiny"
+    before = {name: (tables / name).read_bytes() for name in ("runs.csv", "runs.parquet")}
+
+    def disk_full(self, target, *args, **kwargs):
+        Path(target).write_bytes(b"PAR1 cut short")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    capsys.readouterr()
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "tables could not be written" in line and "No space left on device" in line
+    assert {name: (tables / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tables.iterdir()) == ["runs.csv", "runs.parquet"]

@@ -8,6 +8,8 @@ CSV and Parquet under `results/<study>/`.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,18 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None)
     folder = (folder or RESULTS_DIR) / study
     folder.mkdir(parents=True, exist_ok=True)
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
-    table.to_csv(csv, index=False)
-    table.to_parquet(parquet, index=False)
+    replace_whole(csv, lambda path: table.to_csv(path, index=False))
+    replace_whole(parquet, lambda path: table.to_parquet(path, index=False))
     return [csv, parquet]
+
+
+def replace_whole(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` a file beside `path`, then rename it over `path`. Workers that finish together
+    each leave a whole table, never one interleaved with another's, and a write that fails (a
+    full disk) leaves the previous table as it was."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
