@@ -114,6 +114,22 @@ def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
         assert [w for p in sorted(points) for w in p] == pytest.approx([w for p in expected for w in p])
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "qmc", "grid"])
+def test_two_workers_proposing_side_by_side_propose_distinct_points(store, sampler):
+    """Each worker builds the arm's seeded sampler; proposals drawn from one seeded stream in
+    both (or in a run resumed after Ctrl-C) used to repeat each other's points."""
+    text = TINY.replace('method = "exhaustive"\nresolution = 0.5',
+                        f'method = "optuna"\nsampler = "{sampler}"\nn_trials = 8\nparallel_points = 4')
+    first, second = StudyRunner(spec_of(text), store, batch_runs=2), StudyRunner(spec_of(text), store, batch_runs=2)
+    for runner in (first, second):
+        runner.prepare()
+        runner.heartbeat = manager.HeartbeatThread(store, 60)  # what run() sets up; never started here
+    proposals = [c for runner in (first, second, first, second) for c in runner.claim_wave() if c.run.proposal]
+    assert len(proposals) == 8
+    points = {tuple(c.weights) for c in proposals}
+    assert len(points) == 8, sorted(points)
+
+
 def test_rerunning_a_finished_study_trains_nothing(store):
     StudyRunner(spec_of(TINY), store).run()
     again = StudyRunner(spec_of(TINY), store)

@@ -26,6 +26,7 @@ from bench.balancers import balancer_class, check_balancer_steps
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
+from bench.training.config import derive_seed
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "grid")
 
@@ -49,6 +50,7 @@ class RunSpec:
     depends_on: tuple[str, str] | None = None
     dependency: str | None = None  # "complete" or "params"
     proposal: bool = False  # the trial whose parameters an Optuna sampler chooses
+    point: int | None = None  # a sampled grid's point index (its proposal and the other seeds)
 
 
 def seed_param(seed: int) -> tuple[int, IntDistribution]:
@@ -278,10 +280,10 @@ class GridArm(Arm):
         out = []
         for k in range(self.n_trials):
             out.append(RunSpec(self.name, f"point={k}/seed={first}", first, "static", {},
-                               {"seed": seed_param(first)}, proposal=True))
+                               {"seed": seed_param(first)}, proposal=True, point=k))
             out.extend(
                 RunSpec(self.name, f"point={k}/seed={s}", s, "static", {}, {"seed": seed_param(s)},
-                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params")
+                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params", point=k)
                 for s in seeds[1:]
             )
         return out
@@ -294,8 +296,16 @@ class GridArm(Arm):
     def cube_distributions(self) -> dict[str, FloatDistribution]:
         return {f"z{k}": FloatDistribution(0.0, 1.0) for k in range(self.tasks - 1)}
 
-    def sampler(self) -> optuna.samplers.BaseSampler:
+    def sampler(self, point: int | None = None) -> optuna.samplers.BaseSampler:
+        """The arm's sampler; with `point`, the one that proposes that point, its random stream
+        drawn from `sampler_seed` and the point's index. Workers sharing a study, or a run resumed
+        after Ctrl-C, would otherwise replay one seeded stream from its start and propose the
+        same points again (Optuna's CMA-ES adds the trial number to its seed for the same
+        reason). QMC and grid samplers keep one seed: it fixes the scrambling of the sequence
+        and the order of the grid, which every point shares; they index points by trial."""
         seed = self.sampler_seed
+        if point is not None and self.sampler_name not in ("qmc", "grid"):
+            seed = derive_seed(seed, f"point {point}") % 2 ** 32  # numpy's RandomState takes 32 bits
         if self.sampler_name == "tpe":
             # constant_liar: points proposed side by side in one batch avoid each other.
             return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
