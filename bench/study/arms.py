@@ -296,15 +296,21 @@ class GridArm(Arm):
     def cube_distributions(self) -> dict[str, FloatDistribution]:
         return {f"z{k}": FloatDistribution(0.0, 1.0) for k in range(self.tasks - 1)}
 
+    @property
+    def point_streams(self) -> bool:
+        """Whether each point is proposed from a random stream of its own (see `sampler`). QMC
+        and grid samplers keep one seed: it fixes the scrambling of their sequence and the order
+        of their grid, which every point shares, and they index points by trial."""
+        return self.sampler_name not in ("qmc", "grid")
+
     def sampler(self, point: int | None = None) -> optuna.samplers.BaseSampler:
-        """The arm's sampler; with `point`, the one that proposes that point, its random stream
-        drawn from `sampler_seed` and the point's index. Workers sharing a study, or a run resumed
-        after Ctrl-C, would otherwise replay one seeded stream from its start and propose the
-        same points again (Optuna's CMA-ES adds the trial number to its seed for the same
-        reason). QMC and grid samplers keep one seed: it fixes the scrambling of the sequence
-        and the order of the grid, which every point shares; they index points by trial."""
+        """The arm's sampler; with `point` (where `point_streams`), the one that proposes that
+        point, its random stream drawn from `sampler_seed` and the point's index. Workers sharing
+        a study, or a run resumed after Ctrl-C, would otherwise replay one seeded stream from its
+        start and propose the same points again (Optuna's CMA-ES adds the trial number to its
+        seed for the same reason)."""
         seed = self.sampler_seed
-        if point is not None and self.sampler_name not in ("qmc", "grid"):
+        if point is not None and self.point_streams:
             seed = derive_seed(seed, f"point {point}") % 2 ** 32  # numpy's RandomState takes 32 bits
         if self.sampler_name == "tpe":
             # constant_liar: points proposed side by side in one batch avoid each other.

@@ -332,7 +332,8 @@ class StudyRunner:
                     continue
                 params = trial.params
                 if not all(name in params for name in arm.cube_distributions()):
-                    trials.study.sampler = arm.sampler(run.point)
+                    if arm.point_streams:
+                        trials.study.sampler = arm.sampler(run.point)
                     sampled = optuna.Trial(trials.study, trial._trial_id)
                     params = {name: sampled.suggest_float(name, d.low, d.high)
                               for name, d in arm.cube_distributions().items()}
