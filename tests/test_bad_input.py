@@ -11,7 +11,8 @@ import torch
 
 from bench.cli import main
 from bench.errors import StorageError
-from bench.store import ResultStore
+from bench.report.html import report_storage
+from bench.store import ResultStore, export
 from bench.study.spec import StudySpec
 from tests.test_study_spec import TINY
 
@@ -599,3 +600,72 @@ def test_a_table_write_that_fails_keeps_the_previous_table_whole(workdir, capsys
     assert code == 2 and "tables could not be written" in line and "No space left on device" in line
     assert {name: (tables / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in tables.iterdir()) == ["runs.csv", "runs.parquet"]
+
+
+def test_tables_and_reports_say_when_they_replace_another_storages(workdir, capsys):
+    """`bench run` writes results/<study>/ and `bench compare` reports/<study>/ whatever --storage
+    says: a study run in a second storage under the same name replaced the first storage's
+    tables and report without a word."""
+    path = study(workdir)
+    journal = workdir / "results" / "bench.journal"
+    assert main(["run", "--study", path]) == 0  # the default journal
+    assert main(["compare", "--study", "tiny"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    parquet, report = workdir / "results" / "tiny" / "runs.parquet", workdir / "reports" / "tiny"
+    assert export._stamp(parquet)[0][export.STORAGE_ATTR] == str(journal)
+    assert report_storage(report) == str(journal)
+
+    assert main(["run", "--study", path, "--storage", "sqlite:///other.db"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"note: results/tiny held the tables of a study 'tiny' in another storage ({journal}); "
+            "they now hold this storage's") in err and "pass --tables DIR" in err
+    assert export._stamp(parquet)[0][export.STORAGE_ATTR] == str(workdir / "other.db")
+    assert main(["compare", "--study", "tiny", "--storage", "sqlite:///other.db"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"note: reports/tiny held the report of a study 'tiny' in another storage ({journal}); "
+            "it now holds this storage's") in err and "pass --reports DIR" in err
+    assert report_storage(report) == str(workdir / "other.db")
+
+    # Folders of their own keep them apart; a finished study's tables are written without training.
+    assert main(["run", "--study", path, "--tables", "mine"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 trained now" in out and "note:" not in err and (workdir / "mine" / "tiny" / "runs.csv").is_file()
+    # The same storage written another way is the same storage.
+    assert main(["run", "--study", path, "--storage", "sqlite:///./other.db"]) == 0
+    assert main(["compare", "--study", "tiny", "--storage", f"sqlite:///{workdir}/other.db"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_report_drops_tables_it_no_longer_has(workdir):
+    assert main(["run", "--study", study(workdir)]) == 0
+    report = workdir / "reports" / "tiny"
+    report.mkdir(parents=True)
+    for suffix in (".csv", ".md"):
+        (report / f"failed_runs{suffix}").write_text("left from an earlier report of a study with failed runs\n")
+    assert main(["compare", "--study", "tiny"]) == 0
+    assert (report / "index.html").is_file() and not list(report.glob("failed_runs.*"))
+
+
+def test_a_fuller_table_of_the_same_study_is_kept(workdir, monkeypatch):
+    """A worker that read the storage before another's last runs landed wrote its table last,
+    leaving a table without those runs."""
+    assert main(["run", "--study", study(workdir)]) == 0
+    store = ResultStore()
+    full = export.runs_table(store, "tiny")
+    parquet = workdir / "results" / "tiny" / "runs.parquet"
+    real_runs_table = export.runs_table
+    monkeypatch.setattr(export, "runs_table", lambda store, name: real_runs_table(store, name).iloc[:-2])
+    assert export.write_runs_table(store, "tiny")[1] is None  # the late worker's older view
+    assert len(pd_read(parquet)) == len(full)
+    # A study deleted and run again in the same storage is another study: its table replaces the old.
+    manifest = store.require_manifest("tiny")
+    monkeypatch.setattr(ResultStore, "require_manifest", lambda self, name: {**manifest, "created": 1.0})
+    export.write_runs_table(store, "tiny")
+    assert len(pd_read(parquet)) == len(full) - 2
+    assert len(pd_read(parquet.with_suffix(".csv"))) == len(full) - 2
+
+
+def pd_read(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)

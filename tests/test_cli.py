@@ -40,10 +40,11 @@ def test_help_shows_flags_as_flags_not_as_options_taking_a_value(verb, capsys):
     assert "<bool>" not in out
 
 
-def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsys):
+def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsys, monkeypatch):
     """Every verb's module imported torch, pandas, scipy and matplotlib at the top: `bench --help`
     took 5 s, and `bench status` loaded the training engine to count runs. Those load now when a
     verb needs them, so help and status do without."""
+    monkeypatch.chdir(tmp_path)  # `bench run` writes its tables under ./results
     study = tmp_path / "tiny.toml"
     study.write_text(TINY)
     journal = str(tmp_path / "bench.journal")

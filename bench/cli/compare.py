@@ -35,6 +35,8 @@ def compare_command(
 
     from bench.compare import load_comparison
     from bench.report import write_report
+    from bench.report.html import report_storage
+    from bench.store.storage import storage_identity
     from bench.store import DEFAULT_STORAGE, ResultStore
 
     with working(f"reading {storage or DEFAULT_STORAGE}"):
@@ -49,6 +51,7 @@ def compare_command(
         if output_format == "table":
             print_comparison(comparison)
         if not no_report:
+            previous = report_storage(Path(reports) / name)
             try:
                 with working(f"drawing the report of {name}"):
                     path = write_report(comparison, Path(reports), storage)
@@ -57,6 +60,11 @@ def compare_command(
                                  f"{err.strerror or err} ({err.filename}); pass --reports with another "
                                  "folder, or --no-report") from None
             (err_console if output_format != "table" else console).print(f"report: {path}")
+            if previous not in (None, storage_identity(storage)):
+                err_console.print(Text.assemble(("note:", "yellow"), (
+                    f" {path.parent} held the report of a study {name!r} in another storage ({previous}); "
+                    "it now holds this storage's. To keep each storage's reports apart, pass --reports DIR")),
+                    soft_wrap=True)
     if output_format != "table":
         frame = pd.concat(mains, ignore_index=True)
         columns = (["study"] if len(names) > 1 else []) + CSV_COLUMNS + [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -50,10 +51,11 @@ def run_command(
     grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which another worker retrains a run.")] = GRACE_PERIOD,
     backend: Annotated[str, typer.Option(help="loky (local processes, --jobs) or dask (an existing cluster, --scheduler).")] = "loky",
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
+    tables: Annotated[str, typer.Option(help="Folder for the tables <folder>/<study>/runs.csv and runs.parquet.")] = "results",  # export.RESULTS_DIR
 ) -> None:
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
     from bench.store import DEFAULT_STORAGE, ResultStore
-    from bench.store.export import RESULTS_DIR, runs_table, write_runs_table
+    from bench.store.export import runs_table, write_runs_table
     from bench.study import StudyRunner, StudySpec
 
     spec = StudySpec.load(study)
@@ -91,10 +93,15 @@ def run_command(
         progress.update(task, completed=final.done, total=final.total)
     name = runner.name
     try:
-        paths = write_runs_table(store, name, RESULTS_DIR)
+        paths, replaced = write_runs_table(store, name, Path(tables))
     except OSError as err:
         raise BenchError(f"every run is stored in {store.url}, but the tables could not be written "
-                         f"to {RESULTS_DIR / name}: {err.strerror or err}") from None
+                         f"to {Path(tables) / name}: {err.strerror or err}") from None
+    if replaced:
+        err_console.print(Text.assemble(("note:", "yellow"), (
+            f" {Path(tables) / name} held the tables of a study {name!r} in another storage ({replaced}); "
+            "they now hold this storage's. To keep each storage's tables apart, pass --tables DIR: "
+            "`bench run` on a finished study writes its tables without training again")), soft_wrap=True)
     print_arm_summary(runs_table(store, name))
     # `done` counts failed runs too: a failed run is settled, never retried by a later `bench run`.
     console.print(f"{final.done} of {final.total} runs finished in study {name} "

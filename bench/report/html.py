@@ -8,7 +8,9 @@ needed), and `main`, `per_task`, `standings`, `comparisons` and `grid_points` as
 from __future__ import annotations
 
 import base64
+import html as html_text
 import io
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,12 @@ from bench.compare.analysis import Comparison
 from bench.environment import environment
 from bench.formatting import format_number
 from bench.report.figures import all_figures
+from bench.store.storage import storage_identity
 
 REPORTS_DIR = Path("reports")
+# index.html names the storage its study was read from, in its head, so that `bench compare` can
+# say when a report replaces that of a study of the same name in another storage.
+STORAGE_META = re.compile(r'<meta name="bench-storage" content="([^"]*)">')
 GRID_ROWS_SHOWN = 20
 _env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"),
                           autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -75,13 +81,27 @@ def _figure_payload(figure_id: str, title: str, fig: plt.Figure) -> dict[str, An
             "data": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
+def report_storage(folder: Path) -> str | None:
+    """The storage that the report in `folder` was read from; None without one, or for a report
+    written before reports named their storage."""
+    try:
+        with open(folder / "index.html", encoding="utf-8", errors="replace") as file:
+            head = file.read(8192)
+    except OSError:
+        return None
+    match = STORAGE_META.search(head)
+    return html_text.unescape(match[1]) if match else None
+
+
 def write_report(c: Comparison, folder: Path | None = None, storage: str | None = None) -> Path:
     """Write reports/<study>/index.html and the tables; return the HTML file's path."""
     folder = (folder or REPORTS_DIR) / c.study
     folder.mkdir(parents=True, exist_ok=True)
     frames = tables(c)
     for name, frame in frames.items():
-        if frame.empty:
+        if frame.empty:  # no table of this kind now: one left from an earlier report would mislead
+            for suffix in (".csv", ".md"):
+                (folder / f"{name}{suffix}").unlink(missing_ok=True)
             continue
         frame.to_csv(folder / f"{name}.csv", index=False)
         (folder / f"{name}.md").write_text(display_table(frame).to_markdown(index=False) + "\n")
@@ -113,7 +133,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
         failures_table=_html(c.failures) if not c.failures.empty else "", n_failed=len(c.failures),
         figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
-        grid_tables=grid_tables, run_command=c.run_command, storage=storage,
+        grid_tables=grid_tables, run_command=c.run_command, storage=storage, storage_identity=storage_identity(storage),
         run_env=run_env, report_env=report_env, devices=devices,
         study_text=manifest.get("study_text", ""),
     )

@@ -2,11 +2,12 @@
 
 `runs_table` has one row per finished run with its parameters and results as columns; per-task
 values are columns named `<what>_<task>` (e.g. `test_loss_task0`). `write_runs_table` saves it as
-CSV and Parquet under `results/<study>/`.
+CSV and Parquet under `results/<study>/`; the Parquet file names the storage it was read from.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -16,8 +17,13 @@ from typing import Any
 import pandas as pd
 
 from bench.store.results import ResultStore
+from bench.store.storage import storage_identity
 
 RESULTS_DIR = Path("results")
+# Kept in runs.parquet's pandas metadata (DataFrame.attrs): the storage the table was read from,
+# and when the study was created there (a study deleted and run again is another study).
+STORAGE_ATTR = "bench_storage"
+CREATED_ATTR = "bench_study_created"
 
 
 def runs_table(store: ResultStore, study: str) -> pd.DataFrame:
@@ -96,15 +102,40 @@ def norm_target_gap(record: dict[str, Any]) -> float | None:
     return sum(abs(a - b) for a, b in zip(norm_means, target_means)) / sum(target_means)
 
 
-def write_runs_table(store: ResultStore, study: str, folder: Path | None = None) -> list[Path]:
-    """Write `runs.csv` and `runs.parquet` for a study; return their paths."""
+def write_runs_table(store: ResultStore, study: str, folder: Path | None = None) -> tuple[list[Path], str | None]:
+    """Write `runs.csv` and `runs.parquet` for a study; return their paths, and the other storage
+    whose tables of a study of the same name they replaced (None if they replaced none).
+
+    Tables of the same study with more runs are kept as they are: they come from a worker that
+    read the storage after this one, and a study only gains runs."""
     table = runs_table(store, study)
+    table.attrs = {STORAGE_ATTR: storage_identity(store.url),
+                   CREATED_ATTR: store.require_manifest(study).get("created")}
     folder = (folder or RESULTS_DIR) / study
-    folder.mkdir(parents=True, exist_ok=True)
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
+    written, rows = _stamp(parquet)
+    if written == table.attrs and rows > len(table):
+        return [csv, parquet], None
+    folder.mkdir(parents=True, exist_ok=True)
     replace_whole(csv, lambda path: table.to_csv(path, index=False))
     replace_whole(parquet, lambda path: table.to_parquet(path, index=False))
-    return [csv, parquet]
+    other = written.get(STORAGE_ATTR)
+    return [csv, parquet], (other if other not in (None, table.attrs[STORAGE_ATTR]) else None)
+
+
+def _stamp(parquet: Path) -> tuple[dict[str, Any], int]:
+    """A runs.parquet's storage and study stamp, and its rows; ({}, 0) for a missing file, an
+    unreadable one, or one written before tables were stamped."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(parquet)
+        attrs = json.loads((metadata.metadata or {}).get(b"PANDAS_ATTRS", b"{}"))
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return {}, 0
+    if not isinstance(attrs, dict) or not isinstance(attrs.get(STORAGE_ATTR), str):
+        return {}, 0
+    return {k: attrs.get(k) for k in (STORAGE_ATTR, CREATED_ATTR)}, metadata.num_rows
 
 
 def replace_whole(path: Path, write: Callable[[Path], object]) -> None:

@@ -224,6 +224,23 @@ def _local_file(url: str) -> Path | None:
     return None
 
 
+def storage_identity(url: str | None) -> str:
+    """One name per storage, whatever way it is written: a local file's absolute path (a journal,
+    or an SQLite database), a server's URL without its password. Tables and reports carry it, so
+    that one storage's never replace another's under the same study name."""
+    url = url or DEFAULT_STORAGE
+    local = _local_file(url)
+    if local is not None:
+        return str(local.resolve())
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy reads: opening it would have failed first
+        return url
+
+
 def _lost_schema_race(err: BaseException) -> bool:
     """Whether opening a database failed because another process created Optuna's tables at the
     same moment (workers started together on a new database): opening it again then succeeds."""
