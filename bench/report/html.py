@@ -1,8 +1,8 @@
 """Writing a comparison out: a self-contained HTML report plus its tables as CSV and Markdown.
 
 Everything lands in `reports/<study>/`: `index.html` (figures embedded as PNG data, no network
-needed), and `main`, `per_task`, `standings`, `comparisons` and `grid_points` as `.csv` and
-`.md`.
+needed), and `main`, `per_task`, `standings`, `comparisons`, `grid_points` and `failed_runs` as
+`.csv` and `.md` (those the study has).
 """
 
 from __future__ import annotations
