@@ -301,18 +301,23 @@ def test_the_gradient_norm_figure_draws_each_task_and_its_target():
     c = hand_made()
     traces = {"grad_norms": [[0, 0.1, 1.9], [1, 0.9, 1.1], [2, 1.0, 1.0]],
               "target_norms": [[0, 1.0, 1.0], [1, 1.0, 1.0], [2, 1.0, 1.0]]}
-    records = [{"arm": "gradnorm", "run_key": f"alpha=0.12/seed={seed}", "record": {"traces": traces}}
+    # Seeds 1 and 2 differ at step 0 only, and their norms are twice seed 0's: G_i / G_bar is what counts.
+    doubled_target = [[0, 2.0, 2.0], *traces["target_norms"][1:]]
+    seed_traces = {0: traces,
+                   1: {"grad_norms": [[0, 0.8, 3.2], *traces["grad_norms"][1:]], "target_norms": doubled_target},
+                   2: {"grad_norms": [[0, 1.4, 2.6], *traces["grad_norms"][1:]], "target_norms": doubled_target}}
+    records = [{"arm": "gradnorm", "run_key": f"alpha=0.12/seed={seed}", "record": {"traces": seed_traces[seed]}}
                for seed in (0, 1, 2)]
     runs = c.runs.drop(columns=["variant", "kind", "label"])
     ax = figures.gradient_norms(build_comparison("hand", c.manifest, runs, records)).axes[0]
     drawn = sorted(tuple(np.round(line.get_ydata(), 6)) for line in ax.lines if len(line.get_xdata()) == 3)
-    # G_i / G_bar per task (task a: 0.1, 0.9, 1.0 over a mean of 1.0), then the targets at 1.
-    assert drawn == [(0.1, 0.9, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.9, 1.1, 1.0)]
+    # G_i / G_bar per task, averaged over seeds (task a at step 0: 0.1, 0.4 and 0.7), then the targets at 1.
+    assert drawn == [(0.4, 0.9, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.6, 1.1, 1.0)]
     assert ax.get_yscale() == "log"  # 0.1 to 1.9: more than a decade
     ax.figure.canvas.draw()
     labels = {t.get_text() for t in [*ax.get_yticklabels(), *ax.get_yticklabels(minor=True)]} - {""}
     assert {"0.1", "1"} <= labels and not any("10^" in label for label in labels), labels  # not 10^{-1}
-    old = [{**r, "record": {"traces": {"grad_norms": traces["grad_norms"]}}} for r in records]
+    old = [{**r, "record": {"traces": {"grad_norms": r["record"]["traces"]["grad_norms"]}}} for r in records]
     assert figures.gradient_norms(build_comparison("hand", c.manifest, runs, old)) is None
     plt.close("all")
 

@@ -152,12 +152,12 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
     adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
     if adaptive.empty:
         return None
-    rows = []
+    frames = []
     for _, r in adaptive.iterrows():
-        for point in r.record["weights_trajectory"]:
-            for i, task in enumerate(c.tasks):
-                rows.append({"label": r.label, "seed": r.seed, "step": point[0], "task": task,
-                             "weight": point[1 + i]})
+        points = np.asarray(r.record["weights_trajectory"], dtype=float).reshape(-1, 1 + len(c.tasks))  # (step, w_1..w_T)
+        frames.append(pd.DataFrame({"label": r.label, "seed": r.seed,
+                                    "step": np.repeat(points[:, 0], len(c.tasks)),
+                                    "task": np.tile(c.tasks, len(points)), "weight": points[:, 1:].ravel()}))
 
     def draw(ax: plt.Axes, label: str, d: pd.DataFrame, palette: dict) -> None:
         sns.lineplot(data=d, x="step", y="weight", hue="task", units="seed", estimator=None,
@@ -170,7 +170,7 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
         ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average")
         ax.set_ylabel("task weight w_i")
 
-    return _task_panels(c, pd.DataFrame(rows), draw)
+    return _task_panels(c, pd.concat(frames, ignore_index=True), draw)
 
 
 def gradient_norms(c: Comparison) -> plt.Figure | None:
@@ -179,30 +179,36 @@ def gradient_norms(c: Comparison) -> plt.Figure | None:
     balanced that task."""
     records = _records(c)
     adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
-    rows = []
+    columns = ("G_i / G_bar", "target / G_bar")
+    frames = []
     for _, r in adaptive.iterrows():
         traces = r.record.get("traces") or {}
         if "target_norms" not in traces:  # stored before the targets were recorded
             continue
-        for (step, *norms), (_, *targets) in zip(traces["grad_norms"], traces["target_norms"]):
-            mean = sum(norms) / len(norms)
-            if not mean > 0:
-                continue
-            for task, g, target in zip(c.tasks, norms, targets):
-                rows.append({"label": r.label, "seed": r.seed, "step": step, "task": task,
-                             "G_i / G_bar": g / mean, "target / G_bar": target / mean})
-    if not rows:
+        norms = np.asarray(traces["grad_norms"], dtype=float).reshape(-1, 1 + len(c.tasks))  # (step, G_1..G_T)
+        targets = np.asarray(traces["target_norms"], dtype=float).reshape(-1, 1 + len(c.tasks))[:, 1:]
+        mean = norms[:, 1:].mean(axis=1, keepdims=True)
+        kept = mean[:, 0] > 0  # NaN too
+        frames.append(pd.DataFrame({
+            "label": r.label, "seed": r.seed, "step": np.repeat(norms[kept, 0], len(c.tasks)),
+            "task": np.tile(c.tasks, int(kept.sum())),
+            columns[0]: (norms[:, 1:] / mean)[kept].ravel(), columns[1]: (targets / mean)[kept].ravel()}))
+    if not frames or not sum(map(len, frames)):
         return None
 
     def draw(ax: plt.Axes, label: str, d: pd.DataFrame, palette: dict) -> None:
-        for column, dashes in (("G_i / G_bar", None), ("target / G_bar", (0, (4, 2)))):
-            sns.lineplot(data=d, x="step", y=column, hue="task", errorbar=None, lw=1.1, palette=palette,
-                         ax=ax, legend=dashes is None, **({"linestyle": dashes} if dashes else {}))
-        scale = _loss_scale(ax, pd.concat([d["G_i / G_bar"], d["target / G_bar"]]))
+        # Averaged over seeds here, in one groupby: seaborn's own estimator, called once per step
+        # and task, took 5 s for ten seeds of T = 10 over 2,000 steps.
+        means = d.groupby(["task", "step"], sort=False)[list(columns)].mean().reset_index()
+        for column, dashes in zip(columns, (None, (0, (4, 2)))):
+            sns.lineplot(data=means, x="step", y=column, hue="task", hue_order=c.tasks, estimator=None,
+                         lw=1.1, palette=palette, ax=ax, legend=dashes is None,
+                         **({"linestyle": dashes} if dashes else {}))
+        scale = _loss_scale(ax, pd.concat([d[columns[0]], d[columns[1]]]))
         ax.set_title(f"{label}: G_i(t) / G_bar(t), mean over seeds\ndashed: its target r_i(t)^alpha")
         ax.set_ylabel("gradient norm at W over its mean" + (" (log scale)" if scale == "log" else ""))
 
-    return _task_panels(c, pd.DataFrame(rows), draw)
+    return _task_panels(c, pd.concat(frames, ignore_index=True), draw)
 
 
 def test_loss_curves(c: Comparison) -> plt.Figure | None:
