@@ -62,6 +62,13 @@ def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsy
                          cwd=tmp_path).stdout
     assert "tiny in" in out and "RESULT" in out  # the status table was printed
     assert out.split("RESULT", 1)[1].split() == ["[0,"] + ["0,"] * len(verbs) + ["0]", "[]"]
+    # Nor does `bench compare`, report included: it reads results and trains nothing.
+    script = ("import sys\nfrom bench.cli import main\n"
+              f"code = main(['compare', '--study', 'tiny', '--storage', {journal!r}])\n"
+              "print('RESULT', code, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path).stdout
+    assert out.split("RESULT", 1)[1].split() == ["0", "False"] and (tmp_path / "reports" / "tiny" / "index.html").is_file()
 
 
 def test_a_ctrl_c_while_the_cli_loads_exits_130_without_a_traceback(monkeypatch):

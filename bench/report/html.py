@@ -116,7 +116,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     run_env = dict(manifest.get("environment", {}))
     versions = run_env.pop("versions", {})
     run_env.update({f"version {k}": v for k, v in versions.items()})
-    report_env = environment()
+    report_env = environment(device=False)
     report_versions = report_env.pop("versions")
     report_env.update({f"version {k}": v for k, v in report_versions.items()})
     devices = sorted({d for d in c.runs.device.dropna().unique()})
