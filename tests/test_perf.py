@@ -86,7 +86,13 @@ def test_warm_up_pays_first_use_costs_for_both_sides():
 def test_benchmark_reports_every_figure(tmp_path):
     study = tmp_path / "tiny.toml"
     study.write_text(TINY)
-    figures = run_benchmark(str(study), steps=4, rounds=1)
+    calls = []
+    figures = run_benchmark(str(study), steps=4, rounds=1, progress=lambda *args: calls.append(args))
+    counted = [c for c in calls if len(c) == 3]  # (what, done, total): the two timed trainings
+    n = figures["runs"]
+    stacked = [c[1] for c in counted if "stacked batches" in c[0]]  # after each batch
+    assert stacked[0] == 0 and stacked[-1] == n and stacked == sorted(stacked) and len(stacked) == figures["batches"] + 1
+    assert [c[1:] for c in counted if "one by one" in c[0]] == [(i, n) for i in range(n + 1)]
     for key in ("batched_speedup", "peak_fraction", "matmul_gflops", "batched_s", "sequential_s",
                 "peak_memory_mb", "plain_speedup"):
         assert figures[key] > 0, key
@@ -97,3 +103,25 @@ def test_benchmark_reports_every_figure(tmp_path):
     append_csv(figures, path)
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 2 and "gradnorm_step_ratio_T10" in rows[0]
+
+
+def test_perf_progress_draws_the_timed_trainings_as_bars(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from bench.cli import perf
+
+    out = io.StringIO()
+    monkeypatch.setattr(perf, "err_console", Console(file=out, width=100))
+    progress = perf.PerfProgress()
+    progress("warming up")
+    for done in range(4):
+        progress("training 3 runs one by one", done, 3)
+    assert progress.bar is not None and progress.bar.tasks[0].completed == 3
+    progress("measuring a step")
+    assert progress.bar is None  # the bar is closed when the next stage begins
+    progress.close()
+    text = out.getvalue()
+    assert "warming up..." in text and "training 3 runs one by one" in text and "3/3" in text
+    assert text.index("3/3") < text.index("measuring a step...")

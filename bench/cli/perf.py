@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench.cli.common import console, err_console, print_json
@@ -27,8 +28,11 @@ def perf_command(
     from bench.perf import append_csv, run_benchmark
 
     require_writable(csv)  # before minutes of measuring, not after
-    figures = run_benchmark(study, steps, device, sequential,
-                            progress=lambda what: err_console.print(f"{what}...", style="dim"))
+    progress = PerfProgress()
+    try:
+        figures = run_benchmark(study, steps, device, sequential, progress=progress)
+    finally:
+        progress.close()
     append_csv(figures, csv)
     if as_json:
         print_json(figures)
@@ -43,6 +47,37 @@ def perf_command(
         table.add_row(key, str(value))
     console.print(table)
     console.print(f"appended to {csv}")
+
+
+class PerfProgress:
+    """The benchmark's stages as lines, and its two timed trainings as bars of runs. The bars are
+    redrawn only when a batch or a run ends: a refresh thread would compete with the training
+    it times for the machine's cores."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.what: str | None = None
+
+    def __call__(self, what: str, done: int | None = None, total: int | None = None) -> None:
+        if done is None:
+            self.close()
+            err_console.print(f"{what}...", style="dim")
+            return
+        if what != self.what:
+            self.close()
+            self.what = what
+            self.bar = Progress(TextColumn("[dim]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=err_console, auto_refresh=False)
+            self.bar.start()
+            self.bar.add_task(what, total=total)
+        assert self.bar is not None
+        self.bar.update(self.bar.task_ids[0], completed=done)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        self.bar, self.what = None, None
 
 
 def require_writable(csv: Path) -> None:

@@ -40,7 +40,9 @@ from bench.training.batching import max_stacked_runs, plan_batches
 from bench.training.device import resolve_device
 from bench.training.engine import batch_indices, problem_for
 
-Progress = Callable[[str], None]  # told what is being done now, a phrase
+# Told what is being done now (a phrase) and, for the long parts, how far along: progress(what,
+# done, total) after each stacked batch and each run trained alone.
+Progress = Callable[..., None]
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10, device: torch.device | None = None) -> float:
@@ -191,7 +193,7 @@ def warm_up(configs: list[RunConfig]) -> None:
 
 
 def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "auto",
-                  sequential: bool = True, progress: Progress = lambda _: None,
+                  sequential: bool = True, progress: Progress = lambda *_: None,
                   rounds: int = 11) -> dict[str, Any]:
     if steps < 1:
         raise ConfigError("--steps", "an integer >= 1", steps)
@@ -212,16 +214,21 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
     batches = plan_batches(configs, limit)
     out["batches"] = len(batches)
     out["batch_runs_max"] = max(len(b) for b in batches)
-    progress(f"training {len(configs)} runs in {len(batches)} stacked batches")
-    start = time.perf_counter()
+    what = f"training {len(configs)} runs in {len(batches)} stacked batches"
+    progress(what, 0, len(configs))
+    start, done = time.perf_counter(), 0
     for batch in batches:
         train_runs([configs[i] for i in batch])
+        done += len(batch)
+        progress(what, done, len(configs))
     out["batched_s"] = time.perf_counter() - start
     if sequential:
-        progress(f"training {len(configs)} runs one by one")
+        what = f"training {len(configs)} runs one by one"
+        progress(what, 0, len(configs))
         start = time.perf_counter()
-        for config in configs:
+        for done, config in enumerate(configs, 1):
             train(config)
+            progress(what, done, len(configs))
         out["sequential_s"] = time.perf_counter() - start
         out["batched_speedup"] = out["sequential_s"] / out["batched_s"]
 
