@@ -44,6 +44,18 @@ class ConfigError(BenchError):
         got_text = "" if got is None else f", got {got!r}"
         super().__init__(f"{where}{field}: expected {expected}{got_text}")
 
+    def located(self, source: str | None, *, prefix: str = "") -> ConfigError:
+        """This error with its field under `prefix` (an arm's, say) and, unless it names one
+        already, read from `source`: a value checked deep down is reported at the file or option
+        the user wrote it in.
+
+        >>> str(ConfigError("floor", "a number in (0, 1)", 2).located("s.toml", prefix="arms.gn."))
+        's.toml: arms.gn.floor: expected a number in (0, 1), got 2'
+        >>> str(ConfigError("root", "a folder", source="--problem-param").located("s.toml"))
+        '--problem-param: root: expected a folder'
+        """
+        return ConfigError(prefix + self.field, self.expected, self.got, source=self.source or source)
+
 
 class StorageError(BenchError):
     """The result storage cannot be opened or written."""

@@ -119,7 +119,7 @@ def build_params(cls: type[P], values: Mapping[str, Any] | None, *, source: str 
         try:
             validate()
         except ConfigError as err:
-            raise ConfigError(prefix + err.field, err.expected, err.got, source=err.source or source) from None
+            raise err.located(source, prefix=prefix) from None
     return params
 
 

@@ -48,7 +48,7 @@ def check_balancer_steps(params: Any, steps: int, *, steps_per_epoch: int | None
     try:
         check(steps, steps_per_epoch=steps_per_epoch)
     except ConfigError as err:
-        raise ConfigError(prefix + err.field, err.expected, err.got, source=source) from None
+        raise err.located(source, prefix=prefix) from None
 
 
 __all__ = ["BALANCERS", "Balancer", "balancer_class", "build_balancer_params", "check_balancer_steps"]

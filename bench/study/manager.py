@@ -206,9 +206,7 @@ class StudyRunner:
         try:
             problem_for(config).load(config.resolved_data_seed)
         except ConfigError as err:
-            if err.source is None and self.spec.path:
-                raise ConfigError(err.field, err.expected, err.got, source=self.spec.path) from None
-            raise
+            raise err.located(self.spec.path) from None
 
     def progress(self) -> StudyProgress:
         return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()})

@@ -67,7 +67,7 @@ class RunConfig:
         try:
             steps_per_epoch = budget.steps_per_epoch(problem.train_size())
         except ConfigError as err:
-            raise ConfigError(err.field, err.expected, err.got, source=source) from None
+            raise err.located(source) from None
         check_balancer_steps(balancer_params, budget.steps, steps_per_epoch=steps_per_epoch, source=source)
         return dataclasses.replace(
             self,
