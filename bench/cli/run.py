@@ -92,8 +92,9 @@ def run_command(
         final = runner.run()
         progress.update(task, completed=final.done, total=final.total)
     name = runner.name
+    table = runs_table(store, name)  # every record, read once: for the tables and the summary
     try:
-        paths, replaced = write_runs_table(store, name, Path(tables))
+        paths, replaced = write_runs_table(store, name, Path(tables), table)
     except OSError as err:
         raise BenchError(f"every run is stored in {store.url}, but the tables could not be written "
                          f"to {Path(tables) / name}: {err.strerror or err}") from None
@@ -102,7 +103,7 @@ def run_command(
             f" {Path(tables) / name} held the tables of a study {name!r} in another storage ({replaced}); "
             "they now hold this storage's. To keep each storage's tables apart, pass --tables DIR: "
             "`bench run` on a finished study writes its tables without training again")), soft_wrap=True)
-    print_arm_summary(runs_table(store, name))
+    print_arm_summary(table)
     # `done` counts failed runs too: a failed run is settled, never retried by a later `bench run`.
     console.print(f"{final.done} of {final.total} runs finished in study {name} "
                   f"({final.done - final.failed} ok, {final.failed} failed); {runner.trained_here} trained now")

@@ -102,13 +102,15 @@ def norm_target_gap(record: dict[str, Any]) -> float | None:
     return sum(abs(a - b) for a, b in zip(norm_means, target_means)) / sum(target_means)
 
 
-def write_runs_table(store: ResultStore, study: str, folder: Path | None = None) -> tuple[list[Path], str | None]:
-    """Write `runs.csv` and `runs.parquet` for a study; return their paths, and the other storage
-    whose tables of a study of the same name they replaced (None if they replaced none).
+def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
+                     table: pd.DataFrame | None = None) -> tuple[list[Path], str | None]:
+    """Write `runs.csv` and `runs.parquet` for a study (`table`, if the caller has read it
+    already); return their paths, and the other storage whose tables of a study of the same name
+    they replaced (None if they replaced none).
 
     Tables of the same study with more runs are kept as they are: they come from a worker that
     read the storage after this one, and a study only gains runs."""
-    table = runs_table(store, study)
+    table = runs_table(store, study) if table is None else table
     table.attrs = {STORAGE_ATTR: storage_identity(store.url),
                    CREATED_ATTR: store.require_manifest(study).get("created")}
     folder = (folder or RESULTS_DIR) / study
