@@ -479,7 +479,7 @@ def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blam
     assert again.grids["grid"].unweighted == ["b"]
     assert again.headline[1].endswith("The grid has no point that weights all 2 tasks.")
     distance = figures.distance_to_gradnorm(again)
-    assert [t.get_text() for t in distance.axes[0].get_legend().get_texts()] == [
+    assert [t.get_text() for t in distance.legends[0].get_texts()] == [
         "a weight of 0 (that task's head never trains)"]
     plt.close(distance)
     runs.loc[runs.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
@@ -534,8 +534,13 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     distance = figures.distance_to_gradnorm(again)  # the paper's figure: boundary points marked
     ax = distance.axes[0]
     assert ax.get_title().endswith("\nall weights > 0: 1 point, too few for a correlation")
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+    assert ax.get_legend() is None  # inside, it covered points that weight a task 0
+    (legend,) = distance.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
         "all weights > 0", "a weight of 0 (that task's head never trains)"]
+    renderer = distance.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 < ax.get_tightbbox(renderer).y0  # below the x label
+    assert legend.get_window_extent(renderer).y0 >= 0  # and within the figure
     assert [len(col.get_offsets()) for col in ax.collections if col.get_label() in ("all weights > 0",)] == [1]
     plt.close(distance)
     # A second point that weights every task, worse on validation but better on test than GradNorm.

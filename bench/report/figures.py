@@ -414,14 +414,20 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         if boundary.any():
             ax.scatter(distance[boundary], change[boundary], s=22, color="C1", marker="D",
                        label="a weight of 0 (that task's head never trains)")
-            ax.legend(fontsize="small")
             title = f"all points: {title}\nall weights > 0: {_correlations(distance[interior], change[interior])}"
         ax.set_title(title)
         ax.axhline(0, color="k", lw=0.8)
         # Wrapped: with a long arm name it would run into the next panel's label.
         ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights", 55))
         ax.set_ylabel(textwrap.fill(f"test loss change vs {row.arm} (%)", 32))
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if labels:
+        # Below the panels: inside, the points that weight a task 0 fill the upper half, and
+        # matplotlib's best place for a legend still covered some of them.
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", frameon=False)
+        fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
