@@ -647,6 +647,18 @@ def test_every_arm_keeps_one_distinct_colour_across_figures():
     assert len(set(colours.values())) == len(colours)
 
 
+def test_the_overfitting_bars_take_their_arms_colours():
+    c = hand_made()
+    ax = figures.overfitting_gaps(c).axes[0]
+    colours = arm_colours(c)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert set(labels) >= {"gradnorm", "grid", "equal"}
+    # One bar per arm, in the order of the axis's labels.
+    drawn = [tuple(bar.get_facecolor()[:3]) for bar in ax.patches]
+    assert drawn == [pytest.approx(colours[label]) for label in labels]
+    plt.close(ax.figure)
+
+
 def test_the_compared_arms_keep_their_colours_whatever_other_arms_are_called():
     """Colours went by the tables' order (the store's, alphabetical): a `dwa` arm listed first took
     equal's colour and moved every other arm's, so one arm changed colour from study to study."""

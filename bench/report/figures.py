@@ -524,7 +524,7 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=(8, 0.6 * runs.label.nunique() + 1.8))
     few = _fewest_seeds(runs, "label") < INTERVAL_MIN_SEEDS
     sns.barplot(data=runs, y="label", x="normalized_overfitting_gap", errorbar=None if few else t_interval,
-                ax=ax, color="C0", alpha=0.6)
+                ax=ax, hue="label", palette=arm_colours(c), legend=False, saturation=1, alpha=0.6)
     sns.stripplot(data=runs, y="label", x="normalized_overfitting_gap", color="k", size=5, ax=ax)
     ax.axvline(0, color="k", lw=0.8)
     gaps = runs.normalized_overfitting_gap.to_numpy(dtype=float)
