@@ -31,7 +31,7 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("verb", [[], ["run"], ["compare"], ["status"], ["train"], ["list"], ["perf"]])
+@pytest.mark.parametrize("verb", [[], ["run"], ["compare"], ["status"], ["train"], ["list"], ["perf"], ["delete"]])
 def test_help_shows_flags_as_flags_not_as_options_taking_a_value(verb, capsys):
     # typer 0.29.0-0.29.2 print "<bool>" after every flag, as if it took a value; pyproject.toml
     # excludes them.
@@ -50,7 +50,7 @@ def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsy
     journal = str(tmp_path / "bench.journal")
     assert main(["run", "--study", str(study), "--storage", journal]) == 0  # in this process: torch is loaded here
     capsys.readouterr()
-    verbs = ["run", "compare", "status", "train", "list", "perf"]
+    verbs = ["run", "compare", "status", "train", "list", "perf", "delete"]
     script = (
         "import sys\n"
         "from bench.cli import main\n"
@@ -356,6 +356,30 @@ def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"bench {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def test_delete_asks_first_removes_the_study_and_leaves_its_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+    capsys.readouterr()
+    what = "study 'tiny' in results/bench.journal: 16 finished runs (0 failed) in 4 arms"
+    code, _, err = run_cli(["delete", "--study", "tiny"], capsys)  # pytest's stdin is no terminal
+    assert code == 2 and f"error: not deleting {what}: there is no terminal to ask on; pass --yes" in err
+    import typer
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr(typer, "confirm", lambda *a, **k: False)  # the user answers no
+    code, _, err = run_cli(["delete", "--study", "tiny"], capsys)
+    assert code == 1 and "nothing deleted" in err
+    assert main(["status", "--study", "tiny"]) == 0
+    capsys.readouterr()
+    code, out, _ = run_cli(["delete", "--study", "tiny.toml", "--yes"], capsys)  # a study file names it too
+    assert code == 0 and f"deleted {what}" in out
+    assert "files of a study of that name, left as they are: results/tiny" in out
+    assert (tmp_path / "results" / "tiny" / "runs.csv").is_file()
+    code, _, err = run_cli(["status", "--study", "tiny"], capsys)
+    assert code == 2 and "no study named 'tiny'" in err
 
 
 @pytest.mark.slow

@@ -415,6 +415,46 @@ def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
     assert set(store.study_names()) == {"tiny", "tiny-v2"}
 
 
+def test_deleting_a_study_removes_its_runs_alone_and_its_later_versions_are_still_found(store):
+    StudyRunner(spec_of(TINY), store).run()
+    changed = spec_of(TINY.replace("steps = 10", "steps = 12"))
+    StudyRunner(changed, store, new_version=True).run()
+    StudyRunner(spec_of(TINY.replace('name = "tiny"', 'name = "tiny2"')), store).run()
+    kept = {name: results_by_key(store, name) for name in ("tiny-v2", "tiny2")}
+    deleted = store.delete("tiny")
+    assert sum(p.done for p in deleted.values()) == len(spec_of(TINY).runs())
+    assert store.study_names() == ["tiny-v2", "tiny2"]
+    left = [s.study_name for s in store.storage.get_all_studies()]
+    assert not [n for n in left if n == "tiny" or n.startswith(("tiny/", "tiny#"))], left
+    assert {name: results_by_key(store, name) for name in kept} == kept  # the others untouched
+    # With `tiny` gone, its second version is still found: a run of its configuration goes on
+    # there instead of training it again under the free name.
+    assert [name for name, _ in store.versions("tiny")] == ["tiny-v2"]
+    again = StudyRunner(changed, store, new_version=True)
+    again.run()
+    assert again.name == "tiny-v2" and again.trained_here == 0
+    # The deleted configuration starts afresh under its name.
+    fresh = StudyRunner(spec_of(TINY), store)
+    fresh.run()
+    assert fresh.name == "tiny" and fresh.trained_here == len(spec_of(TINY).runs())
+    assert store.first_free_version("tiny") == "tiny-v3"
+
+
+def test_a_study_is_not_deleted_while_a_worker_trains_one_of_its_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = ResultStore(str(tmp_path / "bench.journal"), heartbeat_interval=1, grace_period=1)
+    StudyRunner(spec_of(TINY), store).run()
+    arm = store.arm_study("tiny", "equal")
+    arm.enqueue_trial({}, user_attrs={"run_key": "one more"})
+    assert store.claim(arm.get_trials()[-1], "elsewhere:41")
+    with pytest.raises(BenchError, match=r"has runs in training on elsewhere:41 \(1\): stop its `bench run`"):
+        store.delete("tiny")
+    assert "tiny" in store.study_names()
+    time.sleep(2.5)  # no heartbeat for the grace period: the worker was killed, and its run fails
+    store.delete("tiny")
+    assert store.study_names() == []
+
+
 def test_more_seeds_add_runs_to_the_same_study(store):
     StudyRunner(spec_of(TINY), store).run()
     more = spec_of(TINY).with_seeds([0, 1, 2])

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from bench.cli.common import err_console
 from bench.cli.compare import compare_command
+from bench.cli.delete import delete_command
 from bench.cli.listing import list_command
 from bench.cli.perf import perf_command
 from bench.cli.run import run_command
@@ -54,7 +55,8 @@ def user_errors_as_one_line(command: Callable, after_user_error: str = "") -> Ca
 
 
 for name, command in (("run", run_command), ("compare", compare_command), ("status", status_command),
-                      ("train", train_command), ("list", list_command), ("perf", perf_command)):
+                      ("train", train_command), ("list", list_command), ("perf", perf_command),
+                      ("delete", delete_command)):
     # A worker gives back the runs it holds before the error reaches here (StudyRunner.run).
     app.command(name)(user_errors_as_one_line(
         command, "the runs in hand were queued again; " if name == "run" else ""))

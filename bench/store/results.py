@@ -18,6 +18,7 @@ worker is not finished: a copy of it is queued again.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -212,26 +213,36 @@ class ResultStore:
         return manifest
 
     def versions(self, name: str) -> list[tuple[str, dict[str, Any]]]:
-        """The stored versions of study `name` (`name`, `name-v2`, ...), with their manifests."""
-        out = []
-        for version in range(1, MAX_VERSIONS + 1):
-            candidate = version_name(name, version)
-            manifest = self.manifest(candidate)
-            if manifest is None:
-                break
-            out.append((candidate, manifest))
-        return out
+        """The stored versions of study `name` (`name`, `name-v2`, ...), with their manifests, in
+        version order; a deleted version leaves a gap, and the later ones are still found."""
+        pattern = re.compile(re.escape(name) + r"(?:-v([1-9][0-9]*))?")
+        found = []
+        for s in self.storage.get_all_studies():
+            match = pattern.fullmatch(s.study_name)
+            if match and s.user_attrs.get(MANIFEST) and int(match.group(1) or 1) <= MAX_VERSIONS:
+                found.append((int(match.group(1) or 1), s.study_name, s.user_attrs))
+        return [(candidate, manifest) for _, candidate, manifest in sorted(found)]
 
     def stored_version(self, name: str, config_hash: str) -> str | None:
         """The stored name of study `name`'s version with this configuration, if it was run."""
         return next((candidate for candidate, manifest in self.versions(name)
                      if manifest.get("config_hash") == config_hash), None)
 
+    def first_free_version(self, name: str) -> str:
+        """The first of `name`, `name-v2`, ... that no stored study holds."""
+        taken = {candidate for candidate, _ in self.versions(name)}
+        return next(version_name(name, v) for v in range(1, MAX_VERSIONS + 2) if version_name(name, v) not in taken)
+
     def register(self, name: str, config_hash: str, attrs: dict[str, Any], *,
                  new_version: bool = False) -> str:
         """The stored name for a study with this configuration: `name`, or with --new-version
-        the first `name-vN` that is free or holds the same configuration. A different
-        configuration under the same name is refused, never mixed in."""
+        the version that holds this configuration, else the first `name-vN` that is free. A
+        different configuration under the same name is refused, never mixed in."""
+        # A version with this configuration is continued wherever it is (`name-v3` when `name`
+        # itself was deleted), rather than started again under a free name.
+        same = self.stored_version(name, config_hash) if new_version else None
+        if same is not None:
+            return same
         version = 1
         while version <= MAX_VERSIONS:
             candidate = version_name(name, version)
@@ -248,7 +259,7 @@ class ResultStore:
                     same = self.stored_version(name, config_hash)
                     hint = (f"it is stored as {same!r}: pass --new-version to continue it" if same else
                             "pass --new-version to store this one as a new version (first free: "
-                            f"{version_name(name, len(self.versions(name)) + 1)})")
+                            f"{self.first_free_version(name)})")
                     changes = (configuration_changes(stored.get("identity"), attrs.get("identity"))
                                or f"stored {stored.get('config_hash')}, now {config_hash}")
                     raise StudyConfigChanged(
@@ -293,6 +304,28 @@ class ResultStore:
         except KeyError:
             return optuna.create_study(storage=self.storage, study_name=name, sampler=sampler,
                                        load_if_exists=True)
+
+    def delete(self, name: str) -> dict[str, StudyProgress]:
+        """Delete study `name` from the storage: its arms' runs, its queue locks, then its
+        manifest (last: a delete cut short leaves a study that a second delete finishes).
+        Refused while a worker holds one of its runs; a killed worker's runs count as failed.
+        Returns the per-arm progress of what was deleted."""
+        manifest = self.require_manifest(name)
+        self.fail_stale(name, manifest["arms"])
+        held = self.workers(name)
+        if held:
+            on = ", ".join(f"{worker} ({n})" for worker, n in sorted(held.items()))
+            raise BenchError(f"study {name!r} in {self.url} has runs in training on {on}: stop its "
+                             "`bench run` first (a worker killed without stopping counts as stopped "
+                             f"{self.grace_period} s after its last heartbeat)")
+        progress = self.stored_progress(name)
+        # Names cannot hold '/' or '#' (study files refuse them): these are this study's parts only.
+        parts = [s for s in self.storage.get_all_studies()
+                 if s.study_name.startswith((f"{name}/", f"{name}#queue-"))]
+        for part in parts:
+            _delete_study(self.storage, part._study_id)
+        _delete_study(self.storage, self.storage.get_study_id_from_name(name))
+        return progress
 
     # ------------------------------------------------------------------ queueing
     def queue_once(self, study: str, runset_id: str,
