@@ -8,6 +8,7 @@ import sys
 import time
 import tomllib
 
+import optuna
 import pytest
 
 import bench.study.manager as manager
@@ -453,6 +454,15 @@ def test_a_study_is_not_deleted_while_a_worker_trains_one_of_its_runs(tmp_path, 
     time.sleep(2.5)  # no heartbeat for the grace period: the worker was killed, and its run fails
     store.delete("tiny")
     assert store.study_names() == []
+    # A worker that went on after the delete made its arm again and stored a run there: a study
+    # of that name run afterwards, here with another budget, does not take it for its own.
+    orphan = store.arm_study("tiny", "equal")
+    orphan.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=1.0,
+                                               user_attrs={"run_key": "seed=0"}))
+    changed = StudyRunner(spec_of(TINY.replace("steps = 10", "steps = 12")), store)
+    changed.run()
+    assert changed.trained_here == len(changed.spec.runs())
+    assert all(r["value"] != 1.0 for r in store.records("tiny"))
 
 
 def test_more_seeds_add_runs_to_the_same_study(store):

@@ -271,6 +271,10 @@ class ResultStore:
             except optuna.exceptions.StorageInternalError as err:
                 raise StorageError(f"cannot write to the storage {self.url}: {err}") from None
             try:
+                # Parts left by a study deleted while one of its workers still ran (it made its
+                # arms again) would be read as this study's runs. No worker of this study has
+                # created any yet: they all wait for the manifest written below.
+                self._delete_parts(candidate)
                 for key, value in {**attrs, "config_hash": config_hash, "version": __version__,
                                    "created": time.time(), MANIFEST: True}.items():
                     study.set_user_attr(key, value)
@@ -319,13 +323,16 @@ class ResultStore:
                              "`bench run` first (a worker killed without stopping counts as stopped "
                              f"{self.grace_period} s after its last heartbeat)")
         progress = self.stored_progress(name)
-        # Names cannot hold '/' or '#' (study files refuse them): these are this study's parts only.
-        parts = [s for s in self.storage.get_all_studies()
-                 if s.study_name.startswith((f"{name}/", f"{name}#queue-"))]
-        for part in parts:
-            _delete_study(self.storage, part._study_id)
+        self._delete_parts(name)
         _delete_study(self.storage, self.storage.get_study_id_from_name(name))
         return progress
+
+    def _delete_parts(self, name: str) -> None:
+        """Delete study `name`'s arms and queue locks (not its manifest)."""
+        # Names cannot hold '/' or '#' (study files refuse them): these are this study's parts only.
+        for part in self.storage.get_all_studies():
+            if part.study_name.startswith((f"{name}/", f"{name}#queue-")):
+                _delete_study(self.storage, part._study_id)
 
     # ------------------------------------------------------------------ queueing
     def queue_once(self, study: str, runset_id: str,
