@@ -527,6 +527,15 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
         f"the only grid point that weights every task, w=1,1 (chosen on validation; paired over 3 "
         f"seeds, p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs 1.210.")
     assert row.p_value < 0.05
+    # The figures of every arm show that row too, in a darker shade of the grid's colour.
+    colours = arm_colours(again)
+    assert colours["grid (all weights > 0)"] == pytest.approx(tuple(0.6 * x for x in colours["grid"]))
+    gaps = figures.overfitting_gaps(again).axes[0]
+    labels = [t.get_text() for t in gaps.get_yticklabels()]
+    assert labels == list(again.main.arm)  # in the tables' order
+    bar = gaps.patches[labels.index("grid (all weights > 0)")]
+    assert bar.get_width() == pytest.approx(main.loc["grid (all weights > 0)", "normalized_overfitting_gap"])
+    plt.close(gaps.figure)
     landscape = figures.grid_landscape(again)
     legend = [t.get_text() for t in landscape.axes[0].get_legend().get_texts()]
     assert "chosen on validation, all weights > 0" in legend

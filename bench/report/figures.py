@@ -68,11 +68,23 @@ def _records(c: Comparison) -> pd.DataFrame:
 
 
 def _chosen(c: Comparison, records: pd.DataFrame) -> pd.DataFrame:
-    """The runs (records, or rows of the runs table) that represent each label (a grid's
-    selected point)."""
+    """The runs (records, or rows of the runs table) that represent each label of the tables: a
+    grid's selected point and, where that point gives a task up, its best point that weights
+    every task, labelled as in the tables ("grid (all weights > 0)")."""
     keep = [kind != "grid" or variant == c.grids[arm].selected
             for arm, kind, variant in zip(records.arm, records.kind, records.variant)]
-    return records[np.asarray(keep, dtype=bool)]  # a plain empty list would select columns
+    parts = [records[np.asarray(keep, dtype=bool)]]  # a plain empty list would select columns
+    for arm, grid in c.grids.items():
+        if grid.weighted_all is not None:
+            rows = records[(records.arm == arm) & (records.variant == grid.weighted_all)]
+            parts.append(rows.assign(label=grid.weighted_all_label))
+    return pd.concat(parts)
+
+
+def _table_order(c: Comparison, labels: pd.Series) -> list[str]:
+    """The labels drawn, in the order of the tables' rows (then any the tables lack)."""
+    drawn = set(labels)
+    return list(dict.fromkeys([label for label in c.main.arm if label in drawn] + list(labels)))
 
 
 # The colorblind palette with its vermilion moved back: the first four arms (equal, GradNorm,
@@ -89,7 +101,13 @@ def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
     labels = list(dict.fromkeys([*c.main.arm, *c.runs.label]))
     rank = {kind: i for i, kind in enumerate(_FIRST_COLOURED)}
     labels.sort(key=lambda label: rank.get(kinds.get(label), len(rank)))  # stable: ties keep their order
-    return {label: _ARM_PALETTE[i % len(_ARM_PALETTE)] for i, label in enumerate(labels)}
+    colours = {label: _ARM_PALETTE[i % len(_ARM_PALETTE)] for i, label in enumerate(labels)}
+    for arm, grid in c.grids.items():
+        # A grid's best point that weights every task: the grid's hue, darker (its own hue, the
+        # palette's vermilion, read as GradNorm's orange).
+        if grid.weighted_all_label in colours and arm in colours:
+            colours[grid.weighted_all_label] = tuple(0.6 * x for x in colours[arm])
+    return colours
 
 
 def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
@@ -226,7 +244,7 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
                          "loss": sum(l / n for l, n in zip(losses, normalisers))})
     data = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(10, 4.6))
-    order = list(dict.fromkeys([label for label in c.main.arm if label in set(data.arm)] + list(data.arm)))
+    order = _table_order(c, data.arm)
     palette = arm_colours(c)
     few = _fewest_seeds(data, "arm") < INTERVAL_MIN_SEEDS
     if few:  # each seed thin, under the means
@@ -237,7 +255,9 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     scale = _loss_scale(ax, data.loss)
     ax.set_ylabel("task-normalised test loss" + (" (log scale)" if scale == "log" else ""))
     spread = "thin: each seed" if few else "95% interval"
-    ax.set_title(f"Test loss during training (mean over seeds, {spread}); grids: the point chosen on validation")
+    ax.set_title(f"Test loss during training (mean over seeds, {spread})\ngrids: the point chosen on validation"
+                 + (", and the best that weights every task" if any(g.weighted_all for g in c.grids.values())
+                    else ""))
     # Beside the axes: inside, a legend of many arms covered the curves' ends.
     ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
@@ -523,9 +543,11 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.6 * runs.label.nunique() + 1.8))
     few = _fewest_seeds(runs, "label") < INTERVAL_MIN_SEEDS
+    order = _table_order(c, runs.label)
     sns.barplot(data=runs, y="label", x="normalized_overfitting_gap", errorbar=None if few else t_interval,
-                ax=ax, hue="label", palette=arm_colours(c), legend=False, saturation=1, alpha=0.6)
-    sns.stripplot(data=runs, y="label", x="normalized_overfitting_gap", color="k", size=5, ax=ax)
+                order=order, hue="label", hue_order=order, palette=arm_colours(c), legend=False, saturation=1,
+                alpha=0.6, ax=ax)
+    sns.stripplot(data=runs, y="label", x="normalized_overfitting_gap", order=order, color="k", size=5, ax=ax)
     ax.axvline(0, color="k", lw=0.8)
     gaps = runs.normalized_overfitting_gap.to_numpy(dtype=float)
     typical = np.quantile(np.abs(gaps), 0.75)
