@@ -56,7 +56,7 @@ def run_command(
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
     from bench.store import DEFAULT_STORAGE, ResultStore
     from bench.store.export import runs_table, write_runs_table
-    from bench.study import StudyRunner, StudySpec
+    from bench.study import StudyRunner, StudySpec, check_data
 
     spec = StudySpec.load(study)
     if seeds is not None:
@@ -70,6 +70,10 @@ def run_command(
     if grace <= heartbeat:
         # A shorter grace would declare live runs dead between two beats and retrain them.
         raise ConfigError("--grace", f"more seconds than --heartbeat ({heartbeat})", grace)
+    if backend == "loky":  # a Dask client need not hold the data its workers read
+        # Before the storage is opened: missing data leaves no new, empty journal behind either.
+        with working("loading the first seed's data"):
+            check_data(spec, device)
     with working(f"reading {storage or DEFAULT_STORAGE}"):
         store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
     for note in store.notes:

@@ -120,6 +120,20 @@ class HeartbeatThread:
                 pass
 
 
+def check_data(spec: StudySpec, device: str = "auto") -> None:
+    """Load the first seed's data before the study is stored. Missing data, or fewer examples
+    than the study asks for, then stops `bench run` with nothing stored: a study stored with
+    its runs queued keeps its configuration, so mending the study file (a `root`, a smaller
+    `n_train`) would otherwise need --new-version and another name."""
+    from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
+
+    config = spec.run_config(spec.runs()[0], device=device)
+    try:
+        problem_for(config).load(config.resolved_data_seed)
+    except ConfigError as err:
+        raise err.located(spec.path) from None
+
+
 class StudyRunner:
     """Runs a study against a result store until every run of it is finished."""
 
@@ -196,17 +210,7 @@ class StudyRunner:
         return self.name
 
     def _check_data(self) -> None:
-        """Load the first seed's data before the study is stored. Missing data, or fewer examples
-        than the study asks for, then stops `bench run` with nothing stored: a study stored with
-        its runs queued keeps its configuration, so mending the study file (a `root`, a smaller
-        `n_train`) would otherwise need --new-version and another name."""
-        from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
-
-        config = self.spec.run_config(self.spec.runs()[0], device=self.device)
-        try:
-            problem_for(config).load(config.resolved_data_seed)
-        except ConfigError as err:
-            raise err.located(self.spec.path) from None
+        check_data(self.spec, self.device)
 
     def progress(self) -> StudyProgress:
         return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()})
