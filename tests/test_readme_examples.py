@@ -1,4 +1,5 @@
-"""The README's examples run as written: the user-defined problem and its study."""
+"""The README's examples run as written: the user-defined problem and its study, and every
+`bench` command and option it names."""
 
 from __future__ import annotations
 
@@ -68,3 +69,36 @@ def test_a_problem_beside_its_study_file_imports_from_any_folder(tmp_path, monke
     spec = StudySpec.load("project/waves.toml")
     assert spec.problem == "waves_beside_the_study:two_waves" and spec.n_tasks == 2
     assert sys.path[-1] == str(project)
+
+
+def test_every_bench_command_and_option_the_readme_names_exists():
+    """The README's commands are what users paste: a verb or option renamed in the code and not
+    in the README would fail them."""
+    import shlex
+
+    import typer
+
+    from bench.cli.app import app
+
+    verbs = typer.main.get_command(app).commands
+    options = {verb: {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+               for verb, command in verbs.items()}
+    text = README.read_text()
+    written, fence = 0, None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = None if fence is not None else line[3:].strip()
+            continue
+        if fence in ("bash", "sh", ""):
+            for command in line.split("#")[0].split("&&"):
+                tokens = shlex.split(command)
+                if tokens[:1] != ["bench"] or len(tokens) < 2:
+                    continue
+                written += 1
+                assert tokens[1] in verbs, command
+                unknown = {t.split("=")[0] for t in tokens[2:] if t.startswith("--")} - options[tokens[1]]
+                assert not unknown, f"{command}: {unknown}"
+    assert written >= 10
+    # Every option named anywhere in it, in prose too, is one of some verb's (or pip's).
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - {"--index-url"}
+    assert named and named <= set().union(*options.values()), named - set().union(*options.values())
