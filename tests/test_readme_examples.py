@@ -102,3 +102,30 @@ def test_every_bench_command_and_option_the_readme_names_exists():
     # Every option named anywhere in it, in prose too, is one of some verb's (or pip's).
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - {"--index-url"}
     assert named and named <= set().union(*options.values()), named - set().union(*options.values())
+
+
+def test_the_readmes_table_of_gradnorm_options_matches_the_code():
+    """Its option names, the paper's defaults and the alternatives each option accepts."""
+    import dataclasses
+    import typing
+
+    from bench.balancers.gradnorm import GradNormParams
+
+    fields = {f.name: f for f in dataclasses.fields(GradNormParams)}
+    hints = typing.get_type_hints(GradNormParams)
+    text = README.read_text()
+    table = text[text.index("| option | paper (default) | alternatives |"):]
+    lines = table.splitlines()[2:]  # below the header and its rule, to the table's end
+    rows = [line.split("|")[1:4] for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]]
+    assert len(rows) >= 6
+    for names_cell, defaults_cell, alternatives_cell in rows:
+        names = re.findall(r"`(\w+)`", names_cell)
+        defaults = [d.strip().strip("`") for d in defaults_cell.split(",")]
+        assert names and set(names) <= set(fields), names
+        for name, default in zip(names, defaults, strict=True):
+            assert str(fields[name].default) == default or (default == "none" and fields[name].default is None), name
+        hint = hints[names[0]]
+        if typing.get_origin(hint) is typing.Literal:  # a choice: the alternatives are the others
+            choices = set(typing.get_args(hint))
+            written = {a for a in re.findall(r"`(\w+)`", alternatives_cell) if a not in fields}
+            assert written and written <= choices - {fields[names[0]].default}, (names[0], written)
