@@ -322,6 +322,44 @@ def test_the_gradient_norm_figure_draws_each_task_and_its_target():
     plt.close("all")
 
 
+def test_the_alpha_figure_draws_test_loss_per_alpha_the_choice_on_validation_and_the_other_arms():
+    c = hand_made()
+    assert figures.alpha_sensitivity(c) is None  # one alpha: nothing to draw
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    tests = {"0": (1.30, 1.32, 1.31), "1.5": (0.90, 0.93, 0.91), "3": (1.00, 1.05, 1.02)}
+    extra = [_run(arm, f"alpha={a}/seed={seed}", seed, 1.2, t + shift, t - 0.1, mean_weights=(1.4, 0.6),
+                  balancer="gradnorm" if arm == "gradnorm" else "static")
+             for a, losses in tests.items() for seed, t in enumerate(losses)
+             for arm, shift in (("gradnorm", 0.0), ("gradnorm-static", 0.05))]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-static": "gradnorm-static"},
+                "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}}
+    several = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), [])
+    assert several.alpha_choices["gradnorm"].chosen_variant == "alpha=0.12"  # 1.05 on validation, the others 1.2
+    fig = figures.alpha_sensitivity(several)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    lines = {line.get_label(): line for line in ax.lines}
+    gradnorm = lines["gradnorm"]
+    assert list(gradnorm.get_xdata()) == [0.0, 0.12, 1.5, 3.0]
+    assert list(gradnorm.get_ydata()) == pytest.approx([1.31, 1.1166667, 0.9133333, 1.0233333])
+    assert list(lines["gradnorm-static"].get_ydata()) == pytest.approx([1.36, 0.9633333, 1.0733333])  # no 0.12 retrain
+    star = next(col for col in ax.collections if col.get_label() == "gradnorm: alpha chosen on validation")
+    assert star.get_offsets().tolist() == [pytest.approx([0.12, 1.1166667])]  # chosen on validation, not on test (1.5)
+    main = several.main.set_index("arm").normalized_test_loss
+    for level in ("grid", "equal"):
+        assert lines[level].get_ydata()[0] == pytest.approx(main[level])
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["gradnorm", "gradnorm: alpha chosen on validation"]
+    plt.close(fig)
+    # The alphas are shades of GradNorm's one hue, light to dark; the other arms keep their hues
+    # (six alphas and their retrains had taken the whole palette, and the grid's pink with it).
+    colours = arm_colours(several)
+    shades = [colours[f"gradnorm (alpha={a})"] for a in ("0.12", "0", "1.5", "3")]  # the tables' order
+    assert [sum(rgb) for rgb in shades] == sorted((sum(rgb) for rgb in shades), reverse=True)
+    assert len(set(shades)) == 4
+    # equal, GradNorm, its static retrain and the grid: the palette's first four hues, in that order
+    assert (colours["equal"], colours["grid"]) == (figures._ARM_PALETTE[0], figures._ARM_PALETTE[3])
+    assert all(colours[f"gradnorm-static (alpha={a})"] not in shades for a in ("0", "1.5", "3"))
+
+
 def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

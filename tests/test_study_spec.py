@@ -104,6 +104,21 @@ def test_gridsearch_study_is_the_66_point_grid_with_gradnorm_static_and_equal():
     assert len(spec.arms["grid"].points) == 66
 
 
+def test_the_alpha_sweep_is_the_default_study_with_gradnorm_at_six_alphas():
+    sweep, default = StudySpec.load("alpha-sweep"), StudySpec.load("gridsearch")
+    for same in ("problem", "problem_params", "budget", "seeds", "selection", "dtype"):
+        assert getattr(sweep, same) == getattr(default, same), same
+    assert sweep.arms["grid"].points == default.arms["grid"].points
+    assert sweep.arms.keys() == default.arms.keys()
+    alphas = sorted({r.balancer_params["alpha"] for r in sweep.runs() if r.arm == "gradnorm"})
+    assert alphas == [0.0, 0.12, 0.5, 1.0, 1.5, 3.0]
+
+    def other_options(spec):
+        return {tuple(sorted((k, v) for k, v in r.balancer_params.items() if k != "alpha"))
+                for r in spec.runs() if r.arm == "gradnorm"}
+    assert other_options(sweep) == other_options(default)  # weight_lr = 0.002 and the rest
+
+
 def test_runs_of_a_tiny_study(tmp_path):
     spec = StudySpec.from_dict(__import__("tomllib").loads(TINY), source="tiny.toml")
     runs = spec.runs()

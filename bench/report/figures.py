@@ -88,26 +88,44 @@ def _table_order(c: Comparison, labels: pd.Series) -> list[str]:
 
 
 # The colorblind palette with its vermilion moved back: the first four arms (equal, GradNorm,
-# its static retrain, a grid) then get four hues that no reader confuses.
-_ARM_PALETTE = [sns.color_palette("colorblind")[i] for i in (0, 1, 2, 4, 3, 5, 6, 7, 8, 9)]
+# its static retrain, a grid) then get four hues that no reader confuses, and the fifth (the
+# default study's loss-scale) the muted tan, not the vermilion that reads as GradNorm's orange.
+_ARM_PALETTE = [sns.color_palette("colorblind")[i] for i in (0, 1, 2, 4, 5, 9, 3, 7, 6, 8)]
 _FIRST_COLOURED = ("equal", "gradnorm", "gradnorm-static", "grid")
 
 
 def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
-    """One colour per arm label, the same in every figure of the report. The comparison's own
-    arms take the palette's first hues whatever the other arms are called: in alphabetical
-    order, a `dwa` arm had taken equal's blue and shifted every other arm's hue."""
-    kinds = dict(zip(c.runs.label, c.runs.kind)) | dict(zip(c.main.arm, c.main.kind))
+    """One colour per arm label, the same in every figure of the report. Each arm has a hue of
+    its own, and the labels of an arm with several variants (a GradNorm arm's alphas) are shades
+    of it, light to dark in the tables' order: with a hue per label, six alphas took the whole
+    palette, and GradNorm's lines took the grid's pink. The comparison's own arms take the
+    palette's first hues whatever the other arms are called: in alphabetical order, a `dwa` arm
+    had taken equal's blue and shifted every other arm's hue."""
+    kinds = dict(zip(c.runs.arm, c.runs.kind))
     labels = list(dict.fromkeys([*c.main.arm, *c.runs.label]))
+    # A grid's best point that weights every task: the grid's hue, darker (a hue of its own, the
+    # palette's vermilion, read as GradNorm's orange).
+    weighted_all = {g.weighted_all_label: arm for arm, g in c.grids.items()}
+    arm_of = dict(zip(c.runs.label, c.runs.arm))
+    arms = list(dict.fromkeys(arm_of.get(label, label) for label in labels if label not in weighted_all))
     rank = {kind: i for i, kind in enumerate(_FIRST_COLOURED)}
-    labels.sort(key=lambda label: rank.get(kinds.get(label), len(rank)))  # stable: ties keep their order
-    colours = {label: _ARM_PALETTE[i % len(_ARM_PALETTE)] for i, label in enumerate(labels)}
-    for arm, grid in c.grids.items():
-        # A grid's best point that weights every task: the grid's hue, darker (its own hue, the
-        # palette's vermilion, read as GradNorm's orange).
-        if grid.weighted_all_label in colours and arm in colours:
-            colours[grid.weighted_all_label] = tuple(0.6 * x for x in colours[arm])
+    arms.sort(key=lambda arm: rank.get(kinds.get(arm), len(rank)))  # stable: ties keep their order
+    colours: dict[str, tuple[float, float, float]] = {}
+    for i, arm in enumerate(arms):
+        hue = _ARM_PALETTE[i % len(_ARM_PALETTE)]
+        variants = [label for label in labels if arm_of.get(label, label) == arm and label not in weighted_all]
+        for label, depth in zip(variants, np.linspace(-0.45, 0.45, len(variants)) if len(variants) > 1 else [0.0]):
+            colours[label] = _shade(hue, depth)
+    for label, arm in weighted_all.items():
+        if label in labels and arm in colours:
+            colours[label] = _shade(colours[arm], 0.4)
     return colours
+
+
+def _shade(rgb: tuple[float, ...], depth: float) -> tuple[float, float, float]:
+    """`rgb` mixed with white (depth < 0) or black (depth > 0) by |depth|."""
+    target = 0.0 if depth > 0 else 1.0
+    return tuple(float(x + abs(depth) * (target - x)) for x in rgb[:3])
 
 
 def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
@@ -261,6 +279,52 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     # Beside the axes: inside, a legend of many arms covered the curves' ends.
     ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
+    return fig
+
+
+# Arms drawn as levels beside GradNorm's alpha: they have no alpha.
+_LEVEL_KINDS = ("grid", "equal", "static", "loss-scale", "uncertainty", "dwa", "rlw")
+
+
+def alpha_sensitivity(c: Comparison) -> plt.Figure | None:
+    """Test loss against alpha for each GradNorm arm trained with several: the one
+    hyperparameter the paper leaves to its user. Its static retrains beside it, each seed as a
+    dot, the alpha chosen on validation starred, and the other arms as levels."""
+    if not c.alpha_choices:
+        return None
+    ok = c.runs[c.runs.status == "ok"]
+    ok = ok.assign(alpha=pd.to_numeric(ok.variant.str.extract(r"^alpha=(.+)$")[0], errors="coerce"))
+    sources = c.manifest.get("gradnorm_static_sources", {})
+    colours = arm_colours(c)
+    levels = c.main[c.main.kind.isin(_LEVEL_KINDS) & c.main.normalized_test_loss.notna()]
+    fig, axes = _panels(len(c.alpha_choices), 7, 4.6)
+    for ax, (arm, choice) in zip(axes, c.alpha_choices.items()):
+        chosen = choice.chosen_variant
+        for line_arm in [arm, *(s for s, source in sources.items() if source == arm)]:
+            runs = ok[(ok.arm == line_arm) & ok.alpha.notna()]
+            if runs.empty:
+                continue
+            colour = colours.get(f"{line_arm} ({chosen})", colours.get(line_arm, "k"))
+            means = runs.groupby("alpha").normalized_test_loss.mean()
+            ax.plot(means.index, means.to_numpy(), marker="o", color=colour, lw=1.8, label=line_arm)
+            ax.scatter(runs.alpha, runs.normalized_test_loss, s=10, color=colour, alpha=0.5)
+            picked = runs[runs.variant == chosen]
+            if line_arm == arm and not picked.empty:
+                ax.scatter([picked.alpha.iloc[0]], [picked.normalized_test_loss.mean()], s=260, marker="*",
+                           color=colour, edgecolors="k", zorder=5, label=f"{arm}: alpha chosen on validation")
+        for row in levels.itertuples():
+            ax.axhline(row.normalized_test_loss, color=colours.get(row.arm, "0.5"), ls="--", lw=1.2, label=row.arm)
+        alphas = ok[(ok.arm == arm)].alpha.dropna()
+        if alphas.min() > 0 and alphas.max() / alphas.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("task-normalised test loss")
+        ax.set_title(f"{arm}: test loss against alpha (mean over seeds; dots: each seed)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    # Below the panels: the levels span the whole width, so inside no place is free of them.
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize="small", frameon=False)
+    rows = math.ceil(len(labels) / min(3, len(labels)))
+    fig.tight_layout(rect=(0, (0.2 + 0.22 * rows) / fig.get_figheight(), 1, 1))
     return fig
 
 
@@ -565,6 +629,7 @@ FIGURES = [
     ("weights", "GradNorm's task weights over training", weight_trajectories),
     ("norms", "GradNorm's gradient norms at W against its targets", gradient_norms),
     ("curves", "Test loss during training", test_loss_curves),
+    ("alpha", "Test loss against GradNorm's alpha", alpha_sensitivity),
     ("landscape", "The grid's landscape", grid_landscape),
     ("distance", "Test loss against distance to GradNorm's weights", distance_to_gradnorm),
     ("pareto", "Pareto front of per-task test losses", pareto_front),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,25 @@ def runs_table(store: ResultStore, study: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values(["arm", "run_key"]).reset_index(drop=True)
+    return frame.sort_values(["arm", "run_key"], key=_natural_order, kind="stable").reset_index(drop=True)
+
+
+def _natural_order(column: pd.Series) -> pd.Series:
+    """Run keys by their numbers' values: alpha=0, 0.12, 0.5, 1, 1.5, 3 and seed=2 before seed=10
+    (as text, "alpha=0.5/" sorted before "alpha=0/" and "seed=10" before "seed=2").
+
+    >>> keys = pd.Series(["alpha=0.5/seed=10", "alpha=0/seed=2", "alpha=0.5/seed=2"], name="run_key")
+    >>> keys.sort_values(key=_natural_order).tolist()
+    ['alpha=0/seed=2', 'alpha=0.5/seed=2', 'alpha=0.5/seed=10']
+    """
+    if column.name != "run_key":
+        return column
+    # Text and numbers alternate in the split, so two keys always compare text with text.
+    return column.map(lambda key: tuple(float(part) if i % 2 else part
+                                        for i, part in enumerate(_NUMBER.split(key))))
+
+
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
 def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
