@@ -187,7 +187,7 @@ class StudyRunner:
     def _prepare(self) -> str:
         spec = self.spec
         if self.backend == "loky":  # a Dask client need not hold the data its workers read
-            self._check_data()
+            check_data(spec, self.device)  # again after `bench run`'s check: cached, and for callers of the API
         attrs = {
             "arms": list(spec.arms),
             "kinds": {name: arm.kind for name, arm in spec.arms.items()},
@@ -208,9 +208,6 @@ class StudyRunner:
         self.store.queue_once(self.name, runset, by_arm)
         self.prepared = True
         return self.name
-
-    def _check_data(self) -> None:
-        check_data(self.spec, self.device)
 
     def progress(self) -> StudyProgress:
         return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()})
