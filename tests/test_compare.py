@@ -1006,3 +1006,14 @@ def test_distance_figure_keeps_the_papers_points_readable_beside_far_outliers():
     # Without far outliers the axis stays linear.
     assert figures.distance_to_gradnorm(study((1.1, 1.2))).axes[0].get_yscale() == "linear"
     plt.close("all")
+
+
+@given(st.lists(st.tuples(st.floats(0, 1e6, allow_nan=False, allow_subnormal=False), st.integers(0, 999)),
+                min_size=1, max_size=20, unique_by=lambda run: (f"{run[0]:g}", run[1])))
+def test_run_keys_are_listed_in_the_order_of_their_numbers(runs):
+    """Sorted as text, alpha=0.5 came before alpha=0 and seed=10 before seed=2, in every table."""
+    from bench.store.export import _natural_order
+
+    keys = pd.Series([f"alpha={alpha:g}/seed={seed}" for alpha, seed in runs], name="run_key")
+    listed = keys.sort_values(key=_natural_order).tolist()
+    assert listed == sorted(keys, key=lambda k: (float(k[6:].split("/")[0]), int(k.split("seed=")[1])))

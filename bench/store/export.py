@@ -53,7 +53,7 @@ def _natural_order(column: pd.Series) -> pd.Series:
                                         for i, part in enumerate(_NUMBER.split(key))))
 
 
-_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e-?\d+)?)")
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
 
 
 def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
