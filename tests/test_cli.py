@@ -350,6 +350,24 @@ def test_list_shows_every_registered_option_whole_within_80_columns(capsys, monk
                     assert f"{field.name}={default!r}" in tokens
 
 
+def test_list_shows_the_studies_at_hand_with_their_runs_and_one_that_does_not_load(tmp_path, capsys, monkeypatch):
+    from bench.cli import common
+
+    monkeypatch.setattr(common.console, "width", 200)  # a line per entry: easy to match
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mine.toml").write_text(TINY)
+    (tmp_path / "studies" / "broken.toml").write_text(TINY.replace("steps = 10", "steps = -1"))
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0 and out.startswith("studies (bench run --study NAME)")
+    shipped = Path(__file__).resolve().parents[1] / "studies"
+    names = [line.split()[0] for line in out.split("problems")[0].splitlines()[4:] if line[1:2].strip()]
+    assert names == sorted(["mine", "broken", *(p.stem for p in shipped.glob("*.toml"))])
+    assert f"210 runs over 3 seeds, 1500 steps each: {shipped / 'gridsearch.toml'}" in out
+    assert "16 runs over 2 seeds, 10 steps each: studies/mine.toml" in out
+    assert "cannot be read: studies/broken.toml: budget.steps: expected" in out
+
+
 def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True,
                             text=True, timeout=900)

@@ -1,8 +1,10 @@
-"""`bench list`: the problems and balancing methods the registries offer, with their options."""
+"""`bench list`: the studies at hand, and the problems and balancing methods the registries offer,
+with their options."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from rich import box
 from rich.table import Table
@@ -28,20 +30,49 @@ def _entry(description: str, params_cls: type) -> Text:
     return text
 
 
+def _table(title: str, second_column: str, rows: list[tuple[str, Text]]) -> Table:
+    # Two columns and no vertical rules: at 80 columns a third squeezed the descriptions to a
+    # word a line, cut with ellipses.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column(second_column)
+    for i, (name, entry) in enumerate(rows):
+        if i:
+            table.add_row()
+        table.add_row(name, entry)
+    return table
+
+
+def _study_entry(path: Path) -> Text:
+    """A study file's description, then what `bench run` would train; or why it cannot be read."""
+    from bench.errors import BenchError
+    from bench.formatting import count
+    from bench.study import StudySpec
+
+    try:
+        spec = StudySpec.load(str(path))
+    except BenchError as err:  # a study of one's own that does not load is listed, with why
+        return Text(f"cannot be read: {err}", style="red")
+    text = Text(" ".join(spec.description.split()) or "(no description)")
+    text.append(f"\n{count(len(spec.runs()), 'run')} over {count(len(spec.seeds), 'seed')}, "
+                f"{spec.budget.steps} steps each: {spec.path}", style="cyan")
+    return text
+
+
 def list_command() -> None:
-    """List the problems and balancing methods, with their options and defaults."""
+    """List the studies at hand, and the problems and balancing methods with their options."""
     from bench.balancers import BALANCERS
     from bench.problems import PROBLEMS
+    from bench.study.spec import studies_dirs
 
+    # As `bench run --study NAME` finds them: ./studies first, then the shipped ones.
+    studies: dict[str, Path] = {}
+    for folder in studies_dirs():
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            studies.setdefault(path.stem, path)
+    if studies:
+        console.print(_table("studies (bench run --study NAME)", "description, then its runs",
+                             [(name, _study_entry(path)) for name, path in sorted(studies.items())]))
     for title, registry in (("problems", PROBLEMS), ("balancers", BALANCERS)):
-        # Two columns and no vertical rules: at 80 columns a third squeezed the descriptions to
-        # a word a line, cut with ellipses.
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                      collapse_padding=True)
-        table.add_column("name", no_wrap=True)
-        table.add_column("description, then options (defaults)")
-        for i, (name, cls) in enumerate(registry.items()):
-            if i:
-                table.add_row()
-            table.add_row(name, _entry(cls.description, cls.Params))
-        console.print(table)
+        console.print(_table(title, "description, then options (defaults)",
+                             [(name, _entry(cls.description, cls.Params)) for name, cls in registry.items()]))
