@@ -340,6 +340,10 @@ def test_the_alpha_figure_draws_test_loss_per_alpha_the_choice_on_validation_and
     lines = {line.get_label(): line for line in ax.lines}
     gradnorm = lines["gradnorm"]
     assert list(gradnorm.get_xdata()) == [0.0, 0.12, 1.5, 3.0]
+    assert ax.get_xscale() == "symlog"  # 0.12 to 3: the small alphas kept apart, 0 on the axis too
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.12", "1.5", "3"]  # as the study writes them
+    assert ax.get_xlim()[0] < 0 < ax.get_xlim()[0] + 0.12  # alpha = 0 inside the frame, no negative decade
     assert list(gradnorm.get_ydata()) == pytest.approx([1.31, 1.1166667, 0.9133333, 1.0233333])
     assert list(lines["gradnorm-static"].get_ydata()) == pytest.approx([1.36, 0.9633333, 1.0733333])  # no 0.12 retrain
     star = next(col for col in ax.collections if col.get_label() == "gradnorm: alpha chosen on validation")

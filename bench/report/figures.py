@@ -315,8 +315,19 @@ def alpha_sensitivity(c: Comparison) -> plt.Figure | None:
         for row in levels.itertuples():
             ax.axhline(row.normalized_test_loss, color=colours.get(row.arm, "0.5"), ls="--", lw=1.2, label=row.arm)
         alphas = ok[(ok.arm == arm)].alpha.dropna()
-        if alphas.min() > 0 and alphas.max() / alphas.min() >= 10:
-            ax.set_xscale("log")
+        positive = alphas[alphas > 0]
+        if len(positive) and positive.max() / positive.min() >= 10:
+            # Decades apart (0.01 to 10): on a linear axis the small alphas fall onto one point.
+            # With alpha = 0 among them, linear up to the smallest positive one.
+            if (alphas == 0).any():
+                ax.set_xscale("symlog", linthresh=positive.min())
+                ax.set_xlim(-0.25 * positive.min(), 1.4 * positive.max())
+            else:
+                ax.set_xscale("log")
+            # A tick at each alpha trained, as written in the study ("0.12", not 1.2 x 10^-1).
+            ax.set_xticks(sorted(alphas.unique()))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.set_xlabel("alpha")
         ax.set_ylabel("task-normalised test loss")
         ax.set_title(f"{arm}: test loss against alpha (mean over seeds; dots: each seed)")
