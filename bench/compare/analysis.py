@@ -78,6 +78,8 @@ class AlphaChoice:
     arm: str
     val_losses: dict[str, float]  # variant ("alpha=0.12") -> mean task-normalised validation loss
     excluded: list[str] = field(default_factory=list)  # variants with a failed seed, left out
+    # The same variants' mean test loss: reported, how much alpha matters, never used to choose.
+    test_losses: dict[str, float] = field(default_factory=dict)
 
     @property
     def chosen_variant(self) -> str:
@@ -100,10 +102,17 @@ class AlphaChoice:
             return (f"{self.arm}: {chosen} is the only one of {1 + len(self.excluded)} values with every "
                     f"seed finished; the sentences here are for {self.chosen}, and the tables list every "
                     f"alpha.{left_out}")
+        spread = ""
+        if len(self.test_losses) > 1:
+            low, high = (min(self.test_losses, key=self.test_losses.__getitem__),
+                         max(self.test_losses, key=self.test_losses.__getitem__))
+            spread = (f" Across them, test loss runs from {significant(self.test_losses[low])} ({low}) to "
+                      f"{significant(self.test_losses[high])} ({high}), "
+                      f"{100 * (self.test_losses[high] / self.test_losses[low] - 1):.2g} % apart.")
         return (f"{self.arm}: validation chose {chosen} of {len(self.val_losses) + len(self.excluded)} "
                 f"values (mean task-normalised validation loss {significant(self.val_losses[chosen], digits)}; "
                 f"{others}); the sentences here are for {self.chosen}, and the tables list every "
-                f"alpha.{left_out}")
+                f"alpha.{spread}{left_out}")
 
 
 @dataclass
@@ -280,8 +289,10 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
         eligible = g[~g.variant.isin(failed)]
         if eligible.empty:
             continue
-        val = eligible.groupby("variant", sort=False).normalized_val_loss.mean()
-        choices[arm] = AlphaChoice(arm, {str(k): float(v) for k, v in val.items()}, [str(v) for v in failed])
+        means = eligible.groupby("variant", sort=False)[["normalized_val_loss", "normalized_test_loss"]].mean()
+        choices[arm] = AlphaChoice(arm, {str(k): float(v) for k, v in means.normalized_val_loss.items()},
+                                   [str(v) for v in failed],
+                                   {str(k): float(v) for k, v in means.normalized_test_loss.items()})
     return choices
 
 
