@@ -358,14 +358,20 @@ def test_list_shows_the_studies_at_hand_with_their_runs_and_one_that_does_not_lo
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "mine.toml").write_text(TINY)
     (tmp_path / "studies" / "broken.toml").write_text(TINY.replace("steps = 10", "steps = -1"))
+    (tmp_path / "listed_raising_problem.py").write_text("def build(**options):\n    raise RuntimeError('boom')\n")
+    (tmp_path / "studies" / "raising.toml").write_text(
+        TINY.replace('name = "toy"', 'name = "listed_raising_problem:build"'))
     code, out, _ = run_cli(["list"], capsys)
     assert code == 0 and out.startswith("studies (bench run --study NAME)")
     shipped = Path(__file__).resolve().parents[1] / "studies"
     names = [line.split()[0] for line in out.split("problems")[0].splitlines()[4:] if line[1:2].strip()]
-    assert names == sorted(["mine", "broken", *(p.stem for p in shipped.glob("*.toml"))])
+    assert names == sorted(["mine", "broken", "raising", *(p.stem for p in shipped.glob("*.toml"))])
     assert f"210 runs over 3 seeds, 1500 steps each: {shipped / 'gridsearch.toml'}" in out
     assert "16 runs over 2 seeds, 10 steps each: studies/mine.toml" in out
     assert "cannot be read: studies/broken.toml: budget.steps: expected" in out
+    # An error in one's own problem code lists that study with where it came from, not a failed list.
+    assert "cannot be read: RuntimeError: boom, raised in your code at " in out
+    assert "listed_raising_problem.py, line 2, in build" in out
 
 
 def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

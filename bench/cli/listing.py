@@ -45,14 +45,17 @@ def _table(title: str, second_column: str, rows: list[tuple[str, Text]]) -> Tabl
 
 def _study_entry(path: Path) -> Text:
     """A study file's description, then what `bench run` would train; or why it cannot be read."""
-    from bench.errors import BenchError
+    from bench.errors import BenchError, UserCodeError
     from bench.formatting import count
     from bench.study import StudySpec
 
     try:
         spec = StudySpec.load(str(path))
-    except BenchError as err:  # a study of one's own that does not load is listed, with why
-        return Text(f"cannot be read: {err}", style="red")
+    except Exception as err:  # a study of one's own that does not load is listed, with why
+        located = err if isinstance(err, BenchError) else UserCodeError.located(err)
+        if located is None:  # not the user's input or code: a bug of ours keeps its traceback
+            raise
+        return Text(f"cannot be read: {located}", style="red")
     text = Text(" ".join(spec.description.split()) or "(no description)")
     text.append(f"\n{count(len(spec.runs()), 'run')} over {count(len(spec.seeds), 'seed')}, "
                 f"{spec.budget.steps} steps each: {spec.path}", style="cyan")
