@@ -364,6 +364,21 @@ def test_the_alpha_figure_draws_test_loss_per_alpha_the_choice_on_validation_and
     assert all(colours[f"gradnorm-static (alpha={a})"] not in shades for a in ("0", "1.5", "3"))
 
 
+def test_the_alpha_figure_has_a_panel_and_legend_entries_for_each_gradnorm_arm_with_several_alphas():
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    extra = [_run(arm, f"alpha={alpha}/seed={seed}", seed, 1.1, 1.0, 0.9, mean_weights=(1.4, 0.6), balancer="gradnorm")
+             for arm, alphas in (("gradnorm", ("1.5",)), ("gradnorm-floor", ("0.12", "1.5"))) for alpha in alphas
+             for seed in (0, 1, 2)]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-floor": "gradnorm"}}
+    fig = figures.alpha_sensitivity(build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), []))
+    assert [ax.get_title().split(":")[0] for ax in fig.axes if ax.get_visible()] == ["gradnorm", "gradnorm-floor"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"gradnorm", "gradnorm-floor", "gradnorm-floor: alpha chosen on validation", "grid", "equal"} <= set(legend)
+    assert len(legend) == len(set(legend))  # the levels both panels draw, once
+    plt.close(fig)
+
+
 def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

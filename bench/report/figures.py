@@ -331,7 +331,12 @@ def alpha_sensitivity(c: Comparison) -> plt.Figure | None:
         ax.set_xlabel("alpha")
         ax.set_ylabel("task-normalised test loss")
         ax.set_title(f"{arm}: test loss against alpha (mean over seeds; dots: each seed)")
-    handles, labels = axes[0].get_legend_handles_labels()
+    # One legend for every panel: each GradNorm arm's lines, and the levels they share.
+    entries: dict[str, object] = {}
+    for ax in axes[:len(c.alpha_choices)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    handles, labels = list(entries.values()), list(entries)
     # Below the panels: the levels span the whole width, so inside no place is free of them.
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize="small", frameon=False)
     rows = math.ceil(len(labels) / min(3, len(labels)))
