@@ -257,14 +257,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     runs["label"] = runs.apply(label, axis=1)
     grids = {arm: _select(runs[runs.arm == arm], tasks) for arm in runs.arm.unique()
              if kinds.get(arm) == "grid"}
-    # The rows that represent each label: a grid's selected point, everything else as is.
-    chosen = runs[[kinds.get(a) != "grid" or v == grids[a].selected
-                   for a, v in zip(runs.arm, runs.variant)]]
-    # A grid whose selected point gives a task up is also represented by its best point that
-    # weights every task, under a label of its own, listed right after the grid.
-    chosen = pd.concat([chosen, *(runs[(runs.arm == a) & (runs.variant == g.weighted_all)]
-                                  .assign(label=g.weighted_all_label)
-                                  for a, g in grids.items() if g.weighted_all)])
+    chosen = representatives(runs, grids)
     arm_order = {arm: i for i, arm in enumerate(runs.arm.unique())}
     chosen = chosen.sort_values("arm", key=lambda arms: arms.map(arm_order), kind="stable")
     main = _main_table(runs, chosen, grids, tasks, manifest)
@@ -275,6 +268,17 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
                             standings, comparisons, alpha_choices=_choose_alphas(runs))
     comparison.headline = _headline(comparison)
     return comparison
+
+
+def representatives(rows: pd.DataFrame, grids: dict[str, GridSelection]) -> pd.DataFrame:
+    """The rows (runs, or their records) that represent each label of the tables: a grid's
+    selected point, everything else as is. A grid whose selected point gives a task up is also
+    represented by its best point that weights every task, under a label of its own."""
+    keep = [kind != "grid" or variant == grids[arm].selected
+            for arm, kind, variant in zip(rows.arm, rows.kind, rows.variant)]
+    return pd.concat([rows[pd.Series(keep, index=rows.index, dtype=bool)],
+                      *(rows[(rows.arm == arm) & (rows.variant == g.weighted_all)].assign(label=g.weighted_all_label)
+                        for arm, g in grids.items() if g.weighted_all)])
 
 
 def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:

@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from bench.compare.analysis import Comparison, GridSelection  # noqa: E402
+from bench.compare.analysis import Comparison, GridSelection, representatives  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number  # noqa: E402
 
@@ -65,20 +65,6 @@ def _records(c: Comparison) -> pd.DataFrame:
         if key in info.index:
             rows.append({**info.loc[key].to_dict(), "arm": entry["arm"], "record": entry["record"]})
     return pd.DataFrame(rows, columns=[*columns, "arm", "record"])  # the columns even with no record
-
-
-def _chosen(c: Comparison, records: pd.DataFrame) -> pd.DataFrame:
-    """The runs (records, or rows of the runs table) that represent each label of the tables: a
-    grid's selected point and, where that point gives a task up, its best point that weights
-    every task, labelled as in the tables ("grid (all weights > 0)")."""
-    keep = [kind != "grid" or variant == c.grids[arm].selected
-            for arm, kind, variant in zip(records.arm, records.kind, records.variant)]
-    parts = [records[np.asarray(keep, dtype=bool)]]  # a plain empty list would select columns
-    for arm, grid in c.grids.items():
-        if grid.weighted_all is not None:
-            rows = records[(records.arm == arm) & (records.variant == grid.weighted_all)]
-            parts.append(rows.assign(label=grid.weighted_all_label))
-    return pd.concat(parts)
 
 
 def _table_order(c: Comparison, labels: pd.Series) -> list[str]:
@@ -248,7 +234,7 @@ def gradient_norms(c: Comparison) -> plt.Figure | None:
 
 
 def test_loss_curves(c: Comparison) -> plt.Figure | None:
-    records = _chosen(c, _records(c))
+    records = representatives(_records(c), c.grids)
     records = records[records.status == "ok"]
     if records.empty:
         return None
@@ -618,7 +604,7 @@ def _focus_box(grid_xy: np.ndarray, weighted_all: np.ndarray,
 
 
 def overfitting_gaps(c: Comparison) -> plt.Figure | None:
-    runs = _chosen(c, c.runs[c.runs.status == "ok"])  # the gaps are in the runs table: no record needed
+    runs = representatives(c.runs[c.runs.status == "ok"], c.grids)  # the gaps are in the runs table: no record needed
     if runs.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.6 * runs.label.nunique() + 1.8))
