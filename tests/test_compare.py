@@ -1037,3 +1037,25 @@ def test_run_keys_are_listed_in_the_order_of_their_numbers(runs):
     keys = pd.Series([f"alpha={alpha:g}/seed={seed}" for alpha, seed in runs], name="run_key")
     listed = keys.sort_values(key=_natural_order).tolist()
     assert listed == sorted(keys, key=lambda k: (float(k[6:].split("/")[0]), int(k.split("seed=")[1])))
+
+
+def test_the_same_runs_draw_the_same_figures_and_leave_numpys_generator_alone():
+    """The distance figure's band is bootstrapped and the overfitting figure's points jittered,
+    both at random: every `bench compare` wrote other PNG bytes for the same study."""
+    import io
+
+    c = hand_made(seeds=5)
+
+    def png(draw) -> bytes:
+        fig = draw(c)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        return buffer.getvalue()
+
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    for draw in (figures.distance_to_gradnorm, figures.overfitting_gaps):
+        assert png(draw) == png(draw)
+    assert np.random.random() == expected  # the jitter's seeding is undone
