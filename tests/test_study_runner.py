@@ -517,3 +517,49 @@ def test_gradnorm_static_of_weights_that_are_no_static_weighting_fails_alone(sto
     assert len(statics) == 4 and all(r["status"] == "failed" for r in statics)
     assert all("no static weighting" in r["reason"] and "-1" in r["reason"] for r in statics)
     assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+@pytest.mark.parametrize("killed_after_writes", [1, 2])
+def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
+        tmp_path, monkeypatch, storage, killed_after_writes):
+    """A worker SIGKILLed between taking a run (RUNNING) and recording its first heartbeat left
+    it RUNNING for ever in an RDB storage: Optuna finds a run stale by its heartbeat, and it had
+    none. Every other worker then waited for it (a CI run hung for 600 s on PostgreSQL)."""
+    monkeypatch.chdir(tmp_path)
+    url = str(tmp_path / "bench.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'bench.db'}"
+    killed = ResultStore(url, heartbeat_interval=1, grace_period=1)
+    runner = StudyRunner(spec_of(TINY), killed)
+    runner.prepare()
+    arm = killed.arm_study("tiny", "equal")
+    trial = next(t for t in arm.get_trials() if t.state == optuna.trial.TrialState.WAITING)
+
+    class Killed(BaseException):
+        pass
+
+    writes = {"n": 0}
+
+    def dies_after(write):
+        def wrapped(*args, **kwargs):
+            result = write(*args, **kwargs)
+            writes["n"] += 1
+            if writes["n"] == killed_after_writes:
+                raise Killed
+            return result
+        return wrapped
+
+    for name in ("set_trial_state_values", "record_heartbeat", "set_trial_system_attr"):
+        monkeypatch.setattr(killed.storage, name, dies_after(getattr(killed.storage, name)))
+    with pytest.raises(Killed):
+        killed.claim(trial, "dead:1")
+
+    other = ResultStore(url, heartbeat_interval=1, grace_period=1)
+    deadline = time.monotonic() + 10
+    while True:
+        other.fail_stale("tiny", ["equal"])
+        latest = other.arm_trials("tiny", ["equal"])["equal"].by_key[trial.user_attrs["run_key"]]
+        if latest.state == optuna.trial.TrialState.WAITING:
+            break  # queued again (or never taken): another worker trains it
+        assert time.monotonic() < deadline, f"the run stays {latest.state.name} with nobody training it"
+        time.sleep(0.2)
+    assert StudyRunner(spec_of(TINY), other).run().left == 0

@@ -429,9 +429,19 @@ class ResultStore:
         return out
 
     def fail_stale(self, study: str, arms: Iterable[str]) -> None:
-        """Fail runs whose worker stopped beating, and queue them again."""
+        """Fail runs whose worker stopped beating, and queue them again. A run whose worker was
+        killed between taking it and its first heartbeat has no heartbeat, and Optuna's RDB
+        storage never finds it stale: it is given back once it has been running, unowned, for
+        the grace period (by its start time: a command that looks once, `bench delete`, sees it)."""
+        deadline = time.time() - self.grace_period
         for arm in arms:
-            fail_stale_trials(self.arm_study(study, arm))
+            arm_study = self.arm_study(study, arm)
+            fail_stale_trials(arm_study)
+            for trial in arm_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                # `claim` names the worker right after the heartbeat: unnamed, it has none yet.
+                started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+                if WORKER not in trial.system_attrs and started < deadline:
+                    self.release(arm_study, trial, "its worker stopped before its first heartbeat")
 
     def claim(self, trial: FrozenTrial, worker: str) -> bool:
         """Take a queued trial (WAITING -> RUNNING); False if another worker took it first."""
