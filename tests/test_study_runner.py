@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import optuna
 import pytest
@@ -563,3 +564,32 @@ def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
         assert time.monotonic() < deadline, f"the run stays {latest.state.name} with nobody training it"
         time.sleep(0.2)
     assert StudyRunner(spec_of(TINY), other).run().left == 0
+
+
+def test_a_study_whose_creator_was_killed_while_storing_its_manifest_is_stored_again(
+        store, monkeypatch, capsys):
+    """A worker killed between creating the study and writing the last of its manifest left the
+    name blocked: every later `bench run` waited for that manifest for ever."""
+    import bench.store.results as results
+
+    half_written = optuna.create_study(storage=store.storage, study_name="tiny")
+    half_written.set_user_attr("arms", ["grid"])
+    half_written.set_user_attr("config_hash", "written before the kill")
+    monkeypatch.setattr(results, "WAIT_FOR_OTHERS_S", 0.5)
+    study_file = Path("tiny.toml")
+    study_file.write_text(TINY)
+    assert main(["run", "--study", str(study_file), "--storage", store.url]) == 0
+    assert "it held no runs and was stored again" in " ".join(capsys.readouterr().err.split())
+    assert store.manifest("tiny")["config_hash"] == spec_of(TINY).config_hash()
+    assert len(store.records("tiny")) == len(spec_of(TINY).runs())
+
+
+def test_an_optuna_study_of_the_same_name_with_trials_of_its_own_is_left_alone(store, monkeypatch):
+    import bench.store.results as results
+
+    foreign = optuna.create_study(storage=store.storage, study_name="tiny")
+    foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    monkeypatch.setattr(results, "WAIT_FOR_OTHERS_S", 0.5)
+    with pytest.raises(BenchError, match="is not a bench study"):
+        StudyRunner(spec_of(TINY), store).run()
+    assert len(optuna.load_study(study_name="tiny", storage=store.storage).trials) == 2

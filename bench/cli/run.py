@@ -83,7 +83,10 @@ def run_command(
     console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "
                                 f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
                                 f"seeds {spec.seeds}, {spec.budget.steps} steps each"))
+    opened = len(store.notes)
     runner.prepare()  # refuses a changed configuration before anything is shown or trained
+    for note in store.notes[opened:]:  # what registering the study did to the storage
+        err_console.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=err_console, transient=False) as progress:

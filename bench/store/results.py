@@ -290,14 +290,23 @@ class ResultStore:
         deadline = time.monotonic() + WAIT_FOR_OTHERS_S
         while True:
             try:
-                attrs = self.storage.get_study_user_attrs(self.storage.get_study_id_from_name(name))
+                study_id = self.storage.get_study_id_from_name(name)
+                attrs = self.storage.get_study_user_attrs(study_id)
             except KeyError:
                 return None
             if attrs.get(MANIFEST):
                 return attrs
-            if attrs.get("config_hash") is None and time.monotonic() > deadline:
-                raise BenchError(f"the Optuna study {name!r} in {self.url} is not a bench study "
-                                 "(no manifest); choose another study name")
+            if time.monotonic() > deadline:
+                if not attrs and self.storage.get_n_trials(study_id):
+                    raise BenchError(f"the Optuna study {name!r} in {self.url} is not a bench study "
+                                     "(no manifest); choose another study name")
+                # Its creator was killed while storing it (part of the manifest, or none, and no
+                # runs): nothing is lost by dropping it, and the name is free again.
+                _delete_study(self.storage, study_id)
+                self.notes.append(f"the study {name!r} had no manifest {WAIT_FOR_OTHERS_S:.0f} s after "
+                                  "it was created (its `bench run` was stopped while storing it): "
+                                  "it held no runs and was stored again")
+                return None
             time.sleep(0.2)
 
     def arm_study(self, study: str, arm: str,
