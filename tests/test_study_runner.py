@@ -593,3 +593,28 @@ def test_an_optuna_study_of_the_same_name_with_trials_of_its_own_is_left_alone(s
     with pytest.raises(BenchError, match="is not a bench study"):
         StudyRunner(spec_of(TINY), store).run()
     assert len(optuna.load_study(study_name="tiny", storage=store.storage).trials) == 2
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_status_tells_a_worker_that_stopped_beating_from_one_that_trains(tmp_path, monkeypatch, capsys, storage):
+    """`bench status` listed a killed worker's runs as "running on" it for ever (until the next
+    `bench run` queued them again): nothing told a user that worker was gone."""
+    monkeypatch.chdir(tmp_path)
+    url = str(tmp_path / "bench.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'bench.db'}"
+    store = ResultStore(url, heartbeat_interval=1, grace_period=1)
+    runner = StudyRunner(spec_of(TINY), store)
+    runner.prepare()
+    arm = store.arm_study("tiny", "equal")
+    waiting = [t for t in arm.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert store.claim(waiting[0], "dead:41") and store.claim(waiting[1], "alive:42")
+    time.sleep(2.2)  # SQLite's clock counts whole seconds
+    store.heartbeat([waiting[1]._trial_id])  # alive:42 goes on beating; dead:41 was killed
+    capsys.readouterr()
+    assert main(["status", "--storage", store.url, "--grace", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "running on: alive:42 (1 run), dead:41 (1 run)" in out
+    assert ("silent for over 1 s (--grace), so stopped (killed, or its machine lost): dead:41 (1 run); "
+            "the next `bench run` on this storage queues those runs again") in out
+    assert main(["status", "--storage", store.url]) == 0  # within the default 30 s: both alive
+    assert "silent" not in capsys.readouterr().out
+    assert store.workers("tiny") == {"alive:42": 1, "dead:41": 1}  # status changed nothing

@@ -8,18 +8,23 @@ import typer
 from rich.text import Text
 
 from bench.cli.common import arm_table, console, stored_study_names, working
+from bench.errors import ConfigError
+from bench.store.storage import GRACE_PERIOD
 from bench.formatting import count
 
 
 def status_command(
     study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
+    grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which a worker counts as stopped (the workers' `bench run --grace`).")] = GRACE_PERIOD,
 ) -> None:
     """Progress of a study: runs done, running, failed and left, per arm and in total."""
     from bench.store import DEFAULT_STORAGE, ResultStore
 
+    if grace < 1:
+        raise ConfigError("--grace", "a whole number of seconds >= 1", grace)
     with working(f"reading {storage or DEFAULT_STORAGE}"):
-        store = ResultStore(storage, create=False)
+        store = ResultStore(storage, grace_period=grace, create=False)
         names = stored_study_names(store, study)
     for name in names:
         progress = store.stored_progress(name)
@@ -36,6 +41,10 @@ def status_command(
         if lost:
             console.print(f"{count(lost, 'run')} given back but not queued again (the storage failed in "
                           f"between): `bench run` queues {'it' if lost == 1 else 'them'}")
-        workers = store.workers(name)
+        workers, silent = store.workers(name), store.silent_workers(name)
         if workers:
             console.print("running on: " + ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(workers.items())))
+        if silent:
+            console.print(f"silent for over {grace} s (--grace), so stopped (killed, or its machine lost): "
+                          + ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(silent.items()))
+                          + "; the next `bench run` on this storage queues those runs again")

@@ -28,6 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
@@ -442,15 +443,34 @@ class ResultStore:
         killed between taking it and its first heartbeat has no heartbeat, and Optuna's RDB
         storage never finds it stale: it is given back once it has been running, unowned, for
         the grace period (by its start time: a command that looks once, `bench delete`, sees it)."""
-        deadline = time.time() - self.grace_period
         for arm in arms:
             arm_study = self.arm_study(study, arm)
             fail_stale_trials(arm_study)
             for trial in arm_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                # `claim` names the worker right after the heartbeat: unnamed, it has none yet.
-                started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-                if WORKER not in trial.system_attrs and started < deadline:
+                if WORKER not in trial.system_attrs and self._unowned_too_long(trial):
                     self.release(arm_study, trial, "its worker stopped before its first heartbeat")
+
+    def _unowned_too_long(self, trial: FrozenTrial) -> bool:
+        """A RUNNING trial with no worker named, taken more than the grace period ago."""
+        # `claim` names the worker right after the first heartbeat: unnamed, it has none yet.
+        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        return WORKER not in trial.system_attrs and started < time.time() - self.grace_period
+
+    def silent_workers(self, study: str) -> dict[str, int]:
+        """Workers holding runs of `study` that have not beaten for the grace period (killed,
+        their machine lost), with how many such runs each: the next worker to look queues them
+        again. Only reads: `bench status` shows them without changing the storage."""
+        manifest = self.require_manifest(study)
+        silent: dict[str, int] = {}
+        for arm in manifest["arms"]:
+            arm_study = self.arm_study(study, arm)
+            stale = (set(self.storage._get_stale_trial_ids(arm_study._study_id))
+                     if isinstance(self.storage, BaseHeartbeat) and is_heartbeat_enabled(self.storage) else set())
+            for trial in arm_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial._trial_id in stale or self._unowned_too_long(trial):
+                    worker = trial.system_attrs.get(WORKER, "unknown")
+                    silent[worker] = silent.get(worker, 0) + 1
+        return silent
 
     def claim(self, trial: FrozenTrial, worker: str) -> bool:
         """Take a queued trial (WAITING -> RUNNING); False if another worker took it first."""
