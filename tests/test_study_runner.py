@@ -520,6 +520,17 @@ def test_gradnorm_static_of_weights_that_are_no_static_weighting_fails_alone(sto
     assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")
 
 
+def queued_tiny_study(tmp_path, monkeypatch, storage: str):
+    """The tiny study queued, not trained, in a journal or an SQLite (RDB) storage with a 1 s
+    heartbeat and grace period; its store and the equal arm's waiting trials."""
+    monkeypatch.chdir(tmp_path)
+    url = str(tmp_path / "bench.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'bench.db'}"
+    store = ResultStore(url, heartbeat_interval=1, grace_period=1)
+    StudyRunner(spec_of(TINY), store).prepare()
+    trials = store.arm_study("tiny", "equal").get_trials()
+    return store, [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+
+
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
 @pytest.mark.parametrize("killed_after_writes", [1, 2])
 def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
@@ -527,13 +538,8 @@ def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
     """A worker SIGKILLed between taking a run (RUNNING) and recording its first heartbeat left
     it RUNNING for ever in an RDB storage: Optuna finds a run stale by its heartbeat, and it had
     none. Every other worker then waited for it (a CI run hung for 600 s on PostgreSQL)."""
-    monkeypatch.chdir(tmp_path)
-    url = str(tmp_path / "bench.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'bench.db'}"
-    killed = ResultStore(url, heartbeat_interval=1, grace_period=1)
-    runner = StudyRunner(spec_of(TINY), killed)
-    runner.prepare()
-    arm = killed.arm_study("tiny", "equal")
-    trial = next(t for t in arm.get_trials() if t.state == optuna.trial.TrialState.WAITING)
+    killed, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)
+    url, trial = killed.url, waiting[0]
 
     class Killed(BaseException):
         pass
@@ -599,13 +605,7 @@ def test_an_optuna_study_of_the_same_name_with_trials_of_its_own_is_left_alone(s
 def test_status_tells_a_worker_that_stopped_beating_from_one_that_trains(tmp_path, monkeypatch, capsys, storage):
     """`bench status` listed a killed worker's runs as "running on" it for ever (until the next
     `bench run` queued them again): nothing told a user that worker was gone."""
-    monkeypatch.chdir(tmp_path)
-    url = str(tmp_path / "bench.journal") if storage == "journal" else f"sqlite:///{tmp_path / 'bench.db'}"
-    store = ResultStore(url, heartbeat_interval=1, grace_period=1)
-    runner = StudyRunner(spec_of(TINY), store)
-    runner.prepare()
-    arm = store.arm_study("tiny", "equal")
-    waiting = [t for t in arm.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)
     assert store.claim(waiting[0], "dead:41") and store.claim(waiting[1], "alive:42")
     time.sleep(2.2)  # SQLite's clock counts whole seconds
     store.heartbeat([waiting[1]._trial_id])  # alive:42 goes on beating; dead:41 was killed
