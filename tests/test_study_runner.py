@@ -618,3 +618,33 @@ def test_status_tells_a_worker_that_stopped_beating_from_one_that_trains(tmp_pat
     assert main(["status", "--storage", store.url]) == 0  # within the default 30 s: both alive
     assert "silent" not in capsys.readouterr().out
     assert store.workers("tiny") == {"alive:42": 1, "dead:41": 1}  # status changed nothing
+
+
+def test_a_worker_waiting_for_runs_held_elsewhere_says_who_holds_them(tmp_path, monkeypatch):
+    """`bench run` sat at "training 177/210" for the grace period, training nothing and saying
+    nothing, while a killed worker's runs waited to come back."""
+    import threading
+
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
+    assert store.claim(waiting[0], "elsewhere:41")
+    told: list[dict[str, int]] = []
+    killed = threading.Event()
+
+    def beating(other=ResultStore(store.url)):  # elsewhere:41 trains until it is first waited for
+        while not killed.wait(0.2):
+            other.heartbeat([waiting[0]._trial_id])
+
+    def on_wait(holders: dict[str, int]) -> None:
+        told.append(holders)
+        killed.set()
+
+    beats = threading.Thread(target=beating)
+    beats.start()
+    try:
+        runner = StudyRunner(spec_of(TINY), store, poll_interval=0.05, on_wait=on_wait)
+        assert runner.run().left == 0
+    finally:
+        killed.set()
+        beats.join()
+    assert told and all(holders == {"elsewhere:41": 1} for holders in told)  # never itself
+    assert runner.trained_here == len(spec_of(TINY).runs())  # its run came back once it was killed

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.cli.common import arm_table, console, err_console, fmt, working
 from bench.errors import BenchError, ConfigError
+from bench.formatting import count
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:  # pandas loads with the verbs that read results
@@ -93,9 +94,14 @@ def run_command(
         task = progress.add_task("training", total=sum(len(runs) for runs in runner.runs.values()))
 
         def report(done: float, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            progress.update(task, completed=done, total=total, description="training")
 
-        runner.on_progress = report
+        def waiting(holders: dict[str, int]) -> None:
+            # Until a silent worker's runs come back (--grace after its last heartbeat), say why.
+            held = ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(holders.items()))
+            progress.update(task, description=f"waiting for {held}" if held else "waiting")
+
+        runner.on_progress, runner.on_wait = report, waiting
         final = runner.run()
         progress.update(task, completed=final.done, total=final.total)
     name = runner.name

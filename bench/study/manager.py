@@ -140,7 +140,8 @@ class StudyRunner:
     def __init__(self, spec: StudySpec, store: ResultStore, *, jobs: int = 1,
                  batch_runs: int | None = None, device: str = "auto", new_version: bool = False,
                  poll_interval: float = 2.0, backend: str = "loky", scheduler: str | None = None,
-                 on_progress: Callable[[float, int], None] | None = None):
+                 on_progress: Callable[[float, int], None] | None = None,
+                 on_wait: Callable[[dict[str, int]], None] | None = None):
         if jobs < 1:
             raise ConfigError("--jobs", "an integer >= 1", jobs)
         resolve_device(device, field="--device")  # here, not after the study is queued
@@ -152,6 +153,7 @@ class StudyRunner:
         self.new_version = new_version
         self.poll_interval = poll_interval
         self.on_progress = on_progress
+        self.on_wait = on_wait  # told, while this worker waits, who holds the runs it waits for
         self.name = spec.name
         self.runs: dict[str, dict[str, RunSpec]] = defaultdict(dict)
         for run in spec.runs():
@@ -241,6 +243,8 @@ class StudyRunner:
                                          "state bench does not set (pruned?): neither finished, "
                                          "queued, running nor given back")
                     # Others hold the remaining runs, or their dependencies: wait for them.
+                    if self.on_wait is not None and progress.running:
+                        self.on_wait({w: n for w, n in self.store.workers(self.name).items() if w != self.worker})
                     time.sleep(self.poll_interval)
             except KeyboardInterrupt:
                 released = self.release_all("interrupted (Ctrl-C)")
