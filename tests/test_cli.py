@@ -193,6 +193,18 @@ def test_numbers_keep_trailing_zeros_so_columns_line_up(value, digits, shown):
         assert display_table(pd.DataFrame({"x": [value]})).x[0] == shown
 
 
+def test_weights_are_shown_as_set_without_trailing_zeros():
+    """A grid point's weights read 2.700, 0.3000, 0.000 in the report's tables, as if measured."""
+    from bench.report.html import display_table
+
+    frame = pd.DataFrame({"weight_task0": [2.7, 0.0, 1.99412], "weight": [0.3, 0.01173, float("nan")],
+                          "test_loss": [2.7, 0.0, 1.99412]})
+    shown = display_table(frame)
+    assert shown.weight_task0.tolist() == ["2.7", "0", "1.994"]
+    assert shown.weight.tolist() == ["0.3", "0.01173", "-"]
+    assert shown.test_loss.tolist() == ["2.700", "0.000", "1.994"]  # measured: decimals line up
+
+
 def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, monkeypatch):
     from types import SimpleNamespace
 

@@ -47,9 +47,15 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _weight(value: Any) -> str:
+    # A weight is set (a grid's 0.3), not measured: trailing zeros would claim digits it lacks.
+    return f"{value:.4g}" if isinstance(value, float) and value == value else _number(value)
+
+
 def display_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Numbers rounded for reading, lists of weights written as tuples."""
-    return frame.apply(lambda col: col.map(_number))
+    """Numbers rounded for reading (weights without trailing zeros), lists of weights written
+    as tuples."""
+    return frame.apply(lambda col: col.map(_weight if str(col.name).startswith("weight") else _number))
 
 
 def _html(frame: pd.DataFrame, selected: pd.Series | None = None) -> str:
