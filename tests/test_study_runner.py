@@ -594,6 +594,7 @@ def test_an_optuna_study_of_the_same_name_with_trials_of_its_own_is_left_alone(s
     import bench.store.results as results
 
     foreign = optuna.create_study(storage=store.storage, study_name="tiny")
+    foreign.set_user_attr("config_hash", "a key of a bench manifest, by chance")
     foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     monkeypatch.setattr(results, "WAIT_FOR_OTHERS_S", 0.5)
     with pytest.raises(BenchError, match="is not a bench study"):

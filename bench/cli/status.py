@@ -9,8 +9,8 @@ from rich.text import Text
 
 from bench.cli.common import arm_table, console, stored_study_names, working
 from bench.errors import ConfigError
-from bench.store.storage import GRACE_PERIOD
 from bench.formatting import count
+from bench.store.storage import GRACE_PERIOD
 
 
 def status_command(

@@ -298,7 +298,7 @@ class ResultStore:
             if attrs.get(MANIFEST):
                 return attrs
             if time.monotonic() > deadline:
-                if not attrs and self.storage.get_n_trials(study_id):
+                if self.storage.get_n_trials(study_id):  # a bench study's runs are in its arms
                     raise BenchError(f"the Optuna study {name!r} in {self.url} is not a bench study "
                                      "(no manifest); choose another study name")
                 # Its creator was killed while storing it (part of the manifest, or none, and no
@@ -447,7 +447,7 @@ class ResultStore:
             arm_study = self.arm_study(study, arm)
             fail_stale_trials(arm_study)
             for trial in arm_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if WORKER not in trial.system_attrs and self._unowned_too_long(trial):
+                if self._unowned_too_long(trial):
                     self.release(arm_study, trial, "its worker stopped before its first heartbeat")
 
     def _unowned_too_long(self, trial: FrozenTrial) -> bool:
