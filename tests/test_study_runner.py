@@ -649,3 +649,31 @@ def test_a_worker_waiting_for_runs_held_elsewhere_says_who_holds_them(tmp_path, 
         beats.join()
     assert told and all(holders == {"elsewhere:41": 1} for holders in told)  # never itself
     assert runner.trained_here == len(spec_of(TINY).runs())  # its run came back once it was killed
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+@pytest.mark.parametrize("step", ["release", "complete", "fail"])
+def test_a_run_finished_by_another_worker_between_two_writes_is_left_to_it(tmp_path, monkeypatch, storage, step):
+    """Two workers giving back the same silent run at once, or a run failed as stale while its
+    worker stored its result: the second `tell` found the trial finished and Optuna raised
+    ValueError ("Cannot tell a FAIL trial"), which stopped the worker with a traceback."""
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)
+    arm = store.arm_study("tiny", "equal")
+    trial = waiting[0]
+    assert store.claim(trial, "slow:41")
+    other = ResultStore(store.url, heartbeat_interval=1, grace_period=1)
+    real_set = store.storage.set_trial_user_attr
+
+    def others_finish_it_meanwhile(*args, **kwargs):
+        real_set(*args, **kwargs)
+        other.release(other.arm_study("tiny", "equal"), trial, "failed as stale elsewhere")
+
+    monkeypatch.setattr(store.storage, "set_trial_user_attr", others_finish_it_meanwhile)
+    if step == "release":
+        assert store.release(arm, trial, "given back here") is None
+    elif step == "complete":
+        assert store.complete(arm, trial, 1.0, {"arm": "equal"}) is False
+    else:
+        assert store.fail(arm, trial, "diverged") is False
+    trials = [t for t in arm.get_trials() if t.user_attrs.get("run_key") == trial.user_attrs["run_key"]]
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # one copy queued, by the other

@@ -82,18 +82,25 @@ class StudyConfigChanged(BenchError):
     """A study of this name exists with another configuration."""
 
 
-def tell(study: optuna.Study, number: int, *args: Any, **kwargs: Any) -> None:
-    """`study.tell`, where GridSampler's stop after the last grid point is not an error.
+def tell(study: optuna.Study, trial: FrozenTrial, *args: Any, **kwargs: Any) -> None:
+    """`study.tell`, where GridSampler's stop after the last grid point is not an error, and a
+    trial another worker finished first raises UpdateFinishedTrialError, as Optuna's storages do.
 
     GridSampler calls `study.stop()` once every point is evaluated; outside `optimize()` that
     raises RuntimeError (optuna#5141, documented for ask-and-tell) after Optuna has stored the
     trial's result. The grid being done is expected here: the runs are all stored.
     """
     try:
-        study.tell(number, *args, **kwargs)
+        study.tell(trial.number, *args, **kwargs)
     except RuntimeError as err:
         if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(err)):
             raise
+    except ValueError:
+        # `tell` reads the trial first, and refuses a finished one with a bare ValueError: another
+        # worker failed it as stale (or gave it back) since this one last wrote to it.
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise UpdateFinishedTrialError(f"trial {trial.number} was finished by another worker") from None
+        raise
 
 
 def version_name(study: str, version: int) -> str:
@@ -499,7 +506,7 @@ class ResultStore:
         try:
             for key, v in attrs.items():
                 self.storage.set_trial_user_attr(trial._trial_id, key, v)
-            tell(study, trial.number, value)
+            tell(study, trial, value)
         except UpdateFinishedTrialError:
             return False
         return True
@@ -510,7 +517,7 @@ class ResultStore:
         try:
             for key, v in {**(attrs or {}), STATUS: "failed", REASON: reason}.items():
                 self.storage.set_trial_user_attr(trial._trial_id, key, v)
-            tell(study, trial.number, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             return False
         return True
@@ -522,7 +529,7 @@ class ResultStore:
             if before.state != TrialState.RUNNING:
                 return
             self.storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)
-            tell(study, trial.number, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             return
         RetryHeartbeatStaleTrialCallback()(study, before)
