@@ -677,3 +677,19 @@ def test_a_run_finished_by_another_worker_between_two_writes_is_left_to_it(tmp_p
         assert store.fail(arm, trial, "diverged") is False
     trials = [t for t in arm.get_trials() if t.user_attrs.get("run_key") == trial.user_attrs["run_key"]]
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # one copy queued, by the other
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_claim_whose_run_was_given_back_before_it_was_named_is_no_claim(tmp_path, monkeypatch, storage):
+    """A worker stalled (suspended, swapping) between taking a run and naming itself on it for
+    the grace period: another worker has given the run back, and the claim must not hold it."""
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)
+    other = ResultStore(store.url, heartbeat_interval=1, grace_period=1)
+    real_set = store.storage.set_trial_system_attr
+
+    def given_back_first(trial_id, key, value):
+        other.release(other.arm_study("tiny", "equal"), waiting[0], "stalled past the grace period")
+        return real_set(trial_id, key, value)
+
+    monkeypatch.setattr(store.storage, "set_trial_system_attr", given_back_first)
+    assert store.claim(waiting[0], "stalled:41") is False

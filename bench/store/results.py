@@ -486,8 +486,11 @@ class ResultStore:
         except UpdateFinishedTrialError:
             return False
         if claimed:
-            self.heartbeat([trial._trial_id])
-            self.storage.set_trial_system_attr(trial._trial_id, WORKER, worker)
+            try:
+                self.heartbeat([trial._trial_id])
+                self.storage.set_trial_system_attr(trial._trial_id, WORKER, worker)
+            except UpdateFinishedTrialError:  # this process stalled past the grace period meanwhile
+                return False
         return claimed
 
     def heartbeat(self, trial_ids: Sequence[int]) -> None:
