@@ -693,3 +693,27 @@ def test_a_claim_whose_run_was_given_back_before_it_was_named_is_no_claim(tmp_pa
 
     monkeypatch.setattr(store.storage, "set_trial_system_attr", given_back_first)
     assert store.claim(waiting[0], "stalled:41") is False
+
+
+def test_a_training_process_that_dies_stops_the_worker_with_one_line(tmp_path, monkeypatch, capsys):
+    """A `--jobs` process killed by the out-of-memory killer ended `bench run` with joblib's
+    TerminatedWorkerError and a wall of traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_TEST_PARENT", str(os.getpid()))
+    Path("oom_toy.py").write_text(
+        "import os, signal\n"
+        "from bench.problems import build_problem\n"
+        "def make(**params):\n"
+        "    if os.getpid() != int(os.environ['BENCH_TEST_PARENT']):  # a --jobs process: 'out of memory'\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return build_problem('toy', params)\n")
+    Path("tiny.toml").write_text(TINY.replace('name = "toy"\ntasks = 2', 'name = "oom_toy:make"\ntasks = 2'))
+    code = main(["run", "--study", "tiny.toml", "--jobs", "2", "--batch-runs", "2"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert "error: a training process died (SIGKILL(-9)), most likely killed by the system when memory ran out" in err
+    assert "Fewer --jobs or a smaller --batch-runs need less memory" in err
+    assert "in hand were queued again and every run stored is kept: run the same command to go on" in err
+    store = ResultStore(str(tmp_path / "results" / "bench.journal"))
+    assert store.progress("tiny", {arm: list(runs) for arm, runs in StudyRunner(spec_of(TINY), store).runs.items()}
+                          ).running == 0  # every run in hand given back

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ import optuna
 import torch
 import joblib
 from joblib import Parallel, delayed
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
@@ -50,6 +52,10 @@ from bench.training.device import resolve_device
 
 class Interrupted(BenchError):
     exit_code = 130
+
+
+class TrainingProcessLost(BenchError):
+    """A process of `--jobs` died (the out-of-memory killer's SIGKILL, a crash in native code)."""
 
 
 @dataclass
@@ -253,6 +259,11 @@ class StudyRunner:
                 raise Interrupted(f"interrupted: {stored}{count(released, 'run')} in hand "
                                   f"{'was' if released == 1 else 'were'} queued again; "
                                   f"run the same command to continue") from None
+            except TrainingProcessLost as err:
+                released = self.release_all("a training process died")
+                raise TrainingProcessLost(
+                    f"{err}; {count(released, 'run')} in hand {'was' if released == 1 else 'were'} "
+                    "queued again and every run stored is kept: run the same command to go on") from None
             except BaseException as err:
                 # Never leave claimed runs RUNNING: give them back, then let the error speak.
                 self.release_all(f"worker error: {type(err).__name__}")
@@ -429,10 +440,19 @@ class StudyRunner:
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
                 delayed(_train_batch)(i, [c.config.to_dict() for c in b], threads, self.backend == "loky")
                 for i, b in enumerate(batches))
-            for index, records in results:
-                self.store_records(batches[index], records)
-                done_runs += len(batches[index])
-                self._report(total_before + done_runs)
+            try:
+                for index, records in results:
+                    self.store_records(batches[index], records)
+                    done_runs += len(batches[index])
+                    self._report(total_before + done_runs)
+            except TerminatedWorkerError as err:
+                codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(err))
+                died = f" ({codes.group(1)})" if codes else ""
+                raise TrainingProcessLost(
+                    f"a training process died{died}, most likely killed by the system when memory ran "
+                    f"out: with --jobs {self.jobs}, each process trains stacks of up to "
+                    f"{self.stack_limit()} runs. Fewer --jobs or a smaller --batch-runs need less "
+                    "memory") from None
 
     def _parallel_backend(self):
         """joblib's process pool, or an existing Dask cluster through joblib's Dask backend."""
@@ -520,4 +540,4 @@ def run_study(spec: StudySpec, store: ResultStore, **kwargs) -> StudyProgress:
     return StudyRunner(spec, store, **kwargs).run()
 
 
-__all__ = ["StudyRunner", "run_study", "Interrupted", "Claimed"]
+__all__ = ["StudyRunner", "run_study", "Interrupted", "TrainingProcessLost", "Claimed"]
