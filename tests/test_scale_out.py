@@ -4,6 +4,7 @@ one-process run."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -281,3 +282,51 @@ def test_workers_started_together_on_a_new_database_all_open_it():
             for worker in workers:
                 worker.join()
             assert outcomes == ["ok"] * 4
+
+
+@pytest.mark.slow
+def test_a_cluster_of_one_worker_thread_trains_every_batch(tmp_path, monkeypatch):
+    """joblib runs a call in the calling process when its backend offers one job: with a
+    one-thread cluster (one worker on one GPU) every batch trained on the coordinator."""
+    distributed = pytest.importorskip("dask.distributed")
+    import bench.study.manager as manager
+
+    def not_here(*args, **kwargs):  # the cluster's processes import the module unpatched
+        raise AssertionError("a batch trained in the coordinator, not on the cluster")
+
+    monkeypatch.setattr(manager, "train_runs", not_here)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        store = ResultStore(str(tmp_path / "dask.journal"))
+        progress = StudyRunner(spec(), store, batch_runs=8, backend="dask",
+                               scheduler=cluster.scheduler_address).run()
+    assert progress.left == 0 and progress.failed == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # joblib's own Dask backend waited for the dead worker's batch for ever
+def test_a_dask_worker_that_dies_stops_the_coordinator_with_one_line(tmp_path, monkeypatch, capsys):
+    distributed = pytest.importorskip("dask.distributed")
+    import dask
+
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_TEST_PARENT", str(os.getpid()))
+    (tmp_path / "oom_toy.py").write_text(
+        "import os, signal\n"
+        "from bench.problems import build_problem\n"
+        "def make(**params):\n"
+        "    if os.getpid() != int(os.environ['BENCH_TEST_PARENT']):  # a cluster's worker: 'out of memory'\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return build_problem('toy', params)\n")
+    (tmp_path / "shared.toml").write_text(SHARED.replace('name = "toy"', 'name = "oom_toy:make"'))
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster:
+        code = main(["run", "--study", "shared.toml", "--backend", "dask", "--scheduler",
+                     cluster.scheduler_address])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert "error: a Dask worker died while training a batch" in err
+    assert "in hand were queued again and every run stored is kept: run the same command to go on" in err

@@ -453,6 +453,14 @@ class StudyRunner:
                     f"out: with --jobs {self.jobs}, each process trains stacks of up to "
                     f"{self.stack_limit()} runs. Fewer --jobs or a smaller --batch-runs need less "
                     "memory") from None
+            except Exception as err:
+                if type(err).__name__ != "KilledWorker":  # dask's, without importing it here
+                    raise
+                raise TrainingProcessLost(
+                    "a Dask worker died while training a batch, and again each time Dask gave the "
+                    "batch to another (its `distributed.scheduler.allowed-failures`), most likely out of "
+                    f"memory: a smaller --batch-runs (now up to {self.stack_limit()} runs a batch) needs "
+                    "less; the workers' logs say more") from None
 
     def _parallel_backend(self):
         """joblib's process pool, or an existing Dask cluster through joblib's Dask backend."""
@@ -467,7 +475,7 @@ class StudyRunner:
                 self._client = Client(self.scheduler, timeout=30)
             except (OSError, TimeoutError) as err:
                 raise BenchError(f"cannot reach the Dask scheduler at {self.scheduler}: {err}") from None
-        return joblib.parallel_config(backend="dask")
+        return joblib.parallel_config(backend=_cluster_backend())
 
     def store_records(self, batch: Sequence[Claimed], records: Sequence[dict[str, Any]]) -> None:
         """Store a trained batch's records. A Ctrl-C meanwhile stops the worker after the last
@@ -517,6 +525,38 @@ class StudyRunner:
         self._check_interrupted()
         if self.on_progress is not None:
             self.on_progress(done, sum(len(r) for r in self.runs.values()))
+
+
+def _cluster_backend() -> str:
+    """joblib's Dask backend, registered under a name of ours with two mends (joblib 1.6):
+    - joblib runs a call in the calling process when its backend offers a single job, which a
+      cluster of one worker thread does (one worker on one GPU): the batches never reached the
+      cluster, whose device and data the caller may lack;
+    - a batch whose worker died (Dask's KilledWorker, after its retries) set its error where
+      `Parallel` never looks, and the coordinator waited for it for ever."""
+    import asyncio
+
+    from joblib._dask import DaskDistributedBackend
+
+    class EveryBatchOnTheCluster(DaskDistributedBackend):
+        def effective_n_jobs(self, n_jobs: int) -> int:
+            return max(2, super().effective_n_jobs(n_jobs))  # the cluster queues the second one
+
+        async def _collect(self) -> None:  # joblib's, with the error handed to `Parallel` too
+            while self._continue:
+                async for future, result in self.waiting_futures:
+                    done, callback = self._results.pop(future), self._callbacks.pop(future)
+                    if future.status == "error":
+                        error = result[1]
+                        done.set_exception(error)
+                        callback(error)  # `Parallel` raises it
+                    else:
+                        done.set_result(result)
+                        callback(result)
+                await asyncio.sleep(0.01)
+
+    joblib.register_parallel_backend("bench-dask", EveryBatchOnTheCluster)
+    return "bench-dask"
 
 
 def _waiting(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
