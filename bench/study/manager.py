@@ -55,7 +55,7 @@ class Interrupted(BenchError):
 
 
 class TrainingProcessLost(BenchError):
-    """A process of `--jobs` died (the out-of-memory killer's SIGKILL, a crash in native code)."""
+    """A process of `--jobs`, or a Dask worker, died (the out-of-memory killer, a crash in native code)."""
 
 
 @dataclass
