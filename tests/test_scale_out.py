@@ -311,16 +311,15 @@ def test_a_dask_worker_that_dies_stops_the_coordinator_with_one_line(tmp_path, m
 
     from bench.cli import main
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BENCH_TEST_PARENT", str(os.getpid()))
-    (tmp_path / "oom_toy.py").write_text(
+    monkeypatch.chdir(tmp_path)  # the cluster's processes start here, and import the module
+    (tmp_path / "oom_dask.py").write_text(
         "import os, signal\n"
         "from bench.problems import build_problem\n"
         "def make(**params):\n"
-        "    if os.getpid() != int(os.environ['BENCH_TEST_PARENT']):  # a cluster's worker: 'out of memory'\n"
+        f"    if os.getpid() != {os.getpid()}:  # a cluster's worker: 'out of memory'\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return build_problem('toy', params)\n")
-    (tmp_path / "shared.toml").write_text(SHARED.replace('name = "toy"', 'name = "oom_toy:make"'))
+    (tmp_path / "shared.toml").write_text(SHARED.replace('name = "toy"', 'name = "oom_dask:make"'))
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                      dashboard_address=None) as cluster:

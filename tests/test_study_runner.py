@@ -698,16 +698,18 @@ def test_a_claim_whose_run_was_given_back_before_it_was_named_is_no_claim(tmp_pa
 def test_a_training_process_that_dies_stops_the_worker_with_one_line(tmp_path, monkeypatch, capsys):
     """A `--jobs` process killed by the out-of-memory killer ended `bench run` with joblib's
     TerminatedWorkerError and a wall of traceback."""
+    from joblib.externals.loky import get_reusable_executor
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BENCH_TEST_PARENT", str(os.getpid()))
-    Path("oom_toy.py").write_text(
+    get_reusable_executor().shutdown(wait=True)  # processes of earlier tests know another folder
+    Path("oom_jobs.py").write_text(
         "import os, signal\n"
         "from bench.problems import build_problem\n"
         "def make(**params):\n"
-        "    if os.getpid() != int(os.environ['BENCH_TEST_PARENT']):  # a --jobs process: 'out of memory'\n"
+        f"    if os.getpid() != {os.getpid()}:  # a --jobs process: 'out of memory'\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return build_problem('toy', params)\n")
-    Path("tiny.toml").write_text(TINY.replace('name = "toy"\ntasks = 2', 'name = "oom_toy:make"\ntasks = 2'))
+    Path("tiny.toml").write_text(TINY.replace('name = "toy"\ntasks = 2', 'name = "oom_jobs:make"\ntasks = 2'))
     code = main(["run", "--study", "tiny.toml", "--jobs", "2", "--batch-runs", "2"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Traceback" not in err, err
