@@ -29,6 +29,11 @@ console = Console(highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False, markup=False)
 
 
+def print_note(note: str) -> None:
+    """A note for the user on stderr: something done that they should know of, not an error."""
+    err_console.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
+
+
 def working(what: str) -> contextlib.AbstractContextManager:
     """A spinner on stderr saying what is being done, while it is done, on a terminal only
     (nothing in a log or a pipe). For the seconds a verb would otherwise sit silent: replaying

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import arm_table, console, err_console, fmt, stored_study_names, working
+from bench.cli.common import arm_table, console, err_console, fmt, print_note, stored_study_names, working
 from bench.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
@@ -61,10 +61,8 @@ def compare_command(
                                  "folder, or --no-report") from None
             (err_console if output_format != "table" else console).print(f"report: {path}")
             if previous not in (None, storage_identity(storage)):
-                err_console.print(Text.assemble(("note:", "yellow"), (
-                    f" {path.parent} held the report of a study {name!r} in another storage ({previous}); "
-                    "it now holds this storage's. To keep each storage's reports apart, pass --reports DIR")),
-                    soft_wrap=True)
+                print_note(f"{path.parent} held the report of a study {name!r} in another storage ({previous}); "
+                           "it now holds this storage's. To keep each storage's reports apart, pass --reports DIR")
     if output_format != "table":
         frame = pd.concat(mains, ignore_index=True)
         columns = (["study"] if len(names) > 1 else []) + CSV_COLUMNS + [

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bench.cli.common import console, err_console, stored_study_names, working
+from bench.cli.common import console, err_console, print_note, stored_study_names, working
 from bench.errors import BenchError
 from bench.formatting import count
 
@@ -26,7 +26,7 @@ def delete_command(
         (name,) = stored_study_names(store, [study])
         progress = store.stored_progress(name)
     for note in store.notes:
-        err_console.print(f"note: {note}", soft_wrap=True)
+        print_note(note)
     done = sum(p.done for p in progress.values())
     failed = sum(p.failed for p in progress.values())
     what = (f"study {name!r} in {store.url}: {count(done, 'finished run')} ({failed} failed) in "

@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cli.common import arm_table, console, err_console, fmt, working
+from bench.cli.common import arm_table, console, err_console, fmt, print_note, working
 from bench.errors import BenchError, ConfigError
 from bench.formatting import count
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -78,7 +78,7 @@ def run_command(
     with working(f"reading {storage or DEFAULT_STORAGE}"):
         store = ResultStore(storage, heartbeat_interval=heartbeat, grace_period=grace)
     for note in store.notes:
-        err_console.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
+        print_note(note)
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
                          new_version=new_version, backend=backend, scheduler=scheduler)
     console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "
@@ -87,7 +87,7 @@ def run_command(
     opened = len(store.notes)
     runner.prepare()  # refuses a changed configuration before anything is shown or trained
     for note in store.notes[opened:]:  # what registering the study did to the storage
-        err_console.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
+        print_note(note)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=err_console, transient=False) as progress:
@@ -112,10 +112,9 @@ def run_command(
         raise BenchError(f"every run is stored in {store.url}, but the tables could not be written "
                          f"to {Path(tables) / name}: {err.strerror or err}") from None
     if replaced:
-        err_console.print(Text.assemble(("note:", "yellow"), (
-            f" {Path(tables) / name} held the tables of a study {name!r} in another storage ({replaced}); "
-            "they now hold this storage's. To keep each storage's tables apart, pass --tables DIR: "
-            "`bench run` on a finished study writes its tables without training again")), soft_wrap=True)
+        print_note(f"{Path(tables) / name} held the tables of a study {name!r} in another storage ({replaced}); "
+                   "they now hold this storage's. To keep each storage's tables apart, pass --tables DIR: "
+                   "`bench run` on a finished study writes its tables without training again")
     print_arm_summary(table)
     # `done` counts failed runs too: a failed run is settled, never retried by a later `bench run`.
     console.print(f"{final.done} of {final.total} runs finished in study {name} "
