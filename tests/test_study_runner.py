@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -713,7 +714,9 @@ def test_a_training_process_that_dies_stops_the_worker_with_one_line(tmp_path, m
     code = main(["run", "--study", "tiny.toml", "--jobs", "2", "--batch-runs", "2"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Traceback" not in err, err
-    assert "error: a training process died (SIGKILL(-9)), most likely killed by the system when memory ran out" in err
+    # Both processes load the problem, and either or both may die before joblib notices.
+    assert re.search(r"error: (a training process|2 training processes) died \(SIGKILL\(-9\)(, SIGKILL\(-9\))?\), "
+                     "most likely killed by the system when memory ran out", err), err
     assert "Fewer --jobs or a smaller --batch-runs need less memory" in err
     assert "in hand were queued again and every run stored is kept: run the same command to go on" in err
     store = ResultStore(str(tmp_path / "results" / "bench.journal"))

@@ -447,9 +447,11 @@ class StudyRunner:
                     self._report(total_before + done_runs)
             except TerminatedWorkerError as err:
                 codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(err))
-                died = f" ({codes.group(1)})" if codes else ""
+                n = len(codes.group(1).split(", ")) if codes else 1
+                died = (f"{'a training process' if n == 1 else f'{n} training processes'} died"
+                        + (f" ({codes.group(1)})" if codes else ""))
                 raise TrainingProcessLost(
-                    f"a training process died{died}, most likely killed by the system when memory ran "
+                    f"{died}, most likely killed by the system when memory ran "
                     f"out: with --jobs {self.jobs}, each process trains stacks of up to "
                     f"{self.stack_limit()} runs. Fewer --jobs or a smaller --batch-runs need less "
                     "memory") from None
