@@ -44,6 +44,17 @@ def test_unknown_study(workdir, capsys):
     assert code == 2 and "--study" in line and "no-such-study" in line
 
 
+def test_a_study_file_saved_in_latin_1_is_one_line_naming_where(workdir, capsys):
+    """TOML is UTF-8: a file saved as Latin-1 ended in a UnicodeDecodeError traceback."""
+    path = workdir / "latin.toml"
+    text = TINY.replace('name = "tiny"', 'name = "tiny"\ndescription = "café"')
+    path.write_bytes(text.encode("latin-1"))
+    code, line = run(["run", "--study", str(path)], capsys)
+    line_number = text[:text.index("é")].count("\n") + 1
+    assert code == 2 and "latin.toml: encoding: expected UTF-8" in line
+    assert f"byte 0xe9 on line {line_number}, column 19" in line
+
+
 def test_unknown_problem(workdir, capsys):
     path = study(workdir, TINY.replace('name = "toy"', 'name = "imagenet"'))
     code, line = run(["run", "--study", path], capsys)

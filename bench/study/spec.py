@@ -64,6 +64,30 @@ def find_study_file(name: str) -> Path:
     raise ConfigError("--study", f"a study file, or the name of one here or in studies/ ({found})", name)
 
 
+def read_toml_text(path: Path) -> str:
+    r"""The text of a study file, which TOML requires to be UTF-8; a file saved in another
+    encoding, or one that cannot be read, is a ConfigError naming it and where.
+
+    >>> import tempfile; latin1 = Path(tempfile.mkdtemp()) / "s.toml"
+    >>> _ = latin1.write_bytes('name = "x"\ndescription = "café"\n'.encode("latin-1"))
+    >>> read_toml_text(latin1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    bench.errors.ConfigError: .../s.toml: encoding: expected UTF-8 text, as TOML requires (byte 0xe9 on line 2, column 19 is not: save the file as UTF-8)
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError("file", f"a file that can be read ({err.strerror or err})", source=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise ConfigError("encoding", f"UTF-8 text, as TOML requires (byte 0x{data[err.start]:02x} on line "
+                                      f"{line}, column {column} is not: save the file as UTF-8)",
+                          source=str(path)) from None
+
+
 @dataclass
 class StudySpec:
     name: str
@@ -87,7 +111,7 @@ class StudySpec:
         folder = str(path.resolve().parent)
         if folder not in sys.path:
             sys.path.append(folder)
-        text = path.read_text()
+        text = read_toml_text(path)
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
