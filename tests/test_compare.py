@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -471,6 +472,32 @@ def test_the_report_explains_verdicts_only_where_gradnorm_meets_a_grid(tmp_path)
     html = write_report(no_grid, tmp_path / "no-grid").read_text()
     assert "a task weight was &lt;= 0 on 5 of 100 steps" in html
     assert "no GradNorm arm compared with a grid;" in html and "Verdicts (" not in html
+    plt.close("all")
+
+
+@pytest.mark.parametrize("failing", ["index.html", "main.md"])
+def test_a_report_cut_short_by_a_full_disk_leaves_the_previous_one_whole(tmp_path, monkeypatch, failing):
+    """index.html was written in place: a write that failed midway left half a page."""
+    import errno
+
+    from bench.report import write_report
+
+    c = hand_made()
+    path = write_report(c, tmp_path)
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    real_write_text = Path.write_text
+
+    def disk_full(self, data, *args, **kwargs):
+        if failing not in self.name:
+            return real_write_text(self, data, *args, **kwargs)
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError) as raised:
+        write_report(c, tmp_path)
+    assert raised.value.filename == str(path.parent / failing)  # not the hidden partial file's
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
     plt.close("all")
 
 

@@ -24,6 +24,7 @@ from bench.compare.analysis import Comparison
 from bench.environment import environment
 from bench.formatting import format_number
 from bench.report.figures import all_figures
+from bench.store.export import replace_whole
 from bench.store.storage import storage_identity
 
 REPORTS_DIR = Path("reports")
@@ -109,8 +110,9 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
             for suffix in (".csv", ".md"):
                 (folder / f"{name}{suffix}").unlink(missing_ok=True)
             continue
-        frame.to_csv(folder / f"{name}.csv", index=False)
-        (folder / f"{name}.md").write_text(display_table(frame).to_markdown(index=False) + "\n")
+        replace_whole(folder / f"{name}.csv", lambda path: frame.to_csv(path, index=False))
+        markdown = display_table(frame).to_markdown(index=False) + "\n"
+        replace_whole(folder / f"{name}.md", lambda path: path.write_text(markdown, encoding="utf-8"))
 
     grid_tables = []
     for arm, g in c.grids.items():
@@ -143,6 +145,8 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         run_env=run_env, report_env=report_env, devices=devices,
         study_text=manifest.get("study_text", ""),
     )
+    # Each file is written whole or not at all: a Ctrl-C or a full disk mid-write keeps the
+    # previous report readable rather than leaving half a page.
     path = folder / "index.html"
-    path.write_text(html)
+    replace_whole(path, lambda partial: partial.write_text(html, encoding="utf-8"))
     return path

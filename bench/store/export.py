@@ -167,5 +167,9 @@ def replace_whole(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(partial)
         os.replace(partial, path)
+    except OSError as err:
+        if err.filename == str(partial):  # name the file the user knows, not our hidden one
+            err.filename = str(path)
+        raise
     finally:
         partial.unlink(missing_ok=True)
