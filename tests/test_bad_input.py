@@ -578,7 +578,7 @@ def test_a_worker_that_loses_the_race_to_create_a_new_database_opens_it_again(mo
                                  sqlite3.IntegrityError("UNIQUE constraint failed: alembic_version.version_num"))
         return "opened"
 
-    monkeypatch.setattr(storage, "RDBStorage", rdb)
+    monkeypatch.setattr(storage, "HeartbeatRDBStorage", rdb)
     monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
     assert storage.open_storage("sqlite:///new.db") == "opened" and len(calls) == 2
 
@@ -587,7 +587,7 @@ def test_a_worker_that_loses_the_race_to_create_a_new_database_opens_it_again(mo
         raise OperationalError("connect", {}, sqlite3.OperationalError("unable to open database file"))
 
     calls.clear()
-    monkeypatch.setattr(storage, "RDBStorage", unreachable)
+    monkeypatch.setattr(storage, "HeartbeatRDBStorage", unreachable)
     with pytest.raises(StorageError, match="unable to open database file"):
         storage.open_storage("sqlite:///nowhere/new.db")
     assert len(calls) == 1  # any other failure is told at once

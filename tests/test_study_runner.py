@@ -533,14 +533,22 @@ def queued_tiny_study(tmp_path, monkeypatch, storage: str):
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
-@pytest.mark.parametrize("killed_after_writes", [1, 2])
+@pytest.mark.parametrize("killed_after_writes", [1, 2, 3])
+@pytest.mark.parametrize("given_back_before", [False, True])
 def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
-        tmp_path, monkeypatch, storage, killed_after_writes):
+        tmp_path, monkeypatch, storage, killed_after_writes, given_back_before):
     """A worker SIGKILLed between taking a run (RUNNING) and recording its first heartbeat left
     it RUNNING for ever in an RDB storage: Optuna finds a run stale by its heartbeat, and it had
-    none. Every other worker then waited for it (a CI run hung for 600 s on PostgreSQL)."""
+    none. Every other worker then waited for it (a CI run hung for 600 s on PostgreSQL). So did
+    a run given back once before: its queued copy carried its last holder's name."""
     killed, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)
     url, trial = killed.url, waiting[0]
+    if given_back_before:
+        arm = killed.arm_study("tiny", "equal")
+        assert killed.claim(trial, "earlier:1")
+        killed.release(arm, trial, "Ctrl-C")
+        trial = next(t for t in arm.get_trials() if t.state == optuna.trial.TrialState.WAITING
+                     and t.user_attrs["run_key"] == trial.user_attrs["run_key"])
 
     class Killed(BaseException):
         pass
@@ -615,11 +623,41 @@ def test_status_tells_a_worker_that_stopped_beating_from_one_that_trains(tmp_pat
     assert main(["status", "--storage", store.url, "--grace", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "running on: alive:42 (1 run), dead:41 (1 run)" in out
-    assert ("silent for over 1 s (--grace), so stopped (killed, or its machine lost): dead:41 (1 run); "
+    assert ("silent, so stopped (killed, or its machine lost): dead:41 (1 run, no heartbeat for over 1 s); "
             "the next `bench run` on this storage queues those runs again") in out
     assert main(["status", "--storage", store.url]) == 0  # within the default 30 s: both alive
     assert "silent" not in capsys.readouterr().out
     assert store.workers("tiny") == {"alive:42": 1, "dead:41": 1}  # status changed nothing
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_worker_with_a_longer_grace_period_keeps_its_runs_among_workers_with_a_shorter_one(
+        tmp_path, monkeypatch, capsys, storage):
+    """A worker started with `--heartbeat 60 --grace 300` (a slow shared disk) lost every run it
+    took to workers with the default 30 s, which found its heartbeat stale between two beats, so
+    it never stored a result; `bench status` called it stopped. Its grace period now travels
+    with its runs."""
+    quick, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)  # grace period 1 s
+    patient = ResultStore(quick.url, heartbeat_interval=1, grace_period=4)
+    assert patient.claim(waiting[0], "patient:41") and quick.claim(waiting[1], "quick:42")
+    time.sleep(2.2)  # no heartbeat from either since (SQLite's clock counts whole seconds)
+    assert main(["status", "--storage", quick.url, "--grace", "1"]) == 0
+    assert "silent, so stopped (killed, or its machine lost): quick:42 (1 run, no heartbeat for over 1 s);" in (
+        " ".join(capsys.readouterr().out.split()))
+    quick.fail_stale("tiny", ["equal"])
+    states = {t.system_attrs.get("bench:worker"): t.state for t in quick.arm_study("tiny", "equal").get_trials()
+              if t.state != optuna.trial.TrialState.WAITING or "bench:worker" in t.system_attrs}
+    assert states == {"patient:41": optuna.trial.TrialState.RUNNING, "quick:42": optuna.trial.TrialState.FAIL}
+    time.sleep(3.0)  # now silent for its own 4 s as well: stopped
+    assert main(["status", "--storage", quick.url, "--grace", "1"]) == 0
+    assert "patient:41 (1 run, no heartbeat for over 4 s)" in " ".join(capsys.readouterr().out.split())
+    quick.fail_stale("tiny", ["equal"])
+    copies = [t for t in quick.arm_study("tiny", "equal").get_trials()
+              if t.user_attrs["run_key"] in {w.user_attrs["run_key"] for w in waiting[:2]}]
+    assert sorted(t.state.name for t in copies) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    # The queued copies start unheld: no worker's name, grace period or heartbeat.
+    assert all(not {"bench:worker", "bench:grace", "bench:heartbeat"} & set(t.system_attrs)
+               for t in copies if t.state == optuna.trial.TrialState.WAITING)
 
 
 def test_a_worker_waiting_for_runs_held_elsewhere_says_who_holds_them(tmp_path, monkeypatch):

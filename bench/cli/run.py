@@ -49,7 +49,7 @@ def run_command(
     batch_runs: Annotated[Optional[int], typer.Option(help="Runs stacked into one model at most (default: automatic).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N].")] = "auto",
     heartbeat: Annotated[int, typer.Option(help="Seconds between heartbeats of runs in hand.")] = HEARTBEAT_INTERVAL,
-    grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which another worker retrains a run.")] = GRACE_PERIOD,
+    grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which other workers retrain this worker's runs (recorded with them; it waits as long for theirs, or as long as they asked).")] = GRACE_PERIOD,
     backend: Annotated[str, typer.Option(help="loky (local processes, --jobs) or dask (an existing cluster, --scheduler).")] = "loky",
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
     tables: Annotated[str, typer.Option(help="Folder for the tables <folder>/<study>/runs.csv and runs.parquet.")] = "results",  # export.RESULTS_DIR

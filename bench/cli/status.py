@@ -16,7 +16,7 @@ from bench.store.storage import GRACE_PERIOD
 def status_command(
     study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
-    grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which a worker counts as stopped (the workers' `bench run --grace`).")] = GRACE_PERIOD,
+    grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which a worker counts as stopped, as `bench run --grace`: a worker started with a longer --grace gets its own.")] = GRACE_PERIOD,
 ) -> None:
     """Progress of a study: runs done, running, failed and left, per arm and in total."""
     from bench.store import DEFAULT_STORAGE, ResultStore
@@ -45,6 +45,7 @@ def status_command(
         if workers:
             console.print("running on: " + ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(workers.items())))
         if silent:
-            console.print(f"silent for over {grace} s (--grace), so stopped (killed, or its machine lost): "
-                          + ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(silent.items()))
+            console.print("silent, so stopped (killed, or its machine lost): "
+                          + ", ".join(f"{w} ({count(n, 'run')}, no heartbeat for over {seconds:g} s)"
+                                      for w, (n, seconds) in sorted(silent.items()))
                           + "; the next `bench run` on this storage queues those runs again")

@@ -27,19 +27,19 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
 from bench.errors import BenchError, StorageError
-from bench.store.storage import DEFAULT_STORAGE, GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage
+from bench.store.storage import (DEFAULT_STORAGE, GRACE_ATTR, GRACE_PERIOD, HEARTBEAT_INTERVAL, WORKER,
+                                 RequeueStaleRun, open_storage, stale_after)
 
 MANIFEST = "bench:manifest"
 RUN_KEY = "run_key"
 STATUS = "status"
 REASON = "reason"
-WORKER = "bench:worker"  # trial system attribute: host:pid of the worker holding the run
 WAIT_FOR_OTHERS_S = 120.0
 QUEUE_BEAT_S = 2.0  # the worker queuing a study's runs marks its lock this often
 MAX_VERSIONS = 999  # name, name-v2, ... name-v999
@@ -338,7 +338,7 @@ class ResultStore:
             on = ", ".join(f"{worker} ({n})" for worker, n in sorted(held.items()))
             raise BenchError(f"study {name!r} in {self.url} has runs in training on {on}: stop its "
                              "`bench run` first (a worker killed without stopping counts as stopped "
-                             f"{self.grace_period} s after its last heartbeat)")
+                             f"once silent for its --grace, {self.grace_period} s unless set longer)")
         progress = self.stored_progress(name)
         self._delete_parts(name)
         _delete_study(self.storage, self.storage.get_study_id_from_name(name))
@@ -411,7 +411,7 @@ class ResultStore:
                 if last is None:
                     _queue_run(trials.study, key, params)
                 else:
-                    RetryHeartbeatStaleTrialCallback()(trials.study, last)
+                    RequeueStaleRun()(trials.study, last)
 
     def _wait_for_queue(self, lock_name: str) -> bool:
         """Wait for the worker that holds the queue's lock: True once it has queued every run;
@@ -461,14 +461,16 @@ class ResultStore:
         """A RUNNING trial with no worker named, taken more than the grace period ago."""
         # `claim` names the worker right after the first heartbeat: unnamed, it has none yet.
         started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-        return WORKER not in trial.system_attrs and started < time.time() - self.grace_period
+        return (WORKER not in trial.system_attrs
+                and started < time.time() - stale_after(self.grace_period, trial.system_attrs))
 
-    def silent_workers(self, study: str) -> dict[str, int]:
+    def silent_workers(self, study: str) -> dict[str, tuple[int, float]]:
         """Workers holding runs of `study` that have not beaten for the grace period (killed,
-        their machine lost), with how many such runs each: the next worker to look queues them
-        again. Only reads: `bench status` shows them without changing the storage."""
+        their machine lost; the longer of this store's and the worker's own), with how many such
+        runs each and that grace period: the next worker to look queues them again. Only reads:
+        `bench status` shows them without changing the storage."""
         manifest = self.require_manifest(study)
-        silent: dict[str, int] = {}
+        silent: dict[str, tuple[int, float]] = {}
         for arm in manifest["arms"]:
             arm_study = self.arm_study(study, arm)
             stale = (set(self.storage._get_stale_trial_ids(arm_study._study_id))
@@ -476,7 +478,8 @@ class ResultStore:
             for trial in arm_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial._trial_id in stale or self._unowned_too_long(trial):
                     worker = trial.system_attrs.get(WORKER, "unknown")
-                    silent[worker] = silent.get(worker, 0) + 1
+                    runs, grace = silent.get(worker, (0, 0.0))
+                    silent[worker] = (runs + 1, max(grace, stale_after(self.grace_period, trial.system_attrs)))
         return silent
 
     def claim(self, trial: FrozenTrial, worker: str) -> bool:
@@ -487,6 +490,8 @@ class ResultStore:
             return False
         if claimed:
             try:
+                # Others wait this long for this worker's heartbeats before taking the run back.
+                self.storage.set_trial_system_attr(trial._trial_id, GRACE_ATTR, self.grace_period)
                 self.heartbeat([trial._trial_id])
                 self.storage.set_trial_system_attr(trial._trial_id, WORKER, worker)
             except UpdateFinishedTrialError:  # this process stalled past the grace period meanwhile
@@ -535,7 +540,7 @@ class ResultStore:
             tell(study, trial, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             return
-        RetryHeartbeatStaleTrialCallback()(study, before)
+        RequeueStaleRun()(study, before)
 
     def release_held(self, study: str, arms: Iterable[str], worker: str, reason: str) -> int:
         """Give back every run of `study` that `worker` still holds (RUNNING under its name);

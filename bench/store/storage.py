@@ -12,17 +12,21 @@ recorded every `heartbeat_interval` seconds, and a run whose heartbeat is older 
 `grace_period` is failed and queued again (Optuna's `fail_stale_trials` and
 `RetryHeartbeatStaleTrialCallback`). RDB storages have this natively; for the journal file,
 `HeartbeatJournalStorage` adds the same interface, keeping each heartbeat as a trial system
-attribute.
+attribute. A run waits for the longer of the looking worker's grace period and the one its
+holder recorded on it (a worker with a slow heartbeat, `--heartbeat 60 --grace 300`, keeps its
+runs among workers with the default 30 s), and its queued copy starts without its last holder's
+marks.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,12 @@ from bench.errors import StorageError
 DEFAULT_STORAGE = "results/bench.journal"
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 30
+# Trial system attributes of the worker holding a run: its last heartbeat (journal storage),
+# its --grace, and its name (host:pid). A queued copy of the run starts without them.
 HEARTBEAT_ATTR = "bench:heartbeat"
+GRACE_ATTR = "bench:grace"
+WORKER = "bench:worker"
+HOLDER_ATTRS = (HEARTBEAT_ATTR, GRACE_ATTR, WORKER)
 # What to install when SQLAlchemy lacks a URL's driver, by dialect.
 DRIVER_HINTS = {
     "postgresql": "for PostgreSQL: pip install 'gradnorm-bench[postgres]' (psycopg 3 and SQLAlchemy 2.1, "
@@ -178,6 +187,53 @@ def _last_line(path: Path) -> bytes:
             chunk *= 4
 
 
+def stale_after(grace_period: float, system_attrs: Mapping[str, Any]) -> float:
+    """Seconds without a heartbeat after which a run counts as abandoned: the looking worker's
+    grace period, or the longer one that the run's holder recorded (its --grace).
+
+    >>> stale_after(30, {}), stale_after(30, {GRACE_ATTR: 300}), stale_after(30, {GRACE_ATTR: 2})
+    (30, 300, 30)
+    """
+    held = system_attrs.get(GRACE_ATTR)
+    ok = isinstance(held, (int, float)) and not isinstance(held, bool)
+    return max(grace_period, held) if ok else grace_period
+
+
+class RequeueStaleRun(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale (or given back) run, whose queued copy leaves its last holder's
+    name, grace period and heartbeat behind: a copy that kept them looked held, and one whose new
+    worker died before naming itself was never found stale on an RDB storage."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in HOLDER_ATTRS}
+        super().__call__(study, trial)
+
+
+class HeartbeatRDBStorage(RDBStorage):
+    """Optuna's RDB storage, whose stale runs wait for their holder's grace period when it is
+    longer than this worker's (`stale_after`)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        own = self.grace_period
+        stale = super()._get_stale_trial_ids(study_id)
+        longer: dict[float, set[int]] = {}
+        for trial_id in stale:
+            grace = stale_after(own, self.get_trial_system_attrs(trial_id))
+            if grace > own:
+                longer.setdefault(grace, set()).add(trial_id)
+        for grace, trial_ids in longer.items():
+            # Optuna's query reads the grace period from here; nothing else does meanwhile (the
+            # heartbeat thread only records beats).
+            self.grace_period = grace
+            try:
+                still = set(super()._get_stale_trial_ids(study_id))
+            finally:
+                self.grace_period = own
+            stale = [t for t in stale if t not in trial_ids or t in still]
+        return stale
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage plus Optuna's heartbeat interface."""
 
@@ -194,13 +250,14 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        deadline = time.time() - self._grace_period
+        now = time.time()
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
             beat = trial.system_attrs.get(HEARTBEAT_ATTR, 0.0)
-            # A retried trial inherits its predecessor's old heartbeat: its start counts too.
-            if max(started, beat) < deadline:
+            # A copy queued by an older version inherited its predecessor's old heartbeat: its
+            # start counts too.
+            if max(started, beat) < now - stale_after(self._grace_period, trial.system_attrs):
                 stale.append(trial._trial_id)
         return stale
 
@@ -268,7 +325,7 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
 
 
 def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: bool) -> BaseStorage:
-    retry = RetryHeartbeatStaleTrialCallback()
+    retry = RequeueStaleRun()
     if is_file_storage(url):
         path = Path(url)
         try:
@@ -301,8 +358,8 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
             engine_kwargs = {"pool_pre_ping": True}
         for attempt in range(SCHEMA_RACE_ATTEMPTS):
             try:
-                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                  grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+                return HeartbeatRDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                           grace_period=grace_period, heartbeat_stale_trial_callback=retry)
             except Exception as err:
                 if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(err):
                     raise
