@@ -138,6 +138,77 @@ def test_a_problem_of_ones_own_whose_data_lacks_a_target(workdir, capsys, monkey
     assert code == 2 and "Broken._load to return one target tensor per task (2)" in line and "1 in val" in line
 
 
+GAPPY_PROBLEM = """
+import dataclasses
+import torch
+from bench.problems import Split, build_problem
+from bench.problems.losses import squared_error
+
+def where_masked(pred, target):  # finite, but NaN gradients from the branch torch.where drops
+    ok = torch.isfinite(target)
+    return torch.where(ok, (pred - target) ** 2, torch.zeros_like(pred)).flatten(1).mean(1)
+
+def left_out(pred, target):
+    ok = torch.isfinite(target)
+    return torch.where(ok, pred - torch.nan_to_num(target), torch.zeros_like(pred)).pow(2).flatten(1).mean(1)
+
+LOSSES = {"plain": squared_error, "where": where_masked, "left_out": left_out}
+
+class Gappy(type(build_problem("toy"))):
+    def __init__(self, params, gap, loss):
+        super().__init__(params)
+        self.gap, self.loss = gap, loss
+
+    def _tasks(self):
+        tasks = super()._tasks()
+        return [dataclasses.replace(tasks[0], loss=LOSSES[self.loss]), *tasks[1:]]
+
+    def _load(self, data_seed):
+        data = super()._load(data_seed)
+        inputs, targets = data.train.inputs.clone(), [t.clone() for t in data.train.targets]
+        (inputs if self.gap == "input" else targets[0])[7, 0] = float("nan")
+        return dataclasses.replace(data, train=Split(inputs, tuple(targets)))
+
+def gappy(gap: str = "target", loss: str = "plain", **options):
+    options = {"n_train": 50, "n_val": 10, "n_test": 10, **options}
+    return Gappy(build_problem("toy", options).params, gap, loss)
+"""
+
+
+@pytest.mark.parametrize("gap,loss,expected", [
+    ("input", "plain", "Gappy._load to return finite inputs (no NaN or inf), got '1 of 64 rows in train hold some, "
+                       "the first row 7'"),
+    ("target", "plain", "finite targets for task task0, or a loss that leaves NaN and inf targets out (missing "
+                        "labels) with a finite gradient: on row 7 of train its loss is not finite, got 'NaN or inf "
+                        "in 1 of 64 rows of train'"),
+    ("target", "where", "on row 7 of train its gradient is not finite"),
+    ("target", "left_out", None),
+])
+def test_data_holding_nan_stops_the_study_before_anything_is_stored(workdir, capsys, gap, loss, expected):
+    """A NaN in the data made every run's loss NaN: 210 runs stored as 'diverged', which reads as
+    the balancing's fault, and settled, so the mended data would not retrain them. Missing labels
+    that the task's loss leaves out (with a finite gradient) are fine."""
+    module = f"gappy_{gap}_{loss}"
+    (workdir / f"{module}.py").write_text(GAPPY_PROBLEM)
+    path = study(workdir, TINY.replace('name = "toy"', f'name = "{module}:gappy"\ngap = "{gap}"\nloss = "{loss}"'))
+    if expected is None:
+        assert main(["run", "--study", path]) == 0
+        assert {r["status"] for r in ResultStore("results/bench.journal").records("tiny")} == {"ok"}
+        return
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and line.startswith(f"error: {Path(path).name}: problem: expected ") and expected in line
+    assert not Path("results").exists()  # nothing stored
+
+
+def test_a_run_failed_by_a_nan_target_says_so_rather_than_diverged(workdir, capsys):
+    (workdir / "gappy_train.py").write_text(GAPPY_PROBLEM)
+    assert main(["train", "--problem", "gappy_train:gappy", "--steps", "20", "--batch-size", "50", "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["status"] == "failed" and record["reason"] == (
+        "non-finite training loss at step 0: the batch's targets of task0 hold NaN or inf (missing labels?); "
+        "a task's loss must leave those out")
+
+
 FAILING_PROBLEM = """
 from bench.problems import build_problem
 

@@ -145,6 +145,56 @@ class MultiTaskModel(nn.Module):
         return self.apply_heads([h] * self.n_tasks)
 
 
+def non_finite_rows(inputs: Tensor, chunk_elements: int = 1 << 22) -> tuple[int, int] | None:
+    """How many rows of `inputs` hold a NaN or an infinity, and the first of them; None if none
+    (or for integer inputs). Checked some rows at a time (about `chunk_elements` values), so
+    that a split of images takes a few MB more, not a copy of itself.
+
+    >>> non_finite_rows(torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [3.0, float("inf")]]))
+    (2, 1)
+    """
+    if not inputs.is_floating_point():
+        return None
+    count, first = 0, None
+    chunk = max(1, chunk_elements // max(1, inputs[:1].numel()))
+    for start in range(0, len(inputs), chunk):
+        rows = inputs[start:start + chunk]
+        bad = ~torch.isfinite(rows).reshape(len(rows), -1).all(dim=1)
+        n = int(bad.sum())
+        if n and first is None:
+            first = start + int(bad.nonzero()[0])
+        count += n
+    return (count, first) if count else None
+
+
+def check_missing_labels(problem: Problem, data: DataSplits) -> None:
+    """Refuse targets holding NaN or inf unless the task's loss, and its gradient, stay finite on
+    a row holding one (a loss that leaves missing labels out). A loss that masks with
+    `torch.where` is finite while its gradient is NaN, hence the backward pass."""
+    model = None
+    for i, task in enumerate(problem.tasks):
+        found = {name: non_finite_rows(split.targets[i]) for name, split in data.items()}
+        found = {name: rows for name, rows in found.items() if rows}
+        if not found:
+            continue
+        name, (_, row) = next(iter(found.items()))
+        split = getattr(data, name)
+        if model is None:
+            model = problem.build_model([0])
+        model.zero_grad(set_to_none=True)
+        loss = task.loss(model(split.inputs[None, row:row + 1])[i], split.targets[i][None, row:row + 1])
+        finite = bool(torch.isfinite(loss).all())
+        if finite:
+            loss.sum().backward()
+            finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+        if not finite:
+            where = ", ".join(f"{rows[0]} of {len(getattr(data, n))} rows of {n}" for n, rows in found.items())
+            raise ConfigError("problem", f"finite targets for task {task.name}, or a loss that leaves NaN and inf "
+                              f"targets out (missing labels) with a finite gradient: on row {row} of {name} its "
+                              f"{'loss' if not bool(torch.isfinite(loss).all()) else 'gradient'} is not finite",
+                              f"NaN or inf in {where}")
+
+
 class Problem(ABC):
     """A multitask problem: data for a data seed, a stacked model factory, tasks and losses.
 
@@ -237,6 +287,12 @@ class Problem(ABC):
                 raise wrong(f"a Split of tensors as {split_name}", type(split).__name__)
             if len(split) == 0:
                 raise wrong("splits of at least one example", f"0 in {split_name}")
+            bad_rows = non_finite_rows(split.inputs)
+            if bad_rows:
+                # Every run's loss would be NaN from the first batch holding one: stored as
+                # 'diverged', it would read as the balancing's fault.
+                raise wrong("finite inputs (no NaN or inf)", f"{bad_rows[0]} of {len(split)} rows in "
+                            f"{split_name} hold some, the first row {bad_rows[1]}")
             if len(split.targets) != self.n_tasks:
                 raise wrong(f"one target tensor per task ({self.n_tasks}) in every split",
                             f"{len(split.targets)} in {split_name}")

@@ -130,12 +130,17 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     """Load the first seed's data before the study is stored. Missing data, or fewer examples
     than the study asks for, then stops `bench run` with nothing stored: a study stored with
     its runs queued keeps its configuration, so mending the study file (a `root`, a smaller
-    `n_train`) would otherwise need --new-version and another name."""
+    `n_train`) would otherwise need --new-version and another name. So do targets holding NaN
+    or inf that a task's loss does not leave out: every run would fail at the first batch
+    holding one, stored as diverged."""
+    from bench.problems.base import check_missing_labels
     from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
 
     config = spec.run_config(spec.runs()[0], device=device)
+    problem = problem_for(config)
     try:
-        problem_for(config).load(config.resolved_data_seed)
+        data = problem.load(config.resolved_data_seed)
+        check_missing_labels(problem, data)
     except ConfigError as err:
         raise err.located(spec.path) from None
 

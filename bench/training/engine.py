@@ -285,16 +285,18 @@ class BatchTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         x, targets = self.training_batch(step)
         losses, norms = self.compute_gradients(x, targets, weights)
-        self._check_diverged(losses, "training loss", step)
+        self._check_diverged(losses, "training loss", step, batch_targets=targets)
         self._retire_failed_runs()
         self.optimizer.step()
         self.balancer.update(step, losses, norms)
         self.steps_done = step + 1
 
     # ----------------------------------------------------------------- failures
-    def _check_diverged(self, values: Tensor, what: str, step: int, limit: float | None = None) -> None:
+    def _check_diverged(self, values: Tensor, what: str, step: int, limit: float | None = None,
+                        batch_targets: Sequence[Tensor] | None = None) -> None:
         """Mark live runs as failed at `step` where their row of `values` (R, T) is not finite,
-        or beyond `limit` in absolute value."""
+        or beyond `limit` in absolute value. A task whose `batch_targets` hold NaN or inf is
+        named as such: its data, not the balancing, made the loss non-finite."""
         wrong = ~torch.isfinite(values)
         if limit is not None:
             wrong |= values.abs() > limit
@@ -305,7 +307,15 @@ class BatchTrainer:
             tasks = ", ".join(self.tasks[i].name for i in wrong[r].nonzero().flatten().tolist())
             finite = bool(torch.isfinite(values[r]).all())
             state = f"{what} beyond {limit:g}" if finite else f"non-finite {what}"
-            self.failures[r] = (step, f"diverged: {state} at step {step} (task {tasks})")
+            reason = f"diverged: {state} at step {step} (task {tasks})"
+            if batch_targets is not None and not finite:
+                in_data = [self.tasks[i].name for i in wrong[r].nonzero().flatten().tolist()
+                           if batch_targets[i].is_floating_point()
+                           and not bool(torch.isfinite(batch_targets[i][r]).all())]
+                if in_data:
+                    reason = (f"non-finite {what} at step {step}: the batch's targets of {', '.join(in_data)} "
+                              "hold NaN or inf (missing labels?); a task's loss must leave those out")
+            self.failures[r] = (step, reason)
         self._pending_failures |= bad
 
     def _retire_failed_runs(self) -> None:
