@@ -638,7 +638,7 @@ def test_a_worker_with_a_longer_grace_period_keeps_its_runs_among_workers_with_a
     it never stored a result; `bench status` called it stopped. Its grace period now travels
     with its runs."""
     quick, waiting = queued_tiny_study(tmp_path, monkeypatch, storage)  # grace period 1 s
-    patient = ResultStore(quick.url, heartbeat_interval=1, grace_period=4)
+    patient = ResultStore(quick.url, heartbeat_interval=1, grace_period=5)
     assert patient.claim(waiting[0], "patient:41") and quick.claim(waiting[1], "quick:42")
     time.sleep(2.2)  # no heartbeat from either since (SQLite's clock counts whole seconds)
     assert main(["status", "--storage", quick.url, "--grace", "1"]) == 0
@@ -648,9 +648,9 @@ def test_a_worker_with_a_longer_grace_period_keeps_its_runs_among_workers_with_a
     states = {t.system_attrs.get("bench:worker"): t.state for t in quick.arm_study("tiny", "equal").get_trials()
               if t.state != optuna.trial.TrialState.WAITING or "bench:worker" in t.system_attrs}
     assert states == {"patient:41": optuna.trial.TrialState.RUNNING, "quick:42": optuna.trial.TrialState.FAIL}
-    time.sleep(3.0)  # now silent for its own 4 s as well: stopped
+    time.sleep(4.0)  # now silent for its own 5 s as well: stopped
     assert main(["status", "--storage", quick.url, "--grace", "1"]) == 0
-    assert "patient:41 (1 run, no heartbeat for over 4 s)" in " ".join(capsys.readouterr().out.split())
+    assert "patient:41 (1 run, no heartbeat for over 5 s)" in " ".join(capsys.readouterr().out.split())
     quick.fail_stale("tiny", ["equal"])
     copies = [t for t in quick.arm_study("tiny", "equal").get_trials()
               if t.user_attrs["run_key"] in {w.user_attrs["run_key"] for w in waiting[:2]}]
