@@ -1,0 +1,65 @@
+"""The package's layers: imports go one way, from the CLI down to the core, and the report reads
+results and never trains. Every import of a `bench` module counts, those inside functions too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "bench"
+BASICS = {"errors", "params", "formatting", "environment"}
+# What each part may import, besides itself: study file -> study manager -> training runs ->
+# result store -> comparison -> report, with the CLI on top of them all.
+ALLOWED = {
+    "cli": {"study", "training", "balancers", "problems", "store", "compare", "report", "perf"} | BASICS,
+    "perf": {"study", "training", "problems"} | BASICS,
+    "report": {"compare", "store"} | BASICS,
+    "compare": {"store"} | BASICS,
+    "study": {"training", "balancers", "problems", "store"} | BASICS,
+    "training": {"balancers", "problems"} | BASICS,
+    "store": BASICS,
+    "balancers": {"problems"} | BASICS,
+    "problems": BASICS,
+    "params": {"errors"},
+    "formatting": set(),
+    "errors": set(),
+    "environment": set(),
+}
+
+
+def bench_imports(path: Path) -> set[str]:
+    """The parts of `bench` (its first-level modules and packages) that `path` imports."""
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        parts |= {name.split(".")[1] for name in names if name.startswith("bench.")}
+    # `from bench import __version__` names an attribute of the package, not a part of it.
+    return {part for part in parts if (PACKAGE / part).is_dir() or (PACKAGE / f"{part}.py").is_file()}
+
+
+def part_of(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if part_of(p) not in ("__init__", "__main__"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_go_one_way_from_the_cli_down_to_the_core(path):
+    part = part_of(path)
+    assert part in ALLOWED, f"bench/{part} is a new part of the package: give it its place in ALLOWED"
+    wrong = bench_imports(path) - ALLOWED[part] - {part}
+    assert not wrong, f"{path.relative_to(PACKAGE.parent)} imports bench.{', bench.'.join(sorted(wrong))}"
+
+
+def test_the_layer_check_sees_imports_inside_functions(tmp_path):
+    module = tmp_path / "late.py"
+    module.write_text("def f():\n    from bench.training import train_runs\n    import bench.cli.app\n")
+    assert bench_imports(module) == {"training", "cli"}
