@@ -380,6 +380,18 @@ def test_run_options_out_of_range_name_their_flag(workdir, capsys, options):
     assert code == 2 and line == f"error: {options[0]}: expected an integer >= 1, got 0"
 
 
+@pytest.mark.parametrize("options,expected", [
+    (["--backend", "dask"], "--backend dask needs --scheduler ADDRESS"),
+    (["--scheduler", "tcp://10.0.0.5:8786"], "--scheduler tcp://10.0.0.5:8786 is for --backend dask"),
+    (["--backend", "ray"], "--backend: expected loky or dask"),
+])
+def test_a_scheduler_without_the_dask_backend_is_refused_not_ignored(workdir, capsys, options, expected):
+    """`--scheduler` alone trained every batch here, quietly, rather than on the cluster."""
+    code, line = run(["run", "--study", study(workdir), *options], capsys)
+    assert code == 2 and line.startswith(f"error: {expected}")
+    assert ResultStore().study_names() == []
+
+
 @pytest.mark.parametrize("seeds,expected", [
     ("3-1", "low <= high"), ("a", "a list such as 0,1,2"), ("0,,1", "a list such as 0,1,2"),
     ("-1", "a list such as 0,1,2"), ("0,0", "distinct"),

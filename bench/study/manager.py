@@ -184,6 +184,9 @@ class StudyRunner:
             raise BenchError(f"--backend: expected loky or dask, got {backend!r}")
         if backend == "dask" and not scheduler:
             raise BenchError("--backend dask needs --scheduler ADDRESS (a running Dask scheduler)")
+        if scheduler and backend != "dask":  # else the batches would quietly train here
+            raise BenchError(f"--scheduler {scheduler} is for --backend dask: add --backend dask to train on "
+                             "that cluster, or leave --scheduler out to train here")
         self.backend, self.scheduler = backend, scheduler
         self._client = None
         self._stack_limit: int | None = None
