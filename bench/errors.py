@@ -56,6 +56,26 @@ class ConfigError(BenchError):
         """
         return ConfigError(prefix + self.field, self.expected, self.got, source=self.source or source)
 
+    def __reduce__(self):
+        # Raised in a `--jobs` process, it crosses back pickled: by default Python would rebuild it
+        # from its message alone, which this __init__ refuses (joblib then fails with
+        # BrokenProcessPool, and the user's one line is lost). `got` travels as its text when it
+        # is not a plain value.
+        plain = (str, int, float, bool, list, tuple, dict, type(None))
+        got = self.got if isinstance(self.got, plain) else _Shown(repr(self.got))
+        return (_config_error, (self.field, self.expected, got, self.source))
+
+
+class _Shown(str):
+    """A value's text that prints as the value did (its repr) in a ConfigError's message."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _config_error(field: str, expected: str, got: object, source: str | None) -> ConfigError:
+    return ConfigError(field, expected, got, source=source)
+
 
 class StorageError(BenchError):
     """The result storage cannot be opened or written."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.errors import StorageError
+from bench.errors import ConfigError, StorageError
 from bench.report.html import report_storage
 from bench.store import ResultStore, export
 from bench.study.spec import StudySpec
@@ -207,6 +207,48 @@ def test_a_run_failed_by_a_nan_target_says_so_rather_than_diverged(workdir, caps
     assert record["status"] == "failed" and record["reason"] == (
         "non-finite training loss at step 0: the batch's targets of task0 hold NaN or inf (missing labels?); "
         "a task's loss must leave those out")
+
+
+SCALAR_LOSS_PROBLEM = """
+import dataclasses
+from bench.problems import build_problem
+
+def averaged_over_everything(pred, target):  # one number for all the stacked runs
+    return ((pred - target) ** 2).mean()
+
+class Scalar(type(build_problem("toy"))):
+    def _tasks(self):
+        tasks = super()._tasks()
+        return [dataclasses.replace(tasks[0], loss=averaged_over_everything), *tasks[1:]]
+
+def scalar(**options):
+    return Scalar(build_problem("toy", options).params)
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_loss_that_returns_one_number_for_every_run_is_one_line_in_jobs_processes_too(workdir, capsys, jobs):
+    """A loss of one's own returning a scalar ended in torch.stack's IndexError traceback; with
+    --jobs 2 the ConfigError could not cross back from the process (BrokenProcessPool)."""
+    module = f"scalar_loss_{jobs}"
+    (workdir / f"{module}.py").write_text(SCALAR_LOSS_PROBLEM)
+    path = study(workdir, TINY.replace('name = "toy"', f'name = "{module}:scalar"'))
+    code, line = run(["run", "--study", path, "--jobs", jobs], capsys)
+    assert code == 2 and line.startswith("error: tiny.toml: problem: expected task task0's loss to return one "
+                                         "value per stacked run") and line.endswith("got 'shape ()'")
+    records = ResultStore().records("tiny")
+    assert records == []  # nothing stored as failed: the runs wait for the mended code
+    assert all(p.waiting == p.total for p in ResultStore().stored_progress("tiny").values())
+
+
+def test_a_config_error_crosses_process_boundaries_whole():
+    import pickle
+
+    err = ConfigError("arms.gn.floor", "a number in (0, 1)", torch.tensor([2.0]), source="s.toml")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is ConfigError and str(again) == str(err) == (
+        "s.toml: arms.gn.floor: expected a number in (0, 1), got tensor([2.])")
+    assert (again.field, again.expected, again.source) == ("arms.gn.floor", "a number in (0, 1)", "s.toml")
 
 
 FAILING_PROBLEM = """

@@ -313,7 +313,16 @@ class Problem(ABC):
 
     def losses(self, preds: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
         """Per-run, per-task mean losses over the batch, shape (R, T)."""
-        return torch.stack([task.loss(p, y) for task, p, y in zip(self.tasks, preds, targets)], dim=1)
+        values = [task.loss(p, y) for task, p, y in zip(self.tasks, preds, targets)]
+        for task, p, value in zip(self.tasks, preds, values):
+            if not isinstance(value, Tensor) or value.shape != p.shape[:1]:
+                # A scalar (averaged over the stacked runs too) or one value per example would
+                # otherwise fail in torch.stack, or silently mix the runs.
+                got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                raise ConfigError("problem", f"task {task.name}'s loss to return one value per stacked run, "
+                                  f"the mean over the batch of each: shape ({p.shape[0]},) for predictions "
+                                  f"{tuple(p.shape)}", got)
+        return torch.stack(values, dim=1)
 
     def describe(self) -> dict[str, Any]:
         return {"tasks": self.task_names}

@@ -272,6 +272,9 @@ class StudyRunner:
                 raise TrainingProcessLost(
                     f"{err}; {count(released, 'run')} in hand {'was' if released == 1 else 'were'} "
                     "queued again and every run stored is kept: run the same command to go on") from None
+            except ConfigError as err:  # the problem broke a rule mid-training (a loss's shape)
+                self.release_all(f"worker error: {type(err).__name__}")
+                raise err.located(self.spec.path) from None
             except BaseException as err:
                 # Never leave claimed runs RUNNING: give them back, then let the error speak.
                 self.release_all(f"worker error: {type(err).__name__}")
