@@ -209,6 +209,34 @@ def test_a_run_failed_by_a_nan_target_says_so_rather_than_diverged(workdir, caps
         "a task's loss must leave those out")
 
 
+ONE_HEAD_PROBLEM = """
+from bench.problems import MultiTaskModel, build_problem
+
+class OneHead(type(build_problem("toy"))):
+    def build_model(self, init_seeds):
+        model = super().build_model(init_seeds)
+        return MultiTaskModel(model.body, model.last_shared_layer, list(model.heads)[:1],
+                              n_runs=len(init_seeds), activation=model.activation)
+
+def one_head(**options):
+    return OneHead(build_problem("toy", options).params)
+"""
+
+
+@pytest.mark.parametrize("verb", ["run", "train"])
+def test_a_model_a_head_short_is_one_line_before_anything_is_stored(workdir, capsys, verb):
+    """A model with fewer heads than tasks ended in an IndexError traceback from the metrics."""
+    (workdir / "one_head.py").write_text(ONE_HEAD_PROBLEM)
+    if verb == "run":
+        args = ["run", "--study", study(workdir, TINY.replace('name = "toy"', 'name = "one_head:one_head"'))]
+    else:
+        args = ["train", "--problem", "one_head:one_head", "--steps", "5"]
+    code, line = run(args, capsys)
+    assert code == 2 and ("expected OneHead.build_model to return a model with one head per task (2) for 1 "
+                          "stacked run, got '1 head for 1 run'") in line
+    assert not (workdir / "results").exists()
+
+
 SCALAR_LOSS_PROBLEM = """
 import dataclasses
 from bench.problems import build_problem

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
+from bench.formatting import count
 
 TaskKind = Literal["regression", "classification", "dense"]
 
@@ -167,11 +168,10 @@ def non_finite_rows(inputs: Tensor, chunk_elements: int = 1 << 22) -> tuple[int,
     return (count, first) if count else None
 
 
-def check_missing_labels(problem: Problem, data: DataSplits) -> None:
+def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskModel) -> None:
     """Refuse targets holding NaN or inf unless the task's loss, and its gradient, stay finite on
-    a row holding one (a loss that leaves missing labels out). A loss that masks with
-    `torch.where` is finite while its gradient is NaN, hence the backward pass."""
-    model = None
+    a row holding one (a loss that leaves missing labels out), for `model` of one run. A loss
+    that masks with `torch.where` is finite while its gradient is NaN, hence the backward pass."""
     for i, task in enumerate(problem.tasks):
         found = {name: non_finite_rows(split.targets[i]) for name, split in data.items()}
         found = {name: rows for name, rows in found.items() if rows}
@@ -179,8 +179,6 @@ def check_missing_labels(problem: Problem, data: DataSplits) -> None:
             continue
         name, (_, row) = next(iter(found.items()))
         split = getattr(data, name)
-        if model is None:
-            model = problem.build_model([0])
         model.zero_grad(set_to_none=True)
         loss = task.loss(model(split.inputs[None, row:row + 1])[i], split.targets[i][None, row:row + 1])
         finite = bool(torch.isfinite(loss).all())
@@ -255,6 +253,18 @@ class Problem(ABC):
     @abstractmethod
     def build_model(self, init_seeds: Sequence[int]) -> MultiTaskModel:
         """A model of len(init_seeds) stacked runs; slice r is initialised from init_seeds[r]."""
+
+    def checked_model(self, init_seeds: Sequence[int]) -> MultiTaskModel:
+        """`build_model`'s model, checked: one head per task and one slice per run (a head
+        short, the runs' losses would be paired with the wrong tasks, or fail deep in training)."""
+        model = self.build_model(init_seeds)
+        if not isinstance(model, MultiTaskModel):
+            raise self._returned("build_model", "a bench.problems.MultiTaskModel", type(model).__name__)
+        if model.n_tasks != self.n_tasks or model.n_runs != len(init_seeds):
+            raise self._returned("build_model", f"a model with one head per task ({self.n_tasks}) for "
+                                 f"{count(len(init_seeds), 'stacked run')}",
+                                 f"{count(model.n_tasks, 'head')} for {count(model.n_runs, 'run')}")
+        return model
 
     @property
     def n_tasks(self) -> int:

@@ -130,9 +130,9 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     """Load the first seed's data before the study is stored. Missing data, or fewer examples
     than the study asks for, then stops `bench run` with nothing stored: a study stored with
     its runs queued keeps its configuration, so mending the study file (a `root`, a smaller
-    `n_train`) would otherwise need --new-version and another name. So do targets holding NaN
-    or inf that a task's loss does not leave out: every run would fail at the first batch
-    holding one, stored as diverged."""
+    `n_train`) would otherwise need --new-version and another name. So do a model that does
+    not fit the tasks, and targets holding NaN or inf that a task's loss does not leave out:
+    every run would fail at the first batch holding one, stored as diverged."""
     from bench.problems.base import check_missing_labels
     from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
 
@@ -140,7 +140,7 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     problem = problem_for(config)
     try:
         data = problem.load(config.resolved_data_seed)
-        check_missing_labels(problem, data)
+        check_missing_labels(problem, data, problem.checked_model([0]))
     except ConfigError as err:
         raise err.located(spec.path) from None
 

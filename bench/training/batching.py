@@ -50,7 +50,7 @@ def run_memory_bytes(config: RunConfig) -> int:
     problem = problem_for(config)
     dtype = getattr(torch, config.dtype)
     size = torch.tensor([], dtype=dtype).element_size()
-    model = problem.build_model([derive_seed(config.seed, "init")]).to(dtype=dtype)
+    model = problem.checked_model([derive_seed(config.seed, "init")]).to(dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     data = problem.load(config.resolved_data_seed).train
     batch = min(config.budget.batch_size, len(data))

@@ -134,7 +134,7 @@ class BatchTrainer:
         self._run_order = torch.tensor([distinct_seeds.index(s) for s in seeds], device=self.device)
         self._shared_batches = self._shared_data and len(distinct_seeds) == 1
 
-        self.model = self.problem.build_model([derive_seed(s, "init") for s in seeds])
+        self.model = self.problem.checked_model([derive_seed(s, "init") for s in seeds])
         self.model.to(device=self.device, dtype=self.dtype)
         self._eval_chunk_elements = (EVAL_CHUNK_ELEMENTS_CPU if self.device.type == "cpu"
                                      else EVAL_CHUNK_ELEMENTS_ACCELERATOR)
