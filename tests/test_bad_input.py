@@ -251,6 +251,17 @@ class Scalar(type(build_problem("toy"))):
 
 def scalar(**options):
     return Scalar(build_problem("toy", options).params)
+
+def as_numbers(pred, target):  # detached: task0's head would never train, silently
+    return ((pred - target) ** 2).flatten(1).mean(1).detach()
+
+class Detached(type(build_problem("toy"))):
+    def _tasks(self):
+        tasks = super()._tasks()
+        return [dataclasses.replace(tasks[0], loss=as_numbers), *tasks[1:]]
+
+def detached(**options):
+    return Detached(build_problem("toy", options).params)
 """
 
 
@@ -267,6 +278,14 @@ def test_a_loss_that_returns_one_number_for_every_run_is_one_line_in_jobs_proces
     records = ResultStore().records("tiny")
     assert records == []  # nothing stored as failed: the runs wait for the mended code
     assert all(p.waiting == p.total for p in ResultStore().stored_progress("tiny").values())
+
+
+def test_a_loss_detached_from_its_predictions_is_refused_not_trained_without_its_head(workdir, capsys):
+    """A detached loss trained the other tasks only, and the run was stored as ok."""
+    (workdir / "detached_loss.py").write_text(SCALAR_LOSS_PROBLEM)
+    code, line = run(["train", "--problem", "detached_loss:detached", "--steps", "5"], capsys)
+    assert code == 2 and "expected task task0's loss to keep its predictions' gradient" in line
+    assert "got 'a torch.float32 loss without a gradient'" in line
 
 
 def test_a_config_error_crosses_process_boundaries_whole():

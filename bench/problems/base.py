@@ -332,6 +332,11 @@ class Problem(ABC):
                 raise ConfigError("problem", f"task {task.name}'s loss to return one value per stacked run, "
                                   f"the mean over the batch of each: shape ({p.shape[0]},) for predictions "
                                   f"{tuple(p.shape)}", got)
+            if p.requires_grad and not value.requires_grad:
+                # Its head would never train, and nothing would say so.
+                raise ConfigError("problem", f"task {task.name}'s loss to keep its predictions' gradient (no "
+                                  ".detach(), .item(), NumPy or integer casts on the way)",
+                                  f"a {value.dtype} loss without a gradient")
         return torch.stack(values, dim=1)
 
     def describe(self) -> dict[str, Any]:
