@@ -223,6 +223,36 @@ def one_head(**options):
 """
 
 
+DEEP_LAST_LAYER_PROBLEM = """
+from bench.problems import MultiTaskModel, build_problem
+from bench.problems.layers import StackedMLP, seeded_generators
+
+class DeepLast(type(build_problem("toy"))):
+    def build_model(self, init_seeds):
+        model = super().build_model(init_seeds)
+        width = self.params.hidden
+        last = StackedMLP([width, width, width], seeded_generators(init_seeds))  # two layers: no one W
+        return MultiTaskModel(model.body, last, list(model.heads), n_runs=len(init_seeds),
+                              activation=model.activation)
+
+def deep_last(**options):
+    return DeepLast(build_problem("toy", options).params)
+"""
+
+
+def test_gradnorm_on_a_last_shared_layer_without_one_weight_says_which_grad_params_work(workdir, capsys):
+    """GradNorm's W is the last shared layer's weight: a last shared layer of two layers ended
+    in an AttributeError traceback, even with grad_params = "all_shared", which needs no W."""
+    (workdir / "deep_last.py").write_text(DEEP_LAST_LAYER_PROBLEM)
+    args = ["train", "--problem", "deep_last:deep_last", "--steps", "5", "--balancer", "gradnorm", "--json"]
+    code, line = run(args[:-1], capsys)
+    assert code == 2 and line.startswith("error: balancer.grad_params: expected parameters the model's last shared "
+                                         "layer has: last_layer_weight takes its weight, and StackedMLP has no weight")
+    assert 'or set grad_params = "all_shared"' in line
+    assert main([*args, "-b", "grad_params=all_shared"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+
+
 @pytest.mark.parametrize("verb", ["run", "train"])
 def test_a_model_a_head_short_is_one_line_before_anything_is_stored(workdir, capsys, verb):
     """A model with fewer heads than tasks ended in an IndexError traceback from the metrics."""

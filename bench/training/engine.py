@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.balancers import BALANCERS
+from bench.errors import ConfigError
 from bench.params import build_params
 from bench.problems import Problem, build_problem
 from bench.problems.layers import StackedLinear
@@ -69,8 +70,6 @@ def batch_indices(seed: int, n_train: int, batch_size: int, steps: int) -> Tenso
     """Training batch indices (steps, batch_size): epochs of random permutations, last partial
     batch of each epoch dropped. Drawn from the run's "batches" stream."""
     if batch_size > n_train:
-        from bench.errors import ConfigError
-
         raise ConfigError("batch_size", f"at most the {n_train} training examples", batch_size)
     per_epoch = n_train // batch_size
     epochs = math.ceil(steps / per_epoch)
@@ -149,6 +148,7 @@ class BatchTrainer:
             device=self.device, dtype=self.dtype, steps_per_epoch=self.steps_per_epoch,
             seeds=[derive_seed(c.seed, "balancer") for c in self.configs],
         )
+        self._check_grad_norm_target()
         self.alive = torch.ones(R, dtype=torch.bool, device=self.device)
         self._pending_failures = torch.zeros(R, dtype=torch.bool, device=self.device)
         self.failures: list[tuple[int, str] | None] = [None] * R
@@ -199,11 +199,8 @@ class BatchTrainer:
                     sq = sq + flat.sum(dim=1).view(R, k, out).square().sum(dim=2)
                 squares.append(sq)
             return torch.cat(squares, dim=1).sqrt()
-        params = {
-            "last_layer_weight": [layer.weight],
-            "last_layer": [layer.weight, layer.bias],
-            "all_shared": self.model.shared_parameters(),
-        }[target]
+        params = (self.model.shared_parameters() if target == "all_shared"
+                  else [layer.weight] if target == "last_layer_weight" else [layer.weight, layer.bias])
         # Any other layer: one backward pass from z for all tasks at once (vmapped over tasks).
         deltas = torch.cat([pack.movedim(-2, 0) for pack in packs])  # (T, R, ...)
         grads = torch.autograd.grad(z, params, grad_outputs=deltas, retain_graph=True, is_grads_batched=True)
@@ -290,6 +287,19 @@ class BatchTrainer:
         self.optimizer.step()
         self.balancer.update(step, losses, norms)
         self.steps_done = step + 1
+
+    def _check_grad_norm_target(self) -> None:
+        """The parameters whose gradient norms the balancer asks for must exist: a last shared
+        layer made of several layers has no one weight W."""
+        target = self.balancer.grad_norm_target
+        layer = self.model.last_shared_layer
+        needs = {"last_layer_weight": ("weight",), "last_layer": ("weight", "bias")}.get(target, ())
+        missing = [name for name in needs if not isinstance(getattr(layer, name, None), nn.Parameter)]
+        if missing:
+            raise ConfigError("balancer.grad_params", f"parameters the model's last shared layer has: {target} "
+                              f"takes its {' and '.join(needs)}, and {type(layer).__name__} has no "
+                              f"{' or '.join(missing)} (make the last shared layer one layer, such as a "
+                              "StackedLinear, or set grad_params = \"all_shared\")", target)
 
     # ----------------------------------------------------------------- failures
     def _check_diverged(self, values: Tensor, what: str, step: int, limit: float | None = None,
