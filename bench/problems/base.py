@@ -156,7 +156,7 @@ def non_finite_rows(inputs: Tensor, chunk_elements: int = 1 << 22) -> tuple[int,
     """
     if not inputs.is_floating_point():
         return None
-    count, first = 0, None
+    n_bad, first = 0, None
     chunk = max(1, chunk_elements // max(1, inputs[:1].numel()))
     for start in range(0, len(inputs), chunk):
         rows = inputs[start:start + chunk]
@@ -164,8 +164,8 @@ def non_finite_rows(inputs: Tensor, chunk_elements: int = 1 << 22) -> tuple[int,
         n = int(bad.sum())
         if n and first is None:
             first = start + int(bad.nonzero()[0])
-        count += n
-    return (count, first) if count else None
+        n_bad += n
+    return (n_bad, first) if n_bad else None
 
 
 def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskModel) -> None:
@@ -181,16 +181,15 @@ def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskMod
         split = getattr(data, name)
         model.zero_grad(set_to_none=True)
         loss = task.loss(model(split.inputs[None, row:row + 1])[i], split.targets[i][None, row:row + 1])
-        finite = bool(torch.isfinite(loss).all())
-        if finite:
+        loss_finite = grad_finite = bool(torch.isfinite(loss).all())
+        if loss_finite:
             loss.sum().backward()
-            finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-        if not finite:
+            grad_finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+        if not grad_finite:
             where = ", ".join(f"{rows[0]} of {len(getattr(data, n))} rows of {n}" for n, rows in found.items())
             raise ConfigError("problem", f"finite targets for task {task.name}, or a loss that leaves NaN and inf "
                               f"targets out (missing labels) with a finite gradient: on row {row} of {name} its "
-                              f"{'loss' if not bool(torch.isfinite(loss).all()) else 'gradient'} is not finite",
-                              f"NaN or inf in {where}")
+                              f"{'gradient' if loss_finite else 'loss'} is not finite", f"NaN or inf in {where}")
 
 
 class Problem(ABC):
