@@ -102,11 +102,21 @@ def test_every_arm_runs_and_is_stored(store):
     assert table[table.arm == "grid"].norm_target_gap.isna().all()
 
 
+def sampled_grid(sampler: str, n_trials: int, parallel_points: int) -> str:
+    """The tiny study with a sampled grid; for CMA-ES, with a third task (it searches two
+    dimensions or more)."""
+    text = TINY.replace('method = "exhaustive"\nresolution = 0.5', f'method = "optuna"\nsampler = "{sampler}"\n'
+                        f'n_trials = {n_trials}\nparallel_points = {parallel_points}')
+    if sampler == "cmaes":
+        assert "tasks = 2\nsigmas = [1.0, 10.0]" in text
+        text = text.replace("tasks = 2\nsigmas = [1.0, 10.0]", "tasks = 3\nsigmas = [1.0, 10.0, 3.0]")
+    return text
+
+
 @pytest.mark.parametrize("sampler", ["random", "qmc", "cmaes", "grid"])
 def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
     # GridSampler stops the study after its last point, which raises in ask-and-tell (optuna#5141).
-    text = TINY.replace('method = "exhaustive"\nresolution = 0.5',
-                        f'method = "optuna"\nsampler = "{sampler}"\nn_trials = 4\nparallel_points = 2')
+    text = sampled_grid(sampler, n_trials=4, parallel_points=2)
     progress = StudyRunner(spec_of(text), store).run()
     assert progress.left == 0 and progress.failed == 0
     points = {tuple(r["record"]["config"]["balancer_params"]["weights"])
@@ -121,8 +131,7 @@ def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
 def test_two_workers_proposing_side_by_side_propose_distinct_points(store, sampler):
     """Each worker builds the arm's seeded sampler; proposals drawn from one seeded stream in
     both (or in a run resumed after Ctrl-C) used to repeat each other's points."""
-    text = TINY.replace('method = "exhaustive"\nresolution = 0.5',
-                        f'method = "optuna"\nsampler = "{sampler}"\nn_trials = 8\nparallel_points = 4')
+    text = sampled_grid(sampler, n_trials=8, parallel_points=4)
     first, second = StudyRunner(spec_of(text), store, batch_runs=2), StudyRunner(spec_of(text), store, batch_runs=2)
     for runner in (first, second):
         runner.prepare()

@@ -156,6 +156,7 @@ BAD = [
     ("batch larger than the data", TINY.replace("batch_size = 16", "batch_size = 1000"), "batch_size"),
     ("one task", TINY.replace("tasks = 2\nsigmas = [1.0, 10.0]", "tasks = 1"), "problem"),
     ("bad sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nsampler = "magic"\nn_trials = 3'), "arms.grid.sampler"),
+    ("CMA-ES on one dimension (it sampled at random, silently)", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nsampler = "cmaes"\nn_trials = 3'), "arms.grid.sampler"),
     ("boundary not a boolean", TINY.replace("resolution = 0.5", 'resolution = 0.5\nboundary = "no"'), "arms.grid.boundary"),
     ("boundary with listed points", TINY.replace("resolution = 0.5", "points = [[1, 1]]\nboundary = false"), "arms.grid.boundary"),
     ("boundary with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nboundary = false'), "arms.grid.boundary"),

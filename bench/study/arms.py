@@ -268,6 +268,11 @@ class GridArm(Arm):
             raise self.error("sampler_seed", "an integer", self.sampler_seed)
         if self.tasks < 2:
             raise self.error("method", "at least two tasks for a sampled grid", self.tasks)
+        if self.sampler_name == "cmaes" and self.tasks == 2:
+            # Optuna's CMA-ES would fall back to random sampling, saying so only at INFO level.
+            raise self.error("sampler", "a sampler for a one-dimensional search (2 tasks search the cube "
+                             "[0, 1]^(T-1) = [0, 1], and CMA-ES needs two dimensions or more): tpe, random, "
+                             "qmc or grid", self.sampler_name)
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         if self.method == "exhaustive":
