@@ -539,6 +539,17 @@ def test_a_benchmark_of_no_steps(workdir, capsys):
     assert code == 2 and "--steps" in line and ">= 1" in line
 
 
+def test_a_benchmark_of_a_problem_that_trains_one_run_at_a_time(workdir, capsys):
+    """`bench perf --study multimnist` ended in the engine's ValueError traceback."""
+    (workdir / "alone.py").write_text("from bench.problems import build_problem\n\n"
+                                      "class Alone(type(build_problem('toy'))):\n    supports_stacking = False\n\n"
+                                      "def alone(**options):\n    return Alone(build_problem('toy', options).params)\n")
+    path = study(workdir, TINY.replace('name = "toy"', 'name = "alone:alone"'))
+    code, line = run(["perf", "--study", path, "--steps", "2", "--no-sequential"], capsys)
+    assert code == 2 and line.startswith("error: --study: expected a study whose problem stacks runs")
+    assert "alone:alone trains one run at a time" in line
+
+
 def test_messages_that_name_a_toml_table_keep_it(workdir, capsys):
     # The error line is printed through rich: "[budget]" must not be taken for markup and dropped.
     path = study(workdir, TINY.replace("[budget]", "[budget]\nwarmup = 3"))

@@ -200,6 +200,9 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
     dev = resolve_device(device, field="--device")
     spec = StudySpec.load(study)
     configs = study_configs(spec, steps, device)
+    if not problem_for(configs[0]).supports_stacking:
+        raise ConfigError("--study", "a study whose problem stacks runs (bench perf times stacked training "
+                          f"against one run at a time; {spec.problem} trains one run at a time)", study)
     out: dict[str, Any] = {
         "version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
         "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
