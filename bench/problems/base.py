@@ -208,6 +208,7 @@ class Problem(ABC):
         self.params = params
         self._data_cache: dict[int, DataSplits] = {}
         self._task_cache: list[TaskSpec] | None = None
+        self._losses_checked: set[tuple[int, bool]] = set()  # (stacked runs, gradient on) seen
 
     @abstractmethod
     def _tasks(self) -> list[TaskSpec]:
@@ -323,6 +324,14 @@ class Problem(ABC):
     def losses(self, preds: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
         """Per-run, per-task mean losses over the batch, shape (R, T)."""
         values = [task.loss(p, y) for task, p, y in zip(self.tasks, preds, targets)]
+        key = (preds[0].shape[0], preds[0].requires_grad)
+        if key not in self._losses_checked:  # once per stack size and mode, off the hot path
+            self._check_losses(preds, values)
+            self._losses_checked.add(key)
+        return torch.stack(values, dim=1)
+
+    def _check_losses(self, preds: Sequence[Tensor], values: Sequence[Any]) -> None:
+        """Each task's loss is one value per stacked run, and keeps its predictions' gradient."""
         for task, p, value in zip(self.tasks, preds, values):
             if not isinstance(value, Tensor) or value.shape != p.shape[:1]:
                 # A scalar (averaged over the stacked runs too) or one value per example would
@@ -336,7 +345,6 @@ class Problem(ABC):
                 raise ConfigError("problem", f"task {task.name}'s loss to keep its predictions' gradient (no "
                                   ".detach(), .item(), NumPy or integer casts on the way)",
                                   f"a {value.dtype} loss without a gradient")
-        return torch.stack(values, dim=1)
 
     def describe(self) -> dict[str, Any]:
         return {"tasks": self.task_names}
