@@ -696,6 +696,21 @@ def test_a_journal_damaged_mid_file_or_not_a_journal(workdir, capsys):
         assert code == 2 and "notes.journal is not an Optuna journal file" in line
 
 
+@pytest.mark.parametrize("content", [b"my notes\n", b"a,b\n1,2\n3,4", b"\x89PNG\r\n\x1a\n\x00\x00"],
+                         ids=["one line", "csv without a last newline", "binary"])
+def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_is(workdir, capsys, content):
+    """Optuna reads a lone line as a write cut short: a one-line file read as an empty journal, and
+    `bench run` set the last line of a file without a final newline aside, changing the file."""
+    path = study(workdir)
+    mistaken = workdir / "data.csv"
+    mistaken.write_bytes(content)
+    for verb in ("status", "compare", "run"):
+        code, line = run([verb, "--study", path, "--storage", "data.csv"], capsys)
+        assert code == 2 and "data.csv is not an Optuna journal file" in line
+    assert mistaken.read_bytes() == content
+    assert list(workdir.glob("data.csv*")) == [mistaken]
+
+
 def test_an_sqlite_database_and_a_journal_each_given_as_the_other(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path, "--seeds", "0", "--storage", "sqlite:///bench.db"]) == 0

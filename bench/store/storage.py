@@ -93,6 +93,14 @@ def _is_sqlite(path: Path) -> bool:
         return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
+def _starts_like_a_journal(path: Path) -> bool:
+    """An empty file, or one whose first line is a record or the start of one (a first write cut
+    short). Anything else (an SQLite database, a CSV passed by mistake) is never read as a journal
+    nor set aside or appended to: Optuna would read a lone line of it as a cut-short write."""
+    first = _first_line(path)
+    return not first or _is_record(first) or (not first.endswith(b"\n") and first.startswith(b"{"))
+
+
 def _is_record(line: bytes) -> bool:
     """A complete journal line: one JSON object, newline-terminated."""
     if not line.endswith(b"\n"):
@@ -340,7 +348,7 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
             raise StorageError(f"the results storage {path} is not a file: pass --storage with a journal "
                                "file's path (it is created if missing) or an RDB URL")
         try:
-            if path.exists() and _is_sqlite(path):  # read as a journal, or appended to, it would break
+            if path.exists() and not _starts_like_a_journal(path):  # read or appended to, it would break
                 raise StorageError(_damaged_journal_message(path))
             note = _prepare_journal_for_writing(path) if create else None
             storage = HeartbeatJournalStorage(str(path), heartbeat_interval, grace_period, retry)
