@@ -1086,3 +1086,26 @@ def test_the_same_runs_draw_the_same_figures_and_leave_numpys_generator_alone():
     for draw in (figures.distance_to_gradnorm, figures.overfitting_gaps):
         assert png(draw) == png(draw)
     assert np.random.random() == expected  # the jitter's seeding is undone
+
+
+def test_markdown_tables_keep_their_columns_whatever_the_names_and_reasons_hold(tmp_path):
+    """A '|' in an arm's name started a column of its own, and a line break in a failure reason a
+    row of its own, in the report's .md tables and in `bench compare --format markdown`."""
+    from bench.report import write_report
+
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    runs["arm"] = runs.arm.replace({"equal": "eq|ual"})
+    gradnorm = runs.arm == "gradnorm"
+    runs.loc[gradnorm, "status"] = "failed"
+    runs.loc[gradnorm, "failed_step"] = 3.0
+    runs.loc[gradnorm, "reason"] = "diverged\nat | step 3"
+    manifest = {**c.manifest, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "eq|ual": "equal"}}
+    folder = write_report(build_comparison("hand", manifest, runs, []), tmp_path).parent
+    for name in ("main", "failed_runs", "comparisons"):
+        lines = (folder / f"{name}.md").read_text().splitlines()
+        header = lines[0].count("|")
+        assert all(line.replace("\\|", "").count("|") == header for line in lines), name
+    assert "| eq\\|ual" in (folder / "main.md").read_text()
+    assert "diverged at \\| step 3" in (folder / "failed_runs.md").read_text()
+    plt.close("all")

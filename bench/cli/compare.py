@@ -71,9 +71,9 @@ def compare_command(
         if output_format == "csv":
             frame.to_csv(sys.stdout, index=False)
         else:
-            from bench.report.html import display_table
+            from bench.report.html import markdown_table
 
-            sys.stdout.write(display_table(frame).to_markdown(index=False) + "\n")
+            sys.stdout.write(markdown_table(frame))
 
 
 def weight_text(w: float) -> str:

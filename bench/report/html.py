@@ -59,6 +59,27 @@ def display_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.apply(lambda col: col.map(_weight if str(col.name).startswith("weight") else _number))
 
 
+def _markdown_cell(value: Any) -> Any:
+    """A cell that keeps its row: a '|' in a name would start a new column, a line break a new row."""
+    if not isinstance(value, str):
+        return value
+    return " ".join(value.replace("|", "\\|").split("\n"))
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A table as GitHub Markdown, rounded for reading like the report's, whatever names and
+    failure reasons its cells hold.
+
+    >>> print(markdown_table(pd.DataFrame({"arm": ["a|b"], "reason": ["line 1\\nline 2"]})), end="")
+    | arm   | reason        |
+    |:------|:--------------|
+    | a\\|b  | line 1 line 2 |
+    """
+    shown = display_table(frame).map(_markdown_cell)
+    shown.columns = [_markdown_cell(str(c)) for c in shown.columns]
+    return shown.to_markdown(index=False) + "\n"
+
+
 def _html(frame: pd.DataFrame, selected: pd.Series | None = None) -> str:
     """An HTML table; rows where `selected` is true get the class "selected"."""
     shown = display_table(frame).reset_index(drop=True)
@@ -111,7 +132,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
                 (folder / f"{name}{suffix}").unlink(missing_ok=True)
             continue
         replace_whole(folder / f"{name}.csv", lambda path: frame.to_csv(path, index=False))
-        markdown = display_table(frame).to_markdown(index=False) + "\n"
+        markdown = markdown_table(frame)
         replace_whole(folder / f"{name}.md", lambda path: path.write_text(markdown, encoding="utf-8"))
 
     grid_tables = []
