@@ -55,6 +55,20 @@ def test_a_study_file_saved_in_latin_1_is_one_line_naming_where(workdir, capsys)
     assert f"byte 0xe9 on line {line_number}, column 19" in line
 
 
+@pytest.mark.parametrize("field,name", [("name", ".."), ("name", "."), ("name", " "), ("name", "a/b"),
+                                        ("name", "x" * 101), ("name", "tab\\tbed"), ("arms", ".."),
+                                        ("arms", " equal")])
+def test_a_name_that_is_no_folder_or_study_name_is_refused_before_training(workdir, capsys, field, name):
+    """A study named '..' wrote its runs.csv and runs.parquet beside results/, in the working
+    folder, and its report's index.html beside reports/."""
+    text = TINY.replace('name = "tiny"', f'name = "{name}"') if field == "name" else TINY.replace(
+        "[arms.equal]", f'[arms."{name}"]\nkind = "equal"')
+    code, line = run(["run", "--study", study(workdir, text)], capsys)
+    what = "arms." + name.replace("\\t", "\t") if field == "arms" else "name"
+    assert code == 2 and f"tiny.toml: {what}: expected a" in line and "name of 1 to 100 characters" in line
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.toml"]
+
+
 def test_unknown_problem(workdir, capsys):
     path = study(workdir, TINY.replace('name = "toy"', 'name = "imagenet"'))
     code, line = run(["run", "--study", path], capsys)

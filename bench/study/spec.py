@@ -88,6 +88,22 @@ def read_toml_text(path: Path) -> str:
                           source=str(path)) from None
 
 
+MAX_NAME_LENGTH = 100
+NAME_RULE = (f"name of 1 to {MAX_NAME_LENGTH} characters, not '.' or '..', without '/', '#', control "
+             "characters or spaces at either end")
+
+
+def usable_name(name: object) -> bool:
+    """A study or arm name that is safe as an Optuna study name and as a folder of results/ and
+    reports/: '..' wrote a study's tables beside results/, not in it.
+
+    >>> [usable_name(n) for n in ("grid-0.25", "gradnorm static", "..", " x", "a/b", "")]
+    [True, True, False, False, False, False]
+    """
+    return (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and name not in (".", "..")
+            and name == name.strip() and not any(c in "/#" or not c.isprintable() for c in name))
+
+
 @dataclass
 class StudySpec:
     name: str
@@ -128,8 +144,8 @@ class StudySpec:
         if unknown:
             raise error(unknown[0], "one of the study fields " + ", ".join(TOP_LEVEL))
         name = data.get("name", default_name)
-        if not isinstance(name, str) or not name or any(c in name for c in "/#\n"):
-            raise error("name", "a non-empty name without '/', '#' or newlines", name)
+        if not usable_name(name):
+            raise error("name", "a " + NAME_RULE, name)
         seeds = data.get("seeds", [0, 1, 2])
         if (not isinstance(seeds, list) or not seeds
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
@@ -167,8 +183,8 @@ class StudySpec:
             if kind not in ARM_KINDS:
                 raise error(f"arms.{arm_name}.kind", "one of " + ", ".join(ARM_KINDS)
                             + " (or an arm named after its kind)", kind)
-            if "/" in arm_name or "#" in arm_name:
-                raise error(f"arms.{arm_name}", "an arm name without '/' or '#'")
+            if not usable_name(arm_name):
+                raise error(f"arms.{arm_name}", "an arm " + NAME_RULE, arm_name)
             arms[arm_name] = ARM_KINDS[kind](arm_name, table, tasks=problem.n_tasks, source=source)
         for arm in arms.values():
             if isinstance(arm, GradNormStaticArm):
