@@ -261,11 +261,14 @@ class GridArm(Arm):
             raise self.error("n_trials", f"at most max_points = {max_points:,} points (each trained once per "
                              "seed), or a larger max_points", self.n_trials)
         self.parallel_points = options.get("parallel_points", 8)
-        if not isinstance(self.parallel_points, int) or self.parallel_points < 1:
+        points = self.parallel_points
+        if not isinstance(points, int) or isinstance(points, bool) or points < 1:
             raise self.error("parallel_points", "a whole number >= 1", self.parallel_points)
         self.sampler_seed = options.get("sampler_seed", 0)
-        if not isinstance(self.sampler_seed, int):
-            raise self.error("sampler_seed", "an integer", self.sampler_seed)
+        seed = self.sampler_seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
+            # Optuna's samplers seed numpy's RandomState, which takes 32 bits.
+            raise self.error("sampler_seed", "an integer from 0 to 2**32 - 1", seed)
         if self.tasks < 2:
             raise self.error("method", "at least two tasks for a sampled grid", self.tasks)
         if self.sampler_name == "cmaes" and self.tasks == 2:
