@@ -125,10 +125,26 @@ def test_problem_options_of_the_wrong_type(workdir, capsys, option, value, expec
     assert code == 2 and expected in line and value in line
 
 
+@pytest.mark.parametrize("value", ["-1", "4294967296"])
 @pytest.mark.parametrize("option", ["--seed", "--data-seed"])
-def test_a_negative_seed(workdir, capsys, option):
-    code, line = run(["train", "--steps", "1", option, "-1"], capsys)
-    assert code == 2 and option.lstrip("-").replace("-", "_") in line and ">= 0" in line
+def test_a_seed_out_of_range(workdir, capsys, option, value):
+    code, line = run(["train", "--steps", "1", option, value], capsys)
+    assert code == 2 and option.lstrip("-").replace("-", "_") in line and "from 0 to 4,294,967,295" in line
+
+
+@pytest.mark.parametrize("where", ["file", "flag"])
+def test_a_seed_past_32_bits_is_refused_before_training(workdir, capsys, where):
+    """Seeds are kept to 32 bits where runs draw their streams, so seed 2**32 trained seed 0's runs
+    again, and 2**63 - 1 ended in Optuna's ValueError traceback."""
+    if where == "file":
+        args = ["run", "--study", study(workdir, TINY.replace("seeds = [0, 1]", f"seeds = [0, {2**63 - 1}]"))]
+        field = "tiny.toml: seeds"
+    else:
+        args = ["run", "--study", study(workdir), "--seeds", f"0,{2**32}"]
+        field = "--seeds"
+    code, line = run(args, capsys)
+    assert code == 2 and f"{field}: expected" in line and "integers from 0 to 4,294,967,295" in line
+    assert not (workdir / "results").exists()
 
 
 BROKEN_PROBLEM = """

@@ -35,7 +35,7 @@ from bench.params import build_params
 from bench.problems import build_problem
 from bench.study.arms import ARM_KINDS, Arm, GradNormStaticArm, RunSpec
 from bench.training import Budget, RunConfig
-from bench.training.config import config_hash
+from bench.training.config import MAX_SEED, config_hash, valid_seed
 
 SELECTIONS = ("normalized_val_loss",)
 TOP_LEVEL = ("name", "description", "seeds", "selection", "dtype", "problem", "budget", "arms")
@@ -147,10 +147,9 @@ class StudySpec:
         if not usable_name(name):
             raise error("name", "a " + NAME_RULE, name)
         seeds = data.get("seeds", [0, 1, 2])
-        if (not isinstance(seeds, list) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        if (not isinstance(seeds, list) or not seeds or not all(valid_seed(s) for s in seeds)
                 or len(set(seeds)) != len(seeds)):
-            raise error("seeds", "a non-empty list of distinct integers >= 0", seeds)
+            raise error("seeds", f"a non-empty list of distinct integers from 0 to {MAX_SEED:,}", seeds)
         selection = data.get("selection", SELECTIONS[0])
         if selection not in SELECTIONS:
             raise error("selection", "one of " + ", ".join(SELECTIONS), selection)
@@ -202,8 +201,8 @@ class StudySpec:
 
     # ------------------------------------------------------------------ variants
     def with_seeds(self, seeds: Sequence[int]) -> "StudySpec":
-        if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-            raise ConfigError("--seeds", "distinct integers >= 0", list(seeds))
+        if not seeds or len(set(seeds)) != len(seeds) or not all(valid_seed(s) for s in seeds):
+            raise ConfigError("--seeds", f"distinct integers from 0 to {MAX_SEED:,}", list(seeds))
         return dataclasses.replace(self, seeds=list(seeds))
 
     def quick(self, factor: float) -> "StudySpec":

@@ -26,6 +26,21 @@ def derive_seed(seed: int, stream: str) -> int:
     return int(state.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+# derive_seed keeps a seed's low 32 bits (seeds 0 and 2**32 would train the same runs), as does
+# numpy's legacy seeding, which Optuna's samplers use.
+MAX_SEED = 2**32 - 1
+SEED_RULE = f"an integer from 0 to {MAX_SEED:,}"
+
+
+def valid_seed(seed: object) -> bool:
+    """A run's seed: a whole number a stored run's parameters and every library's seeding take.
+
+    >>> [valid_seed(s) for s in (0, 2**32 - 1, 2**32, -1, True, 1.0)]
+    [True, True, False, False, False, False]
+    """
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run.
@@ -58,8 +73,8 @@ class RunConfig:
             raise ConfigError("balancer.weights", f"{problem.n_tasks} weights, one per task",
                               list(static_weights), source=source)
         for name, seed in (("seed", self.seed), ("data_seed", self.data_seed)):
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-                raise ConfigError(name, "an integer >= 0 (as a study's seeds)", seed, source=source)
+            if seed is not None and not valid_seed(seed):
+                raise ConfigError(name, SEED_RULE + " (as a study's seeds)", seed, source=source)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError("dtype", "'float32' or 'float64'", self.dtype, source=source)
         resolve_device(self.device, source=source)
