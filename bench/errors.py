@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 import traceback
 from pathlib import Path
@@ -79,6 +80,37 @@ def _config_error(field: str, expected: str, got: object, source: str | None) ->
 
 class StorageError(BenchError):
     """The result storage cannot be opened or written."""
+
+
+class OutOfMemory(BenchError):
+    """torch or numpy could not allocate memory: the data, the model or the stack of runs is too
+    large for the device. Not a bug to report, and not a failure of the run in hand."""
+
+    exit_code = 1
+
+
+def memory_failure(err: BaseException, advice: str = "") -> OutOfMemory | None:
+    """An allocation failure (torch.OutOfMemoryError on a GPU, the CPU allocator's RuntimeError,
+    numpy's MemoryError) as one line, or None for any other error.
+
+    >>> str(memory_failure(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+    ...     "can't allocate memory: you tried to allocate 1000000000000 bytes. Error code 12 (Cannot allocate memory)")))
+    'out of memory: this machine could not allocate 931.3 GiB more for torch'
+    """
+    text = str(err)
+    if type(err).__name__ == "OutOfMemoryError":  # torch's, raised by the CUDA caching allocator
+        # "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ...": the
+        # first two sentences; the rest is advice about fragmentation.
+        reason = ". ".join(text.split(". ")[:2]).rstrip(".")
+    elif isinstance(err, MemoryError):
+        reason = text or "Python could not allocate memory"
+    elif isinstance(err, RuntimeError) and "can't allocate memory" in text:
+        tried = re.search(r"tried to allocate (\d+) bytes", text)
+        size = f"{int(tried[1]) / 2**30:,.1f} GiB more" if tried else "more memory"
+        reason = f"this machine could not allocate {size} for torch"
+    else:
+        return None
+    return OutOfMemory(f"out of memory: {reason}{advice}")
 
 
 class UserCodeError(BenchError):

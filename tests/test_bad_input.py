@@ -396,6 +396,60 @@ def test_an_error_in_ones_own_problem_code_is_one_line_naming_its_file_and_line(
     assert progress.running == 0 and progress.waiting == progress.left == len(runs)
 
 
+HUNGRY_PROBLEM = """
+from bench.problems import build_problem
+
+NO_MEMORY = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+             "you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)")
+CALLS = []  # forward passes in this process, every model's
+
+class Hungry(type(build_problem("toy"))):
+    def build_model(self, init_seeds):
+        if self.params.hidden > 6:  # a model too large to build at all
+            raise RuntimeError(NO_MEMORY)
+        model = super().build_model(init_seeds)
+        forward = model.forward
+
+        def hungry_forward(x):
+            CALLS.append(1)
+            if len(CALLS) > 60:  # later: a few batches are stored, then one does not fit
+                raise RuntimeError(NO_MEMORY)
+            return forward(x)
+
+        model.forward = hungry_forward
+        return model
+
+def hungry(**options):
+    return Hungry(build_problem("toy", options).params)
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_memory_running_out_is_one_line_and_the_runs_in_hand_are_queued_again(workdir, capsys, jobs):
+    """torch's allocator error was a traceback, one of this package's own, as if a bug."""
+    module = f"hungry_problem_{jobs}"
+    (workdir / f"{module}.py").write_text(HUNGRY_PROBLEM)
+    path = study(workdir, TINY.replace('name = "toy"', f'name = "{module}:hungry"'))
+    code, line = run(["run", "--study", path, "--jobs", jobs, "--batch-runs", "1"], capsys)
+    assert code == 1 and line.startswith("error: out of memory: this machine could not allocate 3.0 GiB more "
+                                         "for torch. The runs in hand were queued again")
+    assert "Fewer --jobs or a smaller --batch-runs needs less" in line
+    runs = StudySpec.load(path).runs()
+    progress = ResultStore().progress("tiny", {a: [r.key for r in runs if r.arm == a] for a in {r.arm for r in runs}})
+    assert progress.running == progress.failed == 0 and 0 < progress.waiting == progress.left < len(runs)
+
+    # A model that cannot be built at all: said before anything is stored; and in `bench train`.
+    big = study(workdir, TINY.replace('name = "tiny"', 'name = "big"').replace(
+        'name = "toy"', f'name = "{module}:hungry"').replace("hidden = 6", "hidden = 7"), "big.toml")
+    code, line = run(["run", "--study", big, "--jobs", jobs], capsys)
+    assert code == 1 and line == ("error: out of memory: this machine could not allocate 3.0 GiB more for torch, "
+                                  "for one run of big.toml, so nothing was stored. A smaller problem (data or "
+                                  "model) needs less")
+    assert "big" not in ResultStore().study_names()
+    code, line = run(["train", "--problem", f"{module}:hungry", "-p", "hidden=7", "--steps", "1"], capsys)
+    assert code == 1 and line.endswith("3.0 GiB more for torch. A smaller problem (data or model) needs less")
+
+
 def test_an_error_while_building_ones_own_problem_and_a_syntax_error(workdir, capsys, monkeypatch):
     (workdir / "failing_builder.py").write_text(FAILING_PROBLEM)
     (workdir / "unfinished.py").write_text("def problem(:\n")

@@ -18,7 +18,7 @@ from bench.cli.perf import perf_command
 from bench.cli.run import run_command
 from bench.cli.status import status_command
 from bench.cli.train import train_command
-from bench.errors import SHOW_TRACEBACK, BenchError, UserCodeError
+from bench.errors import SHOW_TRACEBACK, BenchError, UserCodeError, memory_failure
 from bench.store.storage import storage_failure
 from bench.training.allocator import keep_freed_memory
 
@@ -31,10 +31,11 @@ app = typer.Typer(
 )
 
 
-def user_errors_as_one_line(command: Callable, after_user_error: str = "") -> Callable:
+def user_errors_as_one_line(command: Callable, after_user_error: str = "", after_memory_error: str = "") -> Callable:
     """Print a BenchError as `error: <message>` on stderr and exit with its code. An error raised
     in the user's own code (their problem's loading, model or loss) is one line too, naming the
-    file and line; an error of this package's own keeps its traceback, for a bug report."""
+    file and line, and so is memory running out; an error of this package's own keeps its
+    traceback, for a bug report."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -42,7 +43,8 @@ def user_errors_as_one_line(command: Callable, after_user_error: str = "") -> Ca
             return command(*args, **kwargs)
         except Exception as err:
             located = (err if isinstance(err, BenchError)
-                       else storage_failure(err) or UserCodeError.located(err))
+                       else storage_failure(err) or memory_failure(err, after_memory_error)
+                       or UserCodeError.located(err))
             if located is None:
                 raise
             message = str(located)
@@ -59,7 +61,10 @@ for name, command in (("run", run_command), ("compare", compare_command), ("stat
                       ("delete", delete_command)):
     # A worker gives back the runs it holds before the error reaches here (StudyRunner.run).
     app.command(name)(user_errors_as_one_line(
-        command, "the runs in hand were queued again; " if name == "run" else ""))
+        command, "the runs in hand were queued again; " if name == "run" else "",
+        ". The runs in hand were queued again, and every run stored is kept. Fewer --jobs or a smaller "
+        "--batch-runs needs less; if one run alone does not fit, a smaller problem (data or model) does"
+        if name == "run" else ". A smaller problem (data or model) needs less"))
 
 
 def main(argv: list[str] | None = None) -> int:

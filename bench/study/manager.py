@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bench import __version__
 from bench.environment import environment
 from bench.balancers.static import validate_static_weights
-from bench.errors import BenchError, ConfigError, UserCodeError
+from bench.errors import BenchError, ConfigError, UserCodeError, memory_failure
 from bench.formatting import count
 from bench.store.results import (
     REASON, RUN_KEY, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
@@ -84,7 +84,8 @@ def _train_batch(index: int, configs: list[dict[str, Any]], threads: int, own_pr
         return index, [r.to_dict() for r in train_runs([RunConfig.from_dict(c) for c in configs])]
     except Exception as err:
         # Located here, where the traceback is: the parent process receives only the exception.
-        located = UserCodeError.located(err)
+        # Memory running out is nobody's bug: it travels as it is, and the CLI says so.
+        located = None if memory_failure(err) else UserCodeError.located(err)
         if located is None:
             raise
         raise located from None
@@ -143,6 +144,12 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
         check_missing_labels(problem, data, problem.checked_model([0]))
     except ConfigError as err:
         raise err.located(spec.path) from None
+    except (RuntimeError, MemoryError) as err:
+        failure = memory_failure(err, f", for one run of {spec.path}, so nothing was stored. A smaller problem "
+                                      "(data or model) needs less")
+        if failure is None:
+            raise
+        raise failure from None
 
 
 class StudyRunner:
