@@ -516,6 +516,58 @@ def test_a_study_changed_under_the_same_name_keeps_what_is_stored(workdir, capsy
     assert after == before
 
 
+OWN_PROBLEM = """
+from bench.problems import build_problem
+
+def mine(**options):
+    return build_problem("toy", {**options, "sigmas": [1.0, 10.0]})
+"""
+
+
+def test_a_study_whose_problem_code_changed_keeps_what_is_stored(workdir, capsys, monkeypatch):
+    """Runs were keyed on the study file alone: a problem of one's own, edited (its loss, its
+    data), was continued with the runs its old code trained, and compared with them."""
+    (workdir / "own_code.py").write_text(OWN_PROBLEM)
+    path = study(workdir, TINY.replace('name = "toy"', 'name = "own_code:mine"'))
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    before = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
+
+    # Comments and layout are not the code: the study goes on.
+    (workdir / "own_code.py").write_text("# my problem\n" + OWN_PROBLEM.replace("**options, ", "**options,  "))
+    assert main(["run", "--study", path]) == 0
+    assert "trained now" in capsys.readouterr().out
+    stored = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
+    assert len(stored) > len(before) and all(stored[k] == v for k, v in before.items())
+
+    (workdir / "own_code.py").write_text(OWN_PROBLEM.replace("10.0", "20.0"))
+    code, line = run(["run", "--study", path], capsys)
+    assert code == 2 and "another configuration (problem_code: 'own_code.py " in line and "--new-version" in line
+    code, line = run(["compare", "--study", path, "--no-report"], capsys)
+    assert code == 2 and "its configuration has not been run" in line and "problem_code" in line
+    assert {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")} == stored
+    assert main(["run", "--study", path, "--new-version", "--seeds", "0"]) == 0
+    assert "tiny-v2" in capsys.readouterr().out
+
+
+def test_a_study_stored_before_problem_code_was_fingerprinted_is_continued(workdir, capsys, monkeypatch):
+    import bench.problems.user
+
+    (workdir / "old_code.py").write_text(OWN_PROBLEM)
+    path = study(workdir, TINY.replace('name = "toy"', 'name = "old_code:mine"'))
+    with monkeypatch.context() as older:  # what earlier versions of bench stored
+        older.setattr(bench.problems.user, "code_fingerprint", lambda root: None)
+        assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    assert "problem_code" not in ResultStore().manifest("tiny")["identity"]
+    before = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
+    capsys.readouterr()
+    assert main(["run", "--study", path]) == 0  # more seeds: the stored study goes on
+    assert "in study tiny (" in capsys.readouterr().out and ResultStore().study_names() == ["tiny"]
+    stored = {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")}
+    assert len(stored) > len(before) and all(stored[k] == v for k, v in before.items())
+    assert main(["compare", "--study", path, "--no-report"]) == 0
+
+
 def test_a_study_file_reads_the_stored_version_it_describes(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path]) == 0

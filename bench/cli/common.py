@@ -136,7 +136,7 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
 def stored_version_of(store: ResultStore, spec: StudySpec, path: str) -> str:
     """The stored version of the study a file describes now: the one with its configuration
     (`name`, or `name-vN` after --new-version), never an older one the file no longer describes."""
-    stored = store.stored_version(spec.name, spec.config_hash())
+    stored = store.stored_version(spec.name, spec.config_hash(), spec.legacy_hashes())
     if stored is not None:
         return stored
     versions = store.versions(spec.name)  # read again only to name them in the error

@@ -203,6 +203,9 @@ class Problem(ABC):
     Params: ClassVar[type]
     description: ClassVar[str] = ""
     supports_stacking: ClassVar[bool] = True
+    # A problem of one's own: which version of its code it is (`user.code_fingerprint`); a
+    # stored study's runs are kept only for the code that trained them.
+    code_fingerprint: str | None = None
 
     def __init__(self, params: Any):
         self.params = params

@@ -8,6 +8,8 @@ beside it. See the README for the interface and an example.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib
 import inspect
 import os
@@ -36,8 +38,10 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
         raise ConfigError("problem", f"a module without syntax errors ({err.msg}: {err.filename}, "
                           f"line {err.lineno})", name, source=source) from None
     top = sys.modules.get(module_name.partition(".")[0], module)
+    code_root = None
     if getattr(top, "__file__", None):  # its errors are the user's, even installed in site-packages
-        mark_user_code(Path(top.__file__).parent if hasattr(top, "__path__") else Path(top.__file__))
+        code_root = Path(top.__file__).parent if hasattr(top, "__path__") else Path(top.__file__)
+        mark_user_code(code_root)
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError("problem", f"a function {function_name!r} in module {module_name!r}", name,
@@ -69,4 +73,36 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
         raise ConfigError("problem", f"{name} to return a bench.problems.Problem",
                           type(problem).__name__, source=source)
     problem.name = name
+    if code_root is not None:
+        problem.code_fingerprint = code_fingerprint(code_root)
     return problem
+
+
+def code_fingerprint(root: Path) -> str:
+    r"""Which version of a problem's code this is: a hash of its module, or of every module of its
+    top-level package, read as Python syntax trees, so that comments and layout do not count.
+    Text, such as "my_problems.py 3f2a9c0e1b7d", that a changed study's message can show.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> versions = ["def loss(p, t):\n    return (p - t) ** 2\n",
+    ...             "# squared error\ndef loss(p, t):\n    return (p-t)**2  # per example\n",
+    ...             "def loss(p, t):\n    return abs(p - t)\n"]
+    >>> prints = []
+    >>> for text in versions:
+    ...     _ = (folder / "mine.py").write_text(text)
+    ...     prints.append(code_fingerprint(folder / "mine.py"))
+    >>> prints[0] == prints[1] != prints[2], prints[0].startswith("mine.py ")
+    (True, True)
+    """
+    files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for path in files:
+        text = path.read_bytes()
+        try:
+            text = ast.dump(ast.parse(text)).encode()
+        except (SyntaxError, ValueError):  # not imported, or not Python 3: its bytes, then
+            pass
+        digest.update(f"{path.relative_to(root) if root.is_dir() else path.name}\0".encode() + text + b"\0")
+    label = f"{root.name}/ ({len(files)} files)" if root.is_dir() else root.name
+    return f"{label} {digest.hexdigest()[:12]}"

@@ -231,10 +231,13 @@ class ResultStore:
                 found.append((int(match.group(1) or 1), s.study_name, s.user_attrs))
         return [(candidate, manifest) for _, candidate, manifest in sorted(found)]
 
-    def stored_version(self, name: str, config_hash: str) -> str | None:
-        """The stored name of study `name`'s version with this configuration, if it was run."""
+    def stored_version(self, name: str, config_hash: str, legacy_hashes: Sequence[str] = ()) -> str | None:
+        """The stored name of study `name`'s version with this configuration, if it was run.
+        `legacy_hashes`: the same configuration as versions of bench that left part of it out
+        hashed it (a problem's code fingerprint)."""
+        hashes = (config_hash, *legacy_hashes)
         return next((candidate for candidate, manifest in self.versions(name)
-                     if manifest.get("config_hash") == config_hash), None)
+                     if manifest.get("config_hash") in hashes), None)
 
     def first_free_version(self, name: str) -> str:
         """The first of `name`, `name-v2`, ... that no stored study holds."""
@@ -242,13 +245,13 @@ class ResultStore:
         return next(version_name(name, v) for v in range(1, MAX_VERSIONS + 2) if version_name(name, v) not in taken)
 
     def register(self, name: str, config_hash: str, attrs: dict[str, Any], *,
-                 new_version: bool = False) -> str:
+                 new_version: bool = False, legacy_hashes: Sequence[str] = ()) -> str:
         """The stored name for a study with this configuration: `name`, or with --new-version
         the version that holds this configuration, else the first `name-vN` that is free. A
         different configuration under the same name is refused, never mixed in."""
         # A version with this configuration is continued wherever it is (`name-v3` when `name`
         # itself was deleted), rather than started again under a free name.
-        same = self.stored_version(name, config_hash) if new_version else None
+        same = self.stored_version(name, config_hash, legacy_hashes) if new_version else None
         if same is not None:
             return same
         version = 1
@@ -261,10 +264,10 @@ class ResultStore:
                 stored = self._wait_for_manifest(candidate)
                 if stored is None:  # its creator was interrupted and dropped it: try again
                     continue
-                if stored.get("config_hash") == config_hash:
+                if stored.get("config_hash") in (config_hash, *legacy_hashes):
                     return candidate
                 if not new_version:
-                    same = self.stored_version(name, config_hash)
+                    same = self.stored_version(name, config_hash, legacy_hashes)
                     hint = (f"it is stored as {same!r}: pass --new-version to continue it" if same else
                             "pass --new-version to store this one as a new version (first free: "
                             f"{self.first_free_version(name)})")

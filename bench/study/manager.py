@@ -223,7 +223,8 @@ class StudyRunner:
             "task_names": _task_names(spec),
             "environment": environment(),
         }
-        self.name = self.store.register(spec.name, spec.config_hash(), attrs, new_version=self.new_version)
+        self.name = self.store.register(spec.name, spec.config_hash(), attrs, new_version=self.new_version,
+                                        legacy_hashes=spec.legacy_hashes())
         expected = {arm: sorted(runs) for arm, runs in self.runs.items()}
         runset = config_hash({"identity": spec.identity(), "runs": expected})
         by_arm = {arm: [(run.key, dict(run.params)) for run in self.runs[arm].values()]

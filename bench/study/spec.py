@@ -117,6 +117,7 @@ class StudySpec:
     dtype: str
     arms: dict[str, Arm]
     text: str
+    problem_code: str | None = None  # a problem of one's own: its code's fingerprint
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -196,7 +197,8 @@ class StudySpec:
             arm.check_steps(budget.steps, steps_per_epoch)
         spec = cls(name=name, description=str(data.get("description", "")), path=source,
                    problem=problem_table["name"], problem_params=problem_params, budget=budget,
-                   seeds=list(seeds), selection=selection, dtype=dtype, arms=arms, text=text)
+                   seeds=list(seeds), selection=selection, dtype=dtype, arms=arms, text=text,
+                   problem_code=problem.code_fingerprint)
         return spec
 
     # ------------------------------------------------------------------ variants
@@ -236,11 +238,24 @@ class StudySpec:
     def identity(self) -> dict[str, Any]:
         """Everything that changes results, seeds aside: a study's stored runs stay valid while
         this is unchanged (more seeds only add runs)."""
-        return {
+        identity = {
             "problem": self.problem, "problem_params": self.problem_params,
             "budget": dataclasses.asdict(self.budget), "selection": self.selection, "dtype": self.dtype,
             "arms": {name: arm.describe() for name, arm in self.arms.items()},
         }
+        if self.problem_code is not None:  # runs trained by other code are not this study's
+            identity["problem_code"] = self.problem_code
+        return identity
 
     def config_hash(self) -> str:
         return config_hash(self.identity())
+
+    def legacy_hashes(self) -> tuple[str, ...]:
+        """This configuration's hash as versions of bench that did not fingerprint a problem's
+        code wrote it: a study they stored is continued (its code is unknown). A study stored since
+        has the fingerprint in its hash, so it never matches this one."""
+        if self.problem_code is None:
+            return ()
+        identity = self.identity()
+        del identity["problem_code"]
+        return (config_hash(identity),)
