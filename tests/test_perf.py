@@ -4,6 +4,7 @@ speed is reported by `bench perf`, never tested against a clock."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,30 @@ def test_benchmark_reports_every_figure(tmp_path):
     append_csv(figures, path)
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 2 and "gradnorm_step_ratio_T10" in rows[0]
+
+
+def test_a_figures_file_with_other_columns_is_kept_aside_and_said(tmp_path, monkeypatch, capsys):
+    """It was renamed to perf-<seconds>.csv without a word (`appended to perf.csv`, said the
+    CLI), and a second one in the same second replaced the first."""
+    import bench.perf
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    figures = {"device": "cpu", "threads": 2, "batched_speedup": 3.0, "gradnorm_step_ratio": {"2": 1.1}}
+    monkeypatch.setattr(bench.perf, "run_benchmark", lambda *args, **kwargs: figures)
+    Path("perf.csv").write_text("my,own\n1,2\n")
+    assert main(["perf", "--csv", "perf.csv", "--json"]) == 0
+    err = capsys.readouterr().err
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("perf-")]
+    assert "note: perf.csv had other columns" in err and f"it is kept as {kept.name}" in err
+    assert kept.read_text() == "my,own\n1,2\n"
+    assert Path("perf.csv").read_text().splitlines()[0] == "device,threads,batched_speedup,gradnorm_step_ratio_T2"
+
+    Path("perf.csv").write_text("other,columns\n3,4\n")  # again, within the same second
+    assert append_csv(figures, Path("perf.csv")) not in (None, kept)
+    assert sorted(p.read_text() for p in tmp_path.glob("perf-*")) == ["my,own\n1,2\n", "other,columns\n3,4\n"]
+    assert append_csv(figures, Path("perf.csv")) is None  # its own columns: appended
+    assert len(Path("perf.csv").read_text().splitlines()) == 3
 
 
 def test_perf_progress_draws_the_timed_trainings_as_bars(monkeypatch):

@@ -10,7 +10,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.cli.common import console, err_console, print_json
+from bench.cli.common import console, err_console, print_json, print_note
 from bench.errors import ConfigError
 
 
@@ -33,7 +33,10 @@ def perf_command(
         figures = run_benchmark(study, steps, device, sequential, progress=progress)
     finally:
         progress.close()
-    append_csv(figures, csv)
+    kept = append_csv(figures, csv)
+    if kept is not None:
+        print_note(f"{csv} had other columns (another version's figures, or another file): it is kept as "
+                   f"{kept}, and {csv} starts again with these figures")
     if as_json:
         print_json(figures)
         return

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 import platform
 import resource
@@ -269,8 +270,10 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
     return out
 
 
-def append_csv(figures: dict[str, Any], path: Path) -> None:
-    """Append one row (nested figures flattened) so runs can be compared over time."""
+def append_csv(figures: dict[str, Any], path: Path) -> Path | None:
+    """Append one row (nested figures flattened) so runs can be compared over time. A file with
+    other columns (another version's figures, or not this benchmark's file) is kept under a new
+    name, returned, and a new file started."""
     row = {}
     for key, value in figures.items():
         if isinstance(value, dict):
@@ -278,15 +281,22 @@ def append_csv(figures: dict[str, Any], path: Path) -> None:
         else:
             row[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    exists = path.exists()
+    exists, kept = path.exists(), None
     if exists:
-        with path.open() as f:
+        with path.open(newline="", errors="replace") as f:
             header = next(csv.reader(f), [])
-        if header != list(row):  # a new set of figures: keep the old file, start a new one
-            path.rename(path.with_name(f"{path.stem}-{int(time.time())}{path.suffix}"))
+        if header != list(row):
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            kept = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+            for n in itertools.count(2):  # never onto a file kept a moment ago
+                if not kept.exists():
+                    break
+                kept = path.with_name(f"{path.stem}-{stamp}-{n}{path.suffix}")
+            path.rename(kept)
             exists = False
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         if not exists:
             writer.writeheader()
         writer.writerow(row)
+    return kept
