@@ -1109,3 +1109,22 @@ def test_markdown_tables_keep_their_columns_whatever_the_names_and_reasons_hold(
     assert "| eq\\|ual" in (folder / "main.md").read_text()
     assert "diverged at \\| step 3" in (folder / "failed_runs.md").read_text()
     plt.close("all")
+
+
+def test_an_index_html_that_is_not_a_report_is_never_replaced(tmp_path):
+    """`--reports .` beside a study named like a site's folder replaced that site's index.html."""
+    from bench.errors import BenchError
+    from bench.report import write_report
+
+    c = hand_made()
+    site = tmp_path / "hand"
+    site.mkdir()
+    (site / "index.html").write_text("<html><title>My site</title></html>")
+    with pytest.raises(BenchError, match="hand/index.html is not a GradNorm Bench report: it is left as it is"):
+        write_report(c, tmp_path)
+    assert [p.name for p in site.iterdir()] == ["index.html"]
+    assert (site / "index.html").read_text() == "<html><title>My site</title></html>"
+    (site / "index.html").unlink()
+    path = write_report(c, tmp_path)
+    assert write_report(c, tmp_path) == path  # a report of ours is replaced
+    plt.close("all")

@@ -22,6 +22,7 @@ from PIL import Image  # a dependency of matplotlib
 
 from bench.compare.analysis import Comparison
 from bench.environment import environment
+from bench.errors import BenchError
 from bench.formatting import format_number
 from bench.report.figures import all_figures
 from bench.store.export import replace_whole
@@ -30,6 +31,7 @@ from bench.store.storage import storage_identity
 REPORTS_DIR = Path("reports")
 # index.html names the storage its study was read from, in its head, so that `bench compare` can
 # say when a report replaces that of a study of the same name in another storage.
+REPORT_TITLE = "<title>GradNorm Bench: "  # every report's, from the first: how one is told from other pages
 STORAGE_META = re.compile(r'<meta name="bench-storage" content="([^"]*)">')
 GRID_ROWS_SHOWN = 20
 _env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"),
@@ -121,9 +123,25 @@ def report_storage(folder: Path) -> str | None:
     return html_text.unescape(match[1]) if match else None
 
 
+def _check_replaceable(page: Path) -> None:
+    """Refuse to replace an index.html that is not a report of ours (`--reports .` beside a
+    study named like a site's folder)."""
+    try:
+        with open(page, encoding="utf-8", errors="replace") as file:
+            head = file.read(8192)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable: writing it will say why
+    if REPORT_TITLE not in head:
+        raise BenchError(f"{page} is not a GradNorm Bench report: it is left as it is; pass --reports "
+                         "with another folder, or --no-report")
+
+
 def write_report(c: Comparison, folder: Path | None = None, storage: str | None = None) -> Path:
     """Write reports/<study>/index.html and the tables; return the HTML file's path."""
     folder = (folder or REPORTS_DIR) / c.study
+    _check_replaceable(folder / "index.html")
     folder.mkdir(parents=True, exist_ok=True)
     frames = tables(c)
     for name, frame in frames.items():
