@@ -119,6 +119,7 @@ class UserCodeError(BenchError):
     as plain text, so a `--jobs` worker's error reads the same."""
 
     exit_code = 1
+    before_storing = False  # raised while a study's data and model were checked: nothing is stored
 
     @classmethod
     def located(cls, err: BaseException) -> UserCodeError | None:

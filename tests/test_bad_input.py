@@ -168,6 +168,74 @@ def test_a_problem_of_ones_own_whose_data_lacks_a_target(workdir, capsys, monkey
     assert code == 2 and "Broken._load to return one target tensor per task (2)" in line and "1 in val" in line
 
 
+MISFIT_PROBLEM = """
+import dataclasses
+import torch
+from torch import nn
+from bench.problems import DataSplits, MultiTaskModel, Split, build_problem
+from bench.problems.layers import StackedLinear, seeded_generators
+
+class Misfit(type(build_problem("toy"))):
+    def __init__(self, params, change):
+        super().__init__(params)
+        self.change = change
+
+    def _load(self, data_seed):
+        data = super()._load(data_seed)
+        def changed(split):
+            if self.change == "integers":  # token ids, say, into a model without an embedding
+                return Split((split.inputs * 10).long(), split.targets)
+            if self.change == "features":  # 3 columns fewer than the model's first layer takes
+                return Split(split.inputs[:, 3:], split.targets)
+            if self.change == "numpy":
+                return Split(split.inputs.numpy(), split.targets)
+            return split
+        return DataSplits(changed(data.train), changed(data.val), changed(data.test))
+
+    def build_model(self, init_seeds):
+        model = super().build_model(init_seeds)
+        if self.change == "own layer":
+            model.body = OwnLayer()
+        return model
+
+class OwnLayer(nn.Module):
+    def forward(self, x):
+        return x.view(x.shape[0], -1, 7)  # a bug of one's own
+
+def misfit(change: str = "", **options):
+    options = {"n_train": 50, "n_val": 10, "n_test": 10, **options}
+    return Misfit(build_problem("toy", options).params, change)
+"""
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("integers", "expected Misfit.build_model to return a model that takes _load's inputs (torch.int64 rows of "
+                 "shape ({width},)), got 'RuntimeError: expected scalar type "),
+    ("features", "expected Misfit.build_model to return a model that takes _load's inputs (torch.float32 rows of "
+                 "shape ({fewer},)), got 'RuntimeError: "),
+    ("numpy", "expected Misfit._load to return a Split of tensors as train, got 'a Split of numpy.ndarray inputs"),
+    ("own layer", "error: RuntimeError: shape '[1, -1, 7]' is invalid"),
+])
+@pytest.mark.parametrize("verb", ["train", "run"])
+def test_a_model_that_does_not_take_its_problems_inputs_is_one_line_before_training(workdir, capsys, verb,
+                                                                                    change, expected):
+    """Integer inputs, or inputs of another width, failed inside this package's layers, in a
+    traceback that read as a bug of ours; numpy inputs were told as 'got Split'."""
+    module = f"misfit_{verb}"
+    (workdir / f"{module}.py").write_text(MISFIT_PROBLEM)
+    if verb == "train":
+        args = ["train", "--problem", f"{module}:misfit", "-p", f"change={change}", "--steps", "1", "--batch-size", "10"]
+    else:
+        args = ["run", "--study", study(workdir, TINY.replace('name = "toy"', f'name = "{module}:misfit"\nchange = "{change}"'))]
+    code, line = run(args, capsys)
+    width = 250 if verb == "train" else 8  # the toy's default input_dim, and the tiny study's
+    assert code in (1, 2) and expected.format(width=width, fewer=width - 3) in line
+    if change == "own layer":  # the user's own code: its file and line; checked before storing
+        assert f"{module}.py, line 33, in forward (" in line
+        assert ("(nothing was stored; " in line) == (verb == "run") and "queued again" not in line
+    assert not (workdir / "results").exists()
+
+
 GAPPY_PROBLEM = """
 import dataclasses
 import torch

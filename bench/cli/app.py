@@ -49,7 +49,8 @@ def user_errors_as_one_line(command: Callable, after_user_error: str = "", after
                 raise
             message = str(located)
             if isinstance(located, UserCodeError):
-                message += f" ({after_user_error}{SHOW_TRACEBACK}=1 shows the traceback)"
+                after = "nothing was stored; " if located.before_storing else after_user_error
+                message += f" ({after}{SHOW_TRACEBACK}=1 shows the traceback)"
             err_console.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
             raise typer.Exit(located.exit_code) from None
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, memory_failure, user_code_frame
 from bench.formatting import count
 
 TaskKind = Literal["regression", "classification", "dense"]
@@ -269,6 +269,24 @@ class Problem(ABC):
                                  f"{count(model.n_tasks, 'head')} for {count(model.n_runs, 'run')}")
         return model
 
+    def check_model_takes(self, model: MultiTaskModel, inputs: Tensor) -> None:
+        """`model` (of `len(inputs)` stacked runs) takes `inputs`, a few rows of `_load`'s, as
+        training will give them. A problem of one's own whose model does not (integer inputs into
+        a linear layer, more features than its first layer takes) failed deep inside this
+        package's layers, in a traceback that read as a bug of ours; now it is one error naming
+        both. An error raised in the problem's own code keeps its file and line."""
+        try:
+            with torch.no_grad():
+                model(inputs)
+        except (RuntimeError, TypeError, ValueError, IndexError) as err:
+            ours = type(self).__module__.split(".")[0] == "bench"  # a shipped problem: a bug, kept whole
+            if ours or memory_failure(err) is not None or user_code_frame(err) is not None:
+                raise
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise self._returned("build_model", f"a model that takes _load's inputs ({inputs.dtype} rows "
+                                 f"of shape {tuple(inputs.shape[2:])})",
+                                 f"{type(err).__name__}: {detail}") from None
+
     @property
     def n_tasks(self) -> int:
         return len(self.tasks)
@@ -297,7 +315,10 @@ class Problem(ABC):
             raise wrong("a DataSplits of train, val and test Splits", type(data).__name__)
         for split_name, split in data.items():
             if not isinstance(split, Split) or not isinstance(split.inputs, Tensor):
-                raise wrong(f"a Split of tensors as {split_name}", type(split).__name__)
+                got = (f"a Split of {type(split.inputs).__module__.split('.')[0]}.{type(split.inputs).__name__} "
+                       "inputs (torch.as_tensor makes a tensor of an array)"
+                       if isinstance(split, Split) else type(split).__name__)
+                raise wrong(f"a Split of tensors as {split_name}", got)
             if len(split) == 0:
                 raise wrong("splits of at least one example", f"0 in {split_name}")
             bad_rows = non_finite_rows(split.inputs)

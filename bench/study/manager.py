@@ -141,14 +141,18 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     problem = problem_for(config)
     try:
         data = problem.load(config.resolved_data_seed)
-        check_missing_labels(problem, data, problem.checked_model([0]))
+        model = problem.checked_model([0])
+        problem.check_model_takes(model, data.train.to("cpu", torch.float32).inputs[None, :2])  # as built
+        check_missing_labels(problem, data, model)
     except ConfigError as err:
         raise err.located(spec.path) from None
-    except (RuntimeError, MemoryError) as err:
+    except Exception as err:
         failure = memory_failure(err, f", for one run of {spec.path}, so nothing was stored. A smaller problem "
-                                      "(data or model) needs less")
+                                      "(data or model) needs less") or UserCodeError.located(err)
         if failure is None:
             raise
+        if isinstance(failure, UserCodeError):
+            failure.before_storing = True
         raise failure from None
 
 
