@@ -208,3 +208,29 @@ def test_runaway_task_weights_count_as_divergence():
     trainer._retire_failed_runs()
     assert trainer.alive.tolist() == [True, False]
     assert trainer.failures[1] == (7, "diverged: task weights beyond 1e+06 at step 7 (task task0)")
+
+
+
+def test_the_check_that_a_model_takes_its_inputs_leaves_it_as_it_was():
+    """A batch-norm layer of one's own would have counted the probe's rows in its statistics."""
+    from torch import nn
+
+    from bench.problems import build_problem
+
+    class Normed(nn.Module):  # batch norm over every run's rows, then the toy's trunk
+        def __init__(self, body: nn.Module, width: int):
+            super().__init__()
+            self.norm, self.body = nn.BatchNorm1d(width), body
+
+        def forward(self, x):
+            return self.body(self.norm(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+
+    problem = build_problem("toy", {"n_train": 20, "n_val": 5, "n_test": 5, "input_dim": 6})
+    model = problem.checked_model([0, 1])
+    model.body = Normed(model.body, 6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = problem.load(0).train.inputs[None, :2].expand(2, 2, 6) * 5 + 3
+    problem.check_model_takes(model, inputs)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model(inputs)  # what the check must not do
+    assert not torch.equal(model.body.norm.running_mean, before["body.norm.running_mean"])

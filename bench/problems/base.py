@@ -275,7 +275,9 @@ class Problem(ABC):
         a linear layer, more features than its first layer takes) failed deep inside this
         package's layers, in a traceback that read as a bug of ours; now it is one error naming
         both. An error raised in the problem's own code keeps its file and line."""
+        training = model.training
         try:
+            model.eval()  # a batch-norm layer's running statistics stay as they were
             with torch.no_grad():
                 model(inputs)
         except (RuntimeError, TypeError, ValueError, IndexError) as err:
@@ -286,6 +288,8 @@ class Problem(ABC):
             raise self._returned("build_model", f"a model that takes _load's inputs ({inputs.dtype} rows "
                                  f"of shape {tuple(inputs.shape[2:])})",
                                  f"{type(err).__name__}: {detail}") from None
+        finally:
+            model.train(training)
 
     @property
     def n_tasks(self) -> int:
