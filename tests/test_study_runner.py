@@ -511,6 +511,35 @@ def test_two_jobs_give_the_same_results_as_one(store, tmp_path):
         assert one[key]["value"] == pytest.approx(two[key]["value"], rel=1e-5)
 
 
+def test_more_jobs_than_cores_or_batches_start_no_idle_processes(store, monkeypatch):
+    """`--jobs 1000` started a thousand processes (two minutes, for a one-run study), and left a
+    thousand semaphores behind."""
+    from joblib import Parallel
+
+    cores = manager.usable_cores()
+    runner = StudyRunner(spec_of(TINY), store, jobs=cores + 998)
+    assert runner.jobs == cores
+    assert runner.notes == [f"--jobs {cores + 998} is more than the {cores} cores this process may use: "
+                            f"{cores} training processes run"]
+    started = []
+    real_init = Parallel.__init__
+
+    def counting_init(self, n_jobs=None, **kwargs):
+        started.append(n_jobs)
+        real_init(self, n_jobs=n_jobs, **kwargs)
+
+    monkeypatch.setattr(Parallel, "__init__", counting_init)
+    runner.jobs = 50  # as if the machine had 50 cores: still one process per batch at most
+    monkeypatch.setattr(manager, "usable_cores", lambda: 50)
+    runner.stack_limit = lambda: 100  # every arm's runs of a wave in one batch
+    waves = []
+    batches = runner.batches
+    runner.batches = lambda claimed: waves.append(batches(claimed)) or waves[-1]
+    runner.run()
+    assert started == [len(wave) for wave in waves] and max(started) < 5
+    assert StudyRunner(spec_of(TINY), store, jobs=cores).notes == []
+
+
 def test_runs_of_an_unknown_study_in_the_store_give_a_clear_error(store):
     with pytest.raises(BenchError) as err:
         store.records("nope")

@@ -42,7 +42,7 @@ def parse_seeds(text: str) -> list[int]:
 def run_command(
     study: Annotated[str, typer.Option(help="A study file, or the name of one here or in studies/.")],
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
-    jobs: Annotated[int, typer.Option(help="Parallel training processes (joblib).")] = 1,
+    jobs: Annotated[int, typer.Option(help="Parallel training processes (joblib), at most one per core this process may use.")] = 1,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds to run, e.g. 0,1,2 or 0-4 (default: the study's). More seeds add runs to the same study.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help=f"A quick look: {QUICK_FACTOR:.0%} of the steps, stored as its own study <name>-quick.")] = False,
     new_version: Annotated[bool, typer.Option("--new-version", help="If the study's configuration changed, store it as <name>-vN instead of stopping.")] = False,
@@ -81,6 +81,8 @@ def run_command(
         print_note(note)
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
                          new_version=new_version, backend=backend, scheduler=scheduler)
+    for note in runner.notes:
+        print_note(note)
     console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "
                                 f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
                                 f"seeds {spec.seeds}, {spec.budget.steps} steps each"))

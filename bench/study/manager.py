@@ -169,6 +169,14 @@ class StudyRunner:
         resolve_device(device, field="--device")  # here, not after the study is queued
         self.spec = spec
         self.store = store
+        self.notes: list[str] = []  # for the user: what this runner chose other than asked
+        cores = usable_cores()
+        if backend == "loky" and jobs > cores:
+            # More processes than cores only share them, each paying its start-up and its copy of
+            # the data: --jobs 1000 spent two minutes starting processes for one run.
+            self.notes.append(f"--jobs {jobs} is more than the {cores} cores this process may use: "
+                              f"{cores} training processes run")
+            jobs = cores
         self.jobs = jobs
         self.batch_runs = batch_runs  # None: what fits memory (bench.training.batching)
         self.device = device
@@ -456,10 +464,11 @@ class StudyRunner:
                 self.store_records(batch, [r.to_dict() for r in records])
                 done_runs += len(batch)
             return
-        threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.backend == "loky" else 1
+        processes = min(self.jobs, len(batches))  # no process without a batch to train
+        threads = max(1, usable_cores() // processes) if self.backend == "loky" else 1
         done_runs = 0
         with self._parallel_backend():
-            n_jobs = self.jobs if self.backend == "loky" else -1  # Dask: every worker of the cluster
+            n_jobs = processes if self.backend == "loky" else -1  # Dask: every worker of the cluster
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
                 delayed(_train_batch)(i, [c.config.to_dict() for c in b], threads, self.backend == "loky")
                 for i, b in enumerate(batches))
@@ -582,6 +591,15 @@ def _cluster_backend() -> str:
 
     joblib.register_parallel_backend("bench-dask", EveryBatchOnTheCluster)
     return "bench-dask"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or a batch job's share), not
+    every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _waiting(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
