@@ -616,6 +616,11 @@ def test_a_study_whose_problem_code_changed_keeps_what_is_stored(workdir, capsys
     assert {(r["arm"], r["run_key"]): r["value"] for r in ResultStore().records("tiny")} == stored
     assert main(["run", "--study", path, "--new-version", "--seeds", "0"]) == 0
     assert "tiny-v2" in capsys.readouterr().out
+    # The report says which code trained the runs.
+    fingerprint = ResultStore().manifest("tiny-v2")["identity"]["problem_code"]
+    assert fingerprint.startswith("own_code.py ") and fingerprint != ResultStore().manifest("tiny")["identity"]["problem_code"]
+    assert main(["compare", "--study", "tiny-v2"]) == 0
+    assert f"<dt>problem code</dt><dd>{fingerprint}</dd>" in (workdir / "reports" / "tiny-v2" / "index.html").read_text()
 
 
 def test_a_study_stored_before_problem_code_was_fingerprinted_is_continued(workdir, capsys, monkeypatch):

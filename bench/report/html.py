@@ -163,6 +163,9 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     run_env = dict(manifest.get("environment", {}))
     versions = run_env.pop("versions", {})
     run_env.update({f"version {k}": v for k, v in versions.items()})
+    code = manifest.get("identity", {}).get("problem_code")
+    if code:  # a problem of one's own: which version of its code trained the runs
+        run_env["problem code"] = code
     report_env = environment(device=False)
     report_versions = report_env.pop("versions")
     report_env.update({f"version {k}": v for k, v in report_versions.items()})
