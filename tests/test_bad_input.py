@@ -641,6 +641,17 @@ def test_a_study_stored_before_problem_code_was_fingerprinted_is_continued(workd
     assert main(["compare", "--study", path, "--no-report"]) == 0
 
 
+def test_a_study_named_twice_is_compared_once(workdir, capsys):
+    """`--study tiny --study tiny.toml` printed every arm twice."""
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--study", "tiny", "--study", path, "--format", "csv", "--no-report"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    arms = [row.split(",")[0] for row in rows[1:]]
+    assert rows[0].startswith("arm,") and "equal" in arms and len(arms) == len(set(arms))
+
+
 def test_a_study_file_reads_the_stored_version_it_describes(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path]) == 0

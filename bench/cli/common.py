@@ -129,7 +129,8 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
             if spec is not None:
                 name = stored_version_of(store, spec, name)
         store.require_manifest(name)
-        out.append(name)
+        if name not in out:  # `--study tiny --study tiny.toml`: one study, compared once
+            out.append(name)
     return out
 
 
