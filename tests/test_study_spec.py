@@ -169,6 +169,7 @@ BAD = [
     ("max_points not a number", TINY.replace("resolution = 0.5", 'resolution = 0.5\nmax_points = "many"'), "arms.grid.max_points"),
     ("loss-scale warm-up past the budget", TINY + "\n[arms.loss-scale]\nsteps = 10\n", "arms.loss-scale.steps"),
     ("GradNorm warm-up past the budget", TINY.replace("alpha = [0.5, 1.0]", 'alpha = 1.0\ninitial_loss = "mean_first_steps"\ninitial_loss_steps = 12'), "arms.gradnorm.initial_loss_steps"),
+    ("GradNorm's log C initial losses without a classification task (first_step in disguise)", TINY.replace("alpha = [0.5, 1.0]", 'alpha = 1.0\ninitial_loss = "log_classes"'), "arms.gradnorm.initial_loss"),
     ("GradNorm warm-up under another rule", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\ninitial_loss_steps = 3"), "arms.gradnorm.initial_loss_steps"),
     ("DWA periods past the budget", TINY + "\n[arms.dwa]\nperiod = 5\n", "arms.dwa.period"),
     ("DWA's default period past the budget", TINY.replace("steps = 10", "steps = 8") + "\n[arms.dwa]\n", "arms.dwa.period"),

@@ -22,6 +22,7 @@ Every deviation seen in public implementations is an explicit option (see `GradN
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from bench.balancers.base import Balancer
 from bench.errors import ConfigError
+from bench.problems.base import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ class GradNormParams:
             if self.parametrisation != "raw":
                 raise ConfigError("floor", "no floor with parametrisation = 'softmax' "
                                   "(softmax weights are positive already)", self.floor)
+
+    def check_tasks(self, tasks: Sequence[TaskSpec]) -> None:
+        """Refuse `log_classes` where no task is a classification: L_i(0) would be every task's
+        first-step loss, `first_step` under another name."""
+        if self.initial_loss == "log_classes" and all(t.log_classes is None for t in tasks):
+            raise ConfigError("initial_loss", "'first_step' or 'mean_first_steps' for a problem without "
+                              "classification tasks ('log_classes' sets L_i(0) = log C for those only; here "
+                              "it would be 'first_step')", self.initial_loss)
 
     def check_steps(self, steps: int, *, steps_per_epoch: int | None = None) -> None:
         """Refuse a warm-up that outlasts the run: its weights would stay 1 throughout."""

@@ -17,16 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from bench.balancers import balancer_class, check_balancer_steps
+from bench.balancers import balancer_class, check_balancer_steps, check_balancer_tasks
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
 from bench.training.config import derive_seed
+
+if TYPE_CHECKING:
+    from bench.problems import TaskSpec
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "grid")
 
@@ -109,6 +112,11 @@ class Arm:
         if self.balancer_options is not None:
             check_balancer_steps(self.balancer_options, steps, steps_per_epoch=steps_per_epoch,
                                  source=self.source, prefix=f"arms.{self.name}.")
+
+    def check_tasks(self, tasks: Sequence[TaskSpec]) -> None:
+        """Refuse balancer options that do nothing for the problem's tasks."""
+        if self.balancer_options is not None:
+            check_balancer_tasks(self.balancer_options, tasks, source=self.source, prefix=f"arms.{self.name}.")
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         raise NotImplementedError

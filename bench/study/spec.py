@@ -195,6 +195,7 @@ class StudySpec:
             raise error("budget." + err.field, err.expected, err.got) from None
         for arm in arms.values():
             arm.check_steps(budget.steps, steps_per_epoch)
+            arm.check_tasks(problem.tasks)
         spec = cls(name=name, description=str(data.get("description", "")), path=source,
                    problem=problem_table["name"], problem_params=problem_params, budget=budget,
                    seeds=list(seeds), selection=selection, dtype=dtype, arms=arms, text=text,

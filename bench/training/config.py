@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bench.balancers import balancer_class, build_balancer_params, check_balancer_steps
+from bench.balancers import balancer_class, build_balancer_params, check_balancer_steps, check_balancer_tasks
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.problems import build_problem
@@ -84,6 +84,7 @@ class RunConfig:
         except ConfigError as err:
             raise err.located(source) from None
         check_balancer_steps(balancer_params, budget.steps, steps_per_epoch=steps_per_epoch, source=source)
+        check_balancer_tasks(balancer_params, problem.tasks, source=source)
         return dataclasses.replace(
             self,
             # A registered problem's options with their defaults filled in; a problem function of
