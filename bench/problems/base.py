@@ -271,10 +271,10 @@ class Problem(ABC):
 
     def check_model_takes(self, model: MultiTaskModel, inputs: Tensor) -> None:
         """`model` (of `len(inputs)` stacked runs) takes `inputs`, a few rows of `_load`'s, as
-        training will give them. A problem of one's own whose model does not (integer inputs into
-        a linear layer, more features than its first layer takes) failed deep inside this
-        package's layers, in a traceback that read as a bug of ours; now it is one error naming
-        both. An error raised in the problem's own code keeps its file and line."""
+        training will give them. For a problem of one's own whose model does not (integer inputs
+        into a linear layer, more features than its first layer takes), the error from this
+        package's layers, which would read as a bug of ours, becomes one that names both; an error
+        raised in the problem's own code keeps its file and line."""
         training = model.training
         try:
             model.eval()  # a batch-norm layer's running statistics stay as they were

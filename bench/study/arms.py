@@ -26,7 +26,7 @@ from bench.balancers import balancer_class, check_balancer_steps, check_balancer
 from bench.errors import ConfigError
 from bench.params import build_params, params_to_dict
 from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
-from bench.training.config import derive_seed
+from bench.training.config import SEED_RULE, derive_seed, valid_seed
 
 if TYPE_CHECKING:
     from bench.problems import TaskSpec
@@ -273,10 +273,8 @@ class GridArm(Arm):
         if not isinstance(points, int) or isinstance(points, bool) or points < 1:
             raise self.error("parallel_points", "a whole number >= 1", self.parallel_points)
         self.sampler_seed = options.get("sampler_seed", 0)
-        seed = self.sampler_seed
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
-            # Optuna's samplers seed numpy's RandomState, which takes 32 bits.
-            raise self.error("sampler_seed", "an integer from 0 to 2**32 - 1", seed)
+        if not valid_seed(self.sampler_seed):  # Optuna's samplers seed numpy's RandomState: 32 bits
+            raise self.error("sampler_seed", SEED_RULE, self.sampler_seed)
         if self.tasks < 2:
             raise self.error("method", "at least two tasks for a sampled grid", self.tasks)
         if self.sampler_name == "cmaes" and self.tasks == 2:
