@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from bench.errors import ConfigError
 from bench.problems import PROBLEMS
 from bench.problems.toy import ToyProblem
 from bench.training import BatchTrainer, Budget, RunConfig, train, train_runs
@@ -98,6 +99,19 @@ def test_batches_are_epochs_of_permutations():
     first_epoch = idx[:3].flatten().tolist()
     assert len(set(first_epoch)) == 9  # no repeats within an epoch; the 10th example is dropped
     assert torch.equal(idx, batch_indices(seed=5, n_train=10, batch_size=3, steps=7))
+
+
+def test_batches_drawn_an_epoch_at_a_time_are_the_same_batches():
+    """The engine draws each epoch's batches as it reaches it, rather than every step's up front."""
+    from bench.training.engine import BatchOrder
+
+    order = BatchOrder([5, 9], n_train=10, batch_size=3, device=torch.device("cpu"))
+    whole = torch.stack([batch_indices(s, 10, 3, 20) for s in (5, 9)])  # (seeds, steps, B)
+    assert all(torch.equal(order.at(step), whole[:, step]) for step in range(20))
+    assert torch.equal(order.at(4), whole[:, 4])  # an earlier step again: drawn again from the start
+    assert torch.equal(order.at(17), whole[:, 17])  # a later epoch, skipping some
+    with pytest.raises(ConfigError, match="batch_size"):
+        BatchOrder([0], n_train=2, batch_size=3, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("balancer,params", BALANCER_CASES)
