@@ -540,6 +540,38 @@ def test_more_jobs_than_cores_or_batches_start_no_idle_processes(store, monkeypa
     assert StudyRunner(spec_of(TINY), store, jobs=cores).notes == []
 
 
+def test_a_stack_that_runs_out_of_memory_is_trained_again_in_smaller_stacks(store, monkeypatch):
+    """What fits is an estimate: a GPU's OutOfMemoryError on a stack of 8 stopped the whole study."""
+    import torch
+
+    real_train_runs = manager.train_runs
+    stacks, notes = [], []
+
+    def two_fit(configs, *args, **kwargs):
+        stacks.append(len(configs))
+        if len(configs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+                                              "total capacity of 7.6 GiB of which 1.1 GiB is free. Including ...")
+        return real_train_runs(configs, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "train_runs", two_fit)
+    spec = spec_of(TINY)
+    progress = StudyRunner(spec, store, batch_runs=8, on_note=notes.append).run()
+    assert progress.left == 0 and progress.failed == 0 and progress.done == len(spec.runs())
+    assert stacks[0] > 2 and max(stacks[1:]) == 2 and len(notes) == 1
+    assert notes[0].startswith("out of memory: CUDA out of memory. Tried to allocate 2.00 GiB: the runs in hand "
+                               "were queued again, and from now on up to ")
+    assert all(r["status"] == "ok" for r in results_by_key(store, "tiny").values())
+
+    # A single run that does not fit stops the study, as before.
+    monkeypatch.setattr(manager, "train_runs", lambda configs, *a, **k: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB. GPU 0 ...")))
+    other = ResultStore("other.journal")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        StudyRunner(spec, other, batch_runs=8, on_note=notes.append).run()
+    assert other.progress("tiny", {a: [r.key for r in spec.runs() if r.arm == a] for a in spec.arms}).running == 0
+
+
 def test_runs_of_an_unknown_study_in_the_store_give_a_clear_error(store):
     with pytest.raises(BenchError) as err:
         store.records("nope")

@@ -80,7 +80,7 @@ def run_command(
     for note in store.notes:
         print_note(note)
     runner = StudyRunner(spec, store, jobs=jobs, batch_runs=batch_runs, device=device,
-                         new_version=new_version, backend=backend, scheduler=scheduler)
+                         new_version=new_version, backend=backend, scheduler=scheduler, on_note=print_note)
     for note in runner.notes:
         print_note(note)
     console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "

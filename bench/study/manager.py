@@ -164,7 +164,8 @@ class StudyRunner:
                  batch_runs: int | None = None, device: str = "auto", new_version: bool = False,
                  poll_interval: float = 2.0, backend: str = "loky", scheduler: str | None = None,
                  on_progress: Callable[[float, int], None] | None = None,
-                 on_wait: Callable[[dict[str, int]], None] | None = None):
+                 on_wait: Callable[[dict[str, int]], None] | None = None,
+                 on_note: Callable[[str], None] | None = None):
         if jobs < 1:
             raise ConfigError("--jobs", "an integer >= 1", jobs)
         resolve_device(device, field="--device")  # here, not after the study is queued
@@ -185,6 +186,7 @@ class StudyRunner:
         self.poll_interval = poll_interval
         self.on_progress = on_progress
         self.on_wait = on_wait  # told, while this worker waits, who holds the runs it waits for
+        self.on_note = on_note  # told what the user should know mid-run (stacks made smaller)
         self.name = spec.name
         self.runs: dict[str, dict[str, RunSpec]] = defaultdict(dict)
         for run in spec.runs():
@@ -263,7 +265,11 @@ class StudyRunner:
                     self.store.fail_stale(self.name, self.spec.arms)
                     claimed = self.claim_wave()
                     if claimed:
-                        self.train(claimed)
+                        try:
+                            self.train(claimed)
+                        except Exception as err:
+                            if not self._smaller_stacks_after(err, claimed):
+                                raise
                         continue
                     progress = self.progress()
                     self._report(progress.done)
@@ -349,6 +355,23 @@ class StudyRunner:
         if not self.prepared:  # nothing can have been claimed yet
             return 0
         return self.store.release_held(self.name, self.spec.arms, self.worker, reason)
+
+    def _smaller_stacks_after(self, err: BaseException, claimed: Sequence[Claimed]) -> bool:
+        """After memory ran out training stacks of several runs (what fits is an estimate, and a
+        GPU's memory is shared), give back the runs in hand and stack half as many as the largest
+        from now on; the runs stored are kept. False for any other error, or where stacks were
+        of one run already."""
+        largest = max(len(batch) for batch in self.batches(claimed))
+        if memory_failure(err) is None or largest <= 1:
+            return False
+        self.release_all("out of memory: trained again in smaller stacks")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the failed stack's blocks, cached by torch's allocator
+        self._stack_limit = max(1, min(self.stack_limit(), largest) // 2)
+        if self.on_note is not None:
+            self.on_note(f"{memory_failure(err)}: the runs in hand were queued again, and from now on "
+                         f"up to {count(self._stack_limit, 'run')} train in one stack")
+        return True
 
     # ------------------------------------------------------------------ claiming
     def stack_limit(self) -> int:
