@@ -641,6 +641,13 @@ def test_a_study_stored_before_problem_code_was_fingerprinted_is_continued(workd
     assert main(["compare", "--study", path, "--no-report"]) == 0
 
 
+def test_a_study_of_one_run_says_one_run(workdir, capsys):
+    one = TINY.replace("seeds = [0, 1]", "seeds = [0]").split("[arms.")[0] + "[arms.equal]\n"
+    assert main(["run", "--study", study(workdir, one)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("study tiny from ") and first.endswith(": 1 run (equal: 1), seeds [0], 10 steps each")
+
+
 def test_a_study_named_twice_is_compared_once(workdir, capsys):
     """`--study tiny --study tiny.toml` printed every arm twice."""
     path = study(workdir)

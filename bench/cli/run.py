@@ -83,7 +83,7 @@ def run_command(
                          new_version=new_version, backend=backend, scheduler=scheduler, on_note=print_note)
     for note in runner.notes:
         print_note(note)
-    console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {len(spec.runs())} runs "
+    console.print(Text.assemble("study ", (spec.name, "bold"), f" from {spec.path}: {count(len(spec.runs()), 'run')} "
                                 f"({', '.join(f'{a}: {len(arm.runs(spec.seeds))}' for a, arm in spec.arms.items())}), "
                                 f"seeds {spec.seeds}, {spec.budget.steps} steps each"))
     opened = len(store.notes)
