@@ -233,15 +233,15 @@ def test_gradnorm_is_set_against_loss_scale_weights_in_the_summary():
 
 
 def test_numbers_that_differ_print_differently_beside_the_verdict():
-    """With one seed there is no test: the verdict follows the means, so "beats ... 1.110 vs 1.110"
-    must show the digits that decide it."""
+    """With one seed there is no test: the words follow the means, so "has a lower test loss than
+    ... 1.110 vs 1.110" must show the digits that decide it."""
     c = hand_made(seeds=1)
     runs = c.runs.drop(columns=["variant", "kind", "label"])
     scaled = [_run("loss-scale", "seed=0", 0, 0.9, 1.10004, 1.0, mean_weights=(1.7, 0.3), balancer="loss-scale")]
     manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "loss-scale": "loss-scale"}}
     again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(scaled)]), [])
     line = next(line for line in again.headline if "first-step loss" in line)
-    assert line.startswith("gradnorm beats static weights scaled by each task's first-step loss")
+    assert line.startswith("gradnorm has a lower test loss than static weights scaled by each task's first-step loss")
     assert "test loss 1.10000 vs 1.10004, lower on 1 of 1 seeds" in line
     row = again.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "loss-scale")]
     assert "(mean task-normalised test loss 1.10000 vs 1.10004, no test (too few seeds))" in row.sentence
@@ -1128,3 +1128,12 @@ def test_an_index_html_that_is_not_a_report_is_never_replaced(tmp_path):
     path = write_report(c, tmp_path)
     assert write_report(c, tmp_path) == path  # a report of ours is replaced
     plt.close("all")
+
+
+def test_one_seed_gives_a_difference_not_a_verdict():
+    """With one seed there is no paired test, yet the summary said "beats" (the report's note says
+    verdicts come from the test)."""
+    c = hand_made(seeds=1)
+    grid_line = next(line for line in c.headline if "the grid search" in line)
+    assert grid_line.startswith("gradnorm has a lower test loss than the grid search (grid; 1 seed, no test): ")
+    assert not any(" beats " in line or "does not beat" in line for line in c.headline)

@@ -513,9 +513,13 @@ def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
     where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
     Holm-adjusted p where the study's other tests make that difference uncertain."""
-    if row.n < 2 or math.isnan(row.p_value):
+    if row.n < 2:  # one seed: a difference, not a verdict
+        verdict = ("has a lower test loss than" if row.mean_difference < 0 else
+                   "has a higher test loss than" if row.mean_difference > 0 else "ties with")
+        return verdict, "1 seed, no test"
+    if math.isnan(row.p_value):  # every seed's difference alike (or none): no spread to test
         verdict = "beats" if row.mean_difference < 0 else "does not beat"
-        return verdict, f"{int(row.n)} seed" + ("s" if row.n != 1 else "")
+        return verdict, f"{int(row.n)} seeds"
     evidence = f"paired over {int(row.n)} seeds, p = {row.p_value:.2g}"
     if row.p_value >= 0.05:
         return "does not differ significantly from", evidence
