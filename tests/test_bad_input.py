@@ -169,11 +169,10 @@ def test_a_problem_of_ones_own_whose_data_lacks_a_target(workdir, capsys, monkey
 
 
 MISFIT_PROBLEM = """
-import dataclasses
-import torch
 from torch import nn
-from bench.problems import DataSplits, MultiTaskModel, Split, build_problem
-from bench.problems.layers import StackedLinear, seeded_generators
+from bench.problems import DataSplits, Split, build_problem
+
+
 
 class Misfit(type(build_problem("toy"))):
     def __init__(self, params, change):
@@ -231,7 +230,8 @@ def test_a_model_that_does_not_take_its_problems_inputs_is_one_line_before_train
     width = 250 if verb == "train" else 8  # the toy's default input_dim, and the tiny study's
     assert code in (1, 2) and expected.format(width=width, fewer=width - 3) in line
     if change == "own layer":  # the user's own code: its file and line; checked before storing
-        assert f"{module}.py, line 33, in forward (" in line
+        bug = next(n for n, text in enumerate(MISFIT_PROBLEM.splitlines(), 1) if "a bug of one's own" in text)
+        assert f"{module}.py, line {bug}, in forward (" in line
         assert ("(nothing was stored; " in line) == (verb == "run") and "queued again" not in line
     assert not (workdir / "results").exists()
 

@@ -224,7 +224,6 @@ def test_runaway_task_weights_count_as_divergence():
     assert trainer.failures[1] == (7, "diverged: task weights beyond 1e+06 at step 7 (task task0)")
 
 
-
 def test_the_check_that_a_model_takes_its_inputs_leaves_it_as_it_was():
     """A batch-norm layer of one's own would have counted the probe's rows in its statistics."""
     from torch import nn
