@@ -938,6 +938,17 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_is(workdir, caps
     assert list(workdir.glob("data.csv*")) == [mistaken]
 
 
+def test_an_sqlite_database_in_a_folder_yet_to_be_made(workdir, capsys):
+    """`sqlite:///results/bench.db`, as the README has it, failed on a fresh clone: SQLite creates
+    its file, not the folder."""
+    path = study(workdir)
+    assert main(["run", "--study", path, "--seeds", "0", "--storage", "sqlite:///results/bench.db"]) == 0
+    assert (workdir / "results" / "bench.db").is_file()
+    code, line = run(["status", "--study", "tiny", "--storage", "sqlite:///elsewhere/bench.db"], capsys)
+    assert code == 2 and "no results at sqlite:///elsewhere/bench.db" in line
+    assert not (workdir / "elsewhere").exists()  # reading makes nothing
+
+
 def test_an_sqlite_database_and_a_journal_each_given_as_the_other(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path, "--seeds", "0", "--storage", "sqlite:///bench.db"]) == 0

@@ -360,6 +360,14 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
     if url.split("?")[0] in ("sqlite://", "sqlite:///:memory:"):
         raise StorageError(f"the storage {url} is an in-memory database, which keeps nothing once this "
                            "command ends: give a file, sqlite:///results/bench.db, or leave --storage out")
+    database = _local_file(url)
+    if create and database is not None:
+        # SQLite creates its file but not the file's folder: `sqlite:///results/bench.db`, the
+        # README's example, failed on a fresh clone with "unable to open database file".
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot create the results folder {database.parent}: {err.strerror}") from None
     try:
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         if url.startswith(("postgresql", "mysql")):
