@@ -516,7 +516,7 @@ def test_more_jobs_than_cores_or_batches_start_no_idle_processes(store, monkeypa
     thousand semaphores behind."""
     from joblib import Parallel
 
-    cores = manager.usable_cores()
+    cores = manager.cpu_count()
     runner = StudyRunner(spec_of(TINY), store, jobs=cores + 998)
     assert runner.jobs == cores
     assert runner.notes == [f"--jobs {cores + 998} is more than the {cores} cores this process may use: "
@@ -530,7 +530,7 @@ def test_more_jobs_than_cores_or_batches_start_no_idle_processes(store, monkeypa
 
     monkeypatch.setattr(Parallel, "__init__", counting_init)
     runner.jobs = 50  # as if the machine had 50 cores: still one process per batch at most
-    monkeypatch.setattr(manager, "usable_cores", lambda: 50)
+    monkeypatch.setattr(manager, "cpu_count", lambda: 50)
     runner.stack_limit = lambda: 100  # every arm's runs of a wave in one batch
     waves = []
     batches = runner.batches

@@ -275,14 +275,15 @@ class Problem(ABC):
         into a linear layer, more features than its first layer takes), the error from this
         package's layers, which would read as a bug of ours, becomes one that names both; an error
         raised in the problem's own code keeps its file and line."""
+        if type(self).__module__.split(".")[0] == "bench":
+            return  # a shipped problem: its model takes its inputs, and a failure would be our bug
         training = model.training
         try:
             model.eval()  # a batch-norm layer's running statistics stay as they were
             with torch.no_grad():
                 model(inputs)
         except (RuntimeError, TypeError, ValueError, IndexError) as err:
-            ours = type(self).__module__.split(".")[0] == "bench"  # a shipped problem: a bug, kept whole
-            if ours or memory_failure(err) is not None or user_code_frame(err) is not None:
+            if memory_failure(err) is not None or user_code_frame(err) is not None:
                 raise
             detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise self._returned("build_model", f"a model that takes _load's inputs ({inputs.dtype} rows "

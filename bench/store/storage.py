@@ -388,9 +388,8 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
                            + DRIVER_HINTS.get(url.split(":")[0].split("+")[0], DRIVER_HINTS["postgresql"])) from None
     except Exception as err:  # SQLAlchemy's errors: unreachable host, bad credentials, bad URL
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        local = _local_file(url)
-        if local is not None and local.is_file() and _is_record(_first_line(local)):
-            message += f"; {local} is an Optuna journal file: pass it as --storage {local}"
+        if database is not None and database.is_file() and _is_record(_first_line(database)):
+            message += f"; {database} is an Optuna journal file: pass it as --storage {database}"
         raise StorageError(f"cannot open the storage {url}: {message}") from None
 
 

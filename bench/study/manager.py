@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 import torch
 import joblib
-from joblib import Parallel, delayed
+from joblib import Parallel, cpu_count, delayed
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -172,7 +172,7 @@ class StudyRunner:
         self.spec = spec
         self.store = store
         self.notes: list[str] = []  # for the user: what this runner chose other than asked
-        cores = usable_cores()
+        cores = cpu_count()  # joblib's: this process's affinity and cgroup quota, not the machine's cores
         if backend == "loky" and jobs > cores:
             # More processes than cores only share them, each paying its start-up and its copy of
             # the data: --jobs 1000 spent two minutes starting processes for one run.
@@ -361,15 +361,16 @@ class StudyRunner:
         GPU's memory is shared), give back the runs in hand and stack half as many as the largest
         from now on; the runs stored are kept. False for any other error, or where stacks were
         of one run already."""
+        failure = memory_failure(err)
         largest = max(len(batch) for batch in self.batches(claimed))
-        if memory_failure(err) is None or largest <= 1:
+        if failure is None or largest <= 1:
             return False
         self.release_all("out of memory: trained again in smaller stacks")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the failed stack's blocks, cached by torch's allocator
         self._stack_limit = max(1, min(self.stack_limit(), largest) // 2)
         if self.on_note is not None:
-            self.on_note(f"{memory_failure(err)}: the runs in hand were queued again, and from now on "
+            self.on_note(f"{failure}: the runs in hand were queued again, and from now on "
                          f"up to {count(self._stack_limit, 'run')} train in one stack")
         return True
 
@@ -489,7 +490,7 @@ class StudyRunner:
                 done_runs += len(batch)
             return
         processes = min(self.jobs, len(batches))  # no process without a batch to train
-        threads = max(1, usable_cores() // processes) if self.backend == "loky" else 1
+        threads = max(1, cpu_count() // processes) if self.backend == "loky" else 1
         done_runs = 0
         with self._parallel_backend():
             n_jobs = processes if self.backend == "loky" else -1  # Dask: every worker of the cluster
@@ -615,15 +616,6 @@ def _cluster_backend() -> str:
 
     joblib.register_parallel_backend("bench-dask", EveryBatchOnTheCluster)
     return "bench-dask"
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity: a container's or a batch job's share), not
-    every core of the machine."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _waiting(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

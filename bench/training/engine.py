@@ -50,6 +50,8 @@ MAX_TASK_WEIGHT = 1e6
 # packed side by side in at most about this many elements (256K floats, 1 MiB): small enough to
 # stay in cache. A large stack of runs takes one task at a time, with no packing copy at all.
 NORM_PACK_ELEMENTS = 1 << 18
+# The last shared layer's parameters that GradNorm's W is, per `grad_params` that names them.
+LAST_LAYER_PARAMS = {"last_layer_weight": ("weight",), "last_layer": ("weight", "bias")}
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,13 +71,9 @@ def problem_for(config: RunConfig) -> Problem:
 def batch_indices(seed: int, n_train: int, batch_size: int, steps: int) -> Tensor:
     """Training batch indices (steps, batch_size): epochs of random permutations, last partial
     batch of each epoch dropped. Drawn from the run's "batches" stream."""
-    if batch_size > n_train:
-        raise ConfigError("batch_size", f"at most the {n_train} training examples", batch_size)
-    per_epoch = n_train // batch_size
-    epochs = math.ceil(steps / per_epoch)
-    g = torch.Generator().manual_seed(derive_seed(seed, "batches"))
-    perms = [torch.randperm(n_train, generator=g)[: per_epoch * batch_size] for _ in range(epochs)]
-    return torch.cat(perms).view(-1, batch_size)[:steps]
+    order = BatchOrder([seed], n_train, batch_size, torch.device("cpu"))
+    epochs = [order.next_epoch()[0] for _ in range(math.ceil(steps / order.per_epoch))]
+    return torch.cat(epochs)[:steps]
 
 
 class BatchOrder:
@@ -96,18 +94,23 @@ class BatchOrder:
         self._epoch = -1
         self._current: Tensor | None = None
 
+    def next_epoch(self) -> Tensor:
+        """The next epoch's batches of every seed, (seeds, per_epoch, batch_size), on the CPU: a
+        random permutation of the training rows each, its last partial batch dropped."""
+        kept = self.per_epoch * self.batch_size
+        perms = [torch.randperm(self.n_train, generator=g)[:kept] for g in self._generators]
+        self._epoch += 1
+        return torch.stack(perms).view(len(perms), self.per_epoch, self.batch_size)
+
     def at(self, step: int) -> Tensor:
         """Every seed's batch at `step`, shape (seeds, batch_size)."""
         epoch, within = divmod(step, self.per_epoch)
         if epoch < self._epoch:  # back to an earlier epoch: draw again from the start
             self._start()
         while self._epoch < epoch:
-            kept = self.per_epoch * self.batch_size
-            perms = [torch.randperm(self.n_train, generator=g)[:kept] for g in self._generators]
-            self._current = torch.stack(perms).view(len(perms), self.per_epoch, self.batch_size)
-            self._epoch += 1
+            drawn = self.next_epoch()
             if self._epoch == epoch:
-                self._current = self._current.to(self.device)
+                self._current = drawn.to(self.device)
         assert self._current is not None
         return self._current[:, within]
 
@@ -234,7 +237,7 @@ class BatchTrainer:
                 squares.append(sq)
             return torch.cat(squares, dim=1).sqrt()
         params = (self.model.shared_parameters() if target == "all_shared"
-                  else [layer.weight] if target == "last_layer_weight" else [layer.weight, layer.bias])
+                  else [getattr(layer, name) for name in LAST_LAYER_PARAMS[target]])
         # Any other layer: one backward pass from z for all tasks at once (vmapped over tasks).
         deltas = torch.cat([pack.movedim(-2, 0) for pack in packs])  # (T, R, ...)
         grads = torch.autograd.grad(z, params, grad_outputs=deltas, retain_graph=True, is_grads_batched=True)
@@ -327,7 +330,7 @@ class BatchTrainer:
         layer made of several layers has no one weight W."""
         target = self.balancer.grad_norm_target
         layer = self.model.last_shared_layer
-        needs = {"last_layer_weight": ("weight",), "last_layer": ("weight", "bias")}.get(target, ())
+        needs = LAST_LAYER_PARAMS.get(target, ())
         missing = [name for name in needs if not isinstance(getattr(layer, name, None), nn.Parameter)]
         if missing:
             raise ConfigError("balancer.grad_params", f"parameters the model's last shared layer has: {target} "
