@@ -378,3 +378,20 @@ def test_parameter_validation():
                 {"grad_params": "everything"}, {"initial_loss_steps": 0}):
         with pytest.raises(ConfigError):
             build_balancer_params("gradnorm", bad)
+
+
+def test_a_failed_runs_steps_are_not_counted_after_it_failed():
+    """A failed run's row is still renormalised, then restored: counting it said "a task weight
+    was <= 0 on 2 of 1 steps"."""
+    balancer = floored_balancer(2, 2, floor=None)
+    balancer.stop_runs(torch.tensor([False, True]))
+    balancer._renormalised(torch.tensor([[3.0, -1.0], [3.0, -1.0]], dtype=torch.float64))
+    assert balancer.nonpositive_weight_steps.tolist() == [1, 0]
+    floored = floored_balancer(2, 2, floor=0.2)
+    floored.stop_runs(torch.tensor([True, False]))
+    floored._renormalised(torch.tensor([[1.95, 0.05], [1.95, 0.05]], dtype=torch.float64))
+    assert floored.floor_binding_steps.tolist() == [0, 1]
+    # End to end: weights thrown beyond any limit by the first update fail the run at step 1.
+    [record] = engine.train_runs([tiny_config("gradnorm", alpha=1.5, weight_lr=1e6)])
+    assert record.status == "failed" and record.steps_done == 1
+    assert record.balancer_stats["nonpositive_weight_steps"] <= record.steps_done

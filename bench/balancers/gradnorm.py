@@ -217,8 +217,10 @@ class GradNorm(Balancer):
         T = self.n_tasks
         w = w * (T / w.sum(dim=1, keepdim=True))
         floor = self.options.floor
+        # A failed run's row is restored after this step: its steps are not counted.
+        live = ~self._stopped
         if floor is None:
-            self.nonpositive_weight_steps += (w <= 0).any(dim=1).long()
+            self.nonpositive_weight_steps += ((w <= 0).any(dim=1) & live).long()
             return w
         # Clamp at the floor and rescale the free weights so that the sum stays T. Rescaling
         # shrinks the free weights, which can push another below the floor: repeat until none
@@ -233,7 +235,7 @@ class GradNorm(Balancer):
                 break
             bound |= newly
         binding = bound.any(dim=1, keepdim=True)
-        self.floor_binding_steps += binding.squeeze(1).long()
+        self.floor_binding_steps += (binding.squeeze(1) & live).long()
         # A run whose floor does not bind keeps its weights as they are: rescaling them by
         # T / sum = 1 would still round them differently, and a floor that never binds must leave
         # the run identical to Algorithm 1's (after 600 toy steps it moved the test loss by 1e-3).
