@@ -1137,3 +1137,43 @@ def test_one_seed_gives_a_difference_not_a_verdict():
     grid_line = next(line for line in c.headline if "the grid search" in line)
     assert grid_line.startswith("gradnorm has a lower test loss than the grid search (grid; 1 seed, no test): ")
     assert not any(" beats " in line or "does not beat" in line for line in c.headline)
+
+
+def test_a_grid_whose_points_finished_different_seeds_is_chosen_on_the_seeds_they_share():
+    """Seeds differ in difficulty: a point that has finished only the easy seeds (a study still
+    training, or given more seeds) must not win on a mean over fewer, easier seeds."""
+    c = hand_made(seeds=5)
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    hard = runs.seed >= 3  # seeds 3 and 4 draw harder data: every loss higher by 1
+    runs.loc[hard, ["normalized_val_loss", "normalized_test_loss"]] += 1.0
+    runs.loc[runs.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] -= 0.35  # best on every seed
+    runs = runs[~(runs.run_key.str.startswith("w=1,1/") & hard)]  # w=1,1: the easy seeds only
+    again = build_comparison("hand", c.manifest, runs, [])
+    grid = again.grids["grid"]
+    # On all their seeds, w=1,1 (1.01) looks better than w=2,0 (1.37); on seeds 0-2, w=2,0 is.
+    assert grid.selected == "w=2,0" and grid.shared_seeds == [0, 1, 2] and grid.unmatched == 0
+    points = grid.points.set_index("point")
+    assert points.loc["w=2,0", "val_loss_on_shared_seeds"] == pytest.approx(0.96)
+    assert points.loc["w=2,0", "normalized_val_loss"] == pytest.approx(1.37)
+    assert any(line.startswith("grid: its points have not all finished the same seeds, so its point was "
+                               "chosen on the mean validation loss over seeds 0-2") for line in again.headline)
+    # No seed in common: the seed most points finished, and only the points that have it.
+    lone = runs[~(runs.run_key.str.startswith("w=0,2/") & (runs.seed < 4))]  # w=0,2: seed 4 only
+    lone = lone[~(lone.run_key.str.startswith("w=2,0/") & (lone.seed == 4))]
+    grid = build_comparison("hand", c.manifest, lone, []).grids["grid"]
+    assert (grid.selected, grid.shared_seeds, grid.unmatched) == ("w=2,0", [0], 1)
+    # A finished grid is chosen as before, with no extra column or sentence.
+    assert "val_loss_on_shared_seeds" not in c.grids["grid"].points and c.grids["grid"].sentence() is None
+
+
+def test_alphas_that_finished_different_seeds_are_chosen_on_the_seeds_they_share():
+    rows = []
+    for alpha, val in (("0.12", 1.0), ("1.5", 1.1)):
+        for seed in range(5 if alpha == "0.12" else 3):  # alpha=1.5 lacks the hard seeds 3 and 4
+            rows.append(_run("gradnorm", f"alpha={alpha}/seed={seed}", seed, val + (seed >= 3), 2.0 + (seed >= 3),
+                             1.9, mean_weights=(1.0, 1.0), balancer="gradnorm"))
+    manifest = {"task_names": TASKS, "kinds": {"gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    choice = build_comparison("hand", manifest, pd.DataFrame(rows), []).alpha_choices["gradnorm"]
+    assert choice.chosen_variant == "alpha=0.12" and choice.shared_seeds == [0, 1, 2]
+    assert choice.val_losses == pytest.approx({"alpha=0.12": 1.0, "alpha=1.5": 1.1})
+    assert "the means here and the choice are over seeds 0-2" in choice.sentence()

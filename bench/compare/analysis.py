@@ -59,6 +59,20 @@ class GridSelection:
     weighted_all: str | None = None
     weighted_all_weights: list[float] = field(default_factory=list)
     n_weighted_all: int = 0
+    # Where the points have finished different seeds: the seeds the choice compared (every
+    # eligible point's, or the one most have), and how many points lacked them.
+    shared_seeds: list[int] = field(default_factory=list)
+    unmatched: int = 0
+
+    def sentence(self) -> str | None:
+        """Says how the point was chosen when the points have not finished the same seeds."""
+        if not self.shared_seeds:
+            return None
+        which = _seeds_words(self.shared_seeds)
+        left = f"; {count(self.unmatched, 'point')} without {which} could not be chosen yet" if self.unmatched else ""
+        return (f"{self.arm}: its points have not all finished the same seeds, so its point was chosen on "
+                f"the mean validation loss over {which}, which every point compared has finished{left}. "
+                "Every other mean of a point is over all the seeds it has finished.")
 
     @property
     def weighted_all_label(self) -> str:
@@ -80,6 +94,10 @@ class AlphaChoice:
     excluded: list[str] = field(default_factory=list)  # variants with a failed seed, left out
     # The same variants' mean test loss: reported, how much alpha matters, never used to choose.
     test_losses: dict[str, float] = field(default_factory=dict)
+    # Where the variants have finished different seeds: the seeds the means are over (every
+    # variant's, or the one most have), and the variants without them, left out.
+    shared_seeds: list[int] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
 
     @property
     def chosen_variant(self) -> str:
@@ -98,8 +116,10 @@ class AlphaChoice:
         others = "; ".join(f"{v}: {significant(loss, digits)}" for v, loss in self.val_losses.items()
                            if v != chosen)
         left_out = f" Left out for a failed seed: {', '.join(self.excluded)}." if self.excluded else ""
+        left_out += _shared_seeds_words(self.shared_seeds, self.unmatched, "alpha")
+        total = len(self.val_losses) + len(self.excluded) + len(self.unmatched)
         if len(self.val_losses) == 1:
-            return (f"{self.arm}: {chosen} is the only one of {1 + len(self.excluded)} values with every "
+            return (f"{self.arm}: {chosen} is the only one of {total} values with every "
                     f"seed finished; the sentences here are for {self.chosen}, and the tables list every "
                     f"alpha.{left_out}")
         spread = ""
@@ -109,10 +129,22 @@ class AlphaChoice:
             spread = (f" Across them, test loss runs from {significant(self.test_losses[low])} ({low}) to "
                       f"{significant(self.test_losses[high])} ({high}), "
                       f"{100 * (self.test_losses[high] / self.test_losses[low] - 1):.2g} % apart.")
-        return (f"{self.arm}: validation chose {chosen} of {len(self.val_losses) + len(self.excluded)} "
+        return (f"{self.arm}: validation chose {chosen} of {total} "
                 f"values (mean task-normalised validation loss {significant(self.val_losses[chosen], digits)}; "
                 f"{others}); the sentences here are for {self.chosen}, and the tables list every "
                 f"alpha.{spread}{left_out}")
+
+
+def _shared_seeds_words(seeds: list[int], unmatched: list[str], what: str) -> str:
+    """Says that a choice on validation compared only the seeds that every candidate finished."""
+    if not seeds:
+        return ""
+    which = _seeds_words(seeds)
+    words = (f" Its {what}s have not all finished the same seeds, so the means here and the choice "
+             f"are over {which}, which every {what} compared has finished.")
+    if unmatched:
+        words += f" Left out until they finish {which}: {', '.join(unmatched)}."
+    return words
 
 
 @dataclass
@@ -218,6 +250,11 @@ def run_command(study: str, manifest: dict[str, Any], seeds: list[int]) -> str:
     return " ".join(parts)
 
 
+def _seeds_words(seeds: list[int]) -> str:
+    """'seed 3', or 'seeds 0-2,5'."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {_seed_ranges(seeds)}"
+
+
 def _seed_ranges(seeds: list[int]) -> str:
     """0,1,2,3,7 -> '0-3,7', as `bench run --seeds` reads it."""
     runs: list[list[int]] = []
@@ -281,6 +318,21 @@ def representatives(rows: pd.DataFrame, grids: dict[str, GridSelection]) -> pd.D
                         for arm, g in grids.items() if g.weighted_all)])
 
 
+def _on_shared_seeds(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
+    """The finished runs of the seeds that every variant finished, and those seeds: what a choice
+    on validation may compare. Seeds differ in difficulty (each draws its own data), so means over
+    different seeds would favour a variant that has finished only the easy ones (a study still
+    training, or one given more seeds). With no seed in common: the seed that most variants
+    finished, and only the variants that finished it."""
+    seeds = ok.groupby("variant", sort=False).seed.agg(frozenset)
+    shared = frozenset.intersection(*seeds)
+    if not shared:
+        counts = ok.seed.value_counts()
+        shared = frozenset([counts[counts == counts.max()].index.min()])
+    covering = seeds[seeds.map(shared.issubset)].index
+    return ok[ok.variant.isin(covering) & ok.seed.isin(shared)], sorted(int(s) for s in shared)
+
+
 def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
     """For each GradNorm arm with several alphas, the one with the lowest mean validation loss
     among those with every seed finished."""
@@ -293,10 +345,14 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
         eligible = g[~g.variant.isin(failed)]
         if eligible.empty:
             continue
-        means = eligible.groupby("variant", sort=False)[["normalized_val_loss", "normalized_test_loss"]].mean()
+        shared, seeds = _on_shared_seeds(eligible)
+        means = shared.groupby("variant", sort=False)[["normalized_val_loss", "normalized_test_loss"]].mean()
+        differ = len(shared) < len(eligible)
         choices[arm] = AlphaChoice(arm, {str(k): float(v) for k, v in means.normalized_val_loss.items()},
                                    [str(v) for v in failed],
-                                   {str(k): float(v) for k, v in means.normalized_test_loss.items()})
+                                   {str(k): float(v) for k, v in means.normalized_test_loss.items()},
+                                   shared_seeds=seeds if differ else [],
+                                   unmatched=[str(v) for v in eligible.variant.unique() if v not in means.index])
     return choices
 
 
@@ -325,14 +381,23 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
         raise BenchError(f"the grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished "
                          f"({len(failed)} of {len(grid_runs)} runs failed{common}), so there is nothing "
                          f"to compare; each run's reason is in {where}")
-    ranked = eligible.sort_values("normalized_val_loss", kind="stable")
+    ok = grid_runs[grid_runs.variant.isin(eligible.point)]
+    shared, seeds = _on_shared_seeds(ok)
+    order = "normalized_val_loss"
+    if len(shared) < len(ok):  # points with different seeds finished: choose on the shared ones
+        order = "val_loss_on_shared_seeds"
+        points[order] = points.point.map(shared.groupby("variant").normalized_val_loss.mean())
+        eligible = points[(points.failed == 0) & points[order].notna()]
+    ranked = eligible.sort_values(order, kind="stable")
     best = ranked.iloc[0]
     points["selected"] = points.point == best.point
-    points = points.sort_values("normalized_val_loss", kind="stable").reset_index(drop=True)
+    points = points.sort_values(order, kind="stable").reset_index(drop=True)
     selection = GridSelection(arm=grid_runs.arm.iloc[0], points=points, selected=best.point,
                               weights=[float(best[f"weight_{t}"]) for t in tasks],
                               excluded=int((points.failed > 0).sum()),
-                              unweighted=[t for t in tasks if best[f"weight_{t}"] == 0])
+                              unweighted=[t for t in tasks if best[f"weight_{t}"] == 0],
+                              shared_seeds=seeds if len(shared) < len(ok) else [],
+                              unmatched=len(points) - len(eligible) - int((points.failed > 0).sum()))
     if selection.unweighted:
         weighted = ranked[ranked.all_weights_positive]
         selection.n_weighted_all = len(weighted)
@@ -535,6 +600,7 @@ def _headline(c: Comparison) -> list[str]:
     static weights, do as well as GradNorm itself? And, with an `rlw` arm: does GradNorm beat
     weights drawn at random?"""
     lines = [choice.sentence() for choice in c.alpha_choices.values()]
+    lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
     # With several alphas, the sentences speak for the one chosen on validation only.
     chosen = {choice.chosen for choice in c.alpha_choices.values()}

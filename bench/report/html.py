@@ -156,7 +156,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     grid_tables = []
     for arm, g in c.grids.items():
         shown = g.points.head(GRID_ROWS_SHOWN)
-        grid_tables.append({"arm": arm, "n": len(g.points), "excluded": g.excluded,
+        grid_tables.append({"arm": arm, "n": len(g.points), "excluded": g.excluded, "shared_seeds": g.shared_seeds,
                             "shown": len(shown), "truncated": len(g.points) > len(shown),
                             "html": _html(shown.drop(columns=["selected"]), shown.selected)})
     manifest = c.manifest
