@@ -760,9 +760,9 @@ def test_the_compared_arms_keep_their_colours_whatever_other_arms_are_called():
     dwa = pd.DataFrame([_run("dwa", f"seed={seed}", seed, 1.3, 1.3, 1.2, weights=(1.0, 1.0), balancer="dwa")
                         for seed in (0, 1, 2)])
     runs = pd.concat([dwa, c.runs.drop(columns=["variant", "kind", "label"])], ignore_index=True)
-    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "dwa": "dwa"}}
+    manifest = {**c.manifest, "kinds": {"dwa": "dwa", **c.manifest["kinds"]}}  # listed first
     with_dwa = build_comparison("hand", manifest, runs, [])
-    assert with_dwa.main.arm.iloc[0] == "dwa"  # the case: it sorts before the others
+    assert with_dwa.main.arm.iloc[0] == "dwa"  # the case: it comes before the others
     colours, before = arm_colours(with_dwa), arm_colours(c)
     for arm in ("equal", "gradnorm", "grid"):
         assert colours[arm] == before[arm]
@@ -1177,3 +1177,13 @@ def test_alphas_that_finished_different_seeds_are_chosen_on_the_seeds_they_share
     assert choice.chosen_variant == "alpha=0.12" and choice.shared_seeds == [0, 1, 2]
     assert choice.val_losses == pytest.approx({"alpha=0.12": 1.0, "alpha=1.5": 1.1})
     assert "the means here and the choice are over seeds 0-2" in choice.sentence()
+
+
+def test_the_tables_list_the_arms_in_the_study_files_order():
+    """The store lists runs alphabetically; the study file's author chose an order."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"]).sort_values("arm")  # as the store gives them
+    manifest = {**c.manifest, "kinds": {"gradnorm": "gradnorm", "equal": "equal", "grid": "grid"}}
+    again = build_comparison("hand", manifest, runs, [])
+    assert list(again.main.arm) == ["gradnorm", "equal", "grid"]
+    assert list(again.runs.arm.unique()) == ["gradnorm", "equal", "grid"]

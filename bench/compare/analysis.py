@@ -282,6 +282,9 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     if runs.empty:
         raise BenchError(f"study {study!r} has no finished runs yet; `bench status --study {study}` shows "
                          "how far it has come")
+    # Arms in the study file's order (the manifest keeps it), as its author listed them.
+    order = {arm: i for i, arm in enumerate([*kinds, *sorted(set(runs.arm) - set(kinds))])}
+    runs = runs.sort_values("arm", key=lambda arms: arms.map(order), kind="stable").reset_index(drop=True)
     runs["variant"] = runs.run_key.map(_variant)
     runs["kind"] = runs.arm.map(kinds)
     n_variants = runs.groupby("arm").variant.nunique()
