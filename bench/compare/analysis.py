@@ -360,20 +360,19 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
 
 
 def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
-    rows = []
-    for variant, g in grid_runs.groupby("variant", sort=False):
-        ok = g[g.status == "ok"]
-        row = {"point": variant, "seeds": len(g), "failed": int((g.status != "ok").sum())}
-        for t in tasks:
-            row[f"weight_{t}"] = g[f"weight_{t}"].iloc[0]
-        for col in ("normalized_val_loss", "normalized_test_loss", "normalized_train_loss",
-                    "normalized_overfitting_gap"):
-            row[col] = ok[col].mean() if len(ok) else math.nan
-        row["test_std"] = ok.normalized_test_loss.std(ddof=1) if len(ok) > 1 else math.nan
-        for t in tasks:
-            row[f"test_loss_{t}"] = ok[f"test_loss_{t}"].mean() if len(ok) else math.nan
-        rows.append(row)
-    points = pd.DataFrame(rows)
+    # One groupby per statistic, not a loop over points: 10,000 points took 13 s point by point.
+    by_point = grid_runs.groupby("variant", sort=False)
+    points = pd.DataFrame({"seeds": by_point.size(),
+                           "failed": (grid_runs.status != "ok").groupby(grid_runs.variant, sort=False).sum()})
+    points["failed"] = points.failed.astype(int)
+    for t in tasks:
+        points[f"weight_{t}"] = by_point[f"weight_{t}"].nth(0).set_axis(points.index)
+    ok = grid_runs[grid_runs.status == "ok"].groupby("variant", sort=False)
+    means = ["normalized_val_loss", "normalized_test_loss", "normalized_train_loss", "normalized_overfitting_gap"]
+    points = points.join(ok[means].mean())  # a point with no finished seed: NaN
+    points["test_std"] = ok.normalized_test_loss.std(ddof=1)
+    points = points.join(ok[[f"test_loss_{t}" for t in tasks]].mean())
+    points = points.rename_axis("point").reset_index()
     points["all_weights_positive"] = (points[[f"weight_{t}" for t in tasks]] > 0).all(axis=1)
     eligible = points[points.failed == 0]
     if eligible.empty:  # nothing can be selected, so nothing compared: say why, in one line
