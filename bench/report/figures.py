@@ -27,6 +27,28 @@ from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
+# Names come from study files and problems of one's own: mathtext would draw an arm named
+# "gn $x_1$" as math and fail on "$\foo$". The figures' own powers of ten are Unicode instead.
+plt.rcParams["text.parse_math"] = False
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def power_label(value: float) -> str:
+    """A number in scientific notation without mathtext: 10⁵, 2×10⁻⁴, -10⁶.
+
+    >>> power_label(1e5), power_label(2e-4), power_label(-1e6), power_label(0.0)
+    ('10⁵', '2×10⁻⁴', '-10⁶', '0')
+    """
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = float(f"{abs(value) / 10 ** exponent:.3g}")
+    if mantissa >= 10:  # 9.9996 rounded up
+        mantissa, exponent = mantissa / 10, exponent + 1
+    sign = "-" if value < 0 else ""
+    power = "10" + str(exponent).translate(_SUPERSCRIPT)
+    return f"{sign}{power}" if mantissa == 1 else f"{sign}{mantissa:g}×{power}"
 
 
 # From this many seeds on, the 95% interval of a mean (± t sd/√n) is about as wide as the seeds'
@@ -134,8 +156,10 @@ class _PlainLogFormatter(ticker.LogFormatterSciNotation):
     2 x 10^-1 and 3 x 10^2 (scientific notation only outside [0.001, 100000))."""
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        label = super().__call__(x, pos)
-        return f"{x:g}" if label and 1e-3 <= abs(x) < 1e5 else label
+        label = super().__call__(x, pos)  # "" where matplotlib leaves a tick unlabelled
+        if not label:
+            return label
+        return f"{x:g}" if 1e-3 <= abs(x) < 1e5 else power_label(x)
 
 
 def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tuple[plt.Figure, list]:
@@ -462,10 +486,10 @@ def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float, axis: str 
 
 
 def _symlog_label(value: float, _pos: int | None = None) -> str:
-    """1000 as 1000, 100000 as 10^5: long runs of zeros are hard to count."""
+    """1000 as 1000, 100000 as 10⁵: long runs of zeros are hard to count."""
     k = math.log10(abs(value)) if value else 0.0
     if abs(value) >= 1e4 and k == round(k):
-        return rf"$\mathdefault{{{'-' if value < 0 else ''}10^{{{round(k)}}}}}$"
+        return power_label(value)
     return f"{value:g}"
 
 
