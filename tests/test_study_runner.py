@@ -88,6 +88,10 @@ def test_every_arm_runs_and_is_stored(store):
     # Exhaustive grid points sum to T; the tidy table has one row per run.
     table = runs_table(store, "tiny")
     assert len(table) == progress.total
+    # The arms in the study file's order (the store's is alphabetical), each arm's runs in natural order.
+    assert list(table.arm.unique()) == list(spec.arms) == ["grid", "gradnorm", "gradnorm-static", "equal",
+                                                            "sampled", "uncertainty", "dwa", "rlw"]
+    assert table[table.arm == "sampled"].run_key.tolist()[:3] == ["point=0/seed=0", "point=0/seed=1", "point=1/seed=0"]
     grid = table[table.arm == "grid"]
     assert ((grid.weight_task0 + grid.weight_task1) - 2).abs().max() < 1e-9
     # GradNorm's own counts and L_i(0) come from each record, for the comparison to report.

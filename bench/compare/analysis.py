@@ -26,7 +26,7 @@ from bench.compare import stats
 from bench.compare.stats import significant, versus
 from bench.errors import BenchError
 from bench.formatting import count, join_words
-from bench.store.export import runs_table
+from bench.store.export import in_study_order, runs_table
 from bench.store import DEFAULT_STORAGE
 from bench.store.results import ResultStore, StudyProgress
 
@@ -282,9 +282,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     if runs.empty:
         raise BenchError(f"study {study!r} has no finished runs yet; `bench status --study {study}` shows "
                          "how far it has come")
-    # Arms in the study file's order (the manifest keeps it), as its author listed them.
-    order = {arm: i for i, arm in enumerate([*kinds, *sorted(set(runs.arm) - set(kinds))])}
-    runs = runs.sort_values("arm", key=lambda arms: arms.map(order), kind="stable").reset_index(drop=True)
+    runs = in_study_order(runs, kinds)  # as runs_table gives them, whatever order a caller passes
     runs["variant"] = runs.run_key.map(_variant)
     runs["kind"] = runs.arm.map(kinds)
     n_variants = runs.groupby("arm").variant.nunique()

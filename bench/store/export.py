@@ -35,7 +35,14 @@ def runs_table(store: ResultStore, study: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values(["arm", "run_key"], key=_natural_order, kind="stable").reset_index(drop=True)
+    return in_study_order(frame.sort_values("run_key", key=_natural_order, kind="stable"), kinds)
+
+
+def in_study_order(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """`frame`'s rows with the arms in the study file's order (the manifest's `kinds` keeps it,
+    as its author listed them), each arm's rows in their order; arms unknown to it last."""
+    order = {arm: i for i, arm in enumerate([*kinds, *sorted(set(frame.arm) - set(kinds))])}
+    return frame.sort_values("arm", key=lambda arms: arms.map(order), kind="stable").reset_index(drop=True)
 
 
 def _natural_order(column: pd.Series) -> pd.Series:
