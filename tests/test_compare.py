@@ -242,7 +242,7 @@ def test_numbers_that_differ_print_differently_beside_the_verdict():
     again = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(scaled)]), [])
     line = next(line for line in again.headline if "first-step loss" in line)
     assert line.startswith("gradnorm has a lower test loss than static weights scaled by each task's first-step loss")
-    assert "test loss 1.10000 vs 1.10004, lower on 1 of 1 seeds" in line
+    assert "test loss 1.10000 vs 1.10004, lower on 1 of 1 seed." in line
     row = again.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "loss-scale")]
     assert "(mean task-normalised test loss 1.10000 vs 1.10004, no test (too few seeds))" in row.sentence
 

@@ -647,7 +647,7 @@ def _headline(c: Comparison) -> list[str]:
     def losses(row: Any) -> str:
         # From the side that wins more seeds, as the paired sentences: "lower on 0 of 10" is a riddle.
         side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
-        return f"test loss {versus(row.mean_a, row.mean_b)}, {side} of {int(row.n)} seeds"
+        return f"test loss {versus(row.mean_a, row.mean_b)}, {side} of {count(int(row.n), 'seed')}"
 
     for row in pairs("gradnorm-static", "gradnorm"):
         verdict, evidence = _verdict(row, c.comparisons)

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from bench.formatting import count
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -173,6 +175,6 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
         outcome = f"has a higher test loss than {b}{b_detail} on {result.losses}/{result.n} seeds"
     else:
         outcome = (f"is level with {b}{b_detail}, lower on {result.wins} and higher on {result.losses} "
-                   f"of {result.n} seeds")
+                   f"of {count(result.n, 'seed')}")
     return (f"{a} {outcome} (mean task-normalised test loss "
             f"{versus(result.mean_a, result.mean_b)}, {_p(result)}{effect}).")
