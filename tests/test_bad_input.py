@@ -677,6 +677,9 @@ def test_a_study_file_reads_the_stored_version_it_describes(workdir, capsys):
     study(workdir, TINY.replace("lr = 0.01", "lr = 0.02"))  # stored as v2: the refusal says so
     code, line = run(["run", "--study", path], capsys)
     assert code == 2 and "stored as 'tiny-v2'" in line
+    study(workdir, TINY + "\n[arms.rlw]\n")  # an arm added to 'tiny': `bench run` adds it there
+    code, line = run(["status", "--study", path], capsys)
+    assert code == 2 and "arms.rlw: added" in line and f"`bench run --study {path}`," in line
 
 
 def test_a_non_finite_loss(workdir, capsys):

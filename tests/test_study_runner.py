@@ -431,6 +431,33 @@ def test_a_changed_configuration_is_refused_or_stored_as_a_new_version(store):
     assert set(store.study_names()) == {"tiny", "tiny-v2"}
 
 
+def test_an_arm_added_to_a_study_file_trains_its_runs_alone_in_the_same_study(store):
+    """Adding DWA to a finished grid search used to need --new-version, which trained the whole
+    grid again: the stored runs are still the study's, as more seeds only add runs."""
+    StudyRunner(spec_of(TINY), store).run()
+    before = results_by_key(store, "tiny")
+    extended = spec_of(TINY + "\n[arms.dwa]\nperiod = 2\n")
+    runner = StudyRunner(extended, store)
+    progress = runner.run()
+    assert runner.name == "tiny" and progress.left == 0
+    assert runner.trained_here == len(extended.runs()) - len(spec_of(TINY).runs()) == 2  # dwa's, per seed
+    after = results_by_key(store, "tiny")
+    assert {k: v for k, v in after.items() if k[0] != "dwa"} == before  # kept as they were
+    manifest = store.require_manifest("tiny")
+    assert list(manifest["kinds"]) == list(extended.arms) and manifest["config_hash"] == extended.config_hash()
+    assert manifest["study_text"] == extended.text
+    assert any("now has the arm dwa" in note for note in store.notes)
+    assert StudyRunner(extended, store).run().left == 0  # the extended file is the study now
+    # The file as it was no longer describes the study; nor does one that adds an arm and changes another.
+    for text in (TINY, TINY.replace("steps = 10", "steps = 12") + "\n[arms.rlw]\n"):
+        with pytest.raises(StudyConfigChanged, match="--new-version"):
+            StudyRunner(spec_of(text), store).run()
+    # --new-version still means a new version.
+    fresh = StudyRunner(spec_of(TINY + "\n[arms.rlw]\n"), store, new_version=True)
+    fresh.run()
+    assert fresh.name == "tiny-v2"
+
+
 def test_deleting_a_study_removes_its_runs_alone_and_its_later_versions_are_still_found(store):
     StudyRunner(spec_of(TINY), store).run()
     changed = spec_of(TINY.replace("steps = 10", "steps = 12"))

@@ -143,12 +143,15 @@ def stored_version_of(store: ResultStore, spec: StudySpec, path: str) -> str:
     versions = store.versions(spec.name)  # read again only to name them in the error
     if not versions:
         return spec.name  # nothing stored: the store's own error names what it holds
-    from bench.store.results import configuration_changes
+    from bench.store.results import added_arms, configuration_changes
 
     latest, manifest = versions[-1]
     changes = configuration_changes(manifest.get("identity"), spec.identity())
+    run = f"bench run --study {shlex.quote(path)}"
+    first = dict(versions).get(spec.name, {})
+    if not added_arms(first.get("identity"), spec.identity()):  # new arms alone extend the study itself
+        run += " --new-version"
     raise BenchError(
         f"{path}: its configuration has not been run: no stored version of study {spec.name!r} "
         f"({', '.join(v for v, _ in versions)}) has it{f' (since {latest}: {changes})' if changes else ''}; "
-        f"run it with `bench run --study {shlex.quote(path)} --new-version`, or name a stored version "
-        "with --study")
+        f"run it with `{run}`, or name a stored version with --study")

@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
 from bench.errors import BenchError, StorageError
+from bench.formatting import join_words
 from bench.store.storage import (DEFAULT_STORAGE, GRACE_ATTR, GRACE_PERIOD, HEARTBEAT_INTERVAL, WORKER,
                                  RequeueStaleRun, open_storage, stale_after)
 
@@ -185,6 +186,26 @@ def configuration_changes(stored: Any, now: Any, limit: int = 3) -> str:
     return "; ".join(changes[:limit]) + more
 
 
+def added_arms(stored: Any, now: Any) -> list[str]:
+    """The arms that configuration `now` adds to `stored`, when that is all it changes: the
+    stored runs are then `now`'s runs too. Empty otherwise.
+
+    >>> stored = {"budget": {"steps": 1500}, "arms": {"equal": {}}}
+    >>> added_arms(stored, {"budget": {"steps": 1500}, "arms": {"equal": {}, "dwa": {}}})
+    ['dwa']
+    >>> added_arms(stored, {"budget": {"steps": 300}, "arms": {"equal": {}, "dwa": {}}})
+    []
+    """
+    if not isinstance(stored, dict) or not isinstance(now, dict):
+        return []
+    old_arms, new_arms = stored.get("arms"), now.get("arms")
+    if not isinstance(old_arms, dict) or not isinstance(new_arms, dict):
+        return []
+    same_rest = {k: v for k, v in stored.items() if k != "arms"} == {k: v for k, v in now.items() if k != "arms"}
+    kept = all(arm in new_arms and new_arms[arm] == spec for arm, spec in old_arms.items())
+    return [arm for arm in new_arms if arm not in old_arms] if same_rest and kept else []
+
+
 class ResultStore:
     """One Optuna storage holding any number of studies."""
 
@@ -266,6 +287,10 @@ class ResultStore:
                     continue
                 if stored.get("config_hash") in (config_hash, *legacy_hashes):
                     return candidate
+                added = added_arms(stored.get("identity"), attrs.get("identity"))
+                if added and not new_version:
+                    self._add_arms(candidate, added, attrs, config_hash)
+                    return candidate
                 if not new_version:
                     same = self.stored_version(name, config_hash, legacy_hashes)
                     hint = (f"it is stored as {same!r}: pass --new-version to continue it" if same else
@@ -294,6 +319,19 @@ class ResultStore:
                 raise
             return candidate
         raise BenchError(f"too many versions of study {name!r}")
+
+    def _add_arms(self, name: str, added: list[str], attrs: dict[str, Any], config_hash: str) -> None:
+        """Extend stored study `name` with arms its file now adds, the rest of its configuration
+        unchanged: its runs stay valid, and only the new arms' runs are queued (as more seeds
+        only add runs). The manifest takes the file's configuration and text."""
+        study_id = self.storage.get_study_id_from_name(name)
+        for key, value in {**attrs, "config_hash": config_hash}.items():
+            if key != "environment":  # the one the study was created in; each run records its own
+                self.storage.set_study_user_attr(study_id, key, value)
+        arms, their = ("arms", "arms'") if len(added) > 1 else ("arm", "arm's")
+        self.notes.append(f"study {name!r} in {self.url} now has the {arms} {join_words(added)} that its "
+                          f"study file adds; its stored runs are kept, and only the new {their} runs "
+                          "are trained")
 
     def _wait_for_manifest(self, name: str) -> dict[str, Any] | None:
         """The manifest of study `name`, once written; None if the study is dropped meanwhile."""
