@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -250,3 +251,66 @@ def test_the_check_that_a_model_takes_its_inputs_leaves_it_as_it_was():
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     model(inputs)  # what the check must not do
     assert not torch.equal(model.body.norm.running_mean, before["body.norm.running_mean"])
+
+
+class SolvedTaskToy(ToyProblem):
+    """The toy problem, except that with data seed 13 task1's loss is exactly 0 throughout
+    (its targets are 0, and its loss is the squared product of target and prediction)."""
+
+    name = "solved-task-toy"
+
+    def _load(self, data_seed):
+        data = super()._load(data_seed)
+        if data_seed == 13:
+            for split in (data.train, data.val, data.test):
+                split.targets[1].zero_()
+        return data
+
+    def _tasks(self):
+        first, second = super()._tasks()
+        return [first, dataclasses.replace(second, loss=lambda pred, target: (pred * target).square().mean(dim=(1, 2)))]
+
+
+@pytest.mark.parametrize("balancer", ["gradnorm", "loss-scale"])
+def test_a_run_whose_weights_divide_by_a_zero_initial_loss_fails_alone_and_says_why(monkeypatch, balancer):
+    """GradNorm's rates L_i(t) / L_i(0) were 0 / 0 = NaN, whose sign is 0 in torch: its weights
+    silently stayed at 1, an equal-weights run under GradNorm's name; 1 / L_i(0) 'diverged'."""
+    monkeypatch.setitem(PROBLEMS, SolvedTaskToy.name, SolvedTaskToy)
+    budget = Budget(steps=12, batch_size=16, lr=1e-2, eval_every=4)
+    configs = [RunConfig(problem="solved-task-toy", balancer=balancer, seed=s, data_seed=d,
+                         problem_params=dict(TINY_TOY), budget=budget, dtype="float64",
+                         device="cpu").validated() for s, d in ((0, 0), (1, 13))]
+    records = train_runs(configs)
+    assert [r.status for r in records] == ["ok", "failed"]
+    failed = records[1]
+    assert failed.reason.startswith("undefined task weights: ") and "task1 (0)" in failed.reason
+    assert "L_i(0)" in failed.reason and failed.steps_done == 1
+    assert_records_close(records[0], train(configs[0]), rtol=1e-9)  # its neighbour as if alone
+
+
+def test_dwa_fails_a_run_whose_loss_rose_from_exactly_zero_and_keeps_a_zero_loss_at_ratio_one():
+    from bench.balancers.dwa import DWA, DWAParams
+    from bench.problems.base import TaskSpec
+
+    specs = [TaskSpec(f"t{i}", "regression", loss=None) for i in range(2)]
+    dwa = DWA([DWAParams(period=1)] * 2, specs, device=torch.device("cpu"), dtype=torch.float64, steps_per_epoch=1)
+    dwa.update(0, torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64), None)
+    dwa.update(1, torch.tensor([[1.0, 0.0], [1.0, 0.5]], dtype=torch.float64), None)
+    assert dwa.weights()[0].tolist() == [1.0, 1.0]  # 0 / 0: unchanged, ratio 1 like task t0's
+    assert list(dwa.undefined) == [1] and "t1 (0.5)" in dwa.undefined[1]
+    assert dwa.weights()[1].tolist() == [1.0, 1.0]  # kept finite until the engine retires it
+
+
+def test_gradnorm_fails_a_run_with_a_negative_loss_which_has_no_training_rate():
+    from bench.balancers.gradnorm import GradNorm, GradNormParams
+    from bench.problems.base import TaskSpec
+
+    specs = [TaskSpec(f"t{i}", "regression", loss=None) for i in range(2)]
+    gradnorm = GradNorm([GradNormParams(alpha=1.0)] * 2, specs, device=torch.device("cpu"),
+                        dtype=torch.float64, steps_per_epoch=1)
+    norms = torch.ones(2, 2, dtype=torch.float64)
+    gradnorm.update(0, torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64), norms)
+    assert not gradnorm.undefined
+    gradnorm.update(1, torch.tensor([[0.5, 1.0], [0.5, -0.4]], dtype=torch.float64), norms)
+    assert list(gradnorm.undefined) == [1] and "t1 (-0.2)" in gradnorm.undefined[1]
+    assert "t0" not in gradnorm.undefined[1]

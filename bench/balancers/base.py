@@ -77,6 +77,9 @@ class Balancer(ABC):
         self.device = device
         self.dtype = dtype
         self.steps_per_epoch = steps_per_epoch
+        # Runs whose weights the method cannot define (it divides by a loss of 0, say), with the
+        # reason: the engine fails them, rather than let them train on weights that mean nothing.
+        self.undefined: dict[int, str] = {}
 
     @property
     def n_runs(self) -> int:
@@ -105,6 +108,18 @@ class Balancer(ABC):
 
     def stop_runs(self, runs: Tensor) -> None:
         """Runs (a boolean mask of shape (R,)) that failed: keep their weights fixed and finite."""
+
+    def _undefined_where(self, bad: Tensor, values: Tensor, what: str) -> Tensor:
+        """Record the runs (rows of the (R, T) mask `bad`) whose weights are undefined, naming
+        their tasks and `values`; `what` says why ("GradNorm divides by it"). Returns the rows."""
+        rows = bad.any(dim=1)
+        for r in rows.nonzero().flatten().tolist():
+            if r in self.undefined:
+                continue
+            named = ", ".join(f"{self.tasks[i].name} ({float(values[r, i]):.3g})"
+                              for i in bad[r].nonzero().flatten().tolist())
+            self.undefined[r] = f"undefined task weights: {what}: {named}"
+        return rows
 
     def traces(self) -> dict[str, Tensor]:
         """Per-step quantities worth plotting, each of shape (steps, R, T)."""

@@ -44,8 +44,13 @@ class DWAParams:
 
 
 def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:
-    """Liu et al.'s weights from two consecutive period-mean losses, each (R, T)."""
-    ratio = previous / before_previous
+    """Liu et al.'s weights from two consecutive period-mean losses, each (R, T). A task whose
+    loss was 0 in both periods did not change: its ratio is 1, not 0 / 0.
+
+    >>> dwa_weights(torch.tensor([[0.5, 0.0]]), torch.tensor([[0.5, 0.0]]), 2.0)
+    tensor([[1., 1.]])
+    """
+    ratio = torch.where((previous == 0) & (before_previous == 0), 1.0, previous / before_previous)
     return previous.shape[1] * torch.softmax(ratio / temperature, dim=1)
 
 
@@ -78,8 +83,14 @@ class DWA(Balancer):
         self._sum = torch.zeros_like(self._sum)
         self._count = 0
         if len(self._period_means) == 2:
-            new = dwa_weights(self._period_means[1], self._period_means[0], self.temperature)
-            self._weights = torch.where(self._stopped.unsqueeze(1), self._weights, new)
+            before, previous = self._period_means
+            # A loss that rose from exactly 0 has no ratio: the run's weights are undefined.
+            risen = (before == 0) & (previous != 0) & ~self._stopped.unsqueeze(1)
+            keep = self._stopped | self._undefined_where(
+                risen, previous, "DWA's ratio L_k(t-1) / L_k(t-2) divides by a period's mean loss of 0, "
+                "and the next period's is")
+            new = dwa_weights(previous, before, self.temperature)
+            self._weights = torch.where(keep.unsqueeze(1), self._weights, new)
 
     def stop_runs(self, runs: Tensor) -> None:
         self._stopped |= runs

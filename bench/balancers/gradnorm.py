@@ -146,6 +146,7 @@ class GradNorm(Balancer):
             if step + 1 < p.initial_loss_steps:
                 return True
             self.initial_losses = self._warmup_sum / p.initial_loss_steps
+            self._check_initial_losses()
             return True
         initial = losses.clone()
         if p.initial_loss == "log_classes":
@@ -153,7 +154,17 @@ class GradNorm(Balancer):
                 if task.log_classes is not None:
                     initial[:, i] = task.log_classes
         self.initial_losses = initial
+        self._check_initial_losses()
         return False
+
+    def _check_initial_losses(self) -> None:
+        """r_i(t) = L_i(t) / L_i(0) needs L_i(0) > 0: at 0 every ratio is NaN, whose sign is 0 in
+        torch, so the weights would silently stay where they are (equal weights, under GradNorm's name)."""
+        initial = self.initial_losses
+        assert initial is not None
+        self._undefined_where(~(initial > 0) & ~self._stopped.unsqueeze(1), initial,
+                              "GradNorm's training rates divide by each task's initial loss L_i(0), "
+                              "which must be positive")
 
     def _target(self, weighted_norms: Tensor, losses: Tensor) -> Tensor:
         """G_bar(t) r_i(t)^alpha, a constant in L_grad."""
@@ -202,6 +213,16 @@ class GradNorm(Balancer):
             grad_norms = torch.where(stopped, torch.ones_like(grad_norms), grad_norms)
             before = self.theta.detach().clone()
         self.last_gradnorm_loss, grad = self.loss_and_gradient(losses, grad_norms)
+        # With L_i(0) > 0 (checked), a negative loss (a loss of one's own) has no training rate,
+        # and every loss at 0 leaves the rates 0 / 0: the targets are NaN, or mean nothing.
+        undefined = (~torch.isfinite(self.last_target) | (losses < 0)).any(dim=1, keepdim=True)
+        if any_stopped:
+            undefined &= ~stopped
+        if bool(undefined.any()):
+            negative = losses < 0
+            named = torch.where(negative.any(dim=1, keepdim=True), negative, True) & undefined
+            self._undefined_where(named, losses / self.initial_losses, "GradNorm's targets G_bar r_i^alpha "
+                                  f"need loss ratios L_i(t) / L_i(0) >= 0, not all 0 (at step {step})")
         self._norm_trace.append(self.last_weighted_norms)
         self._target_trace.append(self.last_target)
         self.theta.grad = grad

@@ -72,7 +72,11 @@ class LossScale(Balancer):
         if self._count < self.steps:
             return
         self.initial_losses = self._sum / self._count
-        self._weights = torch.where(stopped, self._weights, inverse_loss_weights(self.initial_losses))
+        undefined = self._undefined_where(~(self.initial_losses > 0) & ~stopped, self.initial_losses,
+                                          "weights proportional to 1 / L_i(0) need each task's "
+                                          "initial loss L_i(0) to be positive")
+        self._weights = torch.where(stopped | undefined.unsqueeze(1), self._weights,
+                                    inverse_loss_weights(self.initial_losses))
 
     def stop_runs(self, runs: Tensor) -> None:
         self._stopped |= runs

@@ -323,7 +323,16 @@ class BatchTrainer:
         self._retire_failed_runs()
         self.optimizer.step()
         self.balancer.update(step, losses, norms)
+        self._fail_undefined_runs(step)
         self.steps_done = step + 1
+
+    def _fail_undefined_runs(self, step: int) -> None:
+        """Fail the live runs whose balancer cannot define their next weights: this step was
+        taken with weights it could, so each took step + 1 steps."""
+        for r, reason in self.balancer.undefined.items():
+            if bool(self.alive[r]) and not bool(self._pending_failures[r]):
+                self.failures[r] = (step + 1, f"{reason} (after step {step})")
+                self._pending_failures[r] = True
 
     def _check_grad_norm_target(self) -> None:
         """The parameters whose gradient norms the balancer asks for must exist: a last shared
