@@ -314,3 +314,7 @@ def test_gradnorm_fails_a_run_with_a_negative_loss_which_has_no_training_rate():
     gradnorm.update(1, torch.tensor([[0.5, 1.0], [0.5, -0.4]], dtype=torch.float64), norms)
     assert list(gradnorm.undefined) == [1] and "t1 (-0.2)" in gradnorm.undefined[1]
     assert "t0" not in gradnorm.undefined[1]
+    # Non-finite gradient norms are divergence, which the engine names on the next step's losses.
+    gradnorm.update(2, torch.tensor([[0.5, 1.0]] * 2, dtype=torch.float64),
+                    torch.tensor([[1.0, math.nan]] * 2, dtype=torch.float64))
+    assert list(gradnorm.undefined) == [1]

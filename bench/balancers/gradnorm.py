@@ -216,6 +216,9 @@ class GradNorm(Balancer):
         # With L_i(0) > 0 (checked), a negative loss (a loss of one's own) has no training rate,
         # and every loss at 0 leaves the rates 0 / 0: the targets are NaN, or mean nothing.
         undefined = (~torch.isfinite(self.last_target) | (losses < 0)).any(dim=1, keepdim=True)
+        # Non-finite gradient norms are divergence, not undefined rates: the network's step took
+        # the same gradients, and the engine fails the run on its next losses.
+        undefined &= torch.isfinite(grad_norms).all(dim=1, keepdim=True)
         if any_stopped:
             undefined &= ~stopped
         if bool(undefined.any()):
