@@ -1067,7 +1067,8 @@ def test_a_table_write_that_fails_keeps_the_previous_table_whole(workdir, capsys
     path = study(workdir)
     assert main(["run", "--study", path]) == 0
     tables = workdir / "results" / "tiny"
-    before = {name: (tables / name).read_bytes() for name in ("runs.csv", "runs.parquet")}
+    before = {name: (tables / name).read_bytes()
+              for name in ("runs.csv", "runs.parquet", "metrics.csv", "metrics.parquet")}
 
     def disk_full(self, target, *args, **kwargs):
         Path(target).write_bytes(b"PAR1 cut short")
@@ -1078,7 +1079,7 @@ def test_a_table_write_that_fails_keeps_the_previous_table_whole(workdir, capsys
     code, line = run(["run", "--study", path], capsys)
     assert code == 2 and "tables could not be written" in line and "No space left on device" in line
     assert {name: (tables / name).read_bytes() for name in before} == before
-    assert sorted(p.name for p in tables.iterdir()) == ["runs.csv", "runs.parquet"]
+    assert sorted(p.name for p in tables.iterdir()) == sorted(before)
 
 
 def test_tables_and_reports_say_when_they_replace_another_storages(workdir, capsys):

@@ -18,7 +18,7 @@ from bench.cli import main
 from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
-from bench.store.export import norm_target_gap, runs_table
+from bench.store.export import metrics_table, norm_target_gap, runs_table
 from bench.store.results import StudyConfigChanged
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
@@ -104,6 +104,19 @@ def test_every_arm_runs_and_is_stored(store):
         assert row.norm_target_gap == norm_target_gap(records[("gradnorm", row.run_key)]["record"]) >= 0
     assert table[table.arm == "grid"].nonpositive_weight_steps.isna().all()
     assert table[table.arm == "grid"].norm_target_gap.isna().all()
+    # The long table: one row per run and measure, each the runs table's value, the parameters beside.
+    long = metrics_table(table, ["task0", "task1"])
+    assert not long.duplicated(["arm", "run_key", "metric", "split", "task"]).any()
+    wide = table.set_index(["arm", "run_key"])
+    for column, (metric, split, task) in {"normalized_test_loss": ("normalized_loss", "test", ""),
+                                          "val_loss_task1": ("loss", "val", "task1"),
+                                          "mean_weight_task0": ("mean_weight", "", "task0"),
+                                          "norm_target_gap": ("norm_target_gap", "", "")}.items():
+        rows = long[(long.metric == metric) & (long.split == split) & (long.task == task)]
+        assert rows.set_index(["arm", "run_key"]).value.to_dict() == wide[column].dropna().to_dict()
+    grid_rows = long[long.arm == "grid"]
+    assert (grid_rows.weight_task0 + grid_rows.weight_task1 - 2).abs().max() < 1e-9  # its parameters
+    assert set(long.metric) >= {"loss", "rms", "overfitting_gap", "wall_time_s", "initial_loss"}
 
 
 def sampled_grid(sampler: str, n_trials: int, parallel_points: int) -> str:

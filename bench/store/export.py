@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,52 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
     return row
 
 
+# A run's identity and parameters, repeated on each of its rows in the long table.
+_RUN_COLUMNS = ("study", "arm", "kind", "run_key", "trial", "status", "seed", "data_seed", "balancer", "alpha")
+# Not measures: text, and the selection value (the normalised validation loss, under Optuna's name).
+_NOT_MEASURES = ("reason", "device", "selection_value")
+SPLITS = ("train", "val", "test")
+
+
+def metrics_table(runs: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """The runs table in long form, as benchopt keeps results: one row per run and measure, with
+    the run's identity and parameters (a static run's weights) beside it, and the measure as
+    `metric`, `split` and `task` (empty where it has none) and `value`. A measure the run lacks
+    (a failed run's test loss, a static run's GradNorm counts) has no row.
+
+    >>> runs = pd.DataFrame({"arm": ["grid"], "run_key": ["w=2,0/seed=0"], "weight_a": [2.0],
+    ...                      "weight_b": [0.0], "normalized_test_loss": [1.5], "test_loss_a": [0.5],
+    ...                      "test_rms_b": [1.0], "mean_weight_a": [2.0], "wall_time_s": [0.1]})
+    >>> metrics_table(runs, ["a", "b"])[["weight_a", "metric", "split", "task", "value"]]
+       weight_a           metric split task  value
+    0       2.0  normalized_loss  test         1.5
+    1       2.0             loss  test    a    0.5
+    2       2.0              rms  test    b    1.0
+    3       2.0      mean_weight          a    2.0
+    4       2.0      wall_time_s               0.1
+    """
+    keep = [c for c in (*_RUN_COLUMNS, *(f"weight_{t}" for t in tasks)) if c in runs]
+    measures = {c: _measure(c, tasks) for c in runs.columns if c not in keep and c not in _NOT_MEASURES}
+    long = runs.reset_index(drop=True).melt(id_vars=keep, value_vars=list(measures), var_name="column",
+                                            value_name="value", ignore_index=False)
+    long = long.sort_index(kind="stable").reset_index(drop=True)  # each run's measures together
+    parts = pd.DataFrame([measures[c] for c in long.column], columns=["metric", "split", "task"])
+    long = pd.concat([long.drop(columns=["column", "value"]), parts, long.value.astype(float)], axis=1)
+    return long[long.value.notna()].reset_index(drop=True)
+
+
+def _measure(column: str, tasks: Sequence[str]) -> tuple[str, str, str]:
+    """(metric, split, task) of a runs-table column: `val_loss_task0` is ("loss", "val",
+    "task0"), `normalized_test_loss` ("normalized_loss", "test", ""), `wall_time_s` itself."""
+    for task in sorted(tasks, key=len, reverse=True):  # "loss_b" before "b"
+        if column.endswith(f"_{task}"):
+            stem = column[:-len(task) - 1]
+            split, _, metric = stem.partition("_")
+            return (metric, split, task) if split in SPLITS and metric else (stem, "", task)
+    match = re.fullmatch(r"normalized_(train|val|test)_loss", column)
+    return ("normalized_loss", match[1], "") if match else (column, "", "")
+
+
 def norm_target_gap(record: dict[str, Any]) -> float | None:
     """How far a GradNorm run's gradient norms at W stayed from GradNorm's own targets over the
     tail window (the last `tail_fraction` of its steps): with G_i / G_bar and its target
@@ -141,14 +187,20 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
                    CREATED_ATTR: store.require_manifest(study).get("created")}
     folder = (folder or RESULTS_DIR) / study
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
+    paths = [csv, parquet, folder / "metrics.csv", folder / "metrics.parquet"]
     written, rows = _stamp(parquet)
     if written == table.attrs and rows > len(table):
-        return [csv, parquet], None
+        return paths, None
     folder.mkdir(parents=True, exist_ok=True)
+    long = metrics_table(table, store.require_manifest(study).get("task_names", [])) if len(table) else table
+    long.attrs = table.attrs
+    # The long table first: runs.parquet's stamp says the tables are whole and current.
+    replace_whole(paths[2], lambda path: long.to_csv(path, index=False))
+    replace_whole(paths[3], lambda path: long.to_parquet(path, index=False))
     replace_whole(csv, lambda path: table.to_csv(path, index=False))
     replace_whole(parquet, lambda path: table.to_parquet(path, index=False))
     other = written.get(STORAGE_ATTR)
-    return [csv, parquet], (other if other not in (None, table.attrs[STORAGE_ATTR]) else None)
+    return paths, (other if other not in (None, table.attrs[STORAGE_ATTR]) else None)
 
 
 def _stamp(parquet: Path) -> tuple[dict[str, Any], int]:
