@@ -336,7 +336,7 @@ def _on_shared_seeds(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
 
 def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
     """For each GradNorm arm with several alphas, the one with the lowest mean validation loss
-    among those with every seed finished."""
+    among those without a failed seed, over the seeds they have all finished."""
     choices = {}
     gradnorm = runs[runs.kind == "gradnorm"]
     for arm, g in gradnorm.groupby("arm", sort=False):
@@ -365,11 +365,11 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
     points["failed"] = points.failed.astype(int)
     for t in tasks:
         points[f"weight_{t}"] = by_point[f"weight_{t}"].nth(0).set_axis(points.index)
-    ok = grid_runs[grid_runs.status == "ok"].groupby("variant", sort=False)
+    finished = grid_runs[grid_runs.status == "ok"].groupby("variant", sort=False)
     means = ["normalized_val_loss", "normalized_test_loss", "normalized_train_loss", "normalized_overfitting_gap"]
-    points = points.join(ok[means].mean())  # a point with no finished seed: NaN
-    points["test_std"] = ok.normalized_test_loss.std(ddof=1)
-    points = points.join(ok[[f"test_loss_{t}" for t in tasks]].mean())
+    points = points.join(finished[means].mean())  # a point with no finished seed: NaN
+    points["test_std"] = finished.normalized_test_loss.std(ddof=1)
+    points = points.join(finished[[f"test_loss_{t}" for t in tasks]].mean())
     points = points.rename_axis("point").reset_index()
     points["all_weights_positive"] = (points[[f"weight_{t}" for t in tasks]] > 0).all(axis=1)
     eligible = points[points.failed == 0]
@@ -381,10 +381,10 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
         raise BenchError(f"the grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished "
                          f"({len(failed)} of {len(grid_runs)} runs failed{common}), so there is nothing "
                          f"to compare; each run's reason is in {where}")
-    ok = grid_runs[grid_runs.variant.isin(eligible.point)]
-    shared, seeds = _on_shared_seeds(ok)
+    candidates = grid_runs[grid_runs.variant.isin(eligible.point)]  # every run finished ok
+    shared, seeds = _on_shared_seeds(candidates)
     order = "normalized_val_loss"
-    if len(shared) < len(ok):  # points with different seeds finished: choose on the shared ones
+    if len(shared) < len(candidates):  # points with different seeds finished: choose on the shared ones
         order = "val_loss_on_shared_seeds"
         points[order] = points.point.map(shared.groupby("variant").normalized_val_loss.mean())
         eligible = points[(points.failed == 0) & points[order].notna()]
@@ -396,7 +396,7 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
                               weights=[float(best[f"weight_{t}"]) for t in tasks],
                               excluded=int((points.failed > 0).sum()),
                               unweighted=[t for t in tasks if best[f"weight_{t}"] == 0],
-                              shared_seeds=seeds if len(shared) < len(ok) else [],
+                              shared_seeds=seeds if len(shared) < len(candidates) else [],
                               unmatched=len(points) - len(eligible) - int((points.failed > 0).sum()))
     if selection.unweighted:
         weighted = ranked[ranked.all_weights_positive]

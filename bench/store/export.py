@@ -183,8 +183,8 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
     Tables of the same study with more runs are kept as they are: they come from a worker that
     read the storage after this one, and a study only gains runs."""
     table = runs_table(store, study) if table is None else table
-    table.attrs = {STORAGE_ATTR: storage_identity(store.url),
-                   CREATED_ATTR: store.require_manifest(study).get("created")}
+    manifest = store.require_manifest(study)
+    table.attrs = {STORAGE_ATTR: storage_identity(store.url), CREATED_ATTR: manifest.get("created")}
     folder = (folder or RESULTS_DIR) / study
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
     paths = [csv, parquet, folder / "metrics.csv", folder / "metrics.parquet"]
@@ -192,7 +192,7 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
     if written == table.attrs and rows > len(table):
         return paths, None
     folder.mkdir(parents=True, exist_ok=True)
-    long = metrics_table(table, store.require_manifest(study).get("task_names", [])) if len(table) else table
+    long = metrics_table(table, manifest.get("task_names", [])) if len(table) else table
     long.attrs = table.attrs
     # The long table first: runs.parquet's stamp says the tables are whole and current.
     replace_whole(paths[2], lambda path: long.to_csv(path, index=False))
