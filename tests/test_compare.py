@@ -1205,3 +1205,14 @@ def test_names_with_dollar_signs_are_drawn_as_written_not_as_math(tmp_path):
     assert {"eq$\\foo$", "gn $x_1$"} <= {t.get_text() for t in ax.get_yticklabels()}
     assert not any(t._preprocess_math(t.get_text())[1] for t in ax.get_yticklabels())  # drawn as text
     plt.close("all")
+
+
+def test_the_pareto_legend_lists_the_arms_as_the_tables_do():
+    """pivot() sorted the arms alphabetically: the legend disagreed with every table."""
+    c = hand_made()
+    manifest = {**c.manifest, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"}}
+    again = build_comparison("hand", manifest, c.runs.drop(columns=["variant", "kind", "label"]), [])
+    labels = [t.get_text() for t in figures.pareto_front(again).legends[0].get_texts()]
+    arms = [label for label in labels if label in set(again.main.arm)]
+    assert arms == [a for a in again.main.arm if a != "grid"] == ["gradnorm", "equal"]
+    plt.close("all")

@@ -560,6 +560,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     front = _pareto_mask(losses)
     pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
+    per_task = per_task.reindex(list(dict.fromkeys(c.per_task.arm)))  # the tables' order, not pivot's sorted one
     # An arm whose every run failed has no losses to draw, and so no legend entry either.
     others = [lb for lb in per_task.index if lb != arm and per_task.loc[lb].notna().any()]
     colours = arm_colours(c)
