@@ -1157,13 +1157,30 @@ def test_a_grid_whose_points_finished_different_seeds_is_chosen_on_the_seeds_the
     assert points.loc["w=2,0", "normalized_val_loss"] == pytest.approx(1.37)
     assert any(line.startswith("grid: its points have not all finished the same seeds, so its point was "
                                "chosen on the mean validation loss over seeds 0-2") for line in again.headline)
-    # No seed in common: the seed most points finished, and only the points that have it.
+    # No seed set that three quarters of the points share: the one most points have; a point
+    # without it could not be chosen yet.
     lone = runs[~(runs.run_key.str.startswith("w=0,2/") & (runs.seed < 4))]  # w=0,2: seed 4 only
     lone = lone[~(lone.run_key.str.startswith("w=2,0/") & (lone.seed == 4))]
     grid = build_comparison("hand", c.manifest, lone, []).grids["grid"]
-    assert (grid.selected, grid.shared_seeds, grid.unmatched) == ("w=2,0", [0], 1)
+    assert (grid.selected, grid.shared_seeds, grid.unmatched) == ("w=2,0", [0, 1, 2], 1)
+    assert "1 point without seeds 0-2 could not be chosen yet" in grid.sentence()
     # A finished grid is chosen as before, with no extra column or sentence.
     assert "val_loss_on_shared_seeds" not in c.grids["grid"].points and c.grids["grid"].sentence() is None
+
+
+def test_one_point_still_training_does_not_bring_a_grid_down_to_fewer_seeds():
+    """An interrupted study: 8 points with seeds 0-2 and one with seed 0 only. The choice is on
+    seeds 0-2 among the 8, not on seed 0 alone among the 9; points given more seeds (3 and 4)
+    do not leave the others out either."""
+    rows = [_run("grid", f"w={p}/seed={seed}", seed, 1.0 + 0.01 * p + 0.5 * seed, 2.0, 1.9, weights=(1.0, 1.0))
+            for p in range(9) for seed in (range(3) if p else (0,))]
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid"}, "gradnorm_static_sources": {}}
+    grid = build_comparison("hand", manifest, pd.DataFrame(rows), []).grids["grid"]
+    assert (grid.shared_seeds, grid.unmatched, grid.selected) == ([0, 1, 2], 1, "w=1")
+    more = rows + [_run("grid", f"w={p}/seed={seed}", seed, 0.0, 2.0, 1.9, weights=(1.0, 1.0))
+                   for p in (7, 8) for seed in (3, 4)]  # easy extra seeds for two points
+    grid = build_comparison("hand", manifest, pd.DataFrame(more), []).grids["grid"]
+    assert (grid.shared_seeds, grid.unmatched, grid.selected) == ([0, 1, 2], 1, "w=1")
 
 
 def test_alphas_that_finished_different_seeds_are_chosen_on_the_seeds_they_share():

@@ -319,19 +319,28 @@ def representatives(rows: pd.DataFrame, grids: dict[str, GridSelection]) -> pd.D
                         for arm, g in grids.items() if g.weighted_all)])
 
 
+# A choice on validation compares the variants on the largest seed set that at least this share
+# of them has finished: a point or two still training do not bring the others down to fewer
+# seeds, and points given more seeds do not leave out those without them.
+SHARED_SEEDS_COVERAGE = 0.75
+
+
 def _on_shared_seeds(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
-    """The finished runs of the seeds that every variant finished, and those seeds: what a choice
-    on validation may compare. Seeds differ in difficulty (each draws its own data), so means over
-    different seeds would favour a variant that has finished only the easy ones (a study still
-    training, or one given more seeds). With no seed in common: the seed that most variants
-    finished, and only the variants that finished it."""
+    """The finished runs of the seeds that the variants compared have all finished, and those
+    seeds: what a choice on validation may compare. Seeds differ in difficulty (each draws its own
+    data), so means over different seeds would favour a variant that has finished only the easy
+    ones (a study still training, or one given more seeds). Of the seed sets the variants have
+    finished, the largest that SHARED_SEEDS_COVERAGE of them have; failing that, the one the
+    most of them have. Variants without it are left out."""
     seeds = ok.groupby("variant", sort=False).seed.agg(frozenset)
-    shared = frozenset.intersection(*seeds)
-    if not shared:
-        counts = ok.seed.value_counts()
-        shared = frozenset([counts[counts == counts.max()].index.min()])
-    covering = seeds[seeds.map(shared.issubset)].index
-    return ok[ok.variant.isin(covering) & ok.seed.isin(shared)], sorted(int(s) for s in shared)
+    candidates = set(seeds) | ({frozenset.intersection(*seeds)} - {frozenset()})
+    covering = {c: int(seeds.map(c.issubset).sum()) for c in candidates}
+    enough = [c for c in candidates if covering[c] >= SHARED_SEEDS_COVERAGE * len(seeds)]
+    # Ties: the set that more variants have, then the lower seeds.
+    shared = max(enough or candidates, key=lambda c: ((len(c), covering[c]) if enough else (covering[c], len(c)),
+                                                      [-s for s in sorted(c)]))
+    chosen = seeds[seeds.map(shared.issubset)].index
+    return ok[ok.variant.isin(chosen) & ok.seed.isin(shared)], sorted(int(s) for s in shared)
 
 
 def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
