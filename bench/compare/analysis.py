@@ -59,8 +59,8 @@ class GridSelection:
     weighted_all: str | None = None
     weighted_all_weights: list[float] = field(default_factory=list)
     n_weighted_all: int = 0
-    # Where the points have finished different seeds: the seeds the choice compared (every
-    # eligible point's, or the one most have), and how many points lacked them.
+    # Where the points have finished different seeds: the seeds the choice compared (see
+    # _on_shared_seeds), and how many points lacked them.
     shared_seeds: list[int] = field(default_factory=list)
     unmatched: int = 0
 
@@ -94,8 +94,8 @@ class AlphaChoice:
     excluded: list[str] = field(default_factory=list)  # variants with a failed seed, left out
     # The same variants' mean test loss: reported, how much alpha matters, never used to choose.
     test_losses: dict[str, float] = field(default_factory=dict)
-    # Where the variants have finished different seeds: the seeds the means are over (every
-    # variant's, or the one most have), and the variants without them, left out.
+    # Where the variants have finished different seeds: the seeds the means are over (see
+    # _on_shared_seeds), and the variants without them, left out.
     shared_seeds: list[int] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
 
