@@ -1233,3 +1233,18 @@ def test_the_pareto_legend_lists_the_arms_as_the_tables_do():
     arms = [label for label in labels if label in set(again.main.arm)]
     assert arms == [a for a in again.main.arm if a != "grid"] == ["gradnorm", "equal"]
     plt.close("all")
+
+
+def test_gradnorm_is_placed_among_the_grid_points_on_the_seeds_the_point_was_chosen_on():
+    """A point with only the easy seed 0 finished (test loss 1.05) is not 'better than GradNorm'
+    (mean 2.1 over seeds 0-2, whose seeds 1 and 2 are harder)."""
+    rows = [_run("grid", f"w={p}/seed={seed}", seed, 1.0 + seed, 2.0 + 0.1 * (p - 1) + (seed - 1), 1.0,
+                 weights=(1.0, 1.0)) for p in (1, 2, 3) for seed in range(3)]
+    rows.append(_run("grid", "w=0/seed=0", 0, 2.0, 1.05, 1.0, weights=(1.0, 1.0)))
+    rows += [_run("gradnorm", f"alpha=1/seed={seed}", seed, 1.0, 2.1 + (seed - 1), 1.0, mean_weights=(1.0, 1.0),
+                  balancer="gradnorm") for seed in range(3)]
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    c = build_comparison("hand", manifest, pd.DataFrame(rows), [])
+    assert c.grids["grid"].shared_seeds == [0, 1, 2]
+    standing = c.standings.set_index("arm").loc["gradnorm"]
+    assert (standing.n_better, standing.n_points) == (1, 3)

@@ -72,7 +72,8 @@ class GridSelection:
         left = f"; {count(self.unmatched, 'point')} without {which} could not be chosen yet" if self.unmatched else ""
         return (f"{self.arm}: its points have not all finished the same seeds, so its point was chosen on "
                 f"the mean validation loss over {which}, which every point compared has finished{left}. "
-                "Every other mean of a point is over all the seeds it has finished.")
+                "GradNorm is placed among the points on those seeds too; the grid-points table's "
+                "other means are over every seed each point has finished.")
 
     @property
     def weighted_all_label(self) -> str:
@@ -300,7 +301,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     chosen = chosen.sort_values("arm", key=lambda arms: arms.map(arm_order), kind="stable")
     main = _main_table(runs, chosen, grids, tasks, manifest)
     per_task = _per_task_table(chosen, tasks)
-    standings = _standings(chosen, grids, main)
+    standings = _standings(runs, chosen, grids, main)
     comparisons = _paired(chosen, grids, manifest, main)
     comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
                             standings, comparisons, alpha_choices=_choose_alphas(runs))
@@ -507,7 +508,7 @@ def _per_task_table(chosen: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _standings(chosen, grids, main) -> pd.DataFrame:
+def _standings(runs, chosen, grids, main) -> pd.DataFrame:
     rows = []
     weights = dict(zip(main.arm, main.weights))
     tests = dict(zip(main.arm, main.normalized_test_loss))
@@ -515,8 +516,15 @@ def _standings(chosen, grids, main) -> pd.DataFrame:
         if math.isnan(tests[label]):  # every run of it failed: nothing to place
             continue
         for arm, grid in grids.items():
-            eligible = grid.points[grid.points.failed == 0]
-            s = stats.standing(tests[label], eligible.normalized_test_loss.tolist())
+            value, grid_values = tests[label], grid.points[grid.points.failed == 0].normalized_test_loss
+            own = chosen[(chosen.label == label) & (chosen.status == "ok")]
+            if grid.shared_seeds and set(grid.shared_seeds) <= set(own.seed):
+                # Points with different seeds finished: placed on the seeds the point was chosen on.
+                value = own[own.seed.isin(grid.shared_seeds)].normalized_test_loss.mean()
+                compared = grid.points.point[grid.points.val_loss_on_shared_seeds.notna()]
+                on = runs[(runs.arm == arm) & runs.variant.isin(compared) & runs.seed.isin(grid.shared_seeds)]
+                grid_values = on.groupby("variant").normalized_test_loss.mean()
+            s = stats.standing(value, grid_values.tolist())
             rows.append({"arm": label, "grid": arm, **s.as_dict(),
                          "distance_to_selected": stats.l2_distance(weights[label], grid.weights),
                          "selected_point": grid.selected})
