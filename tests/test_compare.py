@@ -1248,3 +1248,8 @@ def test_gradnorm_is_placed_among_the_grid_points_on_the_seeds_the_point_was_cho
     assert c.grids["grid"].shared_seeds == [0, 1, 2]
     standing = c.standings.set_index("arm").loc["gradnorm"]
     assert (standing.n_better, standing.n_points) == (1, 3)
+    # So among the points that weight every task, when the chosen point gives a task up.
+    rows += [_run("grid", f"w=9/seed={seed}", seed, 0.5 + seed, 1.5 + seed, 1.0, weights=(2.0, 0.0)) for seed in range(3)]
+    c = build_comparison("hand", manifest, pd.DataFrame(rows), [])
+    assert c.grids["grid"].unweighted == ["b"]
+    assert "; 1 of the 3 has a lower test loss." in next(line for line in c.headline if "gives b a weight of 0" in line)

@@ -301,7 +301,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     chosen = chosen.sort_values("arm", key=lambda arms: arms.map(arm_order), kind="stable")
     main = _main_table(runs, chosen, grids, tasks, manifest)
     per_task = _per_task_table(chosen, tasks)
-    standings = _standings(runs, chosen, grids, main)
+    standings = _standings(runs, grids, main)
     comparisons = _paired(chosen, grids, manifest, main)
     comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
                             standings, comparisons, alpha_choices=_choose_alphas(runs))
@@ -508,7 +508,7 @@ def _per_task_table(chosen: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _standings(runs, chosen, grids, main) -> pd.DataFrame:
+def _standings(runs, grids, main) -> pd.DataFrame:
     rows = []
     weights = dict(zip(main.arm, main.weights))
     tests = dict(zip(main.arm, main.normalized_test_loss))
@@ -516,20 +516,27 @@ def _standings(runs, chosen, grids, main) -> pd.DataFrame:
         if math.isnan(tests[label]):  # every run of it failed: nothing to place
             continue
         for arm, grid in grids.items():
-            value, grid_values = tests[label], grid.points[grid.points.failed == 0].normalized_test_loss
-            own = chosen[(chosen.label == label) & (chosen.status == "ok")]
-            if grid.shared_seeds and set(grid.shared_seeds) <= set(own.seed):
-                # Points with different seeds finished: placed on the seeds the point was chosen on.
-                value = own[own.seed.isin(grid.shared_seeds)].normalized_test_loss.mean()
-                compared = grid.points.point[grid.points.val_loss_on_shared_seeds.notna()]
-                on = runs[(runs.arm == arm) & runs.variant.isin(compared) & runs.seed.isin(grid.shared_seeds)]
-                grid_values = on.groupby("variant").normalized_test_loss.mean()
+            value, grid_values = _placing(runs, label, tests[label], grid)
             s = stats.standing(value, grid_values.tolist())
             rows.append({"arm": label, "grid": arm, **s.as_dict(),
                          "distance_to_selected": stats.l2_distance(weights[label], grid.weights),
                          "selected_point": grid.selected})
     return pd.DataFrame(rows, columns=["arm", "grid", "rank", "n_points", "n_better", "percentile",
                                        "distance_to_selected", "selected_point"])
+
+
+def _placing(runs: pd.DataFrame, label: str, mean_test: float, grid: GridSelection) -> tuple[float, pd.Series]:
+    """Label's mean test loss and the grid's eligible points' (indexed by point), over the same
+    seeds: where the points have finished different seeds, those the point was chosen on (a point
+    with only the easy seeds would otherwise count as better); else each over all its seeds."""
+    points = grid.points[grid.points.failed == 0].set_index("point")
+    own = runs[(runs.label == label) & (runs.status == "ok")]
+    if not grid.shared_seeds or not set(grid.shared_seeds) <= set(own.seed):
+        return mean_test, points.normalized_test_loss
+    compared = points.index[points.val_loss_on_shared_seeds.notna()]
+    on = runs[(runs.arm == grid.arm) & runs.variant.isin(compared) & runs.seed.isin(grid.shared_seeds)]
+    return (own[own.seed.isin(grid.shared_seeds)].normalized_test_loss.mean(),
+            on.groupby("variant").normalized_test_loss.mean())
 
 
 def _per_seed(g: pd.DataFrame) -> dict[int, float]:
@@ -773,8 +780,9 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
         return line + f"{a} cannot be compared with {where}: no seed has finished on both."
     row = rows.iloc[0]
     verdict, evidence = _verdict(row, c.comparisons)
-    weighted = grid.points[(grid.points.failed == 0) & grid.points.all_weights_positive]
-    better = int((weighted.normalized_test_loss < c.main.set_index("arm").loc[a, "normalized_test_loss"]).sum())
+    value, grid_values = _placing(c.runs, a, c.main.set_index("arm").loc[a, "normalized_test_loss"], grid)
+    weighted = grid_values[grid.points.set_index("point").all_weights_positive.reindex(grid_values.index)]
+    better = int((weighted < value).sum())
     count = f"; {better} of the {len(weighted)} {_have(better)} a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
                    f"test loss {versus(row.mean_a, row.mean_b)}{count}.")
