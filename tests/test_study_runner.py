@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
 import bench.study.manager as manager
@@ -874,3 +875,12 @@ def test_a_training_process_that_dies_stops_the_worker_with_one_line(tmp_path, m
     store = ResultStore(str(tmp_path / "results" / "bench.journal"))
     assert store.progress("tiny", {arm: list(runs) for arm, runs in StudyRunner(spec_of(TINY), store).runs.items()}
                           ).running == 0  # every run in hand given back
+
+
+def test_the_long_table_tells_apart_tasks_named_like_the_end_of_anothers_columns():
+    """Tasks `a` and `loss_a`: train_loss_a is task a's training loss, not a measure "train" of loss_a."""
+    runs = pd.DataFrame({"arm": ["equal"], "run_key": ["seed=0"], "train_loss_a": [1.0], "train_loss_loss_a": [2.0],
+                         "mean_weight_loss_a": [1.0]})
+    long = metrics_table(runs, ["a", "loss_a"]).set_index(["metric", "split", "task"]).value
+    assert long.to_dict() == {("loss", "train", "a"): 1.0, ("loss", "train", "loss_a"): 2.0,
+                              ("mean_weight", "", "loss_a"): 1.0}

@@ -137,12 +137,17 @@ def metrics_table(runs: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
 
 def _measure(column: str, tasks: Sequence[str]) -> tuple[str, str, str]:
     """(metric, split, task) of a runs-table column: `val_loss_task0` is ("loss", "val",
-    "task0"), `normalized_test_loss` ("normalized_loss", "test", ""), `wall_time_s` itself."""
-    for task in sorted(tasks, key=len, reverse=True):  # "loss_b" before "b"
-        if column.endswith(f"_{task}"):
+    "task0"), `normalized_test_loss` ("normalized_loss", "test", ""), `wall_time_s` itself.
+    Tasks named like the end of another's columns are told apart:
+
+    >>> _measure("train_loss_a", ["a", "loss_a"]), _measure("mean_weight_loss_a", ["a", "loss_a"])
+    (('loss', 'train', 'a'), ('mean_weight', '', 'loss_a'))
+    """
+    for task in sorted(tasks, key=len, reverse=True):  # "loss_a" before "a"
+        if column.endswith(f"_{task}") and column[:-len(task) - 1] not in SPLITS:  # "train" alone is no measure
             stem = column[:-len(task) - 1]
             split, _, metric = stem.partition("_")
-            return (metric, split, task) if split in SPLITS and metric else (stem, "", task)
+            return (metric, split, task) if split in SPLITS else (stem, "", task)
     match = re.fullmatch(r"normalized_(train|val|test)_loss", column)
     return ("normalized_loss", match[1], "") if match else (column, "", "")
 
