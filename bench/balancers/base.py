@@ -78,7 +78,8 @@ class Balancer(ABC):
         self.dtype = dtype
         self.steps_per_epoch = steps_per_epoch
         # Runs whose weights the method cannot define (it divides by a loss of 0, say), with the
-        # reason: the engine fails them, rather than let them train on weights that mean nothing.
+        # reason: the engine takes them out after each step and fails them, rather than let them
+        # train on weights that mean nothing.
         self.undefined: dict[int, str] = {}
 
     @property

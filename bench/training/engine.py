@@ -328,8 +328,11 @@ class BatchTrainer:
 
     def _fail_undefined_runs(self, step: int) -> None:
         """Fail the live runs whose balancer cannot define their next weights: this step was
-        taken with weights it could, so each took step + 1 steps."""
-        for r, reason in self.balancer.undefined.items():
+        taken with weights it could, so each took step + 1 steps. Each is handed over once (the
+        balancer leaves it out once stopped): on the hot path, an empty dict is all there is."""
+        undefined = self.balancer.undefined
+        while undefined:
+            r, reason = undefined.popitem()
             if bool(self.alive[r]) and not bool(self._pending_failures[r]):
                 self.failures[r] = (step + 1, f"{reason} (after step {step})")
                 self._pending_failures[r] = True
