@@ -166,6 +166,7 @@ def test_train_prints_a_readable_summary(capsys):
     (["--balancer", "static", "--weights", "1,-1"], ["weights", "non-negative"]),
     (["--balancer", "static", "--weights", "0,0"], ["weights", "all equal zero"]),
     (["--balancer", "static", "--weights", "1,2,3"], ["weights", "2 weights"]),
+    (["--balancer", "static"], ["--weights", "--balancer equal"]),  # it trained equal weights as "static"
     (["--balancer", "gradnorm", "--alpha", "-1"], ["alpha", ">= 0"]),
     (["--problem", "nope"], ["problem", "toy"]),
     (["-p", "colour=red"], ["colour", "options"]),

@@ -9,6 +9,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json
+from bench.errors import ConfigError
 from bench.training import Budget  # torch-free; the engine loads when a run starts
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ def train_command(
         balancer_params["alpha"] = alpha
     if weights is not None:
         balancer_params["weights"] = weights
+    if balancer == "static" and "weights" not in balancer_params:  # else it trains equal weights, named static
+        raise ConfigError("--weights", "static weights for balancer static, one per task (--weights 3,1); "
+                          "equal weights are --balancer equal", source="bench train")
     config = RunConfig(
         problem=problem, balancer=balancer, seed=seed, data_seed=data_seed,
         problem_params=problem_params, balancer_params=balancer_params,
