@@ -419,6 +419,20 @@ def test_delete_asks_first_removes_the_study_and_leaves_its_files(tmp_path, monk
     assert code == 2 and "no study named 'tiny'" in err
 
 
+def test_compare_writes_the_report_before_printing_so_a_cut_pipe_does_not_lose_it(tmp_path, monkeypatch, capsys):
+    """`bench compare | head` closes the pipe mid-table; the report used to be written after the table."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+
+    def pipe_closed(comparison):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("bench.cli.compare.print_comparison", pipe_closed)
+    assert main(["compare", "--study", "tiny"]) != 0
+    assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
+
+
 @pytest.mark.slow
 def test_run_then_compare_from_the_command_line(tmp_path):
     study = tmp_path / "tiny.toml"

@@ -48,8 +48,7 @@ def compare_command(
             comparison = load_comparison(store, name)
         main = comparison.main.assign(study=name)
         mains.append(main)
-        if output_format == "table":
-            print_comparison(comparison)
+        # The report first: output cut short (`bench compare | head`) ends the process at the print.
         if not no_report:
             previous = report_storage(Path(reports) / name)
             try:
@@ -59,6 +58,9 @@ def compare_command(
                 raise BenchError(f"cannot write the report of {name} to {Path(reports) / name}: "
                                  f"{err.strerror or err} ({err.filename}); pass --reports with another "
                                  "folder, or --no-report") from None
+        if output_format == "table":
+            print_comparison(comparison)
+        if not no_report:
             (err_console if output_format != "table" else console).print(f"report: {path}")
             if previous not in (None, storage_identity(storage)):
                 print_note(f"{path.parent} held the report of a study {name!r} in another storage ({previous}); "
