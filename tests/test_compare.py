@@ -812,6 +812,22 @@ def test_figures_draw_the_tables_student_t_interval_not_a_bootstrap():
     plt.close("all")
 
 
+@pytest.mark.parametrize("low, high, expected", [
+    (1.0, 3e8, {"10⁰", "10²", "10⁴", "10⁶", "10⁸"}),  # it read 1, 100, 10000, 10⁶, 10⁸
+    (0.2, 900.0, {"1", "10", "100"}),
+])
+def test_a_log_axis_labels_its_ticks_in_one_notation(low, high, expected):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [low, high])
+    assert _loss_scale(ax, [low, high]) == "log"
+    fig.canvas.draw()
+    labels = {t.get_text() for t in [*ax.get_yticklabels(), *ax.get_yticklabels(minor=True)]} - {""}
+    assert expected <= labels
+    powers = {label for label in labels if "⁰" in label or any(c in label for c in "¹²³⁴⁵⁶⁷⁸⁹")}
+    assert powers == labels if high > 1e5 else not powers, labels
+    plt.close(fig)
+
+
 def test_a_runaway_runs_gap_does_not_flatten_every_other_arm_to_zero():
     """A GradNorm run whose loss ran away (finite, so stored as finished) had a gap of -1e6:
     on a linear axis every other bar sat at zero, and its offset label ran into the axis label."""

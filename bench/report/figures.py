@@ -6,6 +6,7 @@ Each function returns a matplotlib Figure, or None when the study has nothing to
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import textwrap
@@ -151,15 +152,30 @@ def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
     return scale
 
 
+PLAIN_RANGE = (1e-3, 1e5)  # tick labels within it read best as plain numbers; beyond, as powers of ten
+
+
+def _needs_powers(values) -> bool:
+    return any(v != 0 and not PLAIN_RANGE[0] <= abs(v) < PLAIN_RANGE[1] for v in values)
+
+
 class _PlainLogFormatter(ticker.LogFormatterSciNotation):
     """A log axis's labels, where matplotlib puts them, as plain numbers: 0.2 and 300 rather than
-    2 x 10^-1 and 3 x 10^2 (scientific notation only outside [0.001, 100000))."""
+    2 x 10^-1 and 3 x 10^2; an axis whose decades reach outside [0.001, 100000) has every label
+    in powers of ten (10⁰ to 10⁸), as "10000" beside "10⁶" would read as two notations."""
 
     def __call__(self, x: float, pos: int | None = None) -> str:
         label = super().__call__(x, pos)  # "" where matplotlib leaves a tick unlabelled
         if not label:
             return label
-        return f"{x:g}" if 1e-3 <= abs(x) < 1e5 else power_label(x)
+        return power_label(x) if self._powers() else f"{x:g}"
+
+    def _powers(self) -> bool:
+        """Decided on the axis's major ticks in view, so that its minor labels follow suit."""
+        if self.axis is None:
+            return False
+        low, high = sorted(self.axis.get_view_interval())
+        return _needs_powers(t for t in self.axis.get_majorticklocs() if low <= t <= high)
 
 
 def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tuple[plt.Figure, list]:
@@ -481,16 +497,20 @@ def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float, axis: str 
         outer_at = at(np.array(outer))
         inner = [t for t in inner if np.abs(outer_at - at(np.array([t]))).min() >= spacing / 2]
     target.set_ticks(sorted(set(inner + outer)))
-    target.set_major_formatter(ticker.FuncFormatter(_symlog_label))
+    decades = {t for t in outer if math.log10(abs(t)) == round(math.log10(abs(t)))}  # not a farthest value's tick
+    target.set_major_formatter(ticker.FuncFormatter(functools.partial(
+        _symlog_label, decades=frozenset(decades) if _needs_powers(outer) else frozenset())))
     target.set_minor_locator(ticker.NullLocator())
 
 
-def _symlog_label(value: float, _pos: int | None = None) -> str:
-    """1000 as 1000, 100000 as 10⁵: long runs of zeros are hard to count."""
-    k = math.log10(abs(value)) if value else 0.0
-    if abs(value) >= 1e4 and k == round(k):
-        return power_label(value)
-    return f"{value:g}"
+def _symlog_label(value: float, _pos: int | None = None, decades: frozenset = frozenset()) -> str:
+    """The linear part's ticks as plain numbers; the decades beyond as plain numbers too, or,
+    where one reaches past 100000 (long runs of zeros are hard to count), all as powers of ten.
+
+    >>> [_symlog_label(v, decades=frozenset({-1e6, -1e4, 100.0})) for v in (-1e6, -1e4, -2.5, 0, 100.0)]
+    ['-10⁶', '-10⁴', '-2.5', '0', '10²']
+    """
+    return power_label(value) if value in decades else f"{value:g}"
 
 
 def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
