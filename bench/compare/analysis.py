@@ -631,6 +631,11 @@ def _headline(c: Comparison) -> list[str]:
     passed_over = {label for label in c.runs[c.runs.arm.isin(list(c.alpha_choices))].label.unique()
                    if label not in chosen}
 
+    def seeds(row: Any) -> str:
+        # From the side that wins more seeds, as the paired sentences: "lower on 0 of 10" is a riddle.
+        side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
+        return f"{side} of {count(int(row.n), 'seed')}"
+
     def gaps(a: str, b: str) -> str:
         gap_a, gap_b = main.loc[a, "normalized_overfitting_gap"], main.loc[b, "normalized_overfitting_gap"]
         return f"Overfitting gap (test - train): {versus(gap_a, gap_b, 3)}."
@@ -651,7 +656,7 @@ def _headline(c: Comparison) -> list[str]:
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
             f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
-            f"{versus(row.mean_a, row.mean_b)} for the point chosen on validation; "
+            f"{versus(row.mean_a, row.mean_b)} for the point chosen on validation, {seeds(row)}; "
             f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
             "test loss. "
             f"Cost: {count(int(main.loc[a, 'runs']), 'run')} ({_seconds(own_cost)}) against "
@@ -669,9 +674,7 @@ def _headline(c: Comparison) -> list[str]:
                 yield row
 
     def losses(row: Any) -> str:
-        # From the side that wins more seeds, as the paired sentences: "lower on 0 of 10" is a riddle.
-        side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
-        return f"test loss {versus(row.mean_a, row.mean_b)}, {side} of {count(int(row.n), 'seed')}"
+        return f"test loss {versus(row.mean_a, row.mean_b)}, {seeds(row)}"
 
     for row in pairs("gradnorm-static", "gradnorm"):
         verdict, evidence = _verdict(row, c.comparisons)
