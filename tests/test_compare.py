@@ -412,6 +412,19 @@ def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation
     assert c.alpha_choices == {}  # one alpha: nothing to choose
 
 
+def test_alphas_alike_to_six_digits_are_printed_with_the_digits_that_tell_them_apart():
+    """GradNorm at several alpha can end alike to six digits (Adam moves its weights by the sign of
+    each gap); every value read 2.72760 and the choice looked arbitrary."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    close = [_run("gradnorm", f"alpha=1.5/seed={seed}", seed, 1.0500004, test + 3e-7, test - 0.1,
+                  mean_weights=(1.5, 0.5), balancer="gradnorm")
+             for seed, test in zip((0, 1, 2), (1.10, 1.12, 1.13))]
+    line = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(close)]), []).headline[0]
+    assert "validation loss 1.0500000; alpha=1.5: 1.0500004)" in line
+    assert "test loss runs from 1.1166667 (alpha=0.12) to 1.1166670 (alpha=1.5)" in line
+
+
 @pytest.mark.parametrize("stored, seeds, command", [
     ("grid", [0, 1, 2], "bench run --study studies/grid.toml"),
     ("grid", [0, 1], "bench run --study studies/grid.toml"),  # unfinished: the file's seeds

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare import stats
-from bench.compare.stats import significant, versus
+from bench.compare.stats import significant, telling_apart, versus
 from bench.errors import BenchError
 from bench.formatting import count, join_words
 from bench.store.export import in_study_order, runs_table
@@ -111,9 +111,7 @@ class AlphaChoice:
 
     def sentence(self) -> str:
         chosen = self.chosen_variant
-        # as many digits as it takes (up to 6) to tell the chosen loss from the next
-        digits = next((d for d in (4, 5, 6) if len({significant(v, d) for v in self.val_losses.values()})
-                       == len(self.val_losses)), 6)
+        digits = telling_apart(list(self.val_losses.values()))
         others = "; ".join(f"{v}: {significant(loss, digits)}" for v, loss in self.val_losses.items()
                            if v != chosen)
         left_out = f" Left out for a failed seed: {', '.join(self.excluded)}." if self.excluded else ""
@@ -127,8 +125,9 @@ class AlphaChoice:
         if len(self.test_losses) > 1:
             low, high = (min(self.test_losses, key=self.test_losses.__getitem__),
                          max(self.test_losses, key=self.test_losses.__getitem__))
-            spread = (f" Across them, test loss runs from {significant(self.test_losses[low])} ({low}) to "
-                      f"{significant(self.test_losses[high])} ({high}), "
+            ends = [self.test_losses[low], self.test_losses[high]]
+            spread = (f" Across them, test loss runs from {significant(ends[0], telling_apart(ends))} ({low}) to "
+                      f"{significant(ends[1], telling_apart(ends))} ({high}), "
                       f"{100 * (self.test_losses[high] / self.test_losses[low] - 1):.2g} % apart.")
         return (f"{self.arm}: validation chose {chosen} of {total} "
                 f"values (mean task-normalised validation loss {significant(self.val_losses[chosen], digits)}; "
