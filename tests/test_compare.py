@@ -844,7 +844,7 @@ def test_a_log_axis_labels_its_ticks_in_one_notation(low, high, expected):
 
 
 def test_a_runaway_runs_gap_does_not_flatten_every_other_arm_to_zero():
-    """A GradNorm run whose loss ran away (finite, so stored as finished) had a gap of -1e6:
+    """A GradNorm run whose loss ran away (finite and short of a millionfold, so stored as finished) had a gap of -1e6:
     on a linear axis every other bar sat at zero, and its offset label ran into the axis label."""
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

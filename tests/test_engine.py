@@ -225,6 +225,33 @@ def test_runaway_task_weights_count_as_divergence():
     assert trainer.failures[1] == (7, "diverged: task weights beyond 1e+06 at step 7 (task task0)")
 
 
+def test_a_training_loss_grown_a_millionfold_counts_as_divergence():
+    """A loss that runs away (GradNorm's weights crossed zero and train a task upward) overflows
+    only later: the run failed or finished by the budget's length, and a finished one's 3e+08
+    carried its arm's mean."""
+    from bench.training.engine import MAX_LOSS_GROWTH
+
+    trainer = BatchTrainer([tiny_config("equal", seed=s) for s in (0, 1)])  # normalisers 1 and 9
+    before = torch.tensor([[1.0, 9.0], [1.0, 9.0]], dtype=torch.float64)  # 2.0 each, task-normalised
+    trainer.eval_losses["train"] = [before, torch.tensor([[1.5e6, 9.0], [0.5, 9 * 2.1e6]], dtype=torch.float64)]
+    trainer.steps_done = 40
+    trainer._check_runaway()
+    trainer._retire_failed_runs()
+    assert 1.5e6 + 1 < MAX_LOSS_GROWTH * 2 < 0.5 + 2.1e6  # run 0 grew 750,001-fold, run 1 1,050,000-fold
+    assert trainer.alive.tolist() == [True, False] and trainer.failures[0] is None
+    assert trainer.failures[1] == (40, "diverged: task-normalised training loss 2.1e+06 at step 40, 1.1e+06 times "
+                                       "its 2 before training (beyond 1e+06; task task1 grew most)")
+
+
+def test_a_run_whose_loss_runs_away_between_evaluations_fails_with_the_others_unchanged():
+    budget = Budget(steps=20, batch_size=16, lr=100.0, eval_every=5)  # Adam at 100: the loss explodes
+    runaway = tiny_config("equal", seed=0, budget=budget)
+    record = train(runaway)
+    assert record.status == "failed" and record.failed_step == 5
+    assert record.reason.startswith("diverged: task-normalised training loss ")
+    assert train(tiny_config("equal", seed=0)).ok  # the same run at a sane rate
+
+
 def test_the_check_that_a_model_takes_its_inputs_leaves_it_as_it_was():
     """A batch-norm layer of one's own would have counted the probe's rows in its statistics."""
     from torch import nn

@@ -671,7 +671,7 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
     gaps = runs.normalized_overfitting_gap.to_numpy(dtype=float)
     typical = np.quantile(np.abs(gaps), 0.75)
     if typical > 0 and np.abs(gaps).max() > 20 * typical:
-        # A run whose loss ran away (finite, so not failed) put every other arm at zero.
+        # A run whose loss ran away (finite, and short of the divergence rule) put every other arm at zero.
         _linear_then_log(ax, gaps, 1.5 * typical, axis="x")
     ax.set_xlabel("overfitting gap: task-normalised test minus train loss (per seed, and mean"
                   + ("" if few else " with 95% interval") + ")")

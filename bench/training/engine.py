@@ -46,6 +46,10 @@ EVAL_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
 # A run whose task weights exceed this in absolute value has diverged (raw GradNorm weights whose
 # sum nears zero explode on renormalisation; uncertainty weights can grow without end).
 MAX_TASK_WEIGHT = 1e6
+# A run whose task-normalised loss on the training split, at an evaluation, is past this many
+# times its value before training has diverged too: such a loss (GradNorm's weights crossed zero
+# and train a task upward) overflows later, so a run failed or finished by the budget's length.
+MAX_LOSS_GROWTH = 1e6
 # GradNorm's per-task gradients at the last shared layer are handled a few tasks at a time,
 # packed side by side in at most about this many elements (256K floats, 1 MiB): small enough to
 # stay in cache. A large stack of runs takes one task at a time, with no packing copy at all.
@@ -188,6 +192,7 @@ class BatchTrainer:
         self.alive = torch.ones(R, dtype=torch.bool, device=self.device)
         self._pending_failures = torch.zeros(R, dtype=torch.bool, device=self.device)
         self.failures: list[tuple[int, str] | None] = [None] * R
+        self._normalisers = torch.tensor([t.normaliser for t in self.tasks], device=self.device, dtype=torch.float64)
         self.weights_trace = torch.zeros(self.budget.steps, R, T, device=self.device, dtype=self.dtype)
         self.eval_steps: list[int] = []
         self.eval_losses: dict[str, list[Tensor]] = {"train": [], "val": [], "test": []}
@@ -395,6 +400,24 @@ class BatchTrainer:
                         value[bad] = 0
         self._pending_failures = torch.zeros_like(bad)
 
+    def _check_runaway(self) -> None:
+        """Fail the live runs whose task-normalised training loss, just evaluated, is past
+        MAX_LOSS_GROWTH times its value before training (evaluations, not batches: a spike
+        between them is not judged)."""
+        first, now = ((losses / self._normalisers).sum(dim=1) for losses in (self.eval_losses["train"][0],
+                                                                            self.eval_losses["train"][-1]))
+        runaway = (now > MAX_LOSS_GROWTH * first) & (first > 0) & self.alive & ~self._pending_failures
+        if not bool(runaway.any()):
+            return
+        for r in runaway.nonzero().flatten().tolist():
+            initial, latest = self.eval_losses["train"][0][r], self.eval_losses["train"][-1][r]
+            growth = torch.where(initial > 0, latest / initial.clamp_min(1e-300), 0)
+            self.failures[r] = (self.steps_done, f"diverged: task-normalised training loss {float(now[r]):.3g} "
+                                f"at step {self.steps_done}, {float(now[r] / first[r]):.2g} times its "
+                                f"{float(first[r]):.3g} before training (beyond {MAX_LOSS_GROWTH:g}; task "
+                                f"{self.tasks[int(growth.argmax())].name} grew most)")
+        self._pending_failures |= runaway
+
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, with_metrics: bool = False) -> None:
@@ -424,6 +447,8 @@ class BatchTrainer:
                             s = metric.batch_stats(preds[i], ys[i]).double()
                             stats[(i, metric.name)] = stats.get((i, metric.name), 0) + s
             self.eval_losses[name].append((loss_sum / n).to(torch.float64))
+            if name == "train":
+                self._check_runaway()
             if with_metrics:
                 self.final_metrics[name] = {
                     (i, m): _metric(self.tasks[i], m).finalize(s, n) for (i, m), s in stats.items()
