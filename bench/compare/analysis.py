@@ -620,8 +620,9 @@ def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
 def _headline(c: Comparison) -> list[str]:
     """A few plain sentences answering the paper's two claims: did GradNorm match or beat the
     grid, at what cost, and does it overfit less; and do its averaged weights, retrained as
-    static weights, do as well as GradNorm itself? And, with an `rlw` arm: does GradNorm beat
-    weights drawn at random?"""
+    static weights, do as well as GradNorm itself? Then against the weights that need no search
+    (the study's own static weights, 1 / L_i(0), equal weights), and, with an `rlw` arm, weights
+    drawn at random."""
     lines = [choice.sentence() for choice in c.alpha_choices.values()]
     lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
@@ -679,10 +680,12 @@ def _headline(c: Comparison) -> list[str]:
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} {row.versus} ({evidence}): {losses(row)}. "
                      + gaps(row.arm, row.versus))
-    # Static weights that need no search: the study's own, and those scaled by 1 / L_i(0).
+    # Static weights that need no search: the study's own, those scaled by 1 / L_i(0), and equal
+    # weights, the paper's baseline (a study without a grid had no verdict at all).
     rivals = {"static": lambda b, evidence: static_words(b, main.loc[b, "weights"], evidence),
               "loss-scale": lambda b, evidence: ("static weights scaled by each task's first-step loss, "
-                                                 f"1 / L_i(0) ({b}; {evidence})")}
+                                                 f"1 / L_i(0) ({b}; {evidence})"),
+              "equal": lambda b, evidence: f"equal weights ({b}; {evidence})"}
     for kind, words in rivals.items():
         for row in pairs("gradnorm", kind):
             verdict, evidence = _verdict(row, c.comparisons)
