@@ -419,6 +419,18 @@ def test_delete_asks_first_removes_the_study_and_leaves_its_files(tmp_path, monk
     assert code == 2 and "no study named 'tiny'" in err
 
 
+def test_the_run_summary_says_its_time_column_is_the_arms_total(capsys):
+    """A grid's 90 runs showed 8.7 s under "mean over each arm's runs": their sum, not a mean."""
+    from bench.cli.run import print_arm_summary
+
+    table = pd.DataFrame({"arm": ["grid", "grid"], "status": ["ok", "ok"], "normalized_val_loss": [1.0, 2.0],
+                          "normalized_test_loss": [1.0, 3.0], "wall_time_s": [1.0, 2.5]})
+    print_arm_summary(table)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "time, their sum" in out and "total time (s)" in out
+    assert "grid 2 0 1.500 2.000 3.5" in out
+
+
 def test_compare_writes_the_report_before_printing_so_a_cut_pipe_does_not_lose_it(tmp_path, monkeypatch, capsys):
     """`bench compare | head` closes the pipe mid-table; the report used to be written after the table."""
     monkeypatch.chdir(tmp_path)
