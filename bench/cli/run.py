@@ -138,6 +138,6 @@ def print_arm_summary(table: pd.DataFrame) -> None:
                      fmt(ok.normalized_val_loss.mean() if len(ok) else None),
                      fmt(ok.normalized_test_loss.mean() if len(ok) else None),
                      f"{runs.wall_time_s.sum():.1f}"))
-    out = arm_table("task-normalised losses, mean over each arm's runs; time, their sum",
+    out = arm_table("task-normalised losses, mean over each arm's runs",
                     ("runs", "failed", "val", "test", "total time (s)"), rows)
     console.print(out)
