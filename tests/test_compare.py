@@ -640,7 +640,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
         "The grid's chosen point (w=2,0) gives b a weight of 0, so its head never trains (test loss of "
         f"b: 0.9000 vs {significant(per_task[('gradnorm', 'b')])} for gradnorm). gradnorm beats "
         f"the only grid point that weights every task, w=1,1 (chosen on validation; paired over 3 "
-        f"seeds, p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs 1.210.")
+        f"seeds, p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs 1.210, lower on 3 of 3 seeds.")
     assert row.p_value < 0.05
     # The figures of every arm show that row too, in a darker shade of the grid's colour.
     colours = arm_colours(again)
@@ -672,7 +672,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     two = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(extra)]), [])
     assert two.grids["grid"].weighted_all == "w=1,1"
     assert "the best of the 2 grid points that weight every task, w=1,1 (chosen on validation; " in two.headline[1]
-    assert two.headline[1].endswith("test loss 1.117 vs 1.210; 1 of the 2 has a lower test loss.")
+    assert two.headline[1].endswith("test loss 1.117 vs 1.210, lower on 3 of 3 seeds; 1 of the 2 has a lower test loss.")
     # With no point that weights every task left eligible, the line says so.
     runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
     runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"

@@ -597,6 +597,13 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
+def _on_seeds(row: Any) -> str:
+    """On how many seeds a paired row's arm was lower or higher: said from the side that wins more
+    seeds, as the paired sentences ("lower on 0 of 10" is a riddle)."""
+    side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
+    return f"{side} of {count(int(row.n), 'seed')}"
+
+
 def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
     where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
@@ -631,11 +638,6 @@ def _headline(c: Comparison) -> list[str]:
     passed_over = {label for label in c.runs[c.runs.arm.isin(list(c.alpha_choices))].label.unique()
                    if label not in chosen}
 
-    def seeds(row: Any) -> str:
-        # From the side that wins more seeds, as the paired sentences: "lower on 0 of 10" is a riddle.
-        side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
-        return f"{side} of {count(int(row.n), 'seed')}"
-
     def gaps(a: str, b: str) -> str:
         gap_a, gap_b = main.loc[a, "normalized_overfitting_gap"], main.loc[b, "normalized_overfitting_gap"]
         return f"Overfitting gap (test - train): {versus(gap_a, gap_b, 3)}."
@@ -656,7 +658,7 @@ def _headline(c: Comparison) -> list[str]:
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
         lines.append(
             f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
-            f"{versus(row.mean_a, row.mean_b)} for the point chosen on validation, {seeds(row)}; "
+            f"{versus(row.mean_a, row.mean_b)} for the point chosen on validation, {_on_seeds(row)}; "
             f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
             "test loss. "
             f"Cost: {count(int(main.loc[a, 'runs']), 'run')} ({_seconds(own_cost)}) against "
@@ -674,7 +676,7 @@ def _headline(c: Comparison) -> list[str]:
                 yield row
 
     def losses(row: Any) -> str:
-        return f"test loss {versus(row.mean_a, row.mean_b)}, {seeds(row)}"
+        return f"test loss {versus(row.mean_a, row.mean_b)}, {_on_seeds(row)}"
 
     for row in pairs("gradnorm-static", "gradnorm"):
         verdict, evidence = _verdict(row, c.comparisons)
@@ -788,9 +790,9 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     value, grid_values = _placing(c.runs, a, c.main.set_index("arm").loc[a, "normalized_test_loss"], grid)
     weighted = grid_values[grid.points.set_index("point").all_weights_positive.reindex(grid_values.index)]
     better = int((weighted < value).sum())
-    count = f"; {better} of the {len(weighted)} {_have(better)} a lower test loss" if len(weighted) > 1 else ""
+    among = f"; {better} of the {len(weighted)} {_have(better)} a lower test loss" if len(weighted) > 1 else ""
     return line + (f"{a} {verdict} {where} (chosen on validation; {evidence}): "
-                   f"test loss {versus(row.mean_a, row.mean_b)}{count}.")
+                   f"test loss {versus(row.mean_a, row.mean_b)}, {_on_seeds(row)}{among}.")
 
 
 __all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]
