@@ -472,6 +472,27 @@ def test_an_arm_added_to_a_study_file_trains_its_runs_alone_in_the_same_study(st
     assert fresh.name == "tiny-v2"
 
 
+def test_a_study_file_whose_words_alone_changed_gives_the_stored_study_its_text_and_order(store):
+    """A description mended, a comment added or the arms reordered leave the configuration as it
+    was: the runs stand, and the report and tables used to keep the old words and order."""
+    StudyRunner(spec_of(TINY), store).run()
+    before = results_by_key(store, "tiny")
+    body, equal = TINY.split("[arms.equal]")
+    text = 'description = "Mended."\n# a comment\n' + body.replace("[arms.grid]", "[arms.equal]\n" + equal.strip() + "\n[arms.grid]")
+    mended = StudySpec.from_dict(tomllib.loads(text), source="test.toml", text=text)
+    assert mended.config_hash() == spec_of(TINY).config_hash()
+    runner = StudyRunner(mended, store)
+    runner.run()
+    assert runner.name == "tiny" and runner.trained_here == 0 and results_by_key(store, "tiny") == before
+    manifest = store.require_manifest("tiny")
+    assert manifest["description"] == "Mended." and manifest["study_text"] == mended.text
+    assert list(manifest["kinds"]) == ["equal", "grid", "gradnorm", "gradnorm-static"] == list(manifest["arms"])
+    assert any("now has its study file's description, text and order of arms" in note for note in store.notes), store.notes
+    store.notes.clear()
+    StudyRunner(mended, store).run()
+    assert not store.notes  # said once
+
+
 def test_deleting_a_study_removes_its_runs_alone_and_its_later_versions_are_still_found(store):
     StudyRunner(spec_of(TINY), store).run()
     changed = spec_of(TINY.replace("steps = 10", "steps = 12"))

@@ -18,6 +18,7 @@ worker is not finished: a copy of it is queued again.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -286,6 +287,7 @@ class ResultStore:
                 if stored is None:  # its creator was interrupted and dropped it: try again
                     continue
                 if stored.get("config_hash") in (config_hash, *legacy_hashes):
+                    self._refresh_record(candidate, stored, attrs)
                     return candidate
                 added = added_arms(stored.get("identity"), attrs.get("identity"))
                 if added and not new_version:
@@ -319,6 +321,24 @@ class ResultStore:
                 raise
             return candidate
         raise BenchError(f"too many versions of study {name!r}")
+
+    def _refresh_record(self, name: str, stored: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """Take the study file's words into stored study `name` where only they changed: its
+        description and text (a comment, a typo), and its arms' order (the tables follow it). The
+        configuration is the same, so every stored run stands; the report read the old words."""
+        # As JSON, order included: `kinds` orders the tables, and equal dicts in another order are ==.
+        changed = {key: attrs[key] for key in ("description", "study_text", "arms", "kinds")
+                   if key in attrs and json.dumps(stored.get(key)) != json.dumps(attrs[key])}
+        if not changed:
+            return
+        study_id = self.storage.get_study_id_from_name(name)
+        for key, value in changed.items():
+            self.storage.set_study_user_attr(study_id, key, value)
+        what = join_words([words for keys, words in ((("description",), "description"), (("study_text",), "text"),
+                                                     (("arms", "kinds"), "order of arms"))
+                           if set(keys) & set(changed)])
+        self.notes.append(f"study {name!r} in {self.url} now has its study file's {what}; its configuration "
+                          "is unchanged, so its stored runs stand")
 
     def _add_arms(self, name: str, added: list[str], attrs: dict[str, Any], config_hash: str) -> None:
         """Extend stored study `name` with arms its file now adds, the rest of its configuration
