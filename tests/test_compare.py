@@ -554,6 +554,26 @@ def test_the_weight_figure_marks_zero_only_where_a_weight_reached_it():
     plt.close("all")
 
 
+def test_the_weight_figure_draws_every_adaptive_method_beside_gradnorm():
+    """The paper finds uncertainty weighting's weights grow "too large too fast": only GradNorm's
+    were drawn, so the report could not show it."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    extra = [_run(arm, f"seed={seed}", seed, 1.1, 1.2, 1.0, mean_weights=(0.5, 0.1), balancer=arm)
+             for arm in ("uncertainty", "dwa", "rlw") for seed in (0, 1, 2)]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "uncertainty": "uncertainty", "dwa": "dwa",
+                                        "rlw": "rlw"}}
+    trajectory = [[0, 0.5, 0.5], [1, 0.6, 0.2], [2, 0.55, 0.1]]
+    records = [{"arm": arm, "run_key": key, "record": {"weights_trajectory": trajectory}}
+               for arm, key in [("gradnorm", f"alpha=0.12/seed={s}") for s in (0, 1, 2)]
+               + [(arm, f"seed={s}") for arm in ("uncertainty", "dwa", "rlw") for s in (0, 1, 2)]]
+    fig = figures.weight_trajectories(build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), records))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [t.split(":")[0] for t in titles] == ["gradnorm", "uncertainty", "dwa"]  # random weights are noise
+    assert titles[1].endswith("(not rescaled to sum to T)") and "rescaled" not in titles[0] + titles[2]
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("static_tests,verdict", [
     # lower on every seed, but by a margin the paired t-test cannot tell from noise
     ((1.099, 1.118, 1.05), "does not differ significantly from"),

@@ -209,11 +209,18 @@ def _task_panels(c: Comparison, data: pd.DataFrame,
     return fig
 
 
+# Methods whose weights move with the losses, drawn over training (random weights are noise).
+ADAPTIVE_KINDS = ("gradnorm", "uncertainty", "dwa")
+
+
 def weight_trajectories(c: Comparison) -> plt.Figure | None:
+    """Each adaptive arm's weights over training, one line per seed: GradNorm's, and those it is
+    set against (the paper finds uncertainty weighting's grow "too large too fast")."""
     records = _records(c)
-    adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
+    adaptive = records[records.kind.isin(ADAPTIVE_KINDS) & (records.status == "ok")]
     if adaptive.empty:
         return None
+    kind_of = dict(zip(adaptive.label, adaptive.kind))
     frames = []
     for _, r in adaptive.iterrows():
         points = np.asarray(r.record["weights_trajectory"], dtype=float).reshape(-1, 1 + len(c.tasks))  # (step, w_1..w_T)
@@ -229,7 +236,9 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
             ax.axhline(mean, color=palette[task], ls="--", lw=1.2)
         if d.weight.min() <= 0:  # the paper has no floor: mark where a weight stops training its task
             ax.axhline(0, color="0.15", lw=0.9)
-        ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average")
+        unscaled = kind_of[label] == "uncertainty"  # Kendall et al.'s c_i exp(-s_i), whatever their sum
+        ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average"
+                     + ("\n(not rescaled to sum to T)" if unscaled else ""))
         ax.set_ylabel("task weight w_i")
 
     return _task_panels(c, pd.concat(frames, ignore_index=True), draw)
@@ -681,7 +690,7 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
 
 
 FIGURES = [
-    ("weights", "GradNorm's task weights over training", weight_trajectories),
+    ("weights", "Task weights of the adaptive methods over training", weight_trajectories),
     ("norms", "GradNorm's gradient norms at W against its targets", gradient_norms),
     ("curves", "Test loss during training", test_loss_curves),
     ("alpha", "Test loss against GradNorm's alpha", alpha_sensitivity),
