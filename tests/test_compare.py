@@ -1314,6 +1314,16 @@ def test_gradnorm_is_placed_among_the_grid_points_on_the_seeds_the_point_was_cho
     assert c.grids["grid"].shared_seeds == [0, 1, 2]
     standing = c.standings.set_index("arm").loc["gradnorm"]
     assert (standing.n_better, standing.n_points) == (1, 3)
+    # The figures draw the points as the summary compares them: w=0 with its one easy seed is
+    # not yet drawn (at -50 %), the others at their means over seeds 0-2 against GradNorm's.
+    ax = figures.distance_to_gradnorm(c).axes[0]
+    drawn = sorted(np.round(np.concatenate([col.get_offsets()[:, 1] for col in ax.collections
+                                            if type(col).__name__ == "PathCollection"]), 3))
+    assert drawn == pytest.approx([-4.762, 0.0, 4.762])
+    assert ax.get_title() == "3 points, all at one distance: no correlation"  # SciPy warned, and gave NaN
+    landscape = figures.grid_landscape(c).axes[0]
+    assert sorted(np.round(landscape.lines[0].get_ydata(), 3)) == pytest.approx([2.0, 2.1, 2.2])
+    plt.close("all")
     # So among the points that weight every task, when the chosen point gives a task up.
     rows += [_run("grid", f"w=9/seed={seed}", seed, 0.5 + seed, 1.5 + seed, 1.0, weights=(2.0, 0.0)) for seed in range(3)]
     c = build_comparison("hand", manifest, pd.DataFrame(rows), [])

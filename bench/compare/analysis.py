@@ -72,8 +72,8 @@ class GridSelection:
         left = f"; {count(self.unmatched, 'point')} without {which} could not be chosen yet" if self.unmatched else ""
         return (f"{self.arm}: its points have not all finished the same seeds, so its point was chosen on "
                 f"the mean validation loss over {which}, which every point compared has finished{left}. "
-                "GradNorm is placed among the points on those seeds too; the grid-points table's "
-                "other means are over every seed each point has finished.")
+                "GradNorm is placed among the points, and the grid's figures draw them, on those seeds "
+                "too; the grid-points table's other means are over every seed each point has finished.")
 
     @property
     def weighted_all_label(self) -> str:
@@ -515,7 +515,7 @@ def _standings(runs, grids, main) -> pd.DataFrame:
         if math.isnan(tests[label]):  # every run of it failed: nothing to place
             continue
         for arm, grid in grids.items():
-            value, grid_values = _placing(runs, label, tests[label], grid)
+            value, grid_values = placing(runs, label, tests[label], grid)
             s = stats.standing(value, grid_values.tolist())
             rows.append({"arm": label, "grid": arm, **s.as_dict(),
                          "distance_to_selected": stats.l2_distance(weights[label], grid.weights),
@@ -524,7 +524,7 @@ def _standings(runs, grids, main) -> pd.DataFrame:
                                        "distance_to_selected", "selected_point"])
 
 
-def _placing(runs: pd.DataFrame, label: str, mean_test: float, grid: GridSelection) -> tuple[float, pd.Series]:
+def placing(runs: pd.DataFrame, label: str, mean_test: float, grid: GridSelection) -> tuple[float, pd.Series]:
     """Label's mean test loss and the grid's eligible points' (indexed by point), over the same
     seeds: where the points have finished different seeds, those the point was chosen on (a point
     with only the easy seeds would otherwise count as better); else each over all its seeds."""
@@ -787,7 +787,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
         return line + f"{a} cannot be compared with {where}: no seed has finished on both."
     row = rows.iloc[0]
     verdict, evidence = _verdict(row, c.comparisons)
-    value, grid_values = _placing(c.runs, a, c.main.set_index("arm").loc[a, "normalized_test_loss"], grid)
+    value, grid_values = placing(c.runs, a, c.main.set_index("arm").loc[a, "normalized_test_loss"], grid)
     weighted = grid_values[grid.points.set_index("point").all_weights_positive.reindex(grid_values.index)]
     better = int((weighted < value).sum())
     among = f"; {better} of the {len(weighted)} {_have(better)} a lower test loss" if len(weighted) > 1 else ""
@@ -795,4 +795,4 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
                    f"test loss {versus(row.mean_a, row.mean_b)}, {_on_seeds(row)}{among}.")
 
 
-__all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison"]
+__all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison", "placing"]

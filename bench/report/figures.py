@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from bench.compare.analysis import Comparison, GridSelection, representatives  # noqa: E402
+from bench.compare.analysis import Comparison, GridSelection, placing, representatives  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number  # noqa: E402
 
@@ -393,10 +393,21 @@ def _markers(c: Comparison) -> list[tuple[str, list[float]]]:
 
 def _grid(c: Comparison, arm: str | None) -> tuple[str, GridSelection, pd.DataFrame]:
     """The grid arm a figure draws (the study's first by default), its summary and its points
-    that trained."""
+    that trained. Where the points have not all finished the same seeds (a study still
+    training), those the point was chosen on, and each point's test losses are its means over
+    them, as the summary compares them: a point with only the easy seeds looked best."""
     arm = arm or next(iter(c.grids))
     grid = c.grids[arm]
-    return arm, grid, grid.points[grid.points.failed == 0]
+    points = grid.points[grid.points.failed == 0]
+    if not grid.shared_seeds:
+        return arm, grid, points
+    points = points[points.val_loss_on_shared_seeds.notna()].copy()
+    on = c.runs[(c.runs.arm == arm) & (c.runs.status == "ok") & c.runs.seed.isin(grid.shared_seeds)]
+    columns = ["normalized_test_loss", *(f"test_loss_{t}" for t in c.tasks)]
+    means = on.groupby("variant")[columns].mean()
+    for column in columns:
+        points[column] = points.point.map(means[column])
+    return arm, grid, points
 
 
 def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
@@ -477,6 +488,8 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
 def _correlations(x: np.ndarray, y: np.ndarray) -> str:
     if len(x) < 3:
         return f"{len(x)} point{'' if len(x) == 1 else 's'}, too few for a correlation"
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # SciPy warns and gives NaN
+        return f"{len(x)} points, all at one {'distance' if np.ptp(x) == 0 else 'loss change'}: no correlation"
     r, p = sps.pearsonr(x, y)
     rho = sps.spearmanr(x, y).statistic
     # + 0.0 turns a rounded -0.00 into 0.00
@@ -533,7 +546,8 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
     fig, axes = _panels(len(gradnorm), 7, 4.6)
     for ax, row in zip(axes, gradnorm.itertuples()):
         distance = np.linalg.norm(w - np.asarray(row.weights), axis=1)
-        change = 100 * (points.normalized_test_loss.to_numpy() / row.normalized_test_loss - 1)
+        own, _ = placing(c.runs, row.arm, row.normalized_test_loss, grid)  # on the points' seeds
+        change = 100 * (points.normalized_test_loss.to_numpy() / own - 1)
         # Points on the simplex's boundary leave a task untrained: often the far outliers, so
         # they are marked, and the correlations are also given without them (as in the paper,
         # whose grid drew its weights at random). The fitted line follows the paper's points
