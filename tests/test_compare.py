@@ -1196,6 +1196,19 @@ def test_an_index_html_that_is_not_a_report_is_never_replaced(tmp_path):
     plt.close("all")
 
 
+def test_the_report_says_when_it_was_generated_with_its_time_zone(tmp_path):
+    """"generated 2026-12-05 02:43" read differently on every continent."""
+    import re
+    import time
+
+    from bench.report import write_report
+
+    html = write_report(hand_made(), tmp_path).read_text()
+    stamp = re.search(r"generated (\d{4}-\d\d-\d\d \d\d:\d\d [^.<]+)\.", html)
+    assert stamp and stamp.group(1).endswith(time.strftime("%Z"))
+    plt.close("all")
+
+
 def test_one_seed_gives_a_difference_not_a_verdict():
     """With one seed there is no paired test, yet the summary said "beats" (the report's note says
     verdicts come from the test)."""

@@ -205,7 +205,7 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
         raise ConfigError("--study", "a study whose problem stacks runs (bench perf times stacked training "
                           f"against one run at a time; {spec.problem} trains one run at a time)", study)
     out: dict[str, Any] = {
-        "version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(),
+        "version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
         "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "study": spec.name, "runs": len(configs), "steps": steps,
     }

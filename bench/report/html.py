@@ -174,7 +174,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     html = _env.get_template("report.html.j2").render(
         study=c.study, description=manifest.get("description", ""), tasks=c.tasks,
         n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
-        generated=time.strftime("%Y-%m-%d %H:%M"), headline=c.headline, unfinished=c.unfinished,
+        generated=time.strftime("%Y-%m-%d %H:%M %Z"), headline=c.headline, unfinished=c.unfinished,
         compared_with_grid=bool(c.grids) and (c.main.kind == "gradnorm").any(),
         sentences=c.paired_sentences,
         main_table=_html(main_display),
