@@ -431,6 +431,19 @@ def test_the_run_summary_says_its_time_column_is_the_arms_total(capsys):
     assert "grid 2 0 1.500 2.000 3.5" in out
 
 
+def test_status_as_json_for_a_script_that_waits_on_a_study(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+    capsys.readouterr()
+    code, out, _ = run_cli(["status", "--study", "tiny", "--json"], capsys)
+    assert code == 0
+    status = json.loads(out)["tiny"]
+    assert status["all"] == {"total": 16, "done": 16, "failed": 0, "running": 0, "waiting": 0, "left": 0}
+    assert list(status["arms"]) == ["grid", "gradnorm", "gradnorm-static", "equal"]
+    assert status["arms"]["grid"]["done"] == 6 and status["workers"] == {} and status["silent_workers"] == {}
+
+
 def test_compare_writes_the_report_before_printing_so_a_cut_pipe_does_not_lose_it(tmp_path, monkeypatch, capsys):
     """`bench compare | head` closes the pipe mid-table; the report used to be written after the table."""
     monkeypatch.chdir(tmp_path)
