@@ -554,6 +554,16 @@ def test_the_weight_figure_marks_zero_only_where_a_weight_reached_it():
     plt.close("all")
 
 
+def test_more_arms_than_the_palette_has_colours_still_get_a_colour_each():
+    """The palette has ten; an eleventh arm took the first arm's colour."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    extra = [_run(f"static{k}", "seed=0", 0, 1.1, 1.2, 1.0, weights=(1.0, 1.0)) for k in range(10)]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], **{f"static{k}": "static" for k in range(10)}}}
+    colours = arm_colours(build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), []))
+    assert len(colours) == 13 and len(set(colours.values())) == 13
+
+
 def test_the_weight_figure_draws_every_adaptive_method_beside_gradnorm():
     """The paper finds uncertainty weighting's weights grow "too large too fast": only GradNorm's
     were drawn, so the report could not show it."""

@@ -103,6 +103,16 @@ _ARM_PALETTE = [sns.color_palette("colorblind")[i] for i in (0, 1, 2, 4, 5, 9, 3
 _FIRST_COLOURED = ("equal", "gradnorm", "gradnorm-static", "grid")
 
 
+def distinct_colours(n: int) -> list[tuple[float, float, float]]:
+    """n colours no two alike: the colour-blind palette up to its 10, then evenly spaced hues
+    (the palette repeats itself: with 12 tasks, task10 took task0's blue).
+
+    >>> len(set(distinct_colours(12))), distinct_colours(3) == sns.color_palette("colorblind", 3)
+    (12, True)
+    """
+    return sns.color_palette("colorblind" if n <= 10 else "husl", n)
+
+
 def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
     """One colour per arm label, the same in every figure of the report. Each arm has a hue of
     its own, and the labels of an arm with several variants (a GradNorm arm's alphas) are shades
@@ -120,8 +130,9 @@ def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
     rank = {kind: i for i, kind in enumerate(_FIRST_COLOURED)}
     arms.sort(key=lambda arm: rank.get(kinds.get(arm), len(rank)))  # stable: ties keep their order
     colours: dict[str, tuple[float, float, float]] = {}
+    hues = _ARM_PALETTE if len(arms) <= len(_ARM_PALETTE) else distinct_colours(len(arms))
     for i, arm in enumerate(arms):
-        hue = _ARM_PALETTE[i % len(_ARM_PALETTE)]
+        hue = hues[i]
         variants = [label for label in labels if arm_of.get(label, label) == arm and label not in weighted_all]
         for label, depth in zip(variants, np.linspace(-0.45, 0.45, len(variants)) if len(variants) > 1 else [0.0]):
             colours[label] = _shade(hue, depth)
@@ -197,7 +208,7 @@ def _task_panels(c: Comparison, data: pd.DataFrame,
     last panel: inside, with many tasks it hid the largest weights."""
     labels = list(dict.fromkeys(data.label))
     fig, axes = _panels(len(labels), 6.5, 4.2, extra_width=1.2)
-    palette = dict(zip(c.tasks, sns.color_palette("colorblind", len(c.tasks))))
+    palette = dict(zip(c.tasks, distinct_colours(len(c.tasks))))
     for ax, label in zip(axes, labels):
         draw(ax, label, data[data.label == label], palette)
         ax.set_xlabel("step")
