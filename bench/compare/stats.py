@@ -146,11 +146,12 @@ def telling_apart(values: Sequence[float], digits: int = 4, most: int = 10) -> i
     α's whose validation losses agree to six digits all read 2.72760, and the choice among them
     looked arbitrary.
 
-    >>> telling_apart([2.7276012, 2.7276047, 2.7276012]), telling_apart([1.05, 1.06])
+    >>> telling_apart([2.7276012, 2.7276047, 2.7276012]), telling_apart([1.05, 1.06, float("nan"), float("nan")])
     (7, 4)
     """
-    distinct = len(set(values))
-    return next((d for d in range(digits, most + 1) if len({significant(v, d) for v in values}) == distinct), most)
+    finite = [v for v in values if math.isfinite(v)]  # NaN prints as nan however many digits
+    distinct = len(set(finite))
+    return next((d for d in range(digits, most + 1) if len({significant(v, d) for v in finite}) == distinct), most)
 
 
 def versus(a: float, b: float, digits: int = 4) -> str:
