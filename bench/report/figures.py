@@ -175,18 +175,21 @@ class _PlainLogFormatter(ticker.LogFormatterSciNotation):
     2 x 10^-1 and 3 x 10^2; an axis whose decades reach outside [0.001, 100000) has every label
     in powers of ten (10⁰ to 10⁸), as "10000" beside "10⁶" would read as two notations."""
 
+    powers = False
+
+    def set_locs(self, locs) -> None:
+        """Matplotlib calls this once before labelling the ticks: the notation is decided here, on
+        the axis's major ticks in view, so that its minor labels follow suit."""
+        super().set_locs(locs)
+        if self.axis is not None:
+            low, high = sorted(self.axis.get_view_interval())
+            self.powers = _needs_powers(t for t in self.axis.get_majorticklocs() if low <= t <= high)
+
     def __call__(self, x: float, pos: int | None = None) -> str:
         label = super().__call__(x, pos)  # "" where matplotlib leaves a tick unlabelled
         if not label:
             return label
-        return power_label(x) if self._powers() else f"{x:g}"
-
-    def _powers(self) -> bool:
-        """Decided on the axis's major ticks in view, so that its minor labels follow suit."""
-        if self.axis is None:
-            return False
-        low, high = sorted(self.axis.get_view_interval())
-        return _needs_powers(t for t in self.axis.get_majorticklocs() if low <= t <= high)
+        return power_label(x) if self.powers else f"{x:g}"
 
 
 def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tuple[plt.Figure, list]:

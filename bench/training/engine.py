@@ -475,7 +475,7 @@ class BatchTrainer:
 
     def records(self, wall_time: float) -> list[RunRecord]:
         steps = self.steps_done
-        normalisers = torch.tensor([t.normaliser for t in self.tasks], dtype=torch.float64)
+        normalisers = self._normalisers.cpu()
         curves = {name: torch.stack(v).cpu() for name, v in self.eval_losses.items()}  # (E, R, T)
         weights = self.weights_trace[:steps].double().cpu()  # (steps, R, T)
         tail = max(1, math.ceil(self.budget.tail_fraction * steps))
