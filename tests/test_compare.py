@@ -750,6 +750,32 @@ def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_t
     plt.close("all")
 
 
+def test_the_pareto_figure_stars_the_grids_chosen_point_and_says_when_it_lies_beyond_the_axes():
+    """The grid's row of the tables (its point chosen on validation) had no mark of its own: in the
+    default study it was one black dot among the front's, or beyond the axes without a word."""
+    rows = []
+    # Validation chooses w=2,0, which gives task b up; w=1,1 is chosen among the points that weight both.
+    grid = {(2.0, 0.0): (0.3, 10.0, 0.5), (1.0, 1.0): (0.7, 0.7, 1.4), (0.0, 2.0): (12.0, 0.5, 12.5)}
+    for w, (a, b, val) in grid.items():
+        for seed in (0, 1, 2):
+            row = _run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val, a + b, a + b - 0.1, weights=w)
+            rows.append({**row, "test_loss_a": a, "test_loss_b": b})
+    for seed in (0, 1, 2):
+        rows.append({**_run("gradnorm", f"alpha=1.5/seed={seed}", seed, 1.3, 1.5, 1.4, mean_weights=(1.1, 0.9),
+                            balancer="gradnorm"), "test_loss_a": 0.8, "test_loss_b": 0.75})
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    c = build_comparison("boundary", manifest, pd.DataFrame(rows), [])
+    assert c.grids["grid"].selected == "w=2,0" and c.grids["grid"].weighted_all == "w=1,1"
+    ax = figures.pareto_front(c).axes[0]
+    star = next(col for col in ax.collections if col.get_label() == "grid: chosen on validation")
+    assert star.get_offsets().tolist() == [[0.3, 10.0]]
+    assert ax.get_title() == "2 grid points with a weight of 0 lie beyond the axes, ★ among them"
+    one_far = pd.DataFrame([r for r in rows if not r["run_key"].startswith("w=0,2/")])
+    ax = figures.pareto_front(build_comparison("one far", manifest, one_far, [])).axes[0]
+    assert ax.get_title() == "the chosen point ★ (a weight of 0) lies beyond the axes"
+    plt.close("all")
+
+
 def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results():
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])

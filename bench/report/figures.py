@@ -615,6 +615,8 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     arm, grid, points = _grid(c, arm)
     losses = points[[f"test_loss_{t}" for t in c.tasks]].to_numpy()
     front = _pareto_mask(losses)
+    # The point the tables call the grid: starred, as on the landscape (it is not among `others`).
+    chosen = points.selected.to_numpy(dtype=bool)
     pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
     per_task = per_task.reindex(list(dict.fromkeys(c.per_task.arm)))  # the tables' order, not pivot's sorted one
@@ -630,6 +632,8 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     for ax, (i, j) in zip(axes, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
         ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
+        ax.scatter(losses[chosen, i], losses[chosen, j], s=260, marker="*", color="gold", edgecolors="k",
+                   zorder=3, label=f"{arm}: chosen on validation")
         for label, size in zip(others, _nested_sizes(len(others), 150, 70)):
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=size,
                        marker="X", color=colours[label], edgecolors="k", label=label)
@@ -644,9 +648,8 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
                 (ax.set_xlim if axis == "x" else ax.set_ylim)(*focus[k])
             (ax.set_xlabel if axis == "x" else ax.set_ylabel)(f"test loss {task}")
         if focus is not None:
-            outside = int((~_inside(losses[:, [i, j]], focus)).sum())
-            ax.set_title(f"{count(outside, 'grid point')} with a weight of 0 {'lies' if outside == 1 else 'lie'} "
-                         "beyond the axes",
+            beyond = ~_inside(losses[:, [i, j]], focus)
+            ax.set_title(_beyond_the_axes(int(beyond.sum()), bool((beyond & chosen).any())),
                          fontsize="small", color="0.35")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
@@ -661,6 +664,24 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
                    bbox_to_anchor=(0.5, -0.02))
         fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+def _beyond_the_axes(outside: int, chosen_among: bool) -> str:
+    """A Pareto panel's note on the grid points its axes leave out (the legend's star is the
+    grid's chosen point).
+
+    >>> _beyond_the_axes(1, False)
+    '1 grid point with a weight of 0 lies beyond the axes'
+    >>> _beyond_the_axes(1, True)
+    'the chosen point ★ (a weight of 0) lies beyond the axes'
+    >>> _beyond_the_axes(21, True)
+    '21 grid points with a weight of 0 lie beyond the axes, ★ among them'
+    """
+    if outside == 1 and chosen_among:
+        return "the chosen point ★ (a weight of 0) lies beyond the axes"
+    verb = "lies" if outside == 1 else "lie"
+    return (f"{count(outside, 'grid point')} with a weight of 0 {verb} beyond the axes"
+            + (", ★ among them" if chosen_among else ""))
 
 
 def _inside(xy: np.ndarray, box: tuple[tuple[float, float], tuple[float, float]]) -> np.ndarray:
