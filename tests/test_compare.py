@@ -624,7 +624,7 @@ def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blam
     assert again.headline[1].endswith("The grid has no point that weights all 2 tasks.")
     distance = figures.distance_to_gradnorm(again)
     assert [t.get_text() for t in distance.legends[0].get_texts()] == [
-        "a weight of 0 (that task's head never trains)"]
+        "a weight of 0 (that task's head never trains)", "grid: chosen on validation"]
     plt.close(distance)
     runs.loc[runs.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
     middle = [_run("grid", f"w=1,1/seed={seed}", seed, 1.0, 1.2, 0.9, weights=(1.0, 1.0),
@@ -691,7 +691,8 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert ax.get_legend() is None  # inside, it covered points that weight a task 0
     (legend,) = distance.legends
     assert [t.get_text() for t in legend.get_texts()] == [
-        "all weights > 0", "a weight of 0 (that task's head never trains)"]
+        "all weights > 0", "a weight of 0 (that task's head never trains)", "grid: chosen on validation",
+        "grid: chosen on validation, all weights > 0"]
     renderer = distance.canvas.get_renderer()
     assert legend.get_window_extent(renderer).y1 < ax.get_tightbbox(renderer).y0  # below the x label
     assert legend.get_window_extent(renderer).y0 >= 0  # and within the figure
@@ -750,9 +751,10 @@ def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_t
     plt.close("all")
 
 
-def test_the_pareto_figure_stars_the_grids_chosen_point_and_says_when_it_lies_beyond_the_axes():
-    """The grid's row of the tables (its point chosen on validation) had no mark of its own: in the
-    default study it was one black dot among the front's, or beyond the axes without a word."""
+def test_the_pareto_and_distance_figures_star_the_grids_chosen_points():
+    """The grid's rows of the tables (its points chosen on validation) had no mark of their own: in
+    the default study's Pareto figure one black dot among the front's, or beyond the axes without
+    a word."""
     rows = []
     # Validation chooses w=2,0, which gives task b up; w=1,1 is chosen among the points that weight both.
     grid = {(2.0, 0.0): (0.3, 10.0, 0.5), (1.0, 1.0): (0.7, 0.7, 1.4), (0.0, 2.0): (12.0, 0.5, 12.5)}
@@ -773,6 +775,13 @@ def test_the_pareto_figure_stars_the_grids_chosen_point_and_says_when_it_lies_be
     one_far = pd.DataFrame([r for r in rows if not r["run_key"].startswith("w=0,2/")])
     ax = figures.pareto_front(build_comparison("one far", manifest, one_far, [])).axes[0]
     assert ax.get_title() == "the chosen point ★ (a weight of 0) lies beyond the axes"
+    # The distance figure stars both of the grid's rows.
+    stars = {col.get_label(): col.get_offsets().tolist()[0]
+             for col in figures.distance_to_gradnorm(c).axes[0].collections if col.get_label().startswith("grid:")}
+    assert stars.keys() == {"grid: chosen on validation", "grid: chosen on validation, all weights > 0"}
+    assert stars["grid: chosen on validation"][0] == pytest.approx(math.hypot(0.9, 0.9))
+    assert stars["grid: chosen on validation, all weights > 0"] == pytest.approx([math.hypot(0.1, 0.1),
+                                                                                   100 * (1.4 / 1.5 - 1)])
     plt.close("all")
 
 
@@ -1367,7 +1376,8 @@ def test_gradnorm_is_placed_among_the_grid_points_on_the_seeds_the_point_was_cho
     # not yet drawn (at -50 %), the others at their means over seeds 0-2 against GradNorm's.
     ax = figures.distance_to_gradnorm(c).axes[0]
     drawn = sorted(np.round(np.concatenate([col.get_offsets()[:, 1] for col in ax.collections
-                                            if type(col).__name__ == "PathCollection"]), 3))
+                                            if type(col).__name__ == "PathCollection"
+                                            and not col.get_label().startswith("grid:")]), 3))
     assert drawn == pytest.approx([-4.762, 0.0, 4.762])
     assert ax.get_title() == "3 points, all at one distance: no correlation"  # SciPy warned, and gave NaN
     landscape = figures.grid_landscape(c).axes[0]

@@ -583,6 +583,13 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
             ax.scatter(distance[boundary], change[boundary], s=22, color="C1", marker="D",
                        label="a weight of 0 (that task's head never trains)")
             title = f"all points: {title}\nall weights > 0: {_correlations(distance[interior], change[interior])}"
+        # The grid's rows in the tables, starred as on the landscape.
+        for point, colour, label in ((grid.selected, "gold", "chosen on validation"),
+                                     (grid.weighted_all, "white", "chosen on validation, all weights > 0")):
+            at = (points.point == point).to_numpy()
+            if point and at.any():
+                ax.scatter(distance[at], change[at], s=220, marker="*", color=colour, edgecolors="k", zorder=3,
+                           label=f"{arm}: {label}")
         ax.set_title(title)
         ax.axhline(0, color="k", lw=0.8)
         # Wrapped: with a long arm name it would run into the next panel's label.
@@ -593,7 +600,8 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         # Below the panels: inside, the points that weight a task 0 fill the upper half, and
         # matplotlib's best place for a legend still covered some of them.
         fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", frameon=False)
-        fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
+        rows = math.ceil(len(labels) / 2)
+        fig.tight_layout(rect=(0, (0.1 + 0.25 * rows) / fig.get_figheight(), 1, 1))
     else:
         fig.tight_layout()
     return fig
