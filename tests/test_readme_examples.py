@@ -22,7 +22,9 @@ def example(name: str) -> str:
 
 
 @pytest.mark.slow
-def test_user_defined_problem_from_the_readme(tmp_path):
+def test_user_defined_problem_from_the_readme(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
     (tmp_path / "my_problems.py").write_text(example("my_problems.py"))
     (tmp_path / "waves.toml").write_text(example("waves.toml"))
     for args in (["run", "--study", "waves.toml"], ["compare", "--study", "waves", "--format", "csv"]):
@@ -30,6 +32,15 @@ def test_user_defined_problem_from_the_readme(tmp_path):
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr
     assert "gradnorm-static" in result.stdout and "grid" in result.stdout
+    # The README's seaborn example, on this study's curves.
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(example("curves").replace("results/gridsearch/", "results/waves/"), namespace)
+    test = namespace["test"]
+    assert set(test.arm) == {"gradnorm", "gradnorm-static", "equal"} and sorted(set(test.step)) == [0, 50, 100, 150, 200]
+    drawn = [line for line in plt.gcf().axes[0].lines if len(line.get_xdata())]  # less the legend's handles
+    assert len(drawn) == 3 and all(len(line.get_xdata()) == 5 for line in drawn)  # a mean line per arm
+    plt.close("all")
     train = subprocess.run([sys.executable, "-m", "bench", "train", "--problem", "my_problems:two_waves",
                             "-p", "scale=5", "--balancer", "gradnorm", "--steps", "20", "--batch-size", "32",
                             "--eval-every", "10", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

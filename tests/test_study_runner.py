@@ -19,7 +19,7 @@ from bench.cli import main
 from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
-from bench.store.export import metrics_table, norm_target_gap, runs_table
+from bench.store.export import curves_table, metrics_table, norm_target_gap, runs_table
 from bench.store.results import StudyConfigChanged
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
@@ -118,6 +118,23 @@ def test_every_arm_runs_and_is_stored(store):
     grid_rows = long[long.arm == "grid"]
     assert (grid_rows.weight_task0 + grid_rows.weight_task1 - 2).abs().max() < 1e-9  # its parameters
     assert set(long.metric) >= {"loss", "rms", "overfitting_gap", "wall_time_s", "initial_loss"}
+    # The curves in long form: every evaluation of every run, its weights, GradNorm's norms.
+    curves = curves_table(table, store.records("tiny"), ["task0", "task1"])
+    assert not curves.duplicated(["arm", "run_key", "step", "metric", "split", "task"]).any()
+    for (arm, key), r in records.items():
+        run = curves[(curves.arm == arm) & (curves.run_key == key)]
+        final = run[(run.step == r["record"]["steps_done"]) & (run.metric == "loss") & (run.split == "test")]
+        assert final.value.tolist() == pytest.approx(r["record"]["test_loss"], rel=1e-3)  # stored to 4 digits
+        total = run[(run.step == 0) & (run.metric == "normalized_loss") & (run.split == "val")].value.item()
+        assert total == pytest.approx(sum(v / n for v, n in zip(r["record"]["curves"]["val"][0],
+                                                               r["record"]["normalisers"])), rel=1e-3)
+        weights = run[run.metric == "weight"].pivot(index="step", columns="task", values="value")
+        assert weights.to_numpy().tolist() == [row[1:] for row in r["record"]["weights_trajectory"]]
+        assert (run.seed == r["params"]["seed"]).all() and (run.balancer == r["record"]["config"]["balancer"]).all()
+        assert set(run.metric) == ({"loss", "normalized_loss", "weight"}
+                                   | ({"grad_norm", "target_norm"} if arm == "gradnorm" else set()))
+    grid_rows = curves[curves.arm == "grid"]
+    assert (grid_rows.weight_task0 + grid_rows.weight_task1 - 2).abs().max() < 1e-9  # its parameters
 
 
 def sampled_grid(sampler: str, n_trials: int, parallel_points: int) -> str:

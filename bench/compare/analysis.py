@@ -268,7 +268,8 @@ def _seed_ranges(seeds: list[int]) -> str:
 
 def load_comparison(store: ResultStore, study: str) -> Comparison:
     manifest = store.require_manifest(study)
-    comparison = build_comparison(study, manifest, runs_table(store, study), store.records(study))
+    entries = store.records(study)
+    comparison = build_comparison(study, manifest, runs_table(store, study, entries), entries)
     comparison.progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
     comparison.storage = store.url if store.url != DEFAULT_STORAGE else None
     return comparison

@@ -27,11 +27,13 @@ STORAGE_ATTR = "bench_storage"
 CREATED_ATTR = "bench_study_created"
 
 
-def runs_table(store: ResultStore, study: str) -> pd.DataFrame:
+def runs_table(store: ResultStore, study: str, entries: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per finished run; `entries` are the study's `store.records`, if read already."""
     manifest = store.require_manifest(study)
     kinds = manifest.get("kinds", {})
     tasks = manifest.get("task_names", [])
-    rows = [_row(entry, kinds.get(entry["arm"], ""), tasks) for entry in store.records(study)]
+    entries = store.records(study) if entries is None else entries
+    rows = [_row(entry, kinds.get(entry["arm"], ""), tasks) for entry in entries]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -135,6 +137,71 @@ def metrics_table(runs: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
     return long[long.value.notna()].reset_index(drop=True)
 
 
+# The per-step series of a record, as `metric` in the curves table: its losses at every
+# evaluation (split by split), its weights and GradNorm's gradient norms at W and their targets.
+_TRAJECTORIES = {"weight": "weights_trajectory", "grad_norm": "grad_norms", "target_norm": "target_norms"}
+
+
+def curves_table(runs: pd.DataFrame, entries: list[dict[str, Any]], tasks: Sequence[str]) -> pd.DataFrame:
+    """Every run's curves in long form, one row per run, step and measure, with the run's
+    identity and parameters as in the metrics table: `loss` and `normalized_loss` on each split
+    at every evaluation step, and, from the steps kept of each trajectory (at most 500, a flat
+    stretch by its two ends), `weight`, and GradNorm's `grad_norm` (G_i at W) and `target_norm`
+    (its target G_bar r_i^alpha). The storage keeps these series to 4 significant digits (the
+    runs table's final losses are exact). A failed run's curves stop where it failed. For seaborn:
+    `sns.relplot(data=curves.query("metric == 'loss' and split == 'test'"), x="step", y="value",
+    hue="arm", col="task", kind="line")`.
+
+    >>> runs = pd.DataFrame({"arm": ["equal"], "run_key": ["seed=0"], "seed": [0]})
+    >>> record = {"normalisers": [1.0, 4.0], "curves": {"step": [0, 10], "test": [[1.0, 8.0], [0.5, 4.0]]},
+    ...           "weights_trajectory": [[0, 1.0, 1.0], [9, 1.0, 1.0]], "traces": {}}
+    >>> curves_table(runs, [{"arm": "equal", "run_key": "seed=0", "record": record}], ["a", "b"])
+         arm run_key  seed  step           metric split task  value
+    0  equal  seed=0     0     0             loss  test    a    1.0
+    1  equal  seed=0     0     0             loss  test    b    8.0
+    2  equal  seed=0     0     0  normalized_loss  test         3.0
+    3  equal  seed=0     0     0           weight          a    1.0
+    4  equal  seed=0     0     0           weight          b    1.0
+    5  equal  seed=0     0     9           weight          a    1.0
+    6  equal  seed=0     0     9           weight          b    1.0
+    7  equal  seed=0     0    10             loss  test    a    0.5
+    8  equal  seed=0     0    10             loss  test    b    4.0
+    9  equal  seed=0     0    10  normalized_loss  test         1.5
+    """
+    keep = [c for c in (*_RUN_COLUMNS, *(f"weight_{t}" for t in tasks)) if c in runs]
+    columns: dict[str, list[Any]] = {"run": [], "step": [], "metric": [], "split": [], "task": [], "value": []}
+
+    def add(run: int, step: int, metric: str, split: str, values: Sequence[float], named: Sequence[str]) -> None:
+        for task, value in zip(named, values):
+            for name, item in (("run", run), ("step", int(step)), ("metric", metric), ("split", split),
+                               ("task", task), ("value", value)):
+                columns[name].append(item)
+
+    order = {key: i for i, key in enumerate(zip(runs.arm, runs.run_key))}
+    for entry in entries:
+        run, record = order.get((entry["arm"], entry["run_key"])), entry.get("record")
+        if run is None or not record:
+            continue
+        curves = record.get("curves") or {}
+        normalisers = record.get("normalisers") or []
+        for j, step in enumerate(curves.get("step", [])):
+            for split in SPLITS:
+                if split in curves:
+                    losses = curves[split][j]
+                    add(run, step, "loss", split, losses, tasks)
+                    # To the stored losses' 4 significant digits: more would be false precision.
+                    normalized = sum(v / n for v, n in zip(losses, normalisers))
+                    add(run, step, "normalized_loss", split, [float(f"{normalized:.4g}")], [""])
+        traces = {**(record.get("traces") or {}), "weights_trajectory": record.get("weights_trajectory") or []}
+        for metric, name in _TRAJECTORIES.items():
+            for step, *values in traces.get(name) or []:
+                add(run, step, metric, "", values, tasks)
+    long = pd.DataFrame(columns).astype({"run": "int64", "step": "int64", "value": "float64"})
+    long = long.sort_values(["run", "step"], kind="stable").reset_index(drop=True)  # each run's steps in order
+    ids = runs.reset_index(drop=True)[keep].iloc[long.pop("run").to_numpy()].reset_index(drop=True)
+    return pd.concat([ids, long], axis=1)
+
+
 def _measure(column: str, tasks: Sequence[str]) -> tuple[str, str, str]:
     """(metric, split, task) of a runs-table column: `val_loss_task0` is ("loss", "val",
     "task0"), `normalized_test_loss` ("normalized_loss", "test", ""), `wall_time_s` itself.
@@ -180,10 +247,12 @@ def norm_target_gap(record: dict[str, Any]) -> float | None:
 
 
 def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
-                     table: pd.DataFrame | None = None) -> tuple[list[Path], str | None]:
-    """Write `runs.csv` and `runs.parquet` for a study (`table`, if the caller has read it
-    already); return their paths, and the other storage whose tables of a study of the same name
-    they replaced (None if they replaced none).
+                     table: pd.DataFrame | None = None,
+                     entries: list[dict[str, Any]] | None = None) -> tuple[list[Path], str | None]:
+    """Write a study's tables, each as CSV and Parquet: `runs`, `metrics` (its long form) and
+    `curves` (`table` and the `store.records` entries, if the caller has read them already);
+    return their paths, and the other storage whose tables of a study of the same name they
+    replaced (None if they replaced none).
 
     Tables of the same study with more runs are kept as they are: they come from a worker that
     read the storage after this one, and a study only gains runs."""
@@ -192,16 +261,19 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
     table.attrs = {STORAGE_ATTR: storage_identity(store.url), CREATED_ATTR: manifest.get("created")}
     folder = (folder or RESULTS_DIR) / study
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
-    paths = [csv, parquet, folder / "metrics.csv", folder / "metrics.parquet"]
+    paths = [csv, parquet, *(folder / f"{name}.{ext}" for name in ("metrics", "curves") for ext in ("csv", "parquet"))]
     written, rows = _stamp(parquet)
     if written == table.attrs and rows > len(table):
         return paths, None
     folder.mkdir(parents=True, exist_ok=True)
-    long = metrics_table(table, manifest.get("task_names", [])) if len(table) else table
-    long.attrs = table.attrs
-    # The long table first: runs.parquet's stamp says the tables are whole and current.
-    replace_whole(paths[2], lambda path: long.to_csv(path, index=False))
-    replace_whole(paths[3], lambda path: long.to_parquet(path, index=False))
+    tasks = manifest.get("task_names", [])
+    long = metrics_table(table, tasks) if len(table) else table
+    curves = curves_table(table, store.records(study) if entries is None else entries, tasks) if len(table) else table
+    # The long tables first: runs.parquet's stamp says the tables are whole and current.
+    for frame, (csv_path, parquet_path) in ((long, paths[2:4]), (curves, paths[4:6])):
+        frame.attrs = table.attrs
+        replace_whole(csv_path, lambda path: frame.to_csv(path, index=False))
+        replace_whole(parquet_path, lambda path: frame.to_parquet(path, index=False))
     replace_whole(csv, lambda path: table.to_csv(path, index=False))
     replace_whole(parquet, lambda path: table.to_parquet(path, index=False))
     other = written.get(STORAGE_ATTR)
