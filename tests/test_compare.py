@@ -1241,6 +1241,24 @@ def test_an_index_html_that_is_not_a_report_is_never_replaced(tmp_path):
     plt.close("all")
 
 
+def test_the_report_carries_its_tables_csvs_so_that_a_page_sent_alone_keeps_every_digit(tmp_path):
+    """The page's tables are rounded for reading, and its note sent readers to grid_points.csv,
+    a file beside the page that a report sent by mail does not have."""
+    import base64
+    import re
+
+    from bench.report import write_report
+
+    page = write_report(hand_made(), tmp_path)
+    links = dict(re.findall(r'<a download="([^"]+)" href="data:text/csv;charset=utf-8;base64,([^"]+)"',
+                            page.read_text()))
+    written = {p.name for p in page.parent.glob("*.csv")}
+    assert set(links) == written >= {"main.csv", "per_task.csv", "comparisons.csv", "grid_points.csv"}
+    for name, data in links.items():
+        assert base64.b64decode(data) == (page.parent / name).read_bytes()
+    plt.close("all")
+
+
 def test_the_report_says_when_it_was_generated_with_its_time_zone(tmp_path):
     """"generated 2026-12-05 02:43" read differently on every continent."""
     import re

@@ -1,8 +1,9 @@
 """Writing a comparison out: a self-contained HTML report plus its tables as CSV and Markdown.
 
-Everything lands in `reports/<study>/`: `index.html` (figures embedded as PNG data, no network
-needed), and `main`, `per_task`, `standings`, `comparisons`, `grid_points` and `failed_runs` as
-`.csv` and `.md` (those the study has).
+Everything lands in `reports/<study>/`: `index.html` (figures embedded as PNG data, and each
+table's CSV as a download link, no network or other file needed), and `main`, `per_task`,
+`standings`, `comparisons`, `grid_points` and `failed_runs` as `.csv` and `.md` (those the study
+has).
 """
 
 from __future__ import annotations
@@ -144,12 +145,15 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     _check_replaceable(folder / "index.html")
     folder.mkdir(parents=True, exist_ok=True)
     frames = tables(c)
+    downloads: dict[str, str] = {}  # the CSVs inside the page too: a report sent on its own keeps its numbers
     for name, frame in frames.items():
         if frame.empty:  # no table of this kind now: one left from an earlier report would mislead
             for suffix in (".csv", ".md"):
                 (folder / f"{name}{suffix}").unlink(missing_ok=True)
             continue
-        replace_whole(folder / f"{name}.csv", lambda path: frame.to_csv(path, index=False))
+        text = frame.to_csv(index=False)
+        downloads[name] = "data:text/csv;charset=utf-8;base64," + base64.b64encode(text.encode()).decode("ascii")
+        replace_whole(folder / f"{name}.csv", lambda path: path.write_text(text, encoding="utf-8"))
         markdown = markdown_table(frame)
         replace_whole(folder / f"{name}.md", lambda path: path.write_text(markdown, encoding="utf-8"))
 
@@ -185,7 +189,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
         grid_tables=grid_tables, run_command=c.run_command, storage=storage, storage_identity=storage_identity(storage),
         run_env=run_env, report_env=report_env, devices=devices,
-        study_text=manifest.get("study_text", ""),
+        study_text=manifest.get("study_text", ""), downloads=downloads,
     )
     # Each file is written whole or not at all: a Ctrl-C or a full disk mid-write keeps the
     # previous report readable rather than leaving half a page.
