@@ -458,6 +458,30 @@ def test_compare_writes_the_report_before_printing_so_a_cut_pipe_does_not_lose_i
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
 
 
+def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):
+    """`--format json`: per study, the summary's sentences and the arms and paired tests as
+    objects, one strict JSON document (a script checks a verdict without parsing a table)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--study", "tiny", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    study = json.loads(captured.out)["tiny"]
+    from bench.compare import load_comparison
+    from bench.store import ResultStore
+
+    c = load_comparison(ResultStore(create=False), "tiny")
+    assert study["summary"] == c.headline and study["summary"]
+    assert [row["arm"] for row in study["arms"]] == c.main.arm.tolist()
+    assert study["arms"][0]["normalized_test_loss"] == pytest.approx(c.main.normalized_test_loss.iloc[0], rel=1e-14)
+    assert [(row["arm"], row["versus"]) for row in study["paired_tests"]] == list(zip(c.comparisons.arm,
+                                                                                     c.comparisons.versus))
+    assert "sentence" not in study["paired_tests"][0]
+    assert study["report"] == str(Path("reports") / "tiny" / "index.html") and "report:" in captured.err
+    assert main(["compare", "--study", "tiny", "--format", "yaml"]) == 2
+
+
 @pytest.mark.slow
 def test_run_then_compare_from_the_command_line(tmp_path):
     study = tmp_path / "tiny.toml"

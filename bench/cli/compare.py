@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import arm_table, console, err_console, fmt, print_note, stored_study_names, working
+from bench.cli.common import (arm_table, console, err_console, fmt, print_json, print_note, stored_study_names,
+                               working)
 from bench.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
@@ -24,13 +25,13 @@ FAILED_RUNS_SHOWN = 5
 def compare_command(
     study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout).")] = "table",
+    output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout), or json (per study: summary, arms, paired tests).")] = "table",
     reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = "reports",  # report.REPORTS_DIR
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
-    if output_format not in ("table", "csv", "markdown"):
-        raise ConfigError("--format", "table, csv or markdown", output_format)
+    if output_format not in ("table", "csv", "markdown", "json"):
+        raise ConfigError("--format", "table, csv, markdown or json", output_format)
     import pandas as pd
 
     from bench.compare import load_comparison
@@ -42,7 +43,7 @@ def compare_command(
     with working(f"reading {storage or DEFAULT_STORAGE}"):
         store = ResultStore(storage, create=False)
         names = stored_study_names(store, study)
-    mains = []
+    mains, objects = [], {}
     for name in names:
         with working(f"comparing the arms of {name}"):
             comparison = load_comparison(store, name)
@@ -60,12 +61,15 @@ def compare_command(
                                  "folder, or --no-report") from None
         if output_format == "table":
             print_comparison(comparison)
+        objects[name] = _comparison_object(comparison, None if no_report else path)
         if not no_report:
             (err_console if output_format != "table" else console).print(f"report: {path}")
             if previous not in (None, storage_identity(storage)):
                 print_note(f"{path.parent} held the report of a study {name!r} in another storage ({previous}); "
                            "it now holds this storage's. To keep each storage's reports apart, pass --reports DIR")
-    if output_format != "table":
+    if output_format == "json":  # for a script: `bench compare --format json | jq '.gridsearch.summary[0]'`
+        print_json(objects)
+    elif output_format != "table":
         frame = pd.concat(mains, ignore_index=True)
         columns = (["study"] if len(names) > 1 else []) + CSV_COLUMNS + [
             c for c in frame.columns if c not in CSV_COLUMNS + ["study"]]
@@ -76,6 +80,19 @@ def compare_command(
             from bench.report.html import markdown_table
 
             sys.stdout.write(markdown_table(frame))
+
+
+def _comparison_object(c: "Comparison", report: Path | None) -> dict:
+    """A study's comparison as JSON: the summary's sentences, one object per row of the arms
+    table and of the paired tests (a missing value is null), and the report's path."""
+    import json
+
+    def rows(frame) -> list[dict]:
+        return json.loads(frame.to_json(orient="records", double_precision=15)) if not frame.empty else []
+
+    return {"summary": list(c.headline), "arms": rows(c.main),
+            "paired_tests": rows(c.comparisons.drop(columns=["sentence"], errors="ignore")),
+            "report": str(report) if report else None}
 
 
 def weight_text(w: float) -> str:
