@@ -160,6 +160,27 @@ def test_train_prints_a_readable_summary(capsys):
     assert "static on toy" in out and "task-normalised loss" in out and "task1" in out
 
 
+def test_train_prints_the_problems_own_test_measures(capsys):
+    """Accuracy and RMS error were in the record (and --json) but not in the terminal's summary."""
+    from bench.cli.train import print_summary
+    from bench.formatting import format_number
+    from bench.training import RunRecord
+
+    code, out, _ = run_cli(["train", *TINY_TRAIN, "--json"], capsys)
+    rms = json.loads(out)["metrics"]["test"]["rms"]
+    code, out, _ = run_cli(["train", *TINY_TRAIN], capsys)
+    assert code == 0 and "test measures" in out
+    assert [line.split()[1] for line in out.splitlines() if line.split()[:1] in (["task0"], ["task1"])][-2:] == [
+        format_number(v) for v in rms]
+    # A measure that a task lacks (accuracy of a regression) reads "-".
+    record = RunRecord(config={"balancer": "equal", "problem": "mixed", "seed": 0, "data_seed": 0,
+                               "budget": {"steps": 1}}, status="ok", task_names=["price", "cut"], normalisers=[1.0, 1.0],
+                       metrics={"test": {"rms": [2.5, None], "accuracy": [None, 0.75]}})
+    print_summary(record)
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.split()}
+    assert rows["price"][-2:] == ["2.500", "-"] and rows["cut"][-2:] == ["-", "0.7500"]
+
+
 @pytest.mark.parametrize("args,words", [
     (["--balancer", "magic"], ["balancer", "magic", "gradnorm"]),
     (["--tasks", "2", "--sigmas", "1,2,3"], ["sigmas", "2 values"]),

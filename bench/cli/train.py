@@ -91,13 +91,18 @@ def print_summary(record: RunRecord) -> None:
         (record.status, "bold"), f" - {record.reason}" if record.reason else ""))
 
     def at(values, i):
-        return fmt(values[i]) if values else "-"
+        return fmt(values[i]) if values and values[i] is not None else "-"
     rows = [(name, at(record.train_loss, i), at(record.val_loss, i), at(record.test_loss, i),
              at(record.overfitting_gap, i), at(record.mean_weights, i), at(record.final_weights, i))
             for i, name in enumerate(record.task_names)]
     table = arm_table("losses per task (gap = test - train) and weights",
                       ("train", "val", "test", "gap", "mean w", "final w"), rows, key="task")
     console.print(table)
+    # The problem's own measures on each split (accuracy, RMS error), "-" where a task has none.
+    measures = (record.metrics or {}).get("test")
+    if measures:
+        rows = [(name, *(at(values, i) for values in measures.values())) for i, name in enumerate(record.task_names)]
+        console.print(arm_table("test measures", list(measures), rows, key="task"))
     if record.ok:
         console.print(f"task-normalised loss: train {fmt(record.normalized_train_loss)}, "
                       f"val {fmt(record.normalized_val_loss)}, test {fmt(record.normalized_test_loss)}; "
