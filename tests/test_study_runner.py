@@ -104,6 +104,11 @@ def test_every_arm_runs_and_is_stored(store):
         assert [row.initial_loss_task0, row.initial_loss_task1] == stats["initial_losses"]
         assert row.norm_target_gap == norm_target_gap(records[("gradnorm", row.run_key)]["record"]) >= 0
     assert table[table.arm == "grid"].nonpositive_weight_steps.isna().all()
+    # A static retrain carries its GradNorm run's alpha (its own parameters are weights): with
+    # the alpha empty, `groupby(["arm", "alpha"])` dropped every static retrain.
+    retrains = table[table.arm == "gradnorm-static"].set_index("run_key").alpha
+    assert retrains.to_dict() == gradnorm.set_index("run_key").alpha.to_dict() and set(retrains) == {0.5, 1.0}
+    assert table.groupby(["arm", "alpha"]).size().loc["gradnorm-static"].to_dict() == {0.5: 2, 1.0: 2}
     assert table[table.arm == "grid"].norm_target_gap.isna().all()
     # The long table: one row per run and measure, each the runs table's value, the parameters beside.
     long = metrics_table(table, ["task0", "task1"])

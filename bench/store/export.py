@@ -37,6 +37,13 @@ def runs_table(store: ResultStore, study: str, entries: list[dict[str, Any]] | N
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    # A GradNorm static run retrains its GradNorm run's weights, under the same key: it takes that
+    # run's alpha, which its own parameters (the weights) lack. Left empty, `groupby("alpha")`
+    # dropped every static run.
+    alphas = frame.set_index(["arm", "run_key"]).alpha
+    for arm, source in manifest.get("gradnorm_static_sources", {}).items():
+        static = frame.arm == arm
+        frame.loc[static, "alpha"] = [alphas.get((source, key)) for key in frame.run_key[static]]
     return in_study_order(frame.sort_values("run_key", key=_natural_order, kind="stable"), kinds)
 
 
