@@ -1406,3 +1406,67 @@ def test_gradnorm_is_placed_among_the_grid_points_on_the_seeds_the_point_was_cho
     c = build_comparison("hand", manifest, pd.DataFrame(rows), [])
     assert c.grids["grid"].unweighted == ["b"]
     assert "; 1 of the 3 has a lower test loss." in next(line for line in c.headline if "gives b a weight of 0" in line)
+
+
+def _any_study(data) -> pd.DataFrame:
+    """A small study drawn at random: a grid of four points (two give a task up), GradNorm and
+    equal weights, each run on seeds 0-2 finished, failed or not yet run, with any losses."""
+    losses = st.floats(0.1, 5.0, allow_subnormal=False)
+    rows = []
+
+    def runs(arm, key, **kwargs):
+        for seed in range(3):
+            status = data.draw(st.sampled_from(["ok", "ok", "ok", "failed", "unfinished"]), label=f"{arm} {key} {seed}")
+            if status == "unfinished":
+                continue
+            val, test = data.draw(losses), data.draw(losses)
+            row = _run(arm, f"{key}seed={seed}", seed, val, test, test - 0.05, status=status, **kwargs)
+            if status == "failed":  # a failed run has no losses
+                row.update({k: math.nan for k in row if "loss" in k or "gap" in k})
+            rows.append(row)
+
+    for w in ((2.0, 0.0), (1.5, 0.5), (1.0, 1.0), (0.0, 2.0)):
+        runs("grid", f"w={w[0]:g},{w[1]:g}/", weights=w)
+    runs("gradnorm", "alpha=1/", mean_weights=(1.2, 0.8), balancer="gradnorm")
+    runs("equal", "", weights=(1.0, 1.0))
+    return pd.DataFrame(rows)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules(data):
+    """Whatever runs have finished or failed, the comparison either says plainly why it cannot
+    compare (no grid point with every seed finished) or follows its rules: every arm's runs
+    counted, the grid's point chosen on validation among the points without a failed run, over
+    seeds they share, and p-values that are probabilities, Holm's never below the raw one."""
+    runs = _any_study(data)
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
+                "gradnorm_static_sources": {}}
+    grid = runs[runs.arm == "grid"] if len(runs) else runs
+    eligible = set(grid.run_key.str.split("/").str[0]) - set(grid[grid.status == "failed"].run_key.str.split("/").str[0]) \
+        if len(grid) else set()
+    if runs.empty or (len(grid) and not eligible):
+        with pytest.raises(BenchError, match="no finished runs yet|has no point with every seed finished"):
+            build_comparison("any", manifest, runs, [])
+        return
+    c = build_comparison("any", manifest, runs, [])
+    main = c.main.set_index("arm")
+    for arm, arm_runs in runs.groupby("arm"):
+        assert main.loc[arm, "runs"] == len(arm_runs)
+        assert main.loc[arm, "failed"] == (arm_runs.status == "failed").sum()
+    if len(grid):
+        selection = c.grids["grid"]
+        assert selection.selected in eligible
+        on = grid[grid.status == "ok"]
+        if selection.shared_seeds:
+            on = on[on.seed.isin(selection.shared_seeds)]
+        means = on.groupby(on.run_key.str.split("/").str[0]).normalized_val_loss.mean()
+        compared = [p for p in eligible if p in means.index and (
+            not selection.shared_seeds
+            or set(on[on.run_key.str.startswith(p + "/")].seed) == set(selection.shared_seeds))]
+        assert means[selection.selected] == min(means[p] for p in compared)
+    p = c.comparisons
+    if len(p):
+        finite = p.p_value.notna()
+        assert p.p_value[finite].between(0, 1).all() and (p.p_holm[finite] >= p.p_value[finite] - 1e-12).all()
+    assert c.headline and all(isinstance(line, str) and "nan" not in line for line in c.headline)
