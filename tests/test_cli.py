@@ -450,6 +450,10 @@ def test_the_run_summary_says_its_time_column_is_the_arms_total(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "total time (s)" in out
     assert "grid 2 0 1.500 2.000 3.5" in out
+    assert "A grid's row is the mean over all its points" not in out  # no kind, so no grid known
+    print_arm_summary(table.assign(kind="grid"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "A grid's row is the mean over all its points; `bench compare` chooses its point on validation" in out
 
 
 def test_status_as_json_for_a_script_that_waits_on_a_study(tmp_path, monkeypatch, capsys):

@@ -142,3 +142,7 @@ def print_arm_summary(table: pd.DataFrame) -> None:
     out = arm_table("task-normalised losses, mean over each arm's runs",
                     ("runs", "failed", "val", "test", "total time (s)"), rows)
     console.print(out)
+    if "kind" in table and (table.kind == "grid").any():
+        # A grid's mean over all its points, bad ones included, read as GradNorm beating it.
+        console.print("A grid's row is the mean over all its points; `bench compare` chooses its point on "
+                      "validation and sets it against the other arms.")
