@@ -1259,6 +1259,37 @@ def test_the_report_carries_its_tables_csvs_so_that_a_page_sent_alone_keeps_ever
     plt.close("all")
 
 
+def test_the_reports_folder_gets_an_index_of_its_reports(tmp_path):
+    """Several studies, one page each: the folder's index.html links them all, each with its
+    description and its summary's first line (from the report's head, not from the storage)."""
+    import html
+    import re
+
+    from bench.report import write_report
+    from bench.report.html import write_index
+
+    c = hand_made()
+    other = build_comparison("other <b>&", {**c.manifest, "description": 'Sigma "16" & friends'},
+                             c.runs.drop(columns=["variant", "kind", "label"]), [])
+    assert write_index(tmp_path) is None  # no report yet
+    write_report(c, tmp_path, "results/bench.journal")
+    write_report(other, tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "index.html").write_text("<html><title>my notes</title></html>")  # not a report
+    index = write_index(tmp_path)
+    page = index.read_text()
+    links = re.findall(r'<h2><a href="([^"]+)">([^<]+)</a></h2>', page)
+    assert [(href, html.unescape(name)) for href, name in links] == [
+        ("hand/index.html", "hand"), ("other%20%3Cb%3E%26/index.html", "other <b>&")]  # a name is any text
+    assert html.escape(c.headline[0], quote=False) in page and html.escape(other.headline[0], quote=False) in page
+    assert "Sigma &#34;16&#34; &amp; friends" in page or "Sigma &quot;16&quot; &amp; friends" in page
+    assert "my notes" not in page and f'<p class="note">{len(c.runs)} runs; generated ' in page
+    # A page of someone else's in the index's place is left alone.
+    index.write_text("<html><title>my site</title></html>")
+    assert write_index(tmp_path) is None and index.read_text() == "<html><title>my site</title></html>"
+    plt.close("all")
+
+
 def test_the_report_says_when_it_was_generated_with_its_time_zone(tmp_path):
     """"generated 2026-12-05 02:43" read differently on every continent."""
     import re

@@ -36,7 +36,7 @@ def compare_command(
 
     from bench.compare import load_comparison
     from bench.report import write_report
-    from bench.report.html import report_storage
+    from bench.report.html import report_storage, write_index
     from bench.store.storage import storage_identity
     from bench.store import DEFAULT_STORAGE, ResultStore
 
@@ -67,6 +67,10 @@ def compare_command(
             if previous not in (None, storage_identity(storage)):
                 print_note(f"{path.parent} held the report of a study {name!r} in another storage ({previous}); "
                            "it now holds this storage's. To keep each storage's reports apart, pass --reports DIR")
+    if not no_report:
+        index = write_index(Path(reports))
+        if index is not None and len(list(Path(reports).glob("*/index.html"))) > 1:
+            (err_console if output_format != "table" else console).print(f"all reports: {index}")
     if output_format == "json":  # for a script: `bench compare --format json | jq '.gridsearch.summary[0]'`
         print_json(objects)
     elif output_format != "table":

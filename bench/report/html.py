@@ -3,18 +3,18 @@
 Everything lands in `reports/<study>/`: `index.html` (figures embedded as PNG data, and each
 table's CSV as a download link, no network or other file needed), and `main`, `per_task`,
 `standings`, `comparisons`, `grid_points` and `failed_runs` as `.csv` and `.md` (those the study
-has).
+has). `reports/index.html` links every report in the folder (`write_index`).
 """
 
 from __future__ import annotations
 
 import base64
-import html as html_text
 import io
-import re
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import matplotlib.pyplot as plt
@@ -30,10 +30,10 @@ from bench.store.export import replace_whole
 from bench.store.storage import storage_identity
 
 REPORTS_DIR = Path("reports")
-# index.html names the storage its study was read from, in its head, so that `bench compare` can
-# say when a report replaces that of a study of the same name in another storage.
+# index.html names the storage its study was read from, in its head (with the study, its summary's
+# first line and when it was written, for the folder's index), so that `bench compare` can say
+# when a report replaces that of a study of the same name in another storage.
 REPORT_TITLE = "<title>GradNorm Bench: "  # every report's, from the first: how one is told from other pages
-STORAGE_META = re.compile(r'<meta name="bench-storage" content="([^"]*)">')
 GRID_ROWS_SHOWN = 20
 _env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"),
                           autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -115,13 +115,67 @@ def _figure_payload(figure_id: str, title: str, fig: plt.Figure) -> dict[str, An
 def report_storage(folder: Path) -> str | None:
     """The storage that the report in `folder` was read from; None without one, or for a report
     written before reports named their storage."""
+    head = _report_head(folder / "index.html")
+    return head.metas.get("bench-storage") if head else None
+
+
+class _HeadMetas(HTMLParser):
+    """The `<meta name=... content=...>` of a page's head, and its title."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metas: dict[str, str] = {}
+        self.title, self._in_title = "", False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        if tag == "meta" and named.get("name"):
+            self.metas[named["name"] or ""] = named.get("content") or ""
+        self._in_title = tag == "title"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+
+
+def _report_head(page: Path) -> _HeadMetas | None:
+    """The head of a report of ours; None for another page or one that cannot be read."""
     try:
-        with open(folder / "index.html", encoding="utf-8", errors="replace") as file:
-            head = file.read(8192)
+        with open(page, encoding="utf-8", errors="replace") as file:
+            head = file.read(16384)
     except OSError:
         return None
-    match = STORAGE_META.search(head)
-    return html_text.unescape(match[1]) if match else None
+    if REPORT_TITLE not in head:
+        return None
+    parser = _HeadMetas()
+    parser.feed(head.split("</head>")[0])
+    return parser
+
+
+def write_index(folder: Path | None = None) -> Path | None:
+    """Write `<folder>/index.html`: every report in the folder's subfolders, with its description
+    and the first line of its summary, linked. Returns its path; None where there is no report, or
+    where an index.html that is not ours is in the way (it is left as it is)."""
+    folder = folder or REPORTS_DIR
+    studies = []
+    for page in sorted(folder.glob("*/index.html")):
+        head = _report_head(page)
+        if head is None:
+            continue
+        m = head.metas
+        studies.append({"study": m.get("bench-study") or page.parent.name, "href": f"{quote(page.parent.name)}/index.html",
+                        "description": m.get("description", ""), "summary": m.get("bench-summary", ""),
+                        "generated": m.get("bench-generated", ""), "runs": m.get("bench-runs", ""),
+                        "storage": m.get("bench-storage", ""), "unfinished": bool(m.get("bench-unfinished"))})
+    index = folder / "index.html"
+    if not studies or (index.exists() and _report_head(index) is None):
+        return None
+    html = _env.get_template("index.html.j2").render(studies=studies, generated=time.strftime("%Y-%m-%d %H:%M %Z"))
+    replace_whole(index, lambda partial: partial.write_text(html, encoding="utf-8"))
+    return index
 
 
 def _check_replaceable(page: Path) -> None:
