@@ -120,25 +120,16 @@ def report_storage(folder: Path) -> str | None:
 
 
 class _HeadMetas(HTMLParser):
-    """The `<meta name=... content=...>` of a page's head, and its title."""
+    """The `<meta name=... content=...>` of a page's head (values unescaped)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.metas: dict[str, str] = {}
-        self.title, self._in_title = "", False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         named = dict(attrs)
         if tag == "meta" and named.get("name"):
             self.metas[named["name"] or ""] = named.get("content") or ""
-        self._in_title = tag == "title"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_title = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data
 
 
 def _report_head(page: Path) -> _HeadMetas | None:
