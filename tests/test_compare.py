@@ -1284,10 +1284,37 @@ def test_the_reports_folder_gets_an_index_of_its_reports(tmp_path):
     assert html.escape(c.headline[0], quote=False) in page and html.escape(other.headline[0], quote=False) in page
     assert "Sigma &#34;16&#34; &amp; friends" in page or "Sigma &quot;16&quot; &amp; friends" in page
     assert "my notes" not in page and f'<p class="note">{len(c.runs)} runs; generated ' in page
+    # The studies side by side: one column each, one row per arm, its test loss as in the report.
+    from bench.report.html import _across_studies
+
+    side = _across_studies(tmp_path, [{"study": name, "href": f"{href}"} for href, name in
+                                      [(h, html.unescape(n)) for h, n in links]])
+    assert list(side.columns) == ["hand", "other <b>&"] and list(side.index) == c.main.arm.tolist()
+    assert side["hand"].tolist() == pytest.approx(c.main.normalized_test_loss.tolist(), rel=1e-12)
+    assert "Test loss, study by study" in page
     # A page of someone else's in the index's place is left alone.
     index.write_text("<html><title>my site</title></html>")
     assert write_index(tmp_path) is None and index.read_text() == "<html><title>my site</title></html>"
     plt.close("all")
+
+
+def test_the_index_table_keeps_an_arms_labels_together_in_the_studies_order(tmp_path):
+    """With one study of six alphas beside studies of one, arms sorted by first appearance put
+    every alpha of the first study above the other studies' grid and equal weights."""
+    from bench.report.html import _across_studies
+
+    tables = {"sweep": ["grid", "gradnorm (alpha=0)", "gradnorm (alpha=1)", "equal"],
+              "plain": ["grid", "grid (all weights > 0)", "gradnorm", "gradnorm-static", "equal", "rlw"]}
+    for study, arms in tables.items():
+        (tmp_path / study).mkdir()
+        pd.DataFrame({"arm": arms, "normalized_test_loss": np.arange(len(arms), dtype=float)}).to_csv(
+            tmp_path / study / "main.csv", index=False)
+    (tmp_path / "old").mkdir()  # a report without its main.csv: left out
+    side = _across_studies(tmp_path, [{"study": s, "href": f"{s}/index.html"} for s in ("sweep", "plain", "old")])
+    assert list(side.columns) == ["sweep", "plain"]
+    assert list(side.index) == ["grid", "grid (all weights > 0)", "gradnorm (alpha=0)", "gradnorm (alpha=1)",
+                                "gradnorm", "gradnorm-static", "equal", "rlw"]
+    assert side.loc["equal"].tolist() == [3.0, 4.0] and math.isnan(side.loc["rlw", "sweep"])
 
 
 def test_the_report_says_when_it_was_generated_with_its_time_zone(tmp_path):

@@ -14,7 +14,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import jinja2
 import matplotlib.pyplot as plt
@@ -164,9 +164,34 @@ def write_index(folder: Path | None = None) -> Path | None:
     index = folder / "index.html"
     if not studies or (index.exists() and _report_head(index) is None):
         return None
-    html = _env.get_template("index.html.j2").render(studies=studies, generated=time.strftime("%Y-%m-%d %H:%M %Z"))
+    side_by_side = _across_studies(folder, studies)
+    html = _env.get_template("index.html.j2").render(
+        studies=studies, generated=time.strftime("%Y-%m-%d %H:%M %Z"),
+        table=_html(side_by_side.reset_index()) if not side_by_side.empty else "")
     replace_whole(index, lambda partial: partial.write_text(html, encoding="utf-8"))
     return index
+
+
+def _across_studies(folder: Path, studies: list[dict[str, Any]]) -> pd.DataFrame:
+    """The studies side by side: one column per study, one row per arm name (the shipped
+    studies share them), each arm's mean task-normalised test loss, from the main.csv beside
+    each report. Rows follow the studies' tables: each arm (its labels together: a grid and its
+    best point weighting every task, a GradNorm arm's alphas) by its mean place in them,
+    relative to their lengths. A study whose main.csv is missing or unreadable is left out."""
+    columns, places = {}, {}
+    for s in studies:
+        try:
+            main = pd.read_csv(folder / unquote(s["href"]).rsplit("/", 1)[0] / "main.csv")
+            columns[s["study"]] = pd.Series(main.normalized_test_loss.astype(float).to_numpy(), index=main.arm.astype(str))
+        except (OSError, ValueError, AttributeError, pd.errors.ParserError):
+            continue
+        for i, label in enumerate(columns[s["study"]].index):
+            places.setdefault(label.split(" (")[0], []).append(i / len(main))
+    frame = pd.DataFrame(columns)  # its rows sorted by name
+    place = {arm: sum(p) / len(p) for arm, p in places.items()}
+    first_seen = list(dict.fromkeys(label for column in columns.values() for label in column.index))
+    order = sorted(first_seen, key=lambda label: place[label.split(" (")[0]])  # stable: a group's labels as first seen
+    return frame.reindex(order).rename_axis("arm")
 
 
 def _check_replaceable(page: Path) -> None:
