@@ -1068,7 +1068,7 @@ def test_a_table_write_that_fails_keeps_the_previous_table_whole(workdir, capsys
     assert main(["run", "--study", path]) == 0
     tables = workdir / "results" / "tiny"
     before = {name: (tables / name).read_bytes()
-              for name in ("runs.csv", "runs.parquet", "metrics.csv", "metrics.parquet", "curves.csv", "curves.parquet")}
+              for name in ("runs.csv", "runs.parquet", "metrics.csv", "metrics.parquet", "curves.parquet")}
 
     def disk_full(self, target, *args, **kwargs):
         Path(target).write_bytes(b"PAR1 cut short")

@@ -52,7 +52,7 @@ def run_command(
     grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which other workers retrain this worker's runs (recorded with them; it waits as long for theirs, or as long as they asked).")] = GRACE_PERIOD,
     backend: Annotated[str, typer.Option(help="loky (local processes, --jobs) or dask (an existing cluster, --scheduler).")] = "loky",
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
-    tables: Annotated[str, typer.Option(help="Folder for the tables <folder>/<study>/runs.*, and metrics.* and curves.* (long form).")] = "results",  # export.RESULTS_DIR
+    tables: Annotated[str, typer.Option(help="Folder for the tables <folder>/<study>/runs.*, and metrics.* and curves.parquet (long form).")] = "results",  # export.RESULTS_DIR
 ) -> None:
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
     from bench.store import DEFAULT_STORAGE, ResultStore

@@ -256,8 +256,8 @@ def norm_target_gap(record: dict[str, Any]) -> float | None:
 def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
                      table: pd.DataFrame | None = None,
                      entries: list[dict[str, Any]] | None = None) -> tuple[list[Path], str | None]:
-    """Write a study's tables, each as CSV and Parquet: `runs`, `metrics` (its long form) and
-    `curves` (`table` and the `store.records` entries, if the caller has read them already);
+    """Write a study's tables: `runs` and `metrics` (its long form) as CSV and Parquet, and
+    `curves` as Parquet (`table` and the `store.records` entries, if the caller has read them);
     return their paths, and the other storage whose tables of a study of the same name they
     replaced (None if they replaced none).
 
@@ -268,7 +268,9 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
     table.attrs = {STORAGE_ATTR: storage_identity(store.url), CREATED_ATTR: manifest.get("created")}
     folder = (folder or RESULTS_DIR) / study
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
-    paths = [csv, parquet, *(folder / f"{name}.{ext}" for name in ("metrics", "curves") for ext in ("csv", "parquet"))]
+    # The curves as Parquet only: as CSV they were 24 times larger (5.6 MB for the default study),
+    # and a table of one row per run, step and measure is for pandas, not a spreadsheet.
+    paths = [csv, parquet, folder / "metrics.csv", folder / "metrics.parquet", folder / "curves.parquet"]
     written, rows = _stamp(parquet)
     if written == table.attrs and rows > len(table):
         return paths, None
@@ -277,10 +279,10 @@ def write_runs_table(store: ResultStore, study: str, folder: Path | None = None,
     long = metrics_table(table, tasks) if len(table) else table
     curves = curves_table(table, store.records(study) if entries is None else entries, tasks) if len(table) else table
     # The long tables first: runs.parquet's stamp says the tables are whole and current.
-    for frame, (csv_path, parquet_path) in ((long, paths[2:4]), (curves, paths[4:6])):
-        frame.attrs = table.attrs
-        replace_whole(csv_path, lambda path: frame.to_csv(path, index=False))
-        replace_whole(parquet_path, lambda path: frame.to_parquet(path, index=False))
+    long.attrs = curves.attrs = table.attrs
+    replace_whole(paths[2], lambda path: long.to_csv(path, index=False))
+    replace_whole(paths[3], lambda path: long.to_parquet(path, index=False))
+    replace_whole(paths[4], lambda path: curves.to_parquet(path, index=False))
     replace_whole(csv, lambda path: table.to_csv(path, index=False))
     replace_whole(parquet, lambda path: table.to_parquet(path, index=False))
     other = written.get(STORAGE_ATTR)
