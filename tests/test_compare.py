@@ -1315,6 +1315,13 @@ def test_the_index_table_keeps_an_arms_labels_together_in_the_studies_order(tmp_
     assert list(side.index) == ["grid", "grid (all weights > 0)", "gradnorm (alpha=0)", "gradnorm (alpha=1)",
                                 "gradnorm", "gradnorm-static", "equal", "rlw"]
     assert side.loc["equal"].tolist() == [3.0, 4.0] and math.isnan(side.loc["rlw", "sweep"])
+    # Each study's lowest test loss is marked (its grid here, at 0), and nothing else.
+    import re
+
+    from bench.report.html import _html
+
+    cells = re.findall(r'<td[^>]*class="([^"]*)"[^>]*>([^<]*)</td>', _html(side.reset_index(), lowest=side.reset_index(drop=True)))
+    assert [text for classes, text in cells if "lowest" in classes.split()] == ["0.000", "0.000"]
 
 
 def test_the_report_says_when_it_was_generated_with_its_time_zone(tmp_path):

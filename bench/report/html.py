@@ -83,14 +83,20 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return shown.to_markdown(index=False) + "\n"
 
 
-def _html(frame: pd.DataFrame, selected: pd.Series | None = None) -> str:
-    """An HTML table; rows where `selected` is true get the class "selected"."""
+def _html(frame: pd.DataFrame, selected: pd.Series | None = None, lowest: pd.DataFrame | None = None) -> str:
+    """An HTML table; rows where `selected` is true get the class "selected", and in the columns
+    of `lowest` (numbers, row for row with `frame`) each column's lowest value the class "lowest"."""
     shown = display_table(frame).reset_index(drop=True)
     # Cells hold the user's names and failure reasons: escaped, like the template's text.
     styler = shown.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)
+    marks = pd.DataFrame("", index=shown.index, columns=shown.columns)
     if selected is not None:
-        marks = [["selected" if s else ""] * shown.shape[1] for s in selected.tolist()]
-        styler = styler.set_td_classes(pd.DataFrame(marks, columns=shown.columns))
+        marks.loc[selected.to_numpy(dtype=bool), :] = "selected"
+    if lowest is not None:
+        for column in lowest:
+            marks.loc[(lowest[column] == lowest[column].min()).to_numpy(), column] = "lowest"
+    if (marks != "").any().any():
+        styler = styler.set_td_classes(marks)
     return styler.to_html()
 
 
@@ -167,7 +173,7 @@ def write_index(folder: Path | None = None) -> Path | None:
     side_by_side = _across_studies(folder, studies)
     html = _env.get_template("index.html.j2").render(
         studies=studies, generated=time.strftime("%Y-%m-%d %H:%M %Z"),
-        table=_html(side_by_side.reset_index()) if not side_by_side.empty else "")
+        table=_html(side_by_side.reset_index(), lowest=side_by_side.reset_index(drop=True)) if not side_by_side.empty else "")
     replace_whole(index, lambda partial: partial.write_text(html, encoding="utf-8"))
     return index
 
