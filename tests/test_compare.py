@@ -1256,6 +1256,10 @@ def test_the_report_carries_its_tables_csvs_so_that_a_page_sent_alone_keeps_ever
     assert set(links) == written >= {"main.csv", "per_task.csv", "comparisons.csv", "grid_points.csv"}
     for name, data in links.items():
         assert base64.b64decode(data) == (page.parent / name).read_bytes()
+    # The grid's table highlights its chosen point's row, every cell of it.
+    grid = page.read_text().split('<h2 id="grid">')[1]
+    cells = re.findall(r'<td[^>]*class="data row(\d+) col\d+( selected)?"[^>]*>', grid)
+    assert {row for row, selected in cells if selected} == {"0"} and all(selected for row, selected in cells if row == "0")
     plt.close("all")
 
 
