@@ -481,6 +481,7 @@ def test_compare_writes_the_report_before_printing_so_a_cut_pipe_does_not_lose_i
     monkeypatch.setattr("bench.cli.compare.print_comparison", pipe_closed)
     assert main(["compare", "--study", "tiny"]) != 0
     assert (tmp_path / "reports" / "tiny" / "index.html").is_file()
+    assert 'href="tiny/index.html"' in (tmp_path / "reports" / "index.html").read_text()  # the folder's index too
 
 
 def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):

@@ -43,7 +43,7 @@ def compare_command(
     with working(f"reading {storage or DEFAULT_STORAGE}"):
         store = ResultStore(storage, create=False)
         names = stored_study_names(store, study)
-    mains, objects = [], {}
+    mains, objects, index = [], {}, None
     for name in names:
         with working(f"comparing the arms of {name}"):
             comparison = load_comparison(store, name)
@@ -55,6 +55,7 @@ def compare_command(
             try:
                 with working(f"drawing the report of {name}"):
                     path = write_report(comparison, Path(reports), storage)
+                    index = write_index(Path(reports))  # with the report: a cut pipe ends us at the print
             except OSError as err:
                 raise BenchError(f"cannot write the report of {name} to {Path(reports) / name}: "
                                  f"{err.strerror or err} ({err.filename}); pass --reports with another "
@@ -67,10 +68,8 @@ def compare_command(
             if previous not in (None, storage_identity(storage)):
                 print_note(f"{path.parent} held the report of a study {name!r} in another storage ({previous}); "
                            "it now holds this storage's. To keep each storage's reports apart, pass --reports DIR")
-    if not no_report:
-        index = write_index(Path(reports))
-        if index is not None and len(list(Path(reports).glob("*/index.html"))) > 1:
-            (err_console if output_format != "table" else console).print(f"all reports: {index}")
+    if index is not None and len(list(Path(reports).glob("*/index.html"))) > 1:
+        (err_console if output_format != "table" else console).print(f"all reports: {index}")
     if output_format == "json":  # for a script: `bench compare --format json | jq '.gridsearch.summary[0]'`
         print_json(objects)
     elif output_format != "table":
