@@ -1291,8 +1291,7 @@ def test_the_reports_folder_gets_an_index_of_its_reports(tmp_path):
     # The studies side by side: one column each, one row per arm, its test loss as in the report.
     from bench.report.html import _across_studies
 
-    side = _across_studies(tmp_path, [{"study": name, "href": f"{href}"} for href, name in
-                                      [(h, html.unescape(n)) for h, n in links]])
+    side = _across_studies([{"study": name, "folder": tmp_path / name} for name in ("hand", "other <b>&")])
     assert list(side.columns) == ["hand", "other <b>&"] and list(side.index) == c.main.arm.tolist()
     assert side["hand"].tolist() == pytest.approx(c.main.normalized_test_loss.tolist(), rel=1e-12)
     assert "Test loss, study by study" in page
@@ -1314,7 +1313,7 @@ def test_the_index_table_keeps_an_arms_labels_together_in_the_studies_order(tmp_
         pd.DataFrame({"arm": arms, "normalized_test_loss": np.arange(len(arms), dtype=float)}).to_csv(
             tmp_path / study / "main.csv", index=False)
     (tmp_path / "old").mkdir()  # a report without its main.csv: left out
-    side = _across_studies(tmp_path, [{"study": s, "href": f"{s}/index.html"} for s in ("sweep", "plain", "old")])
+    side = _across_studies([{"study": s, "folder": tmp_path / s} for s in ("sweep", "plain", "old")])
     assert list(side.columns) == ["sweep", "plain"]
     assert list(side.index) == ["grid", "grid (all weights > 0)", "gradnorm (alpha=0)", "gradnorm (alpha=1)",
                                 "gradnorm", "gradnorm-static", "equal", "rlw"]

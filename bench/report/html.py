@@ -14,7 +14,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import jinja2
 import matplotlib.pyplot as plt
@@ -163,14 +163,15 @@ def write_index(folder: Path | None = None) -> Path | None:
         if head is None:
             continue
         m = head.metas
-        studies.append({"study": m.get("bench-study") or page.parent.name, "href": f"{quote(page.parent.name)}/index.html",
+        studies.append({"study": m.get("bench-study") or page.parent.name, "folder": page.parent,
+                        "href": f"{quote(page.parent.name)}/index.html",
                         "description": m.get("description", ""), "summary": m.get("bench-summary", ""),
                         "generated": m.get("bench-generated", ""), "runs": m.get("bench-runs", ""),
                         "storage": m.get("bench-storage", ""), "unfinished": bool(m.get("bench-unfinished"))})
     index = folder / "index.html"
     if not studies or (index.exists() and _report_head(index) is None):
         return None
-    side_by_side = _across_studies(folder, studies)
+    side_by_side = _across_studies(studies)
     html = _env.get_template("index.html.j2").render(
         studies=studies, generated=time.strftime("%Y-%m-%d %H:%M %Z"),
         table=_html(side_by_side.reset_index(), lowest=side_by_side.reset_index(drop=True)) if not side_by_side.empty else "")
@@ -178,7 +179,7 @@ def write_index(folder: Path | None = None) -> Path | None:
     return index
 
 
-def _across_studies(folder: Path, studies: list[dict[str, Any]]) -> pd.DataFrame:
+def _across_studies(studies: list[dict[str, Any]]) -> pd.DataFrame:
     """The studies side by side: one column per study, one row per arm name (the shipped
     studies share them), each arm's mean task-normalised test loss, from the main.csv beside
     each report. Rows follow the studies' tables: each arm (its labels together: a grid and its
@@ -187,7 +188,7 @@ def _across_studies(folder: Path, studies: list[dict[str, Any]]) -> pd.DataFrame
     columns, places = {}, {}
     for s in studies:
         try:
-            main = pd.read_csv(folder / unquote(s["href"]).rsplit("/", 1)[0] / "main.csv")
+            main = pd.read_csv(s["folder"] / "main.csv")
             columns[s["study"]] = pd.Series(main.normalized_test_loss.astype(float).to_numpy(), index=main.arm.astype(str))
         except (OSError, ValueError, AttributeError, pd.errors.ParserError):
             continue
