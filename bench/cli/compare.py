@@ -26,7 +26,7 @@ def compare_command(
     study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout), or json (per study: summary, arms, paired tests).")] = "table",
-    reports: Annotated[str, typer.Option(help="Folder for reports/<study>/.")] = "reports",  # report.REPORTS_DIR
+    reports: Annotated[str, typer.Option(help="Folder for reports/<study>/, and reports/index.html, which links them all.")] = "reports",  # report.REPORTS_DIR
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
