@@ -126,8 +126,9 @@ class AlphaChoice:
             low, high = (min(self.test_losses, key=self.test_losses.__getitem__),
                          max(self.test_losses, key=self.test_losses.__getitem__))
             ends = [self.test_losses[low], self.test_losses[high]]
-            spread = (f" Across them, test loss runs from {significant(ends[0], telling_apart(ends))} ({low}) to "
-                      f"{significant(ends[1], telling_apart(ends))} ({high}), "
+            end_digits = telling_apart(ends)
+            spread = (f" Across them, test loss runs from {significant(ends[0], end_digits)} ({low}) to "
+                      f"{significant(ends[1], end_digits)} ({high}), "
                       f"{100 * (self.test_losses[high] / self.test_losses[low] - 1):.2g} % apart.")
         return (f"{self.arm}: validation chose {chosen} of {total} "
                 f"values (mean task-normalised validation loss {significant(self.val_losses[chosen], digits)}; "
