@@ -1538,3 +1538,32 @@ def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules
         finite = p.p_value.notna()
         assert p.p_value[finite].between(0, 1).all() and (p.p_holm[finite] >= p.p_value[finite] - 1e-12).all()
     assert c.headline and all(isinstance(line, str) and "nan" not in line for line in c.headline)
+
+
+def test_a_legend_below_the_panels_never_covers_their_labels():
+    """With two tasks and eleven arms, the Pareto figure's legend below its one panel took four
+    rows in the room of one and covered the x axis's label ("test loss task0")."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    kinds = dict(c.manifest["kinds"])
+    extra = []
+    for k in range(8):  # static arms of their own, as a study sets its practitioners' weights
+        arm = f"static-{k}"
+        kinds[arm] = "static"
+        w = (2.0 * (k + 1) / 9, 2.0 - 2.0 * (k + 1) / 9)
+        extra += [_run(arm, f"seed={seed}", seed, 1.2, 1.15 + 0.01 * k + 0.005 * seed, 1.0, weights=w)
+                  for seed in range(3)]
+    many = build_comparison("many", {**c.manifest, "kinds": kinds}, pd.concat([runs, pd.DataFrame(extra)]), [])
+    checked = []
+    for figure_id, _title, fig in figures.all_figures(many):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            assert box.y0 >= 0 and box.x0 >= 0 and box.x1 <= fig.bbox.width, figure_id  # within the figure
+            for ax in fig.axes:
+                if ax.get_visible() and ax.axison:
+                    assert not box.overlaps(ax.get_tightbbox(renderer)), (figure_id, ax.get_xlabel())
+            checked.append(figure_id)
+    assert "pareto" in checked
+    plt.close("all")

@@ -192,6 +192,23 @@ class _PlainLogFormatter(ticker.LogFormatterSciNotation):
         return power_label(x) if self.powers else f"{x:g}"
 
 
+def _legend_below(fig: plt.Figure, handles: list, labels: list[str], ncol: int) -> None:
+    """One legend under every panel, in as many columns (up to `ncol`) as the figure's width
+    holds; the figure grows by the legend's height, so the panels keep theirs. A fixed margin
+    let a legend of many arms cover the x axis's label, and a wide one run off the figure."""
+    renderer = fig.canvas.get_renderer()
+    for columns in range(min(ncol, len(labels)), 0, -1):
+        legend = fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=columns,
+                            fontsize="small", frameon=False)
+        box = legend.get_window_extent(renderer)
+        if box.width <= fig.bbox.width or columns == 1:
+            break
+        legend.remove()
+    room = box.height / fig.dpi + 0.1  # inches, with a tenth between the legend and the lowest label
+    fig.set_figheight(fig.get_figheight() + room)
+    fig.tight_layout(rect=(0, room / fig.get_figheight(), 1, 1))
+
+
 def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tuple[plt.Figure, list]:
     """n panels of width x height inches, at most two a row: three in a row shrink to unreadable
     text at the report's width. Returns the figure and its axes in reading order: the n panels,
@@ -387,9 +404,7 @@ def alpha_sensitivity(c: Comparison) -> plt.Figure | None:
             entries.setdefault(label, handle)
     handles, labels = list(entries.values()), list(entries)
     # Below the panels: the levels span the whole width, so inside no place is free of them.
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize="small", frameon=False)
-    rows = math.ceil(len(labels) / min(3, len(labels)))
-    fig.tight_layout(rect=(0, (0.2 + 0.22 * rows) / fig.get_figheight(), 1, 1))
+    _legend_below(fig, handles, labels, ncol=3)
     return fig
 
 
@@ -599,9 +614,7 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
     if labels:
         # Below the panels: inside, the points that weight a task 0 fill the upper half, and
         # matplotlib's best place for a legend still covered some of them.
-        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", frameon=False)
-        rows = math.ceil(len(labels) / 2)
-        fig.tight_layout(rect=(0, (0.1 + 0.25 * rows) / fig.get_figheight(), 1, 1))
+        _legend_below(fig, handles, labels, ncol=2)
     else:
         fig.tight_layout()
     return fig
@@ -636,7 +649,6 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     # the points that weight every task and the arms, and say how many points lie beyond.
     weighted_all = points.all_weights_positive.to_numpy(dtype=bool)
     fig, axes = _panels(len(pairs), 5.4, 4.8)
-    fig.set_figheight(fig.get_figheight() + 0.6)  # room for the legend below
     for ax, (i, j) in zip(axes, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
         ax.scatter(losses[front, i], losses[front, j], s=30, color="k", label="Pareto front (all tasks)")
@@ -668,9 +680,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
         spare.legend(handles, labels, loc="center", fontsize="small")
         fig.tight_layout()
     else:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small",
-                   bbox_to_anchor=(0.5, -0.02))
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        _legend_below(fig, handles, labels, ncol=4)
     return fig
 
 
