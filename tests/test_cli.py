@@ -158,6 +158,8 @@ def test_train_prints_a_readable_summary(capsys):
     code, out, _ = run_cli(["train", *TINY_TRAIN, "--balancer", "static", "--weights", "3,1"], capsys)
     assert code == 0
     assert "static on toy" in out and "task-normalised loss" in out and "task1" in out
+    code, out, _ = run_cli(["train", *TINY_TRAIN, "--balancer", "gradnorm", "-b", "alpha=0.12"], capsys)
+    assert code == 0 and out.startswith("gradnorm (alpha=0.12) on toy (seed 0")  # which GradNorm it was
 
 
 def test_train_prints_the_problems_own_test_measures(capsys):
@@ -191,6 +193,12 @@ def test_train_prints_the_problems_own_test_measures(capsys):
     (["--balancer", "gradnorm", "--alpha", "-1"], ["alpha", ">= 0"]),
     (["--problem", "nope"], ["problem", "toy"]),
     (["-p", "colour=red"], ["colour", "options"]),
+    # Said twice: the named option silently won over the KEY=VALUE one, and the summary named neither.
+    (["--balancer", "gradnorm", "--alpha", "1", "-b", "alpha=2"], ["--alpha", "-b alpha=2", "once"]),
+    (["--balancer", "static", "--weights", "1,2", "-b", "weights=3,1"], ["--weights", "-b weights", "once"]),
+    (["--tasks", "2", "-p", "tasks=3"], ["--tasks", "-p tasks=3", "once"]),
+    (["--sigmas", "1,2", "-p", "sigmas=1,4"], ["--sigmas", "-p sigmas", "once"]),
+    (["--balancer", "gradnorm", "-b", "alpha=1", "-b", "alpha=2"], ["--balancer-param", "alpha", "once"]),
 ])
 def test_bad_train_arguments_give_one_clear_line_and_a_nonzero_exit(capsys, args, words):
     code, out, err = run_cli(["train", *TINY_TRAIN, *args], capsys)

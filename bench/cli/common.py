@@ -50,8 +50,21 @@ def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, str
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(option, "KEY=VALUE", item)
+        if key.strip() in out:  # else the last one silently won
+            raise ConfigError(option, f"each KEY once ({key.strip()}={out[key.strip()]} came first)", item)
         out[key.strip()] = value.strip()
     return out
+
+
+def set_once(params: dict[str, object], key: str, value: object, option: str, short: str) -> None:
+    """`params[key] = value` from the named option `option`, refused when `short KEY=VALUE`
+    gave it already: which of the two wins is a guess the user should not have to make."""
+    if value is None:
+        return
+    if key in params:
+        raise ConfigError(option, f"{key} once: as {option} or as {short} {key}=..., not both "
+                                  f"({short} {key}={params[key]})", value)
+    params[key] = value
 
 
 def print_json(data: Any) -> None:

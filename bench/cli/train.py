@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json
+from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json, set_once
 from bench.errors import ConfigError
 from bench.training import Budget  # torch-free; the engine loads when a run starts
 
@@ -40,15 +40,11 @@ def train_command(
     from bench.training import RunConfig, train
 
     problem_params: dict[str, object] = parse_assignments(problem_param, "--problem-param")
-    if tasks is not None:
-        problem_params["tasks"] = tasks
-    if sigmas is not None:
-        problem_params["sigmas"] = sigmas
+    set_once(problem_params, "tasks", tasks, "--tasks", "-p")
+    set_once(problem_params, "sigmas", sigmas, "--sigmas", "-p")
     balancer_params: dict[str, object] = parse_assignments(balancer_param, "--balancer-param")
-    if alpha is not None:
-        balancer_params["alpha"] = alpha
-    if weights is not None:
-        balancer_params["weights"] = weights
+    set_once(balancer_params, "alpha", alpha, "--alpha", "-b")
+    set_once(balancer_params, "weights", weights, "--weights", "-b")
     if balancer == "static" and "weights" not in balancer_params:  # else it trains equal weights, named static
         raise ConfigError("--weights", "static weights for balancer static, one per task (--weights 3,1); "
                           "equal weights are --balancer equal", source="bench train")
@@ -85,8 +81,9 @@ STAT_SENTENCES = {
 
 def print_summary(record: RunRecord) -> None:
     c = record.config
+    alpha = c.get("balancer_params", {}).get("alpha")  # GradNorm's one hyperparameter: which run is this
     console.print(Text.assemble(
-        (c["balancer"], "bold"), " on ", (c["problem"], "bold"),
+        (c["balancer"], "bold"), f" (alpha={alpha:g})" if alpha is not None else "", " on ", (c["problem"], "bold"),
         f" (seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, {record.device}): ",
         (record.status, "bold"), f" - {record.reason}" if record.reason else ""))
 
