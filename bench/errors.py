@@ -6,6 +6,8 @@ import os
 import re
 import sysconfig
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SHOW_TRACEBACK = "BENCH_TRACEBACK"  # set to 1: errors raised in a user's own code keep their traceback
@@ -134,6 +136,23 @@ class UserCodeError(BenchError):
             return None
         return cls(f"{type(err).__name__}: {err}, raised in your code at {frame.filename}, line "
                    f"{frame.lineno}, in {frame.name}")
+
+
+@contextmanager
+def nothing_stored_yet() -> Iterator[None]:
+    """Errors raised in the user's own code within are told as having stored nothing (not as
+    "the runs in hand were queued again"): a study file's problem, imported and built before
+    the storage is opened."""
+    try:
+        yield
+    except BenchError:
+        raise
+    except Exception as err:
+        failure = UserCodeError.located(err)
+        if failure is None:
+            raise
+        failure.before_storing = True
+        raise failure from None
 
 
 def user_code_frame(err: BaseException) -> traceback.FrameSummary | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -1149,3 +1150,22 @@ def pd_read(path: Path):
     import pandas as pd
 
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+@pytest.mark.parametrize("source, bug", [
+    ("import math\nscale = math.tau * undefined_name\n", "NameError: name 'undefined_name' is not defined"),
+    ("from bench.problems import no_such_thing\n", "ImportError: cannot import name 'no_such_thing'"),
+    ("def broken(**options):\n    raise RuntimeError('no data here')\n", "RuntimeError: no data here"),
+])
+def test_an_error_in_ones_problem_module_or_factory_names_its_line_and_says_nothing_was_stored(
+        workdir, capsys, source, bug):
+    """Raised while the study file's problem was imported or built: it read "the runs in hand
+    were queued again" (there were none), and an ImportError inside the module was told as the
+    module itself not being importable, without its line."""
+    module = f"faulty_{zlib.crc32(source.encode())}"  # one module per case: an imported one stays in sys.modules
+    (workdir / f"{module}.py").write_text(source if "def broken" in source else source + "\ndef broken(**options):\n    pass\n")
+    args = ["run", "--study", study(workdir, TINY.replace('name = "toy"', f'name = "{module}:broken"'))]
+    code, line = run(args, capsys)
+    assert code == 1 and line.startswith(f"error: {bug}") and f"{module}.py, line " in line, line
+    assert "(nothing was stored; " in line and "queued again" not in line
+    assert not (workdir / "results").exists()

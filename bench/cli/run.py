@@ -12,7 +12,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt, print_note, working
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, nothing_stored_yet
 from bench.formatting import count
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
@@ -59,11 +59,12 @@ def run_command(
     from bench.store.export import runs_table, write_runs_table
     from bench.study import StudyRunner, StudySpec, check_data
 
-    spec = StudySpec.load(study)
-    if seeds is not None:
-        spec = spec.with_seeds(parse_seeds(seeds))
-    if quick:
-        spec = spec.quick(QUICK_FACTOR)
+    with nothing_stored_yet():  # loading the study imports and builds its problem: the user's code
+        spec = StudySpec.load(study)
+        if seeds is not None:
+            spec = spec.with_seeds(parse_seeds(seeds))
+        if quick:
+            spec = spec.quick(QUICK_FACTOR)
     if batch_runs is not None and batch_runs < 1:
         raise ConfigError("--batch-runs", "an integer >= 1", batch_runs)
     if heartbeat < 1:

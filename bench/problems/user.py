@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError, mark_user_code
+from bench.errors import ConfigError, mark_user_code, user_code_frame
 from bench.params import coerce
 from bench.problems.base import Problem
 
@@ -33,6 +33,8 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        if user_code_frame(err) is not None:
+            raise  # raised by an import inside the module: told with its file and line
         raise ConfigError("problem", f"an importable module ({err})", name, source=source) from None
     except SyntaxError as err:
         raise ConfigError("problem", f"a module without syntax errors ({err.msg}: {err.filename}, "
