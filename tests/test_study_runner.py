@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import optuna
 import pytest
 
 import bench.study.manager as manager
@@ -20,7 +21,7 @@ from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
 from bench.store.export import curves_table, metrics_table, norm_target_gap, runs_table
-from bench.store.results import StudyConfigChanged
+from bench.store.results import StudyConfigChanged, tell
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
 from tests.test_engine import PoisonedToy
@@ -162,9 +163,29 @@ def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
     points = {tuple(r["record"]["config"]["balancer_params"]["weights"])
               for (arm, _), r in results_by_key(store, "tiny").items() if arm == "grid"}
     assert len(points) == 4
-    if sampler == "grid":  # the cube's 1-d grid 0, 1/3, 2/3, 1, on the simplex
-        expected = sorted(tuple(cube_to_simplex([z], 2)) for z in (0, 1 / 3, 2 / 3, 1))
+    if sampler == "grid":  # the centres of the cube's four cells 1/8, 3/8, 5/8, 7/8, on the simplex
+        expected = sorted(tuple(cube_to_simplex([z], 2)) for z in (1 / 8, 3 / 8, 5 / 8, 7 / 8))
         assert [w for p in sorted(points) for w in p] == pytest.approx([w for p in expected for w in p])
+
+
+@pytest.mark.parametrize("tasks, n_trials", [(3, 9), (4, 8), (4, 27), (5, 16)])
+def test_the_grid_sampler_never_proposes_one_weighting_twice(tasks, n_trials):
+    """Its grid was the cube's corners and edges, 0 and 1 on every axis, and stick breaking maps
+    a whole face of the cube (z0 = 1: task 0 takes everything) to one point of the simplex: with
+    4 tasks and 12 trials, (4, 0, 0, 0) was trained four times and (0, 4, 0, 0) twice."""
+    text = sampled_grid("grid", n_trials=n_trials, parallel_points=4).replace(
+        "tasks = 2\nsigmas = [1.0, 10.0]", f"tasks = {tasks}\nsigmas = {[float(2 ** k) for k in range(tasks)]}")
+    arm = spec_of(text).arms["grid"]
+    sampler = arm.sampler()
+    study = optuna.create_study(sampler=sampler)
+    points = []
+    for _ in range(n_trials):
+        trial = study.ask(arm.cube_distributions())
+        points.append(arm.weights_from_cube(trial.params))
+        tell(study, trial, 0.0)  # the grid's last point stops the study (optuna#5141)
+    assert len(set(points)) == n_trials, sorted(points)  # distinct
+    assert all(w > 0 for p in points for w in p)  # and none gives a task up, as in the paper's grid
+    assert all(sum(p) == pytest.approx(tasks) for p in points)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "qmc", "grid"])

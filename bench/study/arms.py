@@ -335,8 +335,11 @@ class GridArm(Arm):
             return optuna.samplers.QMCSampler(seed=seed, scramble=True)
         if self.sampler_name == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed)
-        per_dim = max(2, math.ceil(self.n_trials ** (1 / (self.tasks - 1))))
-        space = {name: [i / (per_dim - 1) for i in range(per_dim)] for name in self.cube_distributions()}
+        # The centres of m^(T-1) >= n_trials equal cells of the cube (a random n_trials of them
+        # when more): each cell carries the same share of the simplex, and no two centres give one
+        # weighting. The cube's faces would (z0 = 1 gives task 0 everything, whatever the rest).
+        per_dim = max(1, math.ceil(self.n_trials ** (1 / (self.tasks - 1)) - 1e-9))
+        space = {name: [(i + 0.5) / per_dim for i in range(per_dim)] for name in self.cube_distributions()}
         return optuna.samplers.GridSampler(space, seed=seed)
 
     def weights_from_cube(self, params: Mapping[str, float]) -> tuple[float, ...]:
@@ -349,9 +352,12 @@ class GridArm(Arm):
             if not self.boundary:  # only when set: studies stored before the option keep their hash
                 described["boundary"] = False
             return described
-        return {"kind": self.kind, "method": self.method, "sampler": self.sampler_name,
-                "n_trials": self.n_trials, "parallel_points": self.parallel_points,
-                "sampler_seed": self.sampler_seed}
+        described = {"kind": self.kind, "method": self.method, "sampler": self.sampler_name,
+                     "n_trials": self.n_trials, "parallel_points": self.parallel_points,
+                     "sampler_seed": self.sampler_seed}
+        if self.sampler_name == "grid":  # not the cube's corners and edges, as before: other points
+            described["grid"] = "cell centres"
+        return described
 
 
 class GradNormArm(Arm):
