@@ -161,6 +161,7 @@ BAD = [
     ("sampler seed past 32 bits", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nsampler = "random"\nn_trials = 3\nsampler_seed = 4294967296'), "arms.grid.sampler_seed"),
     ("parallel points a boolean", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nparallel_points = true'), "arms.grid.parallel_points"),
     ("boundary not a boolean", TINY.replace("resolution = 0.5", 'resolution = 0.5\nboundary = "no"'), "arms.grid.boundary"),
+    ("one listed point twice (announced as 3 points a seed, trained as 2)", TINY.replace("resolution = 0.5", "points = [[1, 1], [2, 2], [1, 3]]"), "arms.grid.points[1]"),
     ("boundary with listed points", TINY.replace("resolution = 0.5", "points = [[1, 1]]\nboundary = false"), "arms.grid.boundary"),
     ("boundary with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nboundary = false'), "arms.grid.boundary"),
     ("no point inside", TINY.replace("resolution = 0.5", "resolution = 1\nboundary = false"), "arms.grid.resolution"),

@@ -228,6 +228,13 @@ class GridArm(Arm):
                 if not isinstance(points, list) or not points:
                     raise self.error("points", "a non-empty list of points", points)
                 self.points = [_check_point(self, f"points[{i}]", p, self.tasks) for i, p in enumerate(points)]
+                first: dict[str, int] = {}  # one run per point and seed: a point listed twice is one
+                for i, p in enumerate(self.points):
+                    j = first.setdefault(format_weights(p), i)
+                    if j != i:
+                        raise self.error(f"points[{i}]", f"points that differ once rescaled to sum to "
+                                         f"{self.tasks} (points[{j}] = {points[j]} is the same: "
+                                         f"w={format_weights(p)})", points[i])
                 self.resolution = None
             else:
                 self.resolution = options["resolution"]
