@@ -1567,3 +1567,17 @@ def test_a_legend_below_the_panels_never_covers_their_labels():
             checked.append(figure_id)
     assert "pareto" in checked
     plt.close("all")
+
+
+def test_the_curves_title_speaks_of_grids_and_seeds_only_when_there_are_some():
+    """A study without a grid read "grids: the point chosen on validation" under its curves, and
+    one of a single seed "mean over seeds, thin: each seed" over one line per arm."""
+    c = hand_made(seeds=1)
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    kinds = {arm: kind for arm, kind in c.manifest["kinds"].items() if kind != "grid"}
+    no_grid = with_records(build_comparison("hand", {**c.manifest, "kinds": kinds}, runs[runs.arm != "grid"], []))
+    title = figures.test_loss_curves(no_grid).axes[0].get_title()
+    assert title == "Test loss during training (one seed)"
+    title = figures.test_loss_curves(with_records(hand_made(seeds=3))).axes[0].get_title()
+    assert title == "Test loss during training (mean over seeds, thin: each seed)\ngrids: the point chosen on validation"
+    plt.close("all")

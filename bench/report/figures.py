@@ -338,10 +338,13 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
                  errorbar=None if few else t_interval, lw=2 if few else 1.5)  # legend in the tables' order
     scale = _loss_scale(ax, data.loss)
     ax.set_ylabel("task-normalised test loss" + (" (log scale)" if scale == "log" else ""))
-    spread = "thin: each seed" if few else "95% interval"
-    ax.set_title(f"Test loss during training (mean over seeds, {spread})\ngrids: the point chosen on validation"
-                 + (", and the best that weights every task" if any(g.weighted_all for g in c.grids.values())
-                    else ""))
+    seeds = "one seed" if data.groupby("arm").seed.nunique().max() == 1 else (
+        f"mean over seeds, {'thin: each seed' if few else '95% interval'}")
+    title = f"Test loss during training ({seeds})"
+    if c.grids:
+        title += "\ngrids: the point chosen on validation" + (
+            ", and the best that weights every task" if any(g.weighted_all for g in c.grids.values()) else "")
+    ax.set_title(title)
     # Beside the axes: inside, a legend of many arms covered the curves' ends.
     ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
