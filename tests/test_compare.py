@@ -1581,3 +1581,20 @@ def test_the_curves_title_speaks_of_grids_and_seeds_only_when_there_are_some():
     title = figures.test_loss_curves(with_records(hand_made(seeds=3))).axes[0].get_title()
     assert title == "Test loss during training (mean over seeds, thin: each seed)\ngrids: the point chosen on validation"
     plt.close("all")
+
+
+def test_the_index_writes_each_studys_lowest_test_loss_with_the_digits_that_tell_it_apart():
+    """Two arms at 3.7070 and 3.7073 both read 3.707, one of them in bold: which was lower could
+    not be read. The study's column takes the digits that tell its lowest from every other."""
+    import re
+
+    from bench.report.html import _html, told_apart
+
+    side = pd.DataFrame({"close": [3.70702, 3.70734, 3.709], "apart": [2.5, 1.25, np.nan],
+                         "tied": [1.0, 1.0, 2.0]}, index=["grid", "gradnorm", "equal"])
+    shown = side.apply(told_apart)
+    assert shown["close"].tolist() == ["3.7070", "3.7073", "3.7090"]
+    assert shown["apart"].tolist() == ["2.500", "1.250", "-"]  # four digits are enough
+    assert shown["tied"].tolist() == ["1.000", "1.000", "2.000"]  # equal: no digits tell them apart
+    cells = re.findall(r'<td[^>]*class="([^"]*)"[^>]*>([^<]*)</td>', _html(shown.reset_index(), lowest=side.reset_index(drop=True)))
+    assert [text for classes, text in cells if "lowest" in classes.split()] == ["3.7070", "1.000", "1.250", "1.000"]
