@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import optuna
 import pytest
 
 import bench.study.manager as manager
