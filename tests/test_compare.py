@@ -1598,3 +1598,32 @@ def test_the_index_writes_each_studys_lowest_test_loss_with_the_digits_that_tell
     assert shown["tied"].tolist() == ["1.000", "1.000", "2.000"]  # equal: no digits tell them apart
     cells = re.findall(r'<td[^>]*class="([^"]*)"[^>]*>([^<]*)</td>', _html(shown.reset_index(), lowest=side.reset_index(drop=True)))
     assert [text for classes, text in cells if "lowest" in classes.split()] == ["3.7070", "1.000", "1.250", "1.000"]
+
+
+def test_a_pareto_panel_frames_the_grid_points_that_train_both_of_its_tasks():
+    """A panel of tasks a and b framed only the points that weight every task: a point weighting
+    a and b but not c, whose a and b trained as well as anywhere, lay beyond its axes; and with
+    5 tasks and no point weighting all 5, every panel showed the arms and no grid point at all."""
+    tasks = ["a", "b", "c"]
+    rows = []
+    untrained = 10.0
+    grid = {(3, 0, 0): (0.5, untrained, untrained), (0, 3, 0): (untrained, 0.5, untrained),
+            (0, 0, 3): (untrained, untrained, 0.5), (1.5, 1.5, 0): (0.55, 0.55, untrained),
+            (1.5, 0, 1.5): (0.6, untrained, 0.6), (0, 1.5, 1.5): (untrained, 0.6, 0.6), (1, 1, 1): (0.7, 0.7, 0.7)}
+    for w, losses in grid.items():
+        for seed in (0, 1, 2):
+            row = _run("grid", "w=" + ",".join(f"{x:g}" for x in w) + f"/seed={seed}", seed, sum(losses),
+                       sum(losses), sum(losses) - 0.1, weights=tuple(float(x) for x in w), tasks=tasks)
+            rows.append({**row, **{f"test_loss_{t}": v for t, v in zip(tasks, losses)}})
+    for seed in (0, 1, 2):
+        row = _run("gradnorm", f"alpha=1.5/seed={seed}", seed, 2.3, 2.35, 2.2, mean_weights=(1.1, 0.9, 1.0),
+                   balancer="gradnorm", tasks=tasks)
+        rows.append({**row, "test_loss_a": 0.8, "test_loss_b": 0.75, "test_loss_c": 0.8})
+    manifest = {"task_names": tasks, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    c = build_comparison("three", manifest, pd.DataFrame(rows), [])
+    ab = figures.pareto_front(c).axes[0]
+    assert (ab.get_xlabel(), ab.get_ylabel()) == ("test loss a", "test loss b")
+    (x0, x1), (y0, y1) = ab.get_xlim(), ab.get_ylim()
+    assert x0 < 0.55 < 0.8 < x1 and y0 < 0.55 < 0.75 < y1 and x1 < untrained and y1 < untrained
+    assert ab.get_title() == "5 grid points with a weight of 0 lie beyond the axes"  # a or b weighted 0
+    plt.close("all")

@@ -648,9 +648,9 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     others = [lb for lb in per_task.index if lb != arm and per_task.loc[lb].notna().any()]
     colours = arm_colours(c)
     # Points that weight a task 0 never train its head: their loss on it is many times the
-    # others', and drawn to scale they squeezed every arm into one corner. The axes then frame
-    # the points that weight every task and the arms, and say how many points lie beyond.
-    weighted_all = points.all_weights_positive.to_numpy(dtype=bool)
+    # others', and drawn to scale they squeezed every arm into one corner. Each panel's axes then
+    # frame the points that weight both of its tasks, and the arms, and say how many lie beyond.
+    weights = points[[f"weight_{t}" for t in c.tasks]].to_numpy(dtype=float)
     fig, axes = _panels(len(pairs), 5.4, 4.8)
     for ax, (i, j) in zip(axes, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
@@ -661,7 +661,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=size,
                        marker="X", color=colours[label], edgecolors="k", label=label)
         arms_xy = per_task.loc[others, [c.tasks[i], c.tasks[j]]].to_numpy(dtype=float)
-        focus = _focus_box(losses[:, [i, j]], weighted_all, arms_xy)
+        focus = _focus_box(losses[:, [i, j]], (weights[:, [i, j]] > 0).all(axis=1), arms_xy)
         for k, (axis, task) in enumerate((("x", c.tasks[i]), ("y", c.tasks[j]))):
             shown = np.r_[losses[:, (i, j)[k]], arms_xy[:, k]]
             if focus is not None:
@@ -710,15 +710,16 @@ def _inside(xy: np.ndarray, box: tuple[tuple[float, float], tuple[float, float]]
     return (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
 
 
-def _focus_box(grid_xy: np.ndarray, weighted_all: np.ndarray,
+def _focus_box(grid_xy: np.ndarray, trained: np.ndarray,
                arms_xy: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """Axis limits framing the grid points that weight every task and the other arms, or None
-    when every point fits at less than three times that frame's width in both directions."""
-    kept = np.r_[grid_xy[weighted_all], arms_xy]
+    """Axis limits framing the grid points that train both tasks drawn (`trained`) and the other
+    arms, or None when every point fits at less than three times that frame's width in both
+    directions."""
+    kept = np.r_[grid_xy[trained], arms_xy]
     kept = kept[np.isfinite(kept).all(axis=1)]
     everything = np.r_[grid_xy, arms_xy]
     everything = everything[np.isfinite(everything).all(axis=1)]
-    if len(kept) < 2 or weighted_all.all():
+    if len(kept) < 2 or trained.all():
         return None
     low, high = kept.min(axis=0), kept.max(axis=0)
     span = np.maximum(high - low, 1e-3 * np.abs(high))
