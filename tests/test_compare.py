@@ -1627,3 +1627,17 @@ def test_a_pareto_panel_frames_the_grid_points_that_train_both_of_its_tasks():
     assert x0 < 0.55 < 0.8 < x1 and y0 < 0.55 < 0.75 < y1 and x1 < untrained and y1 < untrained
     assert ab.get_title() == "5 grid points with a weight of 0 lie beyond the axes"  # a or b weighted 0
     plt.close("all")
+
+
+def test_markdown_tables_keep_the_reports_digits_and_align_numbers_right():
+    """The report's 1.770 read 1.77 in main.md (tabulate parsed the rounded text as a number
+    again and dropped its trailing zero), so a column's decimals no longer lined up."""
+    from bench.report.html import markdown_table
+
+    text = markdown_table(pd.DataFrame({"arm": ["grid", "gradnorm"], "normalized_test_loss": [1.757, 1.77],
+                                        "runs": [10, 2], "p_value": [0.5, math.nan]}))
+    lines = text.splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert cells[3] == ["gradnorm", "1.770", "2", "-"]
+    assert [c.startswith(":") for c in cells[1]] == [True, False, False, False]  # text left, numbers right
+    assert [c.endswith(":") for c in cells[1]] == [False, True, True, True]

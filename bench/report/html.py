@@ -80,7 +80,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """
     shown = display_table(frame).map(_markdown_cell)
     shown.columns = [_markdown_cell(str(c)) for c in shown.columns]
-    return shown.to_markdown(index=False) + "\n"
+    # The text as rounded, not parsed as numbers again (1.770 became 1.77); numbers right-aligned.
+    align = ["right" if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+             else "left" for c in frame.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 
 def _html(frame: pd.DataFrame, selected: pd.Series | None = None, lowest: pd.DataFrame | None = None) -> str:
