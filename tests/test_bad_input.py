@@ -712,7 +712,7 @@ def test_a_device_this_machine_lacks(workdir, capsys, device, expected):
     for args in (["train", "--steps", "1"], ["run", "--study", study(workdir)], ["perf", "--steps", "1"]):
         code, line = run([*args, "--device", device], capsys)
         assert code == 2 and "device" in line and repr(device) in line and expected in line, args
-    assert ResultStore().study_names() == []
+    assert not (workdir / "results").exists()  # not even an empty journal (ResultStore() would make one)
 
 
 @pytest.mark.parametrize("options,field", [(["--heartbeat", "0"], "--heartbeat"),
@@ -720,13 +720,14 @@ def test_a_device_this_machine_lacks(workdir, capsys, device, expected):
 def test_heartbeats_that_would_retrain_live_runs(workdir, capsys, options, field):
     code, line = run(["run", "--study", study(workdir), *options], capsys)
     assert code == 2 and line.startswith(f"error: {field}:")
-    assert ResultStore().study_names() == []
+    assert not (workdir / "results").exists()
 
 
 @pytest.mark.parametrize("options", [["--jobs", "0"], ["--batch-runs", "0"]])
 def test_run_options_out_of_range_name_their_flag(workdir, capsys, options):
     code, line = run(["run", "--study", study(workdir), *options], capsys)
     assert code == 2 and line == f"error: {options[0]}: expected an integer >= 1, got 0"
+    assert not (workdir / "results").exists()  # refused before the storage is opened
 
 
 @pytest.mark.parametrize("options,expected", [

@@ -26,7 +26,9 @@ def perf_command(
 
     Also: the stacked step's throughput against a large matrix product, and peak memory."""
     from bench.perf import append_csv, run_benchmark
+    from bench.training.device import resolve_device
 
+    resolve_device(device, field="--device")  # before the CSV's folder is made
     require_writable(csv)  # before minutes of measuring, not after
     progress = PerfProgress()
     try:

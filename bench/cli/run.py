@@ -65,6 +65,7 @@ def run_command(
             spec = spec.with_seeds(parse_seeds(seeds))
         if quick:
             spec = spec.quick(QUICK_FACTOR)
+    StudyRunner.check_options(jobs, device)
     if batch_runs is not None and batch_runs < 1:
         raise ConfigError("--batch-runs", "an integer >= 1", batch_runs)
     if heartbeat < 1:

@@ -160,15 +160,21 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
 class StudyRunner:
     """Runs a study against a result store until every run of it is finished."""
 
+    @staticmethod
+    def check_options(jobs: int, device: str) -> None:
+        """Refuse a number of processes or a device that cannot be: `bench run` asks before it
+        opens the storage, so that a mistyped option leaves no new, empty journal behind."""
+        if jobs < 1:
+            raise ConfigError("--jobs", "an integer >= 1", jobs)
+        resolve_device(device, field="--device")
+
     def __init__(self, spec: StudySpec, store: ResultStore, *, jobs: int = 1,
                  batch_runs: int | None = None, device: str = "auto", new_version: bool = False,
                  poll_interval: float = 2.0, backend: str = "loky", scheduler: str | None = None,
                  on_progress: Callable[[float, int], None] | None = None,
                  on_wait: Callable[[dict[str, int]], None] | None = None,
                  on_note: Callable[[str], None] | None = None):
-        if jobs < 1:
-            raise ConfigError("--jobs", "an integer >= 1", jobs)
-        resolve_device(device, field="--device")  # here, not after the study is queued
+        self.check_options(jobs, device)  # here, not after the study is queued
         self.spec = spec
         self.store = store
         self.notes: list[str] = []  # for the user: what this runner chose other than asked
