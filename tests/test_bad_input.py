@@ -739,7 +739,16 @@ def test_a_scheduler_without_the_dask_backend_is_refused_not_ignored(workdir, ca
     """`--scheduler` alone trained every batch here, quietly, rather than on the cluster."""
     code, line = run(["run", "--study", study(workdir), *options], capsys)
     assert code == 2 and line.startswith(f"error: {expected}")
-    assert ResultStore().study_names() == []
+    assert not (workdir / "results").exists()  # refused before the storage is opened
+
+
+def test_a_tables_folder_that_cannot_be_made_is_refused_before_training(workdir, capsys):
+    """Every run was trained and stored, and only then did the tables' folder fail."""
+    (workdir / "a-file").write_text("not a folder")
+    code, line = run(["run", "--study", study(workdir), "--tables", str(workdir / "a-file" / "tables")], capsys)
+    assert code == 2 and line.startswith("error: --tables: expected a folder that can be written")
+    assert "a-file is not a folder" in line
+    assert not (workdir / "results").exists()
 
 
 @pytest.mark.parametrize("seeds,expected", [

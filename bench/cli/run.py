@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -39,6 +40,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def check_tables_folder(folder: Path) -> None:
+    """Refuse a --tables folder that cannot be made or written before anything is trained: the
+    tables are written once every run is, and such a folder used to fail only then."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("--tables", f"a folder that can be written ({existing} is not a folder)", str(folder))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("--tables", f"a folder that can be written ({existing} is not writable)", str(folder))
+
+
 def run_command(
     study: Annotated[str, typer.Option(help="A study file, or the name of one here or in studies/.")],
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
@@ -65,7 +78,8 @@ def run_command(
             spec = spec.with_seeds(parse_seeds(seeds))
         if quick:
             spec = spec.quick(QUICK_FACTOR)
-    StudyRunner.check_options(jobs, device)
+    StudyRunner.check_options(jobs, device, backend, scheduler)
+    check_tables_folder(Path(tables))
     if batch_runs is not None and batch_runs < 1:
         raise ConfigError("--batch-runs", "an integer >= 1", batch_runs)
     if heartbeat < 1:

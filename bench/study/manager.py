@@ -161,12 +161,19 @@ class StudyRunner:
     """Runs a study against a result store until every run of it is finished."""
 
     @staticmethod
-    def check_options(jobs: int, device: str) -> None:
-        """Refuse a number of processes or a device that cannot be: `bench run` asks before it
+    def check_options(jobs: int, device: str, backend: str = "loky", scheduler: str | None = None) -> None:
+        """Refuse processes, a device or a backend that cannot be: `bench run` asks before it
         opens the storage, so that a mistyped option leaves no new, empty journal behind."""
         if jobs < 1:
             raise ConfigError("--jobs", "an integer >= 1", jobs)
         resolve_device(device, field="--device")
+        if backend not in ("loky", "dask"):
+            raise BenchError(f"--backend: expected loky or dask, got {backend!r}")
+        if backend == "dask" and not scheduler:
+            raise BenchError("--backend dask needs --scheduler ADDRESS (a running Dask scheduler)")
+        if scheduler and backend != "dask":  # else the batches would quietly train here
+            raise BenchError(f"--scheduler {scheduler} is for --backend dask: add --backend dask to train on "
+                             "that cluster, or leave --scheduler out to train here")
 
     def __init__(self, spec: StudySpec, store: ResultStore, *, jobs: int = 1,
                  batch_runs: int | None = None, device: str = "auto", new_version: bool = False,
@@ -174,7 +181,7 @@ class StudyRunner:
                  on_progress: Callable[[float, int], None] | None = None,
                  on_wait: Callable[[dict[str, int]], None] | None = None,
                  on_note: Callable[[str], None] | None = None):
-        self.check_options(jobs, device)  # here, not after the study is queued
+        self.check_options(jobs, device, backend, scheduler)  # here, not after the study is queued
         self.spec = spec
         self.store = store
         self.notes: list[str] = []  # for the user: what this runner chose other than asked
@@ -208,13 +215,6 @@ class StudyRunner:
         self._interrupted = threading.Event()
         self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        if backend not in ("loky", "dask"):
-            raise BenchError(f"--backend: expected loky or dask, got {backend!r}")
-        if backend == "dask" and not scheduler:
-            raise BenchError("--backend dask needs --scheduler ADDRESS (a running Dask scheduler)")
-        if scheduler and backend != "dask":  # else the batches would quietly train here
-            raise BenchError(f"--scheduler {scheduler} is for --backend dask: add --backend dask to train on "
-                             "that cluster, or leave --scheduler out to train here")
         self.backend, self.scheduler = backend, scheduler
         self._client = None
         self._stack_limit: int | None = None
