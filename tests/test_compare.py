@@ -1641,3 +1641,27 @@ def test_markdown_tables_keep_the_reports_digits_and_align_numbers_right():
     assert cells[3] == ["gradnorm", "1.770", "2", "-"]
     assert [c.startswith(":") for c in cells[1]] == [True, False, False, False]  # text left, numbers right
     assert [c.endswith(":") for c in cells[1]] == [False, True, True, True]
+
+
+def test_alphas_that_trained_alike_are_told_as_a_tie_not_as_a_range():
+    """At 60 steps GradNorm at alpha = 0.5 and 1 trained bit for bit alike (Adam moves the weights
+    by the sign of each gap, which both alphas shared), and the summary read "validation chose
+    alpha=0.5 ... (1.850; alpha=1: 1.850)" and "test loss runs from 1.851 (alpha=0.5) to 1.851
+    (alpha=0.5), 0 % apart"."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    gradnorm = runs[runs.arm == "gradnorm"]
+    twin = gradnorm.assign(run_key=gradnorm.run_key.str.replace("alpha=0.12", "alpha=1.5"))
+    line = build_comparison("hand", c.manifest, pd.concat([runs, twin]), []).headline[0]
+    assert line == (
+        "gradnorm: validation cannot tell alpha=0.12 and alpha=1.5 apart (mean task-normalised validation loss 1.050 for "
+        "each); the sentences here are for the first, gradnorm (alpha=0.12), and the tables list every alpha. "
+        "Across them, test loss is the same: 1.117.")
+    # Two of three alike: the tie is told among those two, the range over all three.
+    third = gradnorm.assign(run_key=gradnorm.run_key.str.replace("alpha=0.12", "alpha=3"),
+                            normalized_val_loss=1.2, normalized_test_loss=1.3)
+    line = build_comparison("hand", c.manifest, pd.concat([runs, twin, third]), []).headline[0]
+    assert line.startswith(
+        "gradnorm: validation chose alpha=0.12 of 3 values, tied with alpha=1.5 (mean task-normalised validation "
+        "loss 1.050; alpha=3: 1.200); the sentences here are for the first, gradnorm (alpha=0.12)")
+    assert "test loss runs from 1.117 (alpha=0.12, alpha=1.5) to 1.300 (alpha=3)" in line

@@ -111,9 +111,13 @@ class AlphaChoice:
 
     def sentence(self) -> str:
         chosen = self.chosen_variant
+        best = self.val_losses[chosen]
+        # Alphas can train alike bit for bit (Adam moves the weights by the sign of each gap, which
+        # they may share throughout): a tie, told as one, and the first of them taken.
+        tied = [v for v, loss in self.val_losses.items() if v != chosen and loss == best]
         digits = telling_apart(list(self.val_losses.values()))
         others = "; ".join(f"{v}: {significant(loss, digits)}" for v, loss in self.val_losses.items()
-                           if v != chosen)
+                           if v != chosen and v not in tied)
         left_out = f" Left out for a failed seed: {', '.join(self.excluded)}." if self.excluded else ""
         left_out += _shared_seeds_words(self.shared_seeds, self.unmatched, "alpha")
         total = len(self.val_losses) + len(self.excluded) + len(self.unmatched)
@@ -123,17 +127,25 @@ class AlphaChoice:
                     f"alpha.{left_out}")
         spread = ""
         if len(self.test_losses) > 1:
-            low, high = (min(self.test_losses, key=self.test_losses.__getitem__),
-                         max(self.test_losses, key=self.test_losses.__getitem__))
-            ends = [self.test_losses[low], self.test_losses[high]]
-            end_digits = telling_apart(ends)
-            spread = (f" Across them, test loss runs from {significant(ends[0], end_digits)} ({low}) to "
-                      f"{significant(ends[1], end_digits)} ({high}), "
-                      f"{100 * (self.test_losses[high] / self.test_losses[low] - 1):.2g} % apart.")
-        return (f"{self.arm}: validation chose {chosen} of {total} "
-                f"values (mean task-normalised validation loss {significant(self.val_losses[chosen], digits)}; "
-                f"{others}); the sentences here are for {self.chosen}, and the tables list every "
-                f"alpha.{spread}{left_out}")
+            low, high = min(self.test_losses.values()), max(self.test_losses.values())
+            if low == high:
+                spread = f" Across them, test loss is the same: {significant(low)}."
+            else:
+                end_digits = telling_apart([low, high])
+
+                def at(value: float) -> str:
+                    return ", ".join(v for v, loss in self.test_losses.items() if loss == value)
+                spread = (f" Across them, test loss runs from {significant(low, end_digits)} ({at(low)}) to "
+                          f"{significant(high, end_digits)} ({at(high)}), {100 * (high / low - 1):.2g} % apart.")
+        first = "the first, " if tied else ""
+        if not others:
+            choice = (f"validation cannot tell {join_words([chosen, *tied])} apart (mean task-normalised "
+                      f"validation loss {significant(best, digits)} for each)")
+        else:
+            choice = (f"validation chose {chosen} of {total} values{', tied with ' + join_words(tied) if tied else ''} "
+                      f"(mean task-normalised validation loss {significant(best, digits)}; {others})")
+        return (f"{self.arm}: {choice}; the sentences here are for {first}{self.chosen}, and the tables list "
+                f"every alpha.{spread}{left_out}")
 
 
 def _shared_seeds_words(seeds: list[int], unmatched: list[str], what: str) -> str:

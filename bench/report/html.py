@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image  # a dependency of matplotlib
 
 from bench.compare.analysis import Comparison
+from bench.compare.stats import telling_apart
 from bench.environment import environment
 from bench.errors import BenchError
 from bench.formatting import format_number
@@ -192,9 +193,8 @@ def told_apart(column: pd.Series, digits: int = 4, most: int = 8) -> pd.Series:
     ['2.4811', '2.4813', '2.6020']
     """
     values = column.astype(float)
-    lowest, others = values.min(), values[values.notna() & (values != values.min())]
-    while digits < most and (others.map(lambda v: format_number(v, digits)) == format_number(lowest, digits)).any():
-        digits += 1
+    lowest = values.min()
+    digits = max([telling_apart([lowest, v], digits, most) for v in values.dropna() if v != lowest], default=digits)
     return values.map(lambda v: format_number(v, digits))
 
 
