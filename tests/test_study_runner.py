@@ -167,7 +167,7 @@ def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
         assert [w for p in sorted(points) for w in p] == pytest.approx([w for p in expected for w in p])
 
 
-@pytest.mark.parametrize("tasks, n_trials", [(3, 9), (4, 8), (4, 27), (5, 16)])
+@pytest.mark.parametrize("tasks, n_trials", [(3, 9), (4, 8), (4, 12), (4, 27), (5, 16)])
 def test_the_grid_sampler_never_proposes_one_weighting_twice(tasks, n_trials):
     """Its grid was the cube's corners and edges, 0 and 1 on every axis, and stick breaking maps
     a whole face of the cube (z0 = 1: task 0 takes everything) to one point of the simplex: with
