@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.store.results import ResultStore, _rounded
+from bench.store.results import ResultStore, rounded
 from bench.store.storage import storage_identity
 
 RESULTS_DIR = Path("results")
@@ -198,7 +198,7 @@ def curves_table(runs: pd.DataFrame, entries: list[dict[str, Any]], tasks: Seque
                     add(run, step, "loss", split, losses, tasks)
                     # Rounded as the stored losses are (4 significant digits): more would be false precision.
                     normalized = sum(v / n for v, n in zip(losses, normalisers))
-                    add(run, step, "normalized_loss", split, [_rounded(normalized)], [""])
+                    add(run, step, "normalized_loss", split, [rounded(normalized)], [""])
         traces = {**(record.get("traces") or {}), "weights_trajectory": record.get("weights_trajectory") or []}
         for metric, name in _TRAJECTORIES.items():
             for step, *values in traces.get(name) or []:

@@ -56,20 +56,21 @@ SUMMARY = ("normalized_test_loss", "normalized_train_loss", "normalized_overfitt
            "mean_weights", "wall_time_s")
 
 
-def _rounded(value: Any, digits: int = 4) -> Any:
+def rounded(value: Any, digits: int = 4) -> Any:
+    """`value` (a float, or the floats in a list or dict, however nested) to `digits` significant digits."""
     if isinstance(value, float):
         return float(f"{value:.{digits}g}")
     if isinstance(value, list):
-        return [_rounded(v, digits) for v in value]
+        return [rounded(v, digits) for v in value]
     if isinstance(value, dict):
-        return {k: _rounded(v, digits) for k, v in value.items()}
+        return {k: rounded(v, digits) for k, v in value.items()}
     return value
 
 
 def record_to_attrs(record: dict[str, Any]) -> dict[str, Any]:
     """User attributes holding a run record (see `attrs_to_record`)."""
     attrs = {RECORD: {k: v for k, v in record.items() if k not in SERIES}}
-    attrs.update({k: _rounded(record[k]) for k in SERIES if k in record})
+    attrs.update({k: rounded(record[k]) for k in SERIES if k in record})
     attrs.update({k: record[k] for k in SUMMARY if record.get(k) is not None})
     return attrs
 

@@ -14,6 +14,7 @@ registry the study file's `kind` field is checked against.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -345,7 +346,7 @@ class GridArm(Arm):
         # The centres of m^(T-1) >= n_trials equal cells of the cube (a random n_trials of them
         # when more): each cell carries the same share of the simplex, and no two centres give one
         # weighting. The cube's faces would (z0 = 1 gives task 0 everything, whatever the rest).
-        per_dim = max(1, math.ceil(self.n_trials ** (1 / (self.tasks - 1)) - 1e-9))
+        per_dim = next(m for m in itertools.count(1) if m ** (self.tasks - 1) >= self.n_trials)
         space = {name: [(i + 0.5) / per_dim for i in range(per_dim)] for name in self.cube_distributions()}
         return optuna.samplers.GridSampler(space, seed=seed)
 
