@@ -344,6 +344,7 @@ def test_failed_runs_are_listed_with_their_reasons_in_the_terminal_and_the_repor
     assert "gradnorm alpha=0.5/seed=0: diverged: task weights beyond 1e+06 at step 1" in " ".join(out.split())
     html = (tmp_path / "reports" / "tiny" / "index.html").read_text()
     assert "Failed runs (4)" in html and html.count("diverged: task weights beyond 1e+06 at step 1") == 4
+    assert '<a href="#failed">Failed runs</a>' in html  # the page's menu leads to them
     assert "equal &lt;b&gt;" in html and "<b>" not in html
     failed = pd.read_csv(tmp_path / "reports" / "tiny" / "failed_runs.csv")
     assert list(failed.failed_step.fillna(-1)) == [1, 1, -1, -1]

@@ -504,6 +504,31 @@ def test_the_report_explains_verdicts_only_where_gradnorm_meets_a_grid(tmp_path)
     plt.close("all")
 
 
+def test_a_report_without_a_grid_neither_links_to_nor_explains_one(tmp_path):
+    """A study of baselines only had a "Grid" link to a section that was not there, the grid's
+    paragraph above its table of arms, and empty selected_point and wall_time_with_source_s columns."""
+    import re
+
+    from bench.report import write_report
+
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    manifest = {**c.manifest, "kinds": {"gradnorm": "gradnorm", "equal": "equal"}}
+    no_grid = build_comparison("hand", manifest, runs[runs.arm.isin(["gradnorm", "equal"])], [])
+    for comparison, folder in ((c, tmp_path / "grid"), (no_grid, tmp_path / "no-grid")):
+        html = write_report(comparison, folder).read_text()
+        ids = set(re.findall(r'id="([^"]+)"', html))
+        assert set(re.findall(r'href="#([^"]+)"', html)) <= ids  # every link in the page leads somewhere
+        main_table = html.split("<h3>Arms</h3>")[1].split("</table>")[0]
+        has_grid = comparison is c
+        assert ('href="#grid"' in html) == has_grid
+        assert ("A grid is represented by its point" in main_table) == has_grid
+        assert ("selected_point" in main_table) == has_grid
+        assert "wall_time_with_source_s" not in main_table  # neither has a GradNorm static arm
+    assert "selected_point" in (tmp_path / "no-grid" / "hand" / "main.csv").read_text().splitlines()[0]
+    plt.close("all")
+
+
 @pytest.mark.parametrize("failing", ["index.html", "main.md"])
 def test_a_report_cut_short_by_a_full_disk_leaves_the_previous_one_whole(tmp_path, monkeypatch, failing):
     """index.html was written in place: a write that failed midway left half a page."""

@@ -271,6 +271,9 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     report_env.update({f"version {k}": v for k, v in report_versions.items()})
     devices = sorted({d for d in c.runs.device.dropna().unique()})
     main_display = c.main.drop(columns=[col for col in ("kind",) if col in c.main])
+    # A column with no value in this study (no grid's selected_point) is only noise on the page;
+    # main.csv keeps every column, so files from different studies line up.
+    main_display = main_display.loc[:, main_display.notna().any()]
     html = _env.get_template("report.html.j2").render(
         study=c.study, description=manifest.get("description", ""), tasks=c.tasks,
         n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
