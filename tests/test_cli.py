@@ -350,6 +350,29 @@ def test_failed_runs_are_listed_with_their_reasons_in_the_terminal_and_the_repor
     assert list(failed.failed_step.fillna(-1)) == [1, 1, -1, -1]
 
 
+def test_the_tables_of_studies_with_and_without_gradnorm_read_as_one(tmp_path, monkeypatch, capsys):
+    """A study without GradNorm or static weights stored its empty alpha and weight columns as
+    Parquet's type null; read with another study's tables, pyarrow stopped: "Unsupported cast
+    from double to null"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY.replace("alpha = [0.5, 1.0]", "alpha = 0.5\nweight_lr = 1e9"))
+    baselines = TINY.split("[arms.grid]")[0].replace('name = "tiny"', 'name = "baselines"') + "[arms.equal]\n"
+    (tmp_path / "baselines.toml").write_text(baselines)
+    assert main(["run", "--study", "tiny.toml"]) == 0 and main(["run", "--study", "baselines.toml"]) == 0
+    capsys.readouterr()
+    results = tmp_path / "results"
+    for name in ("runs", "metrics", "curves"):
+        files = [results / "baselines" / f"{name}.parquet", results / "tiny" / f"{name}.parquet"]
+        for order in (files, files[::-1]):
+            both = pd.read_parquet(order)
+            assert set(both.study) == {"baselines", "tiny"}
+            assert both.alpha.dtype == both.weight_task0.dtype == "float64"
+            assert both.alpha.dropna().tolist()  # tiny's GradNorm runs keep their alpha
+    runs = pd.read_parquet(results / "tiny" / "runs.parquet")
+    assert runs.reason.dropna().str.startswith("diverged").any()  # failures keep their reasons as text
+    assert pd.read_parquet(results / "baselines" / "runs.parquet").reason.isna().all()
+
+
 def test_train_explains_gradnorm_weights_crossing_zero_and_how_to_avoid_it(capsys, monkeypatch):
     """The README's case: sigma = (1, 100) and the NYUv2 weight rate drive w_1 across zero."""
     from bench.cli import common

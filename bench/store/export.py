@@ -44,7 +44,24 @@ def runs_table(store: ResultStore, study: str, entries: list[dict[str, Any]] | N
     for arm, source in manifest.get("gradnorm_static_sources", {}).items():
         static = frame.arm == arm
         frame.loc[static, "alpha"] = [alphas.get((source, key)) for key in frame.run_key[static]]
+    frame = _typed(frame)
     return in_study_order(frame.sort_values("run_key", key=_natural_order, kind="stable"), kinds)
+
+
+# Columns of text; every other column of the runs table holds numbers.
+_TEXT_COLUMNS = ("study", "arm", "kind", "run_key", "status", "reason", "balancer", "device")
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with each column's type fixed by its name, not by the values this study happens
+    to have: a column empty in one study (alpha, without GradNorm) was stored in Parquet as type
+    null, and reading it with another study's tables failed (pyarrow cannot cast double to null)."""
+    def numbers(column: pd.Series) -> bool:
+        return column.map(lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool)).all()
+
+    types = {c: "str" if c in _TEXT_COLUMNS else "float64" for c in frame
+             if (frame[c].isna().all() if c in _TEXT_COLUMNS else frame[c].dtype == object and numbers(frame[c]))}
+    return frame.astype(types)
 
 
 def in_study_order(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
