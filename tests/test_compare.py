@@ -75,6 +75,14 @@ def test_paired_comparison_and_its_sentence():
         "equal is level with the grid, lower on 0 and higher on 0 of 2 seeds (")
     assert "no test (equal on every seed)" in describe("equal", "the grid", same)
     assert "too few seeds" in describe("a", "b", paired({0: 1.0}, {0: 2.0}))
+    # Lower on most seeds, higher on the mean (one seed far off): both are said.
+    mixed = paired({0: 1.0, 1: 1.0, 2: 5.0}, {0: 2.0, 1: 2.0, 2: 2.0})
+    assert describe("mine", "equal weights", mixed).startswith(
+        "mine has a lower test loss than equal weights on 2/3 seeds, though a higher mean (mean "
+        "task-normalised test loss 2.333 vs 2.000, ")
+    assert describe("equal", "mine", paired({0: 2.0, 1: 2.0, 2: 2.0}, {0: 1.0, 1: 1.0, 2: 5.0})).startswith(
+        "equal has a higher test loss than mine on 2/3 seeds, though a lower mean (")
+    assert "though" not in describe("GradNorm", "the grid", worse) + sentence
 
 
 def _run(arm, key, seed, val, test, train, weights=None, mean_weights=None, balancer="static",

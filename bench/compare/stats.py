@@ -179,10 +179,13 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
         return f"{a} and {b} share no finished seed: no comparison."
     effect = "" if math.isnan(result.effect_size) else f", effect size d = {significant(result.effect_size, 2)}"
     # Said from the side that wins more seeds: "lower ... on 0/3 seeds" reads as a riddle.
+    # More seeds one way, the mean the other (one seed far off): said, or the sentence misleads.
     if result.wins > result.losses:
-        outcome = f"has a lower test loss than {b}{b_detail} on {result.wins}/{result.n} seeds"
+        outcome = (f"has a lower test loss than {b}{b_detail} on {result.wins}/{result.n} seeds"
+                   + (", though a higher mean" if result.mean_difference > 0 else ""))
     elif result.losses > result.wins:
-        outcome = f"has a higher test loss than {b}{b_detail} on {result.losses}/{result.n} seeds"
+        outcome = (f"has a higher test loss than {b}{b_detail} on {result.losses}/{result.n} seeds"
+                   + (", though a lower mean" if result.mean_difference < 0 else ""))
     else:
         outcome = (f"is level with {b}{b_detail}, lower on {result.wins} and higher on {result.losses} "
                    f"of {count(result.n, 'seed')}")
