@@ -1698,3 +1698,29 @@ def test_alphas_that_trained_alike_are_told_as_a_tie_not_as_a_range():
         "gradnorm: validation chose alpha=0.12 of 3 values, tied with alpha=1.5 (mean task-normalised validation "
         "loss 1.050; alpha=3: 1.200); the sentences here are for the first, gradnorm (alpha=0.12)")
     assert "test loss runs from 1.117 (alpha=0.12, alpha=1.5) to 1.300 (alpha=3)" in line
+
+
+@pytest.mark.parametrize("n_tasks", [3, 5, 10])
+def test_the_pareto_figure_puts_every_task_in_a_panel(n_tasks):
+    """It drew the first three pairs of tasks: with ten tasks, task 0 against tasks 1 to 3, and
+    tasks 4 to 9 nowhere, without a word that pairs were left out."""
+    tasks = [f"t{i}" for i in range(n_tasks)]
+    rows = []
+    points = [tuple(float(n_tasks * (i == k)) for i in range(n_tasks)) for k in range(n_tasks)]
+    for k, w in enumerate([*points, tuple(1.0 for _ in tasks)]):
+        for seed in (0, 1, 2):
+            loss = 1.0 + 0.1 * k
+            rows.append(_run("grid", "w=" + ",".join(f"{x:g}" for x in w) + f"/seed={seed}", seed, loss,
+                             loss, loss - 0.1, weights=w, tasks=tasks))
+            rows.append(_run("equal", f"seed={seed}", seed, 1.5, 1.5, 1.4, weights=(1.0,) * n_tasks, tasks=tasks))
+    manifest = {"task_names": tasks, "kinds": {"grid": "grid", "equal": "equal"}, "gradnorm_static_sources": {}}
+    c = build_comparison("many", manifest, pd.DataFrame(rows).drop_duplicates(["arm", "run_key"]), [])
+    fig = figures.pareto_front(c)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel()]
+    pairs = [(ax.get_xlabel().removeprefix("test loss "), ax.get_ylabel().removeprefix("test loss "))
+             for ax in panels]
+    assert len(set(pairs)) == len(pairs) == min(6, math.comb(n_tasks, 2))
+    assert {task for pair in pairs for task in pair} == set(tasks)
+    title = fig._suptitle.get_text()
+    assert (f"({len(pairs)} of the {math.comb(n_tasks, 2)} pairs of tasks" in title) == (n_tasks > 4)
+    plt.close("all")

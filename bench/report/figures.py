@@ -641,7 +641,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     front = _pareto_mask(losses)
     # The point the tables call the grid: starred, as on the landscape (it is not among `others`).
     chosen = points.selected.to_numpy(dtype=bool)
-    pairs = [(i, j) for i in range(len(c.tasks)) for j in range(i + 1, len(c.tasks))][:3]
+    pairs = task_pairs(len(c.tasks))
     per_task = c.per_task.pivot(index="arm", columns="task", values="test_loss")
     per_task = per_task.reindex(list(dict.fromkeys(c.per_task.arm)))  # the tables' order, not pivot's sorted one
     # An arm whose every run failed has no losses to draw, and so no legend entry either.
@@ -675,7 +675,10 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
             ax.set_title(_beyond_the_axes(int(beyond.sum()), bool((beyond & chosen).any())),
                          fontsize="small", color="0.35")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land")
+    every = math.comb(len(c.tasks), 2)
+    fig.suptitle("Per-task test losses: the grid's Pareto front and where the other arms land"
+                 + (f"\n({len(pairs)} of the {every} pairs of tasks; every task's losses are in per_task.csv)"
+                    if len(pairs) < every else ""))
     if len(pairs) % 2 and len(pairs) > 1:  # the legend takes the empty panel's place
         spare = axes[len(pairs)]
         spare.set_visible(True)
@@ -685,6 +688,28 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     else:
         _legend_below(fig, handles, labels, ncol=4)
     return fig
+
+
+PARETO_PANELS = 6
+
+
+def task_pairs(n_tasks: int, most: int = PARETO_PANELS) -> list[tuple[int, int]]:
+    """The pairs of tasks the Pareto figure draws: all of them up to `most`; beyond, first pairs
+    that put every task in a panel (the first three pairs of ten tasks showed task 0 against
+    tasks 1 to 3, and tasks 4 to 9 nowhere), then the others in order.
+
+    >>> task_pairs(3)
+    [(0, 1), (0, 2), (1, 2)]
+    >>> task_pairs(5)
+    [(0, 1), (2, 3), (3, 4), (0, 2), (0, 3), (0, 4)]
+    >>> task_pairs(10)
+    [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (0, 2)]
+    """
+    every = list(itertools.combinations(range(n_tasks), 2))
+    if len(every) <= most:
+        return every
+    covering = [(i, i + 1) for i in range(0, n_tasks - 1, 2)] + ([(n_tasks - 2, n_tasks - 1)] if n_tasks % 2 else [])
+    return [*covering, *(pair for pair in every if pair not in covering)][:most]
 
 
 def _beyond_the_axes(outside: int, chosen_among: bool) -> str:
