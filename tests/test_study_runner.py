@@ -695,7 +695,8 @@ def test_gradnorm_static_of_weights_that_are_no_static_weighting_fails_alone(sto
     assert progress.left == 0
     statics = [r for r in store.records("tiny") if r["arm"] == "gradnorm-static"]
     assert len(statics) == 4 and all(r["status"] == "failed" for r in statics)
-    assert all("no static weighting" in r["reason"] and "-1" in r["reason"] for r in statics)
+    assert all(r["reason"] == f"its GradNorm run {r['run_key']} averaged to weights that static weights "
+               "cannot be (expected non-negative weights, got 3, -1)" for r in statics)
     assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")
 
 

@@ -459,8 +459,8 @@ class StudyRunner:
         try:
             validate_static_weights(tuple(weights))
         except ConfigError as err:
-            return None, (f"its GradNorm run {key} averaged to weights that are no static weighting "
-                          f"({err.expected}: {', '.join(f'{w:.3g}' for w in weights)})")
+            return None, (f"its GradNorm run {key} averaged to weights that static weights cannot be "
+                          f"(expected {err.expected}, got {', '.join(f'{w:.3g}' for w in weights)})")
         return weights, None
 
     def _hold(self, arm: str, trial: FrozenTrial, run: RunSpec, study: optuna.Study,
