@@ -1,4 +1,5 @@
-"""Formula tests of the other balancing methods, on hand-made losses."""
+"""Formula tests of the other balancing methods, on hand-made losses, and property tests of their
+invariants on drawn ones."""
 
 from __future__ import annotations
 
@@ -72,6 +73,58 @@ def test_uncertainty_update_is_an_adam_step_on_the_log_variances():
     # Adam's first step moves each coordinate by lr against the sign of its gradient.
     assert balancer.log_variance.detach()[0].tolist() == pytest.approx([0.1, -0.1])
     assert balancer.weights()[0].tolist() == pytest.approx([0.5 * math.exp(-0.1), 0.5 * math.exp(0.1)])
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.sampled_from(["regression", "classification"]), min_size=1, max_size=3).flatmap(
+    lambda kinds: st.tuples(st.just(kinds), st.lists(st.lists(st.floats(0.05, 20.0), min_size=len(kinds),
+                                                              max_size=len(kinds)), min_size=1, max_size=3))))
+def test_uncertainty_weights_settle_at_one_over_twice_each_loss_whatever_the_task_kind(case):
+    """Kendall et al.'s objective c exp(-s) L + s / 2 is least at exp(-s) = 1 / (2 c L): the weight
+    c exp(-s) settles at 1 / (2 L), for regression (c = 1/2) and classification (c = 1) alike,
+    and each run of a stack settles on its own losses, step for step as it would alone."""
+    kinds, rows = case
+    losses = torch.tensor(rows, dtype=torch.float64)
+    stacked = Uncertainty([UncertaintyParams(lr=0.2)] * len(rows), tasks(*kinds), **CPU)
+    alone = [Uncertainty([UncertaintyParams(lr=0.2)], tasks(*kinds), **CPU) for _ in rows]
+    for step in range(400):
+        stacked.update(step, losses, None)
+        for r, balancer in enumerate(alone):
+            balancer.update(step, losses[r:r + 1], None)
+    assert torch.allclose(stacked.weights(), 1 / (2 * losses), rtol=1e-6)
+    assert torch.equal(stacked.weights(), torch.cat([b.weights() for b in alone]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.floats(0.5, 4.0), st.integers(0, 2 ** 16),
+       st.lists(st.floats(0.01, 100.0), min_size=4, max_size=4))
+def test_dwa_weights_follow_each_runs_own_period_means_whatever_each_tasks_scale(period, runs, temperature,
+                                                                                 seed, scales):
+    """At every step: 1 for two periods, then T softmax(r / temperature) of the ratio of the last
+    two periods' mean losses, computed here again from the losses; positive and summing to T;
+    each run's from its own losses; and unchanged by a task's losses taken at another scale."""
+    T, steps = 4, 6 * period
+    g = torch.Generator().manual_seed(seed)
+    losses = torch.rand(steps, runs, T, generator=g, dtype=torch.float64) * 5 + 0.1
+    scaled = losses * torch.tensor(scales, dtype=torch.float64)
+    options = [DWAParams(temperature=temperature, period=period)] * runs
+    stacked, rescaled = DWA(options, tasks(*["regression"] * T), **CPU), DWA(options, tasks(*["regression"] * T), **CPU)
+    alone = [DWA(options[:1], tasks(*["regression"] * T), **CPU) for _ in range(runs)]
+    for step in range(steps):
+        means = [losses[k * period:(k + 1) * period].mean(dim=0) for k in range(step // period)]
+        if len(means) < 2:
+            expected = torch.ones(runs, T, dtype=torch.float64)
+        else:
+            expected = T * torch.softmax(means[-1] / means[-2] / temperature, dim=1)
+        w = stacked.weights()
+        assert torch.allclose(w, expected, rtol=1e-12)
+        assert (w > 0).all() and torch.allclose(w.sum(dim=1), torch.full((runs,), float(T), dtype=torch.float64))
+        assert torch.equal(w, torch.cat([b.weights() for b in alone]))
+        assert torch.allclose(rescaled.weights(), w, rtol=1e-9)
+        stacked.update(step, losses[step], None)
+        rescaled.update(step, scaled[step], None)
+        for r, balancer in enumerate(alone):
+            balancer.update(step, losses[step, r:r + 1], None)
 
 
 def test_dwa_keeps_unit_weights_for_two_periods_then_follows_the_loss_ratio():
