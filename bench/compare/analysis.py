@@ -613,9 +613,25 @@ def _seconds(value: float) -> str:
 
 def _on_seeds(row: Any) -> str:
     """On how many seeds a paired row's arm was lower or higher: said from the side that wins more
-    seeds, as the paired sentences ("lower on 0 of 10" is a riddle)."""
-    side = f"lower on {int(row.wins)}" if row.wins >= row.losses else f"higher on {int(row.losses)}"
-    return f"{side} of {count(int(row.n), 'seed')}"
+    seeds, as the paired sentences ("lower on 0 of 10" is a riddle); and when the mean goes the
+    other way, that the seeds it loses on outweigh the others.
+
+    >>> from types import SimpleNamespace as Row
+    >>> _on_seeds(Row(n=3, wins=3, losses=0, mean_difference=-0.2))
+    'lower on 3 of 3 seeds'
+    >>> _on_seeds(Row(n=3, wins=2, losses=1, mean_difference=1.06))
+    'lower on 2 of 3 seeds, though by less than it is higher on the other'
+    >>> _on_seeds(Row(n=10, wins=3, losses=7, mean_difference=-0.1))
+    'higher on 7 of 10 seeds, though by less than it is lower on the other 3'
+    """
+    lower = row.wins >= row.losses
+    side = f"lower on {int(row.wins)}" if lower else f"higher on {int(row.losses)}"
+    # The mean the other way (test loss 3.094 vs 2.038, lower on 2 of 3 seeds): said, not left a riddle.
+    rest = int(row.losses if lower else row.wins)
+    against = (row.mean_difference > 0) if lower else (row.mean_difference < 0)
+    though = (f", though by less than it is {'higher' if lower else 'lower'} on the other"
+              f"{'' if rest == 1 else f' {rest}'}") if against and rest else ""
+    return f"{side} of {count(int(row.n), 'seed')}{though}"
 
 
 def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
