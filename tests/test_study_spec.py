@@ -186,6 +186,16 @@ def test_bad_study_files_get_errors_naming_file_and_field(tmp_path, case, text, 
     assert path in message and field in message and "expected" in message
 
 
+def test_a_gradnorm_static_arm_without_a_source_names_the_gradnorm_arms_it_could_retrain(tmp_path):
+    """It said "(the study has 0)" or "(the study has 2)", and left the reader to find them."""
+    none = TINY.replace("[arms.gradnorm]\nalpha = [0.5, 1.0]\n", "")
+    with pytest.raises(ConfigError, match=r"the study has none: add a \[arms.gradnorm\]"):
+        StudySpec.load(write(tmp_path, none))
+    two = TINY.replace("[arms.gradnorm-static]", '[arms.floored]\nkind = "gradnorm"\nfloor = 0.05\n\n[arms.gradnorm-static]')
+    with pytest.raises(ConfigError, match="the study has 2: gradnorm, floored"):
+        StudySpec.load(write(tmp_path, two))
+
+
 def test_a_grid_without_its_boundary_keeps_the_points_that_weight_every_task(tmp_path):
     full = StudySpec.load(write(tmp_path, TINY))
     inside = StudySpec.load(write(tmp_path, TINY.replace("resolution = 0.5", "resolution = 0.5\nboundary = false")))

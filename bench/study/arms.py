@@ -416,8 +416,9 @@ class GradNormStaticArm(Arm):
         gradnorm_arms = [a for a in arms.values() if isinstance(a, GradNormArm)]
         if self.source_arm is None:
             if len(gradnorm_arms) != 1:
-                raise self.error("source", "the name of the GradNorm arm to retrain "
-                                 f"(the study has {len(gradnorm_arms)})")
+                have = (f"the study has {len(gradnorm_arms)}: {', '.join(a.name for a in gradnorm_arms)}"
+                        if gradnorm_arms else "the study has none: add a [arms.gradnorm]")
+                raise self.error("source", f"the name of the GradNorm arm to retrain ({have})")
             self.source_arm = gradnorm_arms[0].name
         if not isinstance(arms.get(self.source_arm), GradNormArm):
             raise self.error("source", "the name of a gradnorm arm of this study",
