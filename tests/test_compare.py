@@ -1570,7 +1570,10 @@ def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules
     if len(p):
         finite = p.p_value.notna()
         assert p.p_value[finite].between(0, 1).all() and (p.p_holm[finite] >= p.p_value[finite] - 1e-12).all()
-    assert c.headline and all(isinstance(line, str) and "nan" not in line for line in c.headline)
+    # GradNorm with a run stored, finished or failed, is always spoken of; with none stored yet (every
+    # seed unfinished) there is nothing to say of it, and the report says the study is unfinished.
+    assert c.headline or not (runs.arm == "gradnorm").any()
+    assert all(isinstance(line, str) and "nan" not in line for line in c.headline)
 
 
 def test_a_legend_below_the_panels_never_covers_their_labels():
