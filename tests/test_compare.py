@@ -534,6 +534,8 @@ def test_a_report_without_a_grid_neither_links_to_nor_explains_one(tmp_path):
         assert ("selected_point" in main_table) == has_grid
         assert "wall_time_with_source_s" not in main_table  # neither has a GradNorm static arm
     assert "selected_point" in (tmp_path / "no-grid" / "hand" / "main.csv").read_text().splitlines()[0]
+    assert "selected_point" not in (tmp_path / "no-grid" / "hand" / "main.md").read_text()  # for reading, as the page
+    assert "selected_point" in (tmp_path / "grid" / "hand" / "main.md").read_text()
     plt.close("all")
 
 

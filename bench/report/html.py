@@ -72,13 +72,14 @@ def _markdown_cell(value: Any) -> Any:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A table as GitHub Markdown, rounded for reading like the report's, whatever names and
-    failure reasons its cells hold.
+    failure reasons its cells hold; columns with no value are left out, as on the report's page.
 
     >>> print(markdown_table(pd.DataFrame({"arm": ["a|b"], "reason": ["line 1\\nline 2"]})), end="")
     | arm   | reason        |
     |:------|:--------------|
     | a\\|b  | line 1 line 2 |
     """
+    frame = frame.loc[:, frame.notna().any()]  # a column empty throughout says nothing to a reader
     shown = display_table(frame).map(_markdown_cell)
     shown.columns = [_markdown_cell(str(c)) for c in shown.columns]
     # The text as rounded, not parsed as numbers again (1.770 became 1.77); numbers right-aligned.
