@@ -106,6 +106,16 @@ def test_benchmark_reports_every_figure(tmp_path):
     assert len(rows) == 2 and "gradnorm_step_ratio_T10" in rows[0]
 
 
+@pytest.mark.slow
+def test_benchmark_times_a_plain_step_in_a_study_without_static_weights(tmp_path):
+    """It measured the throughput on a static run's step, and a study of GradNorm and
+    uncertainty weighting alone ended in a StopIteration traceback after its timed trainings."""
+    study = tmp_path / "adaptive.toml"
+    study.write_text(TINY.split("[arms.grid]")[0] + "[arms.gradnorm]\nalpha = 1.0\n\n[arms.uncertainty]\n")
+    figures = run_benchmark(str(study), steps=4, sequential=False, rounds=1)
+    assert figures["runs"] == 4 and figures["peak_fraction"] > 0 and figures["single_gflops"] > 0
+
+
 def test_a_figures_file_with_other_columns_is_kept_aside_and_said(tmp_path, monkeypatch, capsys):
     """It was renamed to perf-<seconds>.csv without a word (`appended to perf.csv`, said the
     CLI), and a second one in the same second replaced the first."""
