@@ -512,9 +512,11 @@ def test_the_report_explains_verdicts_only_where_gradnorm_meets_a_grid(tmp_path)
     plt.close("all")
 
 
-def test_a_report_without_a_grid_neither_links_to_nor_explains_one(tmp_path):
+def test_a_report_shows_and_says_only_what_its_study_has(tmp_path):
     """A study of baselines only had a "Grid" link to a section that was not there, the grid's
-    paragraph above its table of arms, and empty selected_point and wall_time_with_source_s columns."""
+    paragraph above its table of arms, empty selected_point and wall_time_with_source_s columns,
+    and the lead "GradNorm against a grid search over static task weights"; one seed had columns
+    of spread with nothing in them."""
     import re
 
     from bench.report import write_report
@@ -536,6 +538,12 @@ def test_a_report_without_a_grid_neither_links_to_nor_explains_one(tmp_path):
     assert "selected_point" in (tmp_path / "no-grid" / "hand" / "main.csv").read_text().splitlines()[0]
     assert "selected_point" not in (tmp_path / "no-grid" / "hand" / "main.md").read_text()  # for reading, as the page
     assert "selected_point" in (tmp_path / "grid" / "hand" / "main.md").read_text()
+    # Without a description, the page's lead names the arms, not "GradNorm against a grid search".
+    assert '<p class="lead">Arms: gradnorm, equal.<br>' in (tmp_path / "no-grid" / "hand" / "index.html").read_text()
+    # One seed: no spread to show, in any table of the page.
+    html = write_report(hand_made(seeds=1), tmp_path / "one-seed").read_text()
+    assert "test_loss_std" not in html and "test_std" not in html
+    assert "test_loss_std" in (tmp_path / "one-seed" / "hand" / "per_task.csv").read_text()
     plt.close("all")
 
 

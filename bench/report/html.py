@@ -79,7 +79,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     |:------|:--------------|
     | a\\|b  | line 1 line 2 |
     """
-    frame = frame.loc[:, frame.notna().any()]  # a column empty throughout says nothing to a reader
+    frame = frame.loc[:, frame.notna().any()]  # as on the page (`_html`)
     shown = display_table(frame).map(_markdown_cell)
     shown.columns = [_markdown_cell(str(c)) for c in shown.columns]
     # The text as rounded, not parsed as numbers again (1.770 became 1.77); numbers right-aligned.
@@ -90,7 +90,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def _html(frame: pd.DataFrame, selected: pd.Series | None = None, lowest: pd.DataFrame | None = None) -> str:
     """An HTML table; rows where `selected` is true get the class "selected", and in the columns
-    of `lowest` (numbers, row for row with `frame`) each column's lowest value the class "lowest"."""
+    of `lowest` (numbers, row for row with `frame`) each column's lowest value the class "lowest".
+    A column with no value in any row (one seed's spread, a grid's point in a study without a grid)
+    is left out: only noise on the page (the CSVs keep every column, so that studies' files line up)."""
+    frame = frame.loc[:, frame.notna().any()]
     shown = display_table(frame).reset_index(drop=True)
     # Cells hold the user's names and failure reasons: escaped, like the template's text.
     styler = shown.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1)
@@ -98,7 +101,7 @@ def _html(frame: pd.DataFrame, selected: pd.Series | None = None, lowest: pd.Dat
     if selected is not None:
         marks.loc[selected.to_numpy(dtype=bool), :] = "selected"
     if lowest is not None:
-        for column in lowest:
+        for column in lowest.columns.intersection(shown.columns):
             marks.loc[(lowest[column] == lowest[column].min()).to_numpy(), column] = "lowest"
     if (marks != "").any().any():
         styler = styler.set_td_classes(marks)
@@ -272,11 +275,9 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     report_env.update({f"version {k}": v for k, v in report_versions.items()})
     devices = sorted({d for d in c.runs.device.dropna().unique()})
     main_display = c.main.drop(columns=[col for col in ("kind",) if col in c.main])
-    # A column with no value in this study (no grid's selected_point) is only noise on the page;
-    # main.csv keeps every column, so files from different studies line up.
-    main_display = main_display.loc[:, main_display.notna().any()]
     html = _env.get_template("report.html.j2").render(
         study=c.study, description=manifest.get("description", ""), tasks=c.tasks,
+        arms=list(manifest.get("kinds") or dict.fromkeys(c.main.arm)),  # said where the study has no description
         n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
         generated=time.strftime("%Y-%m-%d %H:%M %Z"), headline=c.headline, unfinished=c.unfinished,
         compared_with_grid=bool(c.grids) and (c.main.kind == "gradnorm").any(),
