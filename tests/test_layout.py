@@ -63,3 +63,32 @@ def test_the_layer_check_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "late.py"
     module.write_text("def f():\n    from bench.training import train_runs\n    import bench.cli.app\n")
     assert bench_imports(module) == {"training", "cli"}
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_carries_the_shipped_studies_and_finds_them_by_name(tmp_path):
+    """A wheel had no studies/ beside its package, so `bench run --study gridsearch`, the README's
+    first command, failed from an installed package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    pytest.importorskip("setuptools")  # the build backend, used from this environment
+    root = PACKAGE.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path / "dist"), str(root)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    shipped = sorted(p.name for p in (root / "studies").glob("*.toml"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "site")
+    assert sorted(n.removeprefix("bench/shipped_studies/") for n in names
+                  if n.startswith("bench/shipped_studies/")) == shipped
+    assert "bench/report/templates/report.html.j2" in names
+    # The package as installed, run from a folder with no studies/ of its own.
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    found = subprocess.run([sys.executable, "-c", "from bench.study.spec import find_study_file; "
+                            "print(find_study_file('gridsearch'))"], cwd=work, check=True, text=True,
+                           capture_output=True, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""}).stdout
+    assert Path(found.strip()) == tmp_path / "site" / "bench" / "shipped_studies" / "gridsearch.toml"

@@ -42,10 +42,14 @@ TOP_LEVEL = ("name", "description", "seeds", "selection", "dtype", "problem", "b
 
 
 def studies_dirs() -> list[Path]:
-    """Where study names are looked up: ./studies, then the studies/ beside the package."""
-    here = Path.cwd() / "studies"
-    shipped = Path(__file__).resolve().parents[2] / "studies"
-    return [here] if here == shipped else [here, shipped]
+    """Where study names are looked up: ./studies, then the repository's studies/ beside the
+    package, then the copy of it an installed wheel carries (`bench/shipped_studies`, in the
+    repository a link to studies/); each folder once."""
+    package = Path(__file__).resolve().parents[1]
+    folders: dict[Path, Path] = {}
+    for folder in (Path.cwd() / "studies", package.parent / "studies", package / "shipped_studies"):
+        folders.setdefault(folder.resolve(), folder)
+    return list(folders.values())
 
 
 def find_study_file(name: str) -> Path:
@@ -59,7 +63,6 @@ def find_study_file(name: str) -> Path:
             except ValueError:
                 return candidate
     known = sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.toml")})
-    # An installed wheel has no studies/ beside it: the shipped ones are in the repository.
     found = ", ".join(known) or "none found: the shipped studies are in the repository's studies/ folder"
     raise ConfigError("--study", f"a study file, or the name of one here or in studies/ ({found})", name)
 
