@@ -1331,6 +1331,16 @@ def test_the_reports_folder_gets_an_index_of_its_reports(tmp_path):
     assert html.escape(c.headline[0], quote=False) in page and html.escape(other.headline[0], quote=False) in page
     assert "Sigma &#34;16&#34; &amp; friends" in page or "Sigma &quot;16&quot; &amp; friends" in page
     assert "my notes" not in page and f'<p class="note">{len(c.runs)} runs; generated ' in page
+    # A study with nothing to say of GradNorm (baselines alone) gives its first paired sentence.
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    equal = runs[runs.arm == "equal"]
+    uncertainty = equal.assign(arm="uncertainty", balancer="uncertainty",
+                               normalized_test_loss=equal.normalized_test_loss - 0.1)
+    baselines = build_comparison("baselines", {**c.manifest, "kinds": {"uncertainty": "uncertainty", "equal": "equal"}},
+                                 pd.concat([uncertainty, equal]), [])
+    assert not baselines.headline and baselines.paired_sentences
+    write_report(baselines, tmp_path)
+    assert html.escape(baselines.paired_sentences[0], quote=False) in write_index(tmp_path).read_text()
     # The studies side by side: one column each, one row per arm, its test loss as in the report.
     from bench.report.html import _across_studies
 
