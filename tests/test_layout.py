@@ -69,6 +69,7 @@ def test_the_layer_check_sees_imports_inside_functions(tmp_path):
 def test_an_installed_wheel_carries_the_shipped_studies_and_finds_them_by_name(tmp_path):
     """A wheel had no studies/ beside its package, so `bench run --study gridsearch`, the README's
     first command, failed from an installed package."""
+    import os
     import subprocess
     import sys
     import zipfile
@@ -90,5 +91,5 @@ def test_an_installed_wheel_carries_the_shipped_studies_and_finds_them_by_name(t
     work.mkdir()
     found = subprocess.run([sys.executable, "-c", "from bench.study.spec import find_study_file; "
                             "print(find_study_file('gridsearch'))"], cwd=work, check=True, text=True,
-                           capture_output=True, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""}).stdout
+                           capture_output=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout
     assert Path(found.strip()) == tmp_path / "site" / "bench" / "shipped_studies" / "gridsearch.toml"
