@@ -1747,3 +1747,19 @@ def test_the_pareto_figure_puts_every_task_in_a_panel(n_tasks):
     title = fig._suptitle.get_text()
     assert (f"({len(pairs)} of the {math.comb(n_tasks, 2)} pairs of tasks" in title) == (n_tasks > 4)
     plt.close("all")
+
+
+def test_a_grid_of_one_point_is_spoken_of_as_its_only_point():
+    """T = 4 at resolution 0.25 without its boundary is one point, w = (1, 1, 1, 1): the summary
+    read "test loss 3.675 vs 3.690 for the point chosen on validation ...; 0 of 1 grid points have
+    a lower test loss", and the paired sentence "the best of 1 grid points"."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    one = build_comparison("one", c.manifest, runs[(runs.arm != "grid") | runs.run_key.str.startswith("w=1,1/")], [])
+    assert len(one.grids["grid"].points) == 1
+    line = next(line for line in one.headline if "the grid search" in line)
+    assert "test loss 1.117 vs 1.210 for its only point, lower on 3 of 3 seeds. Cost: " in line
+    assert "grid points" not in line and "chosen on validation" not in line
+    assert any(s.startswith("gradnorm has a lower test loss than the grid's only point (w=1,1) on 3/3 seeds")
+               for s in one.paired_sentences)
+    assert "the best of 3 grid points (w=1,1, chosen on validation)" in " ".join(c.paired_sentences)

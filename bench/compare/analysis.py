@@ -568,8 +568,9 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     for label, kind in kinds.items():
         if kind == "gradnorm":
             for arm, grid in grids.items():
-                pairs.append((label, arm, f"the best of {len(grid.points)} grid points "
-                              f"({point_words(grid.selected, grid.weights)}, chosen on validation)"))
+                chosen_words = ", chosen on validation" if len(grid.points) > 1 else ""
+                pairs.append((label, arm, f"{_best_of(len(grid.points))} "
+                              f"({point_words(grid.selected, grid.weights)}{chosen_words})"))
                 if grid.weighted_all:
                     pairs.append((label, grid.weighted_all_label,
                                   f"{grid.weighted_all_words} ({point_words(grid.weighted_all, grid.weighted_all_weights)}, "
@@ -598,6 +599,12 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
     # which differences survive as a family (the verdicts name it where it changes them).
     frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", stats.holm(frame.p_value))
     return frame
+
+
+def _best_of(n: int) -> str:
+    """A grid's chosen point in a sentence: "the best of 66 grid points", or of a grid of one
+    point, "the grid's only point"."""
+    return f"the best of {n} grid points" if n > 1 else "the grid's only point"
 
 
 def _have(k: int) -> str:
@@ -686,11 +693,13 @@ def _headline(c: Comparison) -> list[str]:
         diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
+        # A grid of one point (T = 4 at resolution 0.25 without its boundary) has no choice to make.
+        among = (f"for the point chosen on validation, {_on_seeds(row)}; {int(standing.n_better)} of "
+                 f"{int(standing.n_points)} grid points {_have(standing.n_better)} a lower test loss"
+                 if standing.n_points > 1 else f"for its only point, {_on_seeds(row)}")
         lines.append(
             f"{a}{diverged} {verdict} the grid search ({b}; {evidence}): test loss "
-            f"{versus(row.mean_a, row.mean_b)} for the point chosen on validation, {_on_seeds(row)}; "
-            f"{int(standing.n_better)} of {int(standing.n_points)} grid points {_have(standing.n_better)} a lower "
-            "test loss. "
+            f"{versus(row.mean_a, row.mean_b)} {among}. "
             f"Cost: {count(int(main.loc[a, 'runs']), 'run')} ({_seconds(own_cost)}) against "
             f"{count(int(main.loc[b, 'runs']), 'run')} ({_seconds(grid_cost)}). "
             + gaps(a, b)
