@@ -854,15 +854,30 @@ def test_an_arm_whose_runs_all_failed_is_reported_as_failed_not_as_nan_results()
         standing(math.nan, [1.0, 2.0])
 
 
-def test_a_grid_with_no_point_finished_on_every_seed_is_one_clear_error():
+def test_a_grid_with_no_point_finished_on_every_seed_is_left_out_and_the_other_arms_compared(tmp_path):
+    """Such a grid stopped `bench compare` for the whole study: GradNorm against equal weights, and
+    every other arm, went unreported. A study of that grid alone is still one clear error."""
+    from bench.report import write_report
+
     c = hand_made()
     runs = c.runs.drop(columns=["variant", "kind", "label"])
     grid = runs.arm == "grid"
     runs.loc[grid & runs.run_key.str.endswith("seed=1"), "status"] = "failed"
     runs.loc[grid, "reason"] = "diverged: non-finite training loss at step 0 (task b)"
+    left_out = build_comparison("hand", c.manifest, runs, [])
+    assert left_out.grids == {} and "grid" not in set(left_out.main.arm)
+    assert left_out.headline[0] == (
+        "the grid arm 'grid' has no point with every seed finished (3 of 9 runs failed; the most common reason: "
+        "diverged: non-finite training loss at step 0 (task b); each run's reason is in the runs table): it is "
+        "left out of the tables and tests, which compare the other arms.")
+    assert any(line.startswith("gradnorm beats equal weights") for line in left_out.headline)
+    assert list(left_out.comparisons.versus) == ["equal"] and len(left_out.failures) == 3
+    html = write_report(left_out, tmp_path).read_text()
+    assert "has no point with every seed finished" in html and 'href="#grid"' not in html
     with pytest.raises(BenchError, match=r"no point with every seed finished \(3 of 9 runs failed; the most "
-                                         r"common reason: diverged: non-finite training loss"):
-        build_comparison("hand", c.manifest, runs, [])
+                                         r"common reason: diverged: .*\), so there is nothing to compare$"):
+        build_comparison("hand", c.manifest, runs[grid], [])
+    plt.close("all")
 
 
 def test_report_figures_use_a_log_axis_only_for_losses_spanning_a_decade():
@@ -1557,25 +1572,31 @@ def _any_study(data) -> pd.DataFrame:
 @given(st.data())
 def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules(data):
     """Whatever runs have finished or failed, the comparison either says plainly why it cannot
-    compare (no grid point with every seed finished) or follows its rules: every arm's runs
-    counted, the grid's point chosen on validation among the points without a failed run, over
-    seeds they share, and p-values that are probabilities, Holm's never below the raw one."""
+    compare (no run, or a grid with no point with every seed finished and no other arm) or follows
+    its rules: every arm's runs counted, the grid's point chosen on validation among the points
+    without a failed run, over seeds they share (a grid without one left out, and said), and
+    p-values that are probabilities, Holm's never below the raw one."""
     runs = _any_study(data)
     manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
                 "gradnorm_static_sources": {}}
     grid = runs[runs.arm == "grid"] if len(runs) else runs
     eligible = set(grid.run_key.str.split("/").str[0]) - set(grid[grid.status == "failed"].run_key.str.split("/").str[0]) \
         if len(grid) else set()
-    if runs.empty or (len(grid) and not eligible):
+    unselectable = len(grid) > 0 and not eligible
+    if runs.empty or (unselectable and (runs.arm == "grid").all()):
         with pytest.raises(BenchError, match="no finished runs yet|has no point with every seed finished"):
             build_comparison("any", manifest, runs, [])
         return
     c = build_comparison("any", manifest, runs, [])
     main = c.main.set_index("arm")
     for arm, arm_runs in runs.groupby("arm"):
+        if arm == "grid" and unselectable:  # left out of the tables, and said first
+            assert "grid" not in c.grids and "grid" not in main.index
+            assert c.headline[0].startswith("the grid arm 'grid' has no point with every seed finished")
+            continue
         assert main.loc[arm, "runs"] == len(arm_runs)
         assert main.loc[arm, "failed"] == (arm_runs.status == "failed").sum()
-    if len(grid):
+    if len(grid) and not unselectable:
         selection = c.grids["grid"]
         assert selection.selected in eligible
         on = grid[grid.status == "ok"]

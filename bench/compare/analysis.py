@@ -174,6 +174,9 @@ class Comparison:
     comparisons: pd.DataFrame
     headline: list[str] = field(default_factory=list)
     alpha_choices: dict[str, AlphaChoice] = field(default_factory=dict)
+    # Grid arms with no point to choose (every point has a failed seed), and why: left out of the
+    # tables and tests, which compare the other arms.
+    unselectable: dict[str, str] = field(default_factory=dict)
     progress: StudyProgress | None = None  # every run queued in the store, finished or not
     storage: str | None = None  # the store's URL, where it is not the default
 
@@ -307,9 +310,16 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
         return f"{row.arm} ({row.variant})"
 
     runs["label"] = runs.apply(label, axis=1)
-    grids = {arm: _select(runs[runs.arm == arm], tasks) for arm in runs.arm.unique()
-             if kinds.get(arm) == "grid"}
+    grids, unselectable = {}, {}
+    for arm in runs.arm.unique():
+        if kinds.get(arm) == "grid":
+            try:
+                grids[arm] = _select(runs[runs.arm == arm], tasks)
+            except NoPointToChoose as err:  # the other arms are still worth comparing
+                unselectable[arm] = str(err)
     chosen = representatives(runs, grids)
+    if chosen.empty:  # grids alone, none with a point to choose
+        raise BenchError(f"{next(iter(unselectable.values()))}, so there is nothing to compare")
     arm_order = {arm: i for i, arm in enumerate(runs.arm.unique())}
     chosen = chosen.sort_values("arm", key=lambda arms: arms.map(arm_order), kind="stable")
     main = _main_table(runs, chosen, grids, tasks, manifest)
@@ -317,7 +327,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     standings = _standings(runs, grids, main)
     comparisons = _paired(chosen, grids, manifest, main)
     comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
-                            standings, comparisons, alpha_choices=_choose_alphas(runs))
+                            standings, comparisons, alpha_choices=_choose_alphas(runs), unselectable=unselectable)
     comparison.headline = _headline(comparison)
     return comparison
 
@@ -326,7 +336,7 @@ def representatives(rows: pd.DataFrame, grids: dict[str, GridSelection]) -> pd.D
     """The rows (runs, or their records) that represent each label of the tables: a grid's
     selected point, everything else as is. A grid whose selected point gives a task up is also
     represented by its best point that weights every task, under a label of its own."""
-    keep = [kind != "grid" or variant == grids[arm].selected
+    keep = [kind != "grid" or (arm in grids and variant == grids[arm].selected)
             for arm, kind, variant in zip(rows.arm, rows.kind, rows.variant)]
     return pd.concat([rows[pd.Series(keep, index=rows.index, dtype=bool)],
                       *(rows[(rows.arm == arm) & (rows.variant == g.weighted_all)].assign(label=g.weighted_all_label)
@@ -380,6 +390,10 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
     return choices
 
 
+class NoPointToChoose(BenchError):
+    """A grid arm every point of which has a failed seed: none can be chosen on validation."""
+
+
 def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
     # One groupby per statistic, not a loop over points: 10,000 points took 13 s point by point.
     by_point = grid_runs.groupby("variant", sort=False)
@@ -401,9 +415,9 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
         reasons = failed.reason.dropna() if "reason" in failed else pd.Series(dtype=object)
         common = f"; the most common reason: {reasons.mode().iloc[0]}" if len(reasons) else ""
         where = f"results/{grid_runs.study.iloc[0]}/runs.csv" if "study" in grid_runs else "the runs table"
-        raise BenchError(f"the grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished "
-                         f"({len(failed)} of {len(grid_runs)} runs failed{common}), so there is nothing "
-                         f"to compare; each run's reason is in {where}")
+        raise NoPointToChoose(f"the grid arm {grid_runs.arm.iloc[0]!r} has no point with every seed finished "
+                              f"({len(failed)} of {len(grid_runs)} runs failed{common}; each run's reason is in "
+                              f"{where})")
     candidates = grid_runs[grid_runs.variant.isin(eligible.point)]  # every run finished ok
     shared, seeds = _on_shared_seeds(candidates)
     order = "normalized_val_loss"
@@ -667,7 +681,9 @@ def _headline(c: Comparison) -> list[str]:
     static weights, do as well as GradNorm itself? Then against the weights that need no search
     (the study's own static weights, 1 / L_i(0), equal weights), and, with an `rlw` arm, weights
     drawn at random."""
-    lines = [choice.sentence() for choice in c.alpha_choices.values()]
+    lines = [f"{reason}: it is left out of the tables and tests, which compare the other arms."
+             for reason in c.unselectable.values()]
+    lines += [choice.sentence() for choice in c.alpha_choices.values()]
     lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
     # With several alphas, the sentences speak for the one chosen on validation only.
