@@ -1784,3 +1784,24 @@ def test_a_grid_of_one_point_is_spoken_of_as_its_only_point():
     assert any(s.startswith("gradnorm has a lower test loss than the grid's only point (w=1,1) on 3/3 seeds")
                for s in one.paired_sentences)
     assert "the best of 3 grid points (w=1,1, chosen on validation)" in " ".join(c.paired_sentences)
+
+
+def test_a_study_without_gradnorm_is_told_what_its_grid_found():
+    """A grid set against static weights alone had no summary at all: the page said only that
+    the study had no GradNorm arm. Its summary now says which point validation chose, how it
+    fared on test, and what it gives up."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    manifest = {**c.manifest, "kinds": {"grid": "grid", "equal": "equal"}}
+    no_gradnorm = runs[runs.arm != "gradnorm"]
+    found = build_comparison("grid only", manifest, no_gradnorm, [])
+    assert found.headline == ["grid: validation chose w=1,1 of 3 points (test loss 1.210; 1 of the other 2 has a "
+                              "lower test loss)."]
+    gives_up = no_gradnorm.copy()
+    gives_up.loc[gives_up.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
+    found = build_comparison("grid only", manifest, gives_up, [])
+    assert found.headline == [
+        "grid: validation chose w=2,0 of 3 points (test loss 1.010; 0 of the other 2 have a lower test loss). "
+        "It gives b a weight of 0, so its head never trains; the only grid point that weights every task, w=1,1, "
+        "has test loss 1.210."]
+    assert not any(line.startswith("grid: validation chose") for line in c.headline)  # with GradNorm: its verdicts

@@ -686,6 +686,8 @@ def _headline(c: Comparison) -> list[str]:
     lines += [choice.sentence() for choice in c.alpha_choices.values()]
     lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
+    if not (main.kind == "gradnorm").any():  # no GradNorm to set against it: what the grid found
+        lines += [_grid_found(grid, main) for grid in c.grids.values()]
     # With several alphas, the sentences speak for the one chosen on validation only.
     chosen = {choice.chosen for choice in c.alpha_choices.values()}
     passed_over = {label for label in c.runs[c.runs.arm.isin(list(c.alpha_choices))].label.unique()
@@ -820,6 +822,27 @@ def _off_target(c: Comparison, label: str, runs: pd.DataFrame) -> str | None:
             f"{window}, their gradient norms at W were {span} away from them on average (sum_i "
             f"|mean G_i/G_bar - mean r_i^alpha| / sum_i mean r_i^alpha; 0 is on target{others}). "
             f"{cause}; the weight and gradient-norm figures show which.")
+
+
+def _grid_found(grid: GridSelection, main: pd.DataFrame) -> str:
+    """What a grid found, in a study without GradNorm: the point chosen on validation, its test
+    loss and how many points beat it on test, and the tasks it gives up with the best point that
+    weights every task."""
+    test = main.loc[grid.arm, "normalized_test_loss"]
+    n = len(grid.points)
+    others = grid.points[(grid.points.failed == 0) & ~grid.points.selected]  # not itself, by a rounding
+    better = int((others.normalized_test_loss < test).sum())
+    among = f"; {better} of the other {n - 1} {_have(better)} a lower test loss" if n > 1 else ""
+    line = (f"{grid.arm}: validation chose {point_words(grid.selected, grid.weights)} of {count(n, 'point')} "
+            f"(test loss {significant(test)}{among}).")
+    if grid.unweighted:
+        heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
+        line += f" It gives {join_words(grid.unweighted)} a weight of 0, so {heads}"
+        if grid.weighted_all:
+            line += (f"; {grid.weighted_all_words}, {point_words(grid.weighted_all, grid.weighted_all_weights)}, "
+                     f"has test loss {significant(main.loc[grid.weighted_all_label, 'normalized_test_loss'])}")
+        line += "."
+    return line
 
 
 def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
