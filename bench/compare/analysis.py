@@ -80,6 +80,13 @@ class GridSelection:
         return self.arm + EVERY_TASK_WEIGHTED
 
     @property
+    def gives_up_words(self) -> str:
+        """What the selected point does to the tasks it weights 0: "gives b a weight of 0, so its
+        head never trains"."""
+        heads = "their heads never train" if len(self.unweighted) > 1 else "its head never trains"
+        return f"gives {join_words(self.unweighted)} a weight of 0, so {heads}"
+
+    @property
     def weighted_all_words(self) -> str:
         if self.n_weighted_all == 1:
             return "the only grid point that weights every task"
@@ -836,8 +843,7 @@ def _grid_found(grid: GridSelection, main: pd.DataFrame) -> str:
     line = (f"{grid.arm}: validation chose {point_words(grid.selected, grid.weights)} of {count(n, 'point')} "
             f"(test loss {significant(test)}{among}).")
     if grid.unweighted:
-        heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
-        line += f" It gives {join_words(grid.unweighted)} a weight of 0, so {heads}"
+        line += f" It {grid.gives_up_words}"
         if grid.weighted_all:
             line += (f"; {grid.weighted_all_words}, {point_words(grid.weighted_all, grid.weighted_all_weights)}, "
                      f"has test loss {significant(main.loc[grid.weighted_all_label, 'normalized_test_loss'])}")
@@ -851,10 +857,8 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     per_task = c.per_task.set_index(["arm", "task"]).test_loss
     losses = "; ".join(f"{t}: {versus(per_task[(grid.arm, t)], per_task[(a, t)])} for {a}"
                        for t in grid.unweighted)
-    tasks = join_words(grid.unweighted)
-    heads = "their heads never train" if len(grid.unweighted) > 1 else "its head never trains"
-    line = (f"The grid's chosen point ({point_words(grid.selected, grid.weights)}) gives {tasks} a weight "
-            f"of 0, so {heads} (test loss of {losses}). ")
+    line = (f"The grid's chosen point ({point_words(grid.selected, grid.weights)}) {grid.gives_up_words} "
+            f"(test loss of {losses}). ")
     if not grid.weighted_all:
         if not grid.points.all_weights_positive.any():  # T = 4 at resolution 0.5, say
             return line + f"The grid has no point that weights all {len(c.tasks)} tasks."

@@ -238,8 +238,9 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
 
     progress("measuring the training step's throughput")
     # A static run's step (a grid point's); in a study without one, equal weights: the same step.
-    grid_config = next((c for c in configs if c.balancer == "static"),
-                       dataclasses.replace(configs[0], balancer="equal", balancer_params={}).validated())
+    grid_config = next((c for c in configs if c.balancer == "static"), None)
+    if grid_config is None:
+        grid_config = dataclasses.replace(configs[0], balancer="equal", balancer_params={}).validated()
     stacked = _trainer(grid_config, min(limit, len(configs)), 60)
     single = _trainer(grid_config, 1, 300)
     time_steps(stacked, 5)
