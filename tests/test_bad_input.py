@@ -805,6 +805,9 @@ def test_messages_that_name_a_toml_table_keep_it(workdir, capsys):
     ("/dev/null", "is not a file"),  # Optuna's journal would fail on its first append, with a traceback
     ("sqlite://", "in-memory database"),
     ("sqlite:///:memory:", "in-memory database"),
+    # SQLAlchemy said "Can't load plugin: sqlalchemy.dialects:journal".
+    ("journal:///results/bench.journal", "journal:// is no database SQLAlchemy knows; a journal file is given "
+                                         "by its path (--storage results/bench.journal)"),
     ("mysql://bench@127.0.0.1:1/db", "(the module MySQLdb); for MySQL: pip install pymysql"),
     ("postgresql+pg8000://bench@127.0.0.1:1/db", "(the module pg8000); for PostgreSQL: pip install "
                                                  "'gradnorm-bench[postgres]'"),

@@ -387,6 +387,14 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
                            f"{missing}); "
                            + DRIVER_HINTS.get(url.split(":")[0].split("+")[0], DRIVER_HINTS["postgresql"])) from None
     except Exception as err:  # SQLAlchemy's errors: unreachable host, bad credentials, bad URL
+        from sqlalchemy.exc import NoSuchModuleError
+
+        scheme = url.split("://")[0]
+        if isinstance(err, NoSuchModuleError):  # "Can't load plugin: sqlalchemy.dialects:journal"
+            raise StorageError(f"cannot open the storage {url}: {scheme}:// is no database SQLAlchemy knows; "
+                               "a journal file is given by its path (--storage results/bench.journal), a "
+                               "database by a URL such as sqlite:///results/bench.db or postgresql://user@host/db"
+                               ) from None
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if database is not None and database.is_file() and _is_record(_first_line(database)):
             message += f"; {database} is an Optuna journal file: pass it as --storage {database}"
