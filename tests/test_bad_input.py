@@ -107,9 +107,9 @@ def test_negative_alpha(workdir, capsys):
 
 
 @pytest.mark.parametrize("balancer,options,field", [
-    ("loss-scale", ["-b", "steps=20"], "balancer.steps"),
-    ("gradnorm", ["-b", "initial_loss=mean_first_steps", "-b", "initial_loss_steps=20"], "balancer.initial_loss_steps"),
-    ("dwa", ["-b", "period=10"], "balancer.period"),
+    ("loss-scale", ["-b", "steps=20"], "-b steps"),
+    ("gradnorm", ["-b", "initial_loss=mean_first_steps", "-b", "initial_loss_steps=20"], "-b initial_loss_steps"),
+    ("dwa", ["-b", "period=10"], "-b period"),
 ])
 def test_a_warm_up_as_long_as_the_run_is_refused_not_trained_as_equal_weights(workdir, capsys, balancer, options,
                                                                                 field):
@@ -118,19 +118,35 @@ def test_a_warm_up_as_long_as_the_run_is_refused_not_trained_as_equal_weights(wo
 
 
 @pytest.mark.parametrize("option,value,expected", [
-    ("sigmas", "1,a", "problem.sigmas: expected a list of numbers"),
-    ("tasks", "three", "problem.tasks: expected an integer"),
+    ("sigmas", "1,a", "-p sigmas: expected a list of numbers"),
+    ("tasks", "three", "-p tasks: expected an integer"),
 ])
 def test_problem_options_of_the_wrong_type(workdir, capsys, option, value, expected):
     code, line = run(["train", "--steps", "1", "-p", f"{option}={value}"], capsys)
     assert code == 2 and expected in line and value in line
 
 
+@pytest.mark.parametrize("args,expected", [
+    # The run configuration's field names (problem.tasks, balancer.weights, eval_every) are not
+    # what the user typed.
+    (["--problem", "diamonds", "--tasks", "3"], "--tasks: expected a list of strings, got 3"),
+    (["-p", "n_train=0"], "-p n_train: expected an integer >= 1, got 0"),
+    (["--balancer", "static", "--weights", "1,2,3"], "--weights: expected 2 weights, one per task"),
+    (["--balancer", "gradnorm", "--alpha", "-1"], "--alpha: expected a finite number >= 0, got -1.0"),
+    (["--balancer", "gradnorm", "-b", "alpha=-1"], "-b alpha: expected a finite number >= 0, got -1.0"),
+    (["--eval-every", "0"], "--eval-every: expected an integer >= 1, got 0"),
+    (["--dtype", "float16"], "--dtype: expected 'float32' or 'float64', got 'float16'"),
+])
+def test_bench_train_errors_name_the_option_that_was_typed(workdir, capsys, args, expected):
+    code, line = run(["train", "--steps", "1", *args], capsys)
+    assert code == 2 and line.startswith(f"error: bench train: {expected}")
+
+
 @pytest.mark.parametrize("value", ["-1", "4294967296"])
 @pytest.mark.parametrize("option", ["--seed", "--data-seed"])
 def test_a_seed_out_of_range(workdir, capsys, option, value):
     code, line = run(["train", "--steps", "1", option, value], capsys)
-    assert code == 2 and option.lstrip("-").replace("-", "_") in line and "from 0 to 4,294,967,295" in line
+    assert code == 2 and line.startswith(f"error: bench train: {option}:") and "from 0 to 4,294,967,295" in line
 
 
 @pytest.mark.parametrize("where", ["file", "flag"])
@@ -764,7 +780,7 @@ def test_bad_seeds_name_the_flag_and_store_nothing(workdir, capsys, seeds, expec
 
 def test_dwa_default_period_longer_than_half_the_run(workdir, capsys):
     code, line = run(["train", "--balancer", "dwa", "--steps", "20"], capsys)  # an epoch is 10 steps
-    assert code == 2 and line == ("error: bench train: balancer.period: expected a period of fewer than 10 "
+    assert code == 2 and line == ("error: bench train: -b period: expected a period of fewer than 10 "
                                   "steps, or a budget of more than 20 steps: the default period, one epoch, "
                                   "is 10 steps here, and the weights stay 1 for the first two periods")
     assert main(["train", "--balancer", "dwa", "--steps", "20", "-b", "period=5"]) == 0
@@ -772,7 +788,7 @@ def test_dwa_default_period_longer_than_half_the_run(workdir, capsys):
 
 def test_a_batch_larger_than_the_training_set(workdir, capsys):
     code, line = run(["train", "--batch-size", "5000", "--steps", "1"], capsys)
-    assert line == "error: bench train: batch_size: expected at most the problem's 1000 training examples, got 5000"
+    assert line == "error: bench train: --batch-size: expected at most the problem's 1000 training examples, got 5000"
 
 
 def test_a_benchmark_of_no_steps(workdir, capsys):

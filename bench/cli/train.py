@@ -48,13 +48,17 @@ def train_command(
     if balancer == "static" and "weights" not in balancer_params:  # else it trains equal weights, named static
         raise ConfigError("--weights", "static weights for balancer static, one per task (--weights 3,1); "
                           "equal weights are --balancer equal", source="bench train")
-    config = RunConfig(
-        problem=problem, balancer=balancer, seed=seed, data_seed=data_seed,
-        problem_params=problem_params, balancer_params=balancer_params,
-        budget=Budget(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                      tail_fraction=tail_fraction),
-        device=device, dtype=dtype,  # type: ignore[arg-type]
-    ).validated(source="bench train")
+    try:
+        config = RunConfig(
+            problem=problem, balancer=balancer, seed=seed, data_seed=data_seed,
+            problem_params=problem_params, balancer_params=balancer_params,
+            budget=Budget(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                          tail_fraction=tail_fraction),
+            device=device, dtype=dtype,  # type: ignore[arg-type]
+        ).validated(source="bench train")
+    except ConfigError as err:
+        given = {"problem": {"tasks": tasks, "sigmas": sigmas}, "balancer": {"alpha": alpha, "weights": weights}}
+        raise ConfigError(option_of(err.field, given), err.expected, err.got, source="bench train") from None
 
     with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
@@ -68,6 +72,32 @@ def train_command(
     if not record.ok:
         err_console.print(Text.assemble(("error:", "red"), f" the run failed: {record.reason}"), soft_wrap=True)
         raise typer.Exit(1)
+
+
+# The options of `bench train` that set a run configuration's fields of the same name.
+SHORT_OPTIONS = {"problem": "-p", "balancer": "-b"}
+
+
+def option_of(field: str, given: dict[str, dict[str, object]]) -> str:
+    """The option of `bench train` that sets a run configuration's `field`, for its errors: the
+    user typed `--tasks 3` or `-p n_train=0`, not `problem.tasks` or `problem.n_train`.
+
+    >>> given = {"problem": {"tasks": 3}, "balancer": {"alpha": None}}
+    >>> [option_of(f, given) for f in ("problem.tasks", "problem.n_train", "balancer.alpha", "eval_every")]
+    ['--tasks', '-p n_train', '-b alpha', '--eval-every']
+    >>> option_of("balancer.weights[1]", {"balancer": {"weights": "1,-1"}})
+    '--weights[1]'
+    """
+    group, dot, rest = field.partition(".")
+    if not dot:
+        return "--" + field.replace("_", "-") if field.isidentifier() else field
+    if group not in SHORT_OPTIONS:
+        return field
+    key = rest.split("[")[0].split(".")[0]
+    suffix = rest[len(key):]
+    if given.get(group, {}).get(key) is not None:  # set by its own option, --tasks or --alpha
+        return "--" + key.replace("_", "-") + suffix
+    return f"{SHORT_OPTIONS[group]} {key}{suffix}"
 
 
 # What a balancer's counters mean, and what to do about them (README, GradNorm's options).
