@@ -290,6 +290,60 @@ def test_the_summary_says_when_gradnorms_weights_crossed_zero_or_met_their_floor
     assert floored.headline[:-1] == c.headline
 
 
+def twin_study(floor_binding: int = 0, nudge: float = 0.0):
+    """hand_made's study with a floored GradNorm arm whose runs are gradnorm's (nudged by `nudge`
+    on one seed's test loss), and both arms' static retrains, alike too."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    runs["floor_binding_steps"] = 0.0
+    gradnorm = runs[runs.arm == "gradnorm"]
+    static = gradnorm.assign(arm="gradnorm-static", balancer="static", floor_binding_steps=math.nan,
+                             normalized_test_loss=gradnorm.normalized_test_loss - 0.05)
+    floored = gradnorm.assign(arm="gradnorm-floor", floor_binding_steps=float(floor_binding))
+    floored.iloc[0, floored.columns.get_loc("normalized_test_loss")] += nudge
+    runs = pd.concat([runs, floored, static, static.assign(arm="gradnorm-floor-static")], ignore_index=True)
+    manifest = {**c.manifest,
+                "kinds": {**c.manifest["kinds"], "gradnorm-floor": "gradnorm", "gradnorm-static": "gradnorm-static",
+                          "gradnorm-floor-static": "gradnorm-static"},
+                "gradnorm_static_sources": {"gradnorm-static": "gradnorm", "gradnorm-floor-static": "gradnorm-floor"},
+                "identity": {"arms": {"gradnorm": {"kind": "gradnorm", "alpha": [0.12]},
+                                      "gradnorm-floor": {"kind": "gradnorm", "alpha": [0.12], "floor": 0.05}}}}
+    return build_comparison("hand", manifest, runs, [])
+
+
+def test_arms_that_trained_alike_are_told_once_not_sentence_by_sentence():
+    """In MultiMNIST, GradNorm's floor never binds: the floored arm and its static retrain are the
+    same runs as GradNorm's and its retrain's, and the summary said every sentence twice."""
+    c = twin_study()
+    assert c.twins == {"gradnorm-floor": "gradnorm", "gradnorm-floor-static": "gradnorm-static"}
+    assert ("gradnorm-floor trained exactly as gradnorm: the same losses, to the last bit, on each of its 3 "
+            "finished runs (its weight floor never bound). What is said of gradnorm holds for it, and is not "
+            "said twice.") in c.headline
+    assert ("gradnorm-floor-static trained exactly as gradnorm-static: the same losses, to the last bit, on each "
+            "of its 3 finished runs (they retrain the runs of gradnorm-floor and gradnorm, which were the "
+            "same).") in " ".join(c.headline)
+    assert not any(line.startswith(("gradnorm-floor beats", "gradnorm-floor-static does")) for line in c.headline)
+    assert c.headline[0].startswith("gradnorm beats the grid search")
+    sentences = c.paired_sentences
+    assert sentences[0] == ("gradnorm-floor: the same runs as gradnorm, so its paired comparisons are gradnorm's "
+                            "(comparisons.csv lists them all).")
+    assert not any(s.startswith("gradnorm-floor has") or "than gradnorm-floor" in s for s in sentences)
+    # The tables keep every arm and every test.
+    assert {"gradnorm-floor", "gradnorm-floor-static"} <= set(c.main.arm)
+    assert (c.comparisons.arm == "gradnorm-floor").sum() == (c.comparisons.arm == "gradnorm").sum()
+    # Differing in one seed's last bit: not alike, each told for itself.
+    apart = twin_study(nudge=1e-12)
+    assert apart.twins == {"gradnorm-floor-static": "gradnorm-static"}  # the retrains here are still alike
+    assert any(line.startswith("gradnorm-floor beats the grid search") for line in apart.headline)
+    assert ("gradnorm-floor-static trained exactly as gradnorm-static: the same losses, to the last bit, on each "
+            "of its 3 finished runs. What") in " ".join(apart.headline)  # no reason given: their sources differ
+    # A floor that bound is said so, with no reason the two would be alike.
+    held = twin_study(floor_binding=7)
+    assert "(its weight floor never bound)" not in " ".join(held.headline)
+    assert ("gradnorm-floor trained exactly as gradnorm: the same losses, to the last bit, on each of its 3 "
+            "finished runs. What") in " ".join(held.headline)
+
+
 def test_the_summary_says_when_gradnorms_gradient_norms_stayed_far_from_their_targets():
     """Weights swinging across zero leave G_i far from G_bar r_i^alpha on average; nothing else in
     the tables shows that GradNorm did not balance."""

@@ -184,6 +184,8 @@ class Comparison:
     # Grid arms with no point to choose (every point has a failed seed), and why: left out of the
     # tables and tests, which compare the other arms.
     unselectable: dict[str, str] = field(default_factory=dict)
+    # Labels whose runs are, bit for bit, an earlier label's (see _twins): told once, not twice.
+    twins: dict[str, str] = field(default_factory=dict)
     progress: StudyProgress | None = None  # every run queued in the store, finished or not
     storage: str | None = None  # the store's URL, where it is not the default
 
@@ -216,7 +218,12 @@ class Comparison:
         main = self.main.set_index("arm")
         finished = main.runs - main.failed
         sentences, said = [], set()
+        for twin, same in self.twins.items():
+            sentences.append(f"{twin}: the same runs as {same}, so its paired comparisons are {same}'s "
+                             "(comparisons.csv lists them all).")
         for row in self.comparisons.itertuples():
+            if row.arm in self.twins or row.versus in self.twins:
+                continue
             if finished.get(row.arm, 1) > 0:
                 sentences.append(row.sentence)
             elif row.arm not in said:
@@ -334,7 +341,8 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     standings = _standings(runs, grids, main)
     comparisons = _paired(chosen, grids, manifest, main)
     comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
-                            standings, comparisons, alpha_choices=_choose_alphas(runs), unselectable=unselectable)
+                            standings, comparisons, alpha_choices=_choose_alphas(runs), unselectable=unselectable,
+                            twins=_twins(chosen))
     comparison.headline = _headline(comparison)
     return comparison
 
@@ -372,6 +380,35 @@ def _on_shared_seeds(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
                                                       [-s for s in sorted(c)]))
     chosen = seeds[seeds.map(shared.issubset)].index
     return ok[ok.variant.isin(chosen) & ok.seed.isin(shared)], sorted(int(s) for s in shared)
+
+
+# What must be equal, bit for bit, on every seed for two labels to be the same runs.
+TWIN_MEASURES = ("normalized_train_loss", "normalized_val_loss", "normalized_test_loss")
+
+
+def _twins(chosen: pd.DataFrame) -> dict[str, str]:
+    """Each label whose runs are, bit for bit, those of an earlier label of another arm (the same
+    seeds, each with the same status and losses on every split), mapped to the first such label.
+    GradNorm with a weight floor that never bound trains as GradNorm without one, and its static
+    retrain as the other's: every sentence on one would be said again of the other. A grid's
+    labels are left out (a chosen point is a choice), as are an arm's own alphas (the alpha
+    choice says when they tie)."""
+    first: dict[tuple, str] = {}
+    arm_of: dict[str, str] = {}
+    twins = {}
+    for label, g in chosen[chosen.kind != "grid"].groupby("label", sort=False):
+        if not (g.status == "ok").any():
+            continue
+        # float.hex: exact, and NaN (a failed run's losses) equals NaN
+        key = tuple(sorted((int(seed), status, *(float(v).hex() for v in values))
+                           for seed, status, *values in zip(g.seed, g.status, *(g[m] for m in TWIN_MEASURES))))
+        same = first.get(key)
+        if same is not None and arm_of[same] != g.arm.iloc[0]:
+            twins[label] = same
+        else:
+            first.setdefault(key, label)
+            arm_of.setdefault(label, g.arm.iloc[0])
+    return twins
 
 
 def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
@@ -706,7 +743,7 @@ def _headline(c: Comparison) -> list[str]:
 
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
-        if main.loc[a, "kind"] != "gradnorm" or b not in c.grids or a in passed_over:
+        if main.loc[a, "kind"] != "gradnorm" or b not in c.grids or a in passed_over or a in c.twins:
             continue
         failed = int(main.loc[a, "failed"])
         if row.n == 0:  # nothing to compare: say why rather than print NaNs
@@ -736,7 +773,7 @@ def _headline(c: Comparison) -> list[str]:
         """The paired rows of an arm of kind_a against one of kind_b, with seeds in common."""
         for _, row in c.comparisons.iterrows():
             if (main.loc[row.arm, "kind"] == kind_a and main.loc[row.versus, "kind"] == kind_b and row.n > 0
-                    and not {row.arm, row.versus} & passed_over):
+                    and not {row.arm, row.versus} & (passed_over | set(c.twins))):
                 yield row
 
     def losses(row: Any) -> str:
@@ -761,7 +798,33 @@ def _headline(c: Comparison) -> list[str]:
         verdict, evidence = _verdict(row, c.comparisons)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
                      f"litmus test for a weighting method: {losses(row)}.")
+    # After the verdicts, which the reports' index quotes the first of.
+    lines += [_twin_sentence(c, twin, same) for twin, same in c.twins.items()]
     return lines + _weight_health(c)
+
+
+def _twin_sentence(c: Comparison, twin: str, same: str) -> str:
+    """That `twin` trained as `same`, bit for bit, and why where it can be told: a weight floor
+    that never bound, or a static retrain of GradNorm runs that were themselves the same."""
+    runs = c.runs.set_index("label")
+    arm_of = c.runs.groupby("label").arm.first()
+    arms = (c.manifest.get("identity") or {}).get("arms", {})
+    described = [arms.get(arm_of[label], {}) for label in (twin, same)]
+    differ = {k for k in described[0].keys() | described[1].keys() if described[0].get(k) != described[1].get(k)}
+    why = ""
+    if differ == {"floor"} and "floor_binding_steps" in runs:
+        floored = twin if described[0].get("floor") else same
+        if (runs.loc[[floored], "floor_binding_steps"].fillna(0) == 0).all():
+            whose = "its" if floored == twin else f"{same}'s"
+            why = f" ({whose} weight floor never bound)"
+    sources = c.manifest.get("gradnorm_static_sources", {})
+    source_twin, source_same = sources.get(arm_of[twin]), sources.get(arm_of[same])
+    if source_twin and source_same and any(arm_of.get(t) == source_twin and arm_of.get(s) == source_same
+                                           for t, s in c.twins.items()):
+        why = f" (they retrain the runs of {source_twin} and {source_same}, which were the same)"
+    n = int((runs.loc[[twin], "status"] == "ok").sum())
+    return (f"{twin} trained exactly as {same}: the same losses, to the last bit, on each of its "
+            f"{count(n, 'finished run')}{why}. What is said of {same} holds for it, and is not said twice.")
 
 
 def _weight_health(c: Comparison) -> list[str]:
@@ -770,6 +833,8 @@ def _weight_health(c: Comparison) -> list[str]:
     from their targets: what the tables alone do not show."""
     lines = []
     for label, g in c.runs[c.runs.balancer == "gradnorm"].groupby("label", sort=False):
+        if label in c.twins:  # its runs are its twin's, already told
+            continue
         for column, what, advice in (
                 ("nonpositive_weight_steps", "a task weight was <= 0",
                  " The paper imposes no floor, and a weight <= 0 stops training its task or trains it "
