@@ -344,6 +344,22 @@ def test_arms_that_trained_alike_are_told_once_not_sentence_by_sentence():
             "finished runs. What") in " ".join(held.headline)
 
 
+def test_an_arm_whose_every_alpha_trained_as_another_arms_has_its_alpha_choice_told_once():
+    c = twin_study()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    other_alpha = runs[runs.arm.isin(["gradnorm", "gradnorm-floor"])].assign(
+        run_key=lambda r: r.run_key.str.replace("alpha=0.12", "alpha=1"),
+        normalized_val_loss=lambda r: r.normalized_val_loss + 0.01)
+    again = build_comparison("hand", c.manifest, pd.concat([runs, other_alpha], ignore_index=True), [])
+    assert again.twins["gradnorm-floor (alpha=0.12)"] == "gradnorm (alpha=0.12)"
+    assert again.twins["gradnorm-floor (alpha=1)"] == "gradnorm (alpha=1)"
+    assert [line.split(":")[0] for line in again.headline if "validation chose" in line] == ["gradnorm"]
+    # alpha=1, passed over on validation, has no sentence of its own, nor of its twin
+    assert not any(line.startswith("gradnorm-floor (alpha=1)") for line in again.headline)
+    assert any(line.startswith("gradnorm-floor (alpha=0.12) trained exactly as gradnorm (alpha=0.12)")
+               for line in again.headline)
+
+
 def test_the_summary_says_when_gradnorms_gradient_norms_stayed_far_from_their_targets():
     """Weights swinging across zero leave G_i far from G_bar r_i^alpha on average; nothing else in
     the tables shows that GradNorm did not balance."""

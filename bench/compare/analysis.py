@@ -727,7 +727,9 @@ def _headline(c: Comparison) -> list[str]:
     drawn at random."""
     lines = [f"{reason}: it is left out of the tables and tests, which compare the other arms."
              for reason in c.unselectable.values()]
-    lines += [choice.sentence() for choice in c.alpha_choices.values()]
+    # An arm whose every alpha trained as another arm's: its choice is that arm's, told once.
+    lines += [choice.sentence() for arm, choice in c.alpha_choices.items()
+              if not set(c.runs.label[c.runs.arm == arm]) <= set(c.twins)]
     lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
     if not (main.kind == "gradnorm").any():  # no GradNorm to set against it: what the grid found
@@ -799,7 +801,7 @@ def _headline(c: Comparison) -> list[str]:
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
                      f"litmus test for a weighting method: {losses(row)}.")
     # After the verdicts, which the reports' index quotes the first of.
-    lines += [_twin_sentence(c, twin, same) for twin, same in c.twins.items()]
+    lines += [_twin_sentence(c, twin, same) for twin, same in c.twins.items() if twin not in passed_over]
     return lines + _weight_health(c)
 
 
