@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from bench.compare.analysis import build_comparison, run_command
+from bench.compare.analysis import build_comparison, family_size, run_command
 from bench.compare.stats import describe, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.store.results import StudyProgress
@@ -342,6 +342,23 @@ def test_arms_that_trained_alike_are_told_once_not_sentence_by_sentence():
     assert "(its weight floor never bound)" not in " ".join(held.headline)
     assert ("gradnorm-floor trained exactly as gradnorm: the same losses, to the last bit, on each of its 3 "
             "finished runs. What") in " ".join(held.headline)
+
+
+def test_a_twins_tests_are_its_counterparts_and_count_once_in_holms_family():
+    """Each of gradnorm-floor's tests is gradnorm's again: counted twice, they made every p_holm
+    larger (each twin arm doubled the family of a study like MultiMNIST's)."""
+    c = twin_study()
+    without = c.runs[~c.runs.arm.isin(["gradnorm-floor", "gradnorm-floor-static"])].drop(
+        columns=["variant", "kind", "label"])
+    alone = build_comparison("hand", c.manifest, without, []).comparisons.set_index(["arm", "versus"])
+    both = c.comparisons.set_index(["arm", "versus"])
+    assert len(both) > len(alone)
+    pd.testing.assert_series_equal(both.p_holm.loc[alone.index], alone.p_holm)
+    for (a, b), p_holm in both.p_holm.items():
+        counterpart = (c.twins.get(a, a), c.twins.get(b, b))
+        if counterpart in alone.index:
+            assert p_holm == alone.p_holm[counterpart] or math.isnan(p_holm) and math.isnan(alone.p_holm[counterpart])
+    assert family_size(c.comparisons, c.twins) == int(alone.p_value.notna().sum())
 
 
 def test_an_arm_whose_every_alpha_trained_as_another_arms_has_its_alpha_choice_told_once():

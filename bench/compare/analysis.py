@@ -339,10 +339,11 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     main = _main_table(runs, chosen, grids, tasks, manifest)
     per_task = _per_task_table(chosen, tasks)
     standings = _standings(runs, grids, main)
-    comparisons = _paired(chosen, grids, manifest, main)
+    twins = _twins(chosen)
+    comparisons = _paired(chosen, grids, manifest, main, twins)
     comparison = Comparison(study, manifest, tasks, runs, records, main, per_task, grids,
                             standings, comparisons, alpha_choices=_choose_alphas(runs), unselectable=unselectable,
-                            twins=_twins(chosen))
+                            twins=twins)
     comparison.headline = _headline(comparison)
     return comparison
 
@@ -615,7 +616,7 @@ def _per_seed(g: pd.DataFrame) -> dict[int, float]:
     return dict(zip(ok.seed.astype(int), ok.normalized_test_loss))
 
 
-def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
+def _paired(chosen, grids, manifest, main, twins: dict[str, str]) -> pd.DataFrame:
     kinds = dict(zip(main.arm, main.kind))
     weights_of = dict(zip(main.arm, main.weights))
     by_label = {label: _per_seed(g) for label, g in chosen.groupby("label", sort=False)}
@@ -654,8 +655,14 @@ def _paired(chosen, grids, manifest, main) -> pd.DataFrame:
                                         "mean_difference", "p_value", "wilcoxon_p", "effect_size",
                                         "sentence"])
     # A study reports several tests at once: Holm's adjustment over all its paired t-tests says
-    # which differences survive as a family (the verdicts name it where it changes them).
-    frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", stats.holm(frame.p_value))
+    # which differences survive as a family (the verdicts name it where it changes them). A twin's
+    # test is its counterpart's test again (see _twins): counted once, it takes that test's p_holm.
+    alone = ~frame.arm.isin(list(twins)) & ~frame.versus.isin(list(twins))
+    frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", math.nan)
+    frame.loc[alone, "p_holm"] = stats.holm(frame.p_value[alone])
+    adjusted = dict(zip(zip(frame.arm[alone], frame.versus[alone]), frame.p_holm[alone]))
+    frame.loc[~alone, "p_holm"] = [adjusted.get((twins.get(a, a), twins.get(b, b)), math.nan)
+                                   for a, b in zip(frame.arm[~alone], frame.versus[~alone])]
     return frame
 
 
@@ -699,7 +706,14 @@ def _on_seeds(row: Any) -> str:
     return f"{side} of {count(int(row.n), 'seed')}{though}"
 
 
-def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
+def family_size(comparisons: pd.DataFrame, twins: dict[str, str]) -> int:
+    """The number of t-tests Holm's adjustment was over: a twin's test, which takes its
+    counterpart's p_holm, is not counted again."""
+    alone = ~comparisons.arm.isin(list(twins)) & ~comparisons.versus.isin(list(twins))
+    return int((comparisons.p_value.notna() & alone).sum())
+
+
+def _verdict(row: Any, c: Comparison) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
     where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
     Holm-adjusted p where the study's other tests make that difference uncertain."""
@@ -714,7 +728,7 @@ def _verdict(row: Any, comparisons: pd.DataFrame) -> tuple[str, str]:
     if row.p_value >= 0.05:
         return "does not differ significantly from", evidence
     if row.p_holm >= 0.05:
-        tests = int(comparisons.p_value.notna().sum())
+        tests = family_size(c.comparisons, c.twins)
         evidence += f", or {row.p_holm:.2g} after Holm's adjustment for the study's {tests} paired tests"
     return ("beats" if row.mean_difference < 0 else "is beaten by"), evidence
 
@@ -753,7 +767,7 @@ def _headline(c: Comparison) -> list[str]:
                    else "no seed has finished on both")
             lines.append(f"{a} cannot be compared with the grid search ({b}): {why}.")
             continue
-        verdict, evidence = _verdict(row, c.comparisons)
+        verdict, evidence = _verdict(row, c)
         diverged = f" ({failed} of {int(main.loc[a, 'runs'])} runs failed, left out)" if failed else ""
         standing = c.standings[(c.standings.arm == a) & (c.standings.grid == b)].iloc[0]
         grid_cost, own_cost = main.loc[b, "wall_time_s"], main.loc[a, "wall_time_s"]
@@ -782,7 +796,7 @@ def _headline(c: Comparison) -> list[str]:
         return f"test loss {versus(row.mean_a, row.mean_b)}, {_on_seeds(row)}"
 
     for row in pairs("gradnorm-static", "gradnorm"):
-        verdict, evidence = _verdict(row, c.comparisons)
+        verdict, evidence = _verdict(row, c)
         lines.append(f"{row.arm} {verdict} {row.versus} ({evidence}): {losses(row)}. "
                      + gaps(row.arm, row.versus))
     # Static weights that need no search: the study's own, those scaled by 1 / L_i(0), and equal
@@ -793,11 +807,11 @@ def _headline(c: Comparison) -> list[str]:
               "equal": lambda b, evidence: f"equal weights ({b}; {evidence})"}
     for kind, words in rivals.items():
         for row in pairs("gradnorm", kind):
-            verdict, evidence = _verdict(row, c.comparisons)
+            verdict, evidence = _verdict(row, c)
             lines.append(f"{row.arm} {verdict} {words(row.versus, evidence)}: {losses(row)}. "
                          + gaps(row.arm, row.versus))
     for row in pairs("gradnorm", "rlw"):
-        verdict, evidence = _verdict(row, c.comparisons)
+        verdict, evidence = _verdict(row, c)
         lines.append(f"{row.arm} {verdict} random loss weighting ({row.versus}; {evidence}), Lin et al.'s "
                      f"litmus test for a weighting method: {losses(row)}.")
     # After the verdicts, which the reports' index quotes the first of.
@@ -935,7 +949,7 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
     if rows.empty or rows.iloc[0].n == 0:
         return line + f"{a} cannot be compared with {where}: no seed has finished on both."
     row = rows.iloc[0]
-    verdict, evidence = _verdict(row, c.comparisons)
+    verdict, evidence = _verdict(row, c)
     value, grid_values = placing(c.runs, a, c.main.set_index("arm").loc[a, "normalized_test_loss"], grid)
     weighted = grid_values[grid.points.set_index("point").all_weights_positive.reindex(grid_values.index)]
     better = int((weighted < value).sum())
