@@ -1704,6 +1704,42 @@ def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules
     assert all(isinstance(line, str) and "nan" not in line for line in c.headline)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_an_arm_that_trained_exactly_as_another_changes_nothing_but_one_sentence(data):
+    """A copy of GradNorm's (or equal weights') runs under another arm's name, as a floor that never
+    binds makes them: the tables gain its rows, but every verdict, p and Holm-adjusted p of the
+    study without it stands, and the summary and the paired sentences each gain one line."""
+    runs = _any_study(data)
+    original = data.draw(st.sampled_from(["gradnorm", "equal"]), label="copied arm")
+    kinds = {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"}
+    manifest = {"task_names": TASKS, "kinds": kinds, "gradnorm_static_sources": {}}
+    try:
+        without = build_comparison("any", manifest, runs, [])
+    except BenchError:
+        return  # nothing to compare, copy or not (the test above holds that case)
+    copy = runs[runs.arm == original].assign(arm="copy")
+    if original == "equal":
+        copy = copy.assign(balancer="static")
+    both = build_comparison("any", {**manifest, "kinds": {**kinds, "copy": kinds[original] if original == "gradnorm"
+                                                          else "static"}},
+                            pd.concat([runs, copy], ignore_index=True), [])
+    if not (copy.status == "ok").any():
+        assert both.twins == without.twins
+        return
+    same = without.twins.get(original, original)  # the drawn losses can make equal GradNorm's twin too
+    assert both.twins == {**without.twins, "copy": same}
+    assert len(both.main) == len(without.main) + 1
+    kept = both.comparisons[~both.comparisons.arm.eq("copy") & ~both.comparisons.versus.eq("copy")]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), without.comparisons.reset_index(drop=True))
+    assert both.headline[:-1] == without.headline
+    assert both.headline[-1].startswith(f"copy trained exactly as {same}: the same losses, to the last bit")
+    told = len(without.twins)
+    assert both.paired_sentences == [*without.paired_sentences[:told], f"copy: the same runs as {same}, so its "
+                                     f"paired comparisons are {same}'s (comparisons.csv lists them all).",
+                                     *without.paired_sentences[told:]]
+
+
 def test_a_legend_below_the_panels_never_covers_their_labels():
     """With two tasks and eleven arms, the Pareto figure's legend below its one panel took four
     rows in the room of one and covered the x axis's label ("test loss task0")."""
