@@ -25,7 +25,7 @@ from scipy import stats as sps  # noqa: E402
 
 from bench.compare.analysis import Comparison, GridSelection, placing, representatives  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
-from bench.formatting import count, format_number  # noqa: E402
+from bench.formatting import count, format_number, join_words  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 # Names come from study files and problems of one's own: mathtext would draw an arm named
@@ -221,6 +221,15 @@ def _panels(n: int, width: float, height: float, extra_width: float = 0.0) -> tu
     return fig, list(axes.flat)
 
 
+def _same_runs(c: Comparison, label: str) -> str:
+    """The labels that trained exactly as `label` (see Comparison.twins), for the title of its
+    panel: drawn once, they are named there rather than drawn again beside it."""
+    twins = [twin for twin, same in c.twins.items() if same == label]
+    if not twins:
+        return ""
+    return f"{join_words(twins)}: the same runs"
+
+
 def _task_panels(c: Comparison, data: pd.DataFrame,
                  draw: Callable[[plt.Axes, str, pd.DataFrame, dict], None]) -> plt.Figure:
     """One panel per GradNorm label in `data` (rows with label, step, task, ...), drawn by
@@ -248,7 +257,7 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
     """Each adaptive arm's weights over training, one line per seed: GradNorm's, and those it is
     set against (the paper finds uncertainty weighting's grow "too large too fast")."""
     records = _records(c)
-    adaptive = records[records.kind.isin(ADAPTIVE_KINDS) & (records.status == "ok")]
+    adaptive = records[records.kind.isin(ADAPTIVE_KINDS) & (records.status == "ok") & ~records.label.isin(c.twins)]
     if adaptive.empty:
         return None
     kind_of = dict(zip(adaptive.label, adaptive.kind))
@@ -268,8 +277,9 @@ def weight_trajectories(c: Comparison) -> plt.Figure | None:
         if d.weight.min() <= 0:  # the paper has no floor: mark where a weight stops training its task
             ax.axhline(0, color="0.15", lw=0.9)
         unscaled = kind_of[label] == "uncertainty"  # Kendall et al.'s c_i exp(-s_i), whatever their sum
+        notes = [note for note in ("not rescaled to sum to T" if unscaled else "", _same_runs(c, label)) if note]
         ax.set_title(f"{label}: w_i(t), one line per seed; dashed: time average"
-                     + ("\n(not rescaled to sum to T)" if unscaled else ""))
+                     + (f"\n({'; '.join(notes)})" if notes else ""))
         ax.set_ylabel("task weight w_i")
 
     return _task_panels(c, pd.concat(frames, ignore_index=True), draw)
@@ -280,7 +290,7 @@ def gradient_norms(c: Comparison) -> plt.Figure | None:
     their mean G_bar(t), averaged over seeds: where the solid line meets its dashed one, GradNorm
     balanced that task."""
     records = _records(c)
-    adaptive = records[(records.kind == "gradnorm") & (records.status == "ok")]
+    adaptive = records[(records.kind == "gradnorm") & (records.status == "ok") & ~records.label.isin(c.twins)]
     columns = ("G_i / G_bar", "target / G_bar")
     frames = []
     for _, r in adaptive.iterrows():
@@ -307,7 +317,9 @@ def gradient_norms(c: Comparison) -> plt.Figure | None:
                          lw=1.1, palette=palette, ax=ax, legend=dashes is None,
                          **({"linestyle": dashes} if dashes else {}))
         scale = _loss_scale(ax, pd.concat([d[columns[0]], d[columns[1]]]))
-        ax.set_title(f"{label}: G_i(t) / G_bar(t), mean over seeds\ndashed: its target r_i(t)^alpha")
+        same = _same_runs(c, label)
+        ax.set_title(f"{label}: G_i(t) / G_bar(t), mean over seeds\ndashed: its target r_i(t)^alpha"
+                     + (f" ({same})" if same else ""))
         ax.set_ylabel("gradient norm at W over its mean" + (" (log scale)" if scale == "log" else ""))
 
     return _task_panels(c, pd.concat(frames, ignore_index=True), draw)
@@ -570,7 +582,7 @@ def _symlog_label(value: float, _pos: int | None = None, decades: frozenset = fr
 def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     """The paper's Figure 6: relative change in test loss against the L2 distance between each
     grid point's weights and GradNorm's time-averaged weights."""
-    gradnorm = c.main[c.main.kind == "gradnorm"]
+    gradnorm = c.main[(c.main.kind == "gradnorm") & ~c.main.arm.isin(c.twins)]
     if not c.grids or gradnorm.empty:
         return None
     arm, grid, points = _grid(c, arm)
@@ -611,7 +623,9 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         ax.set_title(title)
         ax.axhline(0, color="k", lw=0.8)
         # Wrapped: with a long arm name it would run into the next panel's label.
-        ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights", 55))
+        same = _same_runs(c, row.arm)
+        ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights"
+                                    + (f" ({same})" if same else ""), 55))
         ax.set_ylabel(textwrap.fill(f"test loss change vs {row.arm} (%)", 32))
     handles, labels = axes[0].get_legend_handles_labels()
     if labels:
