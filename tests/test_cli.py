@@ -536,6 +536,7 @@ def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):
     assert [(row["arm"], row["versus"]) for row in study["paired_tests"]] == list(zip(c.comparisons.arm,
                                                                                      c.comparisons.versus))
     assert "sentence" not in study["paired_tests"][0]
+    assert study["same_runs"] == c.twins  # arms that trained exactly as another: none here
     assert study["report"] == str(Path("reports") / "tiny" / "index.html") and "report:" in captured.err
     assert 'href="tiny/index.html"' in (tmp_path / "reports" / "index.html").read_text()  # the folder's index
     assert "all reports:" not in captured.err  # one report: the index is not worth a line

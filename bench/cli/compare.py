@@ -87,7 +87,8 @@ def compare_command(
 
 def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     """A study's comparison as JSON: the summary's sentences, one object per row of the arms
-    table and of the paired tests (a missing value is null), and the report's path."""
+    table and of the paired tests (a missing value is null), the arms that trained exactly as
+    another (arm: that arm), and the report's path."""
     import json
 
     def rows(frame) -> list[dict]:
@@ -95,7 +96,7 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
 
     return {"summary": list(c.headline), "arms": rows(c.main),
             "paired_tests": rows(c.comparisons.drop(columns=["sentence"], errors="ignore")),
-            "report": str(report) if report else None}
+            "same_runs": dict(c.twins), "report": str(report) if report else None}
 
 
 def weight_text(w: float) -> str:
