@@ -136,6 +136,8 @@ def test_problem_options_of_the_wrong_type(workdir, capsys, option, value, expec
     (["--balancer", "gradnorm", "-b", "alpha=-1"], "-b alpha: expected a finite number >= 0, got -1.0"),
     (["--eval-every", "0"], "--eval-every: expected an integer >= 1, got 0"),
     (["--dtype", "float16"], "--dtype: expected 'float32' or 'float64', got 'float16'"),
+    # Checked when the data loads, after the configuration: said of the same option.
+    (["--problem", "nyuv2", "-p", "root=nowhere"], "-p root: expected the preprocessed NYUv2 data"),
 ])
 def test_bench_train_errors_name_the_option_that_was_typed(workdir, capsys, args, expected):
     code, line = run(["train", "--steps", "1", *args], capsys)
@@ -361,8 +363,9 @@ def test_gradnorm_on_a_last_shared_layer_without_one_weight_says_which_grad_para
     (workdir / "deep_last.py").write_text(DEEP_LAST_LAYER_PROBLEM)
     args = ["train", "--problem", "deep_last:deep_last", "--steps", "5", "--balancer", "gradnorm", "--json"]
     code, line = run(args[:-1], capsys)
-    assert code == 2 and line.startswith("error: balancer.grad_params: expected parameters the model's last shared "
-                                         "layer has: last_layer_weight takes its weight, and StackedMLP has no weight")
+    assert code == 2 and line.startswith("error: bench train: -b grad_params: expected parameters the model's last "
+                                         "shared layer has: last_layer_weight takes its weight, and StackedMLP has "
+                                         "no weight")
     assert 'or set grad_params = "all_shared"' in line
     assert main([*args, "-b", "grad_params=all_shared"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "ok"

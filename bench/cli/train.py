@@ -56,15 +56,16 @@ def train_command(
                           tail_fraction=tail_fraction),
             device=device, dtype=dtype,  # type: ignore[arg-type]
         ).validated(source="bench train")
+        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+                      disable=not err_console.is_terminal) as progress:
+            task = progress.add_task("train", total=steps)
+            record = train(config, progress=lambda done: progress.update(task, completed=done))
     except ConfigError as err:
+        if err.source not in (None, "bench train"):  # said of another source already: --problem-param, a file
+            raise
         given = {"problem": {"tasks": tasks, "sigmas": sigmas}, "balancer": {"alpha": alpha, "weights": weights}}
         raise ConfigError(option_of(err.field, given), err.expected, err.got, source="bench train") from None
-
-    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
-                  disable=not err_console.is_terminal) as progress:
-        task = progress.add_task("train", total=steps)
-        record = train(config, progress=lambda done: progress.update(task, completed=done))
     if as_json:
         print_json(record.to_dict())
     else:

@@ -169,7 +169,8 @@ class NYUv2Problem(Problem):
         if missing:
             raise ConfigError("problem.root", "the preprocessed NYUv2 data (ROOT/train|val/image|label|depth|"
                               f"normal/N.npy, as MTAN and LibMTL use); missing {missing[0]}. Put it there, "
-                              "or pass problem.root / set BENCH_NYUV2", str(self.root))
+                              "or point to it with root = \"...\" in the study's [problem] table (bench train: -p root=...) "
+                              "or the BENCH_NYUV2 environment variable", str(self.root))
 
     def _tasks(self) -> list[TaskSpec]:
         return [
