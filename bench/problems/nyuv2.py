@@ -169,8 +169,8 @@ class NYUv2Problem(Problem):
         if missing:
             raise ConfigError("problem.root", "the preprocessed NYUv2 data (ROOT/train|val/image|label|depth|"
                               f"normal/N.npy, as MTAN and LibMTL use); missing {missing[0]}. Put it there, "
-                              "or point to it with root = \"...\" in the study's [problem] table (bench train: -p root=...) "
-                              "or the BENCH_NYUV2 environment variable", str(self.root))
+                              "or give its folder in the BENCH_NYUV2 environment variable (or as root in the study's "
+                              "[problem] table; bench train: -p root=...)", str(self.root))
 
     def _tasks(self) -> list[TaskSpec]:
         return [
