@@ -228,7 +228,8 @@ class Comparison:
                 sentences.append(row.sentence)
             elif row.arm not in said:
                 said.add(row.arm)
-                rivals = join_words(list(self.comparisons.versus[self.comparisons.arm == row.arm]), "or")
+                versus = self.comparisons.versus[self.comparisons.arm == row.arm]
+                rivals = join_words([v for v in versus if v not in self.twins], "or")
                 sentences.append(f"{row.arm} has no finished run: no paired comparison with {rivals}.")
         return sentences
 
@@ -599,15 +600,21 @@ def _standings(runs, grids, main) -> pd.DataFrame:
 
 def placing(runs: pd.DataFrame, label: str, mean_test: float, grid: GridSelection) -> tuple[float, pd.Series]:
     """Label's mean test loss and the grid's eligible points' (indexed by point), over the same
-    seeds: where the points have finished different seeds, those the point was chosen on (a point
-    with only the easy seeds would otherwise count as better); else each over all its seeds."""
+    seeds: those the point was chosen on, where the points have finished different seeds (a point
+    with only the easy seeds would otherwise count as better), and of those, the ones `label`
+    has finished (GradNorm with two of three seeds failed was set, on its one seed, against the
+    points' means over three). Where they share every seed, or none, each over all its seeds."""
     points = grid.points[grid.points.failed == 0].set_index("point")
     own = runs[(runs.label == label) & (runs.status == "ok")]
-    if not grid.shared_seeds or not set(grid.shared_seeds) <= set(own.seed):
+    grid_runs = runs[(runs.arm == grid.arm) & runs.variant.isin(points.index) & (runs.status == "ok")]
+    grid_seeds = set(grid.shared_seeds) if grid.shared_seeds else set(grid_runs.seed)
+    seeds = set(own.seed) & grid_seeds
+    if not seeds or (seeds == grid_seeds and not grid.shared_seeds):
         return mean_test, points.normalized_test_loss
-    compared = points.index[points.val_loss_on_shared_seeds.notna()]
-    on = runs[(runs.arm == grid.arm) & runs.variant.isin(compared) & runs.seed.isin(grid.shared_seeds)]
-    return (own[own.seed.isin(grid.shared_seeds)].normalized_test_loss.mean(),
+    on = grid_runs[grid_runs.seed.isin(seeds)]
+    complete = on.groupby("variant").seed.nunique() == len(seeds)  # points with every one of those seeds
+    on = on[on.variant.isin(complete.index[complete])]
+    return (own[own.seed.isin(seeds)].normalized_test_loss.mean(),
             on.groupby("variant").normalized_test_loss.mean())
 
 
