@@ -428,11 +428,18 @@ def _weights(c: Comparison, label: str) -> list[float]:
 
 
 def _markers(c: Comparison) -> list[tuple[str, list[float]]]:
-    """Arms placed on grid figures: GradNorm (averaged weights), GradNorm static, equal."""
-    main = c.main[~c.main.kind.isin(["grid"])]
+    """Arms placed on grid figures: GradNorm (averaged weights), GradNorm static, equal; an arm
+    that trained exactly as another is that arm's marker (see _legend_name)."""
+    main = c.main[~c.main.kind.isin(["grid"]) & ~c.main.arm.isin(c.twins)]
     return [(row.arm, list(row.weights)) for row in main.itertuples()
             if row.kind in ("gradnorm", "gradnorm-static", "equal", "static", "loss-scale")
             and not any(math.isnan(w) for w in row.weights)]
+
+
+def _legend_name(c: Comparison, label: str) -> str:
+    """A marker's name in a legend, with the labels that trained exactly as it: "gradnorm =
+    gradnorm-floor"."""
+    return " = ".join([label, *(twin for twin, same in c.twins.items() if same == label)])
 
 
 def _grid(c: Comparison, arm: str | None) -> tuple[str, GridSelection, pd.DataFrame]:
@@ -476,7 +483,8 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
         # Distinct dash patterns, so that lines at (nearly) one w_0 stay apart.
         patterns = itertools.cycle(["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))])
         for (label, weights), colour, dashes in zip(markers, colours, patterns):
-            ax.axvline(weights[0], color=colour, ls=dashes, lw=1.6, label=f"{label} (w_0 = {weights[0]:.2f})")
+            ax.axvline(weights[0], color=colour, ls=dashes, lw=1.6,
+                       label=f"{_legend_name(c, label)} (w_0 = {weights[0]:.2f})")
         ax.set_xlabel(f"w_0 (weight of {c.tasks[0]}; w_1 = 2 - w_0)")
         ax.set_ylabel("task-normalised test loss")
         _loss_scale(ax, loss)
@@ -514,7 +522,7 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
                 label=f"{arm}: chosen on validation, all weights > 0")
     for (label, weights), colour, marker, size in zip(markers, colours, itertools.cycle("osD^vP"),
                                                       _nested_sizes(len(markers), 15, 7)):
-        ax.plot(*xy(weights), marker, ms=size, color=colour, mec="k", label=label)
+        ax.plot(*xy(weights), marker, ms=size, color=colour, mec="k", label=_legend_name(c, label))
     for i, ((x, y), ha) in enumerate(zip(corners, ("left", "right", "center"))):
         ax.annotate(f"all weight on {c.tasks[i]}", (x, y), ha=ha,
                     va="top" if y == 0 else "bottom", fontsize="small",
