@@ -328,6 +328,10 @@ def test_arms_that_trained_alike_are_told_once_not_sentence_by_sentence():
     assert sentences[0] == ("gradnorm-floor: the same runs as gradnorm, so its paired comparisons are gradnorm's "
                             "(comparisons.csv lists them all).")
     assert not any(s.startswith("gradnorm-floor has") or "than gradnorm-floor" in s for s in sentences)
+    # `bench compare --format json` names them for scripts.
+    from bench.cli.compare import _comparison_object
+    assert _comparison_object(c, None)["same_runs"] == {"gradnorm-floor": "gradnorm",
+                                                        "gradnorm-floor-static": "gradnorm-static"}
     # The tables keep every arm and every test.
     assert {"gradnorm-floor", "gradnorm-floor-static"} <= set(c.main.arm)
     assert (c.comparisons.arm == "gradnorm-floor").sum() == (c.comparisons.arm == "gradnorm").sum()
