@@ -664,7 +664,7 @@ def _paired(chosen, grids, manifest, main, twins: dict[str, str]) -> pd.DataFram
     # A study reports several tests at once: Holm's adjustment over all its paired t-tests says
     # which differences survive as a family (the verdicts name it where it changes them). A twin's
     # test is its counterpart's test again (see _twins): counted once, it takes that test's p_holm.
-    alone = ~frame.arm.isin(list(twins)) & ~frame.versus.isin(list(twins))
+    alone = _in_family(frame, twins)
     frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", math.nan)
     frame.loc[alone, "p_holm"] = stats.holm(frame.p_value[alone])
     adjusted = dict(zip(zip(frame.arm[alone], frame.versus[alone]), frame.p_holm[alone]))
@@ -713,11 +713,15 @@ def _on_seeds(row: Any) -> str:
     return f"{side} of {count(int(row.n), 'seed')}{though}"
 
 
+def _in_family(comparisons: pd.DataFrame, twins: dict[str, str]) -> pd.Series:
+    """The paired rows in Holm's family: those of no twin (a twin's test is its counterpart's)."""
+    return ~comparisons.arm.isin(list(twins)) & ~comparisons.versus.isin(list(twins))
+
+
 def family_size(comparisons: pd.DataFrame, twins: dict[str, str]) -> int:
     """The number of t-tests Holm's adjustment was over: a twin's test, which takes its
     counterpart's p_holm, is not counted again."""
-    alone = ~comparisons.arm.isin(list(twins)) & ~comparisons.versus.isin(list(twins))
-    return int((comparisons.p_value.notna() & alone).sum())
+    return int((comparisons.p_value.notna() & _in_family(comparisons, twins)).sum())
 
 
 def _verdict(row: Any, c: Comparison) -> tuple[str, str]:
