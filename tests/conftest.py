@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,29 @@ def tiny_config(balancer: str = "equal", seed: int = 0, *, tasks: int = 2, sigma
 def _deterministic_threads():
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+REPO = Path(__file__).resolve().parent.parent
+# Where tests, tools and installs may write in the checkout.
+_NOT_THE_CHECKOUTS = {".git", ".venv", ".hypothesis", ".pytest_cache", "__pycache__", "gradnorm_bench.egg-info"}
+
+
+def _checkout_files() -> set[str]:
+    found = set()
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [name for name in subfolders if name not in _NOT_THE_CHECKOUTS]
+        found.update(os.path.relpath(os.path.join(folder, name), REPO) for name in files + subfolders)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_leave_the_checkout_alone():
+    """A test that forgets to work in tmp_path writes into the repository (a test once left an
+    empty nowhere/ there); the session fails on it, naming what was written."""
+    before = _checkout_files()
+    yield
+    written = sorted(_checkout_files() - before)
+    assert not written, f"tests wrote into the checkout {REPO}: {', '.join(written[:10])}"
 
 
 def require_system_tool(name: str) -> str:

@@ -1064,7 +1064,7 @@ eval_every = 2
     assert ResultStore("r.journal", create=False).study_names() == ["ny"]
 
 
-def test_a_worker_that_loses_the_race_to_create_a_new_database_opens_it_again(monkeypatch):
+def test_a_worker_that_loses_the_race_to_create_a_new_database_opens_it_again(workdir, monkeypatch):
     import sqlite3
 
     import bench.store.storage as storage
