@@ -40,6 +40,18 @@ def test_help_shows_flags_as_flags_not_as_options_taking_a_value(verb, capsys):
     assert "<bool>" not in out
 
 
+def test_version_names_this_package_and_its_libraries_without_loading_torch(tmp_path):
+    script = ("import sys\nfrom bench.cli import main\ncode = main(['--version'])\n"
+              "print('RESULT', code, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path).stdout
+    from bench import __version__
+    first, libraries, result = out.splitlines()
+    assert first.startswith(f"gradnorm-bench {__version__}")
+    assert "torch 2." in libraries and "optuna " in libraries and "python 3." in libraries
+    assert result == "RESULT 0 False"
+
+
 def test_help_and_status_load_neither_torch_nor_the_report_stack(tmp_path, capsys, monkeypatch):
     """Every verb's module imported torch, pandas, scipy and matplotlib at the top: `bench --help`
     took 5 s, and `bench status` loaded the training engine to count runs. Those load now when a

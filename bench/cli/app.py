@@ -31,6 +31,25 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if not asked:
+        return
+    from bench.environment import git_commit, package_versions
+
+    versions = package_versions()  # package metadata: torch is not imported for this
+    commit = git_commit()
+    typer.echo(f"gradnorm-bench {versions.pop('gradnorm-bench')}" + (f" (commit {commit})" if commit else ""))
+    typer.echo(", ".join(f"{name} {value}" for name, value in versions.items()))
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version of this package and of the libraries it uses.")
+             ) -> None:
+    """The options given before a verb."""
+
+
 def user_errors_as_one_line(command: Callable, after_user_error: str = "", after_memory_error: str = "") -> Callable:
     """Print a BenchError as `error: <message>` on stderr and exit with its code. An error raised
     in the user's own code (their problem's loading, model or loss) is one line too, naming the
