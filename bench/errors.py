@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sysconfig
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,14 +39,16 @@ class ConfigError(BenchError):
     and what was expected.
     """
 
-    def __init__(self, field: str, expected: str, got: object = None, *, source: str | None = None):
+    def __init__(self, field: str, expected: str, got: object = None, *, source: str | None = None,
+                 hint: str | None = None):
         self.field = field
         self.expected = expected
         self.got = got
         self.source = source
+        self.hint = hint  # said last: "did you mean 'resolution'?"
         where = f"{source}: " if source else ""
         got_text = "" if got is None else f", got {got!r}"
-        super().__init__(f"{where}{field}: expected {expected}{got_text}")
+        super().__init__(f"{where}{field}: expected {expected}{got_text}" + (f"; {hint}" if hint else ""))
 
     def located(self, source: str | None, *, prefix: str = "") -> ConfigError:
         """This error with its field under `prefix` (an arm's, say) and, unless it names one
@@ -57,7 +60,8 @@ class ConfigError(BenchError):
         >>> str(ConfigError("root", "a folder", source="--problem-param").located("s.toml"))
         '--problem-param: root: expected a folder'
         """
-        return ConfigError(prefix + self.field, self.expected, self.got, source=self.source or source)
+        return ConfigError(prefix + self.field, self.expected, self.got, source=self.source or source,
+                           hint=self.hint)
 
     def __reduce__(self):
         # Raised in a `--jobs` process, it crosses back pickled: by default Python would rebuild it
@@ -66,7 +70,7 @@ class ConfigError(BenchError):
         # is not a plain value.
         plain = (str, int, float, bool, list, tuple, dict, type(None))
         got = self.got if isinstance(self.got, plain) else _Shown(repr(self.got))
-        return (_config_error, (self.field, self.expected, got, self.source))
+        return (_config_error, (self.field, self.expected, got, self.source, self.hint))
 
 
 class _Shown(str):
@@ -76,8 +80,18 @@ class _Shown(str):
         return str(self)
 
 
-def _config_error(field: str, expected: str, got: object, source: str | None) -> ConfigError:
-    return ConfigError(field, expected, got, source=source)
+def _config_error(field: str, expected: str, got: object, source: str | None, hint: str | None) -> ConfigError:
+    return ConfigError(field, expected, got, source=source, hint=hint)
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str | None:
+    """The hint for a misspelt name, when one known name is close to it.
+
+    >>> did_you_mean("resolutoin", ["method", "resolution", "boundary"]), did_you_mean("lrate", ["lr", "steps"])
+    ("did you mean 'resolution'?", None)
+    """
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 class StorageError(BenchError):

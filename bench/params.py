@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 
 P = TypeVar("P")
 
@@ -111,7 +111,7 @@ def build_params(cls: type[P], values: Mapping[str, Any] | None, *, source: str 
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
         expected = f"an option of {owner} (its options: {known})" if owner else f"one of the options {known}"
-        raise ConfigError(prefix + unknown[0], expected, source=source)
+        raise ConfigError(prefix + unknown[0], expected, source=source, hint=did_you_mean(unknown[0], fields))
     kwargs = {name: coerce(hints[name], value, prefix + name, source) for name, value in values.items()}
     params = cls(**kwargs)
     validate = getattr(params, "validate", None)

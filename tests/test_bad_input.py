@@ -443,6 +443,35 @@ def test_a_config_error_crosses_process_boundaries_whole():
     assert type(again) is ConfigError and str(again) == str(err) == (
         "s.toml: arms.gn.floor: expected a number in (0, 1), got tensor([2.])")
     assert (again.field, again.expected, again.source) == ("arms.gn.floor", "a number in (0, 1)", "s.toml")
+    hinted = pickle.loads(pickle.dumps(ConfigError("arms.gn.alfa", "an option", hint="did you mean 'alpha'?")))
+    assert str(hinted) == "arms.gn.alfa: expected an option; did you mean 'alpha'?"
+
+
+@pytest.mark.parametrize("old,new,expected,meant", [
+    ("seeds = [0, 1]", "seed = [0, 1]", "seed: expected one of the study fields", "seeds"),
+    ("[problem]", "[problme]", "problme: expected one of the study fields", "problem"),
+    ('name = "toy"', 'name = "tyo"', "problem: expected one of", "toy"),
+    ("sigmas = ", "sigma = ", "problem.sigma: expected an option of problem 'toy'", "sigmas"),
+    ("batch_size = 16", "batchsize = 16", "budget.batchsize: expected an option of [budget]", "batch_size"),
+    ("resolution = 0.5", "resolutoin = 0.5", "arms.grid.resolutoin: expected an option of the 'grid' arm",
+     "resolution"),
+    ("alpha = ", "alfa = ", "arms.gradnorm.alfa: expected an option of the 'gradnorm' arm", "alpha"),
+    ("[arms.equal]", '[arms.equal]\nkind = "eqaul"', "arms.equal.kind: expected one of", "equal"),
+])
+def test_a_misspelt_name_is_refused_with_the_name_it_is_close_to(workdir, capsys, old, new, expected, meant):
+    assert TINY.count(old) == 1
+    code, line = run(["run", "--study", study(workdir, TINY.replace(old, new))], capsys)
+    assert code == 2 and line.startswith(f"error: tiny.toml: {expected}") and line.endswith(f"; did you mean '{meant}'?")
+    assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize("args,hint", [
+    (["-p", "sigma=1,2"], "did you mean 'sigmas'?"), (["--balancer", "gradnorm", "-b", "alfa=1"], "did you mean 'alpha'?"),
+    (["--balancer", "gradnrom"], "did you mean 'gradnorm'?"), (["--problem", "tyo"], "did you mean 'toy'?"),
+])
+def test_bench_train_names_the_option_a_misspelt_one_is_close_to(workdir, capsys, args, hint):
+    code, line = run(["train", "--steps", "1", *args], capsys)
+    assert code == 2 and line.endswith(hint)
 
 
 FAILING_PROBLEM = """

@@ -14,7 +14,7 @@ from bench.balancers.loss_scale import LossScale
 from bench.balancers.rlw import RLW
 from bench.balancers.static import Static
 from bench.balancers.uncertainty import Uncertainty
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.params import build_params
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ def balancer_class(name: str, *, source: str | None = None) -> type[Balancer]:
     try:
         return BALANCERS[name]
     except KeyError:
-        raise ConfigError("balancer", "one of " + ", ".join(BALANCERS), name, source=source) from None
+        raise ConfigError("balancer", "one of " + ", ".join(BALANCERS), name, source=source,
+                          hint=did_you_mean(name, BALANCERS)) from None
 
 
 def build_balancer_params(name: str, params: Mapping[str, Any] | None = None, *,

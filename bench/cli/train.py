@@ -65,7 +65,8 @@ def train_command(
         if err.source not in (None, "bench train"):  # said of another source already: --problem-param, a file
             raise
         given = {"problem": {"tasks": tasks, "sigmas": sigmas}, "balancer": {"alpha": alpha, "weights": weights}}
-        raise ConfigError(option_of(err.field, given), err.expected, err.got, source="bench train") from None
+        raise ConfigError(option_of(err.field, given), err.expected, err.got, source="bench train",
+                          hint=err.hint) from None
     if as_json:
         print_json(record.to_dict())
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.params import build_params
 from bench.problems.base import DataSplits, Metric, MultiTaskModel, Problem, Split, TaskSpec
 from bench.problems.diamonds import DiamondsProblem
@@ -34,7 +34,7 @@ def build_problem(name: str, params: Mapping[str, Any] | None = None, *,
         cls = PROBLEMS[name]
     except KeyError:
         raise ConfigError("problem", "one of " + ", ".join(sorted(PROBLEMS)) + ", or module:function",
-                          name, source=source) from None
+                          name, source=source, hint=did_you_mean(name, PROBLEMS)) from None
     return cls(build_params(cls.Params, params, source=source, prefix="problem.",
                             owner=f"problem {name!r}"))
 

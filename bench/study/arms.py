@@ -24,7 +24,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from bench.balancers import balancer_class, check_balancer_steps, check_balancer_tasks
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.params import build_params, params_to_dict
 from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
 from bench.training.config import SEED_RULE, derive_seed, valid_seed
@@ -96,7 +96,8 @@ class Arm:
             table = {}
         if table:
             raise ConfigError(self.field(sorted(table)[0]), "an option of the "
-                              f"'{self.kind}' arm ({', '.join(self.options) or 'none'})", source=source)
+                              f"'{self.kind}' arm ({', '.join(self.options) or 'none'})", source=source,
+                              hint=did_you_mean(sorted(table)[0], self.options))
         self.parse(own)
 
     def field(self, name: str) -> str:

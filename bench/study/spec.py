@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.params import build_params
 from bench.problems import build_problem
 from bench.study.arms import ARM_KINDS, Arm, GradNormStaticArm, RunSpec
@@ -141,12 +141,13 @@ class StudySpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "<study>", text: str = "",
                   default_name: str = "study") -> "StudySpec":
-        def error(field: str, expected: str, got: Any = None) -> ConfigError:
-            return ConfigError(field, expected, got, source=source)
+        def error(field: str, expected: str, got: Any = None, hint: str | None = None) -> ConfigError:
+            return ConfigError(field, expected, got, source=source, hint=hint)
 
         unknown = sorted(set(data) - set(TOP_LEVEL))
         if unknown:
-            raise error(unknown[0], "one of the study fields " + ", ".join(TOP_LEVEL))
+            raise error(unknown[0], "one of the study fields " + ", ".join(TOP_LEVEL),
+                        hint=did_you_mean(unknown[0], TOP_LEVEL))
         name = data.get("name", default_name)
         if not usable_name(name):
             raise error("name", "a " + NAME_RULE, name)
@@ -185,7 +186,7 @@ class StudySpec:
             kind = table.get("kind", arm_name)
             if kind not in ARM_KINDS:
                 raise error(f"arms.{arm_name}.kind", "one of " + ", ".join(ARM_KINDS)
-                            + " (or an arm named after its kind)", kind)
+                            + " (or an arm named after its kind)", kind, hint=did_you_mean(kind, ARM_KINDS))
             if not usable_name(arm_name):
                 raise error(f"arms.{arm_name}", "an arm " + NAME_RULE, arm_name)
             arms[arm_name] = ARM_KINDS[kind](arm_name, table, tasks=problem.n_tasks, source=source)
