@@ -1230,3 +1230,17 @@ def test_an_error_in_ones_problem_module_or_factory_names_its_line_and_says_noth
     assert code == 1 and line.startswith(f"error: {bug}") and f"{module}.py, line " in line, line
     assert "(nothing was stored; " in line and "queued again" not in line
     assert not (workdir / "results").exists()
+
+
+def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir, capsys):
+    code, line = run(["run", "--study", "gridserch"], capsys)
+    assert code == 2 and line.startswith("error: --study: expected a study file") and line.endswith(
+        "got 'gridserch'; did you mean 'gridsearch'?")
+    assert main(["run", "--study", study(workdir)]) == 0
+    capsys.readouterr()
+    for verb in ("compare", "status"):
+        code, line = run([verb, "--study", "tinny"], capsys)
+        assert code == 2 and line.startswith("error: no study named 'tinny' in ") and line.endswith(
+            "(studies there: tiny); did you mean 'tiny'? Or run it first with `bench run --study ...`")
+    code, line = run(["compare", "--study", "other"], capsys)  # nothing close: no guess
+    assert code == 2 and line.endswith("(studies there: tiny); run it first with `bench run --study ...`")

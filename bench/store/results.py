@@ -33,7 +33,7 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import __version__
-from bench.errors import BenchError, StorageError
+from bench.errors import BenchError, StorageError, did_you_mean
 from bench.formatting import join_words
 from bench.store.storage import (DEFAULT_STORAGE, GRACE_ATTR, GRACE_PERIOD, HEARTBEAT_INTERVAL, WORKER,
                                  RequeueStaleRun, open_storage, stale_after)
@@ -238,9 +238,10 @@ class ResultStore:
     def require_manifest(self, name: str) -> dict[str, Any]:
         manifest = self.manifest(name)
         if manifest is None:
-            known = ", ".join(self.study_names()) or "none yet"
-            raise BenchError(f"no study named {name!r} in {self.url} (studies there: {known}); "
-                             "run it first with `bench run --study ...`")
+            names = self.study_names()
+            hint = did_you_mean(name, names)
+            raise BenchError(f"no study named {name!r} in {self.url} (studies there: {', '.join(names) or 'none yet'}); "
+                             + (f"{hint} Or run" if hint else "run") + " it first with `bench run --study ...`")
         return manifest
 
     def versions(self, name: str) -> list[tuple[str, dict[str, Any]]]:

@@ -64,7 +64,8 @@ def find_study_file(name: str) -> Path:
                 return candidate
     known = sorted({p.stem for d in studies_dirs() if d.is_dir() for p in d.glob("*.toml")})
     found = ", ".join(known) or "none found: the shipped studies are in the repository's studies/ folder"
-    raise ConfigError("--study", f"a study file, or the name of one here or in studies/ ({found})", name)
+    raise ConfigError("--study", f"a study file, or the name of one here or in studies/ ({found})", name,
+                      hint=did_you_mean(name.removesuffix(".toml"), known))
 
 
 def read_toml_text(path: Path) -> str:
