@@ -91,9 +91,11 @@ def test_every_bench_command_and_option_the_readme_names_exists():
 
     from bench.cli.app import app
 
-    verbs = typer.main.get_command(app).commands
+    group = typer.main.get_command(app)
+    verbs = group.commands
     options = {verb: {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
                for verb, command in verbs.items()}
+    options[""] = {o for p in group.params for o in p.opts} | {"--help"}  # before a verb: --version
     text = README.read_text()
     written, fence = 0, None
     for line in text.splitlines():
@@ -106,6 +108,9 @@ def test_every_bench_command_and_option_the_readme_names_exists():
                 if tokens[:1] != ["bench"] or len(tokens) < 2:
                     continue
                 written += 1
+                if tokens[1].startswith("--"):
+                    assert tokens[1] in options[""] and len(tokens) == 2, command
+                    continue
                 assert tokens[1] in verbs, command
                 unknown = {t.split("=")[0] for t in tokens[2:] if t.startswith("--")} - options[tokens[1]]
                 assert not unknown, f"{command}: {unknown}"
