@@ -34,6 +34,9 @@ def _describe(tp: Any) -> str:
     )
 
 
+INT64 = 2 ** 63  # torch's sizes and generators take signed 64-bit integers
+
+
 def coerce(tp: Any, value: Any, field: str, source: str | None = None) -> Any:
     """`value` as type `tp` (int, float, str, bool, Literal, tuple, optional), or a ConfigError."""
     origin = get_origin(tp)
@@ -67,18 +70,13 @@ def coerce(tp: Any, value: Any, field: str, source: str | None = None) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(field, _describe(tp), value, source=source)
     if tp is int:
-        if isinstance(value, bool):
+        number = _integer(value)
+        if number is None:
             raise ConfigError(field, _describe(tp), value, source=source)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(field, _describe(tp), value, source=source)
+        if not -INT64 <= number < INT64:  # torch raised "Overflow when unpacking long long"
+            raise ConfigError(field, f"an integer of at most 64 bits (below {INT64:,} in size)", value,
+                              source=source)
+        return number
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(field, _describe(tp), value, source=source)
@@ -95,6 +93,21 @@ def coerce(tp: Any, value: Any, field: str, source: str | None = None) -> Any:
             return value
         raise ConfigError(field, _describe(tp), value, source=source)
     return value
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    return None
 
 
 def build_params(cls: type[P], values: Mapping[str, Any] | None, *, source: str | None = None,

@@ -174,6 +174,14 @@ BAD = [
     ("GradNorm warm-up under another rule", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\ninitial_loss_steps = 3"), "arms.gradnorm.initial_loss_steps"),
     ("DWA periods past the budget", TINY + "\n[arms.dwa]\nperiod = 5\n", "arms.dwa.period"),
     ("DWA's default period past the budget", TINY.replace("steps = 10", "steps = 8") + "\n[arms.dwa]\n", "arms.dwa.period"),
+    # Values of the wrong type, found by fuzzing study files: each raised a TypeError.
+    ("a problem name that is a number", TINY.replace('name = "toy"', "name = 1.5"), "problem"),
+    ("a problem name that is a list", TINY.replace('name = "toy"', 'name = ["toy"]'), "problem"),
+    ("an arm kind that is a list", TINY + '\n[arms.x]\nkind = ["equal"]\n', "arms.x.kind"),
+    ("a source that is a table", TINY.replace("[arms.gradnorm-static]", "[arms.gradnorm-static.source]"),
+     "arms.gradnorm-static.source"),
+    ("a size past 64 bits (torch's overflow)", TINY.replace("hidden = 6", "hidden = 100000000000000000000"),
+     "problem.hidden"),
 ]
 
 

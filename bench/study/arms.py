@@ -421,7 +421,7 @@ class GradNormStaticArm(Arm):
                         if gradnorm_arms else "the study has none: add a [arms.gradnorm]")
                 raise self.error("source", f"the name of the GradNorm arm to retrain ({have})")
             self.source_arm = gradnorm_arms[0].name
-        if not isinstance(arms.get(self.source_arm), GradNormArm):
+        if not (isinstance(self.source_arm, str) and isinstance(arms.get(self.source_arm), GradNormArm)):
             raise self.error("source", "the name of a gradnorm arm of this study",
                              self.source_arm)
         self.gradnorm = arms[self.source_arm]

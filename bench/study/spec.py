@@ -185,7 +185,7 @@ class StudySpec:
             if not isinstance(table, dict):
                 raise error(f"arms.{arm_name}", "a table", table)
             kind = table.get("kind", arm_name)
-            if kind not in ARM_KINDS:
+            if not isinstance(kind, str) or kind not in ARM_KINDS:
                 raise error(f"arms.{arm_name}.kind", "one of " + ", ".join(ARM_KINDS)
                             + " (or an arm named after its kind)", kind, hint=did_you_mean(kind, ARM_KINDS))
             if not usable_name(arm_name):
