@@ -1230,6 +1230,24 @@ def test_the_simplex_landscape_spends_its_colours_where_the_points_are():
     plt.close(fig)
 
 
+@pytest.mark.parametrize("weights", [
+    [(1, 1, 1)], [(1, 1, 1), (2, 0.5, 0.5)],  # a sampled grid of 1 or 2 trials
+    [(1, 1, 1), (0.5, 1.25, 1.25), (2, 0.5, 0.5)],  # listed points on one line
+], ids=["one point", "two points", "three points in a line"])
+def test_the_simplex_landscape_of_points_that_span_no_triangle_draws_the_points(weights):
+    """Shading between points needs a triangle of them: a T = 3 sampled grid of one or two trials
+    stopped `bench compare` with matplotlib's "x and y arrays must have a length of at least 3"
+    (found by fuzzing studies)."""
+    tasks = ["a", "b", "c"]
+    rows = [_run("grid", "w=" + ",".join(f"{x:g}" for x in w) + f"/seed={seed}", seed, 2 + k, 2 + k, 1.7 + k,
+                 weights=w, tasks=tasks) for k, w in enumerate(weights) for seed in (0, 1)]
+    manifest = {"task_names": tasks, "kinds": {"grid": "grid"}, "gradnorm_static_sources": {}}
+    fig = figures.grid_landscape(build_comparison("few", manifest, pd.DataFrame(rows), []))
+    ax, _ = fig.axes
+    assert any(p.get_offsets().shape[0] == len(weights) for p in ax.collections)
+    plt.close(fig)
+
+
 def test_every_grid_arm_gets_its_own_landscape_distance_and_pareto_figures():
     """With two grids (exhaustive and sampled, say), each is drawn; before, only the first was."""
     c = hand_made()

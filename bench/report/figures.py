@@ -509,9 +509,14 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     if len(levels) < 2:  # every point alike
         levels = np.array([loss.min() - 0.5, loss.min() + 0.5])
     norm = matplotlib.colors.BoundaryNorm(levels, 256)
-    tri = ax.tricontourf(pts[:, 0], pts[:, 1], loss, levels=levels, cmap="viridis_r", norm=norm)
-    ax.scatter(pts[:, 0], pts[:, 1], c=loss, cmap="viridis_r", norm=norm, s=18, edgecolors="k", linewidths=0.3)
-    cbar = fig.colorbar(tri, ax=ax, shrink=0.8, pad=0.08, spacing="uniform")
+    # Shading interpolates over triangles of points: fewer than three, or points on one line (a
+    # sampled grid of 1 or 2 trials, listed points), have none, and matplotlib raised ValueError.
+    shaded = len(pts) >= 3 and np.linalg.matrix_rank(pts[1:] - pts[0], tol=1e-9) == 2
+    if shaded:
+        ax.tricontourf(pts[:, 0], pts[:, 1], loss, levels=levels, cmap="viridis_r", norm=norm)
+    dots = ax.scatter(pts[:, 0], pts[:, 1], c=loss, cmap="viridis_r", norm=norm, s=18 if shaded else 80,
+                      edgecolors="k", linewidths=0.3)
+    cbar = fig.colorbar(dots, ax=ax, shrink=0.8, pad=0.08, spacing="uniform")
     cbar.set_ticks(levels)
     cbar.set_ticklabels([format_number(v) for v in levels], fontsize="small")
     cbar.set_label("task-normalised test loss (colour bands: equal numbers of points)")
