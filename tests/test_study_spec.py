@@ -272,3 +272,54 @@ def test_a_study_name_finds_its_file_in_the_current_folder(tmp_path, monkeypatch
     (tmp_path / "mine.toml").write_text(TINY.replace('name = "tiny"', 'name = "mine"'))
     monkeypatch.chdir(tmp_path)
     assert StudySpec.load("mine").name == "mine"  # as `bench run --study mine` beside mine.toml
+
+
+# Where a user may write a value: every field of TINY, and the options it leaves out.
+FIELDS = [
+    ("name",), ("seeds",), ("selection",), ("dtype",), ("description",), ("problem",), ("budget",), ("arms",),
+    *[("problem", key) for key in ("name", "tasks", "sigmas", "input_dim", "output_dim", "hidden", "depth",
+                                   "n_train", "n_val", "n_test", "shared_scale", "scale_kind")],
+    *[("budget", key) for key in ("steps", "batch_size", "lr", "eval_every", "tail_fraction")],
+    *[("arms", "grid", key) for key in ("kind", "method", "resolution", "boundary", "points", "max_points",
+                                        "sampler", "n_trials", "parallel_points", "sampler_seed")],
+    *[("arms", "gradnorm", key) for key in ("kind", "alpha", "floor", "grad_params", "initial_loss",
+                                            "initial_loss_steps", "parametrisation", "weight_optimizer",
+                                            "weight_lr", "reduction")],
+    *[("arms", "gradnorm-static", key) for key in ("kind", "source", "window")],
+    *[("arms", arm, key) for arm, key in (("equal", "kind"), ("mine", "weights"), ("dwa", "period"),
+                                          ("dwa", "temperature"), ("uncertainty", "lr"), ("loss-scale", "steps"))],
+]
+WORDS = ["toy", "gradnorm", "gradnorm-static", "static", "exhaustive", "optuna", "tpe", "qmc", "cmaes", "all",
+         "tail", "softmax", "sgd", "mean", "float64", "mean_first_steps", "log_classes", "representation", ""]
+SCALARS = st.one_of(st.integers(-2 ** 70, 2 ** 70), st.integers(-3, 40), st.floats(), st.booleans(),
+                    st.sampled_from(WORDS), st.text(max_size=6))
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=4), st.lists(st.lists(st.integers(-1, 3), max_size=4), max_size=3),
+                   st.dictionaries(st.sampled_from(["a", "name", "kind", "weights"]), SCALARS, max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(FIELDS), st.one_of(st.none(), VALUES)), min_size=1, max_size=3))
+def test_any_value_anywhere_in_a_study_file_is_loaded_or_refused_with_the_file_and_field(changes):
+    """A study file, with any field set to a value of any type or removed, loads and lists its
+    runs, or is refused with a ConfigError naming the file, the field and what was expected.
+    Fuzzing this way found a TypeError for a problem name that was a number, an arm kind that was
+    a list, a source that was a table, and torch's overflow for a size past 64 bits."""
+    import tomllib
+
+    data = tomllib.loads(TINY)
+    for field, value in changes:
+        node = data
+        for key in field[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        if value is None:  # removed
+            node.pop(field[-1], None)
+        else:
+            node[field[-1]] = value
+    try:
+        spec = StudySpec.from_dict(data, source="fuzz.toml")
+        assert spec.runs()
+        spec.quick(0.5)
+    except ConfigError as err:
+        assert "fuzz.toml: " in str(err) and ": expected " in str(err), str(err)
