@@ -1247,3 +1247,27 @@ def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir,
             "(studies there: tiny); did you mean 'tiny'? Or run it first with `bench run --study ...`")
     code, line = run(["compare", "--study", "other"], capsys)  # nothing close: no guess
     assert code == 2 and line.endswith("(studies there: tiny); run it first with `bench run --study ...`")
+
+
+def test_an_interrupted_study_whose_grid_alone_finished_and_failed_says_it_is_not_finished(workdir, capsys, monkeypatch):
+    """`bench compare` said only that there was nothing to compare, as of a finished study (found
+    by fuzzing interrupted studies); the study's other arms had not trained yet."""
+    import bench.study.manager as manager
+
+    text = TINY.replace("lr = 0.01", "lr = 1000.0").replace("seeds = [0, 1]", "seeds = [0]")
+    text = text.split("[arms.gradnorm]")[0] + "[arms.equal]\n"  # the grid (3 points), then equal
+    path = study(workdir, text)
+    trained = manager.train_runs
+
+    def ctrl_c_after_the_grid(configs, *args, **kwargs):
+        if configs[0].balancer != "static":
+            raise KeyboardInterrupt
+        return trained(configs, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "train_runs", ctrl_c_after_the_grid)
+    assert main(["run", "--study", path, "--batch-runs", "3"]) == 130
+    capsys.readouterr()
+    code, line = run(["compare", "--study", "tiny"], capsys)
+    assert code == 2 and line.startswith("error: the grid arm 'grid' has no point with every seed finished (3 of 3 runs failed")
+    assert line.endswith("so there is nothing to compare; tiny is not finished (3 of 4 runs are stored): "
+                         "`bench run --study tiny.toml` trains the rest")

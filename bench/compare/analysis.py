@@ -300,10 +300,27 @@ def _seed_ranges(seeds: list[int]) -> str:
 def load_comparison(store: ResultStore, study: str) -> Comparison:
     manifest = store.require_manifest(study)
     entries = store.records(study)
-    comparison = build_comparison(study, manifest, runs_table(store, study, entries), entries)
-    comparison.progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
-    comparison.storage = store.url if store.url != DEFAULT_STORAGE else None
+    progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
+    storage = store.url if store.url != DEFAULT_STORAGE else None
+    runs = runs_table(store, study, entries)
+    try:
+        comparison = build_comparison(study, manifest, runs, entries)
+    except NothingToCompare as err:
+        if progress.left == 0:
+            raise
+        # Interrupted, or still training: say so, and how to go on, not only that nothing compares.
+        command = run_command(study, manifest, runs.seed.dropna().astype(int).tolist() if len(runs) else [])
+        command += f" --storage {shlex.quote(storage)}" if storage else ""
+        raise NothingToCompare(f"{err}; {study} is not finished ({progress.done} of {progress.total} runs are "
+                               f"stored): `{command}` trains the rest") from None
+    comparison.progress = progress
+    comparison.storage = storage
     return comparison
+
+
+class NothingToCompare(BenchError):
+    """No arm has a run that can be compared: none finished, or only a grid none of whose points
+    can be chosen."""
 
 
 def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
@@ -312,8 +329,8 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     kinds = manifest.get("kinds", {})
     runs = runs.copy()
     if runs.empty:
-        raise BenchError(f"study {study!r} has no finished runs yet; `bench status --study {study}` shows "
-                         "how far it has come")
+        raise NothingToCompare(f"study {study!r} has no finished runs yet; `bench status --study {study}` "
+                               "shows how far it has come")
     runs = in_study_order(runs, kinds)  # as runs_table gives them, whatever order a caller passes
     runs["variant"] = runs.run_key.map(_variant)
     runs["kind"] = runs.arm.map(kinds)
@@ -334,7 +351,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
                 unselectable[arm] = str(err)
     chosen = representatives(runs, grids)
     if chosen.empty:  # grids alone, none with a point to choose
-        raise BenchError(f"{next(iter(unselectable.values()))}, so there is nothing to compare")
+        raise NothingToCompare(f"{next(iter(unselectable.values()))}, so there is nothing to compare")
     arm_order = {arm: i for i, arm in enumerate(runs.arm.unique())}
     chosen = chosen.sort_values("arm", key=lambda arms: arms.map(arm_order), kind="stable")
     main = _main_table(runs, chosen, grids, tasks, manifest)
