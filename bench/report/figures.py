@@ -304,7 +304,8 @@ def gradient_norms(c: Comparison) -> plt.Figure | None:
         frames.append(pd.DataFrame({
             "label": r.label, "seed": r.seed, "step": np.repeat(norms[kept, 0], len(c.tasks)),
             "task": np.tile(c.tasks, int(kept.sum())),
-            columns[0]: (norms[:, 1:] / mean)[kept].ravel(), columns[1]: (targets / mean)[kept].ravel()}))
+            # Divided after the mask: a step whose norms are all 0 warned of 0 / 0 in every report.
+            columns[0]: (norms[kept, 1:] / mean[kept]).ravel(), columns[1]: (targets[kept] / mean[kept]).ravel()}))
     if not frames or not sum(map(len, frames)):
         return None
 
