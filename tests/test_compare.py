@@ -787,6 +787,7 @@ def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blam
     assert again.headline[1].endswith("The grid has no point that weights all 2 tasks.")
     distance = figures.distance_to_gradnorm(again)
     assert [t.get_text() for t in distance.legends[0].get_texts()] == [
+        "least squares over all points (band: 95 % bootstrap)",
         "a weight of 0 (that task's head never trains)", "grid: chosen on validation"]
     plt.close(distance)
     runs.loc[runs.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
@@ -854,6 +855,7 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert ax.get_legend() is None  # inside, it covered points that weight a task 0
     (legend,) = distance.legends
     assert [t.get_text() for t in legend.get_texts()] == [
+        "least squares over all points (band: 95 % bootstrap)",  # one point weights every task: too few
         "all weights > 0", "a weight of 0 (that task's head never trains)", "grid: chosen on validation",
         "grid: chosen on validation, all weights > 0"]
     renderer = distance.canvas.get_renderer()
@@ -1349,6 +1351,7 @@ def test_distance_figure_keeps_the_papers_points_readable_beside_far_outliers():
     interior = [abs(1.2 - w0) * math.sqrt(2) for w0 in (1.5, 1.0, 0.5)]
     assert min(fit.get_xdata()) == pytest.approx(min(interior)) and max(fit.get_xdata()) == pytest.approx(max(interior))
     assert min(fit.get_ydata()) > 0  # every grid point is worse than GradNorm; so is the line
+    assert fit.get_label() == "least squares over the points with all weights > 0 (band: 95 % bootstrap)"
     # A point just beyond the linear range, short of a decade, gets its own tick (-9.4 %).
     ticks = list(figures.distance_to_gradnorm(study((0.905, 12.0))).axes[0].get_yticks())
     assert ticks[0] == pytest.approx(-9.4) and 1000 in ticks and -10 not in ticks

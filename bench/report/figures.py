@@ -613,8 +613,11 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         interior = points.all_weights_positive.to_numpy()
         boundary = ~interior
         fitted = interior if interior.sum() >= 3 else np.ones_like(interior)
+        # Named in the legend: which points it follows changes with the grid.
+        line = ("least squares over " + ("the points with all weights > 0" if fitted is interior else "all points")
+                + " (band: 95 % bootstrap)")
         sns.regplot(x=distance[fitted], y=change[fitted], ax=ax, scatter=False, line_kws={"color": "C3"},
-                    seed=0)  # its band is bootstrapped: the same band for the same runs
+                    label=line, seed=0)  # its band is bootstrapped: the same band for the same runs
         inner = np.abs(change[interior]).max() if interior.any() else 0.0
         if boundary.any() and inner > 0 and np.abs(change).max() > 5 * inner:
             # Outliers hundreds of % away would flatten the paper's points into one line: linear
