@@ -297,6 +297,11 @@ def _seed_ranges(seeds: list[int]) -> str:
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
 
 
+class NothingToCompare(BenchError):
+    """No arm has a run that can be compared: none finished, or only a grid none of whose points
+    can be chosen."""
+
+
 def load_comparison(store: ResultStore, study: str) -> Comparison:
     manifest = store.require_manifest(study)
     entries = store.records(study)
@@ -316,11 +321,6 @@ def load_comparison(store: ResultStore, study: str) -> Comparison:
     comparison.progress = progress
     comparison.storage = storage
     return comparison
-
-
-class NothingToCompare(BenchError):
-    """No arm has a run that can be compared: none finished, or only a grid none of whose points
-    can be chosen."""
 
 
 def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,

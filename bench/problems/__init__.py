@@ -28,16 +28,15 @@ def build_problem(name: str, params: Mapping[str, Any] | None = None, *,
     `name` is a registered problem, or "package.module:function" for a user-defined one: the
     function is called with the options as keyword arguments and returns a Problem.
     """
+    known = "one of " + ", ".join(sorted(PROBLEMS)) + ", or module:function"
     if not isinstance(name, str):  # a study file's `name = 1`: `":" in name` raised TypeError
-        raise ConfigError("problem", "the name of a problem: one of " + ", ".join(sorted(PROBLEMS))
-                          + ", or module:function", name, source=source)
+        raise ConfigError("problem", known, name, source=source)
     if ":" in name:
         return user_problem(name, params, source=source)
     try:
         cls = PROBLEMS[name]
     except KeyError:
-        raise ConfigError("problem", "one of " + ", ".join(sorted(PROBLEMS)) + ", or module:function",
-                          name, source=source, hint=did_you_mean(name, PROBLEMS)) from None
+        raise ConfigError("problem", known, name, source=source, hint=did_you_mean(name, PROBLEMS)) from None
     return cls(build_params(cls.Params, params, source=source, prefix="problem.",
                             owner=f"problem {name!r}"))
 

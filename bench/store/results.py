@@ -240,8 +240,9 @@ class ResultStore:
         if manifest is None:
             names = self.study_names()
             hint = did_you_mean(name, names)
-            raise BenchError(f"no study named {name!r} in {self.url} (studies there: {', '.join(names) or 'none yet'}); "
-                             + (f"{hint} Or run" if hint else "run") + " it first with `bench run --study ...`")
+            raise BenchError(f"no study named {name!r} in {self.url} (studies there: "
+                             f"{', '.join(names) or 'none yet'}); " + (f"{hint} Or run" if hint else "run")
+                             + " it first with `bench run --study ...`")
         return manifest
 
     def versions(self, name: str) -> list[tuple[str, dict[str, Any]]]:
