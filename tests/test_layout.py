@@ -74,10 +74,20 @@ def test_an_installed_wheel_carries_the_shipped_studies_and_finds_them_by_name(t
     import sys
     import zipfile
 
+    import shutil
+
     pytest.importorskip("setuptools")  # the build backend, used from this environment
     root = PACKAGE.parent
+    # Built from a copy: setuptools writes build/ into the tree it builds, and the checkout is not ours.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, source / name)
+    for folder in ("bench", "studies"):  # bench/shipped_studies is a link to ../studies: kept as one
+        shutil.copytree(root / folder, source / folder, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--wheel-dir", str(tmp_path / "dist"), str(root)], check=True, cwd=tmp_path)
+                    "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     shipped = sorted(p.name for p in (root / "studies").glob("*.toml"))
     with zipfile.ZipFile(wheel) as archive:
