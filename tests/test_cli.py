@@ -511,6 +511,25 @@ def test_delete_asks_first_removes_the_study_and_leaves_its_files(tmp_path, monk
     assert code == 2 and "no study named 'tiny'" in err
 
 
+def test_a_tilde_after_an_equals_sign_means_home_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):
+    """The shell expands `--storage ~/x` but not `--storage=~/x`: that made a folder named ~ in
+    the working directory, and the study's runs went into it."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (home / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study=~/tiny.toml", "--storage=~/runs/bench.journal", "--tables=~/tables"]) == 0
+    assert main(["status", "--study=~/tiny.toml", "--storage=~/runs/bench.journal"]) == 0
+    assert main(["compare", "--study=tiny", "--storage=~/runs/bench.journal", "--reports=~/reports"]) == 0
+    capsys.readouterr()
+    code, out, _ = run_cli(["delete", "--study=tiny", "--storage=~/runs/bench.journal", "-y"], capsys)
+    assert code == 0 and f"in {home / 'runs' / 'bench.journal'}: 16 finished runs" in out
+    assert (home / "tables" / "tiny" / "runs.csv").is_file()
+    assert (home / "reports" / "tiny" / "index.html").is_file()
+    assert list(work.iterdir()) == []
+
+
 def test_the_run_summary_says_its_time_column_is_the_arms_total(capsys):
     """A grid's 90 runs showed 8.7 s under "mean over each arm's runs": their sum, not a mean."""
     from bench.cli.run import print_arm_summary

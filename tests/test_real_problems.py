@@ -180,6 +180,13 @@ def test_nyuv2_reads_the_preprocessed_layout_and_trains(tmp_path):
     assert test["rms"][1] > 0 and 0 <= test["angle_error_deg"][2] <= 180
 
 
+def test_nyuv2_root_in_a_study_file_may_start_with_a_tilde(tmp_path, monkeypatch):
+    """A study file is not read by a shell: `root = "~/data/nyuv2"` looked for a folder named ~."""
+    make_nyuv2(tmp_path / "data" / "nyuv2")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(build_problem("nyuv2", {"root": "~/data/nyuv2"}).load(0).train) > 0
+
+
 def test_nyuv2_without_data_says_where_to_put_it(tmp_path):
     problem = build_problem("nyuv2", {"root": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError) as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shlex
 import sys
 import textwrap
@@ -27,6 +28,19 @@ if TYPE_CHECKING:  # the verbs import what they use when they run: `bench --help
 # "[budget]"), which rich would read as tags and drop. Styles are given explicitly (Text, style=).
 console = Console(highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False, markup=False)
+
+
+def home_path(value: Any) -> Any:
+    """A path option's value with a leading ~ expanded, as a typer callback (a string, a list of
+    them, or a Path). The shell expands `--storage ~/x` but not `--storage=~/x`, which would
+    otherwise make a folder named ~ in the working directory. URLs and names are left alone."""
+    if isinstance(value, list):
+        return [home_path(item) for item in value]
+    if isinstance(value, str):
+        return os.path.expanduser(value)
+    if isinstance(value, os.PathLike):
+        return type(value)(os.path.expanduser(value))
+    return value
 
 
 def print_note(note: str) -> None:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import (arm_table, console, err_console, fmt, print_json, print_note, stored_study_names,
-                               working)
+from bench.cli.common import (arm_table, console, err_console, fmt, home_path, print_json, print_note,
+                               stored_study_names, working)
 from bench.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
@@ -23,10 +23,10 @@ FAILED_RUNS_SHOWN = 5
 
 
 def compare_command(
-    study: Annotated[Optional[list[str]], typer.Option(help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(callback=home_path, help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
+    storage: Annotated[Optional[str], typer.Option(callback=home_path, help="Optuna storage (default results/bench.journal).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout), or json (per study: summary, arms, paired tests).")] = "table",
-    reports: Annotated[str, typer.Option(help="Folder for reports/<study>/, and reports/index.html, which links them all.")] = "reports",  # report.REPORTS_DIR
+    reports: Annotated[str, typer.Option(callback=home_path, help="Folder for reports/<study>/, and reports/index.html, which links them all.")] = "reports",  # report.REPORTS_DIR
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""

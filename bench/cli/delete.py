@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from bench.cli.common import console, err_console, print_note, stored_study_names, working
+from bench.cli.common import console, err_console, home_path, print_note, stored_study_names, working
 from bench.errors import BenchError
 from bench.formatting import count
 
 
 def delete_command(
-    study: Annotated[str, typer.Option(help="Stored study to delete (as `bench status` names it), or its study file.")],
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default results/bench.journal).")] = None,
+    study: Annotated[str, typer.Option(callback=home_path, help="Stored study to delete (as `bench status` names it), or its study file.")],
+    storage: Annotated[Optional[str], typer.Option(callback=home_path, help="Optuna storage (default results/bench.journal).")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
 ) -> None:
     """Delete a stored study: every arm's runs and the study's record. Asks first; cannot be undone."""

@@ -10,16 +10,16 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.cli.common import console, err_console, print_json, print_note
+from bench.cli.common import console, err_console, home_path, print_json, print_note
 from bench.errors import ConfigError
 
 
 def perf_command(
-    study: Annotated[str, typer.Option(help="The study whose runs are timed.")] = "gridsearch",
+    study: Annotated[str, typer.Option(callback=home_path, help="The study whose runs are timed.")] = "gridsearch",
     steps: Annotated[int, typer.Option(help="Steps per run (the study's own budget is not needed for a ratio).")] = 300,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     sequential: Annotated[bool, typer.Option(help="Also train the runs one by one (the slow part).")] = True,
-    csv: Annotated[Path, typer.Option(help="CSV file the figures are appended to.")] = Path("results/perf.csv"),
+    csv: Annotated[Path, typer.Option(callback=home_path, help="CSV file the figures are appended to.")] = Path("results/perf.csv"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the figures.")] = False,
 ) -> None:
     """Time a study's runs one by one and stacked, and a GradNorm step against an equal one.

@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cli.common import arm_table, console, err_console, fmt, print_note, working
+from bench.cli.common import arm_table, console, err_console, fmt, home_path, print_note, working
 from bench.errors import BenchError, ConfigError, nothing_stored_yet
 from bench.formatting import count
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -53,8 +53,8 @@ def check_tables_folder(folder: Path) -> None:
 
 
 def run_command(
-    study: Annotated[str, typer.Option(help="A study file, or the name of one here or in studies/.")],
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
+    study: Annotated[str, typer.Option(callback=home_path, help="A study file, or the name of one here or in studies/.")],
+    storage: Annotated[Optional[str], typer.Option(callback=home_path, help="Optuna storage: a journal file path (default results/bench.journal) or an RDB URL such as postgresql://user@host/db.")] = None,
     jobs: Annotated[int, typer.Option(help="Parallel training processes (joblib), at most one per core this process may use.")] = 1,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds to run, e.g. 0,1,2 or 0-4 (default: the study's). More seeds add runs to the same study.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help=f"A quick look: {QUICK_FACTOR:.0%} of the steps, stored as its own study <name>-quick.")] = False,
@@ -65,7 +65,7 @@ def run_command(
     grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which other workers retrain this worker's runs (recorded with them; it waits as long for theirs, or as long as they asked).")] = GRACE_PERIOD,
     backend: Annotated[str, typer.Option(help="loky (local processes, --jobs) or dask (an existing cluster, --scheduler).")] = "loky",
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")] = None,
-    tables: Annotated[str, typer.Option(help="Folder for the tables <folder>/<study>/runs.*, and metrics.* and curves.parquet (long form).")] = "results",  # export.RESULTS_DIR
+    tables: Annotated[str, typer.Option(callback=home_path, help="Folder for the tables <folder>/<study>/runs.*, and metrics.* and curves.parquet (long form).")] = "results",  # export.RESULTS_DIR
 ) -> None:
     """Run every arm of a study for every seed, storing each run in an Optuna storage."""
     from bench.store import DEFAULT_STORAGE, ResultStore

@@ -161,7 +161,7 @@ class NYUv2Problem(Problem):
 
     @property
     def root(self) -> Path:
-        return Path(self.params.root or default_root())
+        return Path(self.params.root or default_root()).expanduser()  # a study file's root = "~/data/nyuv2"
 
     def _check(self) -> None:
         missing = [self.root / split / part for split in ("train", "val") for part in PARTS

@@ -42,7 +42,7 @@ MAX_ATOMS = 29
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "gradnorm-bench"))
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "gradnorm-bench")).expanduser()
 
 
 def qm9pack_data_folder() -> Path:
