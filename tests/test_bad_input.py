@@ -875,11 +875,22 @@ def test_outputs_that_cannot_be_written(workdir, capsys):
     path = study(workdir)
     assert main(["run", "--study", path]) == 0
     capsys.readouterr()
+    # Each names the file in the way; the CSV's used to say only "File exists".
     code, line = run(["compare", "--study", "tiny", "--reports", "a_file/reports"], capsys)
-    assert code == 2 and "cannot write the report of tiny to a_file/reports/tiny" in line and "--no-report" in line
+    assert code == 2 and line == ("error: --reports: expected a folder that can be written (a_file is not a "
+                                  "folder), or --no-report, got 'a_file/reports'")
     # Checked before the benchmark's minutes of measuring, whose figures would otherwise be lost.
     code, line = run(["perf", "--csv", "a_file/perf.csv"], capsys)
-    assert code == 2 and "--csv" in line and "a_file/perf.csv" in line
+    assert code == 2 and line == ("error: --csv: expected a CSV file that can be written (a_file is not a "
+                                  "folder), got 'a_file/perf.csv'")
+    code, line = run(["run", "--study", path, "--tables", "a_file/tables"], capsys)
+    assert code == 2 and line == ("error: --tables: expected a folder that can be written (a_file is not a "
+                                  "folder), got 'a_file/tables'")
+    # A report that still cannot be written (a folder of the study's name is a file) says so too.
+    (workdir / "reports").mkdir()
+    (workdir / "reports" / "tiny").write_text("not a folder")
+    code, line = run(["compare", "--study", "tiny"], capsys)
+    assert code == 2 and "cannot write the report of tiny to reports/tiny" in line and "--no-report" in line
 
 
 def test_comparing_a_study_before_any_run_has_finished(workdir, capsys):

@@ -10,6 +10,7 @@ import shlex
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -41,6 +42,19 @@ def home_path(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return type(value)(os.path.expanduser(value))
     return value
+
+
+def unwritable_folder(folder: Path) -> str | None:
+    """Why `folder` cannot be made or written ("afile is not a folder"), or None if it can. Checked
+    before the work whose output goes there: a file on the way otherwise failed only at the end."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def print_note(note: str) -> None:

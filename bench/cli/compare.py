@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from bench.cli.common import (arm_table, console, err_console, fmt, home_path, print_json, print_note,
-                               stored_study_names, working)
+                               stored_study_names, unwritable_folder, working)
 from bench.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
@@ -40,6 +40,8 @@ def compare_command(
     from bench.store.storage import storage_identity
     from bench.store import DEFAULT_STORAGE, ResultStore
 
+    if not no_report and (reason := unwritable_folder(Path(reports))):  # before minutes of figures
+        raise ConfigError("--reports", f"a folder that can be written ({reason}), or --no-report", reports)
     with working(f"reading {storage or DEFAULT_STORAGE}"):
         store = ResultStore(storage, create=False)
         names = stored_study_names(store, study)

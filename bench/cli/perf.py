@@ -10,7 +10,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.cli.common import console, err_console, home_path, print_json, print_note
+from bench.cli.common import console, err_console, home_path, print_json, print_note, unwritable_folder
 from bench.errors import ConfigError
 
 
@@ -87,6 +87,8 @@ class PerfProgress:
 
 def require_writable(csv: Path) -> None:
     """Open `csv` for appending once (creating its folder), or raise a ConfigError naming --csv."""
+    if reason := unwritable_folder(csv.parent):
+        raise ConfigError("--csv", f"a CSV file that can be written ({reason})", str(csv))
     existed = csv.exists()
     try:
         csv.parent.mkdir(parents=True, exist_ok=True)

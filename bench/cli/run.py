@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
@@ -12,7 +11,7 @@ import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cli.common import arm_table, console, err_console, fmt, home_path, print_note, working
+from bench.cli.common import arm_table, console, err_console, fmt, home_path, print_note, unwritable_folder, working
 from bench.errors import BenchError, ConfigError, nothing_stored_yet
 from bench.formatting import count
 from bench.store.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -38,18 +37,6 @@ def parse_seeds(text: str) -> list[int]:
             raise ConfigError("--seeds", f"at most {MAX_SEEDS:,} seeds (each is a run of every arm)", text)
         seeds.extend(range(lo, hi + 1))
     return seeds
-
-
-def check_tables_folder(folder: Path) -> None:
-    """Refuse a --tables folder that cannot be made or written before anything is trained: the
-    tables are written once every run is, and such a folder used to fail only then."""
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError("--tables", f"a folder that can be written ({existing} is not a folder)", str(folder))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError("--tables", f"a folder that can be written ({existing} is not writable)", str(folder))
 
 
 def run_command(
@@ -79,7 +66,8 @@ def run_command(
         if quick:
             spec = spec.quick(QUICK_FACTOR)
     StudyRunner.check_options(jobs, device, backend, scheduler)
-    check_tables_folder(Path(tables))
+    if reason := unwritable_folder(Path(tables)):  # the tables are written once every run is
+        raise ConfigError("--tables", f"a folder that can be written ({reason})", tables)
     if batch_runs is not None and batch_runs < 1:
         raise ConfigError("--batch-runs", "an integer >= 1", batch_runs)
     if heartbeat < 1:
