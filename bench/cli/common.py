@@ -39,8 +39,8 @@ def home_path(value: Any) -> Any:
         return [home_path(item) for item in value]
     if isinstance(value, str):
         return os.path.expanduser(value)
-    if isinstance(value, os.PathLike):
-        return type(value)(os.path.expanduser(value))
+    if isinstance(value, Path):
+        return value.expanduser()
     return value
 
 
