@@ -394,6 +394,47 @@ def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store
     assert again.trained_here == 2 and again.progress().running == 0
 
 
+def test_sigterm_gives_back_the_runs_in_hand_as_ctrl_c_does_and_exits_143(store, monkeypatch, capsys):
+    """`kill`, `timeout` or a batch scheduler's time limit sends SIGTERM, which ended the worker at
+    once: its runs stayed RUNNING until their heartbeats went stale, and `bench status` showed the
+    dead worker still training them."""
+    spec = spec_of(TINY)
+
+    def terminated_after_the_first_stack(done, total):
+        if done > 0 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here
+
+    sent: list[bool] = []
+    before = signal.getsignal(signal.SIGTERM)
+    runner = StudyRunner(spec, store, batch_runs=3, on_progress=terminated_after_the_first_stack)
+    with pytest.raises(manager.Terminated) as err:
+        runner.run()
+    assert err.value.exit_code == 143
+    assert str(err.value).startswith("terminated: ") and "3 runs in hand were queued again" in str(err.value)
+    progress = runner.progress()
+    assert progress.running == 0 and progress.waiting == len(spec.runs()) - progress.done > 0
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+
+    # Mid-store, the stack is stored whole first, as for Ctrl-C, and the message names SIGTERM.
+    real_complete, writes = store.complete, {"n": 0}
+
+    def complete_then_sigterm(*args, **kwargs):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        return real_complete(*args, **kwargs)
+
+    monkeypatch.setattr(store, "complete", complete_then_sigterm)
+    again = StudyRunner(spec, store, batch_runs=3)
+    with pytest.raises(manager.Terminated):
+        again.run()
+    assert again.trained_here == 3 and again.progress().running == 0
+    assert "storing the runs just trained, then stopping (SIGTERM again stops at once)" in capsys.readouterr().err
+
+
 def test_a_ctrl_c_while_the_runs_are_queued_leaves_a_study_the_next_run_finishes(store, monkeypatch):
     """The queue's lock stayed without its "done" mark: every later `bench run` waited two minutes
     for the interrupted worker, then stopped, asking the user to delete an Optuna study by hand."""

@@ -54,6 +54,13 @@ class Interrupted(BenchError):
     exit_code = 130
 
 
+class Terminated(Interrupted):
+    """Stopped by SIGTERM (`kill`, `timeout`, a batch scheduler's time limit), which gives back
+    the runs in hand as Ctrl-C does; exit code 143, as a shell reports a process that SIGTERM ended."""
+
+    exit_code = 143
+
+
 class TrainingProcessLost(BenchError):
     """A process of `--jobs`, or a Dask worker, died (the out-of-memory killer, a crash in native code)."""
 
@@ -213,6 +220,7 @@ class StudyRunner:
         self._lost: set[tuple[str, str]] = set()  # runs found lost at the last look
         self.prepared = False
         self._interrupted = threading.Event()
+        self._signal = "interrupted (Ctrl-C)"  # or "terminated (SIGTERM)": what stopped the worker
         self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.backend, self.scheduler = backend, scheduler
@@ -294,12 +302,13 @@ class StudyRunner:
                         self.on_wait({w: n for w, n in self.store.workers(self.name).items() if w != self.worker})
                     time.sleep(self.poll_interval)
             except KeyboardInterrupt:
-                released = self.release_all("interrupted (Ctrl-C)")
+                released = self.release_all(self._signal)
                 stored = (f"{count(self.trained_here, 'run')} trained here "
                           f"{'is' if self.trained_here == 1 else 'are'} stored; " if self.trained_here else "")
-                raise Interrupted(f"interrupted: {stored}{count(released, 'run')} in hand "
-                                  f"{'was' if released == 1 else 'were'} queued again; "
-                                  f"run the same command to continue") from None
+                stop = Terminated if self._signal.startswith("terminated") else Interrupted
+                raise stop(f"{self._signal.split()[0]}: {stored}{count(released, 'run')} in hand "
+                           f"{'was' if released == 1 else 'were'} queued again; "
+                           f"run the same command to continue") from None
             except TrainingProcessLost as err:
                 released = self.release_all("a training process died")
                 raise TrainingProcessLost(
@@ -319,19 +328,22 @@ class StudyRunner:
 
     @contextlib.contextmanager
     def _noticing_interrupts(self):
-        """Ctrl-C also sets a flag that the loop checks at every progress report. Python drops
-        the KeyboardInterrupt when it lands in code whose errors are ignored (an import lock's
-        callback, a finaliser) and prints it as "Exception ignored ... Traceback"; the flag
-        still stops the worker, so that dropped interrupt is not printed."""
+        """Ctrl-C, or SIGTERM, also sets a flag that the loop checks at every progress report.
+        Python drops the KeyboardInterrupt when it lands in code whose errors are ignored (an
+        import lock's callback, a finaliser) and prints it as "Exception ignored ... Traceback";
+        the flag still stops the worker, so that dropped interrupt is not printed."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
-        def on_sigint(signum, frame):
+        def on_stop_signal(signum, frame):
             first = not self._interrupted.is_set()
+            if first:
+                self._signal = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
             self._interrupted.set()
             if first and self._storing:  # runs already trained: `store_records` stops after them
-                print("storing the runs just trained, then stopping (Ctrl-C again stops at once)",
+                again = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+                print(f"storing the runs just trained, then stopping ({again} again stops at once)",
                       file=sys.stderr, flush=True)
                 return
             signal.default_int_handler(signum, frame)
@@ -343,12 +355,16 @@ class StudyRunner:
                 previous_hook(unraisable)
 
         self._interrupted.clear()
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.signal(signal.SIGINT, on_stop_signal)
+        # SIGTERM's default ends the process at once, its runs left RUNNING until their heartbeats
+        # go stale (--grace): `bench status` still showed the dead worker training them.
+        previous_term = signal.signal(signal.SIGTERM, on_stop_signal)
         sys.unraisablehook = on_unraisable
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
             sys.unraisablehook = previous_hook
 
     def _check_interrupted(self) -> None:
@@ -645,4 +661,4 @@ def run_study(spec: StudySpec, store: ResultStore, **kwargs) -> StudyProgress:
     return StudyRunner(spec, store, **kwargs).run()
 
 
-__all__ = ["StudyRunner", "run_study", "Interrupted", "TrainingProcessLost", "Claimed"]
+__all__ = ["StudyRunner", "run_study", "Interrupted", "Terminated", "TrainingProcessLost", "Claimed"]
