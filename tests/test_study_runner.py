@@ -353,21 +353,26 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_worker(store, monkeypatch
     assert sys.unraisablehook == unraisable.append  # hook restored
 
 
+def signal_at_writes(store, monkeypatch, real_complete, writes: set[int], signum: int) -> None:
+    """Send `signum` to this process as the store writes the runs numbered `writes` (from 1)."""
+    count = {"n": 0}
+
+    def complete_then_signal(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] in writes:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.01)  # the handler runs here, mid-batch
+        return real_complete(*args, **kwargs)
+
+    monkeypatch.setattr(store, "complete", complete_then_signal)
+
+
 def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store, monkeypatch, capsys):
     """The interrupt landed between two runs' writes: the rest of the stack, trained, was thrown
     away (36 of 42 in one case). Now the batch is stored whole and the worker stops after it."""
     spec = spec_of(TINY)
     real_complete = store.complete
-    writes = {"n": 0}
-
-    def complete_then_ctrl_c(*args, **kwargs):
-        writes["n"] += 1
-        if writes["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # the handler runs here, mid-batch
-        return real_complete(*args, **kwargs)
-
-    monkeypatch.setattr(store, "complete", complete_then_ctrl_c)
+    signal_at_writes(store, monkeypatch, real_complete, {2}, signal.SIGINT)
     runner = StudyRunner(spec, store, batch_runs=4)
     with pytest.raises(manager.Interrupted) as err:
         runner.run()
@@ -378,16 +383,7 @@ def test_a_ctrl_c_while_trained_runs_are_stored_stores_them_all_then_stops(store
     assert "storing the runs just trained, then stopping" in capsys.readouterr().err
 
     # A second Ctrl-C does not wait for the batch.
-    writes["n"] = 0
-
-    def complete_then_two_ctrl_c(*args, **kwargs):
-        writes["n"] += 1
-        if writes["n"] in (2, 3):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-        return real_complete(*args, **kwargs)
-
-    monkeypatch.setattr(store, "complete", complete_then_two_ctrl_c)
+    signal_at_writes(store, monkeypatch, real_complete, {2, 3}, signal.SIGINT)
     again = StudyRunner(spec, store, batch_runs=4)
     with pytest.raises(manager.Interrupted):
         again.run()
@@ -418,16 +414,7 @@ def test_sigterm_gives_back_the_runs_in_hand_as_ctrl_c_does_and_exits_143(store,
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored
 
     # Mid-store, the stack is stored whole first, as for Ctrl-C, and the message names SIGTERM.
-    real_complete, writes = store.complete, {"n": 0}
-
-    def complete_then_sigterm(*args, **kwargs):
-        writes["n"] += 1
-        if writes["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)
-        return real_complete(*args, **kwargs)
-
-    monkeypatch.setattr(store, "complete", complete_then_sigterm)
+    signal_at_writes(store, monkeypatch, store.complete, {2}, signal.SIGTERM)
     again = StudyRunner(spec, store, batch_runs=3)
     with pytest.raises(manager.Terminated):
         again.run()
