@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -531,6 +532,43 @@ def test_a_tilde_after_an_equals_sign_means_home_not_a_folder_named_tilde(tmp_pa
     code, _, err = run_cli(["perf", "--csv=~/a_file/perf.csv"], capsys)  # refused before measuring
     assert code == 2 and f"got '{home / 'a_file' / 'perf.csv'}'" in err
     assert list(work.iterdir()) == []
+
+
+def test_a_run_logged_to_a_file_says_how_far_it_has_come_every_minute(tmp_path, monkeypatch, capsys):
+    """Where stderr is no terminal (`bench run ... 2> log`, a batch job), rich draws the bar once,
+    at the end: a long study's log said nothing for its whole run."""
+    from bench.cli import run as run_verb
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(run_verb.time, "monotonic", lambda: clock["now"])
+    lines = run_verb.ProgressLines()
+    lines.report(40, 210)  # 40 were stored before this worker began
+    clock["now"] += 30
+    lines.report(45, 210)  # within the minute: nothing
+    clock["now"] += 30
+    lines.report(52, 210)
+    lines.wait("waiting for elsewhere:41 (2 runs)")
+    clock["now"] += 60
+    lines.report(64, 210)
+    lines.report(64, 210)
+    clock["now"] += 60
+    lines.report(70, 210)  # the wait is over: no longer said
+    clock["now"] += 60
+    lines.report(210, 210)  # the last: rich's bar says it
+    assert capsys.readouterr().err.splitlines() == [
+        "training: 52/210 runs, 0:01:00 elapsed, about 0:13:10 left",
+        "training: 64/210 runs, 0:02:00 elapsed, about 0:12:10 left; waiting for elsewhere:41 (2 runs)",
+        "training: 70/210 runs, 0:03:00 elapsed, about 0:14:00 left"]
+
+    monkeypatch.setattr(run_verb, "LOG_EVERY_S", 0.0)  # a line at every report, from a whole study
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training: ")]
+    assert logged and all(re.fullmatch(r"training: \d+/16 runs, 0:00:\d\d elapsed(, about .* left)?", line)
+                          for line in logged)
+    done = [int(line.split()[1].split("/")[0]) for line in logged]
+    assert done == sorted(done) and done[-1] < 16
 
 
 def test_the_run_summary_says_its_time_column_is_the_arms_total(capsys):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:  # pandas loads with the verbs that read results
     import pandas as pd
 
 QUICK_FACTOR = 0.1
+LOG_EVERY_S = 60.0  # where stderr is a log file, a progress line this often
 MAX_SEEDS = 1000  # each seed is a run of every arm: more is a typo, not a study
 
 
@@ -37,6 +40,40 @@ def parse_seeds(text: str) -> list[int]:
             raise ConfigError("--seeds", f"at most {MAX_SEEDS:,} seeds (each is a run of every arm)", text)
         seeds.extend(range(lo, hi + 1))
     return seeds
+
+
+class ProgressLines:
+    """Progress as a line every LOG_EVERY_S seconds, where stderr is no terminal (a log file, a
+    batch job's output): rich draws its bar there once, at the end, so a long study's log said
+    nothing for its whole run."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.done_at_start: float | None = None  # runs stored before this worker began
+        self.waiting = ""
+
+    def report(self, done: float, total: int) -> None:
+        if self.done_at_start is None:
+            self.done_at_start = done
+        now = time.monotonic()
+        waiting, self.waiting = self.waiting, ""  # said again at each poll for as long as it lasts
+        if now - self.last < LOG_EVERY_S or done >= total:  # rich prints the last one
+            return
+        self.last = now
+        elapsed = now - self.start
+        line = f"training: {int(done)}/{total} runs, {_duration(elapsed)} elapsed"
+        rate = (done - self.done_at_start) / elapsed if elapsed > 0 else 0
+        if rate > 0:
+            line += f", about {_duration((total - done) / rate)} left"
+        err_console.print(line + (f"; {waiting}" if waiting else ""), soft_wrap=True)
+
+    def wait(self, what: str) -> None:
+        """What the worker waits for (other workers' runs), told with the next line."""
+        self.waiting = what
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def run_command(
@@ -99,13 +136,19 @@ def run_command(
                   TimeRemainingColumn(), console=err_console, transient=False) as progress:
         task = progress.add_task("training", total=sum(len(runs) for runs in runner.runs.values()))
 
+        lines = None if err_console.is_terminal else ProgressLines()
+
         def report(done: float, total: int) -> None:
             progress.update(task, completed=done, total=total, description="training")
+            if lines is not None:
+                lines.report(done, total)
 
         def waiting(holders: dict[str, int]) -> None:
             # Until a silent worker's runs come back (--grace after its last heartbeat), say why.
             held = ", ".join(f"{w} ({count(n, 'run')})" for w, n in sorted(holders.items()))
             progress.update(task, description=f"waiting for {held}" if held else "waiting")
+            if lines is not None:
+                lines.wait(f"waiting for {held}" if held else "waiting")
 
         runner.on_progress, runner.on_wait = report, waiting
         final = runner.run()
