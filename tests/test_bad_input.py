@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import zlib
 from pathlib import Path
 
@@ -1258,6 +1259,25 @@ def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir,
             "(studies there: tiny); did you mean 'tiny'? Or run it first with `bench run --study ...`")
     code, line = run(["compare", "--study", "other"], capsys)  # nothing close: no guess
     assert code == 2 and line.endswith("(studies there: tiny); run it first with `bench run --study ...`")
+
+
+def test_a_study_file_that_no_longer_loads_says_why_not_that_no_study_has_its_name(workdir, capsys, monkeypatch):
+    """Its problem's module was gone: `bench compare --study up.toml` said "no study named
+    'up.toml'", as if the file were not there."""
+    (workdir / "wave_problem.py").write_text(
+        "from bench.problems import build_problem\n\ndef make(**options):\n"
+        "    return build_problem('toy', options)\n")
+    text = TINY.replace('name = "toy"', 'name = "wave_problem:make"').replace('name = "tiny"', 'name = "wave"')
+    path = study(workdir, text, "wave.toml")
+    assert main(["run", "--study", path]) == 0
+    capsys.readouterr()
+    (workdir / "wave_problem.py").unlink()
+    monkeypatch.delitem(sys.modules, "wave_problem")
+    for verb in ("compare", "status", "delete"):
+        code, line = run([verb, "--study", path], capsys)
+        assert code == 2 and line.startswith("error: wave.toml: problem: expected an importable module"), line
+        assert line.endswith("; a stored study can be named instead of its file (in results/bench.journal: wave)")
+    assert main(["status", "--study", "wave"]) == 0  # as it says
 
 
 def test_an_interrupted_study_whose_grid_alone_finished_and_failed_says_it_is_not_finished(workdir, capsys, monkeypatch):

@@ -165,14 +165,28 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
 
             try:
                 spec = StudySpec.load(name)
-            except ConfigError:
-                spec = None  # not a readable study file either: the store's error below names what it holds
+            except ConfigError as err:
+                if Path(name).is_file():  # a study file that no longer loads (its problem's module gone)
+                    raise _file_refused(err, store) from None
+                spec = None  # no study file either: the store's error below names what it holds
             if spec is not None:
                 name = stored_version_of(store, spec, name)
         store.require_manifest(name)
         if name not in out:  # `--study tiny --study tiny.toml`: one study, compared once
             out.append(name)
     return out
+
+
+def _file_refused(err: ConfigError, store: ResultStore) -> ConfigError:
+    """A study file's own error ("no study named 'my.toml'" read as if the file were not there),
+    with the stored studies, which can be named without their file."""
+    stored = store.study_names()
+    if not stored:
+        return err
+    shown = ", ".join(stored[:5]) + (", ..." if len(stored) > 5 else "")
+    also = f"a stored study can be named instead of its file (in {store.url}: {shown})"
+    return ConfigError(err.field, err.expected, err.got, source=err.source,
+                       hint=f"{err.hint}; {also}" if err.hint else also)
 
 
 def stored_version_of(store: ResultStore, spec: StudySpec, path: str) -> str:
