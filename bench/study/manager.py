@@ -355,6 +355,7 @@ class StudyRunner:
                 previous_hook(unraisable)
 
         self._interrupted.clear()
+        self._signal = "interrupted (Ctrl-C)"
         previous = signal.signal(signal.SIGINT, on_stop_signal)
         # SIGTERM's default ends the process at once, its runs left RUNNING until their heartbeats
         # go stale (--grace): `bench status` still showed the dead worker training them.
