@@ -187,6 +187,19 @@ def test_nyuv2_root_in_a_study_file_may_start_with_a_tilde(tmp_path, monkeypatch
     assert len(build_problem("nyuv2", {"root": "~/data/nyuv2"}).load(0).train) > 0
 
 
+def test_data_folders_from_the_environment_expand_a_tilde_and_an_empty_value_means_unset(tmp_path, monkeypatch):
+    """`BENCH_CACHE=` in a script made the QM9 cache the working directory."""
+    from bench.problems.nyuv2 import default_root
+    from bench.problems.qm9 import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BENCH_CACHE", "")
+    monkeypatch.setenv("BENCH_NYUV2", "")
+    assert cache_dir() == tmp_path / ".cache" / "gradnorm-bench" and default_root() == "data/nyuv2"
+    monkeypatch.setenv("BENCH_CACHE", "~/cache")
+    assert cache_dir() == tmp_path / "cache"
+
+
 def test_nyuv2_without_data_says_where_to_put_it(tmp_path):
     problem = build_problem("nyuv2", {"root": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError) as err:

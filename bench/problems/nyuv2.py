@@ -45,7 +45,7 @@ PARTS = ("image", "label", "depth", "normal")
 
 
 def default_root() -> str:
-    return os.environ.get("BENCH_NYUV2", "data/nyuv2")
+    return os.environ.get("BENCH_NYUV2") or "data/nyuv2"  # set empty (BENCH_NYUV2= in a script): unset
 
 
 def depth_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ MAX_ATOMS = 29
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "gradnorm-bench")).expanduser()
+    return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "gradnorm-bench").expanduser()  # set empty: unset
 
 
 def qm9pack_data_folder() -> Path:
