@@ -18,6 +18,7 @@ from bench.compare.analysis import build_comparison, family_size, run_command
 from bench.compare.stats import describe, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.store.results import StudyProgress
+from bench.store.storage import shareable_url
 from bench.report import figures
 from bench.report.figures import _loss_scale, arm_colours
 
@@ -1419,6 +1420,22 @@ def test_markdown_tables_keep_their_columns_whatever_the_names_and_reasons_hold(
         assert all(line.replace("\\|", "").count("|") == header for line in lines), name
     assert "| eq\\|ual" in (folder / "main.md").read_text()
     assert "diverged at \\| step 3" in (folder / "failed_runs.md").read_text()
+    plt.close("all")
+
+
+def test_a_report_read_from_a_database_never_carries_its_password(tmp_path):
+    """A report is made to be passed on: its "Reproduce" commands carried the storage URL as given,
+    password included."""
+    from bench.report import write_report
+
+    c = hand_made()
+    c.storage = shareable_url("postgresql://bench:s3cret@db.lab:5432/runs")  # as load_comparison sets it
+    html = write_report(c, tmp_path, "postgresql://bench:s3cret@db.lab:5432/runs").read_text()
+    assert "s3cret" not in html
+    assert "bench compare --study hand --storage postgresql://bench@db.lab:5432/runs" in html
+    assert "--storage postgresql://bench@db.lab:5432/runs" in c.run_command
+    html = write_report(c, tmp_path / "spaced", "my results/bench.journal").read_text()
+    assert "--storage &#39;my results/bench.journal&#39;" in html  # quoted, as a shell needs it
     plt.close("all")
 
 

@@ -131,9 +131,16 @@ def assert_every_run_once_and_equal_to_one_process(storage: str, tmp_path) -> No
 @pytest.mark.slow
 def test_three_workers_on_postgresql_one_killed(tmp_path):
     with postgres_server() as server:
-        storage = new_database(server)
+        # With a password (the test server trusts loopback, so any works): the report, made to be
+        # passed on, must not carry it.
+        storage = new_database(server).replace("://bench@", "://bench:s3cret@")
         run_three_workers_and_kill_one(storage, tmp_path)
         assert_every_run_once_and_equal_to_one_process(storage, tmp_path)
+        from bench.cli import main
+
+        assert main(["compare", "--study", "shared", "--storage", storage, "--reports", str(tmp_path / "r")]) == 0
+        html = (tmp_path / "r" / "shared" / "index.html").read_text()
+        assert "s3cret" not in html and f"--storage {storage.replace(':s3cret', '')}" in html
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from bench.errors import BenchError
 from bench.formatting import count, join_words
 from bench.store.export import in_study_order, runs_table
 from bench.store import DEFAULT_STORAGE
+from bench.store.storage import shareable_url
 from bench.store.results import ResultStore, StudyProgress
 
 # Balancers whose weights change during a run: a run's weights are shown time-averaged.
@@ -306,7 +307,7 @@ def load_comparison(store: ResultStore, study: str) -> Comparison:
     manifest = store.require_manifest(study)
     entries = store.records(study)
     progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
-    storage = store.url if store.url != DEFAULT_STORAGE else None
+    storage = shareable_url(store.url) if store.url != DEFAULT_STORAGE else None
     runs = runs_table(store, study, entries)
     try:
         comparison = build_comparison(study, manifest, runs, entries)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shlex
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,7 +29,7 @@ from bench.errors import BenchError
 from bench.formatting import format_number
 from bench.report.figures import all_figures
 from bench.store.export import replace_whole
-from bench.store.storage import storage_identity
+from bench.store.storage import shareable_url, storage_identity
 
 REPORTS_DIR = Path("reports")
 # index.html names the storage its study was read from, in its head (with the study, its summary's
@@ -288,7 +289,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
         failures_table=_html(c.failures) if not c.failures.empty else "", n_failed=len(c.failures),
         figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
-        grid_tables=grid_tables, run_command=c.run_command, storage=storage, storage_identity=storage_identity(storage),
+        grid_tables=grid_tables, run_command=c.run_command, storage=shlex.quote(shareable_url(storage)) if storage else None, storage_identity=storage_identity(storage),
         run_env=run_env, report_env=report_env, devices=devices,
         study_text=manifest.get("study_text", ""), downloads=downloads,
     )

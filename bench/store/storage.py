@@ -306,6 +306,31 @@ def storage_identity(url: str | None) -> str:
         return url
 
 
+def shareable_url(url: str) -> str:
+    """`url` as reports and the commands they print show it: a database's URL without its
+    password (its client reads that from ~/.pgpass or PGPASSWORD), anything else as given. A
+    report is made to be passed on; its "Reproduce" commands carried the password.
+
+    >>> shareable_url("postgresql://bench:s3cret@db.lab:5432/runs"), shareable_url("results/bench.journal")
+    ('postgresql://bench@db.lab:5432/runs', 'results/bench.journal')
+    """
+    if is_file_storage(url):
+        return url
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    if parsed.password is None:
+        return url
+    # URL.set(password=None) keeps the password (None means "unchanged"): built again without it.
+    bare = URL.create(parsed.drivername, username=parsed.username, host=parsed.host, port=parsed.port,
+                      database=parsed.database, query=parsed.query)
+    return bare.render_as_string(hide_password=False)
+
+
 def _lost_schema_race(err: BaseException) -> bool:
     """Whether opening a database failed because another process created Optuna's tables at the
     same moment (workers started together on a new database): opening it again then succeeds."""
