@@ -57,6 +57,19 @@ def test_a_study_file_saved_in_latin_1_is_one_line_naming_where(workdir, capsys)
     assert f"byte 0xe9 on line {line_number}, column 19" in line
 
 
+def test_a_study_file_from_a_windows_editor_runs_or_says_it_is_utf_16(workdir, capsys):
+    """Notepad's "UTF-8 with BOM" was refused as "Invalid statement (at line 1, column 1)", a line
+    that looks right; its "Unicode" (UTF-16) as "byte 0xff on line 1"."""
+    path = workdir / "bom.toml"
+    path.write_bytes(TINY.replace("\n", "\r\n").encode("utf-8-sig"))
+    assert main(["run", "--study", str(path)]) == 0
+    capsys.readouterr()
+    path.write_bytes(TINY.encode("utf-16"))
+    code, line = run(["run", "--study", str(path)], capsys)
+    assert code == 2 and line.endswith("bom.toml: encoding: expected UTF-8 text, as TOML requires (the file is "
+                                       "UTF-16, as its first two bytes say: save it as UTF-8)")
+
+
 @pytest.mark.parametrize("field,name", [("name", ".."), ("name", "."), ("name", " "), ("name", "a/b"),
                                         ("name", "x" * 101), ("name", "tab\\tbed"), ("arms", ".."),
                                         ("arms", " equal")])

@@ -77,13 +77,21 @@ def read_toml_text(path: Path) -> str:
     >>> read_toml_text(latin1)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     bench.errors.ConfigError: .../s.toml: encoding: expected UTF-8 text, as TOML requires (byte 0xe9 on line 2, column 19 is not: save the file as UTF-8)
+    >>> _ = latin1.write_bytes('\ufeffname = "x"\n'.encode("utf-8"))  # with a byte-order mark
+    >>> read_toml_text(latin1)
+    'name = "x"\n'
     """
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ConfigError("file", f"a file that can be read ({err.strerror or err})", source=str(path)) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows editors' "Unicode"
+        raise ConfigError("encoding", "UTF-8 text, as TOML requires (the file is UTF-16, as its first two "
+                                      "bytes say: save it as UTF-8)", source=str(path))
     try:
-        return data.decode("utf-8")
+        # A byte-order mark (Notepad's "UTF-8 with BOM") is no TOML; tomllib's error for it,
+        # "Invalid statement (at line 1, column 1)", pointed at a line that looks right.
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - data.rfind(b"\n", 0, err.start)
