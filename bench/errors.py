@@ -89,9 +89,12 @@ def did_you_mean(name: object, known: Iterable[str]) -> str | None:
 
     >>> did_you_mean("resolutoin", ["method", "resolution", "boundary"]), did_you_mean("lrate", ["lr", "steps"])
     ("did you mean 'resolution'?", None)
+    >>> did_you_mean("GRIDSEARCH", ["gridsearch", "optuna"])  # case counts for nothing in the match
+    "did you mean 'gridsearch'?"
     """
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
+    by_lower = {str(k).lower(): k for k in known}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+    return f"did you mean {by_lower[close[0]]!r}?" if close else None
 
 
 class StorageError(BenchError):

@@ -1264,6 +1264,8 @@ def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir,
     code, line = run(["run", "--study", "gridserch"], capsys)
     assert code == 2 and line.startswith("error: --study: expected a study file") and line.endswith(
         "got 'gridserch'; did you mean 'gridsearch'?")
+    code, line = run(["train", "--balancer", "GradNorm"], capsys)  # case apart, the same name
+    assert code == 2 and line.endswith("got 'GradNorm'; did you mean 'gradnorm'?")
     assert main(["run", "--study", study(workdir)]) == 0
     capsys.readouterr()
     for verb in ("compare", "status"):
