@@ -422,25 +422,34 @@ def test_sigterm_gives_back_the_runs_in_hand_as_ctrl_c_does_and_exits_143(store,
     assert "storing the runs just trained, then stopping (SIGTERM again stops at once)" in capsys.readouterr().err
 
 
-def test_a_ctrl_c_while_the_runs_are_queued_leaves_a_study_the_next_run_finishes(store, monkeypatch):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_ctrl_c_while_the_runs_are_queued_leaves_a_study_the_next_run_finishes(store, monkeypatch, stop):
     """The queue's lock stayed without its "done" mark: every later `bench run` waited two minutes
-    for the interrupted worker, then stopped, asking the user to delete an Optuna study by hand."""
+    for the interrupted worker, then stopped, asking the user to delete an Optuna study by hand.
+    SIGTERM there ended the worker at once, and so left the lock too."""
     import optuna
 
     spec = spec_of(TINY)
     real_create = optuna.trial.create_trial
     made = {"n": 0}
 
-    def create_then_ctrl_c(*args, **kwargs):
+    def create_then_stop(*args, **kwargs):
         made["n"] += 1
         if made["n"] == 4:
-            raise KeyboardInterrupt
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here
         return real_create(*args, **kwargs)
 
-    monkeypatch.setattr(optuna.trial, "create_trial", create_then_ctrl_c)
+    monkeypatch.setattr(optuna.trial, "create_trial", create_then_stop)
     with pytest.raises(manager.Interrupted) as err:
         StudyRunner(spec, store).run()
-    assert str(err.value).startswith("interrupted before training began")
+    if stop == "ctrl-c":
+        assert str(err.value).startswith("interrupted before training began")
+    else:
+        assert isinstance(err.value, manager.Terminated) and err.value.exit_code == 143
+        assert str(err.value).startswith("terminated before training began")
     monkeypatch.setattr(optuna.trial, "create_trial", real_create)
     import bench.store.results as results
 

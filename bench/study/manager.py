@@ -231,10 +231,12 @@ class StudyRunner:
     def prepare(self) -> str:
         """Register the study (refusing a changed configuration) and queue its runs once."""
         try:
-            return self._prepare()
+            with self._noticing_interrupts():  # SIGTERM too: a worker killed mid-queue made others wait
+                return self._prepare()
         except KeyboardInterrupt:
-            raise Interrupted("interrupted before training began (the runs queued so far are kept); "
-                              "run the same command to continue") from None
+            stop = Terminated if self._signal.startswith("terminated") else Interrupted
+            raise stop(f"{self._signal.split()[0]} before training began (the runs queued so far are kept); "
+                       "run the same command to continue") from None
 
     def _prepare(self) -> str:
         spec = self.spec
