@@ -339,6 +339,27 @@ def test_names_with_brackets_are_shown_as_written(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "reports").exists()
 
 
+def test_names_the_fonts_lack_are_one_note_not_a_warning_per_figure(tmp_path, monkeypatch, capsys):
+    """An arm named in Chinese: matplotlib warned "Glyph 26085 missing from font(s) DejaVu Sans"
+    for every figure and every draw, dozens of lines."""
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(TINY.replace("[arms.equal]", '[arms."égal 日本"]\nkind = "equal"'))
+    assert main(["run", "--study", "s.toml"]) == 0
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as other:
+        warnings.simplefilter("always")
+        code, out, err = run_cli(["compare", "--study", "tiny"], capsys)
+    assert code == 0 and "égal 日本" in out
+    assert "Glyph" not in err and not [w for w in other if "Glyph" in str(w.message)]
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    lacking = ord("日") not in get_font(findfont(FontProperties())).get_charmap()  # the figures' font
+    assert " ".join(err.split()).count("note: the report's figures show 日本 (in the names of arms or tasks) "
+                                        "as boxes: matplotlib's fonts here lack them.") == lacking
+
+
 def test_failed_runs_are_listed_with_their_reasons_in_the_terminal_and_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # A weight rate of 1e9 sends GradNorm's weights past the divergence limit at step 1; its static

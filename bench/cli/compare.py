@@ -36,7 +36,7 @@ def compare_command(
 
     from bench.compare import load_comparison
     from bench.report import write_report
-    from bench.report.html import report_storage, write_index
+    from bench.report.html import missing_glyphs, report_storage, write_index
     from bench.store.storage import storage_identity
     from bench.store import DEFAULT_STORAGE, ResultStore
 
@@ -55,13 +55,16 @@ def compare_command(
         if not no_report:
             previous = report_storage(Path(reports) / name)
             try:
-                with working(f"drawing the report of {name}"):
+                with working(f"drawing the report of {name}"), missing_glyphs() as missing:
                     path = write_report(comparison, Path(reports), storage)
                     index = write_index(Path(reports))  # with the report: a cut pipe ends us at the print
             except OSError as err:
                 raise BenchError(f"cannot write the report of {name} to {Path(reports) / name}: "
                                  f"{err.strerror or err} ({err.filename}); pass --reports with another "
                                  "folder, or --no-report") from None
+            if missing:
+                print_note(f"the report's figures show {''.join(sorted(missing))} (in the names of arms or tasks) "
+                           "as boxes: matplotlib's fonts here lack them. The report's tables and text have them")
         if output_format == "table":
             print_comparison(comparison)
         objects[name] = _comparison_object(comparison, None if no_report else path)

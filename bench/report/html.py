@@ -9,11 +9,15 @@ has). `reports/index.html` links every report in the folder (`write_index`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import re
 import shlex
 import time
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -115,6 +119,22 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
                             ignore_index=True) if c.grids else pd.DataFrame()
     return {"main": main, "per_task": c.per_task, "standings": c.standings,
             "comparisons": c.comparisons, "grid_points": grid_points, "failed_runs": c.failures}
+
+
+@contextlib.contextmanager
+def missing_glyphs() -> Iterator[set[str]]:
+    """Collect the characters that no installed font has, which matplotlib otherwise warns of
+    for every figure and every draw (a wall of "Glyph 26085 missing from font(s) DejaVu Sans"
+    for an arm named in Chinese), so that the caller can say so once. Other warnings pass on."""
+    missing: set[str] = set()
+    with warnings.catch_warnings(record=True) as caught:
+        yield missing
+    for warning in caught:
+        glyph = re.match(r"Glyph (\d+) .*missing from font", str(warning.message))
+        if glyph:
+            missing.add(chr(int(glyph[1])))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _figure_payload(figure_id: str, title: str, fig: plt.Figure) -> dict[str, Any]:
