@@ -15,9 +15,9 @@ import re
 import shlex
 import time
 import warnings
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -309,7 +309,8 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
         failures_table=_html(c.failures) if not c.failures.empty else "", n_failed=len(c.failures),
         figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
-        grid_tables=grid_tables, run_command=c.run_command, storage=shlex.quote(shareable_url(storage)) if storage else None, storage_identity=storage_identity(storage),
+        grid_tables=grid_tables, run_command=c.run_command,
+        storage=shlex.quote(shareable_url(storage)) if storage else None, storage_identity=storage_identity(storage),
         run_env=run_env, report_env=report_env, devices=devices,
         study_text=manifest.get("study_text", ""), downloads=downloads,
     )
