@@ -220,7 +220,7 @@ class StudyRunner:
         self._lost: set[tuple[str, str]] = set()  # runs found lost at the last look
         self.prepared = False
         self._interrupted = threading.Event()
-        self._signal = "interrupted (Ctrl-C)"  # or "terminated (SIGTERM)": what stopped the worker
+        self._by_sigterm = False  # what stopped the worker: SIGTERM, or else Ctrl-C
         self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.backend, self.scheduler = backend, scheduler
@@ -234,9 +234,8 @@ class StudyRunner:
             with self._noticing_interrupts():  # SIGTERM too: a worker killed mid-queue made others wait
                 return self._prepare()
         except KeyboardInterrupt:
-            stop = Terminated if self._signal.startswith("terminated") else Interrupted
-            raise stop(f"{self._signal.split()[0]} before training began (the runs queued so far are kept); "
-                       "run the same command to continue") from None
+            raise self._stopped(" before training began (the runs queued so far are kept); "
+                                "run the same command to continue") from None
 
     def _prepare(self) -> str:
         spec = self.spec
@@ -304,13 +303,12 @@ class StudyRunner:
                         self.on_wait({w: n for w, n in self.store.workers(self.name).items() if w != self.worker})
                     time.sleep(self.poll_interval)
             except KeyboardInterrupt:
-                released = self.release_all(self._signal)
+                released = self.release_all("terminated (SIGTERM)" if self._by_sigterm else "interrupted (Ctrl-C)")
                 stored = (f"{count(self.trained_here, 'run')} trained here "
                           f"{'is' if self.trained_here == 1 else 'are'} stored; " if self.trained_here else "")
-                stop = Terminated if self._signal.startswith("terminated") else Interrupted
-                raise stop(f"{self._signal.split()[0]}: {stored}{count(released, 'run')} in hand "
-                           f"{'was' if released == 1 else 'were'} queued again; "
-                           f"run the same command to continue") from None
+                raise self._stopped(f": {stored}{count(released, 'run')} in hand "
+                                    f"{'was' if released == 1 else 'were'} queued again; "
+                                    f"run the same command to continue") from None
             except TrainingProcessLost as err:
                 released = self.release_all("a training process died")
                 raise TrainingProcessLost(
@@ -341,7 +339,7 @@ class StudyRunner:
         def on_stop_signal(signum, frame):
             first = not self._interrupted.is_set()
             if first:
-                self._signal = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+                self._by_sigterm = signum == signal.SIGTERM
             self._interrupted.set()
             if first and self._storing:  # runs already trained: `store_records` stops after them
                 again = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
@@ -357,7 +355,7 @@ class StudyRunner:
                 previous_hook(unraisable)
 
         self._interrupted.clear()
-        self._signal = "interrupted (Ctrl-C)"
+        self._by_sigterm = False
         previous = signal.signal(signal.SIGINT, on_stop_signal)
         # SIGTERM's default ends the process at once, its runs left RUNNING until their heartbeats
         # go stale (--grace): `bench status` still showed the dead worker training them.
@@ -369,6 +367,12 @@ class StudyRunner:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
             sys.unraisablehook = previous_hook
+
+    def _stopped(self, rest: str) -> Interrupted:
+        """The error for a worker stopped by Ctrl-C ("interrupted" + `rest`) or SIGTERM ("terminated")."""
+        if self._by_sigterm:
+            return Terminated("terminated" + rest)
+        return Interrupted("interrupted" + rest)
 
     def _check_interrupted(self) -> None:
         if self._interrupted.is_set():
