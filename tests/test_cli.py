@@ -561,8 +561,7 @@ def test_a_run_logged_to_a_file_says_how_far_it_has_come_every_minute(tmp_path, 
     from bench.cli import run as run_verb
 
     clock = {"now": 1000.0}
-    monkeypatch.setattr(run_verb.time, "monotonic", lambda: clock["now"])
-    lines = run_verb.ProgressLines()
+    lines = run_verb.ProgressLines(clock=lambda: clock["now"])
     lines.report(40, 210)  # 40 were stored before this worker began
     clock["now"] += 30
     lines.report(45, 210)  # within the minute: nothing

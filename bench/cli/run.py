@@ -6,6 +6,7 @@ import datetime
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -47,15 +48,16 @@ class ProgressLines:
     batch job's output): rich draws its bar there once, at the end, so a long study's log said
     nothing for its whole run."""
 
-    def __init__(self) -> None:
-        self.start = self.last = time.monotonic()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.start = self.last = clock()
         self.done_at_start: float | None = None  # runs stored before this worker began
         self.waiting = ""
 
     def report(self, done: float, total: int) -> None:
         if self.done_at_start is None:
             self.done_at_start = done
-        now = time.monotonic()
+        now = self.clock()
         waiting, self.waiting = self.waiting, ""  # said again at each poll for as long as it lasts
         if now - self.last < LOG_EVERY_S or done >= total:  # rich prints the last one
             return
