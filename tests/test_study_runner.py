@@ -396,7 +396,7 @@ def test_sigterm_gives_back_the_runs_in_hand_as_ctrl_c_does_and_exits_143(store,
     dead worker still training them."""
     spec = spec_of(TINY)
 
-    def terminated_after_the_first_stack(done, total):
+    def terminated_once_training_has_begun(done, total):
         if done > 0 and not sent:
             sent.append(True)
             os.kill(os.getpid(), signal.SIGTERM)
@@ -404,7 +404,7 @@ def test_sigterm_gives_back_the_runs_in_hand_as_ctrl_c_does_and_exits_143(store,
 
     sent: list[bool] = []
     before = signal.getsignal(signal.SIGTERM)
-    runner = StudyRunner(spec, store, batch_runs=3, on_progress=terminated_after_the_first_stack)
+    runner = StudyRunner(spec, store, batch_runs=3, on_progress=terminated_once_training_has_begun)
     with pytest.raises(manager.Terminated) as err:
         runner.run()
     assert err.value.exit_code == 143
