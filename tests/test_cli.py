@@ -549,6 +549,8 @@ def test_a_tilde_after_an_equals_sign_means_home_not_a_folder_named_tilde(tmp_pa
     assert code == 0 and f"in {home / 'runs' / 'bench.journal'}: 16 finished runs" in out
     assert (home / "tables" / "tiny" / "runs.csv").is_file()
     assert (home / "reports" / "tiny" / "index.html").is_file()
+    assert main(["run", "--study=~/tiny.toml", "--storage=sqlite:///~/runs/bench.db", "--tables=~/tables"]) == 0
+    assert (home / "runs" / "bench.db").is_file()
     (home / "a_file").write_text("")
     code, _, err = run_cli(["perf", "--csv=~/a_file/perf.csv"], capsys)  # refused before measuring
     assert code == 2 and f"got '{home / 'a_file' / 'perf.csv'}'" in err

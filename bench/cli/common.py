@@ -34,10 +34,13 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 def home_path(value: Any) -> Any:
     """A path option's value with a leading ~ expanded, as a typer callback (a string, a list of
     them, or a Path). The shell expands `--storage ~/x` but not `--storage=~/x`, which would
-    otherwise make a folder named ~ in the working directory. URLs and names are left alone."""
+    otherwise make a folder named ~ in the working directory. An SQLite URL's path is expanded
+    too (sqlite:///~/runs.db); other URLs and names are left alone."""
     if isinstance(value, list):
         return [home_path(item) for item in value]
     if isinstance(value, str):
+        if value.startswith("sqlite:///~"):  # SQLAlchemy takes the path as written
+            return "sqlite:///" + os.path.expanduser(value.removeprefix("sqlite:///"))
         return os.path.expanduser(value)
     if isinstance(value, Path):
         return value.expanduser()
