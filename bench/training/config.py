@@ -23,7 +23,8 @@ from bench.training.device import resolve_device
 def derive_seed(seed: int, stream: str) -> int:
     """An independent seed for one random stream ("init", "batches", ...) of a run's seed."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(stream.encode())])
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> 1)
+    # Shifted as a Python int: numpy 1.x refuses uint64 >> int (it would cast both to float).
+    return int(state.generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 # derive_seed keeps a seed's low 32 bits (seeds 0 and 2**32 would train the same runs), as does
