@@ -32,12 +32,10 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def home_path(value: Any) -> Any:
-    """A path option's value with a leading ~ expanded, as a typer callback (a string, a list of
-    them, or a Path). The shell expands `--storage ~/x` but not `--storage=~/x`, which would
-    otherwise make a folder named ~ in the working directory. An SQLite URL's path is expanded
-    too (sqlite:///~/runs.db); other URLs and names are left alone."""
-    if isinstance(value, list):
-        return [home_path(item) for item in value]
+    """A path option's value with a leading ~ expanded, as a typer callback (a string or a Path).
+    The shell expands `--storage ~/x` but not `--storage=~/x`, which would otherwise make a
+    folder named ~ in the working directory. An SQLite URL's path is expanded too
+    (sqlite:///~/runs.db); other URLs and names are left alone."""
     if isinstance(value, str):
         if value.startswith("sqlite:///~"):  # SQLAlchemy takes the path as written
             return "sqlite:///" + os.path.expanduser(value.removeprefix("sqlite:///"))
@@ -45,6 +43,12 @@ def home_path(value: Any) -> Any:
     if isinstance(value, Path):
         return value.expanduser()
     return value
+
+
+def home_paths(values: list[str] | None) -> list[str]:
+    """`home_path` for a repeatable option, never None: typer before 0.19 takes the length of
+    what the callback returns, and an option not given (None) failed with a TypeError."""
+    return [home_path(value) for value in values or []]
 
 
 def unwritable_folder(folder: Path) -> str | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import (arm_table, console, err_console, fmt, home_path, print_json, print_note,
+from bench.cli.common import (arm_table, console, err_console, fmt, home_path, home_paths, print_json, print_note,
                                stored_study_names, unwritable_folder, working)
 from bench.errors import BenchError, ConfigError
 
@@ -23,7 +23,7 @@ FAILED_RUNS_SHOWN = 5
 
 
 def compare_command(
-    study: Annotated[Optional[list[str]], typer.Option(callback=home_path, help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(callback=home_paths, help="Stored study, or its study file, to compare (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(callback=home_path, help="Optuna storage (default results/bench.journal).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout), or json (per study: summary, arms, paired tests).")] = "table",
     reports: Annotated[str, typer.Option(callback=home_path, help="Folder for reports/<study>/, and reports/index.html, which links them all.")] = "reports",  # report.REPORTS_DIR

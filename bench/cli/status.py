@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.text import Text
 
-from bench.cli.common import arm_table, console, home_path, print_json, stored_study_names, working
+from bench.cli.common import arm_table, console, home_path, home_paths, print_json, stored_study_names, working
 from bench.errors import ConfigError
 from bench.formatting import count
 from bench.store.storage import GRACE_PERIOD
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def status_command(
-    study: Annotated[Optional[list[str]], typer.Option(callback=home_path, help="Stored study, or its study file (repeatable; default: every study in the storage).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option(callback=home_paths, help="Stored study, or its study file (repeatable; default: every study in the storage).")] = None,
     storage: Annotated[Optional[str], typer.Option(callback=home_path, help="Optuna storage (default results/bench.journal).")] = None,
     grace: Annotated[int, typer.Option(help="Seconds without a heartbeat after which a worker counts as stopped, as `bench run --grace`: a worker started with a longer --grace gets its own.")] = GRACE_PERIOD,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: per study, each arm's counts and the total, and the workers.")] = False,
