@@ -130,7 +130,7 @@ def missing_glyphs() -> Iterator[set[str]]:
     with warnings.catch_warnings(record=True) as caught:
         yield missing
     for warning in caught:
-        glyph = re.match(r"Glyph (\d+) .*missing from font", str(warning.message))
+        glyph = re.match(r"Glyph (\d+) .*missing from (?:current )?font", str(warning.message))
         if glyph:
             missing.add(chr(int(glyph[1])))
         else:
