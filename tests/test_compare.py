@@ -1703,6 +1703,25 @@ def test_gradnorm_is_placed_among_the_grid_points_on_the_seeds_the_point_was_cho
     assert "; 1 of the 3 has a lower test loss." in next(line for line in c.headline if "gives b a weight of 0" in line)
 
 
+def test_a_gradnorm_arm_whose_runs_all_failed_gets_no_distance_panel():
+    """Its panel was drawn empty, titled "Pearson r = nan (p = nan)"; SciPy before 1.11 raised."""
+    rows = [r for r in hand_made().runs.to_dict("records") if r["arm"] != "gradnorm"]
+    failed = [_run("gradnorm", f"alpha=0.12/seed={seed}", seed, math.nan, math.nan, math.nan,
+                   mean_weights=(1.5, 0.5), balancer="gradnorm", status="failed") for seed in range(3)]
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
+                "gradnorm_static_sources": {}}
+    runs = pd.DataFrame(rows + failed).drop(columns=["variant", "kind", "label"], errors="ignore")
+    assert figures.distance_to_gradnorm(build_comparison("hand", manifest, runs, [])) is None
+    finished = [_run("gradnorm-b", f"alpha=1/seed={seed}", seed, 1.05, 1.1, 1.0, mean_weights=(1.2, 0.8),
+                     balancer="gradnorm") for seed in range(3)]
+    manifest["kinds"]["gradnorm-b"] = "gradnorm"
+    fig = figures.distance_to_gradnorm(build_comparison("hand", manifest, pd.DataFrame(rows + failed + finished)
+                                                        .drop(columns=["variant", "kind", "label"], errors="ignore"), []))
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 1 and "gradnorm-b" in shown[0].get_xlabel() and "nan" not in shown[0].get_title()
+    plt.close(fig)
+
+
 def test_gradnorm_with_seeds_failed_is_placed_among_the_grid_points_on_the_seeds_it_finished():
     """QM9 at --quick: GradNorm finished one seed of three (an easy one), and was placed against
     the points' means over all three, harder, seeds: "0 of 3 grid points have a lower test loss",

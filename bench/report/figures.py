@@ -597,6 +597,9 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
     """The paper's Figure 6: relative change in test loss against the L2 distance between each
     grid point's weights and GradNorm's time-averaged weights."""
     gradnorm = c.main[(c.main.kind == "gradnorm") & ~c.main.arm.isin(c.twins)]
+    # An arm whose every run failed has no loss to measure the points' changes from: its panel
+    # was empty, titled "Pearson r = nan".
+    gradnorm = gradnorm[np.isfinite(gradnorm.normalized_test_loss.astype(float))]
     if not c.grids or gradnorm.empty:
         return None
     arm, grid, points = _grid(c, arm)
