@@ -13,7 +13,7 @@ STUDY ?= gridsearch
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install study test test-fast system-deps perf clean
+.PHONY: install study test test-fast test-lowest system-deps perf clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "GradNorm Bench needs Python >= 3.11; $(PYTHON) is " + sys.version.split()[0] + ": run make with PYTHON=python3.11 (or newer)")'
@@ -37,6 +37,17 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest
 
+# The fast tests again in $(LOWEST_VENV), on the oldest release of each dependency that
+# pyproject.toml allows (tests/lowest-versions.txt): a floor that nothing tests is a guess.
+LOWEST_VENV ?= .venv-lowest
+test-lowest:
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --only-binary :all: -c tests/lowest-versions.txt -e ".[test,data]"
+	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider
+
 # System packages some tests use: headless Chromium (report test), PostgreSQL (multi-worker
 # test) and Fashion-MNIST (multifashion problem). Installed with apt when running as root on
 # Debian; otherwise those tests are skipped (CI requires them).
@@ -56,4 +67,4 @@ perf: install
 	$(BIN)/bench perf
 
 clean:
-	rm -rf $(VENV) results reports/*/ .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) results reports/*/ .pytest_cache

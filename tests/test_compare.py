@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -84,6 +85,17 @@ def test_paired_comparison_and_its_sentence():
     assert describe("equal", "mine", paired({0: 2.0, 1: 2.0, 2: 2.0}, {0: 1.0, 1: 1.0, 2: 5.0})).startswith(
         "equal has a higher test loss than mine on 2/3 seeds, though a lower mean (")
     assert "though" not in describe("GradNorm", "the grid", worse) + sentence
+
+
+def test_the_wilcoxon_p_value_is_exact_for_few_seeds_even_with_a_tied_seed():
+    """A seed on which both arms tie is left out (Wilcoxon's rule) and the rest are tested
+    exactly. SciPy before 1.15 warned and switched to a normal approximation, at n = 2: 0.18."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tied = paired({0: 1.0, 1: 2.0, 2: 3.5}, {0: 1.0, 1: 3.0, 2: 5.0})
+        assert tied.wilcoxon_p == pytest.approx(0.5)  # two differences, one sign: 2 x 1/4
+        assert paired({0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0},
+                      {0: 1.5, 1: 2.5, 2: 3.5, 3: 4.2}).wilcoxon_p == pytest.approx(0.125)  # 2 x 1/16
 
 
 def _run(arm, key, seed, val, test, train, weights=None, mean_weights=None, balancer="static",

@@ -103,3 +103,32 @@ def test_an_installed_wheel_carries_the_shipped_studies_and_finds_them_by_name(t
                             "print(find_study_file('gridsearch'))"], cwd=work, check=True, text=True,
                            capture_output=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout
     assert Path(found.strip()) == tmp_path / "site" / "bench" / "shipped_studies" / "gridsearch.toml"
+
+
+def test_every_dependency_floor_is_the_version_the_lowest_versions_test_installs():
+    """`make test-lowest` runs the tests on tests/lowest-versions.txt: a floor raised or lowered
+    in pyproject.toml without it would again be a floor that nothing tests (optuna>=4.0 and
+    pandas>=2.0 were, and neither ran)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = PACKAGE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [r for extra in ("data", "postgres", "dask", "test")
+                                          for r in project["optional-dependencies"][extra]]
+    floors = {}
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.name == "gradnorm-bench":  # the test extra names the others
+            continue
+        (floor,) = [s.version for s in requirement.specifier if s.operator == ">="]
+        floors[requirement.name.lower()] = Version(floor)
+    pinned = {}
+    for line in (root / "tests" / "lowest-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[name.strip().lower()] = Version(version)
+    assert floors.pop("torch") == Version("2.4")  # tested by hand (see lowest-versions.txt)
+    assert pinned == floors
