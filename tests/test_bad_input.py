@@ -1293,6 +1293,14 @@ def test_a_study_file_that_no_longer_loads_says_why_not_that_no_study_has_its_na
         assert code == 2 and line.startswith("error: wave.toml: problem: expected an importable module"), line
         assert line.endswith("; a stored study can be named instead of its file (in results/bench.journal: wave)")
     assert main(["status", "--study", "wave"]) == 0  # as it says
+    # The module is back but raises as it is imported: the error of one's own code, and the hint.
+    (workdir / "wave_problem.py").write_text("1 / 0\n")
+    for verb in ("compare", "status", "delete"):
+        monkeypatch.delitem(sys.modules, "wave_problem", raising=False)
+        code, line = run([verb, "--study", path], capsys)
+        assert code == 1 and line.startswith("error: ZeroDivisionError: division by zero, raised in your code at "), line
+        assert ("wave_problem.py, line 1, in <module>; a stored study can be named instead of its file (in "
+                "results/bench.journal: wave)") in line
 
 
 def test_an_interrupted_study_whose_grid_alone_finished_and_failed_says_it_is_not_finished(workdir, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, UserCodeError
 from bench.formatting import format_number
 
 if TYPE_CHECKING:  # the verbs import what they use when they run: `bench --help` loads none of it
@@ -176,6 +176,11 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
                 if Path(name).is_file():  # a study file that no longer loads (its problem's module gone)
                     raise _file_refused(err, store) from None
                 spec = None  # no study file either: the store's error below names what it holds
+            except Exception as err:  # its problem's module raised as it was imported
+                failure = UserCodeError.located(err)
+                if failure is None:  # a bug of ours, or BENCH_TRACEBACK: the traceback
+                    raise
+                raise _file_refused(failure, store) from None
             if spec is not None:
                 name = stored_version_of(store, spec, name)
         store.require_manifest(name)
@@ -184,7 +189,7 @@ def stored_study_names(store: ResultStore, requested: Iterable[str] | None) -> l
     return out
 
 
-def _file_refused(err: ConfigError, store: ResultStore) -> ConfigError:
+def _file_refused(err: ConfigError | UserCodeError, store: ResultStore) -> BenchError:
     """A study file's own error ("no study named 'my.toml'" read as if the file were not there),
     with the stored studies, which can be named without their file."""
     stored = store.study_names()
@@ -192,6 +197,8 @@ def _file_refused(err: ConfigError, store: ResultStore) -> ConfigError:
         return err
     shown = ", ".join(stored[:5]) + (", ..." if len(stored) > 5 else "")
     also = f"a stored study can be named instead of its file (in {store.url}: {shown})"
+    if isinstance(err, UserCodeError):
+        return UserCodeError(f"{err}; {also}")
     return ConfigError(err.field, err.expected, err.got, source=err.source,
                        hint=f"{err.hint}; {also}" if err.hint else also)
 
