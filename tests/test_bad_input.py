@@ -910,9 +910,17 @@ def test_outputs_that_cannot_be_written(workdir, capsys):
 def test_comparing_a_study_before_any_run_has_finished(workdir, capsys):
     from bench.study import StudyRunner, StudySpec
 
-    StudyRunner(StudySpec.load(study(workdir)), ResultStore()).prepare()  # queued, none trained
+    store = ResultStore()
+    StudyRunner(StudySpec.load(study(workdir)), store).prepare()  # queued, none trained
     code, line = run(["compare", "--study", "tiny"], capsys)
-    assert code == 2 and "study 'tiny' has no finished runs yet" in line and "bench status --study tiny" in line
+    assert code == 2 and line == ("error: study 'tiny' has no finished runs yet; tiny is not finished (0 of 16 "
+                                  "runs are stored): `bench run --study tiny.toml` trains the rest")
+    # A worker trains it now: where to watch it, not (as before) how to start a run already going.
+    assert store.claim(store.arm_study("tiny", "equal").get_trials()[0], "elsewhere:41")
+    code, line = run(["compare", "--study", "tiny"], capsys)
+    assert code == 2 and line == ("error: study 'tiny' has no finished runs yet; tiny is being trained (0 of 16 "
+                                  "runs are stored, 1 running): `bench status --study tiny` shows how far it "
+                                  "has come")
 
 
 @pytest.mark.parametrize("change,expected", [

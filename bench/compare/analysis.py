@@ -315,10 +315,14 @@ def load_comparison(store: ResultStore, study: str) -> Comparison:
         if progress.left == 0:
             raise
         # Interrupted, or still training: say so, and how to go on, not only that nothing compares.
+        where = f" --storage {shlex.quote(storage)}" if storage else ""
+        stored = f"{progress.done} of {progress.total} runs are stored"
+        if progress.running:  # a worker is on it: where to watch it, rather than how to start it
+            raise NothingToCompare(f"{err}; {study} is being trained ({stored}, {progress.running} running): "
+                                   f"`bench status --study {study}{where}` shows how far it has come") from None
         command = run_command(study, manifest, runs.seed.dropna().astype(int).tolist() if len(runs) else [])
-        command += f" --storage {shlex.quote(storage)}" if storage else ""
-        raise NothingToCompare(f"{err}; {study} is not finished ({progress.done} of {progress.total} runs are "
-                               f"stored): `{command}` trains the rest") from None
+        raise NothingToCompare(f"{err}; {study} is not finished ({stored}): `{command}{where}` trains the rest"
+                               ) from None
     comparison.progress = progress
     comparison.storage = storage
     return comparison
@@ -330,8 +334,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     kinds = manifest.get("kinds", {})
     runs = runs.copy()
     if runs.empty:
-        raise NothingToCompare(f"study {study!r} has no finished runs yet; `bench status --study {study}` "
-                               "shows how far it has come")
+        raise NothingToCompare(f"study {study!r} has no finished runs yet")
     runs = in_study_order(runs, kinds)  # as runs_table gives them, whatever order a caller passes
     runs["variant"] = runs.run_key.map(_variant)
     runs["kind"] = runs.arm.map(kinds)
