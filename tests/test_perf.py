@@ -160,3 +160,18 @@ def test_perf_progress_draws_the_timed_trainings_as_bars(monkeypatch):
     text = out.getvalue()
     assert "warming up..." in text and "training 3 runs one by one" in text and "3/3" in text
     assert text.index("3/3") < text.index("measuring a step...")
+
+
+def test_peak_memory_is_in_mebibytes_on_linux_and_on_macos(monkeypatch):
+    """getrusage's ru_maxrss is KiB on Linux and bytes on macOS: `bench perf` on a Mac reported
+    1024 times its peak memory."""
+    import resource
+
+    from bench.perf.benchmark import peak_memory_mb
+
+    hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))  # the kernel's own peak resident size
+    assert peak_memory_mb() == pytest.approx(hwm_kib / 1024, rel=0.05)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    monkeypatch.setattr(resource, "getrusage", lambda who: type(usage)((0, 0, 300 * 2**20) + tuple(usage)[3:]))
+    assert peak_memory_mb("darwin") == 300 and peak_memory_mb("linux") == 300 * 1024

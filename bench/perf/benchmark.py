@@ -22,8 +22,8 @@ import dataclasses
 import itertools
 import math
 import platform
-import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -267,10 +267,22 @@ def run_benchmark(study: str = "gridsearch", steps: int = 300, device: str = "au
         out["gradnorm_step_ratio"][str(tasks)] = gradnorm_ratio(tasks, 1, device, rounds)
         out["gradnorm_step_ratio_batched"][str(tasks)] = gradnorm_ratio(tasks, 32, device, rounds)
 
-    out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if (peak := peak_memory_mb()) is not None:
+        out["peak_memory_mb"] = peak
     if dev.type == "cuda":
         out["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     return out
+
+
+def peak_memory_mb(platform_name: str = sys.platform) -> float | None:
+    """This process's peak resident memory in MiB; None where the platform does not say (Windows
+    has no `resource` module). getrusage counts it in KiB on Linux but in bytes on macOS."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    unit = 1 if platform_name == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
 
 
 def append_csv(figures: dict[str, Any], path: Path) -> Path | None:
