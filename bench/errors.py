@@ -26,6 +26,11 @@ def mark_user_code(path: Path) -> None:
         USER_CODE_PATHS.add(path)
 
 
+def traceback_asked() -> bool:
+    """BENCH_TRACEBACK set to anything but empty, 0, false, no or off (as such switches go)."""
+    return os.environ.get(SHOW_TRACEBACK, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 class BenchError(Exception):
     """An error caused by the user's input or environment, with a message that says what to fix."""
 
@@ -146,7 +151,7 @@ class UserCodeError(BenchError):
         of ours keeps its traceback) or when BENCH_TRACEBACK is set."""
         if isinstance(err, UserCodeError):
             return err
-        if os.environ.get(SHOW_TRACEBACK):
+        if traceback_asked():
             return None
         frame = user_code_frame(err)
         if frame is None:

@@ -590,6 +590,9 @@ def test_an_error_while_building_ones_own_problem_and_a_syntax_error(workdir, ca
     code, line = run(["train", "--problem", "unfinished:problem", "--steps", "1"], capsys)
     assert code == 2 and "problem: expected a module without syntax errors (invalid syntax: " in line
     assert "unfinished.py, line 1)" in line
+    monkeypatch.setenv("BENCH_TRACEBACK", "0")  # switched off, as such variables go: still one line
+    code, line = run(["train", "--problem", "failing_builder:missing_data", "--steps", "1"], capsys)
+    assert code == 1 and line.startswith("error: KeyError: 'data', raised in your code at ")
     monkeypatch.setenv("BENCH_TRACEBACK", "1")  # for whoever debugs it: the whole traceback
     with pytest.raises(KeyError, match="data"):
         main(["train", "--problem", "failing_builder:missing_data", "--steps", "1"])
