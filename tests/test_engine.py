@@ -100,6 +100,17 @@ def test_batches_are_epochs_of_permutations():
     first_epoch = idx[:3].flatten().tolist()
     assert len(set(first_epoch)) == 9  # no repeats within an epoch; the 10th example is dropped
     assert torch.equal(idx, batch_indices(seed=5, n_train=10, batch_size=3, steps=7))
+    # Each seed its own order: seeds are replications, and a shared order would tie their noise.
+    assert not torch.equal(idx, batch_indices(seed=6, n_train=10, batch_size=3, steps=7))
+
+
+def test_each_seed_starts_from_its_own_weights_and_sees_its_own_batches_when_stacked():
+    """Seeds are replications: on one data seed, stacked side by side, two seeds start from
+    different weights and draw the training rows in different orders."""
+    trainer = BatchTrainer([dataclasses.replace(tiny_config("equal", seed=s), data_seed=0) for s in (0, 1)])
+    assert all(not torch.equal(p[0], p[1]) for p in trainer.model.parameters() if p.abs().sum() > 0)
+    x, _ = trainer.training_batch(0)
+    assert not torch.equal(x[0], x[1])
 
 
 def test_batches_drawn_an_epoch_at_a_time_are_the_same_batches():
@@ -194,8 +205,12 @@ def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer)
     configs = [RunConfig(problem="poisoned-toy", balancer=balancer, seed=s, data_seed=d,
                          problem_params=dict(TINY_TOY), budget=budget, dtype="float64",
                          device="cpu").validated() for s, d in ((0, 0), (1, 13), (2, 2))]
-    records = train_runs(configs)
+    trainer = BatchTrainer(configs)
+    records = trainer.run()
     assert [r.status for r in records] == ["ok", "failed", "ok"]
+    # Its slice stays frozen at zeros (Adam's moments too, which would move it again): finite
+    # numbers, whatever the step that failed it left there.
+    assert all(not p[1].any() for p in trainer.model.parameters())
     failed = records[1]
     assert "non-finite training loss" in failed.reason and "task1" in failed.reason
     assert failed.failed_step == failed.steps_done < 20

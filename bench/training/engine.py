@@ -191,6 +191,7 @@ class BatchTrainer:
         self._check_grad_norm_target()
         self.alive = torch.ones(R, dtype=torch.bool, device=self.device)
         self._pending_failures = torch.zeros(R, dtype=torch.bool, device=self.device)
+        self._any_retired = False  # a Python flag: the hot path checks it without a device sync
         self.failures: list[tuple[int, str] | None] = [None] * R
         self._normalisers = torch.tensor([t.normaliser for t in self.tasks], device=self.device, dtype=torch.float64)
         self.weights_trace = torch.zeros(self.budget.steps, R, T, device=self.device, dtype=self.dtype)
@@ -326,6 +327,8 @@ class BatchTrainer:
         losses, norms = self.compute_gradients(x, targets, weights)
         self._check_diverged(losses, "training loss", step, batch_targets=targets)
         self._retire_failed_runs()
+        if self._any_retired:
+            self._zero_retired_gradients()
         self.optimizer.step()
         self.balancer.update(step, losses, norms)
         self._fail_undefined_runs(step)
@@ -383,22 +386,31 @@ class BatchTrainer:
         self._pending_failures |= bad
 
     def _retire_failed_runs(self) -> None:
-        """Freeze newly failed runs: zero their slice of every parameter, gradient and Adam moment,
-        so that they compute finite zeros from now on and never disturb the other slices."""
+        """Freeze newly failed runs: zero their slice of every parameter and Adam moment (and of
+        every gradient, at each step from now on), so that they compute finite zeros from now on
+        and never disturb the other slices."""
         bad = self._pending_failures
         if not bool(bad.any()):
             return
         self.alive &= ~bad
+        self._any_retired = True
         self.balancer.stop_runs(bad)
         with torch.no_grad():
             for p in self.model.parameters():
                 p[bad] = 0
-                if p.grad is not None:
-                    p.grad[bad] = 0
                 for value in self.optimizer.state.get(p, {}).values():
                     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.n_runs:
                         value[bad] = 0
         self._pending_failures = torch.zeros_like(bad)
+
+    def _zero_retired_gradients(self) -> None:
+        """Keep retired slices at zero. Masking their losses out is not enough: the gradient of a
+        masked loss is 0 times the loss's own derivative, NaN where that is infinite (0 x inf, a
+        squared error against an infinite target), and Adam carried the NaN into their weights."""
+        dead = ~self.alive
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad[dead] = 0
 
     def _check_runaway(self) -> None:
         """Fail the live runs whose task-normalised training loss, just evaluated, is past
