@@ -133,6 +133,23 @@ def test_runs_of_a_tiny_study(tmp_path):
     assert spec.config_hash() != spec.quick(0.1).config_hash()
 
 
+@pytest.mark.parametrize("old,new", [
+    ('seeds = [0, 1]', 'seeds = [0, 1]\ndtype = "float64"'), ("sigmas = [1.0, 10.0]", "sigmas = [1.0, 11.0]"),
+    ("hidden = 6", "hidden = 7"), ("steps = 10", "steps = 11"), ("batch_size = 16", "batch_size = 8"),
+    ("lr = 0.01", "lr = 0.02"), ("eval_every = 5", "eval_every = 2"), ("eval_every = 5", "eval_every = 5\ntail_fraction = 0.4"),
+    ("resolution = 0.5", "resolution = 0.25"), ("alpha = [0.5, 1.0]", "alpha = [0.5, 1.5]"),
+    ("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "tail"'), ("[arms.equal]", "[arms.dwa]"),
+])
+def test_every_setting_that_changes_results_changes_the_configuration(old, new):
+    """A stored study continues only under the configuration it was run with: a setting left out
+    of the hash would mix, say, float32 and float64 runs in one study without a word."""
+    def spec_of(text):
+        return StudySpec.from_dict(__import__("tomllib").loads(text), source="tiny.toml")
+
+    assert TINY.count(old) == 1
+    assert spec_of(TINY).config_hash() != spec_of(TINY.replace(old, new)).config_hash()
+
+
 def write(tmp_path, text: str) -> str:
     path = tmp_path / "study.toml"
     path.write_text(text)
