@@ -985,3 +985,26 @@ def test_the_long_table_tells_apart_tasks_named_like_the_end_of_anothers_columns
     long = metrics_table(runs, ["a", "loss_a"]).set_index(["metric", "split", "task"]).value
     assert long.to_dict() == {("loss", "train", "a"): 1.0, ("loss", "train", "loss_a"): 2.0,
                               ("mean_weight", "", "loss_a"): 1.0}
+
+
+def test_a_finished_run_speaks_for_its_key_over_a_later_copy_and_a_retry_over_a_stale_failure():
+    """A run key can have several trials (a run failed as stale is queued again): the finished
+    one settles it, whatever came after; unsettled, the newest copy speaks for it."""
+    from bench.store.results import RUN_KEY, STATUS, ArmTrials
+
+    study = optuna.create_study()
+    State = optuna.trial.TrialState
+
+    def add(key, state, status=None):
+        attrs = {RUN_KEY: key, **({STATUS: status} if status else {})}
+        study.add_trial(optuna.trial.create_trial(state=state, value=1.0 if state == State.COMPLETE else None,
+                                                  user_attrs=attrs))
+
+    add("done", State.COMPLETE)
+    add("done", State.WAITING)  # a copy queued meanwhile: the run stays done, never retrained
+    add("failed", State.FAIL, "failed")  # failed for a reason of its own: settled
+    add("failed", State.FAIL)  # a later copy failed as stale
+    add("retried", State.FAIL)  # failed as stale ...
+    add("retried", State.WAITING)  # ... and queued again: the copy speaks for it
+    by_key = ArmTrials(study, study.trials).by_key
+    assert {key: t.number for key, t in by_key.items()} == {"done": 0, "failed": 2, "retried": 5}
