@@ -91,6 +91,23 @@ def test_diamonds_loads_offline_with_mixed_tasks_and_trains(no_network):
     assert record.balancer_stats["initial_losses"][1] == pytest.approx(math.log(5))
 
 
+def test_table_splits_are_disjoint_and_standardised_on_the_training_rows_alone():
+    """No row in two splits, and no statistic of validation or test rows in the inputs: the
+    table's first column is the row's number, so that rows can be told apart after scaling."""
+    problem = build_problem("diamonds", {"n_train": 300, "n_val": 100, "n_test": 100})
+    n, rng = 600, np.random.default_rng(0)
+    features = np.column_stack([np.arange(n), rng.normal(5, 3, size=(n, 5))]).astype(np.float32)
+    problem._table = (features, [rng.normal(size=(n, 1)).astype(np.float32)]
+                      + [rng.integers(0, c, n) for c in (5, 7, 8)])
+    data = problem.load(3)
+    rows = {name: set(split.inputs[:, 0].tolist()) for name, split in data.items()}
+    assert [len(r) for r in rows.values()] == [300, 100, 100]  # one scaling for all: distinct rows stay distinct
+    assert not (rows["train"] & rows["val"] or rows["train"] & rows["test"] or rows["val"] & rows["test"])
+    train = data.train.inputs.double()
+    torch.testing.assert_close(train.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(train.std(0, unbiased=False), torch.ones(6, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
 def test_overlaid_pairs_keep_their_labels():
     images = torch.rand(10, 28, 28)
     labels = torch.arange(10) * 7 % 10

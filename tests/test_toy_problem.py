@@ -26,6 +26,10 @@ def test_data_shapes_scales_and_unit_norm_inputs():
         assert float(target.abs().max()) <= sigma
         assert float((target.abs() > 0.5 * sigma).float().mean()) > 0.8
     assert [t.normaliser for t in problem.tasks] == [1.0, 10000.0]
+    # Validation and test are inputs the network never trains on.
+    rows = {name: {tuple(x) for x in split.inputs.tolist()} for name, split in data.items()}
+    assert [len(r) for r in rows.values()] == [50, 20, 30]
+    assert not (rows["train"] & rows["val"] or rows["train"] & rows["test"] or rows["val"] & rows["test"])
 
 
 def test_function_matrices_have_the_documented_scales():
