@@ -113,6 +113,22 @@ def test_each_seed_starts_from_its_own_weights_and_sees_its_own_batches_when_sta
     assert not torch.equal(x[0], x[1])
 
 
+def test_each_split_is_scored_on_its_own_examples():
+    """The final losses of train, validation (where grid points and alphas are chosen) and test,
+    against the trained model scored by hand on that split's examples."""
+    configs = [dataclasses.replace(tiny_config("gradnorm", seed=s, alpha=1.0), data_seed=0) for s in (0, 1)]
+    trainer = BatchTrainer(configs)
+    records = trainer.run()
+    data = trainer.problem.load(0)
+    with torch.no_grad():
+        for name in ("train", "val", "test"):
+            split = getattr(data, name)
+            stacked = lambda t: t.double().unsqueeze(0).expand(len(configs), *t.shape)  # noqa: E731
+            losses = trainer.problem.losses(trainer.model(stacked(split.inputs)), [stacked(y) for y in split.targets])
+            for r, record in enumerate(records):
+                assert getattr(record, f"{name}_loss") == pytest.approx(losses[r].tolist(), rel=1e-9)
+
+
 def test_batches_drawn_an_epoch_at_a_time_are_the_same_batches():
     """The engine draws each epoch's batches as it reaches it, rather than every step's up front."""
     from bench.training.engine import BatchOrder
