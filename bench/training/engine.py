@@ -409,8 +409,8 @@ class BatchTrainer:
         squared error against an infinite target), and Adam carried the NaN into their weights."""
         dead = ~self.alive
         for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad[dead] = 0
+            if p.grad is not None:  # masked_fill_, not a boolean index: no device sync every step
+                p.grad.masked_fill_(dead.view(-1, *[1] * (p.grad.dim() - 1)), 0)
 
     def _check_runaway(self) -> None:
         """Fail the live runs whose task-normalised training loss, just evaluated, is past
