@@ -97,7 +97,7 @@ def test_table_splits_are_disjoint_and_standardised_on_the_training_rows_alone()
     problem = build_problem("diamonds", {"n_train": 300, "n_val": 100, "n_test": 100})
     n, rng = 600, np.random.default_rng(0)
     features = np.column_stack([np.arange(n), rng.normal(5, 3, size=(n, 5))]).astype(np.float32)
-    problem._table = (features, [rng.normal(size=(n, 1)).astype(np.float32)]
+    problem._table = (features, [rng.normal(size=(n, 1)).astype(np.float32)]  # in place of diamonds' own table
                       + [rng.integers(0, c, n) for c in (5, 7, 8)])
     data = problem.load(3)
     rows = {name: set(split.inputs[:, 0].tolist()) for name, split in data.items()}

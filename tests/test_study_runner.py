@@ -20,7 +20,7 @@ from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
 from bench.store.export import curves_table, metrics_table, norm_target_gap, runs_table
-from bench.store.results import StudyConfigChanged, tell
+from bench.store.results import RUN_KEY, STATUS, ArmTrials, StudyConfigChanged, tell
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
 from tests.test_engine import PoisonedToy
@@ -990,8 +990,6 @@ def test_the_long_table_tells_apart_tasks_named_like_the_end_of_anothers_columns
 def test_a_finished_run_speaks_for_its_key_over_a_later_copy_and_a_retry_over_a_stale_failure():
     """A run key can have several trials (a run failed as stale is queued again): the finished
     one settles it, whatever came after; unsettled, the newest copy speaks for it."""
-    from bench.store.results import RUN_KEY, STATUS, ArmTrials
-
     study = optuna.create_study()
     State = optuna.trial.TrialState
 

@@ -136,7 +136,8 @@ def test_runs_of_a_tiny_study(tmp_path):
 @pytest.mark.parametrize("old,new", [
     ('seeds = [0, 1]', 'seeds = [0, 1]\ndtype = "float64"'), ("sigmas = [1.0, 10.0]", "sigmas = [1.0, 11.0]"),
     ("hidden = 6", "hidden = 7"), ("steps = 10", "steps = 11"), ("batch_size = 16", "batch_size = 8"),
-    ("lr = 0.01", "lr = 0.02"), ("eval_every = 5", "eval_every = 2"), ("eval_every = 5", "eval_every = 5\ntail_fraction = 0.4"),
+    ("lr = 0.01", "lr = 0.02"), ("eval_every = 5", "eval_every = 2"),
+    ("eval_every = 5", "eval_every = 5\ntail_fraction = 0.4"),
     ("resolution = 0.5", "resolution = 0.25"), ("alpha = [0.5, 1.0]", "alpha = [0.5, 1.5]"),
     ("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "tail"'), ("[arms.equal]", "[arms.dwa]"),
 ])
