@@ -1238,6 +1238,12 @@ def test_a_fuller_table_of_the_same_study_is_kept(workdir, monkeypatch):
     monkeypatch.setattr(export, "runs_table", lambda store, name: real_runs_table(store, name).iloc[:-2])
     assert export.write_runs_table(store, "tiny")[1] is None  # the late worker's older view
     assert len(pd_read(parquet)) == len(full)
+    # As many runs, one of them retried since (failed, now finished): the newer view is written.
+    retried = full.assign(wall_time_s=full.wall_time_s.where(full.index != 0, 123.0))
+    monkeypatch.setattr(export, "runs_table", lambda store, name: retried)
+    export.write_runs_table(store, "tiny")
+    assert pd_read(parquet).wall_time_s.iloc[0] == 123.0
+    monkeypatch.setattr(export, "runs_table", lambda store, name: real_runs_table(store, name).iloc[:-2])
     # A study deleted and run again in the same storage is another study: its table replaces the old.
     manifest = store.require_manifest("tiny")
     monkeypatch.setattr(ResultStore, "require_manifest", lambda self, name: {**manifest, "created": 1.0})

@@ -138,6 +138,20 @@ def test_grid_point_is_selected_on_validation_not_test():
     assert main.loc["grid", "runs"] == 9
 
 
+def test_the_per_task_table_by_hand():
+    """Each label's per-task test loss (mean and sample std over seeds), train loss,
+    overfitting gap (test minus train) and weight, from its representative runs."""
+    table = hand_made().per_task.set_index(["arm", "task"])
+    # The selected point w=1,1: test losses 1.20, 1.21, 1.22 and train 0.9, split over 2 tasks.
+    grid = table.loc[("grid", "a")]
+    assert (grid.test_loss, grid.test_loss_std) == (pytest.approx(0.605), pytest.approx(0.005))
+    assert (grid.train_loss, grid.overfitting_gap, grid.weight) == (pytest.approx(0.45), pytest.approx(0.155), 1.0)
+    equal = table.loc[("equal", "b")]  # test 1.40, 1.41, 1.42 against train 1.2
+    assert (equal.train_loss, equal.overfitting_gap) == (pytest.approx(0.6), pytest.approx(0.105))
+    gradnorm = table.loc[("gradnorm", "b")]  # test 0.1 above train on every seed; mean weight 0.5
+    assert (gradnorm.overfitting_gap, gradnorm.weight) == (pytest.approx(0.05), pytest.approx(0.5))
+
+
 def test_gradnorm_standing_distance_and_paired_tests():
     c = hand_made()
     s = c.standings.set_index("arm").loc["gradnorm"]
@@ -237,6 +251,22 @@ def test_a_gradnorm_static_arm_shows_the_mean_of_its_seeds_weights_not_the_first
     assert standing.distance_to_selected == pytest.approx(l2_distance([1.4, 0.6], [1.0, 1.0]))
     # Weights that are the same on every seed stay exactly as stored.
     assert again.main.set_index("arm").loc["equal", "weights"] == [1.0, 1.0]
+
+
+def test_a_gradnorm_static_arm_costs_its_own_runs_and_with_them_its_gradnorm_runs():
+    """GradNorm static cannot exist without the GradNorm runs it averages: its cost with them is
+    its own wall time plus theirs (the runs of the alpha it retrains, each run 1 s here)."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    other_alpha = runs[runs.arm == "gradnorm"].assign(run_key=lambda r: r.run_key.str.replace("0.12", "0.5"),
+                                                      normalized_val_loss=2.0)
+    static = [_run("gradnorm-static", f"alpha=0.12/seed={seed}", seed, 1.0, 1.1, 1.0, weights=(1.5, 0.5))
+              for seed in range(3)]
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-static": "gradnorm-static"},
+                "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}}
+    again = build_comparison("hand", manifest, pd.concat([runs, other_alpha, pd.DataFrame(static)]), [])
+    row = again.main.set_index("arm").loc["gradnorm-static"]
+    assert (row.wall_time_s, row.wall_time_with_source_s) == (3.0, 6.0)
 
 
 def test_gradnorm_is_set_against_loss_scale_weights_in_the_summary():
@@ -789,6 +819,9 @@ def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
     again = build_comparison("hand", manifest, runs, [])
     assert again.grids["grid"].selected == "w=2,0"
     assert again.grids["grid"].excluded == 1
+    # The grid's row counts every run it trained, and fails, not only its chosen point's.
+    grid = again.main.set_index("arm").loc["grid"]
+    assert (grid.runs, grid.failed, grid.seeds) == (9, 1, 3)
 
 
 def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blame_unfinished_seeds():

@@ -293,6 +293,35 @@ def test_weight_optimizer_state_survives_across_steps():
     assert float(state["exp_avg_sq"].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_weights_steps_are_the_named_optimisers(optimizer):
+    """Two updates by hand, each renormalised to sum to T: plain SGD moves w by -lr g; Adam
+    (PyTorch's defaults, betas 0.9 and 0.999) by -lr m_hat / sqrt(v_hat), its moments kept
+    across steps (on the first step that is -lr sign(g), whatever the betas or a momentum)."""
+    specs = [TaskSpec(f"t{i}", "regression", loss=None) for i in range(3)]
+    balancer = GradNorm([GradNormParams(alpha=1.0, weight_optimizer=optimizer, weight_lr=0.1)] * 2, specs,
+                        device=torch.device("cpu"), dtype=torch.float64, steps_per_epoch=1)
+    losses = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 4.0]], dtype=torch.float64)
+    later = torch.tensor([[0.9, 1.0, 2.9], [0.5, 0.2, 3.0]], dtype=torch.float64)
+    norms = torch.tensor([[1.0, 0.2, 3.0], [2.0, 1.0, 0.1]], dtype=torch.float64)
+    m = v = torch.zeros(2, 3, dtype=torch.float64)
+    expected = torch.ones(2, 3, dtype=torch.float64)
+    for step, step_losses in enumerate((losses, later)):
+        balancer.initial_losses = losses  # the first update sets L_i(0) = its losses itself
+        _, g = balancer.loss_and_gradient(step_losses, norms)
+        assert (g != 0).all()
+        if step == 0:
+            balancer.initial_losses = None
+        balancer.update(step, step_losses, norms)
+        if optimizer == "sgd":
+            expected = expected - 0.1 * g
+        else:
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g.square()
+            expected = expected - 0.1 * (m / (1 - 0.9 ** (step + 1))) / (v / (1 - 0.999 ** (step + 1))).sqrt()
+        expected = 3 * expected / expected.sum(dim=1, keepdim=True)
+        torch.testing.assert_close(balancer.weights(), expected, rtol=1e-6, atol=0)
+
+
 def test_alpha_zero_pulls_gradient_norms_at_W_towards_equality():
     budget = Budget(steps=150, batch_size=16, lr=1e-3, eval_every=50)
     trainer = trainer_for(sigmas=(1.0, 20.0), alpha=0.0, weight_lr=0.02, budget=budget)
@@ -387,6 +416,9 @@ def test_a_failed_runs_steps_are_not_counted_after_it_failed():
     balancer.stop_runs(torch.tensor([False, True]))
     balancer._renormalised(torch.tensor([[3.0, -1.0], [3.0, -1.0]], dtype=torch.float64))
     assert balancer.nonpositive_weight_steps.tolist() == [1, 0]
+    at_zero = floored_balancer(2, 3, floor=None)  # a weight of exactly 0 drops its task: it counts
+    at_zero._renormalised(torch.tensor([[2.0, 0.0], [3.0, -1.0], [1.0, 1.0]], dtype=torch.float64))
+    assert at_zero.nonpositive_weight_steps.tolist() == [1, 1, 0]
     floored = floored_balancer(2, 2, floor=0.2)
     floored.stop_runs(torch.tensor([True, False]))
     floored._renormalised(torch.tensor([[1.95, 0.05], [1.95, 0.05]], dtype=torch.float64))

@@ -38,6 +38,11 @@ def test_function_matrices_have_the_documented_scales():
     assert shared.shape == (100, 250) and task.shape == (3, 100, 250)
     assert float(shared.std()) == pytest.approx(10.0, rel=0.02)
     assert float(task.std()) == pytest.approx(3.5, rel=0.02)
+    # eps_i is each task's own draw, independent of B and of the other tasks' (the same eps for
+    # every task would make the tasks one function at different scales).
+    draws = torch.stack([shared.flatten(), *task.flatten(1)])
+    correlations = torch.corrcoef(draws) - torch.eye(4)
+    assert float(correlations.abs().max()) < 0.02  # 25,000 entries: chance correlations ~ 0.006
     var = build_problem("toy", {"tasks": 3, "scale_kind": "variance"})
     shared, task = var.functions(0)
     assert float(shared.std()) == pytest.approx(10.0 ** 0.5, rel=0.02)
