@@ -625,18 +625,36 @@ def placing(runs: pd.DataFrame, label: str, mean_test: float, grid: GridSelectio
     with only the easy seeds would otherwise count as better), and of those, the ones `label`
     has finished (GradNorm with two of three seeds failed was set, on its one seed, against the
     points' means over three). Where they share every seed, or none, each over all its seeds."""
-    points = grid.points[grid.points.failed == 0].set_index("point")
+    own, on = _placed_runs(runs, label, grid)
+    if on is None:
+        return mean_test, grid.points[grid.points.failed == 0].set_index("point").normalized_test_loss
+    return own.normalized_test_loss.mean(), on.groupby("variant").normalized_test_loss.mean()
+
+
+def placing_means(runs: pd.DataFrame, label: str, grid: GridSelection,
+                  columns: list[str]) -> tuple[pd.Series, pd.DataFrame]:
+    """As `placing`, for any columns of the runs table that the grid's points table also has
+    (the per-task test losses): label's means (a Series) and the eligible points' (a frame
+    indexed by point), over the same seeds."""
+    own, on = _placed_runs(runs, label, grid)
+    if on is None:
+        return own[columns].mean(), grid.points[grid.points.failed == 0].set_index("point")[columns]
+    return own[columns].mean(), on.groupby("variant")[columns].mean()
+
+
+def _placed_runs(runs: pd.DataFrame, label: str, grid: GridSelection) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Label's finished runs and the eligible points' on the seeds `placing` compares them on;
+    None for the points' runs where each is taken over all its seeds."""
+    points = grid.points[grid.points.failed == 0]
     own = runs[(runs.label == label) & (runs.status == "ok")]
-    grid_runs = runs[(runs.arm == grid.arm) & runs.variant.isin(points.index) & (runs.status == "ok")]
+    grid_runs = runs[(runs.arm == grid.arm) & runs.variant.isin(points.point) & (runs.status == "ok")]
     grid_seeds = set(grid.shared_seeds) if grid.shared_seeds else set(grid_runs.seed)
     seeds = set(own.seed) & grid_seeds
     if not seeds or (seeds == grid_seeds and not grid.shared_seeds):
-        return mean_test, points.normalized_test_loss
+        return own, None
     on = grid_runs[grid_runs.seed.isin(seeds)]
     complete = on.groupby("variant").seed.nunique() == len(seeds)  # points with every one of those seeds
-    on = on[on.variant.isin(complete.index[complete])]
-    return (own[own.seed.isin(seeds)].normalized_test_loss.mean(),
-            on.groupby("variant").normalized_test_loss.mean())
+    return own[own.seed.isin(seeds)], on[on.variant.isin(complete.index[complete])]
 
 
 def _per_seed(g: pd.DataFrame) -> dict[int, float]:
@@ -990,4 +1008,4 @@ def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
                    f"test loss {versus(row.mean_a, row.mean_b)}, {_on_seeds(row)}{among}.")
 
 
-__all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison", "placing"]
+__all__ = ["Comparison", "GridSelection", "build_comparison", "load_comparison", "placing", "placing_means"]

@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from bench.compare.analysis import Comparison, GridSelection, placing, representatives  # noqa: E402
+from bench.compare.analysis import Comparison, GridSelection, placing_means, representatives  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number, join_words  # noqa: E402
 
@@ -594,8 +594,10 @@ def _symlog_label(value: float, _pos: int | None = None, decades: frozenset = fr
 
 
 def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | None:
-    """The paper's Figure 6: relative change in test loss against the L2 distance between each
-    grid point's weights and GradNorm's time-averaged weights."""
+    """The paper's Figure 6: each grid point's mean relative change in per-task test loss
+    against GradNorm's, mean_i (L_i / L_i(GradNorm) - 1), against the L2 distance between its
+    weights and GradNorm's time-averaged weights. Per task and then averaged, as the paper has
+    it: the change in the summed normalised loss would weight each task by its share of it."""
     gradnorm = c.main[(c.main.kind == "gradnorm") & ~c.main.arm.isin(c.twins)]
     # An arm whose every run failed has no loss to measure the points' changes from: its panel
     # was empty, titled "Pearson r = nan".
@@ -603,17 +605,22 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
     if not c.grids or gradnorm.empty:
         return None
     arm, grid, points = _grid(c, arm)
-    w = points[[f"weight_{t}" for t in c.tasks]].to_numpy()
+    columns = [f"test_loss_{t}" for t in c.tasks]
     fig, axes = _panels(len(gradnorm), 7, 4.6)
     for ax, row in zip(axes, gradnorm.itertuples()):
-        distance = np.linalg.norm(w - np.asarray(row.weights), axis=1)
-        own, _ = placing(c.runs, row.arm, row.normalized_test_loss, grid)  # on the points' seeds
-        change = 100 * (points.normalized_test_loss.to_numpy() / own - 1)
+        own, losses = placing_means(c.runs, row.arm, grid, columns)  # on the seeds they share
+        relative = losses.reindex(points.point).to_numpy(dtype=float) / own.to_numpy(dtype=float) - 1
+        change = 100 * relative.mean(axis=1)
+        placed = np.isfinite(change)  # a point without every seed the arm is placed on is left out
+        panel = points[placed]
+        change = change[placed]
+        weights = panel[[f"weight_{t}" for t in c.tasks]].to_numpy()
+        distance = np.linalg.norm(weights - np.asarray(row.weights), axis=1)
         # Points on the simplex's boundary leave a task untrained: often the far outliers, so
         # they are marked, and the correlations are also given without them (as in the paper,
         # whose grid drew its weights at random). The fitted line follows the paper's points
         # too: through the outliers it would predict losses below zero.
-        interior = points.all_weights_positive.to_numpy()
+        interior = panel.all_weights_positive.to_numpy()
         boundary = ~interior
         fitted = interior if interior.sum() >= 3 else np.ones_like(interior)
         # Named in the legend: which points it follows changes with the grid.
@@ -636,7 +643,7 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         # The grid's rows in the tables, starred as on the landscape.
         for point, colour, label in ((grid.selected, "gold", "chosen on validation"),
                                      (grid.weighted_all, "white", "chosen on validation, all weights > 0")):
-            at = (points.point == point).to_numpy()
+            at = (panel.point == point).to_numpy()
             if point and at.any():
                 ax.scatter(distance[at], change[at], s=220, marker="*", color=colour, edgecolors="k", zorder=3,
                            label=f"{arm}: {label}")
@@ -646,7 +653,7 @@ def distance_to_gradnorm(c: Comparison, arm: str | None = None) -> plt.Figure | 
         same = _same_runs(c, row.arm)
         ax.set_xlabel(textwrap.fill(f"L2 distance between grid weights and {row.arm}'s averaged weights"
                                     + (f" ({same})" if same else ""), 55))
-        ax.set_ylabel(textwrap.fill(f"test loss change vs {row.arm} (%)", 32))
+        ax.set_ylabel(textwrap.fill(f"mean change in per-task test loss vs {row.arm} (%)", 32))
     handles, labels = axes[0].get_legend_handles_labels()
     if labels:
         # Below the panels: inside, the points that weight a task 0 fill the upper half, and
@@ -825,7 +832,7 @@ FIGURES = [
     ("curves", "Test loss during training", test_loss_curves),
     ("alpha", "Test loss against GradNorm's alpha", alpha_sensitivity),
     ("landscape", "The grid's landscape", grid_landscape),
-    ("distance", "Test loss against distance to GradNorm's weights", distance_to_gradnorm),
+    ("distance", "Per-task test loss against distance to GradNorm's weights", distance_to_gradnorm),
     ("pareto", "Pareto front of per-task test losses", pareto_front),
     ("gaps", "Overfitting gap per arm", overfitting_gaps),
 ]
