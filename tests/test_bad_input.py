@@ -1235,7 +1235,8 @@ def test_a_fuller_table_of_the_same_study_is_kept(workdir, monkeypatch):
     full = export.runs_table(store, "tiny")
     parquet = workdir / "results" / "tiny" / "runs.parquet"
     real_runs_table = export.runs_table
-    monkeypatch.setattr(export, "runs_table", lambda store, name: real_runs_table(store, name).iloc[:-2])
+    older_view = lambda store, name: real_runs_table(store, name).iloc[:-2]  # noqa: E731
+    monkeypatch.setattr(export, "runs_table", older_view)
     assert export.write_runs_table(store, "tiny")[1] is None  # the late worker's older view
     assert len(pd_read(parquet)) == len(full)
     # As many runs, one of them retried since (failed, now finished): the newer view is written.
@@ -1243,7 +1244,7 @@ def test_a_fuller_table_of_the_same_study_is_kept(workdir, monkeypatch):
     monkeypatch.setattr(export, "runs_table", lambda store, name: retried)
     export.write_runs_table(store, "tiny")
     assert pd_read(parquet).wall_time_s.iloc[0] == 123.0
-    monkeypatch.setattr(export, "runs_table", lambda store, name: real_runs_table(store, name).iloc[:-2])
+    monkeypatch.setattr(export, "runs_table", older_view)
     # A study deleted and run again in the same storage is another study: its table replaces the old.
     manifest = store.require_manifest("tiny")
     monkeypatch.setattr(ResultStore, "require_manifest", lambda self, name: {**manifest, "created": 1.0})
