@@ -69,7 +69,7 @@ class GridSelection:
         """Says how the point was chosen when the points have not finished the same seeds."""
         if not self.shared_seeds:
             return None
-        which = _seeds_words(self.shared_seeds)
+        which = seeds_words(self.shared_seeds)
         left = f"; {count(self.unmatched, 'point')} without {which} could not be chosen yet" if self.unmatched else ""
         return (f"{self.arm}: its points have not all finished the same seeds, so its point was chosen on "
                 f"the mean validation loss over {which}, which every point compared has finished{left}. "
@@ -160,7 +160,7 @@ def _shared_seeds_words(seeds: list[int], unmatched: list[str], what: str) -> st
     """Says that a choice on validation compared only the seeds that every candidate finished."""
     if not seeds:
         return ""
-    which = _seeds_words(seeds)
+    which = seeds_words(seeds)
     words = (f" Its {what}s have not all finished the same seeds, so the means here and the choice "
              f"are over {which}, which every {what} compared has finished.")
     if unmatched:
@@ -282,8 +282,12 @@ def run_command(study: str, manifest: dict[str, Any], seeds: list[int]) -> str:
     return " ".join(parts)
 
 
-def _seeds_words(seeds: list[int]) -> str:
-    """'seed 3', or 'seeds 0-2,5'."""
+def seeds_words(seeds: list[int]) -> str:
+    """'seed 3', or 'seeds 0-2,5'.
+
+    >>> seeds_words([3]), seeds_words([0, 1, 2, 5])
+    ('seed 3', 'seeds 0-2,5')
+    """
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {_seed_ranges(seeds)}"
 
 

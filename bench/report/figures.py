@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from bench.compare.analysis import Comparison, GridSelection, placing_means, representatives  # noqa: E402
+from bench.compare.analysis import Comparison, GridSelection, placing_means, representatives, seeds_words  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number, join_words  # noqa: E402
 
@@ -692,6 +692,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     # others', and drawn to scale they squeezed every arm into one corner. Each panel's axes then
     # frame the points that weight both of its tasks, and the arms, and say how many lie beyond.
     weights = points[[f"weight_{t}" for t in c.tasks]].to_numpy(dtype=float)
+    drawn = _grid_seeds(c, arm, grid)
     fig, axes = _panels(len(pairs), 5.4, 4.8)
     for ax, (i, j) in zip(axes, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
@@ -700,7 +701,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
                    zorder=3, label=f"{arm}: chosen on validation")
         for label, size in zip(others, _nested_sizes(len(others), 150, 70)):
             ax.scatter(per_task.loc[label, c.tasks[i]], per_task.loc[label, c.tasks[j]], s=size,
-                       marker="X", color=colours[label], edgecolors="k", label=label)
+                       marker="X", color=colours[label], edgecolors="k", label=_seeds_drawn(c, label, drawn))
         arms_xy = per_task.loc[others, [c.tasks[i], c.tasks[j]]].to_numpy(dtype=float)
         focus = _focus_box(losses[:, [i, j]], (weights[:, [i, j]] > 0).all(axis=1), arms_xy)
         for k, (axis, task) in enumerate((("x", c.tasks[i]), ("y", c.tasks[j]))):
@@ -729,6 +730,23 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     else:
         _legend_below(fig, handles, labels, ncol=4)
     return fig
+
+
+def _grid_seeds(c: Comparison, arm: str, grid: GridSelection) -> list[int]:
+    """The seeds the grid's points are drawn over (see `_grid`)."""
+    if grid.shared_seeds:
+        return sorted(grid.shared_seeds)
+    return sorted(set(c.runs[(c.runs.arm == arm) & (c.runs.status == "ok")].seed.astype(int)))
+
+
+def _seeds_drawn(c: Comparison, label: str, grid_seeds: list[int]) -> str:
+    """An arm's name in the Pareto legend, with its seeds where they are not the grid points'
+    (a seed of it failed): each marker is a mean over its own seeds, and the grid can be drawn
+    only once, so the reader is told that a hard seed may be missing from one side."""
+    seeds = sorted(set(c.runs[(c.runs.label == label) & (c.runs.status == "ok")].seed.astype(int)))
+    if not seeds or seeds == grid_seeds:
+        return label
+    return f"{label} ({seeds_words(seeds)}; the points: {seeds_words(grid_seeds)})"
 
 
 PARETO_PANELS = 6
