@@ -246,6 +246,8 @@ def test_weights_are_shown_as_set_without_trailing_zeros():
     assert shown.weight_task0.tolist() == ["2.7", "0", "1.994"]
     assert shown.weight.tolist() == ["0.3", "0.01173", "-"]
     assert shown.test_loss.tolist() == ["2.700", "0.000", "1.994"]  # measured: decimals line up
+    # An arm's averaged weights, in the main table: three significant digits each.
+    assert display_table(pd.DataFrame({"weights": [[2 / 3, 4 / 3]]})).weights[0] == "(0.667, 1.33)"
 
 
 def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, monkeypatch):

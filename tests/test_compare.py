@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -959,7 +960,28 @@ def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_t
                          if r["arm"] == "grid" else r for r in rows])
     ax = figures.pareto_front(build_comparison("near", manifest, near, [])).axes[0]
     assert ax.get_title() == "" and ax.get_xlim()[1] > 1.2
+    # Past three times the frame's width (1.5 against 0.3), the far points are left beyond it.
+    middle = pd.DataFrame([{**r, "test_loss_a": min(r["test_loss_a"], 2.0), "test_loss_b": min(r["test_loss_b"], 2.0)}
+                           if r["arm"] == "grid" else r for r in rows])
+    ax = figures.pareto_front(build_comparison("middle", manifest, middle, [])).axes[0]
+    assert ax.get_title() == "2 grid points with a weight of 0 lie beyond the axes" and ax.get_xlim()[1] < 1.0
     plt.close("all")
+
+
+def test_the_pareto_front_holds_the_points_no_other_point_beats():
+    losses = np.array([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0], [1.0, 2.0], [3.0, 0.5], [3.0, 3.0]])
+    # Two points alike both stay on it: neither is better than the other in any task.
+    assert figures._pareto_mask(losses).tolist() == [True, True, False, True, True, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=12))
+def test_every_point_off_the_pareto_front_is_beaten_by_one_on_it(points):
+    losses = np.array(points, dtype=float)
+    front = figures._pareto_mask(losses)
+    assert front.any()
+    for i in np.flatnonzero(~front):
+        assert any((losses[j] <= losses[i]).all() and (losses[j] < losses[i]).any() for j in np.flatnonzero(front))
 
 
 def test_the_pareto_and_distance_figures_star_the_grids_chosen_points():
@@ -1123,12 +1145,13 @@ def test_the_compared_arms_keep_their_colours_whatever_other_arms_are_called():
 def with_records(c):
     """`c` with a stored record per run: test-loss curves of two points, the last one final."""
     records = []
+    # Each task's raw loss at its own scale: the curves divide each by its normaliser.
+    normalisers = [4.0 ** i for i in range(len(c.tasks))]
     for row in c.runs.itertuples():
-        curve = [[2 * row.normalized_test_loss / len(c.tasks)] * len(c.tasks),
-                 [row.normalized_test_loss / len(c.tasks)] * len(c.tasks)]
+        curve = [[2 * row.normalized_test_loss / len(c.tasks) * n for n in normalisers],
+                 [row.normalized_test_loss / len(c.tasks) * n for n in normalisers]]
         records.append({"arm": row.arm, "run_key": row.run_key,
-                        "record": {"normalisers": [1.0] * len(c.tasks),
-                                   "curves": {"step": [0, 10], "test": curve}}})
+                        "record": {"normalisers": normalisers, "curves": {"step": [0, 10], "test": curve}}})
     return build_comparison(c.study, c.manifest, c.runs.drop(columns=["variant", "kind", "label"]),
                             records)
 
@@ -1495,6 +1518,10 @@ def test_markdown_tables_keep_their_columns_whatever_the_names_and_reasons_hold(
         assert all(line.replace("\\|", "").count("|") == header for line in lines), name
     assert "| eq\\|ual" in (folder / "main.md").read_text()
     assert "diverged at \\| step 3" in (folder / "failed_runs.md").read_text()
+    # Its runs retried and finished: no failed run now, and no table of them left from before.
+    write_report(hand_made(), tmp_path)
+    assert not (folder / "failed_runs.csv").exists() and not (folder / "failed_runs.md").exists()
+    assert (folder / "main.md").exists()
     plt.close("all")
 
 
@@ -1627,6 +1654,37 @@ def test_the_index_table_keeps_an_arms_labels_together_in_the_studies_order(tmp_
 
     cells = re.findall(r'<td[^>]*class="([^"]*)"[^>]*>([^<]*)</td>', _html(side.reset_index(), lowest=side.reset_index(drop=True)))
     assert [text for classes, text in cells if "lowest" in classes.split()] == ["0.000", "0.000"]
+
+
+def test_the_index_table_places_an_arm_by_its_share_of_each_table(tmp_path):
+    """Halfway down a table of twelve rows comes before three quarters down a table of four."""
+    from bench.report.html import _across_studies
+
+    tables = {"short": ["grid", "gradnorm", "rlw", "equal"],
+              "long": ["grid", *(f"a{i}" for i in range(5)), "dwa", *(f"b{i}" for i in range(5))]}
+    for study, arms in tables.items():
+        (tmp_path / study).mkdir()
+        pd.DataFrame({"arm": arms, "normalized_test_loss": np.arange(len(arms), dtype=float)}).to_csv(
+            tmp_path / study / "main.csv", index=False)
+    order = list(_across_studies([{"study": s, "folder": tmp_path / s} for s in tables]).index)
+    assert order.index("dwa") < order.index("equal") and order.index("b4") > order.index("equal")
+
+
+def test_a_large_grid_shows_its_best_points_on_the_page_and_every_point_in_its_csv(tmp_path):
+    from bench.report import write_report
+
+    rows = []
+    for k in range(25):
+        w = (2 * k / 24, 2 - 2 * k / 24)
+        rows.append(_run("grid", f"w={w[0]:g},{w[1]:g}/seed=0", 0, 1 + abs(k - 12) / 10, 1.0, 0.9, weights=w))
+    rows.append(_run("equal", "seed=0", 0, 1.5, 1.5, 1.4, weights=(1.0, 1.0)))
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "equal": "equal"}, "gradnorm_static_sources": {}}
+    page = write_report(build_comparison("wide", manifest, pd.DataFrame(rows), []), tmp_path)
+    grid = page.read_text().split('<h2 id="grid">')[1].split("</table>")[0]
+    assert "The 20 best are shown; all are in grid_points.csv" in grid
+    assert len(re.findall(r"<tr>\s*<td", grid)) == 20
+    assert len(pd.read_csv(page.parent / "grid_points.csv")) == 25
+    plt.close("all")
 
 
 def test_the_report_says_when_it_was_generated_with_its_time_zone(tmp_path):

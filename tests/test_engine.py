@@ -12,6 +12,7 @@ from bench.errors import ConfigError
 from bench.problems import PROBLEMS
 from bench.problems.toy import ToyProblem
 from bench.training import BatchTrainer, Budget, RunConfig, train, train_runs
+from bench.training.config import derive_seed
 from bench.training.engine import batch_indices, downsample
 from tests.conftest import TINY_TOY, tiny_config
 
@@ -102,6 +103,30 @@ def test_batches_are_epochs_of_permutations():
     assert torch.equal(idx, batch_indices(seed=5, n_train=10, batch_size=3, steps=7))
     # Each seed its own order: seeds are replications, and a shared order would tie their noise.
     assert not torch.equal(idx, batch_indices(seed=6, n_train=10, batch_size=3, steps=7))
+
+
+def test_an_epoch_counts_the_full_batches_the_engine_draws():
+    # Counted as `batch_indices` draws them: an epoch-long warm-up (GradNorm's L_i(0) over the
+    # first epoch, DWA's default period) must end where the engine's epoch does.
+    assert [Budget(batch_size=b).steps_per_epoch(10) for b in (1, 3, 4, 5, 10)] == [10, 3, 2, 2, 1]
+    assert Budget(batch_size=3).steps_per_epoch(None) is None
+    with pytest.raises(ConfigError, match="at most the problem's 10 training examples"):
+        Budget(batch_size=11).steps_per_epoch(10)
+
+
+def test_each_seed_and_stream_gets_its_own_seed_and_only_the_low_32_bits_count():
+    seeds = [derive_seed(s, stream) for s in (0, 1, 2 ** 16, 2 ** 31, 2 ** 32 - 1) for stream in ("init", "batches")]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2 ** 63 for s in seeds)
+    assert derive_seed(2 ** 32 + 5, "init") == derive_seed(5, "init")  # why a study's seeds stop at 2**32 - 1
+
+
+def test_a_budget_refuses_a_tail_with_no_steps_and_a_quick_look_keeps_its_evaluations():
+    with pytest.raises(ConfigError, match="tail_fraction"):
+        Budget(tail_fraction=0.0).validate()  # the tail's mean weights would be a mean over no step
+    Budget(tail_fraction=1.0).validate()
+    budget = Budget(steps=1500, eval_every=100)
+    assert [(b.steps, b.eval_every) for b in (budget.scaled(0.1), budget.scaled(0.0333), budget.scaled(1e-6))] == [
+        (150, 100), (50, 50), (1, 1)]  # rounded, not cut: 49.95 steps are 50; at least one evaluation
 
 
 def test_each_seed_starts_from_its_own_weights_and_sees_its_own_batches_when_stacked():
@@ -243,6 +268,9 @@ def test_batch_runs_must_share_problem_and_budget():
         train_runs([tiny_config("equal"), tiny_config("equal", budget=Budget(steps=3, batch_size=16))])
     with pytest.raises(ValueError):
         train_runs([tiny_config("equal"), tiny_config("gradnorm")])
+    # One stacked model has one dtype: float32 and float64 runs never share a batch.
+    assert tiny_config("equal", dtype="float32").batch_key() != tiny_config("equal", dtype="float64").batch_key()
+    assert tiny_config("static", weights=[1.0, 1.0]).batch_key() == tiny_config("static", weights=[0.5, 1.5]).batch_key()
 
 
 def test_runaway_task_weights_count_as_divergence():

@@ -20,7 +20,7 @@ from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
 from bench.store.export import curves_table, metrics_table, norm_target_gap, runs_table
-from bench.store.results import RUN_KEY, STATUS, ArmTrials, StudyConfigChanged, tell
+from bench.store.results import RUN_KEY, STATUS, SUMMARY, ArmTrials, StudyConfigChanged, tell
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
 from tests.test_engine import PoisonedToy
@@ -68,6 +68,8 @@ def test_every_arm_runs_and_is_stored(store):
     for (arm, key), r in records.items():
         assert r["status"] == "ok"
         assert r["value"] == pytest.approx(r["record"]["normalized_val_loss"])
+        # Beside the value, for optuna-dashboard's trial table.
+        assert {k: r["user_attrs"][k] for k in SUMMARY} == {k: r["record"][k] for k in SUMMARY}
         assert r["params"]["seed"] == r["record"]["config"]["seed"]
 
     # GradNorm static retrains each GradNorm run's time-averaged weights, same seed.
@@ -185,6 +187,28 @@ def test_the_grid_sampler_never_proposes_one_weighting_twice(tasks, n_trials):
     assert len(set(points)) == n_trials, sorted(points)  # distinct
     assert all(w > 0 for p in points for w in p)  # and none gives a task up, as in the paper's grid
     assert all(sum(p) == pytest.approx(tasks) for p in points)
+
+
+@pytest.mark.parametrize("sampler", ["random", "qmc", "grid"])
+def test_the_sampler_seed_chooses_the_points(sampler):
+    """Another `sampler_seed`, other points: for QMC the scrambling of its sequence (unscrambled,
+    every seed gives the same points, the first on the cube's corner, which gives task 0 nothing)."""
+    def proposals(seed):
+        text = sampled_grid(sampler, n_trials=4, parallel_points=4)
+        arm = spec_of(text.replace("parallel_points = 4", f"parallel_points = 4\nsampler_seed = {seed}")).arms["grid"]
+        study = optuna.create_study(sampler=arm.sampler())
+        points = []
+        for _ in range(4):
+            trial = study.ask(arm.cube_distributions())
+            points.append(arm.weights_from_cube(trial.params))
+            tell(study, trial, 0.0)
+        return points
+    assert proposals(0) == proposals(0)
+    if sampler == "grid":  # the same cell centres, in another order
+        assert proposals(0) != proposals(1) and sorted(proposals(0)) == sorted(proposals(1))
+    else:
+        assert set(proposals(0)).isdisjoint(proposals(1))
+    assert all(min(p) > 0 for p in proposals(0))
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "qmc", "grid"])
@@ -595,6 +619,11 @@ def test_deleting_a_study_removes_its_runs_alone_and_its_later_versions_are_stil
     fresh.run()
     assert fresh.name == "tiny" and fresh.trained_here == len(spec_of(TINY).runs())
     assert store.first_free_version("tiny") == "tiny-v3"
+    # In version order, though `tiny` was stored after `tiny-v2`; an Optuna study of someone
+    # else's under a version's name is no version.
+    theirs = optuna.create_study(storage=store.storage, study_name="tiny-v5")
+    theirs.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=1.0))
+    assert [name for name, _ in store.versions("tiny")] == ["tiny", "tiny-v2"]
 
 
 def test_a_study_is_not_deleted_while_a_worker_trains_one_of_its_runs(tmp_path, monkeypatch):
@@ -932,6 +961,17 @@ def test_a_run_finished_by_another_worker_between_two_writes_is_left_to_it(tmp_p
         assert store.fail(arm, trial, "diverged") is False
     trials = [t for t in arm.get_trials() if t.user_attrs.get("run_key") == trial.user_attrs["run_key"]]
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # one copy queued, by the other
+
+
+def test_a_worker_stopping_gives_back_its_own_runs_and_not_those_of_the_others(tmp_path, monkeypatch):
+    """Ctrl-C on one machine must not take the runs another machine is training."""
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
+    assert store.claim(waiting[0], "here:1") and store.claim(waiting[1], "there:2")
+    assert store.release_held("tiny", ["grid", "equal"], "here:1", "interrupted") == 1
+    trials = store.arm_study("tiny", "equal").get_trials()
+    state = {t.number: t.state.name for t in trials}
+    assert state[waiting[0].number] == "FAIL" and state[waiting[1].number] == "RUNNING"
+    assert store.workers("tiny") == {"there:2": 1}
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

@@ -6,6 +6,7 @@ import math
 import random
 from pathlib import Path
 
+import optuna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -131,6 +132,7 @@ def test_runs_of_a_tiny_study(tmp_path):
     assert [r.depends_on for r in statics] == [("gradnorm", r.key) for r in by_arm["gradnorm"]]
     assert spec.config_hash() == spec.with_seeds([0, 1, 2, 3]).config_hash()
     assert spec.config_hash() != spec.quick(0.1).config_hash()
+    assert spec.quick(0.1).name == "tiny-quick"  # stored as a study of its own, beside the full one
 
 
 @pytest.mark.parametrize("old,new", [
@@ -166,7 +168,11 @@ BAD = [
     ("negative weights", TINY + '\n[arms.mine]\nkind = "static"\nweights = [1, -2]\n', "arms.mine.weights"),
     ("weights summing to zero", TINY + '\n[arms.mine]\nkind = "static"\nweights = [0, 0]\n', "arms.mine.weights"),
     ("negative alpha", TINY.replace("alpha = [0.5, 1.0]", "alpha = [-0.5]"), "arms.gradnorm.alpha"),
+    ("one alpha twice (its runs share a key: one would be trained and counted twice)",
+     TINY.replace("alpha = [0.5, 1.0]", "alpha = [1.0, 1]"), "arms.gradnorm.alpha"),
     ("bad resolution", TINY.replace("resolution = 0.5", "resolution = 0.3"), "arms.grid.resolution"),
+    ("a resolution whose inverse is nearly whole (3.03 divisions)", TINY.replace("resolution = 0.5", "resolution = 0.33"),
+     "arms.grid.resolution"),
     ("bad gradnorm option", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\nweight_lr = -1"), "arms.gradnorm.weight_lr"),
     ("static without gradnorm", TINY.replace("[arms.gradnorm]\nalpha = [0.5, 1.0]\n", ""), "arms.gradnorm-static.source"),
     ("bad seeds", TINY.replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds"),
@@ -180,6 +186,8 @@ BAD = [
     ("parallel points a boolean", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nparallel_points = true'), "arms.grid.parallel_points"),
     ("boundary not a boolean", TINY.replace("resolution = 0.5", 'resolution = 0.5\nboundary = "no"'), "arms.grid.boundary"),
     ("one listed point twice (announced as 3 points a seed, trained as 2)", TINY.replace("resolution = 0.5", "points = [[1, 1], [2, 2], [1, 3]]"), "arms.grid.points[1]"),
+    ("one ratio written two ways, its rescaled weights a bit apart (one run key)",
+     TINY.replace("resolution = 0.5", "points = [[1, 2], [0.3, 0.6]]"), "arms.grid.points[1]"),
     ("boundary with listed points", TINY.replace("resolution = 0.5", "points = [[1, 1]]\nboundary = false"), "arms.grid.boundary"),
     ("boundary with a sampler", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 3\nboundary = false'), "arms.grid.boundary"),
     ("no point inside", TINY.replace("resolution = 0.5", "resolution = 1\nboundary = false"), "arms.grid.resolution"),
@@ -234,6 +242,41 @@ def test_a_grid_without_its_boundary_keeps_the_points_that_weight_every_task(tmp
     assert "boundary" not in full.identity()["arms"]["grid"]
     finer = simplex_grid(3, 0.1)
     assert len([p for p in finer if min(p) > 0]) == math.comb(9, 2) == 36  # the default study's
+
+
+def test_listed_weights_are_rescaled_to_sum_to_the_number_of_tasks(tmp_path):
+    """As the paper's grid: only the weights' ratios are chosen, their sum is T."""
+    listed = TINY.replace("resolution = 0.5", "points = [[1, 3], [6, 2]]") + '\n[arms.mine]\nkind = "static"\nweights = [3, 1]\n'
+    spec = StudySpec.load(write(tmp_path, listed))
+    assert spec.arms["grid"].points == [(0.5, 1.5), (1.5, 0.5)]
+    assert [r.key for r in spec.runs() if r.arm == "grid" and r.seed == 0] == ["w=0.5,1.5/seed=0", "w=1.5,0.5/seed=0"]
+    assert [r.balancer_params["weights"] for r in spec.runs() if r.arm == "mine"] == [[1.5, 0.5], [1.5, 0.5]]
+
+
+def test_every_run_can_be_queued_with_its_parameters(tmp_path):
+    """Each run's parameters lie in their distributions, as Optuna checks when it stores a
+    trial: an alpha above 10 did not fit the range [0, 10] once."""
+    text = TINY.replace("alpha = [0.5, 1.0]", "alpha = [0.5, 12.0]") + '\n[arms.mine]\nkind = "static"\nweights = [3, 1]\n'
+    for run in StudySpec.load(write(tmp_path, text)).runs():
+        optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
+                                  params={name: value for name, (value, _) in run.params.items()},
+                                  distributions={name: d for name, (_, d) in run.params.items()})
+
+
+def test_gradnorm_static_retrains_the_averaged_weights_of_its_window(tmp_path):
+    record = {"mean_weights": [1.2, 0.8], "tail_mean_weights": [1.5, 0.5]}
+    whole = StudySpec.load(write(tmp_path, TINY)).arms["gradnorm-static"]
+    tail = StudySpec.load(write(tmp_path, TINY.replace("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "tail"')))
+    assert whole.weights_from(record) == [1.2, 0.8]
+    assert tail.arms["gradnorm-static"].weights_from(record) == [1.5, 0.5]
+
+
+def test_a_sampled_grid_has_the_documented_defaults(tmp_path):
+    sampled = StudySpec.load(write(tmp_path, TINY.replace('method = "exhaustive"\nresolution = 0.5',
+                                                          'method = "optuna"\nn_trials = 3')))
+    grid = sampled.arms["grid"]
+    assert (grid.sampler_name, grid.parallel_points, grid.sampler_seed) == ("tpe", 8, 0)  # as the README says
+    assert sampled.identity()["arms"]["grid"]["parallel_points"] == 8
 
 
 def test_a_grid_is_counted_before_it_is_listed_and_max_points_lets_a_large_one_through(tmp_path):

@@ -165,6 +165,9 @@ def configuration_changes(stored: Any, now: Any, limit: int = 3) -> str:
     >>> configuration_changes({"budget": {"steps": 1500}, "arms": {"equal": {}}},
     ...                       {"budget": {"steps": 300}, "arms": {"equal": {}, "dwa": {}}})
     'budget.steps: 1500 -> 300; arms.dwa: added'
+    >>> configuration_changes({"budget": {"steps": 1, "lr": 1, "batch_size": 1, "eval_every": 1, "tail_fraction": 1}},
+    ...                       {"budget": {"steps": 2, "lr": 2, "batch_size": 2, "eval_every": 2, "tail_fraction": 2}})
+    'budget.steps: 1 -> 2; budget.lr: 1 -> 2; budget.batch_size: 1 -> 2; and 2 more'
     """
     if not isinstance(stored, dict) or not isinstance(now, dict):
         return ""
@@ -196,6 +199,8 @@ def added_arms(stored: Any, now: Any) -> list[str]:
     >>> added_arms(stored, {"budget": {"steps": 1500}, "arms": {"equal": {}, "dwa": {}}})
     ['dwa']
     >>> added_arms(stored, {"budget": {"steps": 300}, "arms": {"equal": {}, "dwa": {}}})
+    []
+    >>> added_arms(stored, {"budget": {"steps": 1500}, "arms": {"equal": {"kind": "static"}, "dwa": {}}})
     []
     """
     if not isinstance(stored, dict) or not isinstance(now, dict):
