@@ -409,6 +409,21 @@ def test_a_twins_tests_are_its_counterparts_and_count_once_in_holms_family():
     assert family_size(c.comparisons, c.twins) == int(alone.p_value.notna().sum())
 
 
+def test_a_test_against_a_twin_is_the_test_against_its_counterpart_and_counts_once():
+    """A second equal-weights arm (the same runs under another name) is a twin that other arms
+    are tested against: each such test is the one against equal again."""
+    c = hand_made()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    copy = runs[runs.arm == "equal"].assign(arm="equal-again")
+    manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "equal-again": "equal"}}
+    both = build_comparison("hand", manifest, pd.concat([runs, copy], ignore_index=True), [])
+    assert both.twins == {"equal-again": "equal"}
+    tests = both.comparisons.set_index(["arm", "versus"])
+    assert tests.p_holm[("gradnorm", "equal-again")] == tests.p_holm[("gradnorm", "equal")] == c.comparisons.set_index(
+        ["arm", "versus"]).p_holm[("gradnorm", "equal")]
+    assert family_size(both.comparisons, both.twins) == family_size(c.comparisons, c.twins)
+
+
 def test_figures_with_a_panel_per_gradnorm_arm_draw_twins_once_and_name_them():
     """MultiMNIST's report drew gradnorm-floor's weights, gradient norms and grid distances in
     panels of their own, each the same as gradnorm's beside it."""

@@ -211,6 +211,24 @@ def test_the_sampler_seed_chooses_the_points(sampler):
     assert all(min(p) > 0 for p in proposals(0))
 
 
+def ready_to_claim(runner: StudyRunner) -> StudyRunner:
+    """`runner` with its study registered and queued, and the heartbeat that `run()` sets up
+    (never started here): ready for `claim_wave`."""
+    runner.prepare()
+    runner.heartbeat = manager.HeartbeatThread(runner.store, 60)
+    return runner
+
+
+def test_a_wave_proposes_parallel_points_points_and_trains_their_other_seeds_with_them(store):
+    runner = ready_to_claim(StudyRunner(spec_of(sampled_grid("random", n_trials=6, parallel_points=2)), store,
+                                        batch_runs=20))
+    sampled = [c for c in runner.claim_wave() if c.arm == "grid"]
+    assert sorted((c.run.point, c.run.seed, c.run.proposal) for c in sampled) == [
+        (0, 0, True), (0, 1, False), (1, 0, True), (1, 1, False)]
+    weights = {(c.run.point, c.run.seed): c.weights for c in sampled}
+    assert weights[(0, 0)] == weights[(0, 1)] and weights[(1, 0)] == weights[(1, 1)]
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "qmc", "grid"])
 def test_two_workers_proposing_side_by_side_propose_distinct_points(store, sampler):
     """Each worker builds the arm's seeded sampler; proposals drawn from one seeded stream in
@@ -218,8 +236,7 @@ def test_two_workers_proposing_side_by_side_propose_distinct_points(store, sampl
     text = sampled_grid(sampler, n_trials=8, parallel_points=4)
     first, second = StudyRunner(spec_of(text), store, batch_runs=2), StudyRunner(spec_of(text), store, batch_runs=2)
     for runner in (first, second):
-        runner.prepare()
-        runner.heartbeat = manager.HeartbeatThread(store, 60)  # what run() sets up; never started here
+        ready_to_claim(runner)
     proposals = [c for runner in (first, second, first, second) for c in runner.claim_wave() if c.run.proposal]
     assert len(proposals) == 8
     points = {tuple(c.weights) for c in proposals}
@@ -285,6 +302,70 @@ def test_an_interruption_between_claiming_a_run_and_holding_it_leaves_nothing_ru
     again = StudyRunner(spec, store)
     assert again.run().left == 0
     assert again.trained_here == len(spec.runs())
+
+
+def claimed_and_trained(store: ResultStore, n: int) -> tuple[StudyRunner, list, list[dict]]:
+    """A runner of the tiny study, the first `n` runs it claims, and their records, not stored."""
+    runner = ready_to_claim(StudyRunner(spec_of(TINY), store, batch_runs=n))
+    claimed = runner.claim_wave()[:n]
+    return runner, claimed, [r.to_dict() for r in manager.train_runs([c.config for c in claimed])]
+
+
+def test_a_result_another_worker_settled_first_is_not_counted_as_trained_here(store, monkeypatch):
+    """Its run was failed as stale and is trained again elsewhere: this worker's summary must not
+    count it among the runs it stored."""
+    runner, (first, second), records = claimed_and_trained(store, 2)
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "complete", lambda *args: False)
+        runner.store_records([first], records[:1])
+    assert runner.trained_here == 0
+    runner.store_records([second], records[1:])
+    assert runner.trained_here == 1
+
+
+def test_gradnorm_batches_train_first_so_that_their_static_retrains_can_start(store):
+    runner = ready_to_claim(StudyRunner(spec_of(TINY), store, batch_runs=4))
+    runner.jobs = 3  # a wave of 12 runs: GradNorm's 4, then the grid's 6 and equal's 2
+    batches = runner.batches(runner.claim_wave())
+    balancers = [batch[0].run.balancer for batch in batches]
+    assert balancers[0] == "gradnorm" and "static" in balancers[1:]
+    sizes = [len(batch) for batch in batches if batch[0].run.balancer != "gradnorm"]
+    assert sizes == sorted(sizes, reverse=True)  # then the largest first
+
+
+def test_a_run_that_ends_without_a_finite_validation_loss_is_stored_as_failed(store):
+    """Optuna would fail a trial told NaN, without the reason that settles it: queued again and
+    trained again for ever."""
+    runner, claimed, records = claimed_and_trained(store, 1)
+    runner.store_records(claimed, [{**records[0], "normalized_val_loss": float("nan")}])
+    (stored,) = [r for r in store.records("tiny") if r["run_key"] == claimed[0].run.key and r["arm"] == claimed[0].arm]
+    assert (stored["status"], stored["reason"]) == ("failed", "non-finite validation loss at the end of training")
+
+
+def test_a_run_seen_lost_is_queued_again_at_the_next_look_not_at_once(store):
+    """The worker giving a run back may be between its two writes (its trial failed, its copy
+    about to be queued): queued at first sight, that run would be queued twice."""
+    runner = StudyRunner(spec_of(TINY), store, poll_interval=0.0)
+    runner.prepare()
+    arm = store.arm_study("tiny", "equal")
+    trial = next(t for t in arm.get_trials() if t.state == optuna.trial.TrialState.WAITING)
+    assert store.claim(trial, "elsewhere:1")
+    tell(arm, trial, state=optuna.trial.TrialState.FAIL)  # given back, its copy not (yet) queued
+
+    def copies():
+        return [t.state.name for t in arm.get_trials() if t.user_attrs.get(RUN_KEY) == trial.user_attrs[RUN_KEY]]
+
+    assert runner._requeue_lost() and copies() == ["FAIL"]
+    assert runner._requeue_lost() and copies() == ["FAIL", "WAITING"]
+    assert not runner._requeue_lost()
+
+
+def test_progress_moves_by_each_runs_share_of_its_steps(store):
+    """A stack of runs counts as that many runs while it trains, not as one that jumps ahead when stored."""
+    reported = []
+    only_equal = TINY.split("[arms.grid]")[0] + "[arms.equal]\n"
+    StudyRunner(spec_of(only_equal), store, batch_runs=2, on_progress=lambda done, total: reported.append(done)).run()
+    assert reported[-1] == 2 and max(b - a for a, b in zip(reported, reported[1:])) <= 0.5
 
 
 def test_a_run_given_back_whose_copy_was_never_queued_is_queued_again(store, monkeypatch, capsys):
@@ -669,6 +750,11 @@ def test_a_diverging_run_is_stored_as_failed_and_the_study_completes(store, monk
     # every run on data seed 13 diverges; GradNorm static runs of a failed GradNorm run fail too
     assert failed and all(k[1].endswith("seed=13") for k in failed)
     assert all("non-finite" in r["reason"] or "GradNorm run" in r["reason"] for r in failed.values())
+    # A failed GradNorm run has no weights to retrain: its static run fails without training, saying why.
+    statics = {key: r for (arm, key), r in failed.items() if arm == "gradnorm-static"}
+    assert len(statics) == 2 and all(r["record"] is None for r in statics.values())
+    assert all(r["reason"] == f"its GradNorm run {key} failed: {records[('gradnorm', key)]['reason']}"
+               for key, r in statics.items())
     assert all(r["status"] == "ok" for k, r in records.items() if k[1].endswith("seed=0"))
     assert progress.failed == len(failed)
 
