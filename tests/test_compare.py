@@ -1050,8 +1050,8 @@ def test_the_distance_figure_sets_gradnorm_against_the_points_on_the_seeds_it_fi
     ax = figures.distance_to_gradnorm(build_comparison("hard seed", manifest, pd.DataFrame(rows), [])).axes[0]
     points = next(col for col in ax.collections if col.get_label() == "all weights > 0")
     assert [y for _, y in points.get_offsets().tolist()] == [0.0, 0.0, 0.0]
-    # The Pareto figure draws the points once, over every seed: the legend says GradNorm's marker
-    # misses the hard seed (there it stood level with the points, and looked better than all).
+    # The Pareto figure draws the points once, over every seed: the legend says that GradNorm's
+    # marker misses the hard seed (level with the points on the seeds they share, it sat below all).
     full = build_comparison("hard seed", manifest, pd.DataFrame(rows), [])
     labels = [t.get_text() for t in figures.pareto_front(full).legends[0].get_texts()]
     assert "gradnorm (seeds 0,1; the points: seeds 0-2)" in labels

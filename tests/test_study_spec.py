@@ -168,7 +168,7 @@ BAD = [
     ("negative weights", TINY + '\n[arms.mine]\nkind = "static"\nweights = [1, -2]\n', "arms.mine.weights"),
     ("weights summing to zero", TINY + '\n[arms.mine]\nkind = "static"\nweights = [0, 0]\n', "arms.mine.weights"),
     ("negative alpha", TINY.replace("alpha = [0.5, 1.0]", "alpha = [-0.5]"), "arms.gradnorm.alpha"),
-    ("one alpha twice (its runs share a key: one would be trained and counted twice)",
+    ("one alpha twice (two runs under one key)",
      TINY.replace("alpha = [0.5, 1.0]", "alpha = [1.0, 1]"), "arms.gradnorm.alpha"),
     ("bad resolution", TINY.replace("resolution = 0.5", "resolution = 0.3"), "arms.grid.resolution"),
     ("a resolution whose inverse is nearly whole (3.03 divisions)", TINY.replace("resolution = 0.5", "resolution = 0.33"),
@@ -254,8 +254,8 @@ def test_listed_weights_are_rescaled_to_sum_to_the_number_of_tasks(tmp_path):
 
 
 def test_every_run_can_be_queued_with_its_parameters(tmp_path):
-    """Each run's parameters lie in their distributions, as Optuna checks when it stores a
-    trial: an alpha above 10 did not fit the range [0, 10] once."""
+    """Each run's parameters lie in their distributions, which Optuna checks (raising
+    ValueError) when it stores a trial: an alpha above 10 widens its range beyond [0, 10]."""
     text = TINY.replace("alpha = [0.5, 1.0]", "alpha = [0.5, 12.0]") + '\n[arms.mine]\nkind = "static"\nweights = [3, 1]\n'
     for run in StudySpec.load(write(tmp_path, text)).runs():
         optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
