@@ -646,13 +646,26 @@ def placing_means(runs: pd.DataFrame, label: str, grid: GridSelection,
     return own[columns].mean(), on.groupby("variant")[columns].mean()
 
 
+def points_seeds(runs: pd.DataFrame, grid: GridSelection) -> list[int]:
+    """The seeds a grid's eligible points are compared over: those the point was chosen on where
+    the points have finished different seeds, else every seed they finished."""
+    if grid.shared_seeds:
+        return sorted(grid.shared_seeds)
+    return sorted(set(_eligible_runs(runs, grid).seed.astype(int)))
+
+
+def _eligible_runs(runs: pd.DataFrame, grid: GridSelection) -> pd.DataFrame:
+    """The finished runs of the grid's points without a failed seed."""
+    points = grid.points[grid.points.failed == 0]
+    return runs[(runs.arm == grid.arm) & runs.variant.isin(points.point) & (runs.status == "ok")]
+
+
 def _placed_runs(runs: pd.DataFrame, label: str, grid: GridSelection) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Label's finished runs and the eligible points' on the seeds `placing` compares them on;
     None for the points' runs where each is taken over all its seeds."""
-    points = grid.points[grid.points.failed == 0]
     own = runs[(runs.label == label) & (runs.status == "ok")]
-    grid_runs = runs[(runs.arm == grid.arm) & runs.variant.isin(points.point) & (runs.status == "ok")]
-    grid_seeds = set(grid.shared_seeds) if grid.shared_seeds else set(grid_runs.seed)
+    grid_runs = _eligible_runs(runs, grid)
+    grid_seeds = set(points_seeds(runs, grid))
     seeds = set(own.seed) & grid_seeds
     if not seeds or (seeds == grid_seeds and not grid.shared_seeds):
         return own, None

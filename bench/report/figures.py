@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from bench.compare.analysis import Comparison, GridSelection, placing_means, representatives, seeds_words  # noqa: E402
+from bench.compare.analysis import Comparison, GridSelection, placing_means, points_seeds, representatives, seeds_words  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number, join_words  # noqa: E402
 
@@ -692,7 +692,7 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     # others', and drawn to scale they squeezed every arm into one corner. Each panel's axes then
     # frame the points that weight both of its tasks, and the arms, and say how many lie beyond.
     weights = points[[f"weight_{t}" for t in c.tasks]].to_numpy(dtype=float)
-    drawn = _grid_seeds(c, arm, grid)
+    drawn = points_seeds(c.runs, grid)  # as `_grid` draws them
     fig, axes = _panels(len(pairs), 5.4, 4.8)
     for ax, (i, j) in zip(axes, pairs):
         ax.scatter(losses[~front, i], losses[~front, j], s=14, color="0.65", label=f"{arm} points")
@@ -730,13 +730,6 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     else:
         _legend_below(fig, handles, labels, ncol=4)
     return fig
-
-
-def _grid_seeds(c: Comparison, arm: str, grid: GridSelection) -> list[int]:
-    """The seeds the grid's points are drawn over (see `_grid`)."""
-    if grid.shared_seeds:
-        return sorted(grid.shared_seeds)
-    return sorted(set(c.runs[(c.runs.arm == arm) & (c.runs.status == "ok")].seed.astype(int)))
 
 
 def _seeds_drawn(c: Comparison, label: str, grid_seeds: list[int]) -> str:
