@@ -75,6 +75,12 @@ def test_uncertainty_update_is_an_adam_step_on_the_log_variances():
     assert balancer.weights()[0].tolist() == pytest.approx([0.5 * math.exp(-0.1), 0.5 * math.exp(0.1)])
 
 
+def test_uncertainty_starts_from_its_initial_log_variance():
+    balancer = Uncertainty([UncertaintyParams(initial_log_variance=1.0)], tasks("regression", "classification"), **CPU)
+    assert balancer.log_variance.detach().tolist() == [[1.0, 1.0]]
+    assert balancer.weights()[0].tolist() == pytest.approx([0.5 * math.exp(-1.0), math.exp(-1.0)])
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.lists(st.sampled_from(["regression", "classification"]), min_size=1, max_size=3).flatmap(
     lambda kinds: st.tuples(st.just(kinds), st.lists(st.lists(st.floats(0.05, 20.0), min_size=len(kinds),
@@ -233,3 +239,30 @@ def test_rlw_keeps_a_stopped_runs_weights_and_needs_seeds():
     assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
     with pytest.raises(ValueError, match="seed"):
         RLW([RLWParams()], tasks("regression", "regression"), **CPU)
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+@settings(max_examples=10, deadline=None)
+@given(stopped_at=st.integers(0, 5),
+       rows=st.lists(st.lists(st.floats(0.05, 20.0), min_size=4, max_size=4), min_size=8, max_size=8))
+def test_a_stopped_run_keeps_its_weights_finite_and_fixed_and_the_other_run_goes_on_as_alone(name, stopped_at, rows):
+    """The contract of `stop_runs`, for every method: from the step its run failed, a row's losses
+    and gradient norms are whatever the failed slice computes (NaN here); its weights stay where
+    they were, finite, and the other run's weights are step for step those it would have alone."""
+    cls, kinds = BALANCERS[name], tasks("regression", "classification")
+    params = build_balancer_params(name, {"weights": (1.0, 3.0)} if name == "static" else {})
+    drawn = torch.tensor(rows, dtype=torch.float64)  # per step: the losses and norms of the live run
+    pair = cls([params] * 2, kinds, seeds=[3, 4], **CPU)
+    alone = cls([params], kinds, seeds=[4], **CPU)
+    for step, values in enumerate(drawn):
+        losses, norms = values[:2], values[2:]
+        if step == stopped_at:
+            pair.stop_runs(torch.tensor([True, False]))
+            held = pair.weights()[0].clone()
+        failed = torch.full_like(losses, math.nan) if step >= stopped_at else losses
+        pair.update(step, torch.stack([failed, losses]), torch.stack([failed, norms]))
+        alone.update(step, losses[None], norms[None])
+        # Up to rounding: GradNorm's fused Adam rounds a row of a stack of two and a lone row differently.
+        assert torch.allclose(pair.weights()[1], alone.weights()[0], rtol=1e-12, atol=0)
+        if step >= stopped_at:
+            assert torch.equal(pair.weights()[0], held) and bool(torch.isfinite(held).all())

@@ -399,14 +399,19 @@ def test_alpha_zero_drives_weighted_norms_together_for_fixed_gradients(norms):
     assert spread_after <= max(1.1, 1 + (spread_before - 1) / 4) or spread_before < 1.1
 
 
-def test_parameter_validation():
+@pytest.mark.parametrize("bad,field", [
+    ({"alpha": -0.1}, "alpha"), ({"alpha": math.nan}, "alpha"), ({"weight_lr": 0}, "weight_lr"),
+    ({"floor": 1.5}, "floor"), ({"floor": 0.0}, "floor"),
+    ({"floor": 1.0}, "floor"),  # the mean weight is 1: a floor of 1 binds every weight to it, equal weights
+    ({"floor": 0.1, "parametrisation": "softmax"}, "floor"), ({"grad_params": "everything"}, "grad_params"),
+    ({"initial_loss_steps": 0}, "initial_loss_steps"),
+])
+def test_parameter_validation(bad, field):
     from bench.balancers import build_balancer_params
     from bench.errors import ConfigError
 
-    for bad in ({"alpha": -0.1}, {"weight_lr": 0}, {"floor": 1.5}, {"floor": 0.1, "parametrisation": "softmax"},
-                {"grad_params": "everything"}, {"initial_loss_steps": 0}):
-        with pytest.raises(ConfigError):
-            build_balancer_params("gradnorm", bad)
+    with pytest.raises(ConfigError, match=rf"balancer\.{field}: expected"):
+        build_balancer_params("gradnorm", bad)
 
 
 def test_a_failed_runs_steps_are_not_counted_after_it_failed():
