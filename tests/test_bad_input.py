@@ -185,20 +185,39 @@ import dataclasses
 from bench.problems import Split, build_problem
 
 class Broken(type(build_problem("toy"))):
+    def __init__(self, params, change):
+        super().__init__(params)
+        self.change = change
+
     def _load(self, data_seed):
         data = super()._load(data_seed)
-        return dataclasses.replace(data, val=Split(data.val.inputs, data.val.targets[:1]))
+        if self.change == "empty":
+            return dataclasses.replace(data, val=Split(data.val.inputs[:0], tuple(t[:0] for t in data.val.targets)))
+        if self.change == "":
+            return dataclasses.replace(data, val=Split(data.val.inputs, data.val.targets[:1]))
+        return data
 
-def broken():
-    return Broken(build_problem("toy", {"n_train": 50, "n_val": 10, "n_test": 10}).params)
+    def build_model(self, init_seeds):
+        return super().build_model([*init_seeds, 99] if self.change == "extra run" else init_seeds)
+
+def broken(change=""):
+    return Broken(build_problem("toy", {"n_train": 50, "n_val": 10, "n_test": 10}).params, change)
 """
 
 
-def test_a_problem_of_ones_own_whose_data_lacks_a_target(workdir, capsys, monkeypatch):
+@pytest.mark.parametrize("change,expected", [
+    ("", "expected Broken._load to return one target tensor per task (2) in every split, got '1 in val'"),
+    ("empty", "expected Broken._load to return splits of at least one example, got '0 in val'"),
+    ("extra run", "expected Broken.build_model to return a model with one head per task (2) for 1 stacked run, "
+                  "got '2 heads for 2 runs'"),
+])
+def test_a_problem_of_ones_own_whose_data_or_model_is_not_what_it_must_be(workdir, capsys, monkeypatch, change,
+                                                                        expected):
     (workdir / "broken_problem.py").write_text(BROKEN_PROBLEM)
     monkeypatch.syspath_prepend(str(workdir))
-    code, line = run(["train", "--problem", "broken_problem:broken", "--steps", "1", "--batch-size", "10"], capsys)
-    assert code == 2 and "Broken._load to return one target tensor per task (2)" in line and "1 in val" in line
+    code, line = run(["train", "--problem", "broken_problem:broken", "-p", f"change={change}", "--steps", "1",
+                      "--batch-size", "10"], capsys)
+    assert code == 2 and expected in line
 
 
 MISFIT_PROBLEM = """
@@ -786,6 +805,12 @@ def test_heartbeats_that_would_retrain_live_runs(workdir, capsys, options, field
     code, line = run(["run", "--study", study(workdir), *options], capsys)
     assert code == 2 and line.startswith(f"error: {field}:")
     assert not (workdir / "results").exists()
+
+
+def test_a_status_grace_of_no_seconds_is_refused(workdir, capsys):
+    """With --grace 0, every run in flight would be called stopped between two heartbeats."""
+    code, line = run(["status", "--grace", "0"], capsys)
+    assert code == 2 and line == "error: --grace: expected a whole number of seconds >= 1, got 0"
 
 
 @pytest.mark.parametrize("options", [["--jobs", "0"], ["--batch-runs", "0"]])

@@ -14,7 +14,7 @@ from bench.problems.toy import ToyProblem
 from bench.training import BatchTrainer, Budget, RunConfig, train, train_runs
 from bench.training.config import derive_seed
 from bench.training.engine import batch_indices, downsample
-from tests.conftest import TINY_TOY, tiny_config
+from tests.conftest import TINY_BUDGET, TINY_TOY, tiny_config
 
 BALANCER_CASES = [
     ("equal", {}),
@@ -200,6 +200,23 @@ def test_a_task_weighted_zero_never_trains_its_head():
     for i, (before, now) in enumerate(zip(heads, after)):
         untouched = (before == now).flatten(1).all(dim=1).tolist()
         assert untouched == ([True, True, False] if i // 2 == 2 else [False, False, False]), i
+
+
+@pytest.mark.parametrize("balancer,params", [("equal", {}), ("gradnorm", {"alpha": 1.0}),
+                                             ("gradnorm", {"alpha": 1.0, "grad_params": "representation"}),
+                                             ("gradnorm", {"alpha": 1.0, "grad_params": "all_shared"})])
+def test_a_training_step_computes_the_model_that_evaluation_scores(balancer, params):
+    """Training computes the trunk layer by layer (to take GradNorm's norms where it cuts the
+    graph), evaluation calls the model: on one full batch of the training set, both give the
+    same losses, after training steps too (the last shared layer's activation included)."""
+    budget = dataclasses.replace(TINY_BUDGET, batch_size=TINY_TOY["n_train"])
+    trainer = BatchTrainer([tiny_config(balancer, seed=s, budget=budget, **params) for s in (0, 1)])
+    for step in range(3):
+        trainer.evaluate()
+        x, targets = trainer.training_batch(step)
+        losses, _ = trainer.compute_gradients(x, targets, trainer.balancer.weights())
+        torch.testing.assert_close(losses, trainer.eval_losses["train"][-1], rtol=1e-12, atol=0)
+        trainer.step(step)
 
 
 def test_evaluation_does_not_depend_on_its_chunk_size():

@@ -164,6 +164,8 @@ def non_finite_rows(inputs: Tensor, chunk_elements: int = 1 << 22) -> tuple[int,
 
     >>> non_finite_rows(torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [3.0, float("inf")]]))
     (2, 1)
+    >>> non_finite_rows(torch.tensor([[0.0], [1.0], [float("nan")], [4.0]]), chunk_elements=1)  # a row at a time
+    (1, 2)
     """
     if not inputs.is_floating_point():
         return None
