@@ -4,6 +4,7 @@ speed is reported by `bench perf`, never tested against a clock."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,13 @@ def test_plan_batches_groups_by_key_and_caps_the_size():
         assert seeds == sorted(seeds)
 
 
+
+def test_plan_batches_keeps_the_runs_of_one_data_seed_together():
+    """Runs of one data seed share their input batches: stacked apart, each stack gathers its own."""
+    configs = [tiny_config("static", seed=s, weights=(1.0, 2.0)) for s in range(4)]
+    configs = [dataclasses.replace(c, data_seed=d).validated() for c, d in zip(configs, (1, 0, 1, 0))]
+    assert plan_batches(configs, max_runs=2) == [[1, 3], [0, 2]]
+
 def test_plan_batches_gives_every_parallel_worker_a_stack_down_to_a_floor():
     configs = [tiny_config("static", seed=s % 2, weights=(1.0, float(s + 1))) for s in range(40)]
     sizes = lambda plan: sorted(len(b) for b in plan)  # noqa: E731
@@ -56,6 +64,19 @@ def test_a_cpu_stacks_as_many_runs_as_keep_the_stack_in_cache(monkeypatch):
         assert max_stacked_runs(config, cuda) == 72
     assert max_stacked_runs(config, cpu, cap=50) == 50  # --batch-runs overrides
 
+
+
+def test_a_runs_memory_counts_parameters_gradients_adam_moments_and_a_batchs_activations():
+    # The tiny toy in float64, batch 16: parameters 8*6+6, 6*6+6 and two heads of 6*3+3; the
+    # layers' outputs (its leaf modules': two trunk layers, the activation, two heads) 16*(6+6+6+3+3).
+    params, activations = 8 * 6 + 6 + 6 * 6 + 6 + 2 * (6 * 3 + 3), 16 * (6 + 6 + 6 + 3 + 3)
+    assert batching.run_memory_bytes(tiny_config("equal")) == 8 * (4 * params + 3 * activations)
+
+
+def test_a_problem_that_does_not_stack_trains_one_run_at_a_time(monkeypatch):
+    config = tiny_config("equal")
+    monkeypatch.setattr(type(problem_for(config)), "supports_stacking", False)
+    assert max_stacked_runs(config, torch.device("cpu")) == max_stacked_runs(config, torch.device("cpu"), cap=50) == 1
 
 def test_max_stacked_runs_follows_the_memory_available(monkeypatch):
     config = tiny_config("equal")
@@ -97,6 +118,15 @@ def test_benchmark_reports_every_figure(tmp_path):
     for key in ("batched_speedup", "peak_fraction", "matmul_gflops", "batched_s", "sequential_s",
                 "peak_memory_mb", "plain_speedup"):
         assert figures[key] > 0, key
+    # Each ratio is the one its name and the README state, the slow side over the fast one:
+    # arithmetic on the figures reported, not a timing.
+    assert figures["batched_speedup"] == pytest.approx(figures["sequential_s"] / figures["batched_s"])
+    assert figures["peak_fraction"] == pytest.approx(figures["batched_gflops"] / figures["matmul_gflops"])
+    assert figures["single_peak_fraction"] == pytest.approx(figures["single_gflops"] / figures["matmul_gflops"])
+    assert figures["plain_speedup"] == pytest.approx(figures["plain_step_ms"] / figures["batched_step_ms_per_run"])
+    # The throughput counts every stacked run's work: per run and step, the stack's FLOPs are a lone run's.
+    assert (figures["batched_gflops"] * figures["batched_step_ms_per_run"]
+            == pytest.approx(figures["single_gflops"] * figures["single_step_ms"]))
     assert set(figures["gradnorm_step_ratio"]) == {"2", "10", "20"}
     assert all(v > 0 for v in figures["gradnorm_step_ratio_batched"].values())
     path = tmp_path / "perf.csv"
