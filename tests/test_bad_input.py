@@ -969,14 +969,16 @@ def test_a_problem_of_ones_own_with_bad_tasks(workdir, capsys, monkeypatch, chan
     assert code == 2 and f"Bad._tasks to return {expected}" in line
 
 
-def test_a_write_cut_short_is_set_aside_before_an_append_buries_it(workdir, capsys):
+@pytest.mark.parametrize("torn", [b'{"op_code": 5, "worker_id": "cut sho',
+                                  # cut just before its newline: whole JSON, but no reader takes a line without one
+                                  b'{"op_code": 5, "worker_id": "cut short"}'], ids=["mid-record", "before-newline"])
+def test_a_write_cut_short_is_set_aside_before_an_append_buries_it(workdir, capsys, torn):
     """Optuna's reader skips a cut-short last line, and its next append glued the two into a line
     that stopped every later read with a bare JSONDecodeError (optuna/optuna#5138)."""
     path = study(workdir)
     assert main(["run", "--study", path, "--seeds", "0"]) == 0
     journal = workdir / "results" / "bench.journal"
     intact = journal.read_bytes()
-    torn = b'{"op_code": 5, "worker_id": "cut sho'  # a killed process's write
     journal.write_bytes(intact + torn)
     assert main(["status", "--study", "tiny"]) == 0  # reading skips the last line, as Optuna does
     assert journal.read_bytes() == intact + torn
@@ -1076,6 +1078,8 @@ def test_an_sqlite_database_in_a_folder_yet_to_be_made(workdir, capsys):
     code, line = run(["status", "--study", "tiny", "--storage", "sqlite:///elsewhere/bench.db"], capsys)
     assert code == 2 and "no results at sqlite:///elsewhere/bench.db" in line
     assert not (workdir / "elsewhere").exists()  # reading makes nothing
+    # A URL's query (SQLAlchemy's options) is no part of the file's name: the database is there.
+    assert main(["status", "--study", "tiny", "--storage", "sqlite:///results/bench.db?timeout=30"]) == 0
 
 
 def test_an_sqlite_database_and_a_journal_each_given_as_the_other(workdir, capsys):

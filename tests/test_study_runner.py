@@ -912,6 +912,22 @@ def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
     assert StudyRunner(spec_of(TINY), other).run().left == 0
 
 
+
+def test_a_run_taken_moments_ago_is_not_stale_whatever_heartbeat_it_carries(tmp_path, monkeypatch):
+    """A copy queued by an older version kept its last holder's heartbeat, an hour old, say: in the
+    journal, the run's start counts too, or every worker would take it for abandoned the moment
+    another took it, and train it twice."""
+    from bench.store.storage import HEARTBEAT_ATTR
+
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
+    store = ResultStore(store.url, heartbeat_interval=1, grace_period=30)
+    trial = waiting[0]
+    assert store.claim(trial, "taker:1")
+    store.storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+    store.fail_stale("tiny", ["equal"])
+    latest = store.arm_trials("tiny", ["equal"])["equal"].by_key[trial.user_attrs["run_key"]]
+    assert latest.state == optuna.trial.TrialState.RUNNING and latest.number == trial.number
+
 def test_a_study_whose_creator_was_killed_while_storing_its_manifest_is_stored_again(
         store, monkeypatch, capsys):
     """A worker killed between creating the study and writing the last of its manifest left the
