@@ -33,12 +33,12 @@ def test_plan_batches_groups_by_key_and_caps_the_size():
         assert seeds == sorted(seeds)
 
 
-
 def test_plan_batches_keeps_the_runs_of_one_data_seed_together():
     """Runs of one data seed share their input batches: stacked apart, each stack gathers its own."""
     configs = [tiny_config("static", seed=s, weights=(1.0, 2.0)) for s in range(4)]
     configs = [dataclasses.replace(c, data_seed=d).validated() for c, d in zip(configs, (1, 0, 1, 0))]
     assert plan_batches(configs, max_runs=2) == [[1, 3], [0, 2]]
+
 
 def test_plan_batches_gives_every_parallel_worker_a_stack_down_to_a_floor():
     configs = [tiny_config("static", seed=s % 2, weights=(1.0, float(s + 1))) for s in range(40)]
@@ -65,7 +65,6 @@ def test_a_cpu_stacks_as_many_runs_as_keep_the_stack_in_cache(monkeypatch):
     assert max_stacked_runs(config, cpu, cap=50) == 50  # --batch-runs overrides
 
 
-
 def test_a_runs_memory_counts_parameters_gradients_adam_moments_and_a_batchs_activations():
     # The tiny toy in float64, batch 16: parameters 8*6+6, 6*6+6 and two heads of 6*3+3; the
     # layers' outputs (its leaf modules': two trunk layers, the activation, two heads) 16*(6+6+6+3+3).
@@ -77,6 +76,7 @@ def test_a_problem_that_does_not_stack_trains_one_run_at_a_time(monkeypatch):
     config = tiny_config("equal")
     monkeypatch.setattr(type(problem_for(config)), "supports_stacking", False)
     assert max_stacked_runs(config, torch.device("cpu")) == max_stacked_runs(config, torch.device("cpu"), cap=50) == 1
+
 
 def test_max_stacked_runs_follows_the_memory_available(monkeypatch):
     config = tiny_config("equal")

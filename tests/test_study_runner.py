@@ -912,7 +912,6 @@ def test_a_worker_killed_part_way_through_a_claim_leaves_its_run_to_the_others(
     assert StudyRunner(spec_of(TINY), other).run().left == 0
 
 
-
 def test_a_run_taken_moments_ago_is_not_stale_whatever_heartbeat_it_carries(tmp_path, monkeypatch):
     """A copy queued by an older version kept its last holder's heartbeat, an hour old, say: in the
     journal, the run's start counts too, or every worker would take it for abandoned the moment
@@ -927,6 +926,7 @@ def test_a_run_taken_moments_ago_is_not_stale_whatever_heartbeat_it_carries(tmp_
     store.fail_stale("tiny", ["equal"])
     latest = store.arm_trials("tiny", ["equal"])["equal"].by_key[trial.user_attrs["run_key"]]
     assert latest.state == optuna.trial.TrialState.RUNNING and latest.number == trial.number
+
 
 def test_a_study_whose_creator_was_killed_while_storing_its_manifest_is_stored_again(
         store, monkeypatch, capsys):
