@@ -118,8 +118,8 @@ def test_benchmark_reports_every_figure(tmp_path):
     for key in ("batched_speedup", "peak_fraction", "matmul_gflops", "batched_s", "sequential_s",
                 "peak_memory_mb", "plain_speedup"):
         assert figures[key] > 0, key
-    # Each ratio is the one its name and the README state, the slow side over the fast one:
-    # arithmetic on the figures reported, not a timing.
+    # Each ratio is the one its name and the README state (sequential over batched time, batched
+    # over matmul throughput, ...): arithmetic on the figures reported, not a timing.
     assert figures["batched_speedup"] == pytest.approx(figures["sequential_s"] / figures["batched_s"])
     assert figures["peak_fraction"] == pytest.approx(figures["batched_gflops"] / figures["matmul_gflops"])
     assert figures["single_peak_fraction"] == pytest.approx(figures["single_gflops"] / figures["matmul_gflops"])
