@@ -148,6 +148,8 @@ def test_problem_options_of_the_wrong_type(workdir, capsys, option, value, expec
     (["--balancer", "static", "--weights", "1,2,3"], "--weights: expected 2 weights, one per task"),
     (["--balancer", "gradnorm", "--alpha", "-1"], "--alpha: expected a finite number >= 0, got -1.0"),
     (["--balancer", "gradnorm", "-b", "alpha=-1"], "-b alpha: expected a finite number >= 0, got -1.0"),
+    (["--balancer", "gradnorm", "-b", "initial_loss=log_classes"],
+     "-b initial_loss: expected 'first_step' or 'mean_first_steps' for a problem without classification tasks"),
     (["--eval-every", "0"], "--eval-every: expected an integer >= 1, got 0"),
     (["--dtype", "float16"], "--dtype: expected 'float32' or 'float64', got 'float16'"),
     # Checked when the data loads, after the configuration: said of the same option.
@@ -706,6 +708,44 @@ def test_a_study_whose_problem_code_changed_keeps_what_is_stored(workdir, capsys
     assert fingerprint.startswith("own_code.py ") and fingerprint != ResultStore().manifest("tiny")["identity"]["problem_code"]
     assert main(["compare", "--study", "tiny-v2"]) == 0
     assert f"<dt>problem code</dt><dd>{fingerprint}</dd>" in (workdir / "reports" / "tiny-v2" / "index.html").read_text()
+
+
+def test_a_problem_in_a_package_is_fingerprinted_by_every_module_of_its_package(workdir):
+    """The problem's function sits in one module of a package and its scale in another: an edit
+    to either is an edit to the problem's code (a fingerprint of the function's module alone
+    would have let the study go on with runs of the old code)."""
+    from bench.problems import build_problem
+
+    package = workdir / "own_package"
+    (package / "problems").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "problems" / "__init__.py").write_text("")
+    (package / "scales.py").write_text("SCALE = 10.0\n")
+    (package / "problems" / "make.py").write_text(
+        "from bench.problems import build_problem\nfrom own_package.scales import SCALE\n\n\n"
+        "def mine(**options):\n    return build_problem('toy', {**options, 'sigmas': [1.0, SCALE]})\n\n\n"
+        "NOT_A_FUNCTION = 3\n")
+    first = build_problem("own_package.problems.make:mine", {}).code_fingerprint
+    assert first.startswith("own_package/ (4 files) ")
+    (package / "scales.py").write_text("SCALE = 20.0\n")
+    assert build_problem("own_package.problems.make:mine", {}).code_fingerprint != first
+    with pytest.raises(ConfigError, match="expected a function 'NOT_A_FUNCTION' in module 'own_package.problems.make'"):
+        build_problem("own_package.problems.make:NOT_A_FUNCTION", {})
+
+
+@pytest.mark.parametrize("function,expected", [
+    ("needs_scale", "problem: expected options picky:needs_scale accepts (needs_scale() missing 1 required "
+                    "positional argument: 'scale'), got {}"),
+    ("not_a_problem", "problem: expected picky:not_a_problem to return a bench.problems.Problem, got 'dict'"),
+])
+def test_a_problem_function_called_without_what_it_needs_or_returning_no_problem(workdir, function, expected):
+    from bench.problems import build_problem
+
+    (workdir / "picky.py").write_text("def needs_scale(scale):\n    return scale\n\n\n"
+                                      "def not_a_problem(**options):\n    return {'tasks': 2}\n")
+    with pytest.raises(ConfigError) as err:
+        build_problem(f"picky:{function}", {})
+    assert str(err.value) == expected
 
 
 def test_a_study_stored_before_problem_code_was_fingerprinted_is_continued(workdir, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -33,6 +34,8 @@ def test_summary_mean_std_and_t_interval():
     assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)
     assert s.ci_low == pytest.approx(2 - half) and s.ci_high == pytest.approx(2 + half)
     assert math.isnan(summarize([4.0]).ci_low)
+    # A run with no value (None, NaN or inf) counts in none of them.
+    assert summarize([1.0, None, 2.0, math.nan, 3.0, math.inf]) == s
 
 
 def test_standing_among_grid_points():
@@ -40,6 +43,9 @@ def test_standing_among_grid_points():
     assert (s.rank, s.n_better, s.n_points, s.percentile) == (2, 1, 4, 75.0)
     best = standing(0.5, [1.0, 2.0])
     assert (best.rank, best.n_better, best.percentile) == (1, 0, 100.0)
+    # A point tied with the value is neither better nor worse.
+    tied = standing(2.0, [1.0, 2.0, 3.0, 4.0])
+    assert (tied.rank, tied.n_better, tied.percentile) == (2, 1, 50.0)
 
 
 def test_l2_distance():
@@ -49,7 +55,7 @@ def test_l2_distance():
 @pytest.mark.parametrize("value, digits, text", [
     (2.4, 4, "2.400"), (2.478, 4, "2.478"), (237.84, 4, "237.8"), (9249.4, 4, "9249"),
     (123456.7, 4, "123457"), (0.30412, 3, "0.304"), (9.99996, 4, "10.00"), (-6.0, 2, "-6.0"),
-    (0.0090, 2, "0.0090"), (1.2e-7, 3, "1.20e-07"), (0.0, 4, "0"), (math.nan, 4, "nan"),
+    (0.0090, 2, "0.0090"), (0.00045, 2, "0.00045"), (1.2e-7, 3, "1.20e-07"), (0.0, 4, "0"), (math.nan, 4, "nan"),
     (999999.4, 4, "999999"), (321065144.0, 4, "3.211e+08"),
 ])
 def test_figures_in_sentences_keep_their_significant_digits(value, digits, text):
@@ -62,6 +68,8 @@ def test_paired_comparison_and_its_sentence():
     b = {0: 2.0, 1: 3.0, 2: 5.0, 3: 9.0}  # seed 3 has no partner: left out
     r = paired(a, b)
     assert (r.n, r.wins) == (3, 3)
+    # A seed without a finite value on either side is no pair either.
+    assert paired({**a, 4: math.nan, 5: 1.0, 6: None}, {**b, 4: 1.0, 5: math.inf, 6: 1.0}) == r
     assert r.mean_difference == pytest.approx(-4 / 3)
     assert r.p_value == pytest.approx(sps.ttest_rel([1, 2, 3], [2, 3, 5]).pvalue)
     assert r.p_value == pytest.approx(0.0572, abs=1e-3)  # t = -4 with 2 degrees of freedom
@@ -77,7 +85,14 @@ def test_paired_comparison_and_its_sentence():
     assert describe("equal", "the grid", same).startswith(
         "equal is level with the grid, lower on 0 and higher on 0 of 2 seeds (")
     assert "no test (equal on every seed)" in describe("equal", "the grid", same)
+    assert math.isnan(same.p_value) and math.isnan(same.wilcoxon_p)  # SciPy's Wilcoxon says 1.0, and warns
     assert "too few seeds" in describe("a", "b", paired({0: 1.0}, {0: 2.0}))
+    # Lower by the same amount on every seed: no spread, so t is infinite and p is 0.
+    steady = paired({0: 1.0, 1: 2.0, 2: 4.0}, {0: 1.5, 1: 2.5, 2: 4.5})
+    assert (steady.p_value, steady.effect_size, steady.wins) == (0.0, -math.inf, 3)
+    assert "paired t-test p < 0.0001, effect size d = -inf" in describe("a", "b", steady)
+    clear = dataclasses.replace(steady, p_value=0.00052, effect_size=-3.14159)
+    assert "paired t-test p = 0.00052, effect size d = -3.1)" in describe("a", "b", clear)
     # Lower on most seeds, higher on the mean (one seed far off): both are said.
     mixed = paired({0: 1.0, 1: 1.0, 2: 5.0}, {0: 2.0, 1: 2.0, 2: 2.0})
     assert describe("mine", "equal weights", mixed).startswith(

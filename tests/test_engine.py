@@ -56,6 +56,10 @@ def test_record_holds_what_a_run_produced():
     config = tiny_config("gradnorm", tasks=3, alpha=1.0)
     record = train(config)
     assert record.status == "ok" and record.reason is None
+    # The data seed defaults to the seed, and the record says which it was.
+    assert record.config["data_seed"] == record.to_dict()["data_seed"] == config.seed == 0
+    other = train(dataclasses.replace(tiny_config("equal", seed=1), data_seed=4))
+    assert (other.config["seed"], other.config["data_seed"], other.to_dict()["data_seed"]) == (1, 4, 4)
     assert len(record.train_loss) == len(record.val_loss) == len(record.test_loss) == 3
     norm = [t ** 2 for t in (1.0, 3.0, 9.0)]
     assert record.normalisers == norm
@@ -72,6 +76,33 @@ def test_record_holds_what_a_run_produced():
     assert set(record.traces) == {"grad_norms", "target_norms"}
 
 
+def test_each_run_of_a_stack_is_charged_its_share_of_the_stack_s_time():
+    """The comparison's cost of an arm sums its runs' wall times: three runs stacked and trained
+    in t seconds cost t in all, not 3t."""
+    records = train_runs([tiny_config("equal", seed=s) for s in (0, 1, 2)])
+    assert [r.batch_runs for r in records] == [3, 3, 3]
+    assert sum(r.wall_time_s for r in records) == pytest.approx(records[0].batch_wall_time_s, rel=1e-12)
+    assert len({r.wall_time_s for r in records}) == 1
+
+
+@pytest.mark.parametrize("steps,reported", [(20, list(range(1, 21))), (250, list(range(2, 251, 2)))])
+def test_progress_is_reported_every_hundredth_of_the_run_and_at_its_end(steps, reported):
+    calls = []
+    train(tiny_config("equal", budget=dataclasses.replace(TINY_BUDGET, steps=steps, eval_every=steps)), calls.append)
+    assert calls == reported
+
+
+def test_a_metric_without_a_value_is_stored_as_none():
+    """A metric undefined on a split (an RMS over no valid pixel is 0 / 0) is None in the record,
+    as JSON has no NaN, and the other run of the stack keeps its value."""
+    from bench.training.engine import _metric_table
+
+    tasks = BatchTrainer([tiny_config("equal")]).tasks
+    final = {"test": {(1, "rms"): torch.tensor([math.nan, 0.5], dtype=torch.float64)}}
+    assert _metric_table(tasks, final, 0) == {"test": {"rms": [None, None]}}
+    assert _metric_table(tasks, final, 1) == {"test": {"rms": [None, 0.5]}}
+
+
 def test_a_weight_trajectory_keeps_where_the_weights_change_and_the_ends_of_every_flat_stretch():
     static = train(tiny_config("static", tasks=3, weights=(3.0, 1.0, 0.5)))
     steps = static.config["budget"]["steps"]
@@ -82,8 +113,10 @@ def test_a_weight_trajectory_keeps_where_the_weights_change_and_the_ends_of_ever
     assert dwa.weights_trajectory[1][1:] == [1.0, 1.0, 1.0] != dwa.weights_trajectory[2][1:]
 
 
-def test_tail_mean_weights_use_the_tail_window():
-    budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5, tail_fraction=0.25)
+@pytest.mark.parametrize("fraction", [0.25, 0.21])
+def test_tail_mean_weights_use_the_tail_window(fraction):
+    """The last quarter of 20 steps is 5 steps; 21% of them, 4.2 steps, counts the part step whole."""
+    budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5, tail_fraction=fraction)
     record = train(tiny_config("gradnorm", alpha=1.0, budget=budget))
     tail = [row[1:] for row in record.weights_trajectory[-5:]]
     assert record.tail_mean_weights == pytest.approx([sum(c) / 5 for c in zip(*tail)])
@@ -138,6 +171,22 @@ def test_each_seed_starts_from_its_own_weights_and_sees_its_own_batches_when_sta
     assert not torch.equal(x[0], x[1])
 
 
+def test_a_run_draws_its_initial_weights_from_its_seeds_init_stream():
+    """Which stream a seed's initial weights come from is part of what a stored run's seed means:
+    drawn from another, every result already stored under that seed would stand for other runs."""
+    trainer = BatchTrainer([tiny_config("equal", seed=3)])
+    drawn = trainer.problem.checked_model([derive_seed(3, "init")]).double()
+    for ours, theirs in zip(trainer.model.parameters(), drawn.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_runs_of_one_seed_on_different_data_seeds_each_train_on_their_own_data_when_stacked():
+    """One batch order, two data sets: each slice indexes its own data with the shared order."""
+    configs = [dataclasses.replace(tiny_config("equal", seed=3), data_seed=d) for d in (0, 1)]
+    for config, record in zip(configs, train_runs(configs)):
+        assert_records_close(record, train(config), rtol=1e-9)
+
+
 def test_each_split_is_scored_on_its_own_examples():
     """The final losses of train, validation (where grid points and alphas are chosen) and test,
     against the trained model scored by hand on that split's examples."""
@@ -163,6 +212,7 @@ def test_batches_drawn_an_epoch_at_a_time_are_the_same_batches():
     assert all(torch.equal(order.at(step), whole[:, step]) for step in range(20))
     assert torch.equal(order.at(4), whole[:, 4])  # an earlier step again: drawn again from the start
     assert torch.equal(order.at(17), whole[:, 17])  # a later epoch, skipping some
+    assert torch.equal(order.at(14), whole[:, 14])  # the epoch just before: drawn again too
     with pytest.raises(ConfigError, match="batch_size"):
         BatchOrder([0], n_train=2, batch_size=3, device=torch.device("cpu"))
 
@@ -273,7 +323,11 @@ def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer)
     assert "non-finite training loss" in failed.reason and "task1" in failed.reason
     assert failed.failed_step == failed.steps_done < 20
     assert failed.test_loss is None and failed.normalized_test_loss is None
-    assert all(s <= failed.failed_step for s in failed.curves["step"])
+    # Its curves hold the evaluations up to its failure (the one at that step came before it)
+    # and its weights the steps it took, all finite.
+    assert failed.curves["step"] == [s for s in (0, 5, 10, 15) if s <= failed.failed_step]
+    assert [row[0] for row in failed.weights_trajectory][-1] == failed.failed_step - 1
+    assert all(math.isfinite(v) for row in failed.weights_trajectory for v in row)
     # the survivors are exactly what they would be without the failing neighbour
     for config, record in zip([configs[0], configs[2]], [records[0], records[2]]):
         alone = train(config)
@@ -288,6 +342,8 @@ def test_batch_runs_must_share_problem_and_budget():
     # One stacked model has one dtype: float32 and float64 runs never share a batch.
     assert tiny_config("equal", dtype="float32").batch_key() != tiny_config("equal", dtype="float64").batch_key()
     assert tiny_config("static", weights=[1.0, 1.0]).batch_key() == tiny_config("static", weights=[0.5, 1.5]).batch_key()
+    # Nor do runs meant for two devices (a study's workers on two GPUs).
+    assert tiny_config("equal").batch_key() != dataclasses.replace(tiny_config("equal"), device="cuda:1").batch_key()
 
 
 def test_runaway_task_weights_count_as_divergence():
@@ -296,9 +352,18 @@ def test_runaway_task_weights_count_as_divergence():
     trainer = BatchTrainer([tiny_config("equal", seed=s) for s in (0, 1)])
     trainer._check_diverged(torch.tensor([[1.0, 1.0], [-2 * MAX_TASK_WEIGHT, 3.0]], dtype=torch.float64),
                             "task weights", 7, limit=MAX_TASK_WEIGHT)
+    # A later check that finds the same run wrong before it is retired leaves the first cause.
+    trainer._check_diverged(torch.tensor([[1.0, 1.0], [math.nan, 1.0]], dtype=torch.float64), "training loss", 7)
     trainer._retire_failed_runs()
     assert trainer.alive.tolist() == [True, False]
     assert trainer.failures[1] == (7, "diverged: task weights beyond 1e+06 at step 7 (task task0)")
+    # The other run failing later leaves the first one retired.
+    trainer._check_diverged(torch.tensor([[math.inf, 1.0], [0.0, 0.0]], dtype=torch.float64),
+                            "task weights", 9, limit=MAX_TASK_WEIGHT)
+    trainer._retire_failed_runs()
+    assert trainer.alive.tolist() == [False, False]
+    assert trainer.failures[0] == (9, "diverged: non-finite task weights at step 9 (task task0)")
+    assert trainer.failures[1][0] == 7
 
 
 def test_a_training_loss_grown_a_millionfold_counts_as_divergence():
@@ -307,14 +372,16 @@ def test_a_training_loss_grown_a_millionfold_counts_as_divergence():
     carried its arm's mean."""
     from bench.training.engine import MAX_LOSS_GROWTH
 
-    trainer = BatchTrainer([tiny_config("equal", seed=s) for s in (0, 1)])  # normalisers 1 and 9
-    before = torch.tensor([[1.0, 9.0], [1.0, 9.0]], dtype=torch.float64)  # 2.0 each, task-normalised
-    trainer.eval_losses["train"] = [before, torch.tensor([[1.5e6, 9.0], [0.5, 9 * 2.1e6]], dtype=torch.float64)]
+    trainer = BatchTrainer([tiny_config("equal", seed=s) for s in (0, 1, 2)])  # normalisers 1 and 9
+    # 2.0 each, task-normalised; run 2's problem was solved before training, and no growth is defined
+    before = torch.tensor([[1.0, 9.0], [1.0, 9.0], [0.0, 0.0]], dtype=torch.float64)
+    trainer.eval_losses["train"] = [before, torch.tensor([[1.5e6, 9.0], [0.5, 9 * 2.1e6], [1e-3, 0.0]],
+                                                         dtype=torch.float64)]
     trainer.steps_done = 40
     trainer._check_runaway()
     trainer._retire_failed_runs()
     assert 1.5e6 + 1 < MAX_LOSS_GROWTH * 2 < 0.5 + 2.1e6  # run 0 grew 750,001-fold, run 1 1,050,000-fold
-    assert trainer.alive.tolist() == [True, False] and trainer.failures[0] is None
+    assert trainer.alive.tolist() == [True, False, True] and trainer.failures[0] is trainer.failures[2] is None
     assert trainer.failures[1] == (40, "diverged: task-normalised training loss 2.1e+06 at step 40, 1.1e+06 times "
                                        "its 2 before training (beyond 1e+06; task task1 grew most)")
 
@@ -322,8 +389,11 @@ def test_a_training_loss_grown_a_millionfold_counts_as_divergence():
 def test_a_run_whose_loss_runs_away_between_evaluations_fails_with_the_others_unchanged():
     budget = Budget(steps=20, batch_size=16, lr=100.0, eval_every=5)  # Adam at 100: the loss explodes
     runaway = tiny_config("equal", seed=0, budget=budget)
-    record = train(runaway)
+    trainer = BatchTrainer([runaway])
+    [record] = trainer.run()
     assert record.status == "failed" and record.failed_step == 5
+    assert trainer.steps_done <= 6  # with no run left, training stops (not at 20)
+    assert record.curves["step"] == [0, 5]  # the evaluation that found it is in its curves
     assert record.reason.startswith("diverged: task-normalised training loss ")
     assert train(tiny_config("equal", seed=0)).ok  # the same run at a sane rate
 

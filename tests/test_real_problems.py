@@ -84,6 +84,9 @@ def test_diamonds_loads_offline_with_mixed_tasks_and_trains(no_network):
     assert [t.kind for t in problem.tasks] == ["regression"] + ["classification"] * 3
     assert [t.n_classes for t in problem.tasks[1:]] == [5, 7, 8]
     assert problem.tasks[1].normaliser == pytest.approx(math.log(5))
+    # the log of prices from $326 to $18,823
+    log_price = torch.cat([split.targets[0] for _, split in data.items()])
+    assert (float(log_price.min()), float(log_price.max())) == pytest.approx((math.log(326), math.log(18823)))
     assert int(data.train.targets[3].max()) == 7 and int(data.train.targets[3].min()) == 0
     record = trains("diamonds", {"n_train": 2000, "n_val": 500, "n_test": 500}, initial_loss="log_classes")
     assert record.metrics["test"]["accuracy"][0] is None  # regression: no accuracy
@@ -96,7 +99,8 @@ def test_table_splits_are_disjoint_and_standardised_on_the_training_rows_alone()
     table's first column is the row's number, so that rows can be told apart after scaling."""
     problem = build_problem("diamonds", {"n_train": 300, "n_val": 100, "n_test": 100})
     n, rng = 600, np.random.default_rng(0)
-    features = np.column_stack([np.arange(n), rng.normal(5, 3, size=(n, 5))]).astype(np.float32)
+    # and a constant last column, which scales to zeros, not 0 / 0
+    features = np.column_stack([np.arange(n), rng.normal(5, 3, size=(n, 5)), np.full(n, 2.5)]).astype(np.float32)
     problem._table = (features, [rng.normal(size=(n, 1)).astype(np.float32)]  # in place of diamonds' own table
                       + [rng.integers(0, c, n) for c in (5, 7, 8)])
     data = problem.load(3)
@@ -104,8 +108,29 @@ def test_table_splits_are_disjoint_and_standardised_on_the_training_rows_alone()
     assert [len(r) for r in rows.values()] == [300, 100, 100]  # one scaling for all: distinct rows stay distinct
     assert not (rows["train"] & rows["val"] or rows["train"] & rows["test"] or rows["val"] & rows["test"])
     train = data.train.inputs.double()
-    torch.testing.assert_close(train.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(train.std(0, unbiased=False), torch.ones(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(train.mean(0), torch.zeros(7, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(train[:, :6].std(0, unbiased=False), torch.ones(6, dtype=torch.float64), atol=1e-5,
+                               rtol=0)
+    assert all(not split.inputs[:, 6].any() for _, split in data.items())
+
+
+@pytest.mark.parametrize("name,params,field", [
+    ("diamonds", {"hidden": [64]}, "problem.hidden"),  # no layer left for the trunk before W
+    ("diamonds", {"tasks": ["cut", "cut"]}, "problem.tasks"),
+    ("diamonds", {"tasks": ["price"]}, "problem.tasks"),
+    ("multimnist", {"max_shift": 5}, "problem.max_shift"),  # the construction shifts by up to 4 pixels
+    ("nyuv2", {"scale": 1.5}, "problem.scale"),  # a quick look shrinks the images; it never blows them up
+    ("nyuv2", {"val_fraction": 1.0}, "problem.val_fraction"),
+])
+def test_bad_options_of_the_data_set_problems_name_their_field(name, params, field):
+    with pytest.raises(ConfigError, match=f"^{field}: expected "):
+        build_problem(name, params)
+
+
+def test_a_table_split_into_more_rows_than_it_has_is_refused_when_loaded(no_network):
+    with pytest.raises(ConfigError, match="summing to at most the 53940 examples of diamonds, got "
+                                          r"\[50000, 5000, 5000\]"):
+        build_problem("diamonds", {"n_train": 50000, "n_val": 5000}).load(0)
 
 
 def test_overlaid_pairs_keep_their_labels():
@@ -148,8 +173,9 @@ def test_source_pools_hold_every_class_and_no_shared_image(name, no_network):
     for split, (images, labels) in pools.items():
         counts = torch.bincount(labels, minlength=10)
         assert counts.min() >= 0.05 * len(labels), (split, counts.tolist())
-    flat = {split: {bytes(img.numpy().tobytes()) for img in images[:300]} for split, (images, _) in pools.items()}
-    assert not flat["train"] & flat["test"] and not flat["train"] & flat["val"]
+    flat = {split: {img.numpy().tobytes() for img in images} for split, (images, _) in pools.items()}
+    assert [len(flat[split]) for split in pools] == [len(images) for images, _ in pools.values()]  # no repeat
+    assert not flat["train"] & flat["test"] and not flat["train"] & flat["val"] and not flat["val"] & flat["test"]
 
 
 def test_multifashion_loads_offline_and_trains(no_network):
@@ -255,3 +281,24 @@ def test_nyuv2_labels_out_of_range_are_refused_when_loaded(tmp_path):
         build_problem("nyuv2", {"root": str(tmp_path / "nyuv2")}).load(0)
     assert "class indices in 0..12 (-1: unlabelled) for segmentation" in str(err.value)
     assert "to 13 in test" in str(err.value)
+
+
+def test_nyuv2_at_a_smaller_scale_takes_labels_and_depths_from_pixels_never_blends_them(tmp_path):
+    """Blended, two class indices would make a third (3 and 5 make 4), and a missing depth (0) a
+    shallow one: each is taken from one pixel of the full image."""
+    from bench.problems.nyuv2 import load_folder
+
+    make_nyuv2(tmp_path / "nyuv2")
+    full, half = (load_folder(tmp_path / "nyuv2" / "train", scale) for scale in (1.0, 0.5))
+    assert half[0].shape == (6, 3, 8, 12)
+    assert torch.equal(half[1], full[1][:, ::2, ::2])
+    assert torch.equal(half[2], full[2][:, :, ::2, ::2]) and torch.equal(half[3], full[3][:, :, ::2, ::2])
+
+
+def test_nyuv2_normal_loss_counts_every_pixel_with_a_normal_whatever_its_direction():
+    """A pixel without a normal is all zeros; a normal pointing away (0, 0, -1) is a normal."""
+    from bench.problems.nyuv2 import normal_loss
+
+    target = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 0.0], [0.0, -0.6, -0.8]]).T.reshape(1, 1, 3, 3, 1)
+    pred = torch.tensor([0.0, 0.0, 1.0]).view(1, 1, 3, 1, 1).expand(1, 1, 3, 3, 1)
+    assert normal_loss(pred, target).tolist() == pytest.approx([(2.0 + 1.8) / 2])  # 1 - cos: 2 and 1.8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from bench.errors import BenchError, StorageError
 from bench.problems import PROBLEMS
 from bench.store import ResultStore
 from bench.store.export import curves_table, metrics_table, norm_target_gap, runs_table
-from bench.store.results import RUN_KEY, STATUS, SUMMARY, ArmTrials, StudyConfigChanged, tell
+from bench.store.results import RUN_KEY, STATUS, SUMMARY, ArmTrials, StudyConfigChanged, rounded, tell
 from bench.study import StudyRunner, StudySpec
 from bench.study.simplex import cube_to_simplex
 from tests.test_engine import PoisonedToy
@@ -115,6 +116,9 @@ def test_every_arm_runs_and_is_stored(store):
     # The long table: one row per run and measure, each the runs table's value, the parameters beside.
     long = metrics_table(table, ["task0", "task1"])
     assert not long.duplicated(["arm", "run_key", "metric", "split", "task"]).any()
+    keys = list(zip(long.arm, long.run_key))  # each run's measures together, the runs in the table's order
+    assert list(dict.fromkeys(keys)) == list(zip(table.arm, table.run_key))
+    assert sum(a != b for a, b in zip(keys, keys[1:])) == len(table) - 1
     wide = table.set_index(["arm", "run_key"])
     for column, (metric, split, task) in {"normalized_test_loss": ("normalized_loss", "test", ""),
                                           "val_loss_task1": ("loss", "val", "task1"),
@@ -135,6 +139,7 @@ def test_every_arm_runs_and_is_stored(store):
         total = run[(run.step == 0) & (run.metric == "normalized_loss") & (run.split == "val")].value.item()
         assert total == pytest.approx(sum(v / n for v, n in zip(r["record"]["curves"]["val"][0],
                                                                r["record"]["normalisers"])), rel=1e-3)
+        assert total == rounded(total)  # to 4 significant digits, as the losses it sums
         weights = run[run.metric == "weight"].pivot(index="step", columns="task", values="value")
         assert weights.to_numpy().tolist() == [row[1:] for row in r["record"]["weights_trajectory"]]
         assert (run.seed == r["params"]["seed"]).all() and (run.balancer == r["record"]["config"]["balancer"]).all()
@@ -1127,6 +1132,26 @@ def test_the_long_table_tells_apart_tasks_named_like_the_end_of_anothers_columns
     long = metrics_table(runs, ["a", "loss_a"]).set_index(["metric", "split", "task"]).value
     assert long.to_dict() == {("loss", "train", "a"): 1.0, ("loss", "train", "loss_a"): 2.0,
                               ("mean_weight", "", "loss_a"): 1.0}
+
+
+def test_the_norm_target_gap_averages_the_tail_windows_norms_before_it_compares_them():
+    """G_i / G_bar against r_i^alpha, each averaged over the steps of the tail window (here steps
+    5 to 9 of 10): a batch's noise, scattering the norms either side of their targets, cancels; a
+    step before the window, one without a finite target and one whose norms are all 0 count not."""
+    outside = [[0, 10.0, 0.0], [0, 1.0, 1.0]]
+    noisy = [[5, 1.0, 3.0], [5, 2.0, 2.0]], [[7, 3.0, 1.0], [7, 2.0, 2.0]]
+    skipped = [[8, 1.0, 1.0], [8, math.inf, 1.0]], [[9, 0.0, 0.0], [9, 1.0, 1.0]]
+
+    def record(*rows):
+        return {"steps_done": 10, "tail_fraction": 0.5,
+                "traces": {"grad_norms": [norms for norms, _ in rows], "target_norms": [t for _, t in rows]}}
+
+    assert norm_target_gap(record(outside, *noisy, *skipped)) == 0.0
+    # Below target on task 0, above on task 1 at both steps: |0.5 - 1| + |1.5 - 1| over the targets' 2.
+    off = [[7, 1.0, 3.0], [7, 2.0, 2.0]]
+    assert norm_target_gap(record(outside, noisy[0], off, *skipped)) == pytest.approx(0.5)
+    assert norm_target_gap(record(outside, *skipped)) is None
+    assert norm_target_gap({"steps_done": 10, "traces": {}}) is None
 
 
 def test_a_finished_run_speaks_for_its_key_over_a_later_copy_and_a_retry_over_a_stale_failure():

@@ -20,6 +20,7 @@ def test_data_shapes_scales_and_unit_norm_inputs():
     assert [len(s) for _, s in data.items()] == [50, 20, 30]
     assert data.train.inputs.shape == (50, 250)
     assert torch.allclose(data.train.inputs.norm(dim=1), torch.ones(50), atol=1e-5)
+    assert 0.45 < float((data.train.inputs < 0).double().mean()) < 0.55  # from [-1, 1]^250, not [0, 1]^250
     assert [t.shape for t in data.train.targets] == [(50, 100), (50, 100)]
     # |f_i| <= sigma_i, and tanh saturates: most outputs are near +-sigma_i
     for target, sigma in zip(data.test.targets, (1.0, 100.0)):
@@ -55,6 +56,15 @@ def test_data_depends_on_the_data_seed_only():
     assert not torch.equal(problem.load(3).train.inputs, problem.load(4).train.inputs)
 
 
+def test_the_data_a_seed_stands_for_stays_the_same():
+    """Stored runs are keyed on their configuration, the data seed among it: drawn another way,
+    the same seed's data would leave them standing for other data. These are data seed 0's."""
+    data = build_problem("toy", {"n_train": 10, "n_val": 5, "n_test": 5}).load(0)
+    assert data.train.inputs[0, :3].tolist() == pytest.approx([-0.0891050, 0.00129277, 0.0548377], rel=1e-5)
+    assert data.test.inputs[-1, -2:].tolist() == pytest.approx([0.0581964, -0.0817221], rel=1e-5)
+    assert data.train.targets[1][0, :2].tolist() == pytest.approx([99.99978, -100.0], rel=1e-6)
+
+
 def test_default_sigmas():
     assert default_sigmas(2) == (1.0, 100.0)
     ten = default_sigmas(10)
@@ -82,6 +92,7 @@ def test_model_exposes_shared_last_shared_and_task_parameters():
 
 
 @pytest.mark.parametrize("params", [{"tasks": 0}, {"tasks": 2, "sigmas": "1,2,3"}, {"sigmas": "1,-1"},
+                                    {"sigmas": "1,0"}, {"shared_scale": -1.0}, {"task_scale": -0.5},
                                     {"n_train": 0}, {"scale_kind": "both"}, {"colour": "red"}])
 def test_bad_parameters_name_the_field(params):
     with pytest.raises(ConfigError) as err:
