@@ -115,7 +115,8 @@ def test_a_weight_trajectory_keeps_where_the_weights_change_and_the_ends_of_ever
 
 @pytest.mark.parametrize("fraction", [0.25, 0.21])
 def test_tail_mean_weights_use_the_tail_window(fraction):
-    """The last quarter of 20 steps is 5 steps; 21% of them, 4.2 steps, counts the part step whole."""
+    """The last quarter of 20 steps is 5 steps; 21% of them is 4.2 steps, and a part of a step counts
+    as a whole one: 5 steps again."""
     budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5, tail_fraction=fraction)
     record = train(tiny_config("gradnorm", alpha=1.0, budget=budget))
     tail = [row[1:] for row in record.weights_trajectory[-5:]]

@@ -1137,7 +1137,7 @@ def test_the_long_table_tells_apart_tasks_named_like_the_end_of_anothers_columns
 def test_the_norm_target_gap_averages_the_tail_windows_norms_before_it_compares_them():
     """G_i / G_bar against r_i^alpha, each averaged over the steps of the tail window (here steps
     5 to 9 of 10): a batch's noise, scattering the norms either side of their targets, cancels; a
-    step before the window, one without a finite target and one whose norms are all 0 count not."""
+    step before the window, one without a finite target and one whose norms are all 0 do not count."""
     outside = [[0, 10.0, 0.0], [0, 1.0, 1.0]]
     noisy = [[5, 1.0, 3.0], [5, 2.0, 2.0]], [[7, 3.0, 1.0], [7, 2.0, 2.0]]
     skipped = [[8, 1.0, 1.0], [8, math.inf, 1.0]], [[9, 0.0, 0.0], [9, 1.0, 1.0]]
