@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from bench.training import Budget, RunConfig
+
+# CI draws the same examples on every run, as Hypothesis advises: a failure there is a property that
+# the change under test broke, never an unlucky draw that keeps a good change from landing. Anywhere
+# else each run draws new examples and keeps its failures in .hypothesis/ to replay them.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Small enough for property tests, large enough to have a real trunk and heads.
 TINY_TOY = {

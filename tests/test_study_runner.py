@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import tomllib
@@ -530,6 +531,36 @@ def test_sigterm_gives_back_the_runs_in_hand_as_ctrl_c_does_and_exits_143(store,
         again.run()
     assert again.trained_here == 3 and again.progress().running == 0
     assert "storing the runs just trained, then stopping (SIGTERM again stops at once)" in capsys.readouterr().err
+
+
+STOPPED_INSIDE_GENERATED_CODE = """
+import os, signal, sys, time, tomllib
+from bench.store import ResultStore
+from bench.study import StudyRunner, StudySpec
+
+study_file, storage, signame = sys.argv[1:]
+spec = StudySpec.from_dict(tomllib.loads(open(study_file).read()), source=study_file)
+runner = StudyRunner(spec, ResultStore(storage))
+try:
+    with runner._noticing_interrupts():  # the worker's handlers, as in `run`
+        # The signal lands while Python runs code made from a string, as when a dataclass or a
+        # namedtuple is made, and nothing runs such code afterwards to clear CPython's mark.
+        exec(f"os.kill(os.getpid(), signal.{signame}); time.sleep(0.05)")
+except KeyboardInterrupt:
+    sys.exit(runner._stopped("").exit_code)  # what `bench run` exits with
+"""
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_landing_in_code_made_from_a_string_still_exits_with_its_code(tmp_path, signame, code):
+    """CI saw `python -m bench run` exit by SIGINT (-2), not 143, after SIGTERM: under `-m`, CPython
+    marks a KeyboardInterrupt leaving an `exec` of a string as unhandled, even once caught, and
+    ends the process by SIGINT at exit whatever exit code was set."""
+    (tmp_path / "stopped_worker.py").write_text(STOPPED_INSIDE_GENERATED_CODE)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    worker = subprocess.run([sys.executable, "-m", "stopped_worker", "tiny.toml", "bench.journal", signame],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert worker.returncode == code, worker.stderr
 
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])

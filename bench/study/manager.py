@@ -61,6 +61,13 @@ class Terminated(Interrupted):
     exit_code = 143
 
 
+class _StopSignal(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM as the worker's handler raises it: a KeyboardInterrupt to every `except` on
+    its way, but not KeyboardInterrupt itself. CPython marks an exact KeyboardInterrupt leaving code
+    run from a string (a dataclass or namedtuple made on the way) as unhandled, even once caught, and
+    then ends the process by SIGINT whatever exit code was set: -2, not 143 or 130."""
+
+
 class TrainingProcessLost(BenchError):
     """A process of `--jobs`, or a Dask worker, died (the out-of-memory killer, a crash in native code)."""
 
@@ -346,7 +353,7 @@ class StudyRunner:
                 print(f"storing the runs just trained, then stopping ({again} again stops at once)",
                       file=sys.stderr, flush=True)
                 return
-            signal.default_int_handler(signum, frame)
+            raise _StopSignal
 
         previous_hook = sys.unraisablehook
 
@@ -376,7 +383,7 @@ class StudyRunner:
 
     def _check_interrupted(self) -> None:
         if self._interrupted.is_set():
-            raise KeyboardInterrupt
+            raise _StopSignal
 
     def release_all(self, reason: str) -> int:
         """Give back every run this worker holds in the store, the number given back. The store
