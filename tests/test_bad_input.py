@@ -619,6 +619,68 @@ def test_an_error_while_building_ones_own_problem_and_a_syntax_error(workdir, ca
         main(["train", "--problem", "failing_builder:missing_data", "--steps", "1"])
 
 
+@pytest.mark.parametrize("err, reason", [
+    (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),
+     "Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type float64"),  # numpy's
+    (MemoryError(), "Python could not allocate memory"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes."),
+     "this machine could not allocate 3.0 GiB more for torch"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory"),
+     "this machine could not allocate more memory for torch"),
+])
+def test_running_out_of_memory_is_told_with_what_could_not_be_allocated(err, reason):
+    from bench.errors import memory_failure
+
+    assert str(memory_failure(err, "; advice")) == f"out of memory: {reason}; advice"
+    assert memory_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_an_error_in_ones_code_is_told_at_the_line_that_raised_it_not_the_one_that_called(tmp_path):
+    from bench.errors import user_code_frame
+
+    path = tmp_path / "nested_problem.py"
+    path.write_text("def load():\n    return read()\n\n\ndef read():\n    raise KeyError('data')\n")
+    spec = importlib.util.spec_from_file_location("nested_problem", path)
+    nested_problem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nested_problem)
+
+    with pytest.raises(KeyError) as err:
+        nested_problem.load()
+    frame = user_code_frame(err.value)
+    assert (Path(frame.filename).name, frame.lineno, frame.name) == ("nested_problem.py", 6, "read")
+
+
+def test_a_problem_of_ours_named_as_ones_own_keeps_our_errors_ours(tmp_path, monkeypatch):
+    """`problem = "bench.problems.toy:..."`: an error raised in this package is still a bug of ours,
+    told with its traceback, not as one raised in the user's code."""
+    import bench.errors as errors
+
+    monkeypatch.setattr(errors, "USER_CODE_PATHS", set())
+    errors.mark_user_code(errors.PACKAGE_DIR / "problems")
+    errors.mark_user_code(errors.PACKAGE_DIR / "problems" / "toy.py")
+    assert errors.USER_CODE_PATHS == set()
+    errors.mark_user_code(tmp_path / "my_problems")
+    assert errors.USER_CODE_PATHS == {(tmp_path / "my_problems").resolve()}
+
+
+def test_an_error_already_told_as_raised_in_ones_code_is_kept_as_it_is():
+    """A `--jobs` process's error arrives told already, and without its traceback."""
+    from bench.errors import UserCodeError
+
+    told = UserCodeError("KeyError: 'data', raised in your code at my_problem.py, line 22, in load")
+    assert UserCodeError.located(told) is told
+
+
+@pytest.mark.parametrize("value, asked", [("", False), ("0", False), ("false", False), ("No", False),
+                                          ("off", False), (" off ", False), ("1", True), ("yes", True),
+                                          ("ON", True)])
+def test_bench_traceback_is_a_switch_read_as_such_switches_go(monkeypatch, value, asked):
+    from bench.errors import traceback_asked
+
+    monkeypatch.setenv("BENCH_TRACEBACK", value)
+    assert traceback_asked() is asked
+
+
 def test_an_error_in_ones_own_problem_package_installed_in_site_packages_is_one_line(workdir, capsys,
                                                                                      monkeypatch):
     """Installed packages are library code, whose errors keep their traceback; a problem package
@@ -1366,9 +1428,9 @@ def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir,
 def test_a_study_file_that_no_longer_loads_says_why_not_that_no_study_has_its_name(workdir, capsys, monkeypatch):
     """Its problem's module was gone: `bench compare --study up.toml` said "no study named
     'up.toml'", as if the file were not there."""
-    (workdir / "wave_problem.py").write_text(
-        "from bench.problems import build_problem\n\ndef make(**options):\n"
-        "    return build_problem('toy', options)\n")
+    module = ("from bench.problems import build_problem\n\ndef make(**options):\n"
+              "    return build_problem('toy', options)\n")
+    (workdir / "wave_problem.py").write_text(module)
     text = TINY.replace('name = "toy"', 'name = "wave_problem:make"').replace('name = "tiny"', 'name = "wave"')
     path = study(workdir, text, "wave.toml")
     assert main(["run", "--study", path]) == 0
@@ -1388,6 +1450,13 @@ def test_a_study_file_that_no_longer_loads_says_why_not_that_no_study_has_its_na
         assert code == 1 and line.startswith("error: ZeroDivisionError: division by zero, raised in your code at "), line
         assert ("wave_problem.py, line 1, in <module>; a stored study can be named instead of its file (in "
                 "results/bench.journal: wave)") in line
+    # A misspelt field: the guess at what was meant, then the stored study.
+    (workdir / "wave_problem.py").write_text(module)
+    monkeypatch.delitem(sys.modules, "wave_problem", raising=False)
+    Path(path).write_text(text.replace("steps =", "stpes ="))
+    code, line = run(["compare", "--study", path], capsys)
+    assert code == 2 and line.endswith("did you mean 'steps'?; a stored study can be named instead of its file "
+                                       "(in results/bench.journal: wave)"), line
 
 
 def test_an_interrupted_study_whose_grid_alone_finished_and_failed_says_it_is_not_finished(workdir, capsys, monkeypatch):

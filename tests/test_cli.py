@@ -223,9 +223,20 @@ def test_bad_train_arguments_give_one_clear_line_and_a_nonzero_exit(capsys, args
         assert word in lines[0]
 
 
+def test_key_value_options_are_read_without_the_spaces_around_key_and_value():
+    from bench.cli.common import parse_assignments
+
+    assert parse_assignments(["tasks = 3", " scaling= center "], "--problem-param") == {
+        "tasks": "3", "scaling": "center"}
+    for bad in ("=3", " = 3", "tasks"):
+        with pytest.raises(ConfigError, match=r"--problem-param: expected KEY=VALUE"):
+            parse_assignments([bad], "--problem-param")
+
+
 @pytest.mark.parametrize("value, digits, shown", [
     (2.7, 4, "2.700"), (2.7261, 4, "2.726"), (0.0377, 3, "0.0377"), (25.04, 2, "25"),
     (0.0, 4, "0.000"), (1e-5, 4, "1.00e-05"), (None, 4, "-"), (float("nan"), 4, "-"),
+    (0.001, 4, "0.001000"), (0.00099, 4, "9.90e-04"),  # plain from 0.001 on
 ])
 def test_numbers_keep_trailing_zeros_so_columns_line_up(value, digits, shown):
     from bench.cli.common import fmt
@@ -532,7 +543,9 @@ def test_delete_asks_first_removes_the_study_and_leaves_its_files(tmp_path, monk
     assert out.rstrip().endswith("files of a study of that name, left as they are: results/tiny")  # no report yet
     assert (tmp_path / "results" / "tiny" / "runs.csv").is_file()
     code, _, err = run_cli(["status", "--study", "tiny"], capsys)
-    assert code == 2 and "no study named 'tiny'" in err
+    assert code == 2 and "no study named 'tiny' in " in err
+    code, _, err = run_cli(["status", "--study", "tiny.toml"], capsys)  # named by the study it holds
+    assert code == 2 and "no study named 'tiny' in " in err
 
 
 def test_a_tilde_after_an_equals_sign_means_home_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):

@@ -73,8 +73,21 @@ def test_angle_error_in_degrees_over_pixels_with_a_normal():
     true = torch.tensor([[0.0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
     # 90, 0 and 45 degrees; the last pixel has no normal (against which any prediction would
     # be 90 degrees off). Mean 45, not 225 / 4.
-    as_maps = lambda v: v.T.reshape(1, 1, 3, 1, 4)  # (runs, batch, channels, H, W)
+    as_maps = lambda v: v.T.reshape(1, 1, 3, 1, -1)  # (runs, batch, channels, H, W)
     assert evaluate(angle_error_metric(), as_maps(pred), as_maps(true)) == pytest.approx([45.0])
+    # Normals pointing away from the camera (components summing below 0) are normals all the same.
+    away = torch.tensor([[0.0, 0, -1], [0, -1, 0]])
+    assert evaluate(angle_error_metric(), as_maps(torch.tensor([[0.0, 0, -1]] * 2)), as_maps(away)) == \
+        pytest.approx([45.0])
+
+
+def test_a_perfect_normal_is_0_degrees_off_never_nan():
+    """In float32 the cosine of a prediction parallel to its normal comes out above 1 (up to
+    1.0000004) at one pixel in five to ten, and its arc cosine is NaN: a perfect model's angle
+    error would read NaN."""
+    torch.manual_seed(0)
+    normals = torch.randn(1, 2, 3, 8, 8)
+    assert evaluate(angle_error_metric(), normals, 2 * normals) == pytest.approx([0.0], abs=0.05)
 
 
 def test_depth_and_normal_losses_average_over_valid_pixels_of_each_run():
