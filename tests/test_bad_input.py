@@ -1409,6 +1409,18 @@ def test_an_error_in_ones_problem_module_or_factory_names_its_line_and_says_noth
     assert not (workdir / "results").exists()
 
 
+def test_a_bad_option_that_ones_own_problem_passes_on_to_one_of_ours_names_the_study_file(workdir, capsys):
+    """`def make(**options): return build_problem("toy", options)`, given an option the toy problem
+    does not have: the error named the field but not the file it was written in."""
+    (workdir / "passing_on.py").write_text("from bench.problems import build_problem\n\ndef make(**options):\n"
+                                           "    return build_problem('toy', options)\n")
+    text = TINY.replace('name = "toy"', 'name = "passing_on:make"').replace("[problem]", '[problem]\ncolour = "red"')
+    code, line = run(["run", "--study", study(workdir, text, "passing.toml")], capsys)
+    assert code == 2 and line.startswith("error: passing.toml: problem.colour: expected an option of problem 'toy' ")
+    code, line = run(["train", "--problem", "passing_on:make", "-p", "colour=red"], capsys)
+    assert code == 2 and line.startswith("error: bench train: -p colour: expected an option of problem 'toy' ")
+
+
 def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir, capsys):
     code, line = run(["run", "--study", "gridserch"], capsys)
     assert code == 2 and line.startswith("error: --study: expected a study file") and line.endswith(

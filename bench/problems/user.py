@@ -69,6 +69,8 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
                           source=source)
     try:
         problem = function(**params)
+    except ConfigError as err:  # from a problem it builds in turn (`build_problem("toy", options)`)
+        raise err.located(source) from None
     except (TypeError, ValueError) as err:
         raise ConfigError("problem", f"options {name} accepts ({err})", params, source=source) from None
     if not isinstance(problem, Problem):
