@@ -1,4 +1,5 @@
-"""What a study records so that its results can be reproduced: the commit of the code that ran."""
+"""What a study records so that its results can be reproduced: versions, the commit of the code
+that ran, and the device."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def test_the_commit_is_marked_dirty_by_edits_to_tracked_files_not_by_new_files(t
     (checkout / "bench" / "environment.py").write_text("# the package\n")
     git(checkout, "init", "-q")
     git(checkout, "add", ".")
-    git(checkout, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "first")
+    git(checkout, "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false",
+        "commit", "-qm", "first")
     head = git(checkout, "rev-parse", "HEAD")
     monkeypatch.setattr(environment, "__file__", str(checkout / "bench" / "environment.py"))
 
