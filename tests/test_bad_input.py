@@ -1409,11 +1409,15 @@ def test_an_error_in_ones_problem_module_or_factory_names_its_line_and_says_noth
     assert not (workdir / "results").exists()
 
 
+# A problem of one's own that passes its options on to the toy problem.
+TOY_BY_ANOTHER_NAME = ("from bench.problems import build_problem\n\ndef make(**options):\n"
+                       "    return build_problem('toy', options)\n")
+
+
 def test_a_bad_option_that_ones_own_problem_passes_on_to_one_of_ours_names_the_study_file(workdir, capsys):
     """`def make(**options): return build_problem("toy", options)`, given an option the toy problem
     does not have: the error named the field but not the file it was written in."""
-    (workdir / "passing_on.py").write_text("from bench.problems import build_problem\n\ndef make(**options):\n"
-                                           "    return build_problem('toy', options)\n")
+    (workdir / "passing_on.py").write_text(TOY_BY_ANOTHER_NAME)
     text = TINY.replace('name = "toy"', 'name = "passing_on:make"').replace("[problem]", '[problem]\ncolour = "red"')
     code, line = run(["run", "--study", study(workdir, text, "passing.toml")], capsys)
     assert code == 2 and line.startswith("error: passing.toml: problem.colour: expected an option of problem 'toy' ")
@@ -1440,9 +1444,7 @@ def test_a_misspelt_study_name_is_answered_with_the_name_it_is_close_to(workdir,
 def test_a_study_file_that_no_longer_loads_says_why_not_that_no_study_has_its_name(workdir, capsys, monkeypatch):
     """Its problem's module was gone: `bench compare --study up.toml` said "no study named
     'up.toml'", as if the file were not there."""
-    module = ("from bench.problems import build_problem\n\ndef make(**options):\n"
-              "    return build_problem('toy', options)\n")
-    (workdir / "wave_problem.py").write_text(module)
+    (workdir / "wave_problem.py").write_text(TOY_BY_ANOTHER_NAME)
     text = TINY.replace('name = "toy"', 'name = "wave_problem:make"').replace('name = "tiny"', 'name = "wave"')
     path = study(workdir, text, "wave.toml")
     assert main(["run", "--study", path]) == 0
@@ -1463,7 +1465,7 @@ def test_a_study_file_that_no_longer_loads_says_why_not_that_no_study_has_its_na
         assert ("wave_problem.py, line 1, in <module>; a stored study can be named instead of its file (in "
                 "results/bench.journal: wave)") in line
     # A misspelt field: the guess at what was meant, then the stored study.
-    (workdir / "wave_problem.py").write_text(module)
+    (workdir / "wave_problem.py").write_text(TOY_BY_ANOTHER_NAME)
     monkeypatch.delitem(sys.modules, "wave_problem", raising=False)
     Path(path).write_text(text.replace("steps =", "stpes ="))
     code, line = run(["compare", "--study", path], capsys)
