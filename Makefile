@@ -13,7 +13,7 @@ STUDY ?= gridsearch
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install study test test-fast test-lowest system-deps perf clean
+.PHONY: install study test test-fast test-lowest typecheck system-deps perf clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "GradNorm Bench needs Python >= 3.11; $(PYTHON) is " + sys.version.split()[0] + ": run make with PYTHON=python3.11 (or newer)")'
@@ -36,6 +36,10 @@ test: install system-deps
 
 test-fast: install
 	$(BIN)/python -m pytest
+
+# mypy on the package, with pyproject.toml's settings (`make test` runs it too, as a slow test).
+typecheck: install
+	$(BIN)/python -m mypy
 
 # The fast tests again in $(LOWEST_VENV), on the oldest release of each dependency that
 # pyproject.toml allows (tests/lowest-versions.txt): a floor that nothing tests is a guess.

@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 SHOW_TRACEBACK = "BENCH_TRACEBACK"  # set to 1: errors raised in a user's own code keep their traceback
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -68,7 +69,7 @@ class ConfigError(BenchError):
         return ConfigError(prefix + self.field, self.expected, self.got, source=self.source or source,
                            hint=self.hint)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         # Raised in a `--jobs` process, it crosses back pickled: by default Python would rebuild it
         # from its message alone, which this __init__ refuses (joblib then fails with
         # BrokenProcessPool, and the user's one line is lost). `got` travels as its text when it

@@ -888,6 +888,18 @@ def test_gradnorm_static_of_weights_that_are_no_static_weighting_fails_alone(sto
     assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")
 
 
+def test_gradnorm_static_of_a_gradnorm_run_finished_without_its_record_fails_alone(store, monkeypatch):
+    """A GradNorm trial that another tool sharing the storage completed carries no run record:
+    its static retrain fails with that reason, where reading its weights raised a TypeError."""
+    monkeypatch.setattr(manager, "attrs_to_record", lambda attrs: None)
+    progress = StudyRunner(spec_of(TINY), store).run()
+    assert progress.left == 0
+    statics = [r for r in store.records("tiny") if r["arm"] == "gradnorm-static"]
+    assert len(statics) == 4 and all(r["status"] == "failed" for r in statics)
+    assert all(r["reason"] == f"its GradNorm run {r['run_key']} finished without a run record" for r in statics)
+    assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")
+
+
 def queued_tiny_study(tmp_path, monkeypatch, storage: str):
     """The tiny study queued, not trained, in a journal or an SQLite (RDB) storage with a 1 s
     heartbeat and grace period; its store and the equal arm's waiting trials."""

@@ -10,13 +10,16 @@ a period is `period` steps, by default one pass over the training set.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from bench.balancers.base import Balancer
 from bench.errors import ConfigError
+from bench.problems.base import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class DWA(Balancer):
     description = "Dynamic Weight Average (Liu et al. 2019)"
     params: list[DWAParams]
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[DWAParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__(params, tasks, **kwargs)
         p = self.params[0]
         self.temperature = p.temperature

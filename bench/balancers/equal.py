@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bench.balancers.static import Static, StaticParams
+from bench.problems.base import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class Equal(Static):
     description = "all weights 1"
     per_run_fields = ()
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[EqualParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__([StaticParams() for _ in params], tasks, **kwargs)
 
     @classmethod

@@ -100,7 +100,7 @@ class GradNorm(Balancer):
     per_run_fields = ("alpha",)
     params: list[GradNormParams]
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[GradNormParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__(params, tasks, **kwargs)
         p = self.options = self.params[0]
         R, T = self.n_runs, self.n_tasks
@@ -205,17 +205,21 @@ class GradNorm(Balancer):
             self._norm_trace.append(self.weights().abs() * grad_norms)
             self._target_trace.append(torch.full_like(grad_norms, math.nan))  # no target while warming up
             return
+        initial_losses = self.initial_losses
+        assert initial_losses is not None  # the warm-up, if any, has ended
         any_stopped = bool(self._stopped.any())
         if any_stopped:
             # Failed runs may carry non-finite numbers; keep them out of their own row's update.
             stopped = self._stopped.unsqueeze(1)
-            losses = torch.where(stopped, self.initial_losses, losses)
+            losses = torch.where(stopped, initial_losses, losses)
             grad_norms = torch.where(stopped, torch.ones_like(grad_norms), grad_norms)
             before = self.theta.detach().clone()
         self.last_gradnorm_loss, grad = self.loss_and_gradient(losses, grad_norms)
+        target, weighted_norms = self.last_target, self.last_weighted_norms
+        assert target is not None and weighted_norms is not None  # set by loss_and_gradient
         # With L_i(0) > 0 (checked), a negative loss (a loss of one's own) has no training rate,
         # and every loss at 0 leaves the rates 0 / 0: the targets are NaN, or mean nothing.
-        undefined = (~torch.isfinite(self.last_target) | (losses < 0)).any(dim=1, keepdim=True)
+        undefined = (~torch.isfinite(target) | (losses < 0)).any(dim=1, keepdim=True)
         # Non-finite gradient norms are divergence, not undefined rates: the network's step took
         # the same gradients, and the engine fails the run on its next losses.
         undefined &= torch.isfinite(grad_norms).all(dim=1, keepdim=True)
@@ -224,10 +228,10 @@ class GradNorm(Balancer):
         if bool(undefined.any()):
             negative = losses < 0
             named = torch.where(negative.any(dim=1, keepdim=True), negative, True) & undefined
-            self._undefined_where(named, losses / self.initial_losses, "GradNorm's targets G_bar r_i^alpha "
+            self._undefined_where(named, losses / initial_losses, "GradNorm's targets G_bar r_i^alpha "
                                   f"need loss ratios L_i(t) / L_i(0) >= 0, not all 0 (at step {step})")
-        self._norm_trace.append(self.last_weighted_norms)
-        self._target_trace.append(self.last_target)
+        self._norm_trace.append(weighted_norms)
+        self._target_trace.append(target)
         self.theta.grad = grad
         self.optimizer.step()
         self.theta.grad = None

@@ -12,6 +12,7 @@ losses are not known before it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from bench.balancers.base import Balancer
 from bench.errors import ConfigError
+from bench.problems.base import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class LossScale(Balancer):
     description = "static weights proportional to 1 / L_i(0), each task's first-step loss"
     params: list[LossScaleParams]
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[LossScaleParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__(params, tasks, **kwargs)
         self.steps = self.params[0].steps
         self.initial_losses: Tensor | None = None

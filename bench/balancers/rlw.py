@@ -13,12 +13,15 @@ same whether it trains alone or stacked with others, and differ between seeds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from bench.balancers.base import Balancer
+from bench.problems.base import TaskSpec
 
 # Draws are made this many steps at a time, one call per run, rather than one call per run
 # and step: a 33-run stack would otherwise spend more on generator calls than on the weights.
@@ -41,7 +44,7 @@ class RLW(Balancer):
     description = "random loss weighting (Lin et al. 2022): T softmax(z), z ~ N(0, I) drawn every step"
     params: list[RLWParams]
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[RLWParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__(params, tasks, **kwargs)
         if self.seeds is None:
             raise ValueError("rlw draws its weights from each run's seed: pass `seeds`")

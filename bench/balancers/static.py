@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from bench.balancers.base import Balancer
 from bench.errors import ConfigError
+from bench.problems.base import TaskSpec
 
 
 def validate_static_weights(weights: tuple[float, ...], n_tasks: int | None = None,
@@ -36,11 +39,11 @@ class StaticParams:
 
 class Static(Balancer):
     name = "static"
-    Params = StaticParams
+    Params: ClassVar[type] = StaticParams  # as the base declares them: `equal` sets its own
     description = "fixed weights, rescaled to sum to T"
-    per_run_fields = ("weights",)
+    per_run_fields: ClassVar[tuple[str, ...]] = ("weights",)
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[StaticParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__(params, tasks, **kwargs)
         rows = []
         for p in self.params:

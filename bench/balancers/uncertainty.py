@@ -12,6 +12,7 @@ gradient uses w(t); the s_i then take their step on the same objective.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from bench.balancers.base import Balancer
 from bench.errors import ConfigError
+from bench.problems.base import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Uncertainty(Balancer):
     description = "uncertainty weighting (Kendall et al. 2018), learned log-variances"
     params: list[UncertaintyParams]
 
-    def __init__(self, params, tasks, **kwargs):
+    def __init__(self, params: Sequence[UncertaintyParams], tasks: Sequence[TaskSpec], **kwargs: Any) -> None:
         super().__init__(params, tasks, **kwargs)
         p = self.params[0]
         self.log_variance = torch.full((self.n_runs, self.n_tasks), p.initial_log_variance,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 import typer
@@ -57,7 +58,7 @@ def user_errors_as_one_line(command: Callable, after_user_error: str = "", after
     traceback, for a bug report."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except Exception as err:

@@ -125,18 +125,18 @@ def arm_table(title: str, numeric_columns: Sequence[str], rows: Iterable[Sequenc
     (a log, a CI page). When it would not fit (a runaway run's numbers widen their columns),
     names break after a hyphen ("gradnorm-floor-" / "static") rather than mid-word, and
     numbers are cut only on a console too narrow even for that."""
-    rows = [list(row) for row in rows]
-    table = _arm_table(title, numeric_columns, rows, key)
+    cells = [list(row) for row in rows]
+    table = _arm_table(title, numeric_columns, cells, key)
     # Measured unbounded: rich clamps a measurement to the console's width.
     excess = console.measure(table, options=console.options.update(width=10_000)).maximum - console.width
     if excess <= 0:
         return table
-    longest = max(len(Text(str(row[0])).plain) for row in rows) if rows else 0
+    longest = max(len(Text(str(row[0])).plain) for row in cells) if cells else 0
     width = max(len(key), longest - excess, 8)
-    for row in rows:
+    for row in cells:
         if isinstance(row[0], str):
             row[0] = "\n".join(textwrap.wrap(row[0], width, break_on_hyphens=True)) or row[0]
-    return _arm_table(title, numeric_columns, rows, key)
+    return _arm_table(title, numeric_columns, cells, key)
 
 
 def _arm_table(title: str, numeric_columns: Sequence[str], rows: list[list], key: str) -> Table:

@@ -15,6 +15,8 @@ from bench.cli.common import (arm_table, console, err_console, fmt, home_path, h
 from bench.errors import BenchError, ConfigError
 
 if TYPE_CHECKING:  # the comparison (pandas, SciPy) loads when the verb runs
+    import pandas as pd
+
     from bench.compare import Comparison
 
 CSV_COLUMNS = ["arm", "runs", "normalized_test_loss", "normalized_train_loss", "normalized_overfitting_gap"]
@@ -96,7 +98,7 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     another (arm: that arm), and the report's path."""
     import json
 
-    def rows(frame) -> list[dict]:
+    def rows(frame: pd.DataFrame) -> list[dict]:
         return json.loads(frame.to_json(orient="records", double_precision=15)) if not frame.empty else []
 
     return {"summary": list(c.headline), "arms": rows(c.main),

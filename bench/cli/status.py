@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -36,7 +37,8 @@ def status_command(
         return
     for name in names:
         progress = store.stored_progress(name)
-        rows, total = [], None
+        rows: list[Sequence[str | Text]] = []
+        total = None
         for arm, p in progress.items():
             rows.append((arm, str(p.total), str(p.done), str(p.failed), str(p.running), str(p.waiting), str(p.left)))
             total = p if total is None else total + p

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -39,10 +40,10 @@ def train_command(
     """Train one multitask model under one loss-balancing method and report its losses and weights."""
     from bench.training import RunConfig, train
 
-    problem_params: dict[str, object] = parse_assignments(problem_param, "--problem-param")
+    problem_params: dict[str, object] = {**parse_assignments(problem_param, "--problem-param")}
     set_once(problem_params, "tasks", tasks, "--tasks", "-p")
     set_once(problem_params, "sigmas", sigmas, "--sigmas", "-p")
-    balancer_params: dict[str, object] = parse_assignments(balancer_param, "--balancer-param")
+    balancer_params: dict[str, object] = {**parse_assignments(balancer_param, "--balancer-param")}
     set_once(balancer_params, "alpha", alpha, "--alpha", "-b")
     set_once(balancer_params, "weights", weights, "--weights", "-b")
     if balancer == "static" and "weights" not in balancer_params:  # else it trains equal weights, named static
@@ -64,7 +65,8 @@ def train_command(
     except ConfigError as err:
         if err.source not in (None, "bench train"):  # said of another source already: --problem-param, a file
             raise
-        given = {"problem": {"tasks": tasks, "sigmas": sigmas}, "balancer": {"alpha": alpha, "weights": weights}}
+        given: dict[str, dict[str, object]] = {"problem": {"tasks": tasks, "sigmas": sigmas},
+                                               "balancer": {"alpha": alpha, "weights": weights}}
         raise ConfigError(option_of(err.field, given), err.expected, err.got, source="bench train",
                           hint=err.hint) from None
     if as_json:
@@ -119,7 +121,7 @@ def print_summary(record: RunRecord) -> None:
         f" (seed {c['seed']}, data seed {c['data_seed']}, {c['budget']['steps']} steps, {record.device}): ",
         (record.status, "bold"), f" - {record.reason}" if record.reason else ""))
 
-    def at(values, i):
+    def at(values: Sequence[float | None] | None, i: int) -> str:
         return fmt(values[i]) if values and values[i] is not None else "-"
     rows = [(name, at(record.train_loss, i), at(record.val_loss, i), at(record.test_loss, i),
              at(record.overfitting_gap, i), at(record.mean_weights, i), at(record.final_weights, i))
@@ -130,8 +132,9 @@ def print_summary(record: RunRecord) -> None:
     # The problem's own measures on each split (accuracy, RMS error), "-" where a task has none.
     measures = (record.metrics or {}).get("test")
     if measures:
-        rows = [(name, *(at(values, i) for values in measures.values())) for i, name in enumerate(record.task_names)]
-        console.print(arm_table("test measures", list(measures), rows, key="task"))
+        console.print(arm_table("test measures", list(measures), [
+            (name, *(at(values, i) for values in measures.values())) for i, name in enumerate(record.task_names)
+        ], key="task"))
     if record.ok:
         console.print(f"task-normalised loss: train {fmt(record.normalized_train_loss)}, "
                       f"val {fmt(record.normalized_val_loss)}, test {fmt(record.normalized_test_loss)}; "

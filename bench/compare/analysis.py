@@ -16,6 +16,7 @@ import math
 import re
 import shlex
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -344,7 +345,7 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     runs["kind"] = runs.arm.map(kinds)
     n_variants = runs.groupby("arm").variant.nunique()
 
-    def label(row) -> str:
+    def label(row: Any) -> str:  # a row of `runs.itertuples()`
         if row.kind == "grid" or n_variants[row.arm] == 1 or not row.variant:
             return row.arm
         return f"{row.arm} ({row.variant})"
@@ -547,7 +548,8 @@ def _weights_of(g: pd.DataFrame, tasks: list[str]) -> list[float]:
     return weights
 
 
-def _main_table(runs, chosen, grids, tasks, manifest) -> pd.DataFrame:
+def _main_table(runs: pd.DataFrame, chosen: pd.DataFrame, grids: dict[str, GridSelection], tasks: list[str],
+                manifest: dict[str, Any]) -> pd.DataFrame:
     rows = []
     sources = manifest.get("gradnorm_static_sources", {})
     for label, g in chosen.groupby("label", sort=False):
@@ -606,7 +608,7 @@ def _per_task_table(chosen: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _standings(runs, grids, main) -> pd.DataFrame:
+def _standings(runs: pd.DataFrame, grids: dict[str, GridSelection], main: pd.DataFrame) -> pd.DataFrame:
     rows = []
     weights = dict(zip(main.arm, main.weights))
     tests = dict(zip(main.arm, main.normalized_test_loss))
@@ -679,7 +681,8 @@ def _per_seed(g: pd.DataFrame) -> dict[int, float]:
     return dict(zip(ok.seed.astype(int), ok.normalized_test_loss))
 
 
-def _paired(chosen, grids, manifest, main, twins: dict[str, str]) -> pd.DataFrame:
+def _paired(chosen: pd.DataFrame, grids: dict[str, GridSelection], manifest: dict[str, Any], main: pd.DataFrame,
+            twins: dict[str, str]) -> pd.DataFrame:
     kinds = dict(zip(main.arm, main.kind))
     weights_of = dict(zip(main.arm, main.weights))
     by_label = {label: _per_seed(g) for label, g in chosen.groupby("label", sort=False)}
@@ -852,7 +855,7 @@ def _headline(c: Comparison) -> list[str]:
         if c.grids[b].unweighted:
             lines.append(_given_up(c, a, c.grids[b]))
 
-    def pairs(kind_a: str, kind_b: str):
+    def pairs(kind_a: str, kind_b: str) -> Iterator[pd.Series]:
         """The paired rows of an arm of kind_a against one of kind_b, with seeds in common."""
         for _, row in c.comparisons.iterrows():
             if (main.loc[row.arm, "kind"] == kind_a and main.loc[row.versus, "kind"] == kind_b and row.n > 0

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -150,7 +150,7 @@ def plain_step_seconds(config: RunConfig, rounds: int, steps: int) -> float:
     def step(i: int) -> None:
         idx = order[i]
         preds = model(data.inputs[idx])
-        loss = sum(torch.mean((pred - y[idx]) ** 2) for pred, y in zip(preds, data.targets))
+        loss = cast(Tensor, sum(torch.mean((pred - y[idx]) ** 2) for pred, y in zip(preds, data.targets)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

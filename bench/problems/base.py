@@ -22,7 +22,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -144,7 +144,7 @@ class MultiTaskModel(nn.Module):
         return [p for params in self.task_parameters() for p in params]
 
     def last_shared_weight(self) -> nn.Parameter:
-        return self.last_shared_layer.weight
+        return cast(nn.Parameter, self.last_shared_layer.weight)
 
     def trunk(self, x: Tensor) -> Tensor:
         return self.activation(self.last_shared_layer(self.body(x)))
@@ -178,7 +178,7 @@ def non_finite_rows(inputs: Tensor, chunk_elements: int = 1 << 22) -> tuple[int,
         if n and first is None:
             first = start + int(bad.nonzero()[0])
         n_bad += n
-    return (n_bad, first) if n_bad else None
+    return (n_bad, first) if first is not None else None
 
 
 def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskModel) -> None:
@@ -186,8 +186,7 @@ def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskMod
     a row holding one (a loss that leaves missing labels out), for `model` of one run. A loss
     that masks with `torch.where` is finite while its gradient is NaN, hence the backward pass."""
     for i, task in enumerate(problem.tasks):
-        found = {name: non_finite_rows(split.targets[i]) for name, split in data.items()}
-        found = {name: rows for name, rows in found.items() if rows}
+        found = {name: rows for name, split in data.items() if (rows := non_finite_rows(split.targets[i]))}
         if not found:
             continue
         name, (_, row) = next(iter(found.items()))
@@ -212,7 +211,7 @@ class Problem(ABC):
     `description`, and implement `tasks`, `load` and `build_model`.
     """
 
-    name: ClassVar[str]
+    name: str  # a class's own; a problem of one's own is named after its function
     Params: ClassVar[type]
     description: ClassVar[str] = ""
     supports_stacking: ClassVar[bool] = True

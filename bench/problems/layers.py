@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,7 @@ class StackedConv2d(nn.Module):
                 f"kernel={self.kernel_size}, padding={self.padding}")
 
 
-def per_image(op: Callable[..., Tensor], x: Tensor, *args, **kwargs) -> Tensor:
+def per_image(op: Callable[..., Tensor], x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     """Apply a batch-wise image op (pooling, upsampling) to (R, B, C, H, W) stacked images."""
     R, B = x.shape[:2]
     y = op(x.reshape(R * B, *x.shape[2:]), *args, **kwargs)

@@ -134,7 +134,7 @@ class NYUv2Params:
 class SegNetBody(nn.Module):
     """Encoder (conv-ReLU, pool) x 2, conv-ReLU; decoder upsample, conv-ReLU, upsample."""
 
-    def __init__(self, channels: Sequence[int], generators):
+    def __init__(self, channels: Sequence[int], generators: Sequence[torch.Generator]) -> None:
         super().__init__()
         a, b, c = channels
         self.enc1 = StackedConv2d(3, a, 3, generators, padding=1)

@@ -4,7 +4,7 @@ stacked MLP: QM9 and Diamonds share this."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from bench.problems.base import DataSplits, MultiTaskModel, Problem, Split
 from bench.problems.layers import StackedLinear, StackedMLP, seeded_generators
 
 
-def check_table_options(field: str, chosen: tuple[str, ...], known: Sequence[str], hidden: tuple[int, ...]) -> None:
+def check_table_options(field: str, chosen: tuple[str, ...], known: Collection[str], hidden: tuple[int, ...]) -> None:
     """The options tabular problems share: distinct known task names, an MLP of >= 2 layers."""
     if not chosen or any(c not in known for c in chosen) or len(set(chosen)) != len(chosen):
         raise ConfigError(field, "distinct names among " + ", ".join(known), list(chosen))

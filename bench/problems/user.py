@@ -40,9 +40,9 @@ def user_problem(name: str, params: Mapping[str, Any] | None, *, source: str | N
         raise ConfigError("problem", f"a module without syntax errors ({err.msg}: {err.filename}, "
                           f"line {err.lineno})", name, source=source) from None
     top = sys.modules.get(module_name.partition(".")[0], module)
-    code_root = None
-    if getattr(top, "__file__", None):  # its errors are the user's, even installed in site-packages
-        code_root = Path(top.__file__).parent if hasattr(top, "__path__") else Path(top.__file__)
+    code_root, top_file = None, getattr(top, "__file__", None)
+    if top_file:  # its errors are the user's, even installed in site-packages
+        code_root = Path(top_file).parent if hasattr(top, "__path__") else Path(top_file)
         mark_user_code(code_root)
     function = getattr(module, function_name, None)
     if not callable(function):

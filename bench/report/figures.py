@@ -10,7 +10,7 @@ import functools
 import itertools
 import math
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import matplotlib
 
@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # figures are written to files; never open a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.axis import Axis  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -128,7 +129,7 @@ def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
     arm_of = dict(zip(c.runs.label, c.runs.arm))
     arms = list(dict.fromkeys(arm_of.get(label, label) for label in labels if label not in weighted_all))
     rank = {kind: i for i, kind in enumerate(_FIRST_COLOURED)}
-    arms.sort(key=lambda arm: rank.get(kinds.get(arm), len(rank)))  # stable: ties keep their order
+    arms.sort(key=lambda arm: rank.get(kinds.get(arm, ""), len(rank)))  # stable: ties keep their order
     colours: dict[str, tuple[float, float, float]] = {}
     hues = _ARM_PALETTE if len(arms) <= len(_ARM_PALETTE) else distinct_colours(len(arms))
     for i, arm in enumerate(arms):
@@ -145,10 +146,11 @@ def arm_colours(c: Comparison) -> dict[str, tuple[float, float, float]]:
 def _shade(rgb: tuple[float, ...], depth: float) -> tuple[float, float, float]:
     """`rgb` mixed with white (depth < 0) or black (depth > 0) by |depth|."""
     target = 0.0 if depth > 0 else 1.0
-    return tuple(float(x + abs(depth) * (target - x)) for x in rgb[:3])
+    r, g, b = (float(x + abs(depth) * (target - x)) for x in rgb[:3])
+    return r, g, b
 
 
-def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
+def _loss_scale(ax: plt.Axes, values: np.ndarray, axis: str = "y") -> str:
     """A log axis for losses spanning more than a decade; a linear one otherwise (a log axis over
     a narrow range only gains labels like 2.4 x 10^0)."""
     values = np.asarray(values, dtype=float)
@@ -166,7 +168,7 @@ def _loss_scale(ax: plt.Axes, values, axis: str = "y") -> str:
 PLAIN_RANGE = (1e-3, 1e5)  # tick labels within it read best as plain numbers; beyond, as powers of ten
 
 
-def _needs_powers(values) -> bool:
+def _needs_powers(values: Iterable[float]) -> bool:
     return any(v != 0 and not PLAIN_RANGE[0] <= abs(v) < PLAIN_RANGE[1] for v in values)
 
 
@@ -177,11 +179,11 @@ class _PlainLogFormatter(ticker.LogFormatterSciNotation):
 
     powers = False
 
-    def set_locs(self, locs) -> None:
+    def set_locs(self, locs: Sequence[float] | None = None) -> None:
         """Matplotlib calls this once before labelling the ticks: the notation is decided here, on
         the axis's major ticks in view, so that its minor labels follow suit."""
         super().set_locs(locs)
-        if self.axis is not None:
+        if isinstance(self.axis, Axis):  # not a formatter used on its own
             low, high = sorted(self.axis.get_view_interval())
             self.powers = _needs_powers(t for t in self.axis.get_majorticklocs() if low <= t <= high)
 
@@ -196,11 +198,10 @@ def _legend_below(fig: plt.Figure, handles: list, labels: list[str], ncol: int) 
     """One legend under every panel, in as many columns (up to `ncol`) as the figure's width
     holds; the figure grows by the legend's height, so the panels keep theirs. A fixed margin
     let a legend of many arms cover the x axis's label, and a wide one run off the figure."""
-    renderer = fig.canvas.get_renderer()
     for columns in range(min(ncol, len(labels)), 0, -1):
         legend = fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=columns,
                             fontsize="small", frameon=False)
-        box = legend.get_window_extent(renderer)
+        box = legend.get_window_extent()  # on the figure's renderer
         if box.width <= fig.bbox.width or columns == 1:
             break
         legend.remove()
@@ -497,7 +498,7 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     # T = 3: a heat map on the simplex (barycentric -> plane).
     corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
 
-    def xy(weights):
+    def xy(weights: Sequence[float]) -> np.ndarray:
         p = np.asarray(weights, dtype=float) / 3.0
         return p @ corners
 
@@ -518,7 +519,7 @@ def grid_landscape(c: Comparison, arm: str | None = None) -> plt.Figure | None:
     dots = ax.scatter(pts[:, 0], pts[:, 1], c=loss, cmap="viridis_r", norm=norm, s=18 if shaded else 80,
                       edgecolors="k", linewidths=0.3)
     cbar = fig.colorbar(dots, ax=ax, shrink=0.8, pad=0.08, spacing="uniform")
-    cbar.set_ticks(levels)
+    cbar.set_ticks(levels.tolist())
     cbar.set_ticklabels([format_number(v) for v in levels], fontsize="small")
     cbar.set_label("task-normalised test loss (colour bands: equal numbers of points)")
     best = xy(grid.weights)
@@ -577,9 +578,9 @@ def _linear_then_log(ax: plt.Axes, values: np.ndarray, linear: float, axis: str 
         outer_at = at(np.array(outer))
         inner = [t for t in inner if np.abs(outer_at - at(np.array([t]))).min() >= spacing / 2]
     target.set_ticks(sorted(set(inner + outer)))
-    decades = {t for t in outer if math.log10(abs(t)) == round(math.log10(abs(t)))}  # not a farthest value's tick
+    powers_of_ten = {t for t in outer if math.log10(abs(t)) == round(math.log10(abs(t)))}  # not a farthest value's tick
     target.set_major_formatter(ticker.FuncFormatter(functools.partial(
-        _symlog_label, decades=frozenset(decades) if _needs_powers(outer) else frozenset())))
+        _symlog_label, decades=frozenset(powers_of_ten) if _needs_powers(outer) else frozenset())))
     target.set_minor_locator(ticker.NullLocator())
 
 
@@ -837,7 +838,9 @@ def overfitting_gaps(c: Comparison) -> plt.Figure | None:
     return fig
 
 
-FIGURES = [
+# Each draws its figure from a comparison (and a grid arm's name, for PER_GRID), or None when it
+# has nothing to show.
+FIGURES: list[tuple[str, str, Callable[..., plt.Figure | None]]] = [
     ("weights", "Task weights of the adaptive methods over training", weight_trajectories),
     ("norms", "GradNorm's gradient norms at W against its targets", gradient_norms),
     ("curves", "Test loss during training", test_loss_curves),
@@ -856,10 +859,11 @@ PER_GRID = {"landscape", "distance", "pareto"}
 
 def all_figures(c: Comparison) -> Iterator[tuple[str, str, plt.Figure]]:
     for figure_id, title, draw in FIGURES:
+        drawn: Iterable[tuple[str, str, plt.Figure | None]]
         if figure_id in PER_GRID and len(c.grids) > 1:
             drawn = ((f"{figure_id}-{arm}", f"{title} ({arm})", draw(c, arm)) for arm in c.grids)
         else:
-            drawn = iter([(figure_id, title, draw(c))])
+            drawn = [(figure_id, title, draw(c))]
         for shown_id, shown_title, fig in drawn:
             if fig is not None:
                 yield shown_id, shown_title, fig

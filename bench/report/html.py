@@ -229,7 +229,8 @@ def _across_studies(studies: list[dict[str, Any]]) -> pd.DataFrame:
     each report. Rows follow the studies' tables: each arm (its labels together: a grid and its
     best point weighting every task, a GradNorm arm's alphas) by its mean place in them,
     relative to their lengths. A study whose main.csv is missing or unreadable is left out."""
-    columns, places = {}, {}
+    columns: dict[str, pd.Series] = {}
+    places: dict[str, list[float]] = {}
     for s in studies:
         try:
             main = pd.read_csv(s["folder"] / "main.csv")

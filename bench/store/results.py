@@ -21,7 +21,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -568,12 +568,11 @@ class ResultStore:
         return claimed
 
     def heartbeat(self, trial_ids: Sequence[int]) -> None:
-        record = getattr(self.storage, "record_heartbeat", None)
-        if record is not None and self.storage.get_heartbeat_interval() is not None:
+        if isinstance(self.storage, BaseHeartbeat) and is_heartbeat_enabled(self.storage):
             for trial_id in trial_ids:
-                record(trial_id)
+                self.storage.record_heartbeat(trial_id)
 
-    def set_params(self, trial_id: int, params: dict[str, tuple[Any, BaseDistribution]]) -> None:
+    def set_params(self, trial_id: int, params: Mapping[str, tuple[Any, BaseDistribution]]) -> None:
         for name, (value, distribution) in params.items():
             self.storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
 

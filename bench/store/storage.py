@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shlex
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class CheckedJournalFileBackend(JournalFileBackend):
         super().__init__(path)
         self.path = Path(path)
 
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         try:
             yield from super().read_logs(log_number_from)
         except ValueError:  # JSONDecodeError, UnicodeDecodeError and Optuna's format error alike
@@ -203,8 +204,9 @@ def stale_after(grace_period: float, system_attrs: Mapping[str, Any]) -> float:
     (30, 300, 30)
     """
     held = system_attrs.get(GRACE_ATTR)
-    ok = isinstance(held, (int, float)) and not isinstance(held, bool)
-    return max(grace_period, held) if ok else grace_period
+    if isinstance(held, (int, float)) and not isinstance(held, bool):
+        return max(grace_period, held)
+    return grace_period
 
 
 class RequeueStaleRun(RetryHeartbeatStaleTrialCallback):
@@ -224,10 +226,11 @@ class HeartbeatRDBStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         own = self.grace_period
+        assert own is not None  # `open_storage` always gives one
         stale = super()._get_stale_trial_ids(study_id)
-        longer: dict[float, set[int]] = {}
+        longer: dict[int, set[int]] = {}
         for trial_id in stale:
-            grace = stale_after(own, self.get_trial_system_attrs(trial_id))
+            grace = math.ceil(stale_after(own, self.get_trial_system_attrs(trial_id)))  # Optuna's are whole seconds
             if grace > own:
                 longer.setdefault(grace, set()).add(trial_id)
         for grace, trial_ids in longer.items():
@@ -394,7 +397,7 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
         except OSError as err:
             raise StorageError(f"cannot create the results folder {database.parent}: {err.strerror}") from None
     try:
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs = {"pool_pre_ping": True}
         for attempt in range(SCHEMA_RACE_ATTEMPTS):
@@ -424,6 +427,7 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int, create: 
         if database is not None and database.is_file() and _is_record(_first_line(database)):
             message += f"; {database} is an Optuna journal file: pass it as --storage {database}"
         raise StorageError(f"cannot open the storage {url}: {message}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def storage_failure(err: BaseException) -> StorageError | None:

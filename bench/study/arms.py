@@ -88,7 +88,7 @@ class Arm:
         self.balancer_params: dict[str, Any] = {}
         self.balancer_options: Any = None  # the options dataclass, defaults filled in
         if self.takes_balancer_options is not None:
-            params = build_params(balancer_class(self.takes_balancer_options).Params, table,
+            params: Any = build_params(balancer_class(self.takes_balancer_options).Params, table,
                                   source=source, prefix=f"arms.{name}.", owner=f"the '{self.kind}' arm")
             self.balancer_options = params
             # Keep only what the file set: defaults stay the balancer's, not frozen in the study.
@@ -271,12 +271,13 @@ class GridArm(Arm):
         self.sampler_name = options.get("sampler", "tpe")
         if self.sampler_name not in SAMPLERS:
             raise self.error("sampler", "one of " + ", ".join(SAMPLERS), self.sampler_name)
-        self.n_trials = options.get("n_trials")
-        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or self.n_trials < 1:
-            raise self.error("n_trials", "a whole number of points >= 1", self.n_trials)
-        if self.n_trials > max_points:
+        n_trials = options.get("n_trials")
+        if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+            raise self.error("n_trials", "a whole number of points >= 1", n_trials)
+        if n_trials > max_points:
             raise self.error("n_trials", f"at most max_points = {max_points:,} points (each trained once per "
-                             "seed), or a larger max_points", self.n_trials)
+                             "seed), or a larger max_points", n_trials)
+        self.n_trials = n_trials
         self.parallel_points = options.get("parallel_points", 8)
         points = self.parallel_points
         if not isinstance(points, int) or isinstance(points, bool) or points < 1:
@@ -429,7 +430,7 @@ class GradNormStaticArm(Arm):
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [
             RunSpec(self.name, run.key, run.seed, "static", {}, {"seed": seed_param(run.seed)},
-                    depends_on=(self.source_arm, run.key), dependency="complete")
+                    depends_on=(self.gradnorm.name, run.key), dependency="complete")
             for run in self.gradnorm.runs(seeds)
         ]
 

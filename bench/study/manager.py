@@ -22,9 +22,10 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import optuna
 import torch
@@ -39,7 +40,7 @@ from bench.balancers.static import validate_static_weights
 from bench.errors import BenchError, ConfigError, UserCodeError, memory_failure
 from bench.formatting import count
 from bench.store.results import (
-    REASON, RUN_KEY, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
+    REASON, RUN_KEY, ArmTrials, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
 )
 from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
 from bench.study.spec import StudySpec
@@ -80,7 +81,7 @@ class Claimed:
     trial: FrozenTrial
     run: RunSpec
     study: optuna.Study
-    config: RunConfig | None = None
+    config: RunConfig
     weights: list[float] | None = None
 
 
@@ -119,7 +120,7 @@ class HeartbeatThread:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -231,7 +232,7 @@ class StudyRunner:
         self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.backend, self.scheduler = backend, scheduler
-        self._client = None
+        self._client: Any = None  # a dask.distributed Client, an optional dependency
         self._stack_limit: int | None = None
 
     # ------------------------------------------------------------------ setting up
@@ -334,7 +335,7 @@ class StudyRunner:
                     self._client = None
 
     @contextlib.contextmanager
-    def _noticing_interrupts(self):
+    def _noticing_interrupts(self) -> Iterator[None]:
         """Ctrl-C, or SIGTERM, also sets a flag that the loop checks at every progress report.
         Python drops the KeyboardInterrupt when it lands in code whose errors are ignored (an
         import lock's callback, a finaliser) and prints it as "Exception ignored ... Traceback";
@@ -343,7 +344,7 @@ class StudyRunner:
             yield
             return
 
-        def on_stop_signal(signum, frame):
+        def on_stop_signal(signum: int, frame: FrameType | None) -> None:
             first = not self._interrupted.is_set()
             if first:
                 self._by_sigterm = signum == signal.SIGTERM
@@ -357,7 +358,7 @@ class StudyRunner:
 
         previous_hook = sys.unraisablehook
 
-        def on_unraisable(unraisable):
+        def on_unraisable(unraisable: Any) -> None:  # sys.UnraisableHookArgs
             if not isinstance(unraisable.exc_value, KeyboardInterrupt):
                 previous_hook(unraisable)
 
@@ -433,7 +434,7 @@ class StudyRunner:
             for trial in _waiting(trials.trials):
                 if proposed >= arm.parallel_points or len(claimed) >= capacity:
                     break
-                run = self.runs[arm_name].get(trial.user_attrs.get(RUN_KEY))
+                run = self._run_of(arm_name, trial)
                 if run is None or not run.proposal or not self.store.claim(trial, self.worker):
                     continue
                 params = trial.params
@@ -452,7 +453,7 @@ class StudyRunner:
             for trial in _waiting(trials.trials):
                 if len(claimed) >= capacity:
                     return claimed
-                run = self.runs[arm_name].get(trial.user_attrs.get(RUN_KEY))
+                run = self._run_of(arm_name, trial)
                 if run is None or run.proposal:
                     continue
                 resolved = self._resolve(run, everything)
@@ -464,12 +465,18 @@ class StudyRunner:
                     continue
                 if weights is not None and run.dependency is not None:
                     extra = (weight_params(weights) if run.dependency == "complete"
-                             else _cube_params(self.spec.arms[arm_name], everything, run))
+                             else _cube_params(cast(GridArm, self.spec.arms[arm_name]), everything, run))
                     self.store.set_params(trial._trial_id, extra)
                 claimed.append(self._hold(arm_name, trial, run, trials.study, weights=weights))
         return claimed
 
-    def _resolve(self, run: RunSpec, everything) -> tuple[list[float] | None, str | None] | None:
+    def _run_of(self, arm_name: str, trial: FrozenTrial) -> RunSpec | None:
+        """The run of this study's file that a stored trial is, or None (a trial of another version)."""
+        key = trial.user_attrs.get(RUN_KEY)
+        return self.runs[arm_name].get(key) if isinstance(key, str) else None
+
+    def _resolve(self, run: RunSpec, everything: Mapping[str, ArmTrials]
+                 ) -> tuple[list[float] | None, str | None] | None:
         """(weights, failure) for a run whose dependency is met; None while it is not."""
         if run.depends_on is None:
             return (list(run.balancer_params["weights"]) if "weights" in run.balancer_params else None), None
@@ -485,7 +492,10 @@ class StudyRunner:
         if dep.state != TrialState.COMPLETE:
             return None, f"its GradNorm run {key} failed: {dep.user_attrs.get(REASON)}"
         static: GradNormStaticArm = self.spec.arms[run.arm]  # type: ignore[assignment]
-        weights = static.weights_from(attrs_to_record(dep.user_attrs))
+        record = attrs_to_record(dep.user_attrs)
+        if record is None:  # finished by something else than bench (another tool sharing the storage)
+            return None, f"its GradNorm run {key} finished without a run record"
+        weights = static.weights_from(record)
         try:
             validate_static_weights(tuple(weights))
         except ConfigError as err:
@@ -557,7 +567,7 @@ class StudyRunner:
                     f"memory: a smaller --batch-runs (now up to {self.stack_limit()} runs a batch) needs "
                     "less; the workers' logs say more") from None
 
-    def _parallel_backend(self):
+    def _parallel_backend(self) -> contextlib.AbstractContextManager[Any]:
         """joblib's process pool, or an existing Dask cluster through joblib's Dask backend."""
         if self.backend == "loky":
             return contextlib.nullcontext()
@@ -658,8 +668,9 @@ def _waiting(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number)
 
 
-def _cube_params(arm: GridArm, everything, run: RunSpec) -> dict[str, Any]:
+def _cube_params(arm: GridArm, everything: Mapping[str, ArmTrials], run: RunSpec) -> dict[str, Any]:
     """The sampled coordinates of a point, copied from the trial that sampled it."""
+    assert run.depends_on is not None  # a sampled point's other seeds depend on its first
     dep = everything[run.depends_on[0]].by_key[run.depends_on[1]]
     return {name: (dep.params[name], d) for name, d in arm.cube_distributions().items()}
 
@@ -670,7 +681,7 @@ def _task_names(spec: StudySpec) -> list[str]:
     return build_problem(spec.problem, spec.problem_params).task_names
 
 
-def run_study(spec: StudySpec, store: ResultStore, **kwargs) -> StudyProgress:
+def run_study(spec: StudySpec, store: ResultStore, **kwargs: Any) -> StudyProgress:
     """Run `spec` against `store` until all its runs are finished."""
     return StudyRunner(spec, store, **kwargs).run()
 

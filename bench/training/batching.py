@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def run_memory_bytes(config: RunConfig) -> int:
     batch = min(config.budget.batch_size, len(data))
     activations = 0
 
-    def count(_module, _inputs, output):
+    def count(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         nonlocal activations
         if isinstance(output, torch.Tensor):
             activations += output.numel()

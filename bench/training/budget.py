@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import overload
 
 from bench.errors import ConfigError
 
@@ -30,6 +31,10 @@ class Budget:
         if not 0 < self.tail_fraction <= 1:
             raise ConfigError("tail_fraction", "a number in (0, 1]", self.tail_fraction)
 
+    @overload
+    def steps_per_epoch(self, n_train: int) -> int: ...
+    @overload
+    def steps_per_epoch(self, n_train: None) -> None: ...
     def steps_per_epoch(self, n_train: int | None) -> int | None:
         """Full batches in one pass over `n_train` training examples (None when unknown); a batch
         larger than the training set is refused."""

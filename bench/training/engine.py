@@ -22,6 +22,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from bench.balancers import BALANCERS
 from bench.errors import ConfigError
 from bench.params import build_params
 from bench.problems import Problem, build_problem
+from bench.problems.base import Metric, TaskSpec
 from bench.problems.layers import StackedLinear
 from bench.training.config import RunConfig, derive_seed
 from bench.training.device import resolve_device
@@ -225,6 +227,7 @@ class BatchTrainer:
         this returns G_i = ||grad_W w_i L_i||.
         """
         if target == "representation":
+            assert rep_grads is not None  # `compute_gradients` takes them for this target
             return torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in rep_grads], dim=1)
         layer = self.model.last_shared_layer
         R = z.shape[0]
@@ -247,8 +250,8 @@ class BatchTrainer:
         # Any other layer: one backward pass from z for all tasks at once (vmapped over tasks).
         deltas = torch.cat([pack.movedim(-2, 0) for pack in packs])  # (T, R, ...)
         grads = torch.autograd.grad(z, params, grad_outputs=deltas, retain_graph=True, is_grads_batched=True)
-        squares = sum(g.flatten(2).square().sum(dim=2) for g in grads)  # (T, R)
-        return squares.sqrt().t()
+        total = cast(Tensor, sum(g.flatten(2).square().sum(dim=2) for g in grads))  # (T, R)
+        return total.sqrt().t()
 
     def compute_gradients(self, x: Tensor, targets: Sequence[Tensor], weights: Tensor
                           ) -> tuple[Tensor, Tensor | None]:
@@ -350,7 +353,7 @@ class BatchTrainer:
         layer made of several layers has no one weight W."""
         target = self.balancer.grad_norm_target
         layer = self.model.last_shared_layer
-        needs = LAST_LAYER_PARAMS.get(target, ())
+        needs = LAST_LAYER_PARAMS.get(target, ()) if target is not None else ()
         missing = [name for name in needs if not isinstance(getattr(layer, name, None), nn.Parameter)]
         if missing:
             raise ConfigError("balancer.grad_params", f"parameters the model's last shared layer has: {target} "
@@ -544,11 +547,11 @@ class BatchTrainer:
         return out
 
 
-def _metric(task, name: str):
+def _metric(task: TaskSpec, name: str) -> Metric:
     return next(m for m in task.metrics if m.name == name)
 
 
-def _metric_table(tasks, final_metrics: dict[str, dict[tuple[int, str], Tensor]], r: int
+def _metric_table(tasks: Sequence[TaskSpec], final_metrics: dict[str, dict[tuple[int, str], Tensor]], r: int
                   ) -> dict[str, dict[str, list[float | None]]]:
     """{split: {metric: [value per task, None where a task lacks the metric]}}."""
     table: dict[str, dict[str, list[float | None]]] = {}

@@ -47,7 +47,7 @@ class RunRecord:
     normalized_test_loss: float | None = None
     overfitting_gap: list[float] | None = None
     normalized_overfitting_gap: float | None = None
-    metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     final_weights: list[float] | None = None
     mean_weights: list[float] | None = None
     tail_mean_weights: list[float] | None = None
