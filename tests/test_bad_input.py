@@ -184,6 +184,7 @@ def test_a_seed_past_32_bits_is_refused_before_training(workdir, capsys, where):
 
 BROKEN_PROBLEM = """
 import dataclasses
+from torch import nn
 from bench.problems import Split, build_problem
 
 class Broken(type(build_problem("toy"))):
@@ -197,9 +198,15 @@ class Broken(type(build_problem("toy"))):
             return dataclasses.replace(data, val=Split(data.val.inputs[:0], tuple(t[:0] for t in data.val.targets)))
         if self.change == "":
             return dataclasses.replace(data, val=Split(data.val.inputs, data.val.targets[:1]))
+        if self.change == "short target":
+            return dataclasses.replace(data, val=Split(data.val.inputs, (data.val.targets[0][1:], data.val.targets[1])))
+        if self.change == "tuple":
+            return data.train, data.val, data.test
         return data
 
     def build_model(self, init_seeds):
+        if self.change == "plain model":
+            return nn.Linear(250, 100)
         return super().build_model([*init_seeds, 99] if self.change == "extra run" else init_seeds)
 
 def broken(change=""):
@@ -212,6 +219,10 @@ def broken(change=""):
     ("empty", "expected Broken._load to return splits of at least one example, got '0 in val'"),
     ("extra run", "expected Broken.build_model to return a model with one head per task (2) for 1 stacked run, "
                   "got '2 heads for 2 runs'"),
+    ("short target", "expected Broken._load to return target tensors with one row per input, got 'task0 in val: "
+                     "(9, 100) for 10 inputs'"),
+    ("tuple", "expected Broken._load to return a DataSplits of train, val and test Splits, got 'tuple'"),
+    ("plain model", "expected Broken.build_model to return a bench.problems.MultiTaskModel, got 'Linear'"),
 ])
 def test_a_problem_of_ones_own_whose_data_or_model_is_not_what_it_must_be(workdir, capsys, monkeypatch, change,
                                                                         expected):
@@ -1053,18 +1064,23 @@ def test_comparing_a_study_before_any_run_has_finished(workdir, capsys):
                                   "has come")
 
 
-@pytest.mark.parametrize("change,expected", [
-    ("normaliser=0.0", "a positive, finite normaliser for task task0"),
-    ("name='task1'", "tasks with distinct, non-empty names"),
+@pytest.mark.parametrize("returned,expected", [
+    ("[dataclasses.replace(tasks[0], normaliser=0.0), *tasks[1:]]", "a positive, finite normaliser for task task0"),
+    ("[dataclasses.replace(tasks[0], normaliser='big'), *tasks[1:]]", "a positive, finite normaliser for task task0"),
+    ("[dataclasses.replace(tasks[0], name='task1'), *tasks[1:]]", "tasks with distinct, non-empty names"),
+    ("[dataclasses.replace(tasks[0], name=''), *tasks[1:]]", "tasks with distinct, non-empty names"),
+    ("[dataclasses.replace(tasks[0], kind='ranking'), *tasks[1:]]",
+     "kind 'regression', 'classification' or 'dense' for task task0, got 'ranking'"),
+    ("{t.name: t for t in tasks}", "a list of TaskSpec, got 'dict'"),
 ])
-def test_a_problem_of_ones_own_with_bad_tasks(workdir, capsys, monkeypatch, change, expected):
-    module = f"bad_tasks_{len(change)}"
+def test_a_problem_of_ones_own_with_bad_tasks(workdir, capsys, monkeypatch, returned, expected):
+    module = f"bad_tasks_{zlib.crc32(returned.encode())}"  # a module of its own: Python caches imports
     (workdir / f"{module}.py").write_text(
         "import dataclasses\nfrom bench.problems import build_problem\n\n"
         "class Bad(type(build_problem('toy'))):\n"
         "    def _tasks(self):\n"
         "        tasks = super()._tasks()\n"
-        f"        return [dataclasses.replace(tasks[0], {change}), *tasks[1:]]\n\n"
+        f"        return {returned}\n\n"
         "def bad():\n    return Bad(build_problem('toy').params)\n")
     monkeypatch.syspath_prepend(str(workdir))
     code, line = run(["train", "--problem", f"{module}:bad", "--steps", "1"], capsys)

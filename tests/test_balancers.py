@@ -266,3 +266,30 @@ def test_a_stopped_run_keeps_its_weights_finite_and_fixed_and_the_other_run_goes
         assert torch.allclose(pair.weights()[1], alone.weights()[0], rtol=1e-12, atol=0)
         if step >= stopped_at:
             assert torch.equal(pair.weights()[0], held) and bool(torch.isfinite(held).all())
+
+
+@pytest.mark.parametrize("balancer,bad,field", [
+    ("dwa", {"temperature": 0.0}, "temperature"), ("dwa", {"temperature": -2.0}, "temperature"),
+    ("dwa", {"temperature": math.inf}, "temperature"), ("dwa", {"temperature": math.nan}, "temperature"),
+    ("dwa", {"period": 0}, "period"),
+    ("uncertainty", {"lr": 0.0}, "lr"), ("uncertainty", {"lr": math.inf}, "lr"),
+    ("uncertainty", {"initial_log_variance": math.inf}, "initial_log_variance"),
+    ("uncertainty", {"initial_log_variance": math.nan}, "initial_log_variance"),
+    ("loss-scale", {"steps": 0}, "steps"),
+    ("static", {"weights": [1.0, -0.5]}, "weights"), ("static", {"weights": [0.0, 0.0]}, "weights"),
+    ("static", {"weights": [1.0, math.nan]}, "weights"),
+])
+def test_each_methods_bad_options_are_refused_naming_the_option(balancer, bad, field):
+    """A softmax at temperature 0 or below, an Adam step of 0, a log-variance that is not a
+    number: each is refused before training, naming its option, rather than train NaN weights."""
+    with pytest.raises(ConfigError, match=rf"balancer\.{field}: expected"):
+        build_balancer_params(balancer, bad)
+
+
+@pytest.mark.parametrize("balancer,good", [
+    ("dwa", {"temperature": 1e-3, "period": 1}), ("uncertainty", {"lr": 1e-6, "initial_log_variance": -5.0}),
+    ("loss-scale", {"steps": 1}), ("static", {"weights": [0.0, 1e-9]}),
+])
+def test_each_methods_options_at_the_edge_of_what_it_takes_are_accepted(balancer, good):
+    params = build_balancer_params(balancer, good)
+    assert all(getattr(params, k) == (tuple(v) if isinstance(v, list) else v) for k, v in good.items())

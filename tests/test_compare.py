@@ -946,6 +946,15 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert two.grids["grid"].weighted_all == "w=1,1"
     assert "the best of the 2 grid points that weight every task, w=1,1 (chosen on validation; " in two.headline[1]
     assert two.headline[1].endswith("test loss 1.117 vs 1.210, lower on 3 of 3 seeds; 1 of the 2 has a lower test loss.")
+    # GradNorm has finished only seed 4, which the chosen point has too and w=1,1 has not: the
+    # line says that GradNorm and the point that weights every task share no seed.
+    later = [_run("grid", f"w=2,0/seed={seed}", seed, 0.5, 0.6, 0.4, weights=(2.0, 0.0))
+             for seed in (3, 4)]
+    gradnorm_late = runs[(runs.arm == "gradnorm") & (runs.seed == 0)].assign(seed=4)
+    apart = build_comparison("hand", c.manifest, pd.concat([runs[runs.arm != "gradnorm"], pd.DataFrame(later),
+                                                            gradnorm_late]), [])
+    assert apart.headline[-1].endswith("gradnorm cannot be compared with the only grid point that weights every "
+                                       "task, w=1,1: no seed has finished on both.")
     # With no point that weights every task left eligible, the line says so.
     runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
     runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"
@@ -1794,6 +1803,13 @@ def test_alphas_that_finished_different_seeds_are_chosen_on_the_seeds_they_share
     assert choice.chosen_variant == "alpha=0.12" and choice.shared_seeds == [0, 1, 2]
     assert choice.val_losses == pytest.approx({"alpha=0.12": 1.0, "alpha=1.5": 1.1})
     assert "the means here and the choice are over seeds 0-2" in choice.sentence()
+    # An alpha without those seeds waits for them, and the summary says so.
+    rows += [_run("gradnorm", f"alpha={alpha}/seed={seed}", seed, 0.5, 2.0, 1.9, mean_weights=(1.0, 1.0),
+                  balancer="gradnorm") for alpha, seeds in (("3", range(3)), ("0.5", (0, 1))) for seed in seeds]
+    choice = build_comparison("hand", manifest, pd.DataFrame(rows), []).alpha_choices["gradnorm"]
+    assert choice.chosen_variant == "alpha=3" and choice.shared_seeds == [0, 1, 2] and choice.unmatched == ["alpha=0.5"]
+    assert choice.sentence().endswith("which every alpha compared has finished. Left out until they finish seeds "
+                                      "0-2: alpha=0.5.")
 
 
 def test_the_tables_list_the_arms_in_the_study_files_order():
