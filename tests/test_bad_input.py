@@ -152,6 +152,8 @@ def test_problem_options_of_the_wrong_type(workdir, capsys, option, value, expec
      "-b initial_loss: expected 'first_step' or 'mean_first_steps' for a problem without classification tasks"),
     (["--eval-every", "0"], "--eval-every: expected an integer >= 1, got 0"),
     (["--dtype", "float16"], "--dtype: expected 'float32' or 'float64', got 'float16'"),
+    (["--problem", "my_problems:"], "--problem: expected package.module:function, got 'my_problems:'"),
+    (["--problem", ":two_waves"], "--problem: expected package.module:function, got ':two_waves'"),
     # Checked when the data loads, after the configuration: said of the same option.
     (["--problem", "nyuv2", "-p", "root=nowhere"], "-p root: expected the preprocessed NYUv2 data"),
 ])

@@ -283,6 +283,27 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
     assert rows["gradnorm-static"][1:] == ["3", "0", "2.457", "0.081", "0.032", "2.127", "0.330", "3.6"]
     assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
 
+def test_compare_says_first_that_a_study_is_unfinished_and_lists_five_failed_runs_then_counts_the_rest(capsys):
+    from types import SimpleNamespace
+
+    from bench.cli.compare import FAILED_RUNS_SHOWN, print_comparison
+
+    main = pd.DataFrame({
+        "arm": ["grid"], "runs": [9], "failed": [7], "seeds": [1], "normalized_test_loss": [2.4], "test_std": [0.0],
+        "test_ci95_low": [2.4], "test_ci95_high": [2.4], "normalized_train_loss": [2.1],
+        "normalized_overfitting_gap": [0.3], "wall_time_s": [3.0], "weights": [[1.0, 1.0]],
+    })
+    failures = pd.DataFrame({"arm": ["grid"] * 7, "run_key": [f"w={k}/seed=0" for k in range(7)],
+                             "reason": [f"diverged at step {k}" for k in range(7)]})
+    print_comparison(SimpleNamespace(study="s", headline=["a verdict"], unfinished="s is not finished (9 of 12)",
+                                     main=main, paired_sentences=[], failures=failures))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "s is not finished (9 of 12)" and lines[2] == "- a verdict"  # under the rule, first
+    listed = lines[lines.index("failed runs: 7, left out of every mean above") + 1:]
+    assert listed == [f"  grid w={k}/seed=0: diverged at step {k}" for k in range(FAILED_RUNS_SHOWN)] + [
+        "  and 2 more: the report lists them all"]
+
+
 def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(capsys, monkeypatch):
     """A runaway run (a loss of 3e8, a gap of -3e5) widens the number columns past 80: names
     then break after a hyphen, and every number stays whole."""
@@ -677,6 +698,29 @@ def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):
     assert 'href="tiny/index.html"' in (tmp_path / "reports" / "index.html").read_text()  # the folder's index
     assert "all reports:" not in captured.err  # one report: the index is not worth a line
     assert main(["compare", "--study", "tiny", "--format", "yaml"]) == 2
+
+
+def test_compare_prints_the_main_table_as_markdown(tmp_path, monkeypatch, capsys):
+    """`--format markdown`: the arms table as GitHub Markdown on stdout, for a pull request or a
+    wiki page, columns in the CSV's order, numbers right-aligned and rounded as on the report."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--study", "tiny", "--format", "markdown", "--no-report"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from bench.cli.compare import CSV_COLUMNS
+    from bench.compare import load_comparison
+    from bench.store import ResultStore
+
+    c = load_comparison(ResultStore(create=False), "tiny")
+    header, rule, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert header[:len(CSV_COLUMNS)] == CSV_COLUMNS
+    assert rule[0].startswith(":-") and rule[1].endswith("-:")  # names left, numbers right
+    assert [row[0] for row in rows] == c.main.arm.tolist()
+    shown = [float(row[header.index("normalized_test_loss")]) for row in rows]
+    assert shown == pytest.approx(c.main.normalized_test_loss.tolist(), rel=1e-3)
+    assert not (tmp_path / "reports" / "tiny").exists()
 
 
 @pytest.mark.slow

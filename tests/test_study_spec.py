@@ -208,6 +208,17 @@ BAD = [
      "arms.gradnorm-static.source"),
     ("a size past 64 bits (torch's overflow)", TINY.replace("hidden = 6", "hidden = 100000000000000000000"),
      "problem.hidden"),
+    # Lines no other case reached.
+    ("an arm that is a number, not a table", TINY + "\n[arms]\nmine = 3\n", "arms.mine"),
+    ("a static arm without weights", TINY + '\n[arms.mine]\nkind = "static"\n', "arms.mine.weights"),
+    ("static weights that are not numbers", TINY + '\n[arms.mine]\nkind = "static"\nweights = [1, nan]\n',
+     "arms.mine.weights"),
+    ("no listed point", TINY.replace("resolution = 0.5", "points = []"), "arms.grid.points"),
+    ("no sampled point", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 0'),
+     "arms.grid.n_trials"),
+    ("no alpha", TINY.replace("alpha = [0.5, 1.0]", "alpha = []"), "arms.gradnorm.alpha"),
+    ("an averaging window of neither kind",
+     TINY.replace("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "last"'), "arms.gradnorm-static.window"),
 ]
 
 
