@@ -1364,6 +1364,12 @@ def test_tables_and_reports_say_when_they_replace_another_storages(workdir, caps
     assert main(["run", "--study", path, "--storage", "sqlite:///./other.db"]) == 0
     assert main(["compare", "--study", "tiny", "--storage", f"sqlite:///{workdir}/other.db"]) == 0
     assert "note:" not in capsys.readouterr().err
+    # A runs.parquet cut short (a full disk, a copy interrupted) is a view: written again whole.
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    assert main(["run", "--study", path, "--storage", "sqlite:///other.db"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert export._stamp(parquet)[0][export.STORAGE_ATTR] == str(workdir / "other.db")
+    assert export._stamp(parquet)[1] == 16  # every run's row
 
 
 def test_a_report_drops_tables_it_no_longer_has(workdir):

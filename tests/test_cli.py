@@ -373,6 +373,21 @@ def test_names_with_brackets_are_shown_as_written(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "reports").exists()
 
 
+def test_missing_glyphs_are_collected_and_other_warnings_pass_on():
+    import warnings
+
+    from bench.report.html import missing_glyphs
+
+    with warnings.catch_warnings(record=True) as passed:
+        warnings.simplefilter("always")
+        with missing_glyphs() as missing:
+            warnings.warn("Glyph 26085 (\\N{CJK UNIFIED IDEOGRAPH-65E5}) missing from font(s) DejaVu Sans.")
+            warnings.warn("Glyph 26412 missing from current font.")
+            warnings.warn("a tight layout could not be made", UserWarning)
+    assert missing == {"日", "本"}
+    assert [(str(w.message), w.category) for w in passed] == [("a tight layout could not be made", UserWarning)]
+
+
 def test_names_the_fonts_lack_are_one_note_not_a_warning_per_figure(tmp_path, monkeypatch, capsys):
     """An arm named in Chinese: matplotlib warned "Glyph 26085 missing from font(s) DejaVu Sans"
     for every figure and every draw, dozens of lines."""
@@ -567,6 +582,10 @@ def test_delete_asks_first_removes_the_study_and_leaves_its_files(tmp_path, monk
     assert code == 2 and "no study named 'tiny' in " in err
     code, _, err = run_cli(["status", "--study", "tiny.toml"], capsys)  # named by the study it holds
     assert code == 2 and "no study named 'tiny' in " in err
+    for verb in ("compare", "status"):  # every study: none left, and how to make one
+        code, _, err = run_cli([verb], capsys)
+        assert code == 2 and err.strip() == ("error: --study: expected a study stored in results/bench.journal "
+                                             "(none yet: run `bench run --study gridsearch`)")
 
 
 def test_a_tilde_after_an_equals_sign_means_home_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):

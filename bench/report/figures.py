@@ -41,6 +41,8 @@ def power_label(value: float) -> str:
 
     >>> power_label(1e5), power_label(2e-4), power_label(-1e6), power_label(0.0)
     ('10⁵', '2×10⁻⁴', '-10⁶', '0')
+    >>> power_label(99996.0)  # rounded to 3 digits: 10.0×10⁴, written as the next power
+    '10⁵'
     """
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
