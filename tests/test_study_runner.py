@@ -900,6 +900,19 @@ def test_gradnorm_static_of_a_gradnorm_run_finished_without_its_record_fails_alo
     assert all(r["status"] == "ok" for r in store.records("tiny") if r["arm"] != "gradnorm-static")
 
 
+@pytest.mark.timeout(120)
+def test_a_run_pruned_by_another_tool_stops_the_study_rather_than_wait_for_it_for_ever(store):
+    """A trial that Optuna itself (or a script on the shared storage) pruned is neither finished,
+    queued, running nor given back: waiting for it would never end."""
+    runner = StudyRunner(spec_of(TINY), store)
+    runner.prepare()
+    waiting = store.arm_study("tiny", "equal").get_trials()[0]
+    store.storage.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.PRUNED)
+    with pytest.raises(BenchError, match=r"^study 'tiny': 1 run in a state bench does not set \(pruned\?\)"):
+        runner.run()
+    assert sum(r["status"] == "ok" for r in store.records("tiny")) == 15  # every other run trained
+
+
 def queued_tiny_study(tmp_path, monkeypatch, storage: str):
     """The tiny study queued, not trained, in a journal or an SQLite (RDB) storage with a 1 s
     heartbeat and grace period; its store and the equal arm's waiting trials."""
