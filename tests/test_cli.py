@@ -283,6 +283,7 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
     assert rows["gradnorm-static"][1:] == ["3", "0", "2.457", "0.081", "0.032", "2.127", "0.330", "3.6"]
     assert rows["grid"][1:] == ["198", "12", "2.402", "0.032", "0.013", "2.086", "0.316", "227"]
 
+
 def test_compare_says_first_that_a_study_is_unfinished_and_lists_five_failed_runs_then_counts_the_rest(capsys):
     from types import SimpleNamespace
 
