@@ -78,9 +78,10 @@ def working(what: str) -> contextlib.AbstractContextManager:
     return err_console.status(what, spinner="dots")
 
 
-def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, str]:
-    """`["a=1", "b=x,y"]` -> {"a": "1", "b": "x,y"}; values are coerced later by their option's type."""
-    out: dict[str, str] = {}
+def parse_assignments(items: Iterable[str] | None, option: str) -> dict[str, object]:
+    """`["a=1", "b=x,y"]` -> {"a": "1", "b": "x,y"}; values are coerced later by their option's type
+    (the dict takes the named options' values too: `set_once`)."""
+    out: dict[str, object] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

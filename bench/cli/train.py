@@ -40,10 +40,10 @@ def train_command(
     """Train one multitask model under one loss-balancing method and report its losses and weights."""
     from bench.training import RunConfig, train
 
-    problem_params: dict[str, object] = {**parse_assignments(problem_param, "--problem-param")}
+    problem_params = parse_assignments(problem_param, "--problem-param")
     set_once(problem_params, "tasks", tasks, "--tasks", "-p")
     set_once(problem_params, "sigmas", sigmas, "--sigmas", "-p")
-    balancer_params: dict[str, object] = {**parse_assignments(balancer_param, "--balancer-param")}
+    balancer_params = parse_assignments(balancer_param, "--balancer-param")
     set_once(balancer_params, "alpha", alpha, "--alpha", "-b")
     set_once(balancer_params, "weights", weights, "--weights", "-b")
     if balancer == "static" and "weights" not in balancer_params:  # else it trains equal weights, named static
