@@ -305,6 +305,32 @@ def test_compare_says_first_that_a_study_is_unfinished_and_lists_five_failed_run
         "  and 2 more: the report lists them all"]
 
 
+def test_on_a_narrow_console_the_headers_are_cut_before_any_number(capsys, monkeypatch):
+    """`bench status` on 40 columns: its numbers need 3, but rich cut them to fit the headers
+    ("1…" for 198 runs) and dropped the last column. The headers give way first, the longest
+    first, and a number is cut only when its column's header is down to a letter and "…"."""
+    from bench.cli import common
+
+    headers = ["runs", "done", "failed", "running", "waiting", "left"]
+    rows = [("grid", "198", "198", "0", "0", "0", "0"), ("gradnorm-static", "3", "3", "0", "0", "0", "0")]
+
+    def shown(width: int) -> tuple[list[str], list[list[str]]]:
+        monkeypatch.setattr(common.console, "width", width)
+        common.console.print(common.arm_table("status", headers, rows))
+        lines = capsys.readouterr().out.splitlines()
+        assert max(len(line) for line in lines) <= width
+        header = next(i for i, line in enumerate(lines) if line.startswith(" arm "))
+        return lines[header].split()[1:], [lines[header + 2].split(), lines[header + 3].split()]
+
+    assert shown(80) == (headers, [list(rows[0]), ["gradnorm-static", "3", "3", "0", "0", "0", "0"]])
+    cut, numbers = shown(40)
+    assert numbers == [list(rows[0]), ["gradnorm", "3", "3", "0", "0", "0", "0"]]  # "-static" on the next line
+    assert len(cut) == len(headers) and cut != headers
+    assert all(c == h or (c.endswith("…") and h.startswith(c[:-1])) for c, h in zip(cut, headers))
+    cut, _ = shown(48)  # 6 letters too many: the longest headers give them, the short ones stay whole
+    assert cut == ["runs", "done", "fail…", "runn…", "wai…", "left"]
+
+
 def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(capsys, monkeypatch):
     """A runaway run (a loss of 3e8, a gap of -3e5) widens the number columns past 80: names
     then break after a hyphen, and every number stays whole."""
@@ -355,6 +381,10 @@ def test_compare_prints_the_verdicts_then_each_paired_sentence_once(capsys):
     assert text.index(" ".join(c.headline[0].split())) < text.index("task-normalised losses")
     for sentence in c.comparisons.sentence:
         assert text.count(" ".join(sentence.split())) == 1, sentence
+    # under the report's heading, after the table: else they read as the summary printed twice
+    heading = text.index("paired comparisons over seeds: - ")
+    assert text.index("task-normalised losses") < heading < min(
+        text.index(" ".join(s.split())) for s in c.comparisons.sentence)
 
 
 def test_names_with_brackets_are_shown_as_written(tmp_path, monkeypatch, capsys):

@@ -124,12 +124,13 @@ def arm_table(title: str, numeric_columns: Sequence[str], rows: Iterable[Sequenc
               key: str = "arm") -> Table:
     """A table of one row per arm (or per `key`): no vertical rules, so that it fits 80 columns
     (a log, a CI page). When it would not fit (a runaway run's numbers widen their columns),
-    names break after a hyphen ("gradnorm-floor-" / "static") rather than mid-word, and
-    numbers are cut only on a console too narrow even for that."""
+    names break after a hyphen ("gradnorm-floor-" / "static") rather than mid-word; on a console
+    narrower still, the headers are cut ("runn…"), and numbers only where even their digits do
+    not fit: "1…" for 198 runs would read as a number."""
     cells = [list(row) for row in rows]
-    table = _arm_table(title, numeric_columns, cells, key)
-    # Measured unbounded: rich clamps a measurement to the console's width.
-    excess = console.measure(table, options=console.options.update(width=10_000)).maximum - console.width
+    headers = list(numeric_columns)
+    table = _arm_table(title, headers, cells, key)
+    excess = _excess(table)
     if excess <= 0:
         return table
     longest = max(len(Text(str(row[0])).plain) for row in cells) if cells else 0
@@ -137,7 +138,28 @@ def arm_table(title: str, numeric_columns: Sequence[str], rows: Iterable[Sequenc
     for row in cells:
         if isinstance(row[0], str):
             row[0] = "\n".join(textwrap.wrap(row[0], width, break_on_hyphens=True)) or row[0]
-    return _arm_table(title, numeric_columns, cells, key)
+    table = _arm_table(title, headers, cells, key)
+    excess = _excess(table)
+    # Cut the longest header (the rightmost of equals) a letter at a time, down to its numbers' width.
+    widest = [max((Text(str(row[i])).cell_len for row in cells if len(row) > i), default=1)
+              for i in range(1, len(headers) + 1)]
+    shown = [len(h) for h in headers]
+    while excess > 0:
+        cuttable = [i for i, (n, w) in enumerate(zip(shown, widest)) if n > max(w, 2)]
+        if not cuttable:
+            break
+        shown[max(cuttable, key=lambda i: (shown[i], i))] -= 1
+        excess -= 1
+    if shown != [len(h) for h in headers]:
+        headers = [h if n == len(h) else h[:n - 1] + "…" for h, n in zip(headers, shown)]
+        table = _arm_table(title, headers, cells, key)
+    return table
+
+
+def _excess(table: Table) -> int:
+    """How many columns wider than the console the table is, measured unbounded: rich clamps a
+    measurement to the console's width."""
+    return console.measure(table, options=console.options.update(width=10_000)).maximum - console.width
 
 
 def _arm_table(title: str, numeric_columns: Sequence[str], rows: list[list], key: str) -> Table:

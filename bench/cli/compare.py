@@ -135,7 +135,10 @@ def print_comparison(c: Comparison) -> None:
     for row in c.main.itertuples():
         if not all(math.isnan(w) for w in row.weights):  # an arm whose runs all failed has none
             console.print(f"  weights of {row.arm}: (" + ", ".join(weight_text(w) for w in row.weights) + ")")
-    # The paired comparisons, described (the headline above gives the verdicts), as in the report.
+    # The paired comparisons, described (the headline above gives the verdicts), under the
+    # report's heading: without it they read as the summary printed twice.
+    if c.paired_sentences:
+        console.print("paired comparisons over seeds:")
     for sentence in c.paired_sentences:
         console.print(f"- {sentence}")
     if not c.failures.empty:
