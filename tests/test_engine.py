@@ -295,6 +295,118 @@ def test_stacked_float32_runs_equal_lone_runs_within_tolerance():
         assert_records_close(record, train(config), rtol=1e-4)
 
 
+class PlainModulesToy(ToyProblem):
+    """The toy problem with its model written as one writes a lone network, from torch's own
+    modules, and stacked by StackedModule."""
+
+    name = "plain-modules-toy"
+
+    def build_model(self, init_seeds):
+        from torch import nn
+
+        from bench.problems import MultiTaskModel
+        from bench.problems.layers import StackedModule, seeded_generators
+
+        p, gens = self.params, seeded_generators(init_seeds)
+        sizes = [p.input_dim] + [p.hidden] * p.depth
+
+        def body():  # every layer but the last shared one, each with its ReLU
+            return nn.Sequential(*[m for a, b in zip(sizes[:-2], sizes[1:-1]) for m in (nn.Linear(a, b), nn.ReLU())])
+
+        return MultiTaskModel(StackedModule(body, gens), StackedModule(lambda: nn.Linear(p.hidden, p.hidden), gens),
+                              [StackedModule(lambda: nn.Linear(p.hidden, p.output_dim), gens) for _ in range(p.tasks)],
+                              n_runs=len(init_seeds), activation=nn.ReLU())
+
+
+def plain_modules_config(balancer: str, seed: int, **params) -> RunConfig:
+    return dataclasses.replace(tiny_config(balancer, seed=seed, tasks=3, **params), problem=PlainModulesToy.name)
+
+
+@pytest.mark.parametrize("balancer,params",
+                         BALANCER_CASES + [("gradnorm", {"alpha": 1.0, "grad_params": "last_layer"})])
+def test_a_model_of_plain_torch_modules_stacked_trains_each_run_as_alone(monkeypatch, balancer, params):
+    """StackedModule: a stack of ordinary modules, vmapped, gives each run what it gives alone."""
+    monkeypatch.setitem(PROBLEMS, PlainModulesToy.name, PlainModulesToy)
+    configs = [plain_modules_config(balancer, s, **params) for s in (0, 1, 1, 2)]
+    stacked = train_runs(configs)
+    for config, record in zip(configs, stacked):
+        assert record.status == "ok" and record.batch_runs == 4
+        assert_records_close(record, train(config), rtol=1e-9)
+    assert comparable(stacked[1]) != comparable(stacked[0])  # seeds 0 and 1 start apart
+
+
+@pytest.mark.parametrize("grad_params", ["last_layer_weight", "last_layer", "all_shared", "representation"])
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_stacked_plain_modules_compute_and_train_as_the_stacked_layers_do(monkeypatch, grad_params, seeds):
+    """Given the toy model's parameters, the same network of plain modules computes the same
+    losses, gradients and GradNorm norms (through autograd and vmap, where the toy's linear last
+    layer has its norms in closed form), and trains to the same parameters."""
+    monkeypatch.setitem(PROBLEMS, PlainModulesToy.name, PlainModulesToy)
+    params = {"alpha": 1.0, "grad_params": grad_params}
+    ours = BatchTrainer([tiny_config("gradnorm", seed=s, tasks=3, **params) for s in seeds])
+    plain = BatchTrainer([plain_modules_config("gradnorm", s, **params) for s in seeds])
+    pairs = []  # (the toy's StackedLinear parameter, the plain module's, laid out as nn.Linear's)
+    layers = [*ours.model.body.layers, ours.model.last_shared_layer, *ours.model.heads]
+    wrapped = [(plain.model.body, f"{2 * i}__") for i in range(len(ours.model.body.layers))]
+    wrapped += [(m, "") for m in (plain.model.last_shared_layer, *plain.model.heads)]
+    assert len(layers) == len(wrapped) == 2 + 3
+    with torch.no_grad():
+        for layer, (module, prefix) in zip(layers, wrapped):
+            weight, bias = getattr(module, prefix + "weight"), getattr(module, prefix + "bias")
+            weight.copy_(layer.weight.transpose(1, 2))
+            bias.copy_(layer.bias.squeeze(1))
+            pairs += [(layer.weight, weight, True), (layer.bias, bias, False)]
+    # a task weighted 0 too
+    weights = torch.tensor([[2.0, 0.5, 0.5], [0.0, 1.0, 2.0]], dtype=torch.float64)[:len(seeds)]
+    x, targets = ours.training_batch(0)
+    expected, expected_norms = ours.compute_gradients(x, targets, weights)
+    losses, norms = plain.compute_gradients(x, targets, weights)
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(norms, expected_norms, rtol=1e-10, atol=0)
+    for toy_param, plain_param, transposed in pairs:
+        grad = toy_param.grad.transpose(1, 2) if transposed else toy_param.grad.squeeze(1)
+        torch.testing.assert_close(plain_param.grad, grad, rtol=1e-10, atol=1e-14)
+    # And they train alike. A vmapped head's gradient comes back transposed, and fused Adam,
+    # given it as it came, moved the heads elsewhere than the toy's, from the first step.
+    for step in range(3):
+        ours.step(step)
+        plain.step(step)
+    for toy_param, plain_param, transposed in pairs:
+        value = toy_param.transpose(1, 2) if transposed else toy_param.squeeze(1)
+        torch.testing.assert_close(plain_param, value, rtol=1e-9, atol=1e-12)
+
+
+class SequentialLastLayerToy(PlainModulesToy):
+    """The last shared layer a StackedModule of a Sequential: no one weight W for GradNorm."""
+
+    name = "sequential-last-layer-toy"
+
+    def build_model(self, init_seeds):
+        from torch import nn
+
+        from bench.problems.layers import StackedModule, seeded_generators
+
+        model = super().build_model(init_seeds)
+        hidden = self.params.hidden
+        model.last_shared_layer = StackedModule(lambda: nn.Sequential(nn.Linear(hidden, hidden)),
+                                                seeded_generators(init_seeds))
+        return model
+
+
+def test_gradnorm_on_a_last_shared_layer_without_one_weight_says_what_to_do(monkeypatch):
+    monkeypatch.setitem(PROBLEMS, SequentialLastLayerToy.name, SequentialLastLayerToy)
+    config = dataclasses.replace(plain_modules_config("gradnorm", 0, alpha=1.0), problem=SequentialLastLayerToy.name)
+    with pytest.raises(ConfigError) as told:
+        BatchTrainer([config])
+    assert str(told.value) == (
+        "balancer.grad_params: expected parameters the model's last shared layer has: last_layer_weight takes its "
+        "weight, and StackedModule has no weight (make the last shared layer one layer, such as a StackedLinear or "
+        "a StackedModule of an nn.Linear, or set grad_params = \"all_shared\"), got 'last_layer_weight'")
+    every_shared = dataclasses.replace(plain_modules_config("gradnorm", 0, alpha=1.0, grad_params="all_shared"),
+                                       problem=SequentialLastLayerToy.name)
+    assert train(every_shared).status == "ok"
+
+
 class PoisonedToy(ToyProblem):
     """The toy problem, except that data seed 13 has one non-finite training target."""
 

@@ -12,6 +12,7 @@ import torch
 
 from bench.perf import append_csv, run_benchmark
 from bench.perf.benchmark import step_flops, warm_up
+from bench.problems import PROBLEMS
 from bench.training.engine import problem_for
 from bench.training import BatchTrainer
 from bench.training import batching
@@ -70,6 +71,18 @@ def test_a_runs_memory_counts_parameters_gradients_adam_moments_and_a_batchs_act
     # layers' outputs (its leaf modules': two trunk layers, the activation, two heads) 16*(6+6+6+3+3).
     params, activations = 8 * 6 + 6 + 6 * 6 + 6 + 2 * (6 * 3 + 3), 16 * (6 + 6 + 6 + 3 + 3)
     assert batching.run_memory_bytes(tiny_config("equal")) == 8 * (4 * params + 3 * activations)
+
+
+def test_a_stacked_modules_memory_counts_the_activations_inside_it(monkeypatch):
+    """The toy written in torch's modules and stacked by StackedModule: to torch a StackedModule
+    is one leaf, but its body's own ReLU keeps its output for the backward pass as well (16 * 6
+    more values than the toy's StackedMLP, whose ReLU is a function, not a module)."""
+    from tests.test_engine import PlainModulesToy, plain_modules_config
+
+    monkeypatch.setitem(PROBLEMS, PlainModulesToy.name, PlainModulesToy)
+    config = dataclasses.replace(plain_modules_config("equal", 0), problem_params=tiny_config("equal").problem_params)
+    params, activations = 8 * 6 + 6 + 6 * 6 + 6 + 2 * (6 * 3 + 3), 16 * (6 + 6 + 6 + 6 + 3 + 3)
+    assert batching.run_memory_bytes(config) == 8 * (4 * params + 3 * activations)
 
 
 def test_a_problem_that_does_not_stack_trains_one_run_at_a_time(monkeypatch):

@@ -64,6 +64,26 @@ def test_user_problem_errors_are_clear(tmp_path, monkeypatch):
     assert problem.task_names == ["sine", "cosine"] and problem.name == "my_problems:two_waves"
 
 
+def test_a_network_of_torch_modules_from_the_readme_trains_each_run_as_alone(tmp_path, monkeypatch):
+    """The README's StackedModule example: two runs of GradNorm stacked equal each run alone,
+    to float32's tolerance for stacked runs (see Speed), and differ from each other."""
+    from bench.training import Budget, RunConfig, train, train_runs
+    from tests.test_engine import assert_records_close
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("my_problems", "torch_modules"):
+        (tmp_path / f"{name}.py").write_text(example(f"{name}.py"))
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    budget = Budget(steps=30, batch_size=32, lr=1e-3, eval_every=10)
+    configs = [RunConfig(problem="torch_modules:two_waves", balancer="gradnorm", seed=s, problem_params={"scale": 5.0},
+                         balancer_params={"alpha": 1.5}, budget=budget, device="cpu").validated() for s in (0, 1)]
+    stacked = train_runs(configs)
+    assert [r.batch_runs for r in stacked] == [2, 2] and stacked[0].test_loss != stacked[1].test_loss
+    for config, record in zip(configs, stacked):
+        assert_records_close(record, train(config), rtol=1e-4)
+
+
 def test_a_problem_beside_its_study_file_imports_from_any_folder(tmp_path, monkeypatch):
     """The README's problem module sat next to its study, but a study run from another folder
     could not import it."""

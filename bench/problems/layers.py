@@ -3,10 +3,12 @@
 Stacking many small networks of one architecture into one set of tensors lets a grid search
 train all its points at once: each slice r has its own parameters and initialisation, and
 every operation acts slice by slice, so slice r computes exactly what a lone network would.
+`StackedModule` stacks any ordinary module the same way, with torch.func.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
 
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -118,3 +121,71 @@ def per_image(op: Callable[..., Tensor], x: Tensor, *args: Any, **kwargs: Any) -
     R, B = x.shape[:2]
     y = op(x.reshape(R * B, *x.shape[2:]), *args, **kwargs)
     return y.view(R, B, *y.shape[1:])
+
+
+class StackedModule(nn.Module):
+    """R independent copies of an ordinary module, computed as one: `factory()` builds one run's
+    module (any `nn.Module` taking one tensor of shape (B, ...)); its parameters and buffers are
+    stacked with a leading run dimension (R, ...), and its forward is vmapped over the runs, so
+    that input (R, B, ...) gives output (R, B, ...). A model of one's own need not be rewritten
+    in the stacked layers above (the way PyTorch's model-ensembling recipe stacks models).
+
+    Run r's copy is built by `factory()` with torch's random generator seeded by a number drawn
+    from `generators[r]`, so that it starts from its own seed, as `StackedLinear` does; the
+    caller's random state is left as it was. Each slice then computes what the lone module
+    would: batch norm keeps each run's running statistics, and dropout draws each run's own masks
+    (not the lone module's: a stack with dropout matches lone runs in distribution only).
+    GradNorm's W is the stacked `weight` when the module has one of its own (`nn.Linear`).
+
+    The module keeps its state in its parameters and buffers: other tensors it holds stay on
+    the template, which has no data (torch's "meta" device). A parameter `0.weight` is
+    registered as `0__weight` (a name cannot hold a dot).
+    """
+
+    template: nn.Module  # one run's module, without data: not registered, see __init__
+
+    def __init__(self, factory: Callable[[], nn.Module], generators: Sequence[torch.Generator]):
+        super().__init__()
+        copies = []
+        for g in generators:
+            seed = int(torch.randint(0, 2**62, (), generator=g))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                copies.append(factory())
+        if not copies:
+            raise ValueError("StackedModule: one generator per run, at least one")
+        params, buffers = stack_module_state(copies)
+        self._names: dict[str, str] = {}  # registered name -> the module's own dotted name
+        for name, value in [*params.items(), *buffers.items()]:
+            key = name.replace(".", "__")
+            if key in self._names:
+                raise ValueError(f"StackedModule: {name!r} and {self._names[key]!r} would both be "
+                                 f"registered as {key!r}")
+            self._names[key] = name
+            if name in params:
+                self.register_parameter(key, nn.Parameter(value.detach()))
+            else:
+                self.register_buffer(key, value)
+        self.n_runs = len(copies)
+        # The template whose forward is called with each run's tensors: kept out of the
+        # module's children, so that its parameters are not the stack's.
+        self.__dict__["template"] = copy.deepcopy(copies[0]).to("meta")
+
+    def train(self, mode: bool = True) -> StackedModule:
+        super().train(mode)
+        self.template.train(mode)  # batch norm and dropout read the template's mode
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        state = {self._names[key]: value for key, value in
+                 [*self.named_parameters(recurse=False), *self.named_buffers(recurse=False)]}
+
+        def one_run(run_state: dict[str, Tensor], run_input: Tensor) -> Tensor:
+            return functional_call(self.template, run_state, (run_input,))
+
+        if self.n_runs == 1:  # a run alone (a problem that does not stack): vmap's overhead for nothing
+            return one_run({name: value[0] for name, value in state.items()}, x[0]).unsqueeze(0)
+        return torch.vmap(one_run, randomness="different")(state, x)
+
+    def extra_repr(self) -> str:
+        return f"runs={self.n_runs}, module={self.template!r}"

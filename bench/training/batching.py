@@ -62,13 +62,27 @@ def run_memory_bytes(config: RunConfig) -> int:
         if isinstance(output, torch.Tensor):
             activations += output.numel()
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in _leaf_modules(model)]
     with torch.no_grad():
         model(data.inputs[:batch].to(dtype=dtype).unsqueeze(0))
     for h in hooks:
         h.remove()
     # parameters, gradients, two Adam moments; activations saved plus their gradients (x3)
     return size * (4 * params + 3 * activations)
+
+
+def _leaf_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose outputs are the model's activations: its leaves, and inside a
+    StackedModule (a leaf to torch) the leaves of the module it stacks, which its forward calls."""
+    from bench.problems.layers import StackedModule
+
+    leaves = []
+    for module in model.modules():
+        if isinstance(module, StackedModule):
+            leaves += [m for m in module.template.modules() if not list(m.children())]
+        elif not list(module.children()):
+            leaves.append(module)
+    return leaves
 
 
 def default_max_runs(device: torch.device, run_bytes: int) -> int:

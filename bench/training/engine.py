@@ -287,7 +287,10 @@ class BatchTrainer:
         deltas = grads[:T]
         param_grads = grads[2 * T:] if want_reps else grads[T:]
         for p, g in zip(self.head_parameters, param_grads):
-            p.grad = g
+            # autograd.grad gives a gradient in the layout its backward made (a vmapped
+            # nn.Linear's comes transposed); fused Adam reads it as laid out like its parameter,
+            # on the CPU silently wrong otherwise. .backward() would lay it out so (AccumulateGrad).
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
         weighted_norms = None
         if target == "representation":  # from the gradients at h, before any ReLU mask below
             weighted_norms = self.task_gradient_norms(target, a, z, [], grads[T:2 * T] if want_reps else deltas)
@@ -359,7 +362,8 @@ class BatchTrainer:
             raise ConfigError("balancer.grad_params", f"parameters the model's last shared layer has: {target} "
                               f"takes its {' and '.join(needs)}, and {type(layer).__name__} has no "
                               f"{' or '.join(missing)} (make the last shared layer one layer, such as a "
-                              "StackedLinear, or set grad_params = \"all_shared\")", target)
+                              "StackedLinear or a StackedModule of an nn.Linear, or set grad_params = "
+                              "\"all_shared\")", target)
 
     # ----------------------------------------------------------------- failures
     def _check_diverged(self, values: Tensor, what: str, step: int, limit: float | None = None,
