@@ -209,7 +209,11 @@ class Broken(type(build_problem("toy"))):
     def build_model(self, init_seeds):
         if self.change == "plain model":
             return nn.Linear(250, 100)
-        return super().build_model([*init_seeds, 99] if self.change == "extra run" else init_seeds)
+        model = super().build_model([*init_seeds, 99] if self.change == "extra run" else init_seeds)
+        if self.change.startswith("plain heads"):  # torch's own, unstacked: one head for every run
+            outputs = 1 if self.change == "plain heads of one output" else 100
+            model.heads = nn.ModuleList(nn.Linear(100, outputs) for _ in model.heads)
+        return model
 
 def broken(change=""):
     return Broken(build_problem("toy", {"n_train": 50, "n_val": 10, "n_test": 10}).params, change)
@@ -225,6 +229,9 @@ def broken(change=""):
                      "(9, 100) for 10 inputs'"),
     ("tuple", "expected Broken._load to return a DataSplits of train, val and test Splits, got 'tuple'"),
     ("plain model", "expected Broken.build_model to return a bench.problems.MultiTaskModel, got 'Linear'"),
+    ("plain heads", "expected Broken.build_model to return a model whose every parameter has a leading run "
+                    "dimension, one slice per run (1 here): the stacked layers of bench.problems.layers, or torch's "
+                    "own modules in a StackedModule, got 'heads.0.weight of shape (100, 100)'"),
 ])
 def test_a_problem_of_ones_own_whose_data_or_model_is_not_what_it_must_be(workdir, capsys, monkeypatch, change,
                                                                         expected):
@@ -233,6 +240,23 @@ def test_a_problem_of_ones_own_whose_data_or_model_is_not_what_it_must_be(workdi
     code, line = run(["train", "--problem", "broken_problem:broken", "-p", f"change={change}", "--steps", "1",
                       "--batch-size", "10"], capsys)
     assert code == 2 and expected in line
+
+
+def test_a_stack_of_runs_sharing_a_layer_is_refused_before_anything_is_stored(workdir, capsys, monkeypatch):
+    """A torch layer left unstacked whose first dimension is 1 (a head of one output) fits a lone
+    run's model; in a stack it gave every run the same head, and the runs trained together, not
+    as they would alone. `bench run` checks a model of two runs before it opens the storage."""
+    (workdir / "broken_problem.py").write_text(BROKEN_PROBLEM)
+    monkeypatch.syspath_prepend(str(workdir))
+    text = TINY.split("[budget]")[0].split("[problem]")[0] + (
+        '[problem]\nname = "broken_problem:broken"\nchange = "plain heads of one output"\n\n[budget]'
+        + TINY.split("[budget]")[1])
+    code, line = run(["run", "--study", study(workdir, text)], capsys)
+    assert code == 2 and line == (
+        "error: tiny.toml: problem: expected Broken.build_model to return a model whose every parameter has a leading "
+        "run dimension, one slice per run (2 here): the stacked layers of bench.problems.layers, or torch's own "
+        "modules in a StackedModule, got 'heads.0.weight of shape (1, 100)'")
+    assert not (workdir / "results").exists()
 
 
 MISFIT_PROBLEM = """

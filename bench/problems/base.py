@@ -271,14 +271,24 @@ class Problem(ABC):
 
     def checked_model(self, init_seeds: Sequence[int]) -> MultiTaskModel:
         """`build_model`'s model, checked: one head per task and one slice per run (a head
-        short, the runs' losses would be paired with the wrong tasks, or fail deep in training)."""
+        short, the runs' losses would be paired with the wrong tasks, or fail deep in training),
+        and every parameter a stack of the runs' own. A torch module left unstacked (a plain
+        `nn.Linear` head) took inputs of any run count and trained one head for all of them:
+        the runs of a stack were no longer independent, and nothing said so."""
         model = self.build_model(init_seeds)
         if not isinstance(model, MultiTaskModel):
             raise self._returned("build_model", "a bench.problems.MultiTaskModel", type(model).__name__)
-        if model.n_tasks != self.n_tasks or model.n_runs != len(init_seeds):
+        runs = len(init_seeds)
+        if model.n_tasks != self.n_tasks or model.n_runs != runs:
             raise self._returned("build_model", f"a model with one head per task ({self.n_tasks}) for "
-                                 f"{count(len(init_seeds), 'stacked run')}",
+                                 f"{count(runs, 'stacked run')}",
                                  f"{count(model.n_tasks, 'head')} for {count(model.n_runs, 'run')}")
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 0 or parameter.shape[0] != runs:
+                raise self._returned(
+                    "build_model", f"a model whose every parameter has a leading run dimension, one slice per run "
+                    f"({runs} here): the stacked layers of bench.problems.layers, or torch's own modules in a "
+                    "StackedModule", f"{name} of shape {tuple(parameter.shape)}")
         return model
 
     def check_model_takes(self, model: MultiTaskModel, inputs: Tensor) -> None:

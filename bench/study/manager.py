@@ -157,6 +157,8 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     try:
         data = problem.load(config.resolved_data_seed)
         model = problem.checked_model([0])
+        if problem.supports_stacking:  # a layer left unstacked can have one slice by chance (nn.Linear(64, 1))
+            problem.checked_model([0, 1])
         rows = data.train.inputs[None, :2]  # two rows, not a float32 copy of every input
         problem.check_model_takes(model, rows.float() if rows.is_floating_point() else rows)
         check_missing_labels(problem, data, model)
