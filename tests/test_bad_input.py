@@ -213,7 +213,31 @@ class Broken(type(build_problem("toy"))):
         if self.change.startswith("plain heads"):  # torch's own, unstacked: one head for every run
             outputs = 1 if self.change == "plain heads of one output" else 100
             model.heads = nn.ModuleList(nn.Linear(100, outputs) for _ in model.heads)
+        if self.change == "mixed runs":
+            model.body = MixedRuns(model.body)
         return model
+
+    def _tasks(self):
+        tasks = super()._tasks()
+        if self.change != "mixed loss":
+            return tasks
+
+        def across_runs(loss):
+            def mixed(prediction, target):  # each run's loss, half of it the mean over the runs
+                value = loss(prediction, target)
+                return 0.5 * (value + value.mean())
+            return mixed
+
+        return [dataclasses.replace(t, loss=across_runs(t.loss)) for t in tasks]
+
+class MixedRuns(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):  # centred over every row of every run: the runs of a stack meet
+        y = self.body(x)
+        return y - y.mean(dim=(0, 1), keepdim=True)
 
 def broken(change=""):
     return Broken(build_problem("toy", {"n_train": 50, "n_val": 10, "n_test": 10}).params, change)
@@ -256,6 +280,29 @@ def test_a_stack_of_runs_sharing_a_layer_is_refused_before_anything_is_stored(wo
         "error: tiny.toml: problem: expected Broken.build_model to return a model whose every parameter has a leading "
         "run dimension, one slice per run (2 here): the stacked layers of bench.problems.layers, or torch's own "
         "modules in a StackedModule, got 'heads.0.weight of shape (1, 100)'")
+    assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("mixed runs", "a model whose stacked runs stay apart: run 0's predictions must not change when run 1's "
+                   "parameters and rows do (a layer that mixes a stack's runs, such as a batch norm over every run's "
+                   "rows, trains them together, not as each would train alone), got \"run 0's predictions of task0 "
+                   "changed\""),
+    ("mixed loss", "task task0's loss to keep the stacked runs apart: run 0's loss must not change when run 1's "
+                   "predictions and targets do (a loss averaged across the runs trains them together), got \"run 0's "
+                   "loss changed\""),
+])
+def test_a_model_or_loss_that_mixes_a_stacks_runs_is_refused_before_anything_is_stored(workdir, capsys, monkeypatch,
+                                                                                      change, expected):
+    """Each run of a stack must train as it would alone. A layer centred over every run's rows
+    has no parameter to give it away, and a loss averaged across the runs returns one value per
+    run, as it must: both made the stacked runs train together, silently."""
+    (workdir / "broken_problem.py").write_text(BROKEN_PROBLEM)
+    monkeypatch.syspath_prepend(str(workdir))
+    text = TINY.split("[problem]")[0] + (f'[problem]\nname = "broken_problem:broken"\nchange = "{change}"\n\n[budget]'
+                                         + TINY.split("[budget]")[1])
+    code, line = run(["run", "--study", study(workdir, text)], capsys)
+    assert code == 2 and line == f"error: tiny.toml: problem: expected {expected}"
     assert not (workdir / "results").exists()
 
 
@@ -464,6 +511,9 @@ from bench.problems import build_problem
 def averaged_over_everything(pred, target):  # one number for all the stacked runs
     return ((pred - target) ** 2).mean()
 
+def averaged_over_a_full_batch(pred, target):  # past the few rows `bench run` checks a loss on first
+    return averaged_over_everything(pred, target) if pred.shape[1] > 4 else ((pred - target) ** 2).mean((1, 2))
+
 def as_numbers(pred, target):  # detached: task0's head would never train, silently
     return ((pred - target) ** 2).flatten(1).mean(1).detach()
 
@@ -479,18 +529,32 @@ class OwnLoss(type(build_problem("toy"))):
 def scalar(**options):
     return OwnLoss(build_problem("toy", options).params, averaged_over_everything)
 
+def scalar_on_full_batches(**options):
+    return OwnLoss(build_problem("toy", options).params, averaged_over_a_full_batch)
+
 def detached(**options):
     return OwnLoss(build_problem("toy", options).params, as_numbers)
 """
 
 
+def test_a_loss_that_returns_one_number_for_every_run_is_refused_before_anything_is_stored(workdir, capsys):
+    """`bench run` tries the loss on a few rows of two runs before it opens the storage."""
+    (workdir / "scalar_loss.py").write_text(SCALAR_LOSS_PROBLEM)
+    code, line = run(["run", "--study", study(workdir, TINY.replace('name = "toy"', 'name = "scalar_loss:scalar"'))],
+                     capsys)
+    assert line == ("error: tiny.toml: problem: expected task task0's loss to return one value per stacked run, the "
+                    "mean over the batch of each: shape (2,) for predictions (2, 4, 3), got 'shape ()'")
+    assert code == 2 and not (workdir / "results").exists()
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_loss_that_returns_one_number_for_every_run_is_one_line_in_jobs_processes_too(workdir, capsys, jobs):
     """A loss of one's own returning a scalar ended in torch.stack's IndexError traceback; with
-    --jobs 2 the ConfigError could not cross back from the process (BrokenProcessPool)."""
+    --jobs 2 the ConfigError could not cross back from the process (BrokenProcessPool). This one
+    does so only on a full batch, so training meets it, not `bench run`'s first check."""
     module = f"scalar_loss_{jobs}"
     (workdir / f"{module}.py").write_text(SCALAR_LOSS_PROBLEM)
-    path = study(workdir, TINY.replace('name = "toy"', f'name = "{module}:scalar"'))
+    path = study(workdir, TINY.replace('name = "toy"', f'name = "{module}:scalar_on_full_batches"'))
     code, line = run(["run", "--study", path, "--jobs", jobs], capsys)
     assert code == 2 and line.startswith("error: tiny.toml: problem: expected task task0's loss to return one "
                                          "value per stacked run") and line.endswith("got 'shape ()'")

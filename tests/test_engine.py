@@ -393,6 +393,30 @@ class SequentialLastLayerToy(PlainModulesToy):
         return model
 
 
+def test_stacked_runs_kept_apart_pass_the_check_that_they_are_even_with_dropout_and_batch_norm():
+    """`bench run` checks that run 0's predictions and losses ignore run 1's parameters and rows;
+    torch's dropout and batch norm in a StackedModule keep the runs apart (each run its own
+    statistics, its own masks), and the check, drawing the same masks twice, says nothing."""
+    from torch import nn
+
+    from bench.problems.base import check_runs_apart
+    from bench.problems.layers import StackedModule, seeded_generators
+
+    class NormedDropoutToy(PlainModulesToy):
+        def build_model(self, init_seeds):
+            model = super().build_model(init_seeds)
+            width = self.params.input_dim
+            model.body = nn.Sequential(StackedModule(lambda: nn.Sequential(nn.BatchNorm1d(width), nn.Dropout(0.5)),
+                                                     seeded_generators(init_seeds)), model.body)
+            return model
+
+    problem = NormedDropoutToy(ToyProblem.Params(**TINY_TOY))
+    model = problem.checked_model([0, 1])
+    check_runs_apart(problem, problem.load(0), model)
+    outputs = model.body[0](torch.ones(2, 50, TINY_TOY["input_dim"]) + torch.arange(50.0)[:, None])
+    assert not torch.equal(outputs[0] == 0, outputs[1] == 0)  # each run its own dropout mask
+
+
 def test_gradnorm_on_a_last_shared_layer_without_one_weight_says_what_to_do(monkeypatch):
     monkeypatch.setitem(PROBLEMS, SequentialLastLayerToy.name, SequentialLastLayerToy)
     config = dataclasses.replace(plain_modules_config("gradnorm", 0, alpha=1.0), problem=SequentialLastLayerToy.name)

@@ -204,6 +204,44 @@ def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskMod
                               f"{'gradient' if loss_finite else 'loss'} is not finite", f"NaN or inf in {where}")
 
 
+def check_runs_apart(problem: Problem, data: DataSplits, model: MultiTaskModel) -> None:
+    """Refuse a model of two stacked runs, or a loss, through which one run's numbers reach the
+    other's. Each run of a stack must train as it would alone; a layer that mixes the runs (a
+    batch norm over every run's rows, a reshape across the run dimension) or a loss averaged
+    across them makes them train together, and the results would say nothing of it. Run 0's
+    predictions and losses are computed twice: the second time, run 1's parameters, rows and
+    targets are other ones."""
+    def two_runs(values: Tensor) -> Tensor:  # a few rows, for each run, in the model's float32
+        rows = values[None, :4].repeat(2, *[1] * values.dim())
+        return rows.float() if rows.is_floating_point() else rows
+
+    inputs, targets = two_runs(data.train.inputs), [two_runs(y) for y in data.train.targets]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # dropout: the same masks both times
+        torch.manual_seed(0)
+        preds = model(inputs)
+        losses = problem.losses(preds, targets)
+        for parameter in model.parameters():
+            parameter[1].mul_(2).add_(0.1)
+        inputs[1] = inputs[1].roll(1, dims=0)
+        torch.manual_seed(0)
+        changed = model(inputs)
+        for i, task in enumerate(problem.tasks):
+            if not torch.allclose(changed[i][0], preds[i][0], rtol=1e-5, atol=1e-6, equal_nan=True):
+                raise ConfigError("problem", "a model whose stacked runs stay apart: run 0's predictions must not "
+                                  "change when run 1's parameters and rows do (a layer that mixes a stack's runs, "
+                                  "such as a batch norm over every run's rows, trains them together, not as each "
+                                  "would train alone)", f"run 0's predictions of {task.name} changed")
+        other = [p.clone() for p in preds]
+        for p, y in zip(other, targets):
+            p[1] = p[1].roll(1, dims=0) * 2 + 0.1 if p.is_floating_point() else p[1].roll(1, dims=0)
+            y[1] = y[1].roll(1, dims=0)
+        for task, before, after in zip(problem.tasks, losses.unbind(1), problem.losses(other, targets).unbind(1)):
+            if not torch.allclose(after[0], before[0], rtol=1e-5, atol=1e-6, equal_nan=True):
+                raise ConfigError("problem", f"task {task.name}'s loss to keep the stacked runs apart: run 0's loss "
+                                  "must not change when run 1's predictions and targets do (a loss averaged across "
+                                  "the runs trains them together)", "run 0's loss changed")
+
+
 class Problem(ABC):
     """A multitask problem: data for a data seed, a stacked model factory, tasks and losses.
 
