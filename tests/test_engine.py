@@ -417,6 +417,33 @@ def test_stacked_runs_kept_apart_pass_the_check_that_they_are_even_with_dropout_
     assert not torch.equal(outputs[0] == 0, outputs[1] == 0)  # each run its own dropout mask
 
 
+class MixedRunsToy(ToyProblem):
+    """The toy, its trunk's output centred over every row of every run: the runs of a stack meet."""
+
+    name = "mixed-runs-toy"
+
+    def build_model(self, init_seeds):
+        model = super().build_model(init_seeds)
+        model.activation = CentredOverEveryRun()
+        return model
+
+
+class CentredOverEveryRun(torch.nn.Module):
+    def forward(self, z):
+        return torch.relu(z - z.mean(dim=(0, 1), keepdim=True))
+
+
+def test_a_stack_whose_runs_meet_is_refused_by_the_engine_too_and_a_run_alone_trains(monkeypatch):
+    """`bench run` checks this before it opens the storage; a Dask worker, or a caller of
+    train_runs, meets it when the first stack of the problem is built."""
+    monkeypatch.setitem(PROBLEMS, MixedRunsToy.name, MixedRunsToy)
+    configs = [dataclasses.replace(tiny_config("equal", seed=s), problem=MixedRunsToy.name) for s in (0, 1)]
+    with pytest.raises(ConfigError, match=r"^problem: expected a model whose stacked runs stay apart: .*, got "
+                                          r"\"run 0's predictions of task0 changed\"$"):
+        train_runs(configs)
+    assert train(configs[0]).status == "ok"
+
+
 def test_gradnorm_on_a_last_shared_layer_without_one_weight_says_what_to_do(monkeypatch):
     monkeypatch.setitem(PROBLEMS, SequentialLastLayerToy.name, SequentialLastLayerToy)
     config = dataclasses.replace(plain_modules_config("gradnorm", 0, alpha=1.0), problem=SequentialLastLayerToy.name)

@@ -262,6 +262,7 @@ class Problem(ABC):
         self._data_cache: dict[int, DataSplits] = {}
         self._task_cache: list[TaskSpec] | None = None
         self._losses_checked: set[tuple[int, bool]] = set()  # (stacked runs, gradient on) seen
+        self._stacking_checked = False
 
     @abstractmethod
     def _tasks(self) -> list[TaskSpec]:
@@ -328,6 +329,18 @@ class Problem(ABC):
                     f"({runs} here): the stacked layers of bench.problems.layers, or torch's own modules in a "
                     "StackedModule", f"{name} of shape {tuple(parameter.shape)}")
         return model
+
+    def check_stacking(self, data: DataSplits) -> None:
+        """A model of two runs is what it must be, once per problem: every parameter stacked (a
+        layer left unstacked can have one slice by chance, nn.Linear(64, 1)), inputs taken, and
+        runs kept apart (`check_runs_apart`). For a problem that does not stack, nothing to check."""
+        if self._stacking_checked or not self.supports_stacking:
+            return
+        pair = self.checked_model([0, 1])
+        rows = data.train.inputs[None, :2]  # two rows, not a float32 copy of every input
+        self.check_model_takes(pair, (rows.float() if rows.is_floating_point() else rows).expand(2, *rows.shape[1:]))
+        check_runs_apart(self, data, pair)
+        self._stacking_checked = True
 
     def check_model_takes(self, model: MultiTaskModel, inputs: Tensor) -> None:
         """`model` (of `len(inputs)` stacked runs) takes `inputs`, a few rows of `_load`'s, as

@@ -149,7 +149,7 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     `n_train`) would otherwise need --new-version and another name. So do a model that does
     not fit the tasks, and targets holding NaN or inf that a task's loss does not leave out:
     every run would fail at the first batch holding one, stored as diverged."""
-    from bench.problems.base import check_missing_labels, check_runs_apart
+    from bench.problems.base import check_missing_labels
     from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
 
     config = spec.run_config(spec.runs()[0], device=device)
@@ -158,13 +158,9 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
         data = problem.load(config.resolved_data_seed)
         model = problem.checked_model([0])
         rows = data.train.inputs[None, :2]  # two rows, not a float32 copy of every input
-        rows = rows.float() if rows.is_floating_point() else rows
-        problem.check_model_takes(model, rows)
+        problem.check_model_takes(model, rows.float() if rows.is_floating_point() else rows)
         check_missing_labels(problem, data, model)
-        if problem.supports_stacking:  # two runs: a layer left unstacked can have one slice (nn.Linear(64, 1))
-            pair = problem.checked_model([0, 1])
-            problem.check_model_takes(pair, rows.expand(2, *rows.shape[1:]))
-            check_runs_apart(problem, data, pair)
+        problem.check_stacking(data)
     except ConfigError as err:
         raise err.located(spec.path) from None
     except Exception as err:

@@ -177,6 +177,8 @@ class BatchTrainer:
         self.model = self.problem.checked_model([derive_seed(s, "init") for s in seeds])
         self.model.to(device=self.device, dtype=self.dtype)
         self.problem.check_model_takes(self.model, self.splits["train"][0][self._run_data, :2])
+        if self.n_runs > 1:  # once per problem: `bench run` checked it already, a Dask worker or the API not
+            self.problem.check_stacking(per_seed[0])
         self._eval_chunk_elements = (EVAL_CHUNK_ELEMENTS_CPU if self.device.type == "cpu"
                                      else EVAL_CHUNK_ELEMENTS_ACCELERATOR)
         self.head_parameters = self.model.task_specific_parameters()
