@@ -327,8 +327,11 @@ def test_on_a_narrow_console_the_headers_are_cut_before_any_number(capsys, monke
     assert numbers == [list(rows[0]), ["gradnorm", "3", "3", "0", "0", "0", "0"]]  # "-static" on the next line
     assert len(cut) == len(headers) and cut != headers
     assert all(c == h or (c.endswith("…") and h.startswith(c[:-1])) for c, h in zip(cut, headers))
-    cut, _ = shown(48)  # 6 letters too many: the longest headers give them, the short ones stay whole
-    assert cut == ["runs", "done", "fail…", "runn…", "wai…", "left"]
+    # About 6 letters too many (rich 13 measures one more than rich 15): the longest headers give
+    # them, the short ones stay whole.
+    cut, _ = shown(48)
+    assert cut[:2] == ["runs", "done"] and cut[-1] == "left" and all(c.endswith("…") for c in cut[2:5])
+    assert sum(map(len, cut)) in (sum(map(len, headers)) - 6, sum(map(len, headers)) - 7)
 
 
 def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(capsys, monkeypatch):
