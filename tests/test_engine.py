@@ -470,11 +470,18 @@ class PoisonedToy(ToyProblem):
         return data
 
 
+class PoisonedPlainModulesToy(PoisonedToy, PlainModulesToy):
+    """The poisoned toy, its network in torch's modules stacked by StackedModule."""
+
+    name = "poisoned-plain-modules-toy"
+
+
+@pytest.mark.parametrize("problem", [PoisonedToy, PoisonedPlainModulesToy], ids=["stacked layers", "StackedModule"])
 @pytest.mark.parametrize("balancer", ["equal", "gradnorm", "uncertainty", "dwa", "rlw", "loss-scale"])
-def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer):
-    monkeypatch.setitem(PROBLEMS, PoisonedToy.name, PoisonedToy)
+def test_a_diverging_run_fails_alone_and_the_others_go_on(monkeypatch, balancer, problem):
+    monkeypatch.setitem(PROBLEMS, problem.name, problem)
     budget = Budget(steps=20, batch_size=16, lr=1e-2, eval_every=5)
-    configs = [RunConfig(problem="poisoned-toy", balancer=balancer, seed=s, data_seed=d,
+    configs = [RunConfig(problem=problem.name, balancer=balancer, seed=s, data_seed=d,
                          problem_params=dict(TINY_TOY), budget=budget, dtype="float64",
                          device="cpu").validated() for s, d in ((0, 0), (1, 13), (2, 2))]
     trainer = BatchTrainer(configs)
