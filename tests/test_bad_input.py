@@ -266,24 +266,12 @@ def test_a_problem_of_ones_own_whose_data_or_model_is_not_what_it_must_be(workdi
     assert code == 2 and expected in line
 
 
-def test_a_stack_of_runs_sharing_a_layer_is_refused_before_anything_is_stored(workdir, capsys, monkeypatch):
-    """A torch layer left unstacked whose first dimension is 1 (a head of one output) fits a lone
-    run's model; in a stack it gave every run the same head, and the runs trained together, not
-    as they would alone. `bench run` checks a model of two runs before it opens the storage."""
-    (workdir / "broken_problem.py").write_text(BROKEN_PROBLEM)
-    monkeypatch.syspath_prepend(str(workdir))
-    text = TINY.split("[budget]")[0].split("[problem]")[0] + (
-        '[problem]\nname = "broken_problem:broken"\nchange = "plain heads of one output"\n\n[budget]'
-        + TINY.split("[budget]")[1])
-    code, line = run(["run", "--study", study(workdir, text)], capsys)
-    assert code == 2 and line == (
-        "error: tiny.toml: problem: expected Broken.build_model to return a model whose every parameter has a leading "
-        "run dimension, one slice per run (2 here): the stacked layers of bench.problems.layers, or torch's own "
-        "modules in a StackedModule, got 'heads.0.weight of shape (1, 100)'")
-    assert not (workdir / "results").exists()
-
-
 @pytest.mark.parametrize("change,expected", [
+    # A layer left unstacked of one output has a first dimension of 1, as a lone run's stacked
+    # layer does: `bench run` builds a model of two runs.
+    ("plain heads of one output", "Broken.build_model to return a model whose every parameter has a leading run "
+                                  "dimension, one slice per run (2 here): the stacked layers of bench.problems.layers, "
+                                  "or torch's own modules in a StackedModule, got 'heads.0.weight of shape (1, 100)'"),
     ("mixed runs", "a model whose stacked runs stay apart: run 0's predictions must not change when run 1's "
                    "parameters and rows do (a layer that mixes a stack's runs, such as a batch norm over every run's "
                    "rows, trains them together, not as each would train alone), got \"run 0's predictions of task0 "
@@ -294,9 +282,10 @@ def test_a_stack_of_runs_sharing_a_layer_is_refused_before_anything_is_stored(wo
 ])
 def test_a_model_or_loss_that_mixes_a_stacks_runs_is_refused_before_anything_is_stored(workdir, capsys, monkeypatch,
                                                                                       change, expected):
-    """Each run of a stack must train as it would alone. A layer centred over every run's rows
-    has no parameter to give it away, and a loss averaged across the runs returns one value per
-    run, as it must: both made the stacked runs train together, silently."""
+    """Each run of a stack must train as it would alone. A head left unstacked trained one head
+    for every run; a layer centred over every run's rows has no parameter to give it away, and a
+    loss averaged across the runs returns one value per run, as it must: all three made the
+    stacked runs train together, silently."""
     (workdir / "broken_problem.py").write_text(BROKEN_PROBLEM)
     monkeypatch.syspath_prepend(str(workdir))
     text = TINY.split("[problem]")[0] + (f'[problem]\nname = "broken_problem:broken"\nchange = "{change}"\n\n[budget]'

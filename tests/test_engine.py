@@ -332,7 +332,6 @@ def test_a_model_of_plain_torch_modules_stacked_trains_each_run_as_alone(monkeyp
     for config, record in zip(configs, stacked):
         assert record.status == "ok" and record.batch_runs == 4
         assert_records_close(record, train(config), rtol=1e-9)
-    assert comparable(stacked[1]) != comparable(stacked[0])  # seeds 0 and 1 start apart
 
 
 @pytest.mark.parametrize("grad_params", ["last_layer_weight", "last_layer", "all_shared", "representation"])

@@ -82,8 +82,9 @@ def test_each_slice_starts_uniform_within_torchs_bound_and_from_its_own_seed_alo
 
 def lone_module(factory, seed: int) -> torch.nn.Module:
     """What StackedModule's run of `seed` starts from: `factory()` under a seed drawn from the run's generator."""
-    torch.manual_seed(int(torch.randint(0, 2**62, (), generator=seeded_generators([seed])[0])))
-    return factory()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=seeded_generators([seed])[0])))
+        return factory()
 
 
 @settings(max_examples=10, deadline=None)
@@ -119,7 +120,6 @@ def test_a_stacked_modules_dropout_draws_each_runs_own_masks_and_evaluation_none
     shared across the stack), and evaluation drops nothing."""
     stacked = StackedModule(lambda: torch.nn.Dropout(0.5), seeded_generators([0, 0]))
     x = torch.ones(2, 200, 3)
-    torch.manual_seed(0)
     out = stacked(x)
     assert set(out.unique().tolist()) == {0.0, 2.0} and not torch.equal(out[0], out[1])
     assert torch.equal(stacked.eval()(x), x)
