@@ -204,6 +204,13 @@ def check_missing_labels(problem: Problem, data: DataSplits, model: MultiTaskMod
                               f"{'gradient' if loss_finite else 'loss'} is not finite", f"NaN or inf in {where}")
 
 
+def probe_rows(values: Tensor, runs: int, rows: int) -> Tensor:
+    """The first `rows` rows of `values` for each of `runs` stacked runs, a copy of those rows
+    only, floats in a model's float32: what the checks before training feed a model or a loss."""
+    probe = values[None, :rows].repeat(runs, *[1] * values.dim())
+    return probe.float() if probe.is_floating_point() else probe
+
+
 def check_runs_apart(problem: Problem, data: DataSplits, model: MultiTaskModel) -> None:
     """Refuse a model of two stacked runs, or a loss, through which one run's numbers reach the
     other's. Each run of a stack must train as it would alone; a layer that mixes the runs (a
@@ -211,11 +218,8 @@ def check_runs_apart(problem: Problem, data: DataSplits, model: MultiTaskModel) 
     across them makes them train together, and the results would say nothing of it. Run 0's
     predictions and losses are computed twice: the second time, run 1's parameters, rows and
     targets are other ones."""
-    def two_runs(values: Tensor) -> Tensor:  # a few rows, for each run, in the model's float32
-        rows = values[None, :4].repeat(2, *[1] * values.dim())
-        return rows.float() if rows.is_floating_point() else rows
-
-    inputs, targets = two_runs(data.train.inputs), [two_runs(y) for y in data.train.targets]
+    inputs = probe_rows(data.train.inputs, runs=2, rows=4)
+    targets = [probe_rows(y, runs=2, rows=4) for y in data.train.targets]
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # dropout: the same masks both times
         torch.manual_seed(0)
         preds = model(inputs)
@@ -337,8 +341,7 @@ class Problem(ABC):
         if self._stacking_checked or not self.supports_stacking:
             return
         pair = self.checked_model([0, 1])
-        rows = data.train.inputs[None, :2]  # two rows, not a float32 copy of every input
-        self.check_model_takes(pair, (rows.float() if rows.is_floating_point() else rows).expand(2, *rows.shape[1:]))
+        self.check_model_takes(pair, probe_rows(data.train.inputs, runs=2, rows=2))
         check_runs_apart(self, data, pair)
         self._stacking_checked = True
 

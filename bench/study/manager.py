@@ -149,7 +149,7 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     `n_train`) would otherwise need --new-version and another name. So do a model that does
     not fit the tasks, and targets holding NaN or inf that a task's loss does not leave out:
     every run would fail at the first batch holding one, stored as diverged."""
-    from bench.problems.base import check_missing_labels
+    from bench.problems.base import check_missing_labels, probe_rows
     from bench.training.engine import problem_for  # its cache: `--jobs 1` trains on this data
 
     config = spec.run_config(spec.runs()[0], device=device)
@@ -157,8 +157,7 @@ def check_data(spec: StudySpec, device: str = "auto") -> None:
     try:
         data = problem.load(config.resolved_data_seed)
         model = problem.checked_model([0])
-        rows = data.train.inputs[None, :2]  # two rows, not a float32 copy of every input
-        problem.check_model_takes(model, rows.float() if rows.is_floating_point() else rows)
+        problem.check_model_takes(model, probe_rows(data.train.inputs, runs=1, rows=2))
         check_missing_labels(problem, data, model)
         problem.check_stacking(data)
     except ConfigError as err:
