@@ -747,6 +747,11 @@ def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):
                                                                                      c.comparisons.versus))
     assert "sentence" not in study["paired_tests"][0]
     assert study["same_runs"] == c.twins  # arms that trained exactly as another: none here
+    grid = c.grids["grid"]
+    as_json = study["grids"]["grid"]
+    assert as_json["selected_point"] == grid.selected and as_json["weights"] == grid.weights
+    assert [(row["seed"], row["point"]) for row in as_json["chosen_without_each_seed"]] == list(
+        zip(grid.held_out.seed, grid.held_out.point)) and len(grid.held_out) == 2
     assert study["report"] == str(Path("reports") / "tiny" / "index.html") and "report:" in captured.err
     assert 'href="tiny/index.html"' in (tmp_path / "reports" / "index.html").read_text()  # the folder's index
     assert "all reports:" not in captured.err  # one report: the index is not worth a line

@@ -733,10 +733,18 @@ def test_a_report_shows_and_says_only_what_its_study_has(tmp_path):
     assert "selected_point" in (tmp_path / "grid" / "hand" / "main.md").read_text()
     # Without a description, the page's lead names the arms, not "GradNorm against a grid search".
     assert '<p class="lead">Arms: gradnorm, equal.<br>' in (tmp_path / "no-grid" / "hand" / "index.html").read_text()
-    # One seed: no spread to show, in any table of the page.
+    # The grid's choice made again without each seed: a table under the grid's, and its CSV (grid first).
+    html = (tmp_path / "grid" / "hand" / "index.html").read_text()
+    assert "<h4>grid: the choice made again without each seed</h4>" in html and 'download="held_out.csv"' in html
+    assert (tmp_path / "grid" / "hand" / "held_out.csv").read_text().splitlines()[:2] == [
+        "grid,seed,point,normalized_test_loss,selected_test_loss", "grid,0,\"w=1,1\",1.2,1.2"]
+    assert not (tmp_path / "no-grid" / "hand" / "held_out.csv").exists() and "held_out" not in (
+        tmp_path / "no-grid" / "hand" / "index.html").read_text()
+    # One seed: no spread to show, in any table of the page, and no choice to make again.
     html = write_report(hand_made(seeds=1), tmp_path / "one-seed").read_text()
     assert "test_loss_std" not in html and "test_std" not in html
     assert "test_loss_std" in (tmp_path / "one-seed" / "hand" / "per_task.csv").read_text()
+    assert "held_out" not in html and not (tmp_path / "one-seed" / "hand" / "held_out.csv").exists()
     plt.close("all")
 
 
@@ -837,7 +845,7 @@ def test_the_headline_claims_static_beats_gradnorm_only_when_the_test_says_so(st
     row = again.comparisons[again.comparisons.arm == "gradnorm-static"].iloc[0]
     assert row.versus == "gradnorm" and row.wins == 3
     assert (row.p_value < 0.05) == (verdict == "beats")
-    assert again.headline[1].startswith(
+    assert again.headline[2].startswith(  # after the grid's verdict and its choice made again without each seed
         f"gradnorm-static {verdict} gradnorm (paired over 3 seeds, p = {row.p_value:.2g}): test loss "
         f"{significant(row.mean_a)} vs {significant(row.mean_b)}, lower on 3 of 3 seeds.")
 
@@ -853,6 +861,84 @@ def test_failed_seeds_keep_a_grid_point_out_of_the_selection():
     # The grid's row counts every run it trained, and fails, not only its chosen point's.
     grid = again.main.set_index("arm").loc["grid"]
     assert (grid.runs, grid.failed, grid.seeds) == (9, 1, 3)
+
+
+def luck_study(gradnorm_tests=(1.5, 1.6, 1.4), seeds=(0, 1, 2)):
+    """A grid whose point chosen on every seed is not the one seed 2's left-out choice makes: w=2,0
+    is best on validation on seeds 0 and 1 and bad on seed 2, on test as on validation (a network's
+    luck shows on both splits); w=1,1 is steady and chosen on all three seeds together."""
+    val = {(2.0, 0.0): (1.0, 1.0, 2.0), (1.0, 1.0): (1.2, 1.2, 1.2), (0.0, 2.0): (1.9, 1.9, 1.9)}
+    test = {(2.0, 0.0): (1.1, 1.1, 3.0), (1.0, 1.0): (1.3, 1.3, 1.3), (0.0, 2.0): (2.0, 2.0, 2.0)}
+    rows = [_run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val[w][seed], test[w][seed], 0.5, weights=w)
+            for w in val for seed in seeds]
+    rows += [_run("gradnorm", f"seed={seed}", seed, 1.4, gradnorm_tests[seed], 0.5, mean_weights=(1.2, 0.8),
+                  balancer="gradnorm") for seed in seeds]
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    return build_comparison("luck", manifest, pd.DataFrame(rows), [])
+
+
+def test_the_grids_choice_is_made_again_without_each_seed_and_gradnorm_set_against_it():
+    """The grid's point is chosen on validation over the very networks whose test loss is
+    reported, and a network's luck shows on both splits: each seed's choice is made again on the
+    other seeds (leave-one-seed-out) and judged on the seed left out, which it never saw."""
+    c = luck_study()
+    grid = c.grids["grid"]
+    assert grid.selected == "w=1,1"  # mean validation 1.2 against 1.333 for w=2,0
+    held = grid.held_out
+    # Without seed 2, w=2,0 (1.0 on seeds 0 and 1) beats w=1,1; without seed 0 or 1, it does not (1.5).
+    assert held.seed.tolist() == [0, 1, 2] and held.point.tolist() == ["w=1,1", "w=1,1", "w=2,0"]
+    assert held.normalized_test_loss.tolist() == [1.3, 1.3, 3.0]  # w=2,0's test on seed 2: 3.0
+    assert held.selected_test_loss.tolist() == [1.3, 1.3, 1.3]
+    assert ("grid: chosen again on validation with each of seeds 0-2 left out in turn, the grid's point moves "
+            "(w=2,0 for seed 2). Judged on the seed each choice left out, the grid's test loss is 1.867 vs "
+            "1.300 for the point chosen on every seed") in " ".join(c.headline)
+    # GradNorm (1.5, 1.6, 1.4) against that grid (1.3, 1.3, 3.0): higher on two seeds, lower on the mean.
+    assert ("gradnorm has a higher test loss than the grid chosen without the seed it is tested on on 2/3 "
+            "seeds, though a lower mean (mean task-normalised test loss 1.500 vs 1.867") in " ".join(c.headline)
+    line = next(i for i, s in enumerate(c.headline) if s.startswith("grid: chosen again"))
+    assert c.headline[0].startswith("gradnorm does not differ significantly from the grid search") and line > 0
+
+
+def test_a_grid_whose_choice_never_moves_says_so_and_one_seed_makes_no_such_check():
+    c = hand_made()  # w=1,1 is best on validation on every seed
+    assert c.grids["grid"].held_out.point.tolist() == ["w=1,1"] * 3
+    said = [s for s in c.headline if s.startswith("grid: chosen again")]
+    assert said == [("grid: chosen again on validation with each of seeds 0-2 left out in turn, the grid's point is "
+                     "w=1,1 every time, so its test loss owes nothing to choosing the point on the networks it is "
+                     "tested on.")]
+    assert not [s for s in c.headline if "chosen without the seed" in s]  # the same test as the verdict's
+    one = luck_study(seeds=(0,))
+    assert one.grids["grid"].held_out.empty and not [s for s in one.headline if "left out in turn" in s]
+
+
+def test_a_grid_without_gradnorm_makes_its_choice_again_without_each_seed_too():
+    c = luck_study()
+    runs = c.runs[c.runs.arm == "grid"].drop(columns=["variant", "kind", "label"])
+    alone = build_comparison("luck", {**c.manifest, "kinds": {"grid": "grid"}}, runs, [])
+    assert alone.headline[0].startswith("grid: validation chose w=1,1 of 3 points")
+    assert alone.headline[1].startswith("grid: chosen again on validation with each of seeds 0-2 left out in turn, "
+                                        "the grid's point moves (w=2,0 for seed 2)")
+    assert len(alone.headline) == 2  # no rival to set against it
+
+
+def test_the_choice_without_each_seed_is_over_the_seeds_the_points_share():
+    """Points that finished different seeds are chosen on the seeds they share; so is each
+    left-out choice, and a point without them takes no part."""
+    c = luck_study()
+    runs = c.runs.drop(columns=["variant", "kind", "label"])
+    extra = runs[(runs.arm == "grid") & (runs.seed == 2)].assign(seed=3)
+    extra["run_key"] = extra.run_key.str.replace("seed=2", "seed=3")
+    # A fourth point, w=0.5,1.5, poor on validation, keeps three points of four on seeds 0-3.
+    fourth = [_run("grid", f"w=0.5,1.5/seed={seed}", seed, 2.5, 2.5, 0.5, weights=(0.5, 1.5)) for seed in range(4)]
+    # w=0,2 lacks seed 3, and its validation loss on seeds 0-2 would now win any choice.
+    runs.loc[runs.run_key.str.startswith("w=0,2/"), "normalized_val_loss"] = 0.1
+    runs = pd.concat([runs, extra[extra.run_key != "w=0,2/seed=3"], pd.DataFrame(fourth)], ignore_index=True)
+    again = build_comparison("luck", c.manifest, runs, []).grids["grid"]
+    assert again.shared_seeds == [0, 1, 2, 3] and again.unmatched == 1
+    held = again.held_out
+    assert held.seed.tolist() == [0, 1, 2, 3]
+    # Seed 3 is a copy of seed 2: w=2,0 now averages 1.5 on validation, w=1,1 1.2, with either of them left out.
+    assert held.point.tolist() == ["w=1,1"] * 4
 
 
 def test_a_grid_without_a_point_that_weights_every_task_says_so_rather_than_blame_unfinished_seeds():
@@ -878,7 +964,9 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     c = hand_made()
     assert c.grids["grid"].unweighted == [] and c.grids["grid"].weighted_all is None
     assert "grid (all weights > 0)" not in set(c.main.arm)
-    assert [line.split(" (")[0] for line in c.headline] == ["gradnorm beats the grid search", "gradnorm beats equal weights"]
+    assert [line.split(" (")[0].split(",")[0] for line in c.headline] == [
+        "gradnorm beats the grid search", "grid: chosen again on validation with each of seeds 0-2 left out in turn",
+        "gradnorm beats equal weights"]
     # The boundary point w=(2, 0) now wins on validation and test: task b, weighted 0, is left
     # at a high loss (its head never trains), while task a's loss falls further.
     runs = c.runs.drop(columns=["variant", "kind", "label"])
@@ -953,8 +1041,9 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     gradnorm_late = runs[(runs.arm == "gradnorm") & (runs.seed == 0)].assign(seed=4)
     apart = build_comparison("hand", c.manifest, pd.concat([runs[runs.arm != "gradnorm"], pd.DataFrame(later),
                                                             gradnorm_late]), [])
-    assert apart.headline[-1].endswith("gradnorm cannot be compared with the only grid point that weights every "
-                                       "task, w=1,1: no seed has finished on both.")
+    given_up = next(line for line in apart.headline if line.startswith("The grid's chosen point"))
+    assert given_up.endswith("gradnorm cannot be compared with the only grid point that weights every "
+                             "task, w=1,1: no seed has finished on both.")
     # With no point that weights every task left eligible, the line says so.
     runs.loc[runs.run_key == "w=1,1/seed=2", "status"] = "failed"
     runs.loc[runs.run_key == "w=0,2/seed=0", "status"] = "failed"
@@ -1611,11 +1700,11 @@ def test_the_report_carries_its_tables_csvs_so_that_a_page_sent_alone_keeps_ever
     links = dict(re.findall(r'<a download="([^"]+)" href="data:text/csv;charset=utf-8;base64,([^"]+)"',
                             page.read_text()))
     written = {p.name for p in page.parent.glob("*.csv")}
-    assert set(links) == written >= {"main.csv", "per_task.csv", "comparisons.csv", "grid_points.csv"}
+    assert set(links) == written >= {"main.csv", "per_task.csv", "comparisons.csv", "grid_points.csv", "held_out.csv"}
     for name, data in links.items():
         assert base64.b64decode(data) == (page.parent / name).read_bytes()
     # The grid's table highlights its chosen point's row, every cell of it.
-    grid = page.read_text().split('<h2 id="grid">')[1]
+    grid = page.read_text().split('<h2 id="grid">')[1].split("<h4>")[0]
     cells = re.findall(r'<td[^>]*class="data row(\d+) col\d+( selected)?"[^>]*>', grid)
     assert {row for row, selected in cells if selected} == {"0"} and all(selected for row, selected in cells if row == "0")
     plt.close("all")
@@ -1790,6 +1879,19 @@ def test_one_point_still_training_does_not_bring_a_grid_down_to_fewer_seeds():
                    for p in (7, 8) for seed in (3, 4)]  # easy extra seeds for two points
     grid = build_comparison("hand", manifest, pd.DataFrame(more), []).grids["grid"]
     assert (grid.shared_seeds, grid.unmatched, grid.selected) == ([0, 1, 2], 1, "w=1")
+
+
+def test_of_two_seed_sets_alike_in_size_and_share_the_choice_takes_the_lower_seeds():
+    """Two points still training, one on seeds 0-1 and one on seeds 1-2, beside three with seeds
+    0-2 (too few of five for those): seeds 0-1 and 1-2 are each finished by four of the five
+    points. The lower seeds decide, whichever order the runs come in."""
+    seeds = {0: (0, 1), 1: (1, 2), 2: (0, 1, 2), 3: (0, 1, 2), 4: (0, 1, 2)}
+    rows = [_run("grid", f"w={p}/seed={seed}", seed, 1.0 + 0.01 * p, 2.0, 1.9, weights=(1.0, 1.0))
+            for p in seeds for seed in seeds[p]]
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid"}, "gradnorm_static_sources": {}}
+    for order in (rows, rows[::-1]):
+        grid = build_comparison("hand", manifest, pd.DataFrame(order), []).grids["grid"]
+        assert (grid.shared_seeds, grid.unmatched, grid.selected) == ([0, 1], 1, "w=0")
 
 
 def test_alphas_that_finished_different_seeds_are_chosen_on_the_seeds_they_share():
@@ -1981,6 +2083,16 @@ def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules
             not selection.shared_seeds
             or set(on[on.run_key.str.startswith(p + "/")].seed) == set(selection.shared_seeds))]
         assert means[selection.selected] == min(means[p] for p in compared)
+        # The choice made again without each seed: on the other seeds' mean, among the same points.
+        point_of = on.run_key.str.split("/").str[0]
+        seeds = sorted(set(on[point_of.isin(compared)].seed))
+        assert selection.held_out.seed.tolist() == (seeds if len(seeds) > 1 else [])
+        for row in selection.held_out.itertuples():
+            others = on[point_of.isin(compared) & (on.seed != row.seed)]
+            left_out = others.groupby(others.run_key.str.split("/").str[0]).normalized_val_loss.mean()
+            assert left_out[row.point] == left_out.min()
+            run = on[(point_of == row.point) & (on.seed == row.seed)]
+            assert row.normalized_test_loss == run.normalized_test_loss.item()
     p = c.comparisons
     if len(p):
         finite = p.p_value.notna()
@@ -2211,12 +2323,13 @@ def test_a_study_without_gradnorm_is_told_what_its_grid_found():
     manifest = {**c.manifest, "kinds": {"grid": "grid", "equal": "equal"}}
     no_gradnorm = runs[runs.arm != "gradnorm"]
     found = build_comparison("grid only", manifest, no_gradnorm, [])
-    assert found.headline == ["grid: validation chose w=1,1 of 3 points (test loss 1.210; 1 of the other 2 has a "
-                              "lower test loss)."]
+    assert found.headline[0] == ("grid: validation chose w=1,1 of 3 points (test loss 1.210; 1 of the other 2 has a "
+                                 "lower test loss).")
+    assert len(found.headline) == 2 and found.headline[1].startswith("grid: chosen again on validation")
     gives_up = no_gradnorm.copy()
     gives_up.loc[gives_up.run_key.str.startswith("w=2,0/"), "normalized_val_loss"] = 0.5
     found = build_comparison("grid only", manifest, gives_up, [])
-    assert found.headline == [
+    assert found.headline[:1] == [
         "grid: validation chose w=2,0 of 3 points (test loss 1.010; 0 of the other 2 have a lower test loss). "
         "It gives b a weight of 0, so its head never trains; the only grid point that weights every task, w=1,1, "
         "has test loss 1.210."]

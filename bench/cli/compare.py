@@ -94,16 +94,19 @@ def compare_command(
 
 def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     """A study's comparison as JSON: the summary's sentences, one object per row of the arms
-    table and of the paired tests (a missing value is null), the arms that trained exactly as
-    another (arm: that arm), and the report's path."""
+    table and of the paired tests (a missing value is null), each grid's chosen point with the
+    choice made again without each seed, the arms that trained exactly as another (arm: that
+    arm), and the report's path."""
     import json
 
     def rows(frame: pd.DataFrame) -> list[dict]:
         return json.loads(frame.to_json(orient="records", double_precision=15)) if not frame.empty else []
 
+    grids = {arm: {"selected_point": g.selected, "weights": g.weights, "chosen_without_each_seed": rows(g.held_out)}
+             for arm, g in c.grids.items()}
     return {"summary": list(c.headline), "arms": rows(c.main),
             "paired_tests": rows(c.comparisons.drop(columns=["sentence"], errors="ignore")),
-            "same_runs": dict(c.twins), "report": str(report) if report else None}
+            "grids": grids, "same_runs": dict(c.twins), "report": str(report) if report else None}
 
 
 def weight_text(w: float) -> str:

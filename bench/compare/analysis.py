@@ -44,6 +44,9 @@ BASELINE_WORDS = {"uncertainty": "uncertainty weighting", "dwa": "dynamic weight
 EVERY_TASK_WEIGHTED = " (all weights > 0)"
 
 
+HELD_OUT_COLUMNS = ["seed", "point", "normalized_test_loss", "selected_test_loss"]
+
+
 def _variant(run_key: str) -> str:
     return run_key.rsplit("/seed=", 1)[0] if "/seed=" in run_key else ""
 
@@ -65,6 +68,10 @@ class GridSelection:
     # _on_shared_seeds), and how many points lacked them.
     shared_seeds: list[int] = field(default_factory=list)
     unmatched: int = 0
+    # The choice made again without each seed in turn: one row per seed the point was chosen on,
+    # the point the other seeds choose, its test loss on the seed left out, and the selected
+    # point's there (see _chosen_without_each_seed). Empty with fewer than two seeds.
+    held_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_OUT_COLUMNS))
 
     def sentence(self) -> str | None:
         """Says how the point was chosen when the points have not finished the same seeds."""
@@ -506,7 +513,8 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
                               excluded=int((points.failed > 0).sum()),
                               unweighted=[t for t in tasks if best[f"weight_{t}"] == 0],
                               shared_seeds=seeds if len(shared) < len(candidates) else [],
-                              unmatched=len(points) - len(eligible) - int((points.failed > 0).sum()))
+                              unmatched=len(points) - len(eligible) - int((points.failed > 0).sum()),
+                              held_out=_chosen_without_each_seed(shared, seeds, best.point))
     if selection.unweighted:
         weighted = ranked[ranked.all_weights_positive]
         selection.n_weighted_all = len(weighted)
@@ -514,6 +522,26 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
             selection.weighted_all = weighted.iloc[0].point
             selection.weighted_all_weights = [float(weighted.iloc[0][f"weight_{t}"]) for t in tasks]
     return selection
+
+
+def _chosen_without_each_seed(shared: pd.DataFrame, seeds: list[int], selected: str) -> pd.DataFrame:
+    """For each seed, the point that the other seeds' mean validation loss chooses, that point's
+    test loss on the seed left out, and the selected point's there. The selected point was chosen
+    on the very networks whose test loss the tables report, and validation and test loss share
+    each network's luck (its initialisation, its data): the best of many points on validation is
+    partly the luckiest. Judged on a seed its choice never saw, the grid search has no such help
+    (leave-one-seed-out; each choice sees one seed fewer, so if anything it is judged harshly)."""
+    if len(seeds) < 2:
+        return pd.DataFrame(columns=HELD_OUT_COLUMNS)
+    order = shared.variant.unique()  # the points' own order: ties go to the first, as in _select
+    val = shared.pivot_table(index="variant", columns="seed", values="normalized_val_loss").reindex(order)
+    test = shared.pivot_table(index="variant", columns="seed", values="normalized_test_loss").reindex(order)
+    rows = []
+    for seed in seeds:
+        point = val.drop(columns=seed).mean(axis=1).idxmin()
+        rows.append({"seed": seed, "point": point, "normalized_test_loss": float(test.loc[point, seed]),
+                     "selected_test_loss": float(test.loc[selected, seed])})
+    return pd.DataFrame(rows, columns=HELD_OUT_COLUMNS)
 
 
 def weights_words(weights: list[float]) -> str:
@@ -817,7 +845,8 @@ def _headline(c: Comparison) -> list[str]:
     lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
     if not (main.kind == "gradnorm").any():  # no GradNorm to set against it: what the grid found
-        lines += [_grid_found(grid, main) for grid in c.grids.values()]
+        for grid in c.grids.values():
+            lines += [_grid_found(grid, main), *_held_out_lines(c, grid, [])]
     # With several alphas, the sentences speak for the one chosen on validation only.
     chosen = {choice.chosen for choice in c.alpha_choices.values()}
     passed_over = {label for label in c.runs[c.runs.arm.isin(list(c.alpha_choices))].label.unique()
@@ -827,6 +856,7 @@ def _headline(c: Comparison) -> list[str]:
         gap_a, gap_b = main.loc[a, "normalized_overfitting_gap"], main.loc[b, "normalized_overfitting_gap"]
         return f"Overfitting gap (test - train): {versus(gap_a, gap_b, 3)}."
 
+    compared: dict[str, list[str]] = {}  # grid arm: the GradNorm labels set against it
     for _, row in c.comparisons.iterrows():
         a, b = row.arm, row.versus
         if main.loc[a, "kind"] != "gradnorm" or b not in c.grids or a in passed_over or a in c.twins:
@@ -854,6 +884,9 @@ def _headline(c: Comparison) -> list[str]:
         )
         if c.grids[b].unweighted:
             lines.append(_given_up(c, a, c.grids[b]))
+        compared.setdefault(b, []).append(a)
+    for arm, labels in compared.items():
+        lines += _held_out_lines(c, c.grids[arm], labels)
 
     def pairs(kind_a: str, kind_b: str) -> Iterator[pd.Series]:
         """The paired rows of an arm of kind_a against one of kind_b, with seeds in common."""
@@ -1000,6 +1033,35 @@ def _grid_found(grid: GridSelection, main: pd.DataFrame) -> str:
                      f"has test loss {significant(main.loc[grid.weighted_all_label, 'normalized_test_loss'])}")
         line += "."
     return line
+
+
+def _held_out_lines(c: Comparison, grid: GridSelection, labels: list[str]) -> list[str]:
+    """Whether the grid's test loss owes anything to choosing its point on the networks it is
+    then tested on: the choice made again without each seed (see _chosen_without_each_seed), and
+    each of `labels` (GradNorm) set against the grid so judged, where the choice moves."""
+    held = grid.held_out
+    if held.empty or len(grid.points) < 2:
+        return []
+    seeds = seeds_words(sorted(int(s) for s in held.seed))
+    weights = grid.points.set_index("point")[[f"weight_{t}" for t in c.tasks]]
+
+    def point(p: str) -> str:
+        return point_words(p, weights.loc[p].tolist())
+
+    moved = held[held.point != grid.selected]
+    if moved.empty:
+        return [f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point "
+                f"is {point(grid.selected)} every time, so its test loss owes nothing to choosing the point on "
+                "the networks it is tested on."]
+    where = "; ".join(f"{point(p)} for seed {int(s)}" for s, p in zip(moved.seed, moved.point))
+    line = (f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point moves "
+            f"({where}). Judged on the seed each choice left out, the grid's test loss is "
+            f"{versus(float(held.normalized_test_loss.mean()), float(held.selected_test_loss.mean()))} for the "
+            "point chosen on every seed, whose choice saw the very networks it is tested on.")
+    held_per_seed = dict(zip(held.seed.astype(int), held.normalized_test_loss))
+    rivals = [stats.describe(a, "the grid chosen without the seed it is tested on",
+                             stats.paired(_per_seed(c.label_runs(a)), held_per_seed)) for a in labels]
+    return [line, *rivals]
 
 
 def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:

@@ -117,8 +117,12 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
     main = c.main.copy()
     grid_points = pd.concat([g.points.assign(grid=arm) for arm, g in c.grids.items()],
                             ignore_index=True) if c.grids else pd.DataFrame()
+    held_out = [g.held_out.assign(grid=arm)[["grid", *g.held_out.columns]] for arm, g in c.grids.items()
+                if not g.held_out.empty]
     return {"main": main, "per_task": c.per_task, "standings": c.standings,
-            "comparisons": c.comparisons, "grid_points": grid_points, "failed_runs": c.failures}
+            "comparisons": c.comparisons, "grid_points": grid_points,
+            "held_out": pd.concat(held_out, ignore_index=True) if held_out else pd.DataFrame(),
+            "failed_runs": c.failures}
 
 
 @contextlib.contextmanager
@@ -284,7 +288,8 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         shown = g.points.head(GRID_ROWS_SHOWN)
         grid_tables.append({"arm": arm, "n": len(g.points), "excluded": g.excluded, "shared_seeds": g.shared_seeds,
                             "shown": len(shown), "truncated": len(g.points) > len(shown),
-                            "html": _html(shown.drop(columns=["selected"]), shown.selected)})
+                            "html": _html(shown.drop(columns=["selected"]), shown.selected),
+                            "held_out": _html(g.held_out) if not g.held_out.empty else ""})
     manifest = c.manifest
     run_env = dict(manifest.get("environment", {}))
     versions = run_env.pop("versions", {})
