@@ -752,6 +752,10 @@ def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):
     assert as_json["selected_point"] == grid.selected and as_json["weights"] == grid.weights
     assert [(row["seed"], row["point"]) for row in as_json["chosen_without_each_seed"]] == list(
         zip(grid.held_out.seed, grid.held_out.point)) and len(grid.held_out) == 2
+    alpha = c.alpha_choices["gradnorm"]  # TINY sweeps two alphas
+    assert study["alpha_choices"]["gradnorm"]["chosen"] == alpha.chosen_variant
+    assert [(row["seed"], row["alpha"]) for row in study["alpha_choices"]["gradnorm"]["chosen_without_each_seed"]] == (
+        list(zip(alpha.held_out.seed, alpha.held_out.point)))
     assert study["report"] == str(Path("reports") / "tiny" / "index.html") and "report:" in captured.err
     assert 'href="tiny/index.html"' in (tmp_path / "reports" / "index.html").read_text()  # the folder's index
     assert "all reports:" not in captured.err  # one report: the index is not worth a line

@@ -94,9 +94,9 @@ def compare_command(
 
 def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     """A study's comparison as JSON: the summary's sentences, one object per row of the arms
-    table and of the paired tests (a missing value is null), each grid's chosen point with the
-    choice made again without each seed, the arms that trained exactly as another (arm: that
-    arm), and the report's path."""
+    table and of the paired tests (a missing value is null), each grid's chosen point and each
+    GradNorm arm's chosen alpha with the choice made again without each seed, the arms that
+    trained exactly as another (arm: that arm), and the report's path."""
     import json
 
     def rows(frame: pd.DataFrame) -> list[dict]:
@@ -104,9 +104,13 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
 
     grids = {arm: {"selected_point": g.selected, "weights": g.weights, "chosen_without_each_seed": rows(g.held_out)}
              for arm, g in c.grids.items()}
+    alphas = {arm: {"chosen": a.chosen_variant,
+                    "chosen_without_each_seed": rows(a.held_out.rename(columns={"point": "alpha"}))}
+              for arm, a in c.alpha_choices.items()}
     return {"summary": list(c.headline), "arms": rows(c.main),
             "paired_tests": rows(c.comparisons.drop(columns=["sentence"], errors="ignore")),
-            "grids": grids, "same_runs": dict(c.twins), "report": str(report) if report else None}
+            "grids": grids, "alpha_choices": alphas, "same_runs": dict(c.twins),
+            "report": str(report) if report else None}
 
 
 def weight_text(w: float) -> str:

@@ -115,6 +115,9 @@ class AlphaChoice:
     # _on_shared_seeds), and the variants without them, left out.
     shared_seeds: list[int] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    # The choice made again without each seed in turn, as a grid's is (its `point` is an alpha's
+    # variant): GradNorm's best alpha on validation is partly its luckiest too.
+    held_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_OUT_COLUMNS))
 
     @property
     def chosen_variant(self) -> str:
@@ -161,7 +164,24 @@ class AlphaChoice:
             choice = (f"validation chose {chosen} of {total} values{', tied with ' + join_words(tied) if tied else ''} "
                       f"(mean task-normalised validation loss {significant(best, digits)}; {others})")
         return (f"{self.arm}: {choice}; the sentences here are for {first}{self.chosen}, and the tables list "
-                f"every alpha.{spread}{left_out}")
+                f"every alpha.{spread}{'' if tied else self._left_out_words()}{left_out}")
+
+    def _left_out_words(self) -> str:
+        """The choice made again without each seed: whether it moves, and GradNorm's test loss so judged
+        (not said of alphas tied on validation: which of them a choice takes is then a convention)."""
+        held = self.held_out
+        if held.empty:
+            return ""
+        seeds = seeds_words(sorted(int(s) for s in held.seed))
+        moved = held[held.point != self.chosen_variant]
+        if moved.empty:
+            return (f" Chosen again with each of {seeds} left out in turn, validation picks {self.chosen_variant} "
+                    "every time.")
+        where = "; ".join(f"{v} for seed {int(s)}" for s, v in zip(moved.seed, moved.point))
+        return (f" Chosen again with each of {seeds} left out in turn, validation picks another alpha ({where}); "
+                f"judged on the seed each choice left out, test loss is "
+                f"{versus(float(held.normalized_test_loss.mean()), float(held.selected_test_loss.mean()))} "
+                f"for {self.chosen_variant}.")
 
 
 def _shared_seeds_words(seeds: list[int], unmatched: list[str], what: str) -> str:
@@ -460,12 +480,15 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
             continue
         shared, seeds = _on_shared_seeds(eligible)
         means = shared.groupby("variant", sort=False)[["normalized_val_loss", "normalized_test_loss"]].mean()
+        held_out = (_chosen_without_each_seed(shared, seeds, str(means.normalized_val_loss.idxmin()))
+                    if len(means) > 1 else pd.DataFrame(columns=HELD_OUT_COLUMNS))
         differ = len(shared) < len(eligible)
         choices[arm] = AlphaChoice(arm, {str(k): float(v) for k, v in means.normalized_val_loss.items()},
                                    [str(v) for v in failed],
                                    {str(k): float(v) for k, v in means.normalized_test_loss.items()},
                                    shared_seeds=seeds if differ else [],
-                                   unmatched=[str(v) for v in eligible.variant.unique() if v not in means.index])
+                                   unmatched=[str(v) for v in eligible.variant.unique() if v not in means.index],
+                                   held_out=held_out)
     return choices
 
 
@@ -1037,8 +1060,9 @@ def _grid_found(grid: GridSelection, main: pd.DataFrame) -> str:
 
 def _held_out_lines(c: Comparison, grid: GridSelection, labels: list[str]) -> list[str]:
     """Whether the grid's test loss owes anything to choosing its point on the networks it is
-    then tested on: the choice made again without each seed (see _chosen_without_each_seed), and
-    each of `labels` (GradNorm) set against the grid so judged, where the choice moves."""
+    then tested on: the choice made again without each seed (see _chosen_without_each_seed); and
+    each of `labels` (GradNorm, its alpha chosen the same way where it has several) set against
+    the grid so judged, where either choice moves (else the verdict's own test says it)."""
     held = grid.held_out
     if held.empty or len(grid.points) < 2:
         return []
@@ -1050,18 +1074,35 @@ def _held_out_lines(c: Comparison, grid: GridSelection, labels: list[str]) -> li
 
     moved = held[held.point != grid.selected]
     if moved.empty:
-        return [f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point "
-                f"is {point(grid.selected)} every time, so its test loss owes nothing to choosing the point on "
-                "the networks it is tested on."]
-    where = "; ".join(f"{point(p)} for seed {int(s)}" for s, p in zip(moved.seed, moved.point))
-    line = (f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point moves "
-            f"({where}). Judged on the seed each choice left out, the grid's test loss is "
-            f"{versus(float(held.normalized_test_loss.mean()), float(held.selected_test_loss.mean()))} for the "
-            "point chosen on every seed, whose choice saw the very networks it is tested on.")
+        lines = [f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point "
+                 f"is {point(grid.selected)} every time, so its test loss owes nothing to choosing the point on "
+                 "the networks it is tested on."]
+    else:
+        where = "; ".join(f"{point(p)} for seed {int(s)}" for s, p in zip(moved.seed, moved.point))
+        lines = [f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point "
+                 f"moves ({where}). Judged on the seed each choice left out, the grid's test loss is "
+                 f"{versus(float(held.normalized_test_loss.mean()), float(held.selected_test_loss.mean()))} for "
+                 "the point chosen on every seed, whose choice saw the very networks it is tested on."]
     held_per_seed = dict(zip(held.seed.astype(int), held.normalized_test_loss))
-    rivals = [stats.describe(a, "the grid chosen without the seed it is tested on",
-                             stats.paired(_per_seed(c.label_runs(a)), held_per_seed)) for a in labels]
-    return [line, *rivals]
+    for label in labels:
+        name, per_seed, alpha_moved = _alpha_left_out(c, label)
+        if alpha_moved or not moved.empty:
+            lines.append(stats.describe(name, "the grid's left-out choices", stats.paired(per_seed, held_per_seed)))
+    return lines
+
+
+def _alpha_left_out(c: Comparison, label: str) -> tuple[str, dict[int, float], bool]:
+    """A GradNorm label as set against the grid's left-out choices: its name, its test loss per
+    seed, and whether its own alpha choice moved when made again without each seed (with several
+    alphas, each seed's test loss is then that of the alpha the other seeds chose)."""
+    arm = c.runs.arm[c.runs.label == label].iloc[0]
+    choice = c.alpha_choices.get(arm)
+    if choice is None or choice.held_out.empty or choice.chosen != label:
+        return label, _per_seed(c.label_runs(label)), False
+    held = choice.held_out
+    return (f"{arm}, at the alpha each seed's left-out choice picked,",
+            dict(zip(held.seed.astype(int), held.normalized_test_loss)),
+            bool((held.point != choice.chosen_variant).any()))
 
 
 def _given_up(c: Comparison, a: str, grid: GridSelection) -> str:
