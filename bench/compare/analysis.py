@@ -44,6 +44,7 @@ BASELINE_WORDS = {"uncertainty": "uncertainty weighting", "dwa": "dynamic weight
 EVERY_TASK_WEIGHTED = " (all weights > 0)"
 
 
+# A choice made again without each seed (see _chosen_without_each_seed): one row per seed.
 HELD_OUT_COLUMNS = ["seed", "point", "normalized_test_loss", "selected_test_loss"]
 
 
@@ -548,12 +549,13 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
 
 
 def _chosen_without_each_seed(shared: pd.DataFrame, seeds: list[int], selected: str) -> pd.DataFrame:
-    """For each seed, the point that the other seeds' mean validation loss chooses, that point's
-    test loss on the seed left out, and the selected point's there. The selected point was chosen
-    on the very networks whose test loss the tables report, and validation and test loss share
-    each network's luck (its initialisation, its data): the best of many points on validation is
-    partly the luckiest. Judged on a seed its choice never saw, the grid search has no such help
-    (leave-one-seed-out; each choice sees one seed fewer, so if anything it is judged harshly)."""
+    """For each seed, the variant (a grid's point, or an alpha) that the other seeds' mean
+    validation loss chooses, its test loss on the seed left out, and the selected variant's there.
+    The selected variant was chosen on the very networks whose test loss the tables report, and
+    validation and test loss share each network's luck (its initialisation, its data): the best of
+    many on validation is partly the luckiest. Judged on a seed its choice never saw, a choice has
+    no such help (leave-one-seed-out; each choice sees one seed fewer, so if anything it is judged
+    harshly). `shared`: the finished runs of the variants compared, on `seeds`, which they all have."""
     if len(seeds) < 2:
         return pd.DataFrame(columns=HELD_OUT_COLUMNS)
     order = shared.variant.unique()  # the points' own order: ties go to the first, as in _select
