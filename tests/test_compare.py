@@ -891,8 +891,8 @@ def test_the_grids_choice_is_made_again_without_each_seed_and_gradnorm_set_again
     assert held.normalized_test_loss.tolist() == [1.3, 1.3, 3.0]  # w=2,0's test on seed 2: 3.0
     assert held.selected_test_loss.tolist() == [1.3, 1.3, 1.3]
     assert ("grid: chosen again on validation with each of seeds 0-2 left out in turn, the grid's point moves "
-            "(w=2,0 for seed 2). Judged on the seed each choice left out, the grid's test loss is 1.867 vs "
-            "1.300 for the point chosen on every seed") in " ".join(c.headline)
+            "(w=2,0 for seed 2). Judged on the seed each choice left out, its test loss is 1.867 vs 1.300 for w=1,1, "
+            "whose choice saw the very networks it is tested on.") in c.headline
     # GradNorm (1.5, 1.6, 1.4) against that grid (1.3, 1.3, 3.0): higher on two seeds, lower on the mean.
     assert ("gradnorm has a higher test loss than the grid's left-out choices on 2/3 "
             "seeds, though a lower mean (mean task-normalised test loss 1.500 vs 1.867") in " ".join(c.headline)
@@ -910,6 +910,43 @@ def test_a_grid_whose_choice_never_moves_says_so_and_one_seed_makes_no_such_chec
     assert not [s for s in c.headline if "left-out choices" in s]  # the same test as the verdict's
     one = luck_study(seeds=(0,))
     assert one.grids["grid"].held_out.empty and not [s for s in one.headline if "left out in turn" in s]
+
+
+def test_the_best_point_that_weights_every_task_is_chosen_again_without_each_seed_too():
+    """A grid whose chosen point gives a task up is also shown by its best point that weights
+    every task, chosen on the same networks: that choice is made again without each seed too."""
+    val = {(2.0, 0.0): (0.5, 0.5, 0.5), (1.5, 0.5): (1.0, 1.0, 2.0), (1.0, 1.0): (1.2, 1.2, 1.2),
+           (0.5, 1.5): (1.9, 1.9, 1.9)}
+    test = {(2.0, 0.0): (0.5, 0.5, 0.5), (1.5, 0.5): (1.1, 1.1, 3.0), (1.0, 1.0): (1.3, 1.3, 1.3),
+            (0.5, 1.5): (2.0, 2.0, 2.0)}
+    rows = [_run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val[w][seed], test[w][seed], 0.4, weights=w)
+            for w in val for seed in range(3)]
+    rows += [_run("gradnorm", f"seed={seed}", seed, 1.4, t, 0.4, mean_weights=(1.2, 0.8), balancer="gradnorm")
+             for seed, t in enumerate((1.5, 1.6, 1.4))]
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    c = build_comparison("boundary", manifest, pd.DataFrame(rows), [])
+    grid = c.grids["grid"]
+    assert (grid.selected, grid.weighted_all, grid.n_weighted_all) == ("w=2,0", "w=1,1", 3)
+    assert grid.held_out.point.tolist() == ["w=2,0"] * 3
+    assert grid.weighted_all_held_out.point.tolist() == ["w=1,1", "w=1,1", "w=1.5,0.5"]
+    assert ("grid: chosen again on validation with each of seeds 0-2 left out in turn, the grid's point is w=2,0 "
+            "every time, so its test loss owes nothing to choosing the point on the networks it is tested on."
+            ) in c.headline
+    assert ("grid: chosen again on validation with each of seeds 0-2 left out in turn, its best point that weights "
+            "every task moves (w=1.5,0.5 for seed 2). Judged on the seed each choice left out, its test loss is 1.867 "
+            "vs 1.300 for w=1,1, whose choice saw the very networks it is tested on.") in c.headline
+    rivals = [line for line in c.headline if "left-out choices" in line]
+    assert len(rivals) == 1 and rivals[0].startswith(  # the grid's own point never moved: no rival for it
+        "gradnorm has a higher test loss than the left-out choices among the grid points that weight every task on "
+        "2/3 seeds, though a lower mean (mean task-normalised test loss 1.500 vs 1.867, ")
+    table = grid.held_out_table()
+    assert table.grid.tolist() == ["grid"] * 3 + ["grid (all weights > 0)"] * 3
+    assert table.columns.tolist() == ["grid", "seed", "point", "normalized_test_loss", "selected_test_loss"]
+    # One point that weights every task: no choice to make again.
+    only = pd.DataFrame([r for r in rows if not r["run_key"].startswith(("w=1.5,0.5/", "w=0.5,1.5/"))])
+    alone = build_comparison("boundary", manifest, only, []).grids["grid"]
+    assert alone.n_weighted_all == 1 and alone.weighted_all_held_out.empty
+    assert alone.held_out_table().grid.tolist() == ["grid"] * 3
 
 
 def test_gradnorms_alpha_choice_is_made_again_without_each_seed_as_the_grids_is():

@@ -102,7 +102,9 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     def rows(frame: pd.DataFrame) -> list[dict]:
         return json.loads(frame.to_json(orient="records", double_precision=15)) if not frame.empty else []
 
-    grids = {arm: {"selected_point": g.selected, "weights": g.weights, "chosen_without_each_seed": rows(g.held_out)}
+    grids = {arm: {"selected_point": g.selected, "weights": g.weights, "chosen_without_each_seed": rows(g.held_out),
+                   "weighted_all_point": g.weighted_all,
+                   "weighted_all_chosen_without_each_seed": rows(g.weighted_all_held_out)}
              for arm, g in c.grids.items()}
     alphas = {arm: {"chosen": a.chosen_variant,
                     "chosen_without_each_seed": rows(a.held_out.rename(columns={"point": "alpha"}))}

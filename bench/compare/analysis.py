@@ -71,8 +71,10 @@ class GridSelection:
     unmatched: int = 0
     # The choice made again without each seed in turn: one row per seed the point was chosen on,
     # the point the other seeds choose, its test loss on the seed left out, and the selected
-    # point's there (see _chosen_without_each_seed). Empty with fewer than two seeds.
+    # point's there (see _chosen_without_each_seed). Empty with fewer than two seeds; for
+    # `weighted_all`, empty too where it is the only point that weights every task.
     held_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_OUT_COLUMNS))
+    weighted_all_held_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_OUT_COLUMNS))
 
     def sentence(self) -> str | None:
         """Says how the point was chosen when the points have not finished the same seeds."""
@@ -95,6 +97,14 @@ class GridSelection:
         head never trains"."""
         heads = "their heads never train" if len(self.unweighted) > 1 else "its head never trains"
         return f"gives {join_words(self.unweighted)} a weight of 0, so {heads}"
+
+    def held_out_table(self) -> pd.DataFrame:
+        """The choices made again without each seed, one row per seed and choice, labelled as the
+        tables label them: the grid's point, then its best point that weights every task."""
+        frames = [held.assign(grid=label)[["grid", *HELD_OUT_COLUMNS]]
+                  for held, label in ((self.held_out, self.arm), (self.weighted_all_held_out, self.weighted_all_label))
+                  if not held.empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["grid", *HELD_OUT_COLUMNS])
 
     @property
     def weighted_all_words(self) -> str:
@@ -545,6 +555,9 @@ def _select(grid_runs: pd.DataFrame, tasks: list[str]) -> GridSelection:
         if len(weighted):
             selection.weighted_all = weighted.iloc[0].point
             selection.weighted_all_weights = [float(weighted.iloc[0][f"weight_{t}"]) for t in tasks]
+            if len(weighted) > 1:  # one point: no choice to make again
+                selection.weighted_all_held_out = _chosen_without_each_seed(
+                    shared[shared.variant.isin(weighted.point)], seeds, selection.weighted_all)
     return selection
 
 
@@ -1062,11 +1075,26 @@ def _grid_found(grid: GridSelection, main: pd.DataFrame) -> str:
 
 def _held_out_lines(c: Comparison, grid: GridSelection, labels: list[str]) -> list[str]:
     """Whether the grid's test loss owes anything to choosing its point on the networks it is
-    then tested on: the choice made again without each seed (see _chosen_without_each_seed); and
-    each of `labels` (GradNorm, its alpha chosen the same way where it has several) set against
-    the grid so judged, where either choice moves (else the verdict's own test says it)."""
-    held = grid.held_out
-    if held.empty or len(grid.points) < 2:
+    then tested on: the choice made again without each seed (see _chosen_without_each_seed), of
+    its point and of its best point that weights every task; and each of `labels` (GradNorm, its
+    alpha chosen the same way where it has several) set against each so judged, where either
+    choice moves (else the verdict's own test says it)."""
+    if len(grid.points) < 2:
+        return []
+    lines = _left_out_lines(c, grid, grid.held_out, grid.selected, "the grid's point", "the grid's left-out choices",
+                            labels)
+    if grid.weighted_all and grid.n_weighted_all > 1:
+        lines += _left_out_lines(c, grid, grid.weighted_all_held_out, grid.weighted_all,
+                                 "its best point that weights every task",
+                                 "the left-out choices among the grid points that weight every task", labels)
+    return lines
+
+
+def _left_out_lines(c: Comparison, grid: GridSelection, held: pd.DataFrame, selected: str, what: str,
+                    choices: str, labels: list[str]) -> list[str]:
+    """The sentences of _held_out_lines for one choice of the grid's: `what` it chose, `selected`,
+    made again without each seed (`held`), and `labels` set against those `choices`."""
+    if held.empty:
         return []
     seeds = seeds_words(sorted(int(s) for s in held.seed))
     weights = grid.points.set_index("point")[[f"weight_{t}" for t in c.tasks]]
@@ -1074,22 +1102,21 @@ def _held_out_lines(c: Comparison, grid: GridSelection, labels: list[str]) -> li
     def point(p: str) -> str:
         return point_words(p, weights.loc[p].tolist())
 
-    moved = held[held.point != grid.selected]
+    again = f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, {what}"
+    moved = held[held.point != selected]
     if moved.empty:
-        lines = [f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point "
-                 f"is {point(grid.selected)} every time, so its test loss owes nothing to choosing the point on "
+        lines = [f"{again} is {point(selected)} every time, so its test loss owes nothing to choosing the point on "
                  "the networks it is tested on."]
     else:
         where = "; ".join(f"{point(p)} for seed {int(s)}" for s, p in zip(moved.seed, moved.point))
-        lines = [f"{grid.arm}: chosen again on validation with each of {seeds} left out in turn, the grid's point "
-                 f"moves ({where}). Judged on the seed each choice left out, the grid's test loss is "
+        lines = [f"{again} moves ({where}). Judged on the seed each choice left out, its test loss is "
                  f"{versus(float(held.normalized_test_loss.mean()), float(held.selected_test_loss.mean()))} for "
-                 "the point chosen on every seed, whose choice saw the very networks it is tested on."]
+                 f"{point(selected)}, whose choice saw the very networks it is tested on."]
     held_per_seed = dict(zip(held.seed.astype(int), held.normalized_test_loss))
     for label in labels:
         name, per_seed, alpha_moved = _alpha_left_out(c, label)
         if alpha_moved or not moved.empty:
-            lines.append(stats.describe(name, "the grid's left-out choices", stats.paired(per_seed, held_per_seed)))
+            lines.append(stats.describe(name, choices, stats.paired(per_seed, held_per_seed)))
     return lines
 
 
