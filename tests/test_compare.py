@@ -2146,16 +2146,24 @@ def test_any_mix_of_finished_failed_and_unfinished_runs_is_compared_by_the_rules
             not selection.shared_seeds
             or set(on[on.run_key.str.startswith(p + "/")].seed) == set(selection.shared_seeds))]
         assert means[selection.selected] == min(means[p] for p in compared)
-        # The choice made again without each seed: on the other seeds' mean, among the same points.
+        # The choices made again without each seed: on the other seeds' mean, among the same points
+        # (for the best point that weights every task, among those, where there are several).
         point_of = on.run_key.str.split("/").str[0]
         seeds = sorted(set(on[point_of.isin(compared)].seed))
         assert selection.held_out.seed.tolist() == (seeds if len(seeds) > 1 else [])
-        for row in selection.held_out.itertuples():
-            others = on[point_of.isin(compared) & (on.seed != row.seed)]
-            left_out = others.groupby(others.run_key.str.split("/").str[0]).normalized_val_loss.mean()
-            assert left_out[row.point] == left_out.min()
-            run = on[(point_of == row.point) & (on.seed == row.seed)]
-            assert row.normalized_test_loss == run.normalized_test_loss.item()
+        positive = set(point_of[(on.weight_a > 0) & (on.weight_b > 0)])
+        weighting_all = [p for p in compared if p in positive]
+        if selection.weighted_all and len(weighting_all) > 1:
+            assert selection.weighted_all_held_out.seed.tolist() == (seeds if len(seeds) > 1 else [])
+        else:
+            assert selection.weighted_all_held_out.empty
+        for held, among in ((selection.held_out, compared), (selection.weighted_all_held_out, weighting_all)):
+            for row in held.itertuples():
+                others = on[point_of.isin(among) & (on.seed != row.seed)]
+                left_out = others.groupby(others.run_key.str.split("/").str[0]).normalized_val_loss.mean()
+                assert left_out[row.point] == left_out.min()
+                run = on[(point_of == row.point) & (on.seed == row.seed)]
+                assert row.normalized_test_loss == run.normalized_test_loss.item()
     p = c.comparisons
     if len(p):
         finite = p.p_value.notna()
