@@ -1000,7 +1000,7 @@ def test_the_choice_without_each_seed_is_over_the_seeds_the_points_share():
     assert again.shared_seeds == [0, 1, 2, 3] and again.unmatched == 1
     held = again.held_out
     assert held.seed.tolist() == [0, 1, 2, 3]
-    # Seed 3 is a copy of seed 2: w=2,0 now averages 1.5 on validation, w=1,1 1.2, with either of them left out.
+    # Seed 3 is a copy of seed 2: with any one seed left out, w=2,0 averages 1.33 to 1.67 on validation, w=1,1 1.2.
     assert held.point.tolist() == ["w=1,1"] * 4
 
 
@@ -1946,8 +1946,8 @@ def test_one_point_still_training_does_not_bring_a_grid_down_to_fewer_seeds():
 
 def test_of_two_seed_sets_alike_in_size_and_share_the_choice_takes_the_lower_seeds():
     """Two points still training, one on seeds 0-1 and one on seeds 1-2, beside three with seeds
-    0-2 (too few of five for those): seeds 0-1 and 1-2 are each finished by four of the five
-    points. The lower seeds decide, whichever order the runs come in."""
+    0-2 (three of five: too few to choose on seeds 0-2): seeds 0-1 and 1-2 are each finished by
+    four of the five points. The lower seeds decide, whichever order the runs come in."""
     seeds = {0: (0, 1), 1: (1, 2), 2: (0, 1, 2), 3: (0, 1, 2), 4: (0, 1, 2)}
     rows = [_run("grid", f"w={p}/seed={seed}", seed, 1.0 + 0.01 * p, 2.0, 1.9, weights=(1.0, 1.0))
             for p in seeds for seed in seeds[p]]
