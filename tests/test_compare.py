@@ -1589,6 +1589,43 @@ def test_holm_equals_its_definition(p_values):
     assert all(math.isnan(adjusted[i]) for i, p in enumerate(p_values) if math.isnan(p))
 
 
+def test_a_verdict_gives_the_signed_rank_tests_p_where_it_reads_the_seeds_otherwise():
+    """gradnorm is higher than the grid's point on all ten seeds, by about 0.05 on nine and by 20
+    on the tenth (a run that nearly diverged). That seed widens the t-test's p to 0.33, where the
+    signed-rank test, which counts only the order of the differences, gives 2 / 2^10 = 0.002. The
+    verdict stays the t-test's and gives the other p beside it. Equal weights, lower than gradnorm by
+    0.5 to 0.59 on every seed, are found lower by both tests, and get nothing added."""
+    rows = []
+    for seed in range(10):
+        for w, val in (((2.0, 0.0), 1.3), ((1.0, 1.0), 1.0), ((0.0, 2.0), 1.5)):
+            rows.append(_run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val, val + 0.01 * seed, 0.9,
+                             weights=w))
+        test = 1.0 + 0.01 * seed + (20.0 if seed == 9 else 0.05 + 0.001 * seed)
+        rows.append(_run("gradnorm", f"alpha=0.12/seed={seed}", seed, 1.05, test, 0.9, mean_weights=(1.5, 0.5),
+                         balancer="gradnorm"))
+        rows.append(_run("equal", f"seed={seed}", seed, 1.4, test - 0.5 - 0.01 * seed, 0.9, weights=(1.0, 1.0)))
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
+                "gradnorm_static_sources": {}}
+    c = build_comparison("hand", manifest, pd.DataFrame(rows), [])
+    row = c.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "grid")]
+    assert (row.losses, row.p_value, row.wilcoxon_p) == (10, pytest.approx(0.33, abs=0.005), pytest.approx(2 / 2**10))
+    assert c.headline[0].startswith(
+        "gradnorm does not differ significantly from the grid search (grid; paired over 10 seeds, p = 0.33, though "
+        "the Wilcoxon signed-rank test, which a seed far off sways less, gives p = 0.002): ")
+    assert "paired t-test p = 0.33, though Wilcoxon signed-rank p = 0.002, effect size" in row.sentence
+    equal = c.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "equal")]
+    assert equal.p_value < 0.05 and equal.wilcoxon_p < 0.05 and "Wilcoxon" not in equal.sentence
+    assert sum("Wilcoxon" in line for line in c.headline) == 1
+    # The other way round: lower on five seeds by about 1, higher on a sixth by 0.1. The t-test
+    # finds it (p = 0.0081); ranks cannot give under 2 / 2^6 x 2 = 0.062 with one seed against.
+    lower = paired({s: 2.0 + d for s, d in enumerate((-1.0, -1.1, -0.9, -1.2, -0.8, 0.1))},
+                   dict.fromkeys(range(6), 2.0))
+    assert "paired t-test p = 0.0081, though Wilcoxon signed-rank p = 0.062, effect size" in describe("a", "b", lower)
+    # With five seeds the ranks can never reach 0.05 (2 / 2^5), so their disagreeing says nothing.
+    five = paired({s: 2.0 + d for s, d in enumerate((-1.0, -1.1, -0.9, -1.2, 0.1))}, dict.fromkeys(range(5), 2.0))
+    assert five.p_value < 0.05 and five.wilcoxon_p > 0.05 and "Wilcoxon" not in describe("a", "b", five)
+
+
 def test_a_verdict_that_the_family_of_tests_weakens_says_so():
     """gradnorm's p against the grid is 0.034 alone, but 0.068 after Holm over the study's four
     paired tests (it is the third smallest): the verdict keeps the test's own p and shows the

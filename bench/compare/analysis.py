@@ -859,7 +859,8 @@ def family_size(comparisons: pd.DataFrame, twins: dict[str, str]) -> int:
 def _verdict(row: Any, c: Comparison) -> tuple[str, str]:
     """How arm a stands against arm b in a paired comparison row, claiming a difference only
     where the paired t-test finds one at the 5 % level; and the evidence, in words, with the
-    Holm-adjusted p where the study's other tests make that difference uncertain."""
+    Holm-adjusted p where the study's other tests make that difference uncertain, and the
+    signed-rank test's p where it reads the seeds otherwise (see stats.rank_test_disagrees)."""
     if row.n < 2:  # one seed: a difference, not a verdict
         verdict = ("has a lower test loss than" if row.mean_difference < 0 else
                    "has a higher test loss than" if row.mean_difference > 0 else "ties with")
@@ -868,11 +869,14 @@ def _verdict(row: Any, c: Comparison) -> tuple[str, str]:
         verdict = "beats" if row.mean_difference < 0 else "does not beat"
         return verdict, f"{int(row.n)} seeds"
     evidence = f"paired over {int(row.n)} seeds, p = {row.p_value:.2g}"
-    if row.p_value >= 0.05:
-        return "does not differ significantly from", evidence
-    if row.p_holm >= 0.05:
+    if row.p_value < 0.05 and row.p_holm >= 0.05:
         tests = family_size(c.comparisons, c.twins)
         evidence += f", or {row.p_holm:.2g} after Holm's adjustment for the study's {tests} paired tests"
+    if stats.rank_test_disagrees(int(row.wins), int(row.losses), row.p_value, row.wilcoxon_p):
+        evidence += (f", though the Wilcoxon signed-rank test, which a seed far off sways less, gives "
+                     f"p = {row.wilcoxon_p:.2g}")
+    if row.p_value >= 0.05:
+        return "does not differ significantly from", evidence
     return ("beats" if row.mean_difference < 0 else "is beaten by"), evidence
 
 

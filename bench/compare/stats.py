@@ -165,11 +165,35 @@ def versus(a: float, b: float, digits: int = 4) -> str:
     return f"{significant(a, d)} vs {significant(b, d)}"
 
 
+# Below this many seeds that differ, the exact two-sided signed-rank p cannot fall under 0.05
+# (one sign on all five: 2 / 2^5 = 0.0625), so its disagreeing with the t-test says nothing.
+RANK_TEST_MIN_SEEDS = 6
+
+
+def rank_test_disagrees(wins: int, losses: int, p_value: float, wilcoxon_p: float) -> bool:
+    """Whether the Wilcoxon signed-rank test and the paired t-test read a comparison differently at
+    the 5 % level. A seed far off (a run that nearly diverged) widens the t-test's p even where every
+    seed differs the same way, and ranks do not feel how far off it is; so the verdicts, which the
+    t-test decides, say where the ranks disagree.
+
+    >>> rank_test_disagrees(10, 0, 0.21, 0.002), rank_test_disagrees(10, 0, 0.01, 0.002)
+    (True, False)
+    >>> rank_test_disagrees(5, 0, 0.01, 0.0625)  # five seeds: ranks can never reach 0.05
+    False
+    """
+    if wins + losses < RANK_TEST_MIN_SEEDS or math.isnan(p_value) or math.isnan(wilcoxon_p):
+        return False
+    return (p_value < 0.05) != (wilcoxon_p < 0.05)
+
+
 def _p(result: Paired) -> str:
     p = result.p_value
     if math.isnan(p):
         return "no test (too few seeds)" if result.n < 2 else "no test (equal on every seed)"
-    return f"paired t-test p = {p:.2g}" if p >= 1e-4 else "paired t-test p < 0.0001"
+    words = f"paired t-test p = {p:.2g}" if p >= 1e-4 else "paired t-test p < 0.0001"
+    if rank_test_disagrees(result.wins, result.losses, p, result.wilcoxon_p):
+        words += f", though Wilcoxon signed-rank p = {result.wilcoxon_p:.2g}"
+    return words
 
 
 def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
