@@ -1617,7 +1617,7 @@ def test_a_verdict_gives_the_signed_rank_tests_p_where_it_reads_the_seeds_otherw
     assert equal.p_value < 0.05 and equal.wilcoxon_p < 0.05 and "Wilcoxon" not in equal.sentence
     assert sum("Wilcoxon" in line for line in c.headline) == 1
     # The other way round: lower on five seeds by about 1, higher on a sixth by 0.1. The t-test
-    # finds it (p = 0.0081); ranks cannot give under 2 / 2^6 x 2 = 0.062 with one seed against.
+    # finds it (p = 0.0081); the ranks, with the one seed against ranked lowest, give 2 x 2 / 2^6.
     lower = paired({s: 2.0 + d for s, d in enumerate((-1.0, -1.1, -0.9, -1.2, -0.8, 0.1))},
                    dict.fromkeys(range(6), 2.0))
     assert "paired t-test p = 0.0081, though Wilcoxon signed-rank p = 0.062, effect size" in describe("a", "b", lower)
