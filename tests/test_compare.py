@@ -939,14 +939,14 @@ def test_the_best_point_that_weights_every_task_is_chosen_again_without_each_see
     assert len(rivals) == 1 and rivals[0].startswith(  # the grid's own point never moved: no rival for it
         "gradnorm has a higher test loss than the left-out choices among the grid points that weight every task on "
         "2/3 seeds, though a lower mean (mean task-normalised test loss 1.500 vs 1.867, ")
-    table = grid.held_out_table()
+    table = grid.held_out_table
     assert table.grid.tolist() == ["grid"] * 3 + ["grid (all weights > 0)"] * 3
     assert table.columns.tolist() == ["grid", "seed", "point", "normalized_test_loss", "selected_test_loss"]
     # One point that weights every task: no choice to make again.
     only = pd.DataFrame([r for r in rows if not r["run_key"].startswith(("w=1.5,0.5/", "w=0.5,1.5/"))])
     alone = build_comparison("boundary", manifest, only, []).grids["grid"]
     assert alone.n_weighted_all == 1 and alone.weighted_all_held_out.empty
-    assert alone.held_out_table().grid.tolist() == ["grid"] * 3
+    assert alone.held_out_table.grid.tolist() == ["grid"] * 3
 
 
 def test_gradnorms_alpha_choice_is_made_again_without_each_seed_as_the_grids_is():

@@ -98,6 +98,7 @@ class GridSelection:
         heads = "their heads never train" if len(self.unweighted) > 1 else "its head never trains"
         return f"gives {join_words(self.unweighted)} a weight of 0, so {heads}"
 
+    @cached_property  # the report's CSVs and its page both read it
     def held_out_table(self) -> pd.DataFrame:
         """The choices made again without each seed, one row per seed and choice, labelled as the
         tables label them: the grid's point, then its best point that weights every task."""

@@ -117,7 +117,7 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
     main = c.main.copy()
     grid_points = pd.concat([g.points.assign(grid=arm) for arm, g in c.grids.items()],
                             ignore_index=True) if c.grids else pd.DataFrame()
-    held_out = [table for g in c.grids.values() if not (table := g.held_out_table()).empty]
+    held_out = [g.held_out_table for g in c.grids.values() if not g.held_out_table.empty]
     return {"main": main, "per_task": c.per_task, "standings": c.standings,
             "comparisons": c.comparisons, "grid_points": grid_points,
             "held_out": pd.concat(held_out, ignore_index=True) if held_out else pd.DataFrame(),
@@ -288,7 +288,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         grid_tables.append({"arm": arm, "n": len(g.points), "excluded": g.excluded, "shared_seeds": g.shared_seeds,
                             "shown": len(shown), "truncated": len(g.points) > len(shown),
                             "html": _html(shown.drop(columns=["selected"]), shown.selected),
-                            "held_out": _html(g.held_out_table()) if not g.held_out.empty else "",
+                            "held_out": _html(g.held_out_table) if not g.held_out_table.empty else "",
                             "weighted_all": not g.weighted_all_held_out.empty})
     manifest = c.manifest
     run_env = dict(manifest.get("environment", {}))
