@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from bench.compare.analysis import build_comparison, family_size, run_command
-from bench.compare.stats import describe, holm, l2_distance, paired, significant, standing, summarize
+from bench.compare.stats import describe, difference, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.store.results import StudyProgress
 from bench.store.storage import shareable_url
@@ -74,9 +74,12 @@ def test_paired_comparison_and_its_sentence():
     assert r.p_value == pytest.approx(sps.ttest_rel([1, 2, 3], [2, 3, 5]).pvalue)
     assert r.p_value == pytest.approx(0.0572, abs=1e-3)  # t = -4 with 2 degrees of freedom
     assert r.effect_size == pytest.approx((-4 / 3) / math.sqrt(1 / 3))
+    # Student's interval of the mean difference: -4/3 -/+ t(0.975, 2 df) x sd / sqrt(3), sd = sqrt(1/3).
+    half = sps.t.ppf(0.975, 2) * math.sqrt(1 / 3) / math.sqrt(3)
+    assert (r.difference_ci_low, r.difference_ci_high) == (pytest.approx(-4 / 3 - half), pytest.approx(-4 / 3 + half))
     sentence = describe("GradNorm", "the best of 66 grid points", r)
     assert sentence.startswith("GradNorm has a lower test loss than the best of 66 grid points on 3/3 seeds")
-    assert "p = 0.057" in sentence
+    assert "vs 3.333, difference -1.3, 95% CI -2.8 to +0.10, paired t-test p = 0.057" in sentence
     worse = paired({0: 2.0, 1: 3.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # two losses, one tie
     assert (worse.wins, worse.losses) == (0, 2)
     assert describe("GradNorm", "the grid", worse).startswith("GradNorm has a higher test loss than the grid on 2/3 seeds")
@@ -86,11 +89,17 @@ def test_paired_comparison_and_its_sentence():
         "equal is level with the grid, lower on 0 and higher on 0 of 2 seeds (")
     assert "no test (equal on every seed)" in describe("equal", "the grid", same)
     assert math.isnan(same.p_value) and math.isnan(same.wilcoxon_p)  # SciPy's Wilcoxon says 1.0, and warns
-    assert "too few seeds" in describe("a", "b", paired({0: 1.0}, {0: 2.0}))
+    alone = paired({0: 1.0}, {0: 2.0})
+    assert math.isnan(alone.difference_ci_low) and math.isnan(alone.difference_ci_high)
+    # One seed: its two losses are the whole comparison, with no interval to add.
+    assert describe("a", "b", alone).endswith(
+        "(mean task-normalised test loss 1.000 vs 2.000, no test (too few seeds)).")
     # Lower by the same amount on every seed: no spread, so t is infinite and p is 0.
     steady = paired({0: 1.0, 1: 2.0, 2: 4.0}, {0: 1.5, 1: 2.5, 2: 4.5})
     assert (steady.p_value, steady.effect_size, steady.wins) == (0.0, -math.inf, 3)
     assert "paired t-test p < 0.0001, effect size d = -inf" in describe("a", "b", steady)
+    assert (steady.difference_ci_low, steady.difference_ci_high) == (-0.5, -0.5)
+    assert "difference -0.50 on every seed, paired t-test" in describe("a", "b", steady)
     clear = dataclasses.replace(steady, p_value=0.00052, effect_size=-3.14159)
     assert "paired t-test p = 0.00052, effect size d = -3.1)" in describe("a", "b", clear)
     # Lower on most seeds, higher on the mean (one seed far off): both are said.
@@ -192,7 +201,8 @@ def test_gradnorm_standing_distance_and_paired_tests():
     assert main.loc["gradnorm", "weights"] == [1.5, 0.5]
     verdict = "beats" if versus_grid.p_value < 0.05 else "does not differ significantly from"
     assert c.headline[0].startswith(
-        f"gradnorm {verdict} the grid search (grid; paired over 3 seeds, p = {versus_grid.p_value:.2g}): "
+        f"gradnorm {verdict} the grid search (grid; paired over 3 seeds, {difference(versus_grid)}, "
+        f"p = {versus_grid.p_value:.2g}): "
         f"test loss {significant(versus_grid.mean_a)} vs {significant(versus_grid.mean_b)}")
 
 
@@ -217,7 +227,7 @@ def test_gradnorm_is_put_to_the_random_weighting_litmus_test():
     assert not any("uncertainty" in line for line in again.headline)
     assert again.main.set_index("arm").loc["rlw", "weights"] == [0.98, 1.02]  # time-averaged
     assert again.headline[-1] == (
-        f"gradnorm beats random loss weighting (rlw; paired over 3 seeds, p = {row.p_value:.2g}), "
+        f"gradnorm beats random loss weighting (rlw; paired over 3 seeds, {difference(row)}, p = {row.p_value:.2g}), "
         "Lin et al.'s litmus test for a weighting method: test loss "
         f"{significant(row.mean_a)} vs {significant(row.mean_b)}, lower on 3 of 3 seeds.")
     assert row.p_value < 0.05
@@ -244,7 +254,8 @@ def test_gradnorm_is_set_against_every_static_arm_the_study_names():
     line = next(line for line in again.headline if "static weights of scaled" in line)
     verdict = "is beaten by" if row.p_value < 0.05 else "does not differ significantly from"
     assert line == (f"gradnorm {verdict} the static weights of scaled (w=1.8,0.2; paired over 3 seeds, "
-                    f"p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs {significant(row.mean_b)}, "
+                    f"{difference(row)}, p = {row.p_value:.2g}): test loss "
+                    f"{significant(row.mean_a)} vs {significant(row.mean_b)}, "
                     "higher on 3 of 3 seeds. Overfitting gap (test - train): 0.100 vs 0.200.")
     assert not any("static weights of" in line for line in c.headline)  # no static arm, no line
 
@@ -297,7 +308,8 @@ def test_gradnorm_is_set_against_loss_scale_weights_in_the_summary():
     assert row.sentence.startswith("gradnorm has a higher test loss than weights scaled by 1 / L_i(0) on 2/3 seeds")
     assert again.main.set_index("arm").loc["loss-scale", "weights"] == [1.7, 0.3]  # as trained
     assert (f"gradnorm does not differ significantly from static weights scaled by each task's first-step "
-            f"loss, 1 / L_i(0) (loss-scale; paired over 3 seeds, p = {row.p_value:.2g}): test loss "
+            f"loss, 1 / L_i(0) (loss-scale; paired over 3 seeds, {difference(row)}, "
+            f"p = {row.p_value:.2g}): test loss "
             f"{significant(row.mean_a)} vs {significant(row.mean_b)}, higher on 2 of 3 seeds.") in again.headline[-2]
     assert again.headline[-1].startswith("gradnorm beats equal weights")
 
@@ -310,8 +322,11 @@ def test_a_study_without_a_grid_still_has_a_verdict_against_equal_weights():
     manifest = {**c.manifest, "kinds": {"gradnorm": "gradnorm", "equal": "equal"}}
     no_grid = build_comparison("hand", manifest, runs[runs.arm != "grid"], [])
     row = no_grid.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "equal")]
+    # Differences -0.30, -0.29, -0.29: mean -0.2933, sd 0.00577, and t(0.975, 2 df) = 4.303 gives
+    # -0.2933 -/+ 4.303 x 0.00577 / sqrt(3) = -0.308 to -0.279.
     assert no_grid.headline == [
-        f"gradnorm beats equal weights (equal; paired over 3 seeds, p = {row.p_value:.2g}): test loss 1.117 vs 1.410, "
+        "gradnorm beats equal weights (equal; paired over 3 seeds, difference -0.29, 95% CI -0.31 to -0.28, "
+        f"p = {row.p_value:.2g}): test loss 1.117 vs 1.410, "
         "lower on 3 of 3 seeds. Overfitting gap (test - train): 0.100 vs 0.210."]
 
 
@@ -847,7 +862,8 @@ def test_the_headline_claims_static_beats_gradnorm_only_when_the_test_says_so(st
     assert row.versus == "gradnorm" and row.wins == 3
     assert (row.p_value < 0.05) == (verdict == "beats")
     assert again.headline[2].startswith(  # after the grid's verdict and its choice made again without each seed
-        f"gradnorm-static {verdict} gradnorm (paired over 3 seeds, p = {row.p_value:.2g}): test loss "
+        f"gradnorm-static {verdict} gradnorm (paired over 3 seeds, {difference(row)}, "
+        f"p = {row.p_value:.2g}): test loss "
         f"{significant(row.mean_a)} vs {significant(row.mean_b)}, lower on 3 of 3 seeds.")
 
 
@@ -1062,7 +1078,8 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
         "The grid's chosen point (w=2,0) gives b a weight of 0, so its head never trains (test loss of "
         f"b: 0.9000 vs {significant(per_task[('gradnorm', 'b')])} for gradnorm). gradnorm beats "
         f"the only grid point that weights every task, w=1,1 (chosen on validation; paired over 3 "
-        f"seeds, p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs 1.210, lower on 3 of 3 seeds.")
+        f"seeds, {difference(row)}, p = {row.p_value:.2g}): test loss {significant(row.mean_a)} vs 1.210, "
+        "lower on 3 of 3 seeds.")
     assert row.p_value < 0.05
     # The figures of every arm show that row too, in a darker shade of the grid's colour.
     colours = arm_colours(again)
@@ -1589,6 +1606,19 @@ def test_holm_equals_its_definition(p_values):
     assert all(math.isnan(adjusted[i]) for i, p in enumerate(p_values) if math.isnan(p))
 
 
+@settings(max_examples=200, deadline=None)
+# Whole numbers: differences that are exactly alike or clearly apart (near-alike floats make SciPy warn).
+@given(st.lists(st.tuples(st.integers(-20, 20), st.integers(-20, 20)), min_size=2, max_size=12))
+def test_the_difference_interval_holds_the_mean_and_holds_zero_exactly_where_the_t_test_finds_nothing(pairs):
+    """The interval and the verdict come from one t-test: "does not differ significantly" (p >= 0.05)
+    must never sit beside an interval that leaves 0 out, nor "beats" beside one that holds it."""
+    r = paired({s: a for s, (a, _) in enumerate(pairs)}, {s: b for s, (_, b) in enumerate(pairs)})
+    assert r.difference_ci_low <= r.mean_difference <= r.difference_ci_high
+    if math.isnan(r.p_value) or abs(r.p_value - 0.05) < 1e-6 or not 0 < r.difference_ci_high - r.difference_ci_low:
+        return  # no test, a p on the line (rounding decides), or one difference on every seed
+    assert (r.difference_ci_low <= 0 <= r.difference_ci_high) == (r.p_value >= 0.05)
+
+
 def test_a_verdict_gives_the_signed_rank_tests_p_where_it_reads_the_seeds_otherwise():
     """gradnorm is higher than the grid's point on all ten seeds, by about 0.05 on nine and by 20
     on the tenth (a run that nearly diverged). That seed widens the t-test's p to 0.33, where the
@@ -1610,7 +1640,9 @@ def test_a_verdict_gives_the_signed_rank_tests_p_where_it_reads_the_seeds_otherw
     row = c.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "grid")]
     assert (row.losses, row.p_value, row.wilcoxon_p) == (10, pytest.approx(0.33, abs=0.005), pytest.approx(2 / 2**10))
     assert c.headline[0].startswith(
-        "gradnorm does not differ significantly from the grid search (grid; paired over 10 seeds, p = 0.33, though "
+        # The interval the t-test gives is as wide as that seed: mean 2.05, +/- 2.262 x 6.31 / sqrt(10).
+        "gradnorm does not differ significantly from the grid search (grid; paired over 10 seeds, difference +2.0, "
+        "95% CI -2.5 to +6.6, p = 0.33, though "
         "the Wilcoxon signed-rank test, which a seed far off sways less, gives p = 0.002): ")
     assert "paired t-test p = 0.33, though Wilcoxon signed-rank p = 0.002, effect size" in row.sentence
     equal = c.comparisons.set_index(["arm", "versus"]).loc[("gradnorm", "equal")]
@@ -1646,7 +1678,7 @@ def test_a_verdict_that_the_family_of_tests_weakens_says_so():
     row = table.loc[("gradnorm", "grid")]
     assert row.p_value == pytest.approx(0.034, abs=5e-4) and row.p_holm == pytest.approx(2 * row.p_value)
     assert family.headline[0].startswith(
-        f"gradnorm beats the grid search (grid; paired over 3 seeds, p = {row.p_value:.2g}, "
+        f"gradnorm beats the grid search (grid; paired over 3 seeds, {difference(row)}, p = {row.p_value:.2g}, "
         f"or {row.p_holm:.2g} after Holm's adjustment for the study's 4 paired tests): ")
     # Where the adjustment leaves the verdict standing, the sentence stays as it was.
     assert "Holm" not in " ".join(hand_made().headline)

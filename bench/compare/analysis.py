@@ -792,8 +792,8 @@ def _paired(chosen: pd.DataFrame, grids: dict[str, GridSelection], manifest: dic
         rows.append({"arm": a, "versus": b, **result.as_dict(),
                      "sentence": stats.describe(a, b_words, result)})
     frame = pd.DataFrame(rows, columns=["arm", "versus", "n", "wins", "losses", "mean_a", "mean_b",
-                                        "mean_difference", "p_value", "wilcoxon_p", "effect_size",
-                                        "sentence"])
+                                        "mean_difference", "difference_ci_low", "difference_ci_high",
+                                        "p_value", "wilcoxon_p", "effect_size", "sentence"])
     # A study reports several tests at once: Holm's adjustment over all its paired t-tests says
     # which differences survive as a family (the verdicts name it where it changes them). A twin's
     # test is its counterpart's test again (see _twins): counted once, it takes that test's p_holm.
@@ -869,7 +869,7 @@ def _verdict(row: Any, c: Comparison) -> tuple[str, str]:
     if math.isnan(row.p_value):  # every seed's difference alike (or none): no spread to test
         verdict = "beats" if row.mean_difference < 0 else "does not beat"
         return verdict, f"{int(row.n)} seeds"
-    evidence = f"paired over {int(row.n)} seeds, p = {row.p_value:.2g}"
+    evidence = f"paired over {int(row.n)} seeds, {stats.difference(row)}, p = {row.p_value:.2g}"
     if row.p_value < 0.05 and row.p_holm >= 0.05:
         tests = family_size(c.comparisons, c.twins)
         evidence += f", or {row.p_holm:.2g} after Holm's adjustment for the study's {tests} paired tests"

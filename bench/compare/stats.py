@@ -72,6 +72,10 @@ class Paired:
     mean_a: float
     mean_b: float
     mean_difference: float
+    # The t-test's 95 % confidence interval of the mean difference: how large a difference these
+    # seeds leave possible, which "does not differ significantly" alone does not say.
+    difference_ci_low: float
+    difference_ci_high: float
     p_value: float  # two-sided paired t-test
     wilcoxon_p: float  # two-sided Wilcoxon signed-rank test (exact for small n)
     effect_size: float  # Cohen's d_z: mean difference / sd of the differences
@@ -88,21 +92,24 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
     y = np.asarray([b[s] for s in seeds], dtype=float)
     n = len(seeds)
     if n == 0:
-        return Paired(0, 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+        return Paired(0, 0, 0, *[math.nan] * 8)
     diff = x - y
-    p_t = p_w = d = math.nan
+    p_t = p_w = d = low = high = math.nan
     if n >= 2:
         sd = float(diff.std(ddof=1))
         if sd > 0:
-            p_t = float(stats.ttest_rel(x, y).pvalue)
-            d = float(diff.mean() / sd)
-        elif diff.mean() != 0:
-            p_t, d = 0.0, math.copysign(math.inf, float(diff.mean()))
+            test = stats.ttest_rel(x, y)
+            p_t, d = float(test.pvalue), float(diff.mean() / sd)
+            low, high = map(float, test.confidence_interval(0.95))
+        else:  # the same difference on every seed: an interval of no width
+            low = high = float(diff.mean())
+            if diff.mean() != 0:
+                p_t, d = 0.0, math.copysign(math.inf, float(diff.mean()))
         if np.any(diff != 0):
             p_w = float(stats.wilcoxon(x, y).pvalue)
     return Paired(n=n, wins=int((diff < 0).sum()), losses=int((diff > 0).sum()),
                   mean_a=float(x.mean()), mean_b=float(y.mean()), mean_difference=float(diff.mean()),
-                  p_value=p_t, wilcoxon_p=p_w, effect_size=d)
+                  difference_ci_low=low, difference_ci_high=high, p_value=p_t, wilcoxon_p=p_w, effect_size=d)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -165,6 +172,34 @@ def versus(a: float, b: float, digits: int = 4) -> str:
     return f"{significant(a, d)} vs {significant(b, d)}"
 
 
+def difference(result: Paired) -> str:
+    """The mean difference a - b with its 95 % interval, signed: "does not differ significantly"
+    with three seeds can hide a difference as large as the one the paper reports, and the interval
+    says how large.
+
+    >>> from types import SimpleNamespace as R
+    >>> difference(R(mean_difference=0.0626, difference_ci_low=0.0441, difference_ci_high=0.0811))
+    'difference +0.063, 95% CI +0.044 to +0.081'
+    >>> difference(R(mean_difference=-0.0058, difference_ci_low=-0.0211, difference_ci_high=0.00936))
+    'difference -0.0058, 95% CI -0.021 to +0.0094'
+    >>> difference(R(mean_difference=0.0105, difference_ci_low=0.0102, difference_ci_high=0.0108))  # 2 digits: alike
+    'difference +0.0105, 95% CI +0.0102 to +0.0108'
+    >>> difference(R(mean_difference=0.1, difference_ci_low=0.1, difference_ci_high=0.1))
+    'difference +0.10 on every seed'
+    """
+    mean, low, high = result.mean_difference, result.difference_ci_low, result.difference_ci_high
+    if math.isnan(low):  # one seed: no interval
+        return f"difference {_signed(mean, 2)}"
+    if low == high:
+        return f"difference {_signed(mean, 2)} on every seed"
+    d = telling_apart([low, mean, high], 2, most=4)
+    return f"difference {_signed(mean, d)}, 95% CI {_signed(low, d)} to {_signed(high, d)}"
+
+
+def _signed(value: float, digits: int) -> str:
+    return ("+" if value > 0 else "") + significant(value, digits)
+
+
 # Below this many seeds that differ, the exact two-sided signed-rank p cannot fall under 0.05
 # (one sign on all five: 2 / 2^5 = 0.0625), so its disagreeing with the t-test says nothing.
 RANK_TEST_MIN_SEEDS = 6
@@ -214,4 +249,5 @@ def describe(a: str, b: str, result: Paired, b_detail: str = "") -> str:
         outcome = (f"is level with {b}{b_detail}, lower on {result.wins} and higher on {result.losses} "
                    f"of {count(result.n, 'seed')}")
     return (f"{a} {outcome} (mean task-normalised test loss "
-            f"{versus(result.mean_a, result.mean_b)}, {_p(result)}{effect}).")
+            f"{versus(result.mean_a, result.mean_b)}, {difference(result) + ', ' if result.n > 1 else ''}"
+            f"{_p(result)}{effect}).")
