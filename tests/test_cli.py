@@ -648,26 +648,27 @@ def test_a_tilde_after_an_equals_sign_means_home_not_a_folder_named_tilde(tmp_pa
 
 def test_a_run_logged_to_a_file_says_how_far_it_has_come_every_minute(tmp_path, monkeypatch, capsys):
     """Where stderr is no terminal (`bench run ... 2> log`, a batch job), rich draws the bar once,
-    at the end: a long study's log said nothing for its whole run."""
+    at the end: a long study's log said nothing for its whole run. The time left is the runner's
+    (bench.study.time_left), and is left out while the runner cannot tell."""
     from bench.cli import run as run_verb
 
     clock = {"now": 1000.0}
     lines = run_verb.ProgressLines(clock=lambda: clock["now"])
-    lines.report(40, 210)  # 40 were stored before this worker began
+    lines.report(40, 210, None)  # 40 were stored before this worker began
     clock["now"] += 30
-    lines.report(45, 210)  # within the minute: nothing
+    lines.report(45, 210, 500.0)  # within the minute: nothing
     clock["now"] += 30
-    lines.report(52, 210)
+    lines.report(52, 210, None)  # one stack size trained so far: no guess
     lines.wait("waiting for elsewhere:41 (2 runs)")
     clock["now"] += 60
-    lines.report(64, 210)
-    lines.report(64, 210)
+    lines.report(64, 210, 730.4)
+    lines.report(64, 210, 730.4)
     clock["now"] += 60
-    lines.report(70, 210)  # the wait is over: no longer said
+    lines.report(70, 210, 840.0)  # the wait is over: no longer said
     clock["now"] += 60
-    lines.report(210, 210)  # the last: rich's bar says it
+    lines.report(210, 210, 0.0)  # the last: rich's bar says it
     assert capsys.readouterr().err.splitlines() == [
-        "training: 52/210 runs, 0:01:00 elapsed, about 0:13:10 left",
+        "training: 52/210 runs, 0:01:00 elapsed",
         "training: 64/210 runs, 0:02:00 elapsed, about 0:12:10 left; waiting for elsewhere:41 (2 runs)",
         "training: 70/210 runs, 0:03:00 elapsed, about 0:14:00 left"]
 

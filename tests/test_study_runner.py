@@ -374,6 +374,36 @@ def test_progress_moves_by_each_runs_share_of_its_steps(store):
     assert reported[-1] == 2 and max(b - a for a, b in zip(reported, reported[1:])) <= 0.5
 
 
+def test_the_time_left_prices_the_stacks_that_then_train_and_ends_at_zero(store):
+    """The runner's time left (bench.study.time_left) prices the stack in hand, its wave's stacks
+    still to start, and the stacks the runs queued after the wave will make. Those must be the
+    stacks that then train: here, in waves of 3 runs, GradNorm's 4 runs make [3], then [1] beside
+    the grid's first 2 runs ([2]); the grid's other 4 and equal's 2 stack together ([3], [3]), and
+    the static retrains make [3] and [1]. Runs counted twice or left out, or arms that stack
+    together priced apart, would skew it."""
+    stacks: list[tuple[float, int]] = []  # (start time, size) of each stack trained
+    planned: list[list[int]] = []  # the stacks after the wave, at each wave's first report
+    lefts = []
+
+    def look(done: float, total: int) -> None:
+        timer = runner._time_left
+        if timer is None or not timer._size:
+            return
+        if not stacks or stacks[-1][0] != timer._started:
+            stacks.append((timer._started, timer._size))
+            planned.append(list(timer.later))
+        lefts.append(runner.seconds_left())
+
+    runner = StudyRunner(spec_of(TINY), store, batch_runs=3, on_progress=look)
+    runner.run()
+    sizes = [size for _, size in stacks]
+    assert sorted(sizes) == [1, 1, 2, 3, 3, 3, 3]
+    assert sizes[0] == 3 and sorted(planned[0]) == sorted(sizes[1:])  # after the first wave: the rest
+    assert lefts[0] is None and all(left >= 0 for left in lefts if left is not None)
+    assert any(left is not None for left in lefts)
+    assert runner.seconds_left() == 0.0
+
+
 def test_a_run_given_back_whose_copy_was_never_queued_is_queued_again(store, monkeypatch, capsys):
     """A full disk between a given-back run's two writes (its trial failed, its copy not yet
     queued) left it neither queued nor running, and `bench run` refused forever to go on."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.cli.common import arm_table, console, err_console, fmt, home_path, print_note, unwritable_folder, working
 from bench.errors import BenchError, ConfigError, nothing_stored_yet
@@ -51,12 +51,9 @@ class ProgressLines:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.start = self.last = clock()
-        self.done_at_start: float | None = None  # runs stored before this worker began
         self.waiting = ""
 
-    def report(self, done: float, total: int) -> None:
-        if self.done_at_start is None:
-            self.done_at_start = done
+    def report(self, done: float, total: int, seconds_left: float | None) -> None:
         now = self.clock()
         waiting, self.waiting = self.waiting, ""  # said again at each poll for as long as it lasts
         if now - self.last < LOG_EVERY_S or done >= total:  # rich prints the last one
@@ -64,9 +61,8 @@ class ProgressLines:
         self.last = now
         elapsed = now - self.start
         line = f"training: {int(done)}/{total} runs, {_duration(elapsed)} elapsed"
-        rate = (done - self.done_at_start) / elapsed if elapsed > 0 else 0
-        if rate > 0:
-            line += f", about {_duration((total - done) / rate)} left"
+        if seconds_left is not None:
+            line += f", about {_duration(seconds_left)} left"
         err_console.print(line + (f"; {waiting}" if waiting else ""), soft_wrap=True)
 
     def wait(self, what: str) -> None:
@@ -74,8 +70,8 @@ class ProgressLines:
         self.waiting = what
 
 
-def _duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=round(seconds)))
+def _duration(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
 
 def run_command(
@@ -135,15 +131,20 @@ def run_command(
         print_note(note)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(), TextColumn("eta"),
-                  TimeRemainingColumn(), console=err_console, transient=False) as progress:
-        task = progress.add_task("training", total=sum(len(runs) for runs in runner.runs.values()))
+                  TextColumn("[progress.remaining]{task.fields[left]}"), console=err_console,
+                  transient=False) as progress:
+        # The time left is the runner's: it knows the stacks still to train (see bench.study.time_left).
+        task = progress.add_task("training", total=sum(len(runs) for runs in runner.runs.values()),
+                                 left=_duration(None))
 
         lines = None if err_console.is_terminal else ProgressLines()
 
         def report(done: float, total: int) -> None:
-            progress.update(task, completed=done, total=total, description="training")
+            seconds_left = runner.seconds_left() if done < total else 0.0
+            progress.update(task, completed=done, total=total, description="training",
+                            left=_duration(seconds_left))
             if lines is not None:
-                lines.report(done, total)
+                lines.report(done, total, seconds_left)
 
         def waiting(holders: dict[str, int]) -> None:
             # Until a silent worker's runs come back (--grace after its last heartbeat), say why.
@@ -154,7 +155,7 @@ def run_command(
 
         runner.on_progress, runner.on_wait = report, waiting
         final = runner.run()
-        progress.update(task, completed=final.done, total=final.total)
+        progress.update(task, completed=final.done, total=final.total, left=_duration(0))
     name = runner.name
     entries = store.records(name)  # every record, read once: for the tables and the summary
     table = runs_table(store, name, entries)

@@ -44,6 +44,7 @@ from bench.store.results import (
 )
 from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
 from bench.study.spec import StudySpec
+from bench.study.time_left import TimeLeft
 from bench.training import RunConfig, train_runs
 from bench.training.allocator import keep_freed_memory
 from bench.training.batching import max_stacked_runs, plan_batches
@@ -225,6 +226,12 @@ class StudyRunner:
         self.arm_order = sorted(spec.arms, key=lambda a: (not isinstance(spec.arms[a], GradNormArm),
                                                           isinstance(spec.arms[a], GradNormStaticArm)))
         self.trained_here = 0
+        # What is left to train, for the progress bar: priced stack by stack where this worker
+        # trains them one at a time, else at the pace of the runs trained here so far.
+        self._time_left: TimeLeft | None = None
+        self._began = time.monotonic()
+        self._done = self._total = 0.0
+        self._done_at_start = 0.0
         self._lost: set[tuple[str, str]] = set()  # runs found lost at the last look
         self.prepared = False
         self._interrupted = threading.Event()
@@ -280,6 +287,7 @@ class StudyRunner:
             self.prepare()
         interval = self.store.storage.get_heartbeat_interval() if hasattr(
             self.store.storage, "get_heartbeat_interval") else None
+        self._began, self._done_at_start = time.monotonic(), self.progress().done  # others' runs: not this pace
         with HeartbeatThread(self.store, interval or 5) as heartbeat, self._noticing_interrupts():
             self.heartbeat = heartbeat
             try:
@@ -510,6 +518,20 @@ class StudyRunner:
         self.heartbeat.hold([trial._trial_id])
         return claimed
 
+    def _later_stacks(self) -> list[int]:
+        """The sizes of the stacks that the runs still queued will make, wave by wave in the order
+        `claim_wave` takes them (weights, which a static retrain does not know yet, are each run's own
+        in a stack: its batch key leaves them out)."""
+        trials = self.store.arm_trials(self.name, self.arm_order)
+        waiting = [run for arm in self.arm_order for key, run in self.runs[arm].items()
+                   if (t := trials[arm].by_key.get(key)) is not None and t.state == TrialState.WAITING]
+        wave = self.jobs * self.stack_limit()
+        sizes = []
+        for start in range(0, len(waiting), wave):
+            configs = [self.spec.run_config(run, device=self.device) for run in waiting[start:start + wave]]
+            sizes += [len(batch) for batch in plan_batches(configs, self.stack_limit())]
+        return sizes
+
     # ------------------------------------------------------------------ training
     def batches(self, claimed: Sequence[Claimed]) -> list[list[Claimed]]:
         """The claimed runs grouped into stacked batches (see `plan_batches`), GradNorm first
@@ -524,14 +546,21 @@ class StudyRunner:
         batches = self.batches(claimed)
         total_before = self.progress().done if self.on_progress else 0
         if self.jobs == 1 and self.backend == "loky":
+            if self._time_left is None:
+                self._time_left = TimeLeft(batches[0][0].config.budget.steps)
+            timer = self._time_left
+            timer.plan([len(b) for b in batches], self._later_stacks())
             done_runs = 0
             for batch in batches:
                 steps = batch[0].config.budget.steps
 
                 def progress(step: int, size: int = len(batch), base: int = done_runs, steps: int = steps) -> None:
+                    timer.step(step)
                     self._report(total_before + base + size * step / steps)
 
+                timer.start(len(batch))
                 records = train_runs([c.config for c in batch], progress)
+                timer.finish()
                 self.store_records(batch, [r.to_dict() for r in records])
                 done_runs += len(batch)
             return
@@ -628,8 +657,19 @@ class StudyRunner:
 
     def _report(self, done: float) -> None:
         self._check_interrupted()
+        self._done, self._total = done, sum(len(r) for r in self.runs.values())
         if self.on_progress is not None:
-            self.on_progress(done, sum(len(r) for r in self.runs.values()))
+            self.on_progress(done, int(self._total))
+
+    def seconds_left(self) -> float | None:
+        """The training time left, as far as this worker can tell; None while it cannot (no
+        run trained yet, or stacks of one size only, whose cost says nothing of the next size's)."""
+        if self._time_left is not None:
+            return self._time_left.seconds_left()
+        trained = self._done - self._done_at_start  # other workers' runs count: they share the work
+        if trained <= 0:
+            return None
+        return (self._total - self._done) * (time.monotonic() - self._began) / trained
 
 
 def _cluster_backend() -> str:
