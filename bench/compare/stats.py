@@ -174,8 +174,8 @@ def versus(a: float, b: float, digits: int = 4) -> str:
 
 def difference(result: Paired) -> str:
     """The mean difference a - b with its 95 % interval, signed: "does not differ significantly"
-    with three seeds can hide a difference as large as the one the paper reports, and the interval
-    says how large.
+    with three seeds can hide a difference of a few per cent (GradNorm static against GradNorm in
+    the default study: -0.075 to +0.057 on 2.47), and the interval says how large.
 
     >>> from types import SimpleNamespace as R
     >>> difference(R(mean_difference=0.0626, difference_ci_low=0.0441, difference_ci_high=0.0811))
