@@ -382,7 +382,7 @@ def test_the_time_left_prices_the_stacks_that_then_train_and_ends_at_zero(store)
     the static retrains make [3] and [1]. Runs counted twice or left out, or arms that stack
     together priced apart, would skew it."""
     stacks: list[tuple[float, int]] = []  # (start time, size) of each stack trained
-    planned: list[list[int]] = []  # the stacks after the wave, at each wave's first report
+    planned: list[list[int]] = []  # as each stack starts: the stacks planned after its wave
     lefts = []
 
     def look(done: float, total: int) -> None:
