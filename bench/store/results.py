@@ -622,12 +622,15 @@ class ResultStore:
                     released += 1
         return released
 
-    def progress(self, study: str, expected: dict[str, list[str]]) -> StudyProgress:
-        return sum(self.arm_progress(study, expected).values(), StudyProgress(0, 0, 0, 0, 0))
+    def progress(self, study: str, expected: dict[str, list[str]],
+                 trials: dict[str, ArmTrials] | None = None) -> StudyProgress:
+        return sum(self.arm_progress(study, expected, trials).values(), StudyProgress(0, 0, 0, 0, 0))
 
-    def arm_progress(self, study: str, expected: dict[str, list[str]]) -> dict[str, StudyProgress]:
-        """Per arm: how many of the expected runs are done, failed, running, waiting."""
-        trials = self.arm_trials(study, expected)
+    def arm_progress(self, study: str, expected: dict[str, list[str]],
+                     trials: dict[str, ArmTrials] | None = None) -> dict[str, StudyProgress]:
+        """Per arm: how many of the expected runs are done, failed, running, waiting (from
+        `trials` where the caller has read them already)."""
+        trials = trials if trials is not None else self.arm_trials(study, expected)
         out = {}
         for arm, keys in expected.items():
             done = failed = running = waiting = 0

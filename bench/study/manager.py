@@ -278,8 +278,8 @@ class StudyRunner:
         self.prepared = True
         return self.name
 
-    def progress(self) -> StudyProgress:
-        return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()})
+    def progress(self, trials: dict[str, ArmTrials] | None = None) -> StudyProgress:
+        return self.store.progress(self.name, {arm: list(runs) for arm, runs in self.runs.items()}, trials)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> StudyProgress:
@@ -518,11 +518,10 @@ class StudyRunner:
         self.heartbeat.hold([trial._trial_id])
         return claimed
 
-    def _later_stacks(self) -> list[int]:
+    def _later_stacks(self, trials: dict[str, ArmTrials]) -> list[int]:
         """The sizes of the stacks that the runs still queued will make, wave by wave in the order
         `claim_wave` takes them (weights, which a static retrain does not know yet, are each run's own
         in a stack: its batch key leaves them out)."""
-        trials = self.store.arm_trials(self.name, self.arm_order)
         waiting = [run for arm in self.arm_order for key, run in self.runs[arm].items()
                    if (t := trials[arm].by_key.get(key)) is not None and t.state == TrialState.WAITING]
         wave = self.jobs * self.stack_limit()
@@ -544,12 +543,16 @@ class StudyRunner:
 
     def train(self, claimed: Sequence[Claimed]) -> None:
         batches = self.batches(claimed)
-        total_before = self.progress().done if self.on_progress else 0
-        if self.jobs == 1 and self.backend == "loky":
+        stepwise = self.jobs == 1 and self.backend == "loky"
+        # One read of the storage for both the runs stored so far and the runs still queued.
+        trials = self.store.arm_trials(self.name, self.arm_order) if self.on_progress or stepwise else None
+        total_before = self.progress(trials).done if self.on_progress else 0
+        if stepwise:
+            assert trials is not None
             if self._time_left is None:
                 self._time_left = TimeLeft(batches[0][0].config.budget.steps)
             timer = self._time_left
-            timer.plan([len(b) for b in batches], self._later_stacks())
+            timer.plan([len(b) for b in batches], self._later_stacks(trials))
             done_runs = 0
             for batch in batches:
                 steps = batch[0].config.budget.steps
