@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from bench.compare.analysis import build_comparison, family_size, run_command
+from bench.compare import build_comparison
+from bench.compare.analysis import family_size, run_command
 from bench.compare.stats import describe, difference, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.store.results import StudyProgress

@@ -1,5 +1,6 @@
 """The comparison of a study's arms, read from the result store."""
 
-from bench.compare.analysis import Comparison, build_comparison, load_comparison
+from bench.compare.analysis import Comparison
+from bench.compare.build import build_comparison, load_comparison
 
 __all__ = ["Comparison", "build_comparison", "load_comparison"]

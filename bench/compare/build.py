@@ -1,0 +1,53 @@
+"""A study's comparison, built in two steps: its tables and paired tests (`analysis`), then the
+summary's sentences about them (`summary`)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pandas as pd
+
+from bench.compare.analysis import Comparison, NothingToCompare, analyse, run_command
+from bench.compare.summary import headline
+from bench.store import DEFAULT_STORAGE
+from bench.store.export import runs_table
+from bench.store.results import ResultStore, StudyProgress
+from bench.store.storage import shareable_url
+
+
+def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
+                     records: list[dict[str, Any]]) -> Comparison:
+    """The comparison of stored study `study` from its manifest, its runs (`runs_table`) and
+    their records: tables, tests and summary."""
+    comparison = analyse(study, manifest, runs, records)
+    comparison.headline = headline(comparison)
+    return comparison
+
+
+def load_comparison(store: ResultStore, study: str) -> Comparison:
+    manifest = store.require_manifest(study)
+    entries = store.records(study)
+    progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
+    storage = shareable_url(store.url) if store.url != DEFAULT_STORAGE else None
+    runs = runs_table(store, study, entries)
+    try:
+        comparison = build_comparison(study, manifest, runs, entries)
+    except NothingToCompare as err:
+        if progress.left == 0:
+            raise
+        # Interrupted, or still training: say so, and how to go on, not only that nothing compares.
+        where = f" --storage {shlex.quote(storage)}" if storage else ""
+        stored = f"{progress.done} of {progress.total} runs are stored"
+        if progress.running:  # a worker is on it: where to watch it, rather than how to start it
+            raise NothingToCompare(f"{err}; {study} is being trained ({stored}, {progress.running} running): "
+                                   f"`bench status --study {study}{where}` shows how far it has come") from None
+        command = run_command(study, manifest, runs.seed.dropna().astype(int).tolist() if len(runs) else [])
+        raise NothingToCompare(f"{err}; {study} is not finished ({stored}): `{command}{where}` trains the rest"
+                               ) from None
+    comparison.progress = progress
+    comparison.storage = storage
+    return comparison
+
+
+__all__ = ["build_comparison", "load_comparison"]
