@@ -1106,6 +1106,8 @@ def test_a_worker_waiting_for_runs_held_elsewhere_says_who_holds_them(tmp_path, 
     store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
     assert store.claim(waiting[0], "elsewhere:41")
     told: list[dict[str, int]] = []
+    lefts: list[float | None] = []  # the time left shown while it waits
+    sharing: list[int | None] = []
     killed = threading.Event()
 
     def beating(other=ResultStore(store.url)):  # elsewhere:41 trains until it is first waited for
@@ -1114,18 +1116,86 @@ def test_a_worker_waiting_for_runs_held_elsewhere_says_who_holds_them(tmp_path, 
 
     def on_wait(holders: dict[str, int]) -> None:
         told.append(holders)
+        lefts.append(runner.seconds_left())
         killed.set()
 
     beats = threading.Thread(target=beating)
     beats.start()
     try:
         runner = StudyRunner(spec_of(TINY), store, poll_interval=0.05, on_wait=on_wait)
+        # How many workers share the queued runs, as each report sees it (elsewhere:41 holds one).
+        runner.on_progress = lambda done, total: sharing.append(runner._time_left and runner._time_left.workers)
         assert runner.run().left == 0
     finally:
         killed.set()
         beats.join()
     assert told and all(holders == {"elsewhere:41": 1} for holders in told)  # never itself
     assert runner.trained_here == len(spec_of(TINY).runs())  # its run came back once it was killed
+    # Its own stacks were done: their price, 0, said nothing of the run held elsewhere.
+    assert runner._time_left is not None and lefts and all(left is None for left in lefts)
+    assert runner.seconds_left() == 0.0
+    # While elsewhere:41 held its run, it counted as a second worker; once its run came back, not.
+    assert 2 in sharing and sharing[-1] == 1
+
+
+def test_workers_of_a_study_on_one_machine_share_its_cores(tmp_path, monkeypatch):
+    """Two `bench run`s of one study on a 2-core machine, each with PyTorch's 2 threads, trained
+    the default study in 12 minutes where one alone took 3: their threads spun for each other's
+    cores. A worker gives up threads while another of the study on its host holds runs, and takes
+    them back once two looks in a row have found it gone."""
+    import socket
+    import threading
+
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
+    assert store.claim(waiting[0], f"{socket.gethostname()}:41")  # a worker on this machine
+    assert store.claim(waiting[1], "elsewhere:42")  # and one on another: it takes no core of this one's
+    monkeypatch.setattr(manager, "LOOK_FOR_LOCAL_WORKERS_S", 0.0)  # a look at every report
+    threads = [4]
+    monkeypatch.setattr(manager.torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(manager.torch, "set_num_threads", threads.append)
+    killed = threading.Event()
+    notes: list[str] = []
+    during: list[int] = []  # its threads at each progress report
+
+    def beating(other=ResultStore(store.url)):  # both train until first waited for
+        while not killed.wait(0.2):
+            other.heartbeat([waiting[0]._trial_id, waiting[1]._trial_id])
+
+    beats = threading.Thread(target=beating)
+    beats.start()
+    try:
+        runner = StudyRunner(spec_of(TINY), store, poll_interval=0.05, on_wait=lambda holders: killed.set(),
+                             on_note=notes.append, on_progress=lambda done, total: during.append(threads[-1]))
+        assert runner.run().left == 0
+    finally:
+        killed.set()
+        beats.join()
+    assert threads[:2] == [4, 2] and during[0] == 2  # halved from the first wave on, not for the host elsewhere
+    assert during[-1] == 4 and set(threads) == {4, 2}  # its own once the other was gone
+    assert notes == ["2 workers of study 'tiny' train on this machine: each trains with 2 threads of its 4 "
+                     "while they do (PyTorch's threads in several processes wait on each other's cores)"]
+
+
+def test_a_worker_takes_its_threads_back_only_once_two_looks_find_the_other_gone(store, monkeypatch):
+    """Another worker between two waves holds no run for a moment: one look that misses it must
+    not give this worker every core while the other starts its next stack."""
+    import socket
+
+    threads = [4]
+    monkeypatch.setattr(manager.torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(manager.torch, "set_num_threads", threads.append)
+    runner = StudyRunner(spec_of(TINY), store)
+    here = f"{socket.gethostname()}:41"
+    looks = iter([{here: 3}, {}, {here: 3}, {}, {}, {"elsewhere:42": 3}])
+    monkeypatch.setattr(runner.store, "workers", lambda name, trials=None: next(looks))
+    seen = []
+    for _ in range(6):
+        runner._look_at_workers()
+        seen.append(threads[-1])
+    assert seen == [2, 2, 2, 2, 4, 4]
+    runner._look_at_workers = lambda trials=None: threads.append(1)  # a third worker, then the study ends
+    runner.run()
+    assert threads[-1] == 4  # a caller's process keeps its threads
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

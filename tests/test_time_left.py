@@ -73,6 +73,18 @@ def test_a_stack_in_hand_is_priced_by_its_steps_left_and_a_wave_by_its_stacks_no
     assert timer.seconds_left() == pytest.approx(6 * 0.5)  # its last 6 steps; nothing queued
 
 
+def test_workers_sharing_the_queue_share_the_stacks_after_the_wave_not_the_wave_itself():
+    """Two workers on one storage each take their next wave from the same queue: each counted
+    every stack after its wave as its own, and said twice the time left."""
+    timer = TimeLeft(10)
+    timer.per_step, timer.overhead = {2: 1.0, 4: 2.0}, 1.0
+    timer.plan([4, 2], [4, 4, 2, 2])
+    alone = timer.seconds_left()
+    assert alone == pytest.approx(21 + 11 + 2 * 21 + 2 * 11)
+    timer.workers = 2
+    assert timer.seconds_left() == pytest.approx(21 + 11 + (2 * 21 + 2 * 11) / 2)
+
+
 @pytest.mark.parametrize(("measured", "size", "expected"), [
     ({2: 1.0, 4: 2.0, 8: 4.0}, 6, 3.0),  # on the line through them, here through the origin
     ({2: 1.0, 10: 3.0}, 6, 2.0),  # a = 0.5, b = 0.25

@@ -657,11 +657,13 @@ class ResultStore:
         expected = {arm: list(t.by_key) for arm, t in trials.items()}
         return self.arm_progress(study, expected)
 
-    def workers(self, study: str) -> dict[str, int]:
-        """Workers holding runs of a study now, with how many runs each holds."""
-        manifest = self.require_manifest(study)
+    def workers(self, study: str, trials: dict[str, ArmTrials] | None = None) -> dict[str, int]:
+        """Workers holding runs of a study now, with how many runs each holds (of `trials`, every
+        arm's as the caller has just read them, where given)."""
+        if trials is None:
+            trials = self.arm_trials(study, self.require_manifest(study)["arms"])
         held: dict[str, int] = {}
-        for arm_trials in self.arm_trials(study, manifest["arms"]).values():
+        for arm_trials in trials.values():
             for t in arm_trials.trials:
                 if t.state == TrialState.RUNNING:
                     worker = t.system_attrs.get(WORKER, "unknown")

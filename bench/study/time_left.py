@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 class TimeLeft:
     """Seconds left for a worker that trains one stack at a time: the stack in hand, the stacks
-    of its current wave still to start, and those the runs queued after the wave will make (`plan`)."""
+    of its current wave still to start, and its share of those the runs queued after the wave
+    will make (`plan`)."""
 
     def __init__(self, steps: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.steps = steps
@@ -26,6 +27,9 @@ class TimeLeft:
         self.overhead = 0.0  # seconds a stack spends outside its steps (building, last evaluation), last measured
         self.queued: list[int] = []  # this wave's stacks not started yet
         self.later: list[int] = []  # the stacks the runs after this wave will make
+        # Workers training the study now, this one included: each takes its next wave from the same
+        # queue, so this one trains about 1 / workers of `later`, at a pace taken to be like its own.
+        self.workers = 1
         self._size = 0  # the stack in hand (0: none)
         self._started = self._first = self._last = 0.0
         self._first_step = self._step = 0
@@ -81,9 +85,10 @@ class TimeLeft:
             if pace is None:
                 return None
             total += (self.steps - self._step) * pace
-        for size in self.queued + self.later:
-            pace = self.seconds_per_step(size)
-            if pace is None:
-                return None
-            total += self.overhead + self.steps * pace
+        for stacks, share in ((self.queued, 1), (self.later, max(1, self.workers))):
+            for size in stacks:
+                pace = self.seconds_per_step(size)
+                if pace is None:
+                    return None
+                total += (self.overhead + self.steps * pace) / share
         return total if math.isfinite(total) else None
