@@ -1176,6 +1176,45 @@ def test_workers_of_a_study_on_one_machine_share_its_cores(tmp_path, monkeypatch
                      "while they do (PyTorch's threads in several processes wait on each other's cores)"]
 
 
+def test_with_jobs_each_process_takes_its_share_of_the_cores_left_to_this_worker(tmp_path, monkeypatch):
+    """--jobs 2 on a 4-core machine where another worker of the study trains: each of the 2
+    processes takes 1 thread (4 cores / 2 workers / 2 processes), not 2."""
+    import socket
+    import threading
+
+    store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
+    assert store.claim(waiting[0], f"{socket.gethostname()}:41")  # a worker on this machine
+    monkeypatch.setattr(manager, "cpu_count", lambda: 4)
+    calls: list[tuple[int, int]] = []  # (processes, threads each) of each batch
+
+    class InThisProcess:  # joblib's Parallel, run here: the test sees what each process is given
+        def __init__(self, n_jobs: int, return_as: str):
+            self.n_jobs = n_jobs
+
+        def __call__(self, tasks):
+            for function, (index, configs, threads, _own_process), _ in tasks:
+                calls.append((self.n_jobs, threads))
+                yield function(index, configs, threads, False)
+
+    monkeypatch.setattr(manager, "Parallel", InThisProcess)
+    killed = threading.Event()
+
+    def beating(other=ResultStore(store.url)):  # it trains until first waited for
+        while not killed.wait(0.2):
+            other.heartbeat([waiting[0]._trial_id])
+
+    beats = threading.Thread(target=beating)
+    beats.start()
+    try:
+        runner = StudyRunner(spec_of(TINY), store, jobs=2, poll_interval=0.05, on_wait=lambda holders: killed.set())
+        assert runner.run().left == 0
+    finally:
+        killed.set()
+        beats.join()
+    processes, threads = calls[0]
+    assert processes == 2 and threads == 1
+
+
 def test_a_worker_takes_its_threads_back_only_once_two_looks_find_the_other_gone(store, monkeypatch):
     """Another worker between two waves holds no run for a moment: one look that misses it must
     not give this worker every core while the other starts its next stack."""
