@@ -721,6 +721,7 @@ def _placed_runs(runs: pd.DataFrame, label: str, grid: GridSelection) -> tuple[p
 
 
 def per_seed(g: pd.DataFrame) -> dict[int, float]:
+    """Each seed's task-normalised test loss, from the finished runs among `g` (one label's)."""
     ok = g[g.status == "ok"]
     return dict(zip(ok.seed.astype(int), ok.normalized_test_loss))
 

@@ -26,6 +26,8 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
 
 
 def load_comparison(store: ResultStore, study: str) -> Comparison:
+    """Stored study `study`, compared; where nothing compares yet because it is still training or
+    was stopped, the error says how to watch it or go on."""
     manifest = store.require_manifest(study)
     entries = store.records(study)
     progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))

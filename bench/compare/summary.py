@@ -3,8 +3,8 @@ study's own runs (did GradNorm match the grid, and do its averaged weights retra
 weights do as well), set GradNorm against the weights that need no search, and say what the
 tables alone do not show (a grid point that gives a task up, a choice that moves without a seed,
 GradNorm's weights crossing zero or missing their targets). It reads a `Comparison`'s tables and
-tests (`bench.compare.analysis`) and computes no new ones, so that every figure it quotes is in
-them.
+tests (`bench.compare.analysis`); the figures it adds are GradNorm's paired test against a grid's
+choices made again without each seed, and its place among the grid points that weight every task.
 """
 
 from __future__ import annotations
