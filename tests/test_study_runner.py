@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -1098,37 +1101,45 @@ def test_a_worker_with_a_longer_grace_period_keeps_its_runs_among_workers_with_a
                for t in copies if t.state == optuna.trial.TrialState.WAITING)
 
 
+@contextlib.contextmanager
+def held_elsewhere(store: ResultStore, trials: list) -> Iterator[threading.Event]:
+    """Another worker's heartbeats for `trials`, which it has claimed, until the event this yields
+    is set (a test sets it at the runner's first wait: that worker is then killed) or the block ends."""
+    killed = threading.Event()
+    other = ResultStore(store.url)
+
+    def beating() -> None:
+        while not killed.wait(0.2):
+            other.heartbeat([t._trial_id for t in trials])
+
+    beats = threading.Thread(target=beating)
+    beats.start()
+    try:
+        yield killed
+    finally:
+        killed.set()
+        beats.join()
+
+
 def test_a_worker_waiting_for_runs_held_elsewhere_says_who_holds_them(tmp_path, monkeypatch):
     """`bench run` sat at "training 177/210" for the grace period, training nothing and saying
     nothing, while a killed worker's runs waited to come back."""
-    import threading
-
     store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
     assert store.claim(waiting[0], "elsewhere:41")
     told: list[dict[str, int]] = []
     lefts: list[float | None] = []  # the time left shown while it waits
     sharing: list[int | None] = []
-    killed = threading.Event()
+    with held_elsewhere(store, waiting[:1]) as killed:  # elsewhere:41 trains until it is first waited for
 
-    def beating(other=ResultStore(store.url)):  # elsewhere:41 trains until it is first waited for
-        while not killed.wait(0.2):
-            other.heartbeat([waiting[0]._trial_id])
+        def on_wait(holders: dict[str, int]) -> None:
+            told.append(holders)
+            lefts.append(runner.seconds_left())
+            killed.set()
 
-    def on_wait(holders: dict[str, int]) -> None:
-        told.append(holders)
-        lefts.append(runner.seconds_left())
-        killed.set()
-
-    beats = threading.Thread(target=beating)
-    beats.start()
-    try:
         runner = StudyRunner(spec_of(TINY), store, poll_interval=0.05, on_wait=on_wait)
         # How many workers share the queued runs, as each report sees it (elsewhere:41 holds one).
         runner.on_progress = lambda done, total: sharing.append(runner._time_left and runner._time_left.workers)
         assert runner.run().left == 0
-    finally:
-        killed.set()
-        beats.join()
     assert told and all(holders == {"elsewhere:41": 1} for holders in told)  # never itself
     assert runner.trained_here == len(spec_of(TINY).runs())  # its run came back once it was killed
     # Its own stacks were done: their price, 0, said nothing of the run held elsewhere.
@@ -1144,7 +1155,6 @@ def test_workers_of_a_study_on_one_machine_share_its_cores(tmp_path, monkeypatch
     cores. A worker gives up threads while another of the study on its host holds runs, and takes
     them back once two looks in a row have found it gone."""
     import socket
-    import threading
 
     store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
     assert store.claim(waiting[0], f"{socket.gethostname()}:41")  # a worker on this machine
@@ -1153,23 +1163,12 @@ def test_workers_of_a_study_on_one_machine_share_its_cores(tmp_path, monkeypatch
     threads = [4]
     monkeypatch.setattr(manager.torch, "get_num_threads", lambda: threads[-1])
     monkeypatch.setattr(manager.torch, "set_num_threads", threads.append)
-    killed = threading.Event()
     notes: list[str] = []
     during: list[int] = []  # its threads at each progress report
-
-    def beating(other=ResultStore(store.url)):  # both train until first waited for
-        while not killed.wait(0.2):
-            other.heartbeat([waiting[0]._trial_id, waiting[1]._trial_id])
-
-    beats = threading.Thread(target=beating)
-    beats.start()
-    try:
+    with held_elsewhere(store, waiting[:2]) as killed:  # both train until first waited for
         runner = StudyRunner(spec_of(TINY), store, poll_interval=0.05, on_wait=lambda holders: killed.set(),
                              on_note=notes.append, on_progress=lambda done, total: during.append(threads[-1]))
         assert runner.run().left == 0
-    finally:
-        killed.set()
-        beats.join()
     assert threads[:2] == [4, 2] and during[0] == 2  # halved from the first wave on, not for the host elsewhere
     assert during[-1] == 4 and set(threads) == {4, 2}  # its own once the other was gone
     assert notes == ["2 workers of study 'tiny' train on this machine: each trains with 2 threads of its 4 "
@@ -1180,7 +1179,6 @@ def test_with_jobs_each_process_takes_its_share_of_the_cores_left_to_this_worker
     """--jobs 2 on a 4-core machine where another worker of the study trains: each of the 2
     processes takes 1 thread (4 cores / 2 workers / 2 processes), not 2."""
     import socket
-    import threading
 
     store, waiting = queued_tiny_study(tmp_path, monkeypatch, "journal")
     assert store.claim(waiting[0], f"{socket.gethostname()}:41")  # a worker on this machine
@@ -1197,20 +1195,9 @@ def test_with_jobs_each_process_takes_its_share_of_the_cores_left_to_this_worker
                 yield function(index, configs, threads, False)
 
     monkeypatch.setattr(manager, "Parallel", InThisProcess)
-    killed = threading.Event()
-
-    def beating(other=ResultStore(store.url)):  # it trains until first waited for
-        while not killed.wait(0.2):
-            other.heartbeat([waiting[0]._trial_id])
-
-    beats = threading.Thread(target=beating)
-    beats.start()
-    try:
+    with held_elsewhere(store, waiting[:1]) as killed:  # it trains until first waited for
         runner = StudyRunner(spec_of(TINY), store, jobs=2, poll_interval=0.05, on_wait=lambda holders: killed.set())
         assert runner.run().left == 0
-    finally:
-        killed.set()
-        beats.join()
     processes, threads = calls[0]
     assert processes == 2 and threads == 1
 

@@ -560,8 +560,10 @@ class StudyRunner:
     def train(self, claimed: Sequence[Claimed]) -> None:
         batches = self.batches(claimed)
         stepwise = self.jobs == 1 and self.backend == "loky"
-        # One read of the storage for both the runs stored so far and the runs still queued.
-        trials = self.store.arm_trials(self.name, self.arm_order) if self.on_progress or stepwise else None
+        # One read of the storage for the runs stored so far, the runs still queued and the workers
+        # holding runs (a Dask cluster's workers share no cores with this one).
+        loky = self.backend == "loky"
+        trials = self.store.arm_trials(self.name, self.arm_order) if self.on_progress or loky else None
         total_before = self.progress(trials).done if self.on_progress else 0
         if stepwise:
             assert trials is not None
@@ -569,7 +571,7 @@ class StudyRunner:
                 self._time_left = TimeLeft(batches[0][0].config.budget.steps)
             timer = self._time_left
             timer.plan([len(b) for b in batches], self._later_stacks(trials))
-        if self.backend == "loky":
+        if loky:
             self._look_at_workers(trials)
         if stepwise:
             done_runs = 0
