@@ -20,10 +20,12 @@ def format_number(value: float | None, digits: int = 4, exponent_digits: int | N
 
 def count(n: int, noun: str) -> str:
     """
-    >>> count(1, "run"), count(2, "run"), count(0, "seed")
-    ('1 run', '2 runs', '0 seeds')
+    >>> count(1, "run"), count(2, "run"), count(0, "seed"), count(2, "training process")
+    ('1 run', '2 runs', '0 seeds', '2 training processes')
     """
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{n} {noun}s"
 
 
 def join_words(words: list[str], conjunction: str = "and") -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,8 +39,11 @@ def tiny_config(balancer: str = "equal", seed: int = 0, *, tasks: int = 2, sigma
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _deterministic_threads(tmp_path_factory, monkeypatch):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # Each test's workers (and the `bench run`s it starts) share the cores among themselves only,
+    # never with a `bench run` on this machine meanwhile, nor with another test's.
+    monkeypatch.setenv("BENCH_TRAINERS", str(tmp_path_factory.mktemp("trainers")))
     yield
 
 
@@ -74,3 +79,34 @@ def require_system_tool(name: str) -> str:
             pytest.fail(f"{name} is required (BENCH_REQUIRE_SYSTEM_TOOLS=1) but not installed")
         pytest.skip(f"{name} is not installed (make system-deps installs it)")
     return path
+
+
+_TRAINER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("machine", sys.argv[1])
+machine = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(machine)
+with machine.TrainersHere().training(int(sys.argv[2])):
+    print("training", flush=True)
+    sys.stdin.read()  # until the test lets it go
+"""
+
+
+@pytest.fixture
+def trainer_elsewhere():
+    """Start another worker's registration as training on this machine, in a process of its own
+    (`bench.study.machine` alone: no torch to load), with so many training processes; it holds
+    it until its stdin closes or it is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(processes: int = 1) -> subprocess.Popen:
+        worker = subprocess.Popen([sys.executable, "-c", _TRAINER, str(REPO / "bench" / "study" / "machine.py"),
+                                   str(processes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(worker)
+        assert worker.stdout is not None and worker.stdout.readline() == "training\n"
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+        worker.communicate()

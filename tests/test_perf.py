@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,27 @@ def test_a_figures_file_with_other_columns_is_kept_aside_and_said(tmp_path, monk
     assert sorted(p.read_text() for p in tmp_path.glob("perf-*")) == ["my,own\n1,2\n", "other,columns\n3,4\n"]
     assert append_csv(figures, Path("perf.csv")) is None  # its own columns: appended
     assert len(Path("perf.csv").read_text().splitlines()) == 3
+
+
+def test_perf_says_when_other_training_shares_the_machine_and_is_seen_by_it(tmp_path, monkeypatch, capsys,
+                                                                           trainer_elsewhere):
+    """Figures taken while a `bench run` trained on the same cores were stored as the machine's,
+    without a word; and a `bench run` started meanwhile took every core from under them."""
+    import bench.perf
+    from bench.cli import main
+    from bench.study.machine import TrainersHere
+
+    seen_while_measuring: list[dict[int, int]] = []
+    figures = {"device": "cpu", "threads": 2, "batched_speedup": 3.0}
+    monkeypatch.setattr(bench.perf, "run_benchmark",
+                        lambda *args, **kwargs: seen_while_measuring.append(TrainersHere().processes()) or figures)
+    assert main(["perf", "--csv", str(tmp_path / "alone.csv"), "--json"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    other = trainer_elsewhere(2)
+    assert main(["perf", "--csv", str(tmp_path / "shared.csv"), "--json"]) == 0
+    assert ("note: 2 bench training processes run on this machine: these timings share its cores with them"
+            in " ".join(capsys.readouterr().err.split()))
+    assert [sorted(seen) for seen in seen_while_measuring] == [[os.getpid()], sorted([os.getpid(), other.pid])]
 
 
 def test_perf_progress_draws_the_timed_trainings_as_bars(monkeypatch):

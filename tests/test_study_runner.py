@@ -1171,8 +1171,57 @@ def test_workers_of_a_study_on_one_machine_share_its_cores(tmp_path, monkeypatch
         assert runner.run().left == 0
     assert threads[:2] == [4, 2] and during[0] == 2  # halved from the first wave on, not for the host elsewhere
     assert during[-1] == 4 and set(threads) == {4, 2}  # its own once the other was gone
-    assert notes == ["2 workers of study 'tiny' train on this machine: each trains with 2 threads of its 4 "
-                     "while they do (PyTorch's threads in several processes wait on each other's cores)"]
+    assert notes == ["1 other bench training process runs on this machine: this worker trains with 2 threads of "
+                     "its 4 while it does (PyTorch's threads in several processes wait on each other's cores)"]
+
+
+def test_a_worker_of_another_study_on_this_machine_shares_its_cores_too(store, monkeypatch, trainer_elsewhere):
+    """Two `bench run`s of different studies (or storages) on one machine spun for each other's
+    cores as two of one study did: a worker sees every worker training here, not only its study's."""
+    monkeypatch.setattr(manager, "LOOK_FOR_LOCAL_WORKERS_S", 0.0)  # a look at every report
+    threads = [4]
+    monkeypatch.setattr(manager.torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(manager.torch, "set_num_threads", threads.append)
+    other = trainer_elsewhere(1)  # of no study this storage holds
+    during: list[int] = []  # its threads at each progress report
+
+    def on_progress(done: float, total: int) -> None:
+        during.append(threads[-1])
+        if len(during) == 1:
+            other.communicate("")  # the other worker's study ends
+
+    runner = StudyRunner(spec_of(TINY), store, on_progress=on_progress)
+    assert runner.run().left == 0
+    assert threads[:2] == [4, 2] and during[0] == 2
+    assert during[-1] == 4  # its own once the other was gone
+
+
+def test_with_jobs_each_process_counts_the_processes_of_other_workers_here(tmp_path, monkeypatch, trainer_elsewhere):
+    """--jobs 2 on a 4-core machine where another worker trains with --jobs 2: the machine has
+    4 training processes, so each of this worker's takes 1 thread (it took 4 // (2 × 2 workers)
+    before only by luck of equal --jobs, and 2 with the other of another study)."""
+    store, _ = queued_tiny_study(tmp_path, monkeypatch, "journal")
+    monkeypatch.setattr(manager, "cpu_count", lambda: 4)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(manager, "Parallel", in_this_process(calls))
+    trainer_elsewhere(2)
+    assert StudyRunner(spec_of(TINY), store, jobs=2).run().left == 0
+    assert calls[0] == (2, 1)
+
+
+def in_this_process(calls: list[tuple[int, int]]) -> type:
+    """joblib's Parallel, run here: `calls` gets the processes and the threads each batch is given."""
+
+    class InThisProcess:
+        def __init__(self, n_jobs: int, return_as: str):
+            self.n_jobs = n_jobs
+
+        def __call__(self, tasks):
+            for function, (index, configs, threads, _own_process), _ in tasks:
+                calls.append((self.n_jobs, threads))
+                yield function(index, configs, threads, False)
+
+    return InThisProcess
 
 
 def test_with_jobs_each_process_takes_its_share_of_the_cores_left_to_this_worker(tmp_path, monkeypatch):
@@ -1184,17 +1233,7 @@ def test_with_jobs_each_process_takes_its_share_of_the_cores_left_to_this_worker
     assert store.claim(waiting[0], f"{socket.gethostname()}:41")  # a worker on this machine
     monkeypatch.setattr(manager, "cpu_count", lambda: 4)
     calls: list[tuple[int, int]] = []  # (processes, threads each) of each batch
-
-    class InThisProcess:  # joblib's Parallel, run here: the test sees what each process is given
-        def __init__(self, n_jobs: int, return_as: str):
-            self.n_jobs = n_jobs
-
-        def __call__(self, tasks):
-            for function, (index, configs, threads, _own_process), _ in tasks:
-                calls.append((self.n_jobs, threads))
-                yield function(index, configs, threads, False)
-
-    monkeypatch.setattr(manager, "Parallel", InThisProcess)
+    monkeypatch.setattr(manager, "Parallel", in_this_process(calls))
     with held_elsewhere(store, waiting[:1]) as killed:  # it trains until first waited for
         runner = StudyRunner(spec_of(TINY), store, jobs=2, poll_interval=0.05, on_wait=lambda holders: killed.set())
         assert runner.run().left == 0

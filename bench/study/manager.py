@@ -43,6 +43,7 @@ from bench.store.results import (
     REASON, RUN_KEY, ArmTrials, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
 )
 from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
+from bench.study.machine import TrainersHere
 from bench.study.spec import StudySpec
 from bench.study.time_left import TimeLeft
 from bench.training import RunConfig, train_runs
@@ -244,10 +245,11 @@ class StudyRunner:
         self._by_sigterm = False  # what stopped the worker: SIGTERM, or else Ctrl-C
         self._storing = False  # writing trained runs' results: a first Ctrl-C waits for the end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        # This process's PyTorch threads, shared with the other workers of the study on this machine.
+        # This process's PyTorch threads, shared with the other workers training on this machine.
         self._own_threads = torch.get_num_threads()
-        self._local_workers = 1  # this study's workers on this machine, this one included
-        self._seen_last = 1  # as many, as the last look found them
+        self.machine = TrainersHere()
+        self._others_here = 0  # training processes of the other workers on this machine
+        self._seen_last = 0  # as many, as the last look found them
         self._looked_at = 0.0
         self._told_sharing = False
         self.backend, self.scheduler = backend, scheduler
@@ -559,6 +561,14 @@ class StudyRunner:
 
     def train(self, claimed: Sequence[Claimed]) -> None:
         batches = self.batches(claimed)
+        if self.backend != "loky":  # a Dask cluster's workers share no cores with this one
+            self._train(batches, processes=1)
+            return
+        processes = min(self.jobs, len(batches))  # no process without a batch to train
+        with self.machine.training(processes):  # the other workers here see it, and share the cores with it
+            self._train(batches, processes)
+
+    def _train(self, batches: list[list[Claimed]], processes: int) -> None:
         stepwise = self.jobs == 1 and self.backend == "loky"
         # One read of the storage for the runs stored so far, the runs still queued and the workers
         # holding runs (a Dask cluster's workers share no cores with this one).
@@ -590,8 +600,7 @@ class StudyRunner:
                 self.store_records(batch, [r.to_dict() for r in records])
                 done_runs += len(batch)
             return
-        processes = min(self.jobs, len(batches))  # no process without a batch to train
-        threads = max(1, cpu_count() // (processes * self._local_workers)) if self.backend == "loky" else 1
+        threads = max(1, cpu_count() // (processes + self._others_here)) if self.backend == "loky" else 1
         done_runs = 0
         with self._parallel_backend():
             n_jobs = processes if self.backend == "loky" else -1  # Dask: every worker of the cluster
@@ -682,31 +691,36 @@ class StudyRunner:
         return bool(lost)
 
     def _look_at_workers(self, trials: dict[str, ArmTrials] | None = None) -> None:
-        """Find the other workers training this study now (those holding runs; `trials`: every
-        arm's, as just read, where given). They take their share of the runs queued, which the
-        time left counts; and those on this machine share its cores: each worker's PyTorch takes
-        every core, and two `bench run`s on one 2-core machine, 2 threads each, trained a 33-run
-        stack 11 times slower than with 1 thread each, their OpenMP threads spinning for a core
-        the other process held."""
+        """Find the other workers training now: this study's anywhere (those holding runs;
+        `trials`: every arm's, as just read, where given) take their share of the runs queued,
+        which the time left counts; and every worker training on this machine, of any study,
+        shares its cores (see `bench.study.machine`)."""
         self._looked_at = time.monotonic()
         workers = set(self.store.workers(self.name, trials)) | {self.worker}
         if self._time_left is not None:
             self._time_left.workers = len(workers)
+        here = {pid: n for pid, n in self.machine.processes().items() if pid != os.getpid()}
         host = self.worker.rpartition(":")[0]
-        seen = len({w for w in workers if w.rpartition(":")[0] == host})
+        for worker in workers:  # one of this study that the folder does not show (another user's)
+            worker_host, _, pid = worker.rpartition(":")
+            if worker_host == host and pid.isdigit() and int(pid) != os.getpid():
+                here.setdefault(int(pid), 1)
+        seen = sum(here.values())
         # A worker between two waves holds no run for a moment: threads are taken back only once
-        # two looks in a row have found fewer workers.
+        # two looks in a row have found fewer training processes.
         previous, self._seen_last = self._seen_last, seen
-        self._local_workers = seen if seen >= self._local_workers else max(seen, previous)
+        self._others_here = seen if seen >= self._others_here else max(seen, previous)
         if self.jobs > 1:  # processes of its own: `train` gives each its share
             return
-        threads = max(1, self._own_threads // self._local_workers)
+        threads = max(1, self._own_threads // (1 + self._others_here))
         if threads != torch.get_num_threads():
             if threads < self._own_threads and self.on_note is not None and not self._told_sharing:
                 self._told_sharing = True
-                self.on_note(f"{self._local_workers} workers of study {self.name!r} train on this machine: "
-                             f"each trains with {count(threads, 'thread')} of its {self._own_threads} "
-                             "while they do (PyTorch's threads in several processes wait on each other's cores)")
+                others = self._others_here
+                self.on_note(f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} "
+                             f"on this machine: this worker trains with {count(threads, 'thread')} of its "
+                             f"{self._own_threads} while {'it does' if others == 1 else 'they do'} (PyTorch's "
+                             "threads in several processes wait on each other's cores)")
             torch.set_num_threads(threads)
 
     def _report(self, done: float) -> None:

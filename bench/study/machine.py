@@ -1,0 +1,112 @@
+"""The `bench run` workers training on this machine now, whatever their study or storage.
+
+Each PyTorch process takes every core: two workers on one 2-core machine, 2 threads each,
+trained a 33-run stack 11 times slower than with 1 thread each, their OpenMP threads spinning
+for a core that the other process held. The study manager shares the cores out among the
+training processes it finds here.
+
+A worker training holds an exclusive `flock` on a file of its own in one folder (the machine's
+temporary folder, or BENCH_TRAINERS); the lock goes with the process however it ends, so a
+killed worker is never counted, and its file is removed by the next look. Where there is no
+`flock` (Windows) or no folder to write, a worker sees only itself here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+SUFFIX = ".trainer"
+
+
+def default_folder() -> Path:
+    """BENCH_TRAINERS, or a folder of this user's in the temporary folder."""
+    if os.environ.get("BENCH_TRAINERS"):  # set empty (BENCH_TRAINERS= in a script): unset
+        return Path(os.environ["BENCH_TRAINERS"]).expanduser()
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"gradnorm-bench-trainers-{user}"
+
+
+class TrainersHere:
+    """This machine's training processes, by worker: `training` registers this worker's for a
+    block, `processes` counts every worker's."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+
+    def _folder(self) -> Path:
+        return self.folder if self.folder is not None else default_folder()
+
+    @contextlib.contextmanager
+    def training(self, processes: int = 1) -> Iterator[None]:
+        """This worker trains with `processes` processes for the block."""
+        held = self._register(processes)
+        try:
+            yield
+        finally:
+            if held is not None:
+                path, handle = held
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                handle.close()  # and the lock with it
+
+    def _register(self, processes: int) -> tuple[Path, IO[str]] | None:
+        if fcntl is None:
+            return None
+        try:
+            folder = self._folder()
+            folder.mkdir(parents=True, exist_ok=True)
+            # Locked under a name no look reads, then renamed: a look never takes a file that is
+            # not locked yet for a dead worker's.
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f"{os.getpid()}-{processes}-", suffix=".new")
+            handle = os.fdopen(fd, "w")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = Path(name).with_suffix(SUFFIX)
+            os.replace(name, path)
+            return path, handle
+        except OSError:
+            return None  # nowhere to register: the others do not see this one, as before
+
+    def processes(self) -> dict[int, int]:
+        """Training processes of each worker training here now (this one's included while it
+        trains), by the worker's process id."""
+        if fcntl is None:
+            return {}
+        found: dict[int, int] = {}
+        try:
+            paths = list(self._folder().glob(f"*{SUFFIX}"))
+        except OSError:
+            return {}
+        for path in paths:
+            try:
+                pid, processes = (int(part) for part in path.name.split("-")[:2])
+            except ValueError:
+                continue  # not one of ours
+            if _locked(path):  # this worker's too: a lock of another open file conflicts with it
+                found[pid] = found.get(pid, 0) + processes
+        return found
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live worker holds `path`; a dead one's file is removed."""
+    assert fcntl is not None
+    try:
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return False
+    except OSError:
+        return False  # gone meanwhile
