@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -165,6 +166,29 @@ def test_options_of_an_unannotated_problem_function_take_their_defaults_types(tm
     assert type(plain_toy.seen["scale"]) is float
     with pytest.raises(ConfigError, match=r"problem\.n_train.*an integer"):
         user_problem("plain_toy:plain", {"n_train": "many"})
+
+
+def test_train_takes_its_share_of_the_cores_while_others_train_here(capsys, monkeypatch, trainer_elsewhere):
+    """`bench train` beside a `bench run` took every core, as two `bench run`s did, and the
+    `bench run` did not see it."""
+    import torch
+
+    from bench.study.machine import TrainersHere
+
+    threads = [4]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    seen: list[dict[int, int]] = []  # the training processes here while the run trains
+    real_train = __import__("bench.training", fromlist=["train"]).train
+    monkeypatch.setattr("bench.training.train",
+                        lambda *a, **k: seen.append(TrainersHere().processes()) or real_train(*a, **k))
+    other = trainer_elsewhere(1)
+    code, _, err = run_cli(["train", *TINY_TRAIN, "--json"], capsys)
+    assert code == 0 and threads == [4, 2, 4]  # its own back once the run is done
+    assert ("note: 1 other bench training process runs on this machine: this run trains with 2 threads of its 4"
+            in " ".join(err.split()))
+    assert seen == [{other.pid: 1, os.getpid(): 1}]  # a `bench run` sees it while it trains
+    assert TrainersHere().processes() == {other.pid: 1}  # and not after
 
 
 def test_train_prints_a_readable_summary(capsys):

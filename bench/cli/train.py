@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cli.common import arm_table, console, err_console, fmt, parse_assignments, print_json, set_once
+from bench.cli.common import (
+    arm_table, console, err_console, fmt, parse_assignments, print_json, print_note, set_once,
+)
 from bench.errors import ConfigError
+from bench.formatting import count
 from bench.training import Budget  # torch-free; the engine loads when a run starts
 
 if TYPE_CHECKING:
@@ -57,9 +61,10 @@ def train_command(
                           tail_fraction=tail_fraction),
             device=device, dtype=dtype,  # type: ignore[arg-type]
         ).validated(source="bench train")
-        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
-                      disable=not err_console.is_terminal) as progress:
+        with sharing_the_cores(), Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal,
+        ) as progress:
             task = progress.add_task("train", total=steps)
             record = train(config, progress=lambda done: progress.update(task, completed=done))
     except ConfigError as err:
@@ -76,6 +81,30 @@ def train_command(
     if not record.ok:
         err_console.print(Text.assemble(("error:", "red"), f" the run failed: {record.reason}"), soft_wrap=True)
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def sharing_the_cores() -> Iterator[None]:
+    """Train with this process's share of PyTorch's threads while `bench run`s, or other `bench
+    train`s, train on this machine (see `bench.study.machine`), and be seen by those that start
+    meanwhile: as it starts, for one run is short."""
+    import torch
+
+    from bench.study.machine import TrainersHere
+
+    trainers, own = TrainersHere(), torch.get_num_threads()
+    with trainers.training():
+        others = trainers.others()
+        threads = max(1, own // (1 + others))
+        if threads < own:
+            print_note(f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} on "
+                       f"this machine: this run trains with {count(threads, 'thread')} of its {own} "
+                       "(PyTorch's threads in several processes wait on each other's cores)")
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(own)
 
 
 # The options of `bench train` that set a run configuration's fields of the same name.

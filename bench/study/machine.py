@@ -96,6 +96,11 @@ class TrainersHere:
         return found
 
 
+    def others(self) -> int:
+        """Training processes of the other workers training here now."""
+        return sum(n for pid, n in self.processes().items() if pid != os.getpid())
+
+
 def _locked(path: Path) -> bool:
     """Whether a live worker holds `path`; a dead one's file is removed."""
     assert fcntl is not None
