@@ -16,7 +16,8 @@ def test_a_worker_is_seen_with_its_processes_while_it_trains_and_not_after(train
     assert here.processes() == {other.pid: 3}
     with here.training(1):
         assert here.processes() == {other.pid: 3, os.getpid(): 1}
-    assert here.processes() == {other.pid: 3}  # this one stopped training
+        assert here.others() == {other.pid: 3}
+    assert here.processes() == {other.pid: 3} == here.others()  # this one stopped training
     other.communicate("")  # the other ends its block
     assert here.processes() == {}
 
@@ -47,3 +48,16 @@ def test_with_no_folder_to_write_a_worker_trains_unseen(tmp_path):
     here = TrainersHere(blocked / "trainers")  # a folder under a file cannot be made
     with here.training(2):
         assert here.processes() == {}
+
+
+def test_a_worker_of_another_container_with_this_ones_process_id_is_another(tmp_path):
+    """Containers sharing BENCH_TRAINERS each number their processes from 1: a worker there with
+    this one's process id is still another worker, and this one's own file is never another."""
+    import fcntl
+
+    here = TrainersHere(tmp_path)
+    with here.training(1), open(tmp_path / f"{os.getpid()}-2-elsewhere{SUFFIX}", "w") as theirs:
+        fcntl.flock(theirs, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held as that container's worker holds it
+        assert here.others() == {os.getpid(): 2}
+        assert here.processes() == {os.getpid(): 3}
+    assert here.others() == {}

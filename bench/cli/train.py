@@ -94,7 +94,7 @@ def sharing_the_cores() -> Iterator[None]:
 
     trainers, own = TrainersHere(), torch.get_num_threads()
     with trainers.training():
-        others = trainers.others()
+        others = sum(trainers.others().values())
         threads = max(1, own // (1 + others))
         if threads < own:
             print_note(f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} on "

@@ -42,6 +42,7 @@ class TrainersHere:
 
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
+        self._held: set[str] = set()  # this worker's files: a process id may be another container's too
 
     def _folder(self) -> Path:
         return self.folder if self.folder is not None else default_folder()
@@ -55,6 +56,7 @@ class TrainersHere:
         finally:
             if held is not None:
                 path, handle = held
+                self._held.discard(path.name)
                 with contextlib.suppress(OSError):
                     path.unlink()
                 handle.close()  # and the lock with it
@@ -72,6 +74,7 @@ class TrainersHere:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             path = Path(name).with_suffix(SUFFIX)
             os.replace(name, path)
+            self._held.add(path.name)
             return path, handle
         except OSError:
             return None  # nowhere to register: the others do not see this one, as before
@@ -79,6 +82,14 @@ class TrainersHere:
     def processes(self) -> dict[int, int]:
         """Training processes of each worker training here now (this one's included while it
         trains), by the worker's process id."""
+        return self._live(with_this_one=True)
+
+    def others(self) -> dict[int, int]:
+        """Training processes of each other worker training here now, by its process id (which
+        may be this one's, in another container that shares the folder)."""
+        return self._live(with_this_one=False)
+
+    def _live(self, with_this_one: bool) -> dict[int, int]:
         if fcntl is None:
             return {}
         found: dict[int, int] = {}
@@ -91,14 +102,10 @@ class TrainersHere:
                 pid, processes = (int(part) for part in path.name.split("-")[:2])
             except ValueError:
                 continue  # not one of ours
-            if _locked(path):  # this worker's too: a lock of another open file conflicts with it
+            # This worker's own file is locked too: a lock through another open file conflicts with it.
+            if (with_this_one or path.name not in self._held) and _locked(path):
                 found[pid] = found.get(pid, 0) + processes
         return found
-
-
-    def others(self) -> int:
-        """Training processes of the other workers training here now."""
-        return sum(n for pid, n in self.processes().items() if pid != os.getpid())
 
 
 def _locked(path: Path) -> bool:

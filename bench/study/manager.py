@@ -699,7 +699,7 @@ class StudyRunner:
         workers = set(self.store.workers(self.name, trials)) | {self.worker}
         if self._time_left is not None:
             self._time_left.workers = len(workers)
-        here = {pid: n for pid, n in self.machine.processes().items() if pid != os.getpid()}
+        here = self.machine.others()
         host = self.worker.rpartition(":")[0]
         for worker in workers:  # one of this study that the folder does not show (another user's)
             worker_host, _, pid = worker.rpartition(":")
