@@ -14,7 +14,6 @@ from bench.cli.common import (
     arm_table, console, err_console, fmt, parse_assignments, print_json, print_note, set_once,
 )
 from bench.errors import ConfigError
-from bench.formatting import count
 from bench.training import Budget  # torch-free; the engine loads when a run starts
 
 if TYPE_CHECKING:
@@ -90,16 +89,14 @@ def sharing_the_cores() -> Iterator[None]:
     meanwhile: as it starts, for one run is short."""
     import torch
 
-    from bench.study.machine import TrainersHere
+    from bench.study.machine import TrainersHere, sharing_note
 
     trainers, own = TrainersHere(), torch.get_num_threads()
     with trainers.training():
         others = sum(trainers.others().values())
         threads = max(1, own // (1 + others))
         if threads < own:
-            print_note(f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} on "
-                       f"this machine: this run trains with {count(threads, 'thread')} of its {own} "
-                       "(PyTorch's threads in several processes wait on each other's cores)")
+            print_note(sharing_note(others, threads, own, "this run"))
             torch.set_num_threads(threads)
         try:
             yield

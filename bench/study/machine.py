@@ -1,4 +1,5 @@
-"""The `bench run` workers training on this machine now, whatever their study or storage.
+"""The bench processes training on this machine now (`bench run` workers of any study or
+storage, `bench train`, `bench perf`).
 
 Each PyTorch process takes every core: two workers on one 2-core machine, 2 threads each,
 trained a 33-run stack 11 times slower than with 1 thread each, their OpenMP threads spinning
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from bench.formatting import count
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -38,7 +41,7 @@ def default_folder() -> Path:
 
 class TrainersHere:
     """This machine's training processes, by worker: `training` registers this worker's for a
-    block, `processes` counts every worker's."""
+    block, `processes` counts every worker's and `others` the other workers'."""
 
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
@@ -67,17 +70,23 @@ class TrainersHere:
         try:
             folder = self._folder()
             folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f"{os.getpid()}-{processes}-", suffix=".new")
+        except OSError:
+            return None  # nowhere to register: the others do not see this one
+        handle = os.fdopen(fd, "w")
+        path = Path(name).with_suffix(SUFFIX)
+        try:
             # Locked under a name no look reads, then renamed: a look never takes a file that is
             # not locked yet for a dead worker's.
-            fd, name = tempfile.mkstemp(dir=folder, prefix=f"{os.getpid()}-{processes}-", suffix=".new")
-            handle = os.fdopen(fd, "w")
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path = Path(name).with_suffix(SUFFIX)
             os.replace(name, path)
-            self._held.add(path.name)
-            return path, handle
         except OSError:
-            return None  # nowhere to register: the others do not see this one, as before
+            handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            return None
+        self._held.add(path.name)
+        return path, handle
 
     def processes(self) -> dict[int, int]:
         """Training processes of each worker training here now (this one's included while it
@@ -122,3 +131,16 @@ def _locked(path: Path) -> bool:
             return False
     except OSError:
         return False  # gone meanwhile
+
+
+def sharing_note(others: int, threads: int, own: int, who: str) -> str:
+    """What a process that gives up threads tells its user.
+
+    >>> sharing_note(2, 1, 4, "this worker")  # doctest: +NORMALIZE_WHITESPACE
+    "2 other bench training processes run on this machine: this worker trains with 1 thread of
+    its 4 while they do (PyTorch's threads in several processes wait on each other's cores)"
+    """
+    return (f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} on this "
+            f"machine: {who} trains with {count(threads, 'thread')} of its {own} while "
+            f"{'it does' if others == 1 else 'they do'} (PyTorch's threads in several processes wait on "
+            "each other's cores)")

@@ -43,7 +43,7 @@ from bench.store.results import (
     REASON, RUN_KEY, ArmTrials, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
 )
 from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
-from bench.study.machine import TrainersHere
+from bench.study.machine import TrainersHere, sharing_note
 from bench.study.spec import StudySpec
 from bench.study.time_left import TimeLeft
 from bench.training import RunConfig, train_runs
@@ -716,11 +716,7 @@ class StudyRunner:
         if threads != torch.get_num_threads():
             if threads < self._own_threads and self.on_note is not None and not self._told_sharing:
                 self._told_sharing = True
-                others = self._others_here
-                self.on_note(f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} "
-                             f"on this machine: this worker trains with {count(threads, 'thread')} of its "
-                             f"{self._own_threads} while {'it does' if others == 1 else 'they do'} (PyTorch's "
-                             "threads in several processes wait on each other's cores)")
+                self.on_note(sharing_note(self._others_here, threads, self._own_threads, "this worker"))
             torch.set_num_threads(threads)
 
     def _report(self, done: float) -> None:
