@@ -35,8 +35,8 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("verb", [[], ["run"], ["compare"], ["status"], ["train"], ["list"], ["perf"], ["delete"]])
 def test_help_shows_flags_as_flags_not_as_options_taking_a_value(verb, capsys):
-    # typer 0.29.0-0.29.2 print "<bool>" after every flag, as if it took a value; pyproject.toml
-    # excludes them.
+    # typer 0.29.0 to 0.29.3 print "<bool>" after every flag, as if it took a value; pyproject.toml
+    # excludes the 0.29 series.
     code, out, _ = run_cli([*verb, "--help"], capsys)
     assert code == 0 and "--help" in out
     assert "<bool>" not in out
