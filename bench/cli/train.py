@@ -89,12 +89,12 @@ def sharing_the_cores() -> Iterator[None]:
     meanwhile: as it starts, for one run is short."""
     import torch
 
-    from bench.study.machine import TrainersHere, sharing_note
+    from bench.study.machine import TrainersHere, sharing_note, threads_each
 
     trainers, own = TrainersHere(), torch.get_num_threads()
     with trainers.training():
         others = sum(trainers.others().values())
-        threads = max(1, own // (1 + others))
+        threads = threads_each(own, 1, others)
         if threads < own:
             print_note(sharing_note(others, threads, own, "this run"))
             torch.set_num_threads(threads)

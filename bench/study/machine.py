@@ -133,6 +133,16 @@ def _locked(path: Path) -> bool:
         return False  # gone meanwhile
 
 
+def threads_each(threads: int, processes: int, others: int) -> int:
+    """Each of a worker's `processes` training processes' share of `threads` (the machine's cores, or
+    PyTorch's threads in one process) while the other workers here train with `others` processes.
+
+    >>> threads_each(4, 1, 1), threads_each(4, 2, 2), threads_each(2, 2, 1)
+    (2, 1, 1)
+    """
+    return max(1, threads // (processes + others))
+
+
 def sharing_note(others: int, threads: int, own: int, who: str) -> str:
     """What a process that gives up threads tells its user.
 

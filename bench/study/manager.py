@@ -43,7 +43,7 @@ from bench.store.results import (
     REASON, RUN_KEY, ArmTrials, ResultStore, StudyProgress, attrs_to_record, is_finished, record_to_attrs,
 )
 from bench.study.arms import GradNormArm, GradNormStaticArm, GridArm, RunSpec, weight_params
-from bench.study.machine import TrainersHere, sharing_note
+from bench.study.machine import TrainersHere, sharing_note, threads_each
 from bench.study.spec import StudySpec
 from bench.study.time_left import TimeLeft
 from bench.training import RunConfig, train_runs
@@ -53,8 +53,9 @@ from bench.training.config import config_hash
 from bench.training.device import resolve_device
 
 
-# How often a worker training one stack after another looks for other workers of its study
-# started on its machine since (the storage is read for it).
+# How often a worker training one stack after another looks again for the other workers: those
+# training on its machine since (to share its cores) and its study's anywhere (for the time left;
+# the storage is read for them).
 LOOK_FOR_LOCAL_WORKERS_S = 10.0
 
 
@@ -600,7 +601,7 @@ class StudyRunner:
                 self.store_records(batch, [r.to_dict() for r in records])
                 done_runs += len(batch)
             return
-        threads = max(1, cpu_count() // (processes + self._others_here)) if self.backend == "loky" else 1
+        threads = threads_each(cpu_count(), processes, self._others_here) if self.backend == "loky" else 1
         done_runs = 0
         with self._parallel_backend():
             n_jobs = processes if self.backend == "loky" else -1  # Dask: every worker of the cluster
@@ -712,7 +713,7 @@ class StudyRunner:
         self._others_here = seen if seen >= self._others_here else max(seen, previous)
         if self.jobs > 1:  # processes of its own: `train` gives each its share
             return
-        threads = max(1, self._own_threads // (1 + self._others_here))
+        threads = threads_each(self._own_threads, 1, self._others_here)
         if threads != torch.get_num_threads():
             if threads < self._own_threads and self.on_note is not None and not self._told_sharing:
                 self._told_sharing = True
