@@ -45,8 +45,11 @@ def studies(draw) -> str:
     elif grid == "inside" and tasks <= 4:
         lines += ["[arms.grid]", "resolution = 0.25", "boundary = false"]
     elif grid == "sampled":
-        sampler = draw(st.sampled_from(["tpe", "random", "qmc", "grid"] + (["cmaes"] if tasks >= 3 else [])))
-        lines += ["[arms.grid]", 'method = "optuna"', f'sampler = "{sampler}"', f"n_trials = {draw(st.integers(1, 3))}"]
+        mapping = draw(st.sampled_from(["stick-breaking", "renormalised"]))
+        samplers = ["tpe", "random", "qmc"] + (["grid"] if mapping == "stick-breaking" else [])
+        sampler = draw(st.sampled_from(samplers + (["cmaes"] if tasks >= 3 or mapping == "renormalised" else [])))
+        lines += ["[arms.grid]", 'method = "optuna"', f'sampler = "{sampler}"', f"n_trials = {draw(st.integers(1, 3))}",
+                  f'mapping = "{mapping}"']
     if draw(st.booleans()):
         lines += ["[arms.gradnorm]", f"alpha = {toml_value(draw(st.sampled_from([0.12, 1.5, [0, 1.5]])))}"]
         options = draw(st.dictionaries(st.sampled_from(sorted(GRADNORM_OPTIONS)), st.integers(0, 2), max_size=2))

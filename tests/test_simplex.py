@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from bench.study.simplex import cube_to_simplex, grid_divisions, grid_size, normalise, simplex_grid, simplex_to_cube
+from bench.study.simplex import (
+    cube_to_simplex,
+    grid_divisions,
+    grid_size,
+    normalise,
+    renormalised_cube_to_simplex,
+    simplex_grid,
+    simplex_to_cube,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -72,3 +80,35 @@ def test_a_uniform_cube_lands_uniformly_on_the_simplex(tasks):
 def test_cube_coordinates_must_be_one_fewer_than_the_tasks():
     with pytest.raises(ValueError, match="expected 2 coordinates, got 1"):
         cube_to_simplex([0.5], 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda t: st.lists(st.floats(0, 1), min_size=t, max_size=t)))
+def test_the_papers_map_rescales_the_cube_point_to_sum_to_t(u):
+    tasks = len(u)
+    weights = renormalised_cube_to_simplex(u, tasks)
+    assert len(weights) == tasks and min(weights) >= 0 and sum(weights) == pytest.approx(tasks)
+    if sum(u) > 1e-300:  # each weight in proportion to its coordinate, whatever the cube point's scale
+        assert weights == pytest.approx([tasks * x / sum(u) for x in u])
+        assert renormalised_cube_to_simplex([x / 2 for x in u], tasks) == pytest.approx(weights)
+    else:  # the cube's corner 0, where the rescaling has no limit: equal weights
+        assert weights == (1.0,) * tasks
+
+
+def test_the_papers_map_draws_two_weights_as_the_ratio_of_two_uniforms():
+    """Two uniform numbers renormalised: the share t = u0 / (u0 + u1) has the CDF t / (2 (1 - t))
+    below 1/2 and 1 - (1 - t) / (2 t) above, twice as dense at 1/2 as uniform and half as dense
+    at the ends. Stick breaking's share would be uniform, and fails this test."""
+    def cdf(t: np.ndarray) -> np.ndarray:
+        return np.where(t <= 0.5, t / (2 * (1 - t)), 1 - (1 - t) / (2 * t))
+
+    u = np.random.default_rng(3).random((4000, 2))
+    shares = np.array([renormalised_cube_to_simplex(row, 2)[0] / 2 for row in u])
+    assert stats.kstest(shares, cdf).pvalue > 1e-3
+    uniform = np.array([cube_to_simplex(row[:1], 2)[0] / 2 for row in u])
+    assert stats.kstest(uniform, cdf).pvalue < 1e-6
+
+
+def test_the_papers_map_takes_one_coordinate_per_task():
+    with pytest.raises(ValueError, match="expected 3 coordinates, got 2"):
+        renormalised_cube_to_simplex([0.5, 0.5], 3)

@@ -178,6 +178,28 @@ def test_every_sampler_proposes_its_points_and_finishes(store, sampler):
         assert [w for p in sorted(points) for w in p] == pytest.approx([w for p in expected for w in p])
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_grid_drawn_as_the_papers_trains_each_seed_on_the_rescaled_point(store, sampler):
+    """`mapping = "renormalised"`: each point's weights are T u / sum(u) of the sampler's T
+    coordinates, stored with the first seed's trial, and every seed trains them."""
+    text = sampled_grid(sampler, n_trials=3, parallel_points=2).replace(
+        "n_trials = 3", 'n_trials = 3\nmapping = "renormalised"')
+    progress = StudyRunner(spec_of(text), store).run()
+    assert progress.left == 0 and progress.failed == 0
+    study = optuna.load_study(study_name="tiny/grid", storage=store.storage)
+    weights_by_point: dict[int, set] = {}
+    for trial in study.trials:
+        assert set(trial.params) == {"u0", "u1", "seed"}
+        u = (trial.params["u0"], trial.params["u1"])
+        expected = (2 * u[0] / sum(u), 2 * u[1] / sum(u))
+        record = results_by_key(store, "tiny")[("grid", trial.user_attrs[RUN_KEY])]
+        weights = tuple(record["record"]["config"]["balancer_params"]["weights"])
+        assert weights == pytest.approx(expected)
+        point = int(trial.user_attrs[RUN_KEY].split("/")[0].removeprefix("point="))
+        weights_by_point.setdefault(point, set()).add(weights)
+    assert len(weights_by_point) == 3 and all(len(w) == 1 for w in weights_by_point.values())  # seeds agree
+
+
 @pytest.mark.parametrize("tasks, n_trials", [(3, 9), (4, 8), (4, 12), (4, 27), (5, 16)])
 def test_the_grid_sampler_never_proposes_one_weighting_twice(tasks, n_trials):
     """Its grid was the cube's corners and edges, 0 and 1 on every axis, and stick breaking maps

@@ -290,6 +290,43 @@ def test_a_sampled_grid_has_the_documented_defaults(tmp_path):
     assert sampled.identity()["arms"]["grid"]["parallel_points"] == 8
 
 
+def test_a_sampled_grid_can_draw_its_points_as_the_paper_did(tmp_path):
+    """`mapping = "renormalised"`: T uniform numbers rescaled to sum to T (the paper's grid), one
+    cube coordinate per task, named apart from stick breaking's; a study without the option keeps
+    the configuration (and hash) it was stored with."""
+    sampled = TINY.replace('method = "exhaustive"\nresolution = 0.5',
+                           'method = "optuna"\nsampler = "random"\nn_trials = 3')
+    default = StudySpec.load(write(tmp_path, sampled))
+    grid = default.arms["grid"]
+    assert grid.mapping == "stick-breaking" and list(grid.cube_distributions()) == ["z0"]
+    assert "mapping" not in default.identity()["arms"]["grid"]
+    paper = StudySpec.load(write(tmp_path, sampled.replace('n_trials = 3', 'n_trials = 3\nmapping = "renormalised"')))
+    grid = paper.arms["grid"]
+    assert list(grid.cube_distributions()) == ["u0", "u1"]
+    assert grid.weights_from_cube({"u0": 0.6, "u1": 0.2}) == pytest.approx((1.5, 0.5))
+    assert paper.identity()["arms"]["grid"]["mapping"] == "renormalised"
+    assert paper.config_hash() != default.config_hash()
+    # CMA-ES needs two dimensions: two tasks have two under the paper's map, one under stick breaking
+    cmaes = sampled.replace('sampler = "random"', 'sampler = "cmaes"')
+    with pytest.raises(ConfigError, match="arms.grid.sampler"):
+        StudySpec.load(write(tmp_path, cmaes))
+    assert StudySpec.load(write(tmp_path, cmaes.replace('n_trials = 3', 'n_trials = 3\nmapping = "renormalised"')))
+
+
+@pytest.mark.parametrize("change, field, expected", [
+    ('method = "optuna"\nsampler = "random"\nn_trials = 3\nmapping = "paper"', "arms.grid.mapping",
+     "'stick-breaking' (uniform on the simplex) or 'renormalised'"),
+    ('method = "optuna"\nsampler = "grid"\nn_trials = 3\nmapping = "renormalised"', "arms.grid.sampler",
+     "tpe, random, qmc or cmaes with mapping = 'renormalised'"),
+    ('method = "exhaustive"\nresolution = 0.5\nmapping = "renormalised"', "arms.grid.mapping",
+     "no sampler option with method = 'exhaustive'"),
+])
+def test_a_mapping_that_cannot_apply_is_refused_naming_the_field(tmp_path, change, field, expected):
+    with pytest.raises(ConfigError) as err:
+        StudySpec.load(write(tmp_path, TINY.replace('method = "exhaustive"\nresolution = 0.5', change)))
+    assert f"study.toml: {field}: expected {expected}" in str(err.value)
+
+
 def test_a_grid_is_counted_before_it_is_listed_and_max_points_lets_a_large_one_through(tmp_path):
     three = TINY.replace("tasks = 2\nsigmas = [1.0, 10.0]", "tasks = 3\nsigmas = [1.0, 10.0, 100.0]")
     with pytest.raises(ConfigError, match="501,501"):  # listing these points would take half a minute
@@ -353,7 +390,7 @@ FIELDS = [
                                    "n_train", "n_val", "n_test", "shared_scale", "scale_kind")],
     *[("budget", key) for key in ("steps", "batch_size", "lr", "eval_every", "tail_fraction")],
     *[("arms", "grid", key) for key in ("kind", "method", "resolution", "boundary", "points", "max_points",
-                                        "sampler", "n_trials", "parallel_points", "sampler_seed")],
+                                        "sampler", "n_trials", "parallel_points", "sampler_seed", "mapping")],
     *[("arms", "gradnorm", key) for key in ("kind", "alpha", "floor", "grad_params", "initial_loss",
                                             "initial_loss_steps", "parametrisation", "weight_optimizer",
                                             "weight_lr", "reduction")],
@@ -362,7 +399,8 @@ FIELDS = [
                                           ("dwa", "temperature"), ("uncertainty", "lr"), ("loss-scale", "steps"))],
 ]
 WORDS = ["toy", "gradnorm", "gradnorm-static", "static", "exhaustive", "optuna", "tpe", "qmc", "cmaes", "all",
-         "tail", "softmax", "sgd", "mean", "float64", "mean_first_steps", "log_classes", "representation", ""]
+         "tail", "softmax", "sgd", "mean", "float64", "mean_first_steps", "log_classes", "representation",
+         "renormalised", "stick-breaking", "random", "grid", ""]
 SCALARS = st.one_of(st.integers(-2 ** 70, 2 ** 70), st.integers(-3, 40), st.floats(), st.booleans(),
                     st.sampled_from(WORDS), st.text(max_size=6))
 VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=4), st.lists(st.lists(st.integers(-1, 3), max_size=4), max_size=3),

@@ -26,13 +26,20 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from bench.balancers import balancer_class, check_balancer_steps, check_balancer_tasks
 from bench.errors import ConfigError, did_you_mean
 from bench.params import build_params, params_to_dict
-from bench.study.simplex import cube_to_simplex, grid_divisions, normalise, simplex_grid
+from bench.study.simplex import (
+    cube_to_simplex,
+    grid_divisions,
+    normalise,
+    renormalised_cube_to_simplex,
+    simplex_grid,
+)
 from bench.training.config import SEED_RULE, derive_seed, valid_seed
 
 if TYPE_CHECKING:
     from bench.problems import TaskSpec
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "grid")
+MAPPINGS = ("stick-breaking", "renormalised")
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,7 @@ class GridArm(Arm):
 
     kind = "grid"
     options = ("method", "resolution", "boundary", "max_points", "points", "sampler", "n_trials",
-               "parallel_points", "sampler_seed")
+               "parallel_points", "sampler_seed", "mapping")
     # A finer resolution multiplies the points (T = 3 at 0.001: 501,501 of them, each trained once
     # per seed); past this many points, listed or sampled, the file must say it means it.
     default_max_points = 10_000
@@ -211,7 +218,7 @@ class GridArm(Arm):
         if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
             raise self.error("max_points", "a whole number of points >= 1", max_points)
         if self.method == "exhaustive":
-            for bad in ("sampler", "n_trials", "parallel_points", "sampler_seed"):
+            for bad in ("sampler", "n_trials", "parallel_points", "sampler_seed", "mapping"):
                 if bad in options:
                     raise self.error(bad, "no sampler option with method = 'exhaustive'", options[bad])
             # boundary = false: only points with every weight > 0, as in the paper's grid (a task
@@ -287,7 +294,17 @@ class GridArm(Arm):
             raise self.error("sampler_seed", SEED_RULE, self.sampler_seed)
         if self.tasks < 2:
             raise self.error("method", "at least two tasks for a sampled grid", self.tasks)
-        if self.sampler_name == "cmaes" and self.tasks == 2:
+        # How a point of the sampler's cube becomes weights: stick breaking (uniform on the
+        # simplex), or the paper's T uniform numbers renormalised to sum to T (crowds the centre).
+        self.mapping = options.get("mapping", "stick-breaking")
+        if self.mapping not in MAPPINGS:
+            raise self.error("mapping", "'stick-breaking' (uniform on the simplex) or 'renormalised' (the "
+                             "paper's: T uniform weights rescaled to sum to T)", self.mapping)
+        if self.mapping == "renormalised" and self.sampler_name == "grid":
+            raise self.error("sampler", "tpe, random, qmc or cmaes with mapping = 'renormalised' (the grid "
+                             "sampler's cells along each diagonal of the cube, (0.25, 0.25) and (0.75, 0.75), "
+                             "rescale to one weighting)", self.sampler_name)
+        if self.sampler_name == "cmaes" and self.mapping == "stick-breaking" and self.tasks == 2:
             # Optuna's CMA-ES would fall back to random sampling, saying so only at INFO level.
             raise self.error("sampler", "a sampler for a one-dimensional search (2 tasks search the cube "
                              "[0, 1]^(T-1) = [0, 1], and CMA-ES needs two dimensions or more): tpe, random, "
@@ -318,6 +335,11 @@ class GridArm(Arm):
         return self.method == "optuna"
 
     def cube_distributions(self) -> dict[str, FloatDistribution]:
+        """The sampler's search space: the cube [0, 1]^(T-1) of stick breaking (z0, z1, ...), or
+        [0, 1]^T of raw weights to renormalise (u0, u1, ...; other names, so that a trial stored
+        under one map is never read as the other's)."""
+        if self.mapping == "renormalised":
+            return {f"u{k}": FloatDistribution(0.0, 1.0) for k in range(self.tasks)}
         return {f"z{k}": FloatDistribution(0.0, 1.0) for k in range(self.tasks - 1)}
 
     @property
@@ -353,6 +375,8 @@ class GridArm(Arm):
         return optuna.samplers.GridSampler(space, seed=seed)
 
     def weights_from_cube(self, params: Mapping[str, float]) -> tuple[float, ...]:
+        if self.mapping == "renormalised":
+            return renormalised_cube_to_simplex([params[f"u{k}"] for k in range(self.tasks)], self.tasks)
         return cube_to_simplex([params[f"z{k}"] for k in range(self.tasks - 1)], self.tasks)
 
     def describe(self) -> dict[str, Any]:
@@ -367,6 +391,8 @@ class GridArm(Arm):
                      "sampler_seed": self.sampler_seed}
         if self.sampler_name == "grid":  # not the cube's corners and edges, as before: other points
             described["grid"] = "cell centres"
+        if self.mapping != "stick-breaking":  # only when set: studies stored before the option keep their hash
+            described["mapping"] = self.mapping
         return described
 
 

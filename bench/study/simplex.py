@@ -12,7 +12,8 @@ This map is a bijection from the cube's interior to the simplex's and carries th
 distribution on the cube to the uniform distribution on the simplex (Dirichlet(1, ..., 1)), so
 a random or quasi-random sampler covers the simplex evenly and TPE / CMA-ES search a box with no
 constraint, instead of T free numbers renormalised after the fact (which over-samples the
-centre).
+centre). The paper drew its grid that way (T uniform weights, renormalised to sum to T), so
+that map is kept too, as a named option (`renormalised_cube_to_simplex`).
 
 >>> simplex_grid(2, 0.5)
 [(2.0, 0.0), (1.0, 1.0), (0.0, 2.0)]
@@ -22,6 +23,8 @@ centre).
 [0.8787, 1.0607, 1.0607]
 >>> [round(u, 4) for u in simplex_to_cube(cube_to_simplex([0.2, 0.7, 0.9], 4))]
 [0.2, 0.7, 0.9]
+>>> renormalised_cube_to_simplex([0.5, 0.25, 0.25], 3)  # the paper's map: T numbers, rescaled
+(1.5, 0.75, 0.75)
 """
 
 from __future__ import annotations
@@ -70,6 +73,20 @@ def cube_to_simplex(u: Sequence[float], tasks: int) -> tuple[float, ...]:
         remaining -= parts[-1]
     parts.append(max(remaining, 0.0))
     return tuple(tasks * p for p in parts)
+
+
+def renormalised_cube_to_simplex(u: Sequence[float], tasks: int) -> tuple[float, ...]:
+    """Map u in [0, 1]^T to weights on the simplex by rescaling: w = T * u / sum(u), the paper's
+    grid (Section 5.3: weights "sampled uniformly and renormalised"). Not uniform on the simplex:
+    it crowds the centre and rarely comes near a weight of 0. The cube's corner u = 0, where the
+    rescaling has no limit, gives equal weights."""
+    if len(u) != tasks:
+        raise ValueError(f"expected {tasks} coordinates, got {len(u)}")
+    clamped = [min(max(uk, 0.0), 1.0) for uk in u]
+    total = sum(clamped)
+    if total <= 0.0:
+        return (1.0,) * tasks
+    return tuple(tasks * uk / total for uk in clamped)
 
 
 def simplex_to_cube(weights: Sequence[float]) -> tuple[float, ...]:
