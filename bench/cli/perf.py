@@ -12,7 +12,6 @@ from rich.table import Table
 
 from bench.cli.common import console, err_console, home_path, print_json, print_note, unwritable_folder
 from bench.errors import ConfigError
-from bench.formatting import count
 
 
 def perf_command(
@@ -27,7 +26,7 @@ def perf_command(
 
     Also: the stacked step's throughput against a large matrix product, and peak memory."""
     from bench.perf import append_csv, run_benchmark
-    from bench.study.machine import TrainersHere
+    from bench.study.machine import TrainersHere, running_here
     from bench.training.device import resolve_device
 
     resolve_device(device, field="--device")  # before the CSV's folder is made
@@ -35,9 +34,8 @@ def perf_command(
     trainers = TrainersHere()
     busy = sum(trainers.processes().values())
     if busy:
-        print_note(f"{count(busy, 'bench training process')} {'runs' if busy == 1 else 'run'} on this machine: "
-                   "these timings share its cores with "
-                   f"{'it' if busy == 1 else 'them'}, and say less of the machine than timings taken alone")
+        print_note(f"{running_here(busy)}: these timings share its cores with {'it' if busy == 1 else 'them'}, "
+                   "and say less of the machine than timings taken alone")
     progress = PerfProgress()
     try:
         with trainers.training():  # a `bench run` started meanwhile leaves it its share of the cores

@@ -143,6 +143,14 @@ def threads_each(threads: int, processes: int, others: int) -> int:
     return max(1, threads // (processes + others))
 
 
+def running_here(processes: int, what: str = "bench training process") -> str:
+    """
+    >>> running_here(1), running_here(2, "other bench training process")
+    ('1 bench training process runs on this machine', '2 other bench training processes run on this machine')
+    """
+    return f"{count(processes, what)} {'runs' if processes == 1 else 'run'} on this machine"
+
+
 def sharing_note(others: int, threads: int, own: int, who: str) -> str:
     """What a process that gives up threads tells its user.
 
@@ -150,7 +158,6 @@ def sharing_note(others: int, threads: int, own: int, who: str) -> str:
     "2 other bench training processes run on this machine: this worker trains with 1 thread of
     its 4 while they do (PyTorch's threads in several processes wait on each other's cores)"
     """
-    return (f"{count(others, 'other bench training process')} {'runs' if others == 1 else 'run'} on this "
-            f"machine: {who} trains with {count(threads, 'thread')} of its {own} while "
-            f"{'it does' if others == 1 else 'they do'} (PyTorch's threads in several processes wait on "
-            "each other's cores)")
+    return (f"{running_here(others, 'other bench training process')}: {who} trains with "
+            f"{count(threads, 'thread')} of its {own} while {'it does' if others == 1 else 'they do'} "
+            "(PyTorch's threads in several processes wait on each other's cores)")

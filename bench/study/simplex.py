@@ -83,10 +83,9 @@ def renormalised_cube_to_simplex(u: Sequence[float], tasks: int) -> tuple[float,
     if len(u) != tasks:
         raise ValueError(f"expected {tasks} coordinates, got {len(u)}")
     clamped = [min(max(uk, 0.0), 1.0) for uk in u]
-    total = sum(clamped)
-    if total <= 0.0:
+    if sum(clamped) <= 0.0:
         return (1.0,) * tasks
-    return tuple(tasks * uk / total for uk in clamped)
+    return normalise(clamped)
 
 
 def simplex_to_cube(weights: Sequence[float]) -> tuple[float, ...]:
