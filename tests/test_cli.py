@@ -299,7 +299,7 @@ def test_compare_table_fits_80_columns_with_every_arm_and_number_whole(capsys, m
         "normalized_train_loss": [2.1271, 2.0864], "normalized_overfitting_gap": [0.33, 0.3159],
         "wall_time_s": [3.62, 227.2], "weights": [[2.01, 0.77, 0.22], [2.7, 0.3, 0.0]],
     })
-    print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
+    print_comparison(SimpleNamespace(study="s", title="s", headline=[], unfinished=None, main=main,
                                      paired_sentences=[], failures=pd.DataFrame()))
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
@@ -320,7 +320,7 @@ def test_compare_says_first_that_a_study_is_unfinished_and_lists_five_failed_run
     })
     failures = pd.DataFrame({"arm": ["grid"] * 7, "run_key": [f"w={k}/seed=0" for k in range(7)],
                              "reason": [f"diverged at step {k}" for k in range(7)]})
-    print_comparison(SimpleNamespace(study="s", headline=["a verdict"], unfinished="s is not finished (9 of 12)",
+    print_comparison(SimpleNamespace(study="s", title="s", headline=["a verdict"], unfinished="s is not finished (9 of 12)",
                                      main=main, paired_sentences=[], failures=failures))
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "s is not finished (9 of 12)" and lines[2] == "- a verdict"  # under the rule, first
@@ -375,7 +375,7 @@ def test_a_runaway_arms_wide_numbers_break_long_names_at_hyphens_not_mid_word(ca
         "normalized_train_loss": [3.211e8, 2.596, 2.631], "normalized_overfitting_gap": [-3.3e5, -0.117, -0.140],
         "wall_time_s": [2.2, 1.1, 0.7], "weights": [[-18.7, 7.9, 9.8, 4.9]] + [[0.1, 1.1, 1.4, 1.4]] * 2,
     })
-    print_comparison(SimpleNamespace(study="s", headline=[], unfinished=None, main=main,
+    print_comparison(SimpleNamespace(study="s", title="s", headline=[], unfinished=None, main=main,
                                      paired_sentences=[], failures=pd.DataFrame()))
     lines = capsys.readouterr().out.splitlines()
     assert max(len(line) for line in lines) <= 80

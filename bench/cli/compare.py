@@ -30,6 +30,7 @@ def compare_command(
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout), or json (per study: summary, arms, paired tests).")] = "table",
     reports: Annotated[str, typer.Option(callback=home_path, help="Folder for reports/<study>/, and reports/index.html, which links them all.")] = "reports",  # report.REPORTS_DIR
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
+    at_step: Annotated[Optional[int], typer.Option("--at-step", help="Compare the runs as they stood at this evaluation step, the grid's point chosen on validation there (the paper compared at 15k of 80k steps); the report goes to reports/<study>@step<N>/.")] = None,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
     if output_format not in ("table", "csv", "markdown", "json"):
@@ -50,20 +51,22 @@ def compare_command(
     mains, objects, index = [], {}, None
     for name in names:
         with working(f"comparing the arms of {name}"):
-            comparison = load_comparison(store, name)
+            comparison = load_comparison(store, name, at_step)
         main = comparison.main.assign(study=name)
+        if at_step is not None:
+            main = main.assign(at_step=at_step)
         mains.append(main)
         # The report first: output cut short (`bench compare | head`) ends the process at the print.
         if not no_report:
-            previous = report_storage(Path(reports) / name)
+            previous = report_storage(Path(reports) / comparison.report_name)
             try:
                 with working(f"drawing the report of {name}"), missing_glyphs() as missing:
                     path = write_report(comparison, Path(reports), storage)
                     index = write_index(Path(reports))  # with the report: a cut pipe ends us at the print
             except OSError as err:
-                raise BenchError(f"cannot write the report of {name} to {Path(reports) / name}: "
-                                 f"{err.strerror or err} ({err.filename}); pass --reports with another "
-                                 "folder, or --no-report") from None
+                raise BenchError(f"cannot write the report of {comparison.title} to "
+                                 f"{Path(reports) / comparison.report_name}: {err.strerror or err} ({err.filename}); "
+                                 "pass --reports with another folder, or --no-report") from None
             if missing:
                 print_note(f"the report's figures show {''.join(sorted(missing))} (in the names of arms or tasks) "
                            "as boxes: matplotlib's fonts here lack them. The report's tables and text have them")
@@ -93,7 +96,8 @@ def compare_command(
 
 
 def _comparison_object(c: "Comparison", report: Path | None) -> dict:
-    """A study's comparison as JSON: the summary's sentences, one object per row of the arms
+    """A study's comparison as JSON: the step it was compared at (null: its runs' end), the
+    summary's sentences, one object per row of the arms
     table and of the paired tests (a missing value is null), each grid's chosen point and each
     GradNorm arm's chosen alpha with the choice made again without each seed, the arms that
     trained exactly as another (arm: that arm), and the report's path."""
@@ -109,7 +113,7 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     alphas = {arm: {"chosen": a.chosen_variant,
                     "chosen_without_each_seed": rows(a.held_out.rename(columns={"point": "alpha"}))}
               for arm, a in c.alpha_choices.items()}
-    return {"summary": list(c.headline), "arms": rows(c.main),
+    return {"at_step": c.at_step, "summary": list(c.headline), "arms": rows(c.main),
             "paired_tests": rows(c.comparisons.drop(columns=["sentence"], errors="ignore")),
             "grids": grids, "alpha_choices": alphas, "same_runs": dict(c.twins),
             "report": str(report) if report else None}
@@ -126,7 +130,7 @@ def weight_text(w: float) -> str:
 
 
 def print_comparison(c: Comparison) -> None:
-    console.rule(Text(c.study, style="bold"))
+    console.rule(Text(c.title, style="bold"))
     if c.unfinished:
         console.print(Text(c.unfinished, style="bold yellow"))
     for line in c.headline:

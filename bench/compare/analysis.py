@@ -233,6 +233,18 @@ class Comparison:
     twins: dict[str, str] = field(default_factory=dict)
     progress: StudyProgress | None = None  # every run queued in the store, finished or not
     storage: str | None = None  # the store's URL, where it is not the default
+    at_step: int | None = None  # compared as the runs stood at this evaluation step (None: at their end)
+
+    @property
+    def title(self) -> str:
+        """The study, and the step it is compared at where that is not its runs' end."""
+        return self.study if self.at_step is None else f"{self.study} at step {self.at_step}"
+
+    @property
+    def report_name(self) -> str:
+        """The report's folder under reports/: a study at a step has its own, beside the study's
+        (a study's name cannot hold '@', so no study's report is taken)."""
+        return self.study if self.at_step is None else f"{self.study}@step{self.at_step}"
 
     @property
     def unfinished(self) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare.analysis import Comparison, NothingToCompare, analyse, run_command
+from bench.compare.at_step import entries_at_step
 from bench.compare.summary import headline
 from bench.store import DEFAULT_STORAGE
 from bench.store.export import runs_table
@@ -17,24 +18,29 @@ from bench.store.storage import shareable_url
 
 
 def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
-                     records: list[dict[str, Any]]) -> Comparison:
+                     records: list[dict[str, Any]], at_step: int | None = None) -> Comparison:
     """The comparison of stored study `study` from its manifest, its runs (`runs_table`) and
-    their records: tables, tests and summary."""
+    their records: tables, tests and summary. `at_step`: the step the runs and records were read
+    at (`entries_at_step`), which the summary says first."""
     comparison = analyse(study, manifest, runs, records)
+    comparison.at_step = at_step
     comparison.headline = headline(comparison)
     return comparison
 
 
-def load_comparison(store: ResultStore, study: str) -> Comparison:
-    """Stored study `study`, compared; where nothing compares yet because it is still training or
-    was stopped, the error says how to watch it or go on."""
+def load_comparison(store: ResultStore, study: str, at_step: int | None = None) -> Comparison:
+    """Stored study `study`, compared at the end of its runs, or as they stood at evaluation step
+    `at_step`; where nothing compares yet because it is still training or was stopped, the error
+    says how to watch it or go on."""
     manifest = store.require_manifest(study)
     entries = store.records(study)
+    if at_step is not None:
+        entries = entries_at_step(entries, at_step, study)
     progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
     storage = shareable_url(store.url) if store.url != DEFAULT_STORAGE else None
     runs = runs_table(store, study, entries)
     try:
-        comparison = build_comparison(study, manifest, runs, entries)
+        comparison = build_comparison(study, manifest, runs, entries, at_step)
     except NothingToCompare as err:
         if progress.left == 0:
             raise

@@ -82,14 +82,27 @@ def _verdict(row: Any, c: Comparison) -> tuple[str, str]:
     return ("beats" if row.mean_difference < 0 else "is beaten by"), evidence
 
 
+def at_step_sentence(c: Comparison) -> str:
+    """What a comparison at an evaluation step reads there, and what it still takes from the
+    whole run."""
+    steps = c.runs.steps_done[c.runs.status == "ok"].max() if "steps_done" in c.runs else math.nan
+    of = f" of {int(steps)}" if not math.isnan(steps) else ""
+    return (f"Compared at step {c.at_step}{of}: each run's train, validation and test losses are those of its "
+            f"evaluation at step {c.at_step} (stored to 4 significant digits), where a grid's point is chosen on "
+            "validation too (the paper compared its grid with GradNorm at 15k of 80k steps). Weights (GradNorm "
+            "static's included), times, and GradNorm's weights <= 0 and distance to its targets are the whole "
+            "run's; the final metrics are left out.")
+
+
 def headline(c: Comparison) -> list[str]:
     """A few plain sentences answering the paper's two claims: did GradNorm match or beat the
     grid, at what cost, and does it overfit less; and do its averaged weights, retrained as
     static weights, do as well as GradNorm itself? Then against the weights that need no search
     (the study's own static weights, 1 / L_i(0), equal weights), and, with an `rlw` arm, weights
     drawn at random."""
-    lines = [f"{reason}: it is left out of the tables and tests, which compare the other arms."
-             for reason in c.unselectable.values()]
+    lines = [at_step_sentence(c)] if c.at_step is not None else []
+    lines += [f"{reason}: it is left out of the tables and tests, which compare the other arms."
+              for reason in c.unselectable.values()]
     # An arm whose every alpha trained as another arm's: its choice is that arm's, told once.
     lines += [choice.sentence() for arm, choice in c.alpha_choices.items()
               if not set(c.runs.label[c.runs.arm == arm]) <= set(c.twins)]

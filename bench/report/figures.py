@@ -360,6 +360,9 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     if c.grids:
         title += "\ngrids: the point chosen on validation" + (
             ", and the best that weights every task" if any(g.weighted_all for g in c.grids.values()) else "")
+    if c.at_step is not None:  # where the tables read the curves
+        ax.axvline(c.at_step, color="0.35", ls="--", lw=1, zorder=0)
+        title += f"\ndashed: step {c.at_step}, where the tables compare the runs"
     ax.set_title(title)
     # Beside the axes: inside, a legend of many arms covered the curves' ends.
     ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

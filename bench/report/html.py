@@ -266,7 +266,7 @@ def _check_replaceable(page: Path) -> None:
 
 def write_report(c: Comparison, folder: Path | None = None, storage: str | None = None) -> Path:
     """Write reports/<study>/index.html and the tables; return the HTML file's path."""
-    folder = (folder or REPORTS_DIR) / c.study
+    folder = (folder or REPORTS_DIR) / c.report_name
     _check_replaceable(folder / "index.html")
     folder.mkdir(parents=True, exist_ok=True)
     frames = tables(c)
@@ -303,7 +303,7 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
     devices = sorted({d for d in c.runs.device.dropna().unique()})
     main_display = c.main.drop(columns=[col for col in ("kind",) if col in c.main])
     html = _env.get_template("report.html.j2").render(
-        study=c.study, description=manifest.get("description", ""), tasks=c.tasks,
+        study=c.study, title=c.title, at_step=c.at_step, description=manifest.get("description", ""), tasks=c.tasks,
         arms=list(manifest.get("kinds") or dict.fromkeys(c.main.arm)),  # said where the study has no description
         n_tasks=len(c.tasks), n_runs=len(c.runs), seeds=sorted(c.runs.seed.dropna().astype(int).unique()),
         generated=time.strftime("%Y-%m-%d %H:%M %Z"), headline=c.headline, unfinished=c.unfinished,

@@ -1,0 +1,85 @@
+"""A study's runs as they stood at one of their evaluation steps (`bench compare --at-step`).
+
+The paper compares its grid with GradNorm at 15k of 80k steps, and a verdict at the end of a
+budget need not hold earlier. Every run keeps its per-task train, validation and test losses at
+each evaluation (its record's curves), so the comparison at step N reads them there rather than
+training again: a run trained N steps under a constant learning rate is the same network. The
+grid's point is then chosen on validation at step N too; weights and times stay the whole run's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.errors import ConfigError
+
+OPTION = "--at-step"
+
+
+def evaluation_steps(entries: list[dict[str, Any]]) -> list[int]:
+    """The evaluation steps, after the first, that every finished run has (`store.records`'s
+    entries); a failed run is not asked for the steps after it failed.
+
+    >>> ok = lambda steps: {"status": "ok", "record": {"curves": {"step": steps}}}
+    >>> evaluation_steps([ok([0, 5, 10]), ok([0, 5, 10, 15])])
+    [5, 10]
+    """
+    common: set[int] | None = None
+    for entry in entries:
+        if entry["status"] != "ok":
+            continue
+        steps = set(_steps(entry["record"]))
+        common = steps if common is None else common & steps
+    return sorted(s for s in common or () if s > 0)
+
+
+def entries_at_step(entries: list[dict[str, Any]], step: int, study: str) -> list[dict[str, Any]]:
+    """`entries` (`store.records`) with each run's losses, normalised losses, overfitting gaps and
+    selection value those of its evaluation at `step`, and its final metrics left out (they are
+    measured at the end only). A run that failed after `step` had finite losses there and counts
+    as finished; one that failed at `step` or before stays failed. A step that some finished run
+    was not evaluated at is refused, naming the steps that every one was."""
+    steps = evaluation_steps(entries)
+    if step not in steps:
+        raise ConfigError(OPTION, f"an evaluation step that every finished run of {study} has: "
+                          f"{_steps_words(steps)}", step)
+    return [_entry_at_step(entry, step) for entry in entries]
+
+
+def _entry_at_step(entry: dict[str, Any], step: int) -> dict[str, Any]:
+    record = entry["record"] or {}
+    steps = _steps(record)
+    if step not in steps or (entry["status"] != "ok" and not (record.get("failed_step") or 0) > step):
+        return entry
+    at = steps.index(step)
+    losses = {split: record["curves"][split][at] for split in ("train", "val", "test")}
+    normalisers = record["normalisers"]
+    normalised = {split: sum(loss / n for loss, n in zip(values, normalisers)) for split, values in losses.items()}
+    record = {**record, "status": "ok", "failed_step": None, "reason": None, "metrics": {},
+              **{f"{split}_loss": values for split, values in losses.items()},
+              **{f"normalized_{split}_loss": value for split, value in normalised.items()},
+              "overfitting_gap": [t - r for t, r in zip(losses["test"], losses["train"])],
+              "normalized_overfitting_gap": normalised["test"] - normalised["train"]}
+    return {**entry, "status": "ok", "reason": None, "value": normalised["val"], "record": record}
+
+
+def _steps(record: dict[str, Any] | None) -> list[int]:
+    return [int(s) for s in ((record or {}).get("curves") or {}).get("step", [])]
+
+
+def _steps_words(steps: list[int]) -> str:
+    """The steps, an evenly spaced run of them told by its ends and spacing.
+
+    >>> _steps_words([100, 200, 300, 400, 500]), _steps_words([5, 10]), _steps_words([])
+    ('100, 200, ..., 500 (every 100)', '5, 10', 'none')
+    >>> _steps_words([100, 200, 300, 400, 500, 600, 650])
+    '100, 200, ..., 600 (every 100), 650'
+    """
+    if not steps:
+        return "none"
+    gaps = {b - a for a, b in zip(steps, steps[1:])}
+    if len(steps) > 4 and len(gaps) == 1:
+        return f"{steps[0]}, {steps[1]}, ..., {steps[-1]} (every {gaps.pop()})"
+    if len(steps) > 6:  # a budget that is no multiple of the spacing ends off it
+        return f"{_steps_words(steps[:-1])}, {steps[-1]}"
+    return ", ".join(map(str, steps))

@@ -1,0 +1,132 @@
+"""`bench compare --at-step`: a study's runs as they stood at one of their evaluations."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.compare import load_comparison
+from bench.compare.at_step import entries_at_step, evaluation_steps
+from bench.errors import ConfigError
+from bench.report import figures
+from bench.store import ResultStore
+from tests.test_study_spec import TINY
+
+
+def entry(status: str = "ok", *, steps=(0, 5, 10), failed_step: int | None = None) -> dict:
+    """A stored run whose losses at evaluation j are (j + 1) * (1, 2, 3) for train, val and test
+    on task a, and 10 times that on task b."""
+    curves: dict = {"step": list(steps)}
+    for split, factor in (("train", 1.0), ("val", 2.0), ("test", 3.0)):
+        curves[split] = [[(j + 1) * factor, (j + 1) * factor * 10] for j in range(len(steps))]
+    record = {"status": status, "normalisers": [1.0, 10.0], "curves": curves, "failed_step": failed_step,
+              "metrics": {"test": {"accuracy": [0.9, 0.8]}}, "mean_weights": [1.5, 0.5],
+              "normalized_test_loss": 99.0, "test_loss": [99.0, 990.0]}
+    return {"arm": "a", "run_key": "seed=0", "status": status, "value": 99.0 if status == "ok" else None,
+            "reason": None if status == "ok" else "loss diverged", "record": record, "params": {}, "user_attrs": {}}
+
+
+def test_a_run_at_a_step_reads_its_losses_there_and_keeps_the_rest_of_the_whole_run():
+    [at] = entries_at_step([entry()], 5, "s")
+    record = at["record"]
+    assert (record["train_loss"], record["val_loss"], record["test_loss"]) == ([2.0, 20.0], [4.0, 40.0], [6.0, 60.0])
+    # Normalised by each task's normaliser: 2/1 + 20/10.
+    assert (record["normalized_train_loss"], record["normalized_val_loss"], record["normalized_test_loss"]) == (
+        4.0, 8.0, 12.0)
+    assert record["overfitting_gap"] == [4.0, 40.0] and record["normalized_overfitting_gap"] == 8.0
+    assert at["value"] == 8.0  # the selection value is validation's, at the step
+    assert record["metrics"] == {}  # measured at the end only
+    assert record["mean_weights"] == [1.5, 0.5] and record["curves"] == entry()["record"]["curves"]
+    # At the last evaluation, the losses are the curves' last.
+    assert entries_at_step([entry()], 10, "s")[0]["record"]["test_loss"] == [9.0, 90.0]
+
+
+def test_a_run_that_failed_after_the_step_counts_there_and_one_that_failed_at_it_does_not():
+    later = entry("failed", steps=(0, 5), failed_step=8)
+    at_it = entry("failed", steps=(0, 5), failed_step=5)
+    never = {**entry("failed"), "record": None}
+    _, ok, still_failed, still_never = entries_at_step([entry(), later, at_it, never], 5, "s")
+    assert ok["status"] == "ok" and ok["reason"] is None
+    assert ok["record"]["failed_step"] is None and ok["record"]["normalized_test_loss"] == 12.0
+    assert still_failed is at_it and still_never is never
+
+
+def test_a_step_that_some_finished_run_lacks_is_refused_with_the_steps_every_run_has():
+    entries = [entry(steps=range(0, 701, 100)), entry(steps=range(0, 651, 50)), entry("failed", steps=(0, 100))]
+    assert evaluation_steps(entries) == [100, 200, 300, 400, 500, 600]
+    for step in (0, 650, 700, 150, -100):
+        with pytest.raises(ConfigError) as err:
+            entries_at_step(entries, step, "s")
+        assert str(err.value) == (f"--at-step: expected an evaluation step that every finished run of s has: "
+                                  f"100, 200, ..., 600 (every 100), got {step}")
+
+
+def tiny_study(tmp_path: Path, monkeypatch) -> ResultStore:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    assert main(["run", "--study", "tiny.toml"]) == 0
+    return ResultStore(create=False)
+
+
+def test_compare_at_a_step_chooses_and_reports_on_the_losses_there(tmp_path, monkeypatch, capsys):
+    store = tiny_study(tmp_path, monkeypatch)
+    assert main(["compare", "--study", "tiny"]) == 0
+    end_page = (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--study", "tiny", "--at-step", "5", "--format", "json"]) == 0
+    study = json.loads(capsys.readouterr().out)["tiny"]
+    assert study["at_step"] == 5 and study["summary"][0].startswith("Compared at step 5 of 10: ")
+    # Each grid point's mean losses at step 5, from the stored curves, computed here.
+    at_five = []
+    for e in store.records("tiny"):
+        curves, normalisers = e["record"]["curves"], e["record"]["normalisers"]
+        j = curves["step"].index(5)
+        at_five.append({"arm": e["arm"], "key": e["run_key"].rsplit("/seed=", 1)[0],
+                        **{split: sum(v / n for v, n in zip(curves[split][j], normalisers))
+                           for split in ("val", "test")}})
+    points = pd.DataFrame(at_five).query("arm == 'grid'").groupby("key")[["val", "test"]].mean()
+    grid = study["grids"]["grid"]
+    assert grid["selected_point"] == points.val.idxmin()
+    arms = {row["arm"]: row for row in study["arms"]}
+    assert arms["grid"]["normalized_test_loss"] == pytest.approx(points.test[points.val.idxmin()], abs=1e-4)
+    # The study's own report stays as it was; the one at step 5 has a folder of its own.
+    assert (tmp_path / "reports" / "tiny" / "index.html").read_text() == end_page
+    page = (tmp_path / "reports" / "tiny@step5" / "index.html").read_text()
+    assert "<h1>GradNorm Bench: tiny at step 5</h1>" in page and "bench compare --study tiny --at-step 5" in page
+    assert 'href="tiny%40step5/index.html"' in (tmp_path / "reports" / "index.html").read_text()
+    assert main(["compare", "--study", "tiny", "--at-step", "5", "--format", "csv", "--no-report"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert (table.at_step == 5).all() and table.normalized_test_loss.tolist() == pytest.approx(
+        [row["normalized_test_loss"] for row in study["arms"]], rel=1e-3)
+    # At the runs' last evaluation the comparison is the one at their end, to the 4 significant
+    # digits that the stored curves keep.
+    end, last = load_comparison(store, "tiny"), load_comparison(store, "tiny", at_step=10)
+    assert last.grids["grid"].selected == end.grids["grid"].selected and last.main.arm.equals(end.main.arm)
+    for column in ("normalized_test_loss", "normalized_val_loss", "normalized_train_loss"):
+        assert last.main[column].tolist() == pytest.approx(end.main[column].tolist(), rel=5e-4)
+
+
+def test_the_test_loss_figure_marks_the_step_compared_at(tmp_path, monkeypatch):
+    store = tiny_study(tmp_path, monkeypatch)
+    fig = figures.test_loss_curves(load_comparison(store, "tiny", at_step=5))
+    marks = [line for line in fig.axes[0].get_lines() if list(line.get_xdata()) == [5, 5]]
+    assert len(marks) == 1 and "dashed: step 5" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = figures.test_loss_curves(load_comparison(store, "tiny"))
+    assert not [line for line in fig.axes[0].get_lines() if list(line.get_xdata()) == [5, 5]]
+    plt.close(fig)
+
+
+def test_compare_at_a_step_no_run_was_evaluated_at_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    tiny_study(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["compare", "--study", "tiny", "--at-step", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --at-step: expected an evaluation step that every finished run of tiny has: 5, 10, got 7"
+    assert not (tmp_path / "reports" / "tiny@step7").exists()
