@@ -108,6 +108,7 @@ def test_compare_at_a_step_chooses_and_reports_on_the_losses_there(tmp_path, mon
     # digits that the stored curves keep.
     end, last = load_comparison(store, "tiny"), load_comparison(store, "tiny", at_step=10)
     assert last.grids["grid"].selected == end.grids["grid"].selected and last.main.arm.equals(end.main.arm)
+    assert "test_rms" in end.per_task and "test_rms" not in last.per_task  # measured at the end only
     for column in ("normalized_test_loss", "normalized_val_loss", "normalized_train_loss"):
         assert last.main[column].tolist() == pytest.approx(end.main[column].tolist(), rel=5e-4)
 
