@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.compare import load_comparison
+from bench.compare import build_comparison, load_comparison
 from bench.compare.at_step import entries_at_step, evaluation_steps
 from bench.errors import ConfigError
 from bench.report import figures
@@ -131,3 +131,46 @@ def test_compare_at_a_step_no_run_was_evaluated_at_is_one_line_and_exit_2(tmp_pa
     err = capsys.readouterr().err
     assert err.strip() == "error: --at-step: expected an evaluation step that every finished run of tiny has: 5, 10, got 7"
     assert not (tmp_path / "reports" / "tiny@step7").exists()
+
+
+def test_the_verdict_over_training_is_the_comparison_at_each_step(tmp_path, monkeypatch):
+    """The report's GradNorm-against-the-grid figure and over_steps.csv: at each evaluation step,
+    the paired test that `--at-step` makes there, for the alpha that validation chooses there."""
+    store = tiny_study(tmp_path, monkeypatch)
+    end = load_comparison(store, "tiny")
+    over = end.over_steps
+    assert sorted(set(over.step)) == [5, 10]
+    for step in (5, 10):
+        at = load_comparison(store, "tiny", at_step=step)
+        spoken_for = at.alpha_choices["gradnorm"].chosen
+        rows = over[over.step == step].set_index("versus")
+        assert set(rows.arm) == {spoken_for} and set(rows.index) == {"grid", "grid (all weights > 0)"}
+        tests = at.comparisons.set_index(["arm", "versus"])
+        for versus, row in rows.iterrows():
+            assert row.mean_difference == tests.loc[(spoken_for, versus), "mean_difference"]
+            assert row.p_value == tests.loc[(spoken_for, versus), "p_value"]
+        assert rows.loc["grid", "grid_point"] == at.grids["grid"].selected
+    # The last step's differences are the end's, to the curves' 4 significant digits.
+    last = over[over.step == 10].set_index("versus").mean_difference
+    at_end = end.comparisons.set_index(["arm", "versus"]).mean_difference
+    assert last["grid"] == pytest.approx(at_end[(end.alpha_choices["gradnorm"].chosen, "grid")], abs=2e-3)
+    fig = figures.verdict_over_steps(load_comparison(store, "tiny", at_step=5))
+    ax = fig.axes[0]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "GradNorm − grid", "GradNorm − grid (all weights > 0)"]
+    assert [list(line.get_xdata()) for line in ax.get_lines()].count([5, 5]) == 1  # the step compared at
+    plt.close(fig)
+    # Without a grid, or with one evaluation, there is nothing to draw.
+    no_grid = build_comparison("tiny", end.manifest, end.runs[end.runs.arm != "grid"].drop(
+        columns=["variant", "kind", "label"]), end.records)
+    assert no_grid.over_steps.empty and figures.verdict_over_steps(no_grid) is None
+
+
+def test_the_report_draws_the_verdict_over_training_and_links_its_table(tmp_path, monkeypatch, capsys):
+    tiny_study(tmp_path, monkeypatch)
+    assert main(["compare", "--study", "tiny"]) == 0
+    folder = tmp_path / "reports" / "tiny"
+    page = (folder / "index.html").read_text()
+    assert 'id="fig-over-steps"' in page and 'download="over_steps.csv"' in page
+    table = pd.read_csv(folder / "over_steps.csv")
+    assert table.columns.tolist()[:4] == ["step", "arm", "versus", "grid_point"] and sorted(set(table.step)) == [5, 10]

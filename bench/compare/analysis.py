@@ -302,6 +302,13 @@ class Comparison:
     def label_runs(self, label: str) -> pd.DataFrame:
         return self.runs[self.runs.label == label]
 
+    @cached_property  # read by the report's table and figure; a comparison per evaluation step
+    def over_steps(self) -> pd.DataFrame:
+        """GradNorm against the grid at each evaluation step (`verdicts_over_steps`)."""
+        from bench.compare.over_steps import verdicts_over_steps  # it builds comparisons: a cycle at import
+
+        return verdicts_over_steps(self)
+
 
 def _study_text(manifest: dict[str, Any]) -> dict[str, Any]:
     try:

@@ -12,7 +12,7 @@ from bench.compare.analysis import Comparison, NothingToCompare, analyse, run_co
 from bench.compare.at_step import entries_at_step
 from bench.compare.summary import headline
 from bench.store import DEFAULT_STORAGE
-from bench.store.export import runs_table
+from bench.store.export import runs_frame
 from bench.store.results import ResultStore, StudyProgress
 from bench.store.storage import shareable_url
 
@@ -20,8 +20,8 @@ from bench.store.storage import shareable_url
 def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
                      records: list[dict[str, Any]], at_step: int | None = None) -> Comparison:
     """The comparison of stored study `study` from its manifest, its runs (`runs_table`) and
-    their records: tables, tests and summary. `at_step`: the step the runs and records were read
-    at (`entries_at_step`), which the summary says first."""
+    their records: tables, tests and summary. `at_step`: the step the runs were read at
+    (`entries_at_step`), which the summary says first."""
     comparison = analyse(study, manifest, runs, records)
     comparison.at_step = at_step
     comparison.headline = headline(comparison)
@@ -34,11 +34,10 @@ def load_comparison(store: ResultStore, study: str, at_step: int | None = None) 
     says how to watch it or go on."""
     manifest = store.require_manifest(study)
     entries = store.records(study)
-    if at_step is not None:
-        entries = entries_at_step(entries, at_step, study)
     progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
     storage = shareable_url(store.url) if store.url != DEFAULT_STORAGE else None
-    runs = runs_table(store, study, entries)
+    # The records stay as stored (their curves, trajectories): the runs table reads them at the step.
+    runs = runs_frame(manifest, entries if at_step is None else entries_at_step(entries, at_step, study))
     try:
         comparison = build_comparison(study, manifest, runs, entries, at_step)
     except NothingToCompare as err:

@@ -370,6 +370,37 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     return fig
 
 
+def verdict_over_steps(c: Comparison) -> plt.Figure | None:
+    """GradNorm minus the grid's point chosen on validation at each evaluation step, with the
+    paired difference's 95% interval: whether the verdict at the end holds earlier."""
+    data = c.over_steps
+    if data.step.nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    palette = arm_colours(c)
+    several = data.arm.nunique() > 1
+    for (arm, versus), d in data.groupby(["arm", "versus"], sort=False):
+        colour = palette.get(arm if several else versus, (0.3, 0.3, 0.3))
+        ax.fill_between(d.step, d.difference_ci_low, d.difference_ci_high, color=colour, alpha=0.18, lw=0)
+        ax.plot(d.step, d.mean_difference, color=colour, lw=1.6, label=f"{arm if several else 'GradNorm'} − {versus}")
+        significant = (d.p_value < 0.05).to_numpy()
+        steps, means = d.step.to_numpy(), d.mean_difference.to_numpy()
+        ax.scatter(steps[significant], means[significant], color=colour, s=22, zorder=3)
+        ax.scatter(steps[~significant], means[~significant], facecolor="white", edgecolor=colour, s=22, zorder=3)
+    ax.axhline(0, color="0.2", lw=0.8)
+    if c.at_step is not None:
+        ax.axvline(c.at_step, color="0.35", ls="--", lw=1, zorder=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("difference in task-normalised test loss")
+    seeds = count(int(data.n.max()), "seed")
+    ax.set_title(f"GradNorm minus the grid's point chosen on validation at each step ({seeds}, "
+                 "95% interval)\nabove 0: the grid is lower; filled: paired t-test p < 0.05"
+                 + (f"\ndashed: step {c.at_step}, where the tables compare the runs" if c.at_step is not None else ""))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 # Arms drawn as levels beside GradNorm's alpha: they have no alpha.
 _LEVEL_KINDS = ("grid", "equal", "static", "loss-scale", "uncertainty", "dwa", "rlw")
 
@@ -849,6 +880,7 @@ FIGURES: list[tuple[str, str, Callable[..., plt.Figure | None]]] = [
     ("weights", "Task weights of the adaptive methods over training", weight_trajectories),
     ("norms", "GradNorm's gradient norms at W against its targets", gradient_norms),
     ("curves", "Test loss during training", test_loss_curves),
+    ("over-steps", "GradNorm against the grid over training", verdict_over_steps),
     ("alpha", "Test loss against GradNorm's alpha", alpha_sensitivity),
     ("landscape", "The grid's landscape", grid_landscape),
     ("distance", "Per-task test loss against distance to GradNorm's weights", distance_to_gradnorm),

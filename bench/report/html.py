@@ -121,7 +121,7 @@ def tables(c: Comparison) -> dict[str, pd.DataFrame]:
     return {"main": main, "per_task": c.per_task, "standings": c.standings,
             "comparisons": c.comparisons, "grid_points": grid_points,
             "held_out": pd.concat(held_out, ignore_index=True) if held_out else pd.DataFrame(),
-            "failed_runs": c.failures}
+            "failed_runs": c.failures, "over_steps": c.over_steps}
 
 
 @contextlib.contextmanager

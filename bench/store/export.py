@@ -29,10 +29,13 @@ CREATED_ATTR = "bench_study_created"
 
 def runs_table(store: ResultStore, study: str, entries: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per finished run; `entries` are the study's `store.records`, if read already."""
-    manifest = store.require_manifest(study)
+    return runs_frame(store.require_manifest(study), store.records(study) if entries is None else entries)
+
+
+def runs_frame(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per finished run of the study with this manifest, from its `store.records`."""
     kinds = manifest.get("kinds", {})
     tasks = manifest.get("task_names", [])
-    entries = store.records(study) if entries is None else entries
     rows = [_row(entry, kinds.get(entry["arm"], ""), tasks) for entry in entries]
     frame = pd.DataFrame(rows)
     if frame.empty:

@@ -1,0 +1,61 @@
+"""GradNorm against the grid at each evaluation step: the comparison of `bench compare
+--at-step`, made at every step the runs were evaluated at, so that a reader sees whether the
+verdict at the end of the budget holds earlier (the paper compared at 15k of 80k steps)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.compare.analysis import Comparison, analyse, point_words
+from bench.compare.at_step import entries_at_step, evaluation_steps
+from bench.errors import BenchError
+from bench.store.export import runs_frame
+
+# Steps compared at most: each is a whole comparison (0.1 s for 1,000 runs).
+MOST_STEPS = 16
+COLUMNS = ["step", "arm", "versus", "grid_point", "n", "wins", "losses", "mean_difference",
+           "difference_ci_low", "difference_ci_high", "p_value"]
+
+
+def spread(steps: list[int], most: int = MOST_STEPS) -> list[int]:
+    """At most `most` of `steps`, evenly spread, the last always among them.
+
+    >>> spread(list(range(100, 1501, 100)), 5)
+    [100, 500, 800, 1100, 1500]
+    >>> spread([5, 10], 5)
+    [5, 10]
+    """
+    if len(steps) <= most:
+        return list(steps)
+    picked = {round(i * (len(steps) - 1) / (most - 1)) for i in range(most)}
+    return [steps[i] for i in sorted(picked)]
+
+
+def verdicts_over_steps(c: Comparison, most: int = MOST_STEPS) -> pd.DataFrame:
+    """One row per evaluation step (at most `most`) and pair of a GradNorm arm (its alpha chosen
+    on validation at that step) with a grid's point chosen on validation there (and the grid's
+    best point that weights every task, where it has one): the paired difference of
+    task-normalised test loss over seeds (GradNorm minus the grid), its 95% interval and p.
+    Empty where the study sets no GradNorm arm against a grid, or its runs have one evaluation."""
+    kinds = c.main.set_index("arm").kind
+    if not ((kinds == "gradnorm").any() and (kinds == "grid").any()):
+        return pd.DataFrame(columns=COLUMNS)
+    rows = []
+    for step in spread(evaluation_steps(c.records), most):
+        try:
+            at = analyse(c.study, c.manifest, runs_frame(c.manifest, entries_at_step(c.records, step, c.study)),
+                         c.records)
+        except BenchError:  # nothing to compare at this step (every grid point has a failed seed)
+            continue
+        kind = at.main.set_index("arm").kind
+        spoken_for = {choice.chosen for choice in at.alpha_choices.values()}  # the summary's alphas
+        points = {arm: point_words(g.selected, g.weights) for arm, g in at.grids.items()}
+        points.update({g.weighted_all_label: point_words(g.weighted_all, g.weighted_all_weights)
+                       for g in at.grids.values() if g.weighted_all})
+        arm_of = dict(zip(at.runs.label, at.runs.arm))
+        for row in at.comparisons.itertuples():
+            if (kind.get(row.arm) == "gradnorm" and kind.get(row.versus) == "grid" and row.arm not in at.twins
+                    and (row.arm in spoken_for or arm_of[row.arm] not in at.alpha_choices)):
+                rows.append({"step": step, "arm": row.arm, "versus": row.versus, "grid_point": points[row.versus],
+                             **{column: getattr(row, column) for column in COLUMNS[4:]}})
+    return pd.DataFrame(rows, columns=COLUMNS)
