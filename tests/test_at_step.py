@@ -43,8 +43,9 @@ def test_a_run_at_a_step_reads_its_losses_there_and_keeps_the_rest_of_the_whole_
     assert at["value"] == 8.0  # the selection value is validation's, at the step
     assert record["metrics"] == {}  # measured at the end only
     assert record["mean_weights"] == [1.5, 0.5] and record["curves"] == entry()["record"]["curves"]
-    # At the last evaluation, the losses are the curves' last.
-    assert entries_at_step([entry()], 10, "s")[0]["record"]["test_loss"] == [9.0, 90.0]
+    # At its last evaluation a finished run is as stored, its final losses at full precision.
+    assert entries_at_step([entry(), entry(steps=(0, 5, 10, 15))], 10, "s")[0] == entry()
+    assert entries_at_step([entry(steps=(0, 5, 10, 15))], 10, "s")[0]["record"]["test_loss"] == [9.0, 90.0]
 
 
 def test_a_run_that_failed_after_the_step_counts_there_and_one_that_failed_at_it_does_not():
@@ -104,13 +105,16 @@ def test_compare_at_a_step_chooses_and_reports_on_the_losses_there(tmp_path, mon
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert (table.at_step == 5).all() and table.normalized_test_loss.tolist() == pytest.approx(
         [row["normalized_test_loss"] for row in study["arms"]], rel=1e-3)
-    # At the runs' last evaluation the comparison is the one at their end, to the 4 significant
-    # digits that the stored curves keep.
+    # At the runs' last evaluation the comparison is the one at their end, every digit.
     end, last = load_comparison(store, "tiny"), load_comparison(store, "tiny", at_step=10)
-    assert last.grids["grid"].selected == end.grids["grid"].selected and last.main.arm.equals(end.main.arm)
-    assert "test_rms" in end.per_task and "test_rms" not in last.per_task  # measured at the end only
-    for column in ("normalized_test_loss", "normalized_val_loss", "normalized_train_loss"):
-        assert last.main[column].tolist() == pytest.approx(end.main[column].tolist(), rel=5e-4)
+    pd.testing.assert_frame_equal(end.main, last.main)
+    pd.testing.assert_frame_equal(end.comparisons, last.comparisons)
+    assert last.headline == ["Compared at step 10 of 10, the runs' end: as `bench compare` compares them without "
+                             "--at-step.", *end.headline]
+    # Before it, the losses are the curves', to their 4 significant digits, and the final
+    # metrics are left out (measured at the end only).
+    five = load_comparison(store, "tiny", at_step=5)
+    assert "test_rms" in end.per_task and "test_rms" not in five.per_task
 
 
 def test_the_test_loss_figure_marks_the_step_compared_at(tmp_path, monkeypatch):
@@ -145,15 +149,16 @@ def test_the_verdict_over_training_is_the_comparison_at_each_step(tmp_path, monk
         spoken_for = at.alpha_choices["gradnorm"].chosen
         rows = over[over.step == step].set_index("versus")
         assert set(rows.arm) == {spoken_for} and set(rows.index) == {"grid", "grid (all weights > 0)"}
+        assert set(rows.gradnorm) == {"gradnorm"}
         tests = at.comparisons.set_index(["arm", "versus"])
         for versus, row in rows.iterrows():
             assert row.mean_difference == tests.loc[(spoken_for, versus), "mean_difference"]
             assert row.p_value == tests.loc[(spoken_for, versus), "p_value"]
         assert rows.loc["grid", "grid_point"] == at.grids["grid"].selected
-    # The last step's differences are the end's, to the curves' 4 significant digits.
+    # The last step's differences are the end's: the figure ends where the tables are.
     last = over[over.step == 10].set_index("versus").mean_difference
     at_end = end.comparisons.set_index(["arm", "versus"]).mean_difference
-    assert last["grid"] == pytest.approx(at_end[(end.alpha_choices["gradnorm"].chosen, "grid")], abs=2e-3)
+    assert last["grid"] == at_end[(end.alpha_choices["gradnorm"].chosen, "grid")]
     fig = figures.verdict_over_steps(load_comparison(store, "tiny", at_step=5))
     ax = fig.axes[0]
     assert [text.get_text() for text in ax.get_legend().get_texts()] == [
@@ -173,4 +178,5 @@ def test_the_report_draws_the_verdict_over_training_and_links_its_table(tmp_path
     page = (folder / "index.html").read_text()
     assert 'id="fig-over-steps"' in page and 'download="over_steps.csv"' in page
     table = pd.read_csv(folder / "over_steps.csv")
-    assert table.columns.tolist()[:4] == ["step", "arm", "versus", "grid_point"] and sorted(set(table.step)) == [5, 10]
+    assert table.columns.tolist()[:5] == ["step", "gradnorm", "arm", "versus", "grid_point"]
+    assert sorted(set(table.step)) == [5, 10] and set(table.gradnorm) == {"gradnorm"}

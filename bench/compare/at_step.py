@@ -26,7 +26,7 @@ def evaluation_steps(entries: list[dict[str, Any]]) -> list[int]:
     """
     common: set[int] | None = None
     for entry in entries:
-        if entry["status"] != "ok":
+        if entry.get("status") != "ok":
             continue
         steps = set(_steps(entry["record"]))
         common = steps if common is None else common & steps
@@ -35,10 +35,11 @@ def evaluation_steps(entries: list[dict[str, Any]]) -> list[int]:
 
 def entries_at_step(entries: list[dict[str, Any]], step: int, study: str) -> list[dict[str, Any]]:
     """`entries` (`store.records`) with each run's losses, normalised losses, overfitting gaps and
-    selection value those of its evaluation at `step`, and its final metrics left out (they are
-    measured at the end only). A run that failed after `step` had finite losses there and counts
-    as finished; one that failed at `step` or before stays failed. A step that some finished run
-    was not evaluated at is refused, naming the steps that every one was."""
+    selection value those of its evaluation at `step` (from its curves, stored to 4 significant
+    digits), and its final metrics left out (they are measured at the end only); a finished run
+    whose last evaluation is `step` is as stored. A run that failed after `step` had finite losses
+    there and counts as finished; one that failed at `step` or before stays failed. A step that
+    some finished run was not evaluated at is refused, naming the steps that every one was."""
     steps = evaluation_steps(entries)
     if step not in steps:
         raise ConfigError(OPTION, f"an evaluation step that every finished run of {study} has: "
@@ -50,6 +51,8 @@ def _entry_at_step(entry: dict[str, Any], step: int) -> dict[str, Any]:
     record = entry["record"] or {}
     steps = _steps(record)
     if step not in steps or (entry["status"] != "ok" and not (record.get("failed_step") or 0) > step):
+        return entry
+    if entry["status"] == "ok" and step == steps[-1]:  # its end: the record's own losses, every digit kept
         return entry
     at = steps.index(step)
     losses = {split: record["curves"][split][at] for split in ("train", "val", "test")}

@@ -13,7 +13,7 @@ from bench.store.export import runs_frame
 
 # Steps compared at most: each is a whole comparison (0.1 s for 1,000 runs).
 MOST_STEPS = 16
-COLUMNS = ["step", "arm", "versus", "grid_point", "n", "wins", "losses", "mean_difference",
+COLUMNS = ["step", "gradnorm", "arm", "versus", "grid_point", "n", "wins", "losses", "mean_difference",
            "difference_ci_low", "difference_ci_high", "p_value"]
 
 
@@ -32,11 +32,11 @@ def spread(steps: list[int], most: int = MOST_STEPS) -> list[int]:
 
 
 def verdicts_over_steps(c: Comparison, most: int = MOST_STEPS) -> pd.DataFrame:
-    """One row per evaluation step (at most `most`) and pair of a GradNorm arm (its alpha chosen
-    on validation at that step) with a grid's point chosen on validation there (and the grid's
-    best point that weights every task, where it has one): the paired difference of
-    task-normalised test loss over seeds (GradNorm minus the grid), its 95% interval and p.
-    Empty where the study sets no GradNorm arm against a grid, or its runs have one evaluation."""
+    """One row per evaluation step (at most `most`) and pair of a GradNorm arm (`gradnorm`; `arm`
+    is its label at that step, with the alpha chosen on validation there) and a grid's point
+    chosen on validation there (and the grid's best point that weights every task, where it has
+    one): the paired difference of task-normalised test loss over seeds (GradNorm minus the
+    grid), its 95% interval and p. Empty where the study sets no GradNorm arm against a grid."""
     kinds = c.main.set_index("arm").kind
     if not ((kinds == "gradnorm").any() and (kinds == "grid").any()):
         return pd.DataFrame(columns=COLUMNS)
@@ -56,6 +56,7 @@ def verdicts_over_steps(c: Comparison, most: int = MOST_STEPS) -> pd.DataFrame:
         for row in at.comparisons.itertuples():
             if (kind.get(row.arm) == "gradnorm" and kind.get(row.versus) == "grid" and row.arm not in at.twins
                     and (row.arm in spoken_for or arm_of[row.arm] not in at.alpha_choices)):
-                rows.append({"step": step, "arm": row.arm, "versus": row.versus, "grid_point": points[row.versus],
-                             **{column: getattr(row, column) for column in COLUMNS[4:]}})
+                test = {column: getattr(row, column) for column in COLUMNS[5:]}
+                rows.append({"step": step, "gradnorm": arm_of[row.arm], "arm": row.arm, "versus": row.versus,
+                             "grid_point": points[row.versus], **test})
     return pd.DataFrame(rows, columns=COLUMNS)

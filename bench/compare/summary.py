@@ -87,6 +87,8 @@ def at_step_sentence(c: Comparison) -> str:
     whole run."""
     steps = c.runs.steps_done[c.runs.status == "ok"].max() if "steps_done" in c.runs else math.nan
     of = f" of {int(steps)}" if not math.isnan(steps) else ""
+    if c.at_step == steps:
+        return f"Compared at step {c.at_step}{of}, the runs' end: as `bench compare` compares them without --at-step."
     return (f"Compared at step {c.at_step}{of}: each run's train, validation and test losses are those of its "
             f"evaluation at step {c.at_step} (stored to 4 significant digits), where a grid's point is chosen on "
             "validation too (the paper compared its grid with GradNorm at 15k of 80k steps). Weights (GradNorm "

@@ -378,11 +378,14 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(10, 4.2))
     palette = arm_colours(c)
-    several = data.arm.nunique() > 1
-    for (arm, versus), d in data.groupby(["arm", "versus"], sort=False):
-        colour = palette.get(arm if several else versus, (0.3, 0.3, 0.3))
+    several = data.gradnorm.nunique() > 1  # then coloured by GradNorm arm, else by grid
+    for (gradnorm, versus), d in data.groupby(["gradnorm", "versus"], sort=False):
+        # A GradNorm arm with several alphas: each step's chosen one, in the colour of the one chosen at the end.
+        label = c.alpha_choices[gradnorm].chosen if gradnorm in c.alpha_choices else gradnorm
+        colour = palette.get(label if several else versus, (0.3, 0.3, 0.3))
         ax.fill_between(d.step, d.difference_ci_low, d.difference_ci_high, color=colour, alpha=0.18, lw=0)
-        ax.plot(d.step, d.mean_difference, color=colour, lw=1.6, label=f"{arm if several else 'GradNorm'} − {versus}")
+        name = f"{gradnorm if several else 'GradNorm'} − {versus}"
+        ax.plot(d.step, d.mean_difference, color=colour, lw=1.6, label=name)
         significant = (d.p_value < 0.05).to_numpy()
         steps, means = d.step.to_numpy(), d.mean_difference.to_numpy()
         ax.scatter(steps[significant], means[significant], color=colour, s=22, zorder=3)
@@ -393,8 +396,9 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
     ax.set_xlabel("step")
     ax.set_ylabel("difference in task-normalised test loss")
     seeds = count(int(data.n.max()), "seed")
-    ax.set_title(f"GradNorm minus the grid's point chosen on validation at each step ({seeds}, "
-                 "95% interval)\nabove 0: the grid is lower; filled: paired t-test p < 0.05"
+    alphas = "; GradNorm's alpha chosen there too" if set(data.gradnorm) & set(c.alpha_choices) else ""
+    ax.set_title(f"GradNorm minus the grid's point chosen on validation at each step\n{seeds}, 95% interval{alphas}"
+                 "\nabove 0: the grid is lower; filled: paired t-test p < 0.05"
                  + (f"\ndashed: step {c.at_step}, where the tables compare the runs" if c.at_step is not None else ""))
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
