@@ -265,7 +265,8 @@ def _check_replaceable(page: Path) -> None:
 
 
 def write_report(c: Comparison, folder: Path | None = None, storage: str | None = None) -> Path:
-    """Write reports/<study>/index.html and the tables; return the HTML file's path."""
+    """Write reports/<study>/index.html (<study>@step<N>/ for a comparison at a step) and the tables;
+    return the HTML file's path."""
     folder = (folder or REPORTS_DIR) / c.report_name
     _check_replaceable(folder / "index.html")
     folder.mkdir(parents=True, exist_ok=True)
