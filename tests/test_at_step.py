@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -46,6 +47,16 @@ def test_a_run_at_a_step_reads_its_losses_there_and_keeps_the_rest_of_the_whole_
     # At its last evaluation a finished run is as stored, its final losses at full precision.
     assert entries_at_step([entry(), entry(steps=(0, 5, 10, 15))], 10, "s")[0] == entry()
     assert entries_at_step([entry(steps=(0, 5, 10, 15))], 10, "s")[0]["record"]["test_loss"] == [9.0, 90.0]
+
+
+def test_a_loss_stored_as_null_is_read_as_nan():
+    """A test loss that was not finite at an evaluation (the run went on: only the training
+    split's is checked) is stored as JSON null."""
+    run = entry()
+    run["record"]["curves"]["test"][1] = [None, 60.0]
+    record = entries_at_step([run], 5, "s")[0]["record"]
+    assert math.isnan(record["test_loss"][0]) and math.isnan(record["normalized_test_loss"])
+    assert record["normalized_val_loss"] == 8.0
 
 
 def test_a_run_that_failed_after_the_step_counts_there_and_one_that_failed_at_it_does_not():

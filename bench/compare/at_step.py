@@ -9,6 +9,7 @@ grid's point is then chosen on validation at step N too; weights and times stay 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bench.errors import ConfigError
@@ -55,7 +56,9 @@ def _entry_at_step(entry: dict[str, Any], step: int) -> dict[str, Any]:
     if entry["status"] == "ok" and step == steps[-1]:  # its end: the record's own losses, every digit kept
         return entry
     at = steps.index(step)
-    losses = {split: record["curves"][split][at] for split in ("train", "val", "test")}
+    # A loss that was not finite may be stored as null (JSON has no inf): NaN, as the means skip it.
+    losses = {split: [math.nan if v is None else v for v in record["curves"][split][at]]
+              for split in ("train", "val", "test")}
     normalisers = record["normalisers"]
     normalised = {split: sum(loss / n for loss, n in zip(values, normalisers)) for split, values in losses.items()}
     record = {**record, "status": "ok", "failed_step": None, "reason": None, "metrics": {},
