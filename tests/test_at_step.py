@@ -188,6 +188,7 @@ def test_the_report_draws_the_verdict_over_training_and_links_its_table(tmp_path
     folder = tmp_path / "reports" / "tiny"
     page = (folder / "index.html").read_text()
     assert 'id="fig-over-steps"' in page and 'download="over_steps.csv"' in page
+    assert "<p class=\"note\">At 2 evaluation steps (5 to 10; paired t-test, p &lt; 0.05): gradnorm " in page
     table = pd.read_csv(folder / "over_steps.csv")
     assert table.columns.tolist()[:5] == ["step", "gradnorm", "arm", "versus", "grid_point"]
     assert sorted(set(table.step)) == [5, 10] and set(table.gradnorm) == {"gradnorm"}

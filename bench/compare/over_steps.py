@@ -9,6 +9,7 @@ import pandas as pd
 from bench.compare.analysis import Comparison, analyse, point_words
 from bench.compare.at_step import entries_at_step, evaluation_steps
 from bench.errors import BenchError
+from bench.formatting import join_words
 from bench.store.export import runs_frame
 
 # Steps compared at most: each is a whole comparison (0.1 s for 1,000 runs).
@@ -60,3 +61,37 @@ def verdicts_over_steps(c: Comparison, most: int = MOST_STEPS) -> pd.DataFrame:
                 rows.append({"step": step, "gradnorm": arm_of[row.arm], "arm": row.arm, "versus": row.versus,
                              "grid_point": points[row.versus], **test})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def over_steps_sentence(table: pd.DataFrame) -> str:
+    """The verdicts of `verdicts_over_steps`, counted over the steps, one clause per pair.
+
+    >>> t = pd.DataFrame({"step": [100, 200, 300], "gradnorm": "gradnorm", "versus": "grid",
+    ...                   "mean_difference": [0.05, 0.04, 0.01], "p_value": [0.001, 0.01, 0.4]})
+    >>> print(over_steps_sentence(t))  # doctest: +NORMALIZE_WHITESPACE
+    At 3 evaluation steps (100 to 300; paired t-test, p < 0.05): gradnorm is beaten by grid at 2
+    (the last, step 200) and does not differ significantly from it at 1.
+    >>> print(over_steps_sentence(pd.concat([t, t.assign(versus="tpe", mean_difference=-0.1)])))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    At 3 evaluation steps (100 to 300; paired t-test, p < 0.05): gradnorm is beaten by grid at 2
+    (the last, step 200) and does not differ significantly from it at 1; gradnorm beats tpe at 2
+    (the last, step 200) and does not differ significantly from it at 1.
+    """
+    if table.empty:
+        return ""
+    steps = sorted(set(table.step))
+    clauses = []
+    for (gradnorm, versus), d in table.groupby(["gradnorm", "versus"], sort=False):
+        significant = d.p_value < 0.05
+        beaten, beats = d[significant & (d.mean_difference > 0)], d[significant & (d.mean_difference < 0)]
+        level = len(d) - len(beaten) - len(beats)
+        parts = []
+        for verdict, rows in (("is beaten by", beaten), ("beats", beats)):
+            if len(rows):
+                last = f" (the last, step {rows.step.max()})" if rows.step.max() != steps[-1] else ""
+                parts.append(f"{verdict} {versus if not parts else 'it'} at {len(rows)}{last}")
+        if level:
+            parts.append(f"does not differ significantly from {versus if not parts else 'it'} at {level}")
+        clauses.append(f"{gradnorm} " + join_words(parts))
+    return (f"At {len(steps)} evaluation steps ({steps[0]} to {steps[-1]}; paired t-test, p < 0.05): "
+            + "; ".join(clauses) + ".")

@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image  # a dependency of matplotlib
 
 from bench.compare.analysis import Comparison
+from bench.compare.over_steps import over_steps_sentence
 from bench.compare.stats import telling_apart
 from bench.environment import environment
 from bench.errors import BenchError
@@ -140,13 +141,13 @@ def missing_glyphs() -> Iterator[set[str]]:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def _figure_payload(figure_id: str, title: str, fig: plt.Figure) -> dict[str, Any]:
+def _figure_payload(figure_id: str, title: str, fig: plt.Figure, note: str = "") -> dict[str, Any]:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     with Image.open(io.BytesIO(buffer.getvalue())) as image:  # the size after bbox_inches
         width, height = image.size
-    return {"id": figure_id, "title": title, "width": width, "height": height,
+    return {"id": figure_id, "title": title, "note": note, "width": width, "height": height,
             "data": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
@@ -315,7 +316,8 @@ def write_report(c: Comparison, folder: Path | None = None, storage: str | None 
         per_task_table=_html(c.per_task),
         comparisons_table=_html(c.comparisons.drop(columns=["sentence"])) if not c.comparisons.empty else "",
         failures_table=_html(c.failures) if not c.failures.empty else "", n_failed=len(c.failures),
-        figures=[_figure_payload(i, t, f) for i, t, f in all_figures(c)],
+        figures=[_figure_payload(i, t, f, over_steps_sentence(c.over_steps) if i == "over-steps" else "")
+                 for i, t, f in all_figures(c)],
         grid_tables=grid_tables, run_command=c.run_command,
         storage=shlex.quote(shareable_url(storage)) if storage else None, storage_identity=storage_identity(storage),
         run_env=run_env, report_env=report_env, devices=devices,
