@@ -85,7 +85,7 @@ def over_steps_sentence(table: pd.DataFrame) -> str:
         significant = d.p_value < 0.05
         beaten, beats = d[significant & (d.mean_difference > 0)], d[significant & (d.mean_difference < 0)]
         level = len(d) - len(beaten) - len(beats)
-        parts = []
+        parts: list[str] = []
         for verdict, rows in (("is beaten by", beaten), ("beats", beats)):
             if len(rows):
                 last = f" (the last, step {rows.step.max()})" if rows.step.max() != steps[-1] else ""
