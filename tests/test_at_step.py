@@ -10,6 +10,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.cli import main
 from bench.compare import build_comparison, load_comparison
@@ -192,3 +194,37 @@ def test_the_report_draws_the_verdict_over_training_and_links_its_table(tmp_path
     table = pd.read_csv(folder / "over_steps.csv")
     assert table.columns.tolist()[:5] == ["step", "gradnorm", "arm", "versus", "grid_point"]
     assert sorted(set(table.step)) == [5, 10] and set(table.gradnorm) == {"gradnorm"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_run_at_any_of_its_steps_reads_that_evaluation_and_keeps_its_sums(data):
+    """Whatever the losses, normalisers and steps: at a step before the last, the losses are that
+    evaluation's, the normalised losses their sums over tasks of loss / normaliser, the gaps test
+    minus train; at the last, the run is as stored; every other step is refused."""
+    tasks = data.draw(st.integers(1, 4))
+    steps = sorted(data.draw(st.sets(st.integers(1, 10_000), min_size=1, max_size=8)))
+    losses = st.lists(st.floats(0, 1e6), min_size=tasks, max_size=tasks)
+    curves = {"step": [0, *steps], **{split: [data.draw(losses) for _ in range(len(steps) + 1)]
+                                      for split in ("train", "val", "test")}}
+    normalisers = data.draw(st.lists(st.floats(1e-3, 1e3), min_size=tasks, max_size=tasks))
+    run = {"status": "ok", "value": 1.0, "reason": None,
+           "record": {"curves": curves, "normalisers": normalisers, "test_loss": [1.0] * tasks, "metrics": {"x": 1}}}
+    step = data.draw(st.sampled_from(steps))
+    at = entries_at_step([run], step, "s")[0]
+    if step == steps[-1]:
+        assert at is run
+    else:
+        j = curves["step"].index(step)
+        record = at["record"]
+        for split in ("train", "val", "test"):
+            assert record[f"{split}_loss"] == curves[split][j]
+            assert record[f"normalized_{split}_loss"] == pytest.approx(
+                sum(v / n for v, n in zip(curves[split][j], normalisers)))
+        assert record["overfitting_gap"] == [t - r for t, r in zip(curves["test"][j], curves["train"][j])]
+        assert record["normalized_overfitting_gap"] == pytest.approx(
+            record["normalized_test_loss"] - record["normalized_train_loss"])
+        assert at["value"] == record["normalized_val_loss"] and record["metrics"] == {}
+    other = data.draw(st.integers(-5, 10_005).filter(lambda s: s not in steps))
+    with pytest.raises(ConfigError, match="^--at-step: expected an evaluation step"):
+        entries_at_step([run], other, "s")
