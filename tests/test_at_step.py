@@ -47,7 +47,8 @@ def test_a_run_at_a_step_reads_its_losses_there_and_keeps_the_rest_of_the_whole_
     assert record["metrics"] == {}  # measured at the end only
     assert record["mean_weights"] == [1.5, 0.5] and record["curves"] == entry()["record"]["curves"]
     # At its last evaluation a finished run is as stored, its final losses at full precision.
-    assert entries_at_step([entry(), entry(steps=(0, 5, 10, 15))], 10, "s")[0] == entry()
+    last = entries_at_step([entry(), entry(steps=(0, 5, 10, 15))], 10, "s")[0]
+    assert last["record"].pop("read_at_step") == 10 and last == entry()
     assert entries_at_step([entry(steps=(0, 5, 10, 15))], 10, "s")[0]["record"]["test_loss"] == [9.0, 90.0]
 
 
@@ -77,8 +78,8 @@ def test_a_step_that_some_finished_run_lacks_is_refused_with_the_steps_every_run
     for step in (0, 650, 700, 150, -100):
         with pytest.raises(ConfigError) as err:
             entries_at_step(entries, step, "s")
-        assert str(err.value) == (f"--at-step: expected an evaluation step that every finished run of s has: "
-                                  f"100, 200, ..., 600 (every 100), got {step}")
+        assert str(err.value) == (f"--at-step: expected best-val or an evaluation step that every finished run "
+                                  f"of s has: 100, 200, ..., 600 (every 100), got {step}")
 
 
 def tiny_study(tmp_path: Path, monkeypatch) -> ResultStore:
@@ -146,7 +147,11 @@ def test_compare_at_a_step_no_run_was_evaluated_at_is_one_line_and_exit_2(tmp_pa
     capsys.readouterr()
     assert main(["compare", "--study", "tiny", "--at-step", "7"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: --at-step: expected an evaluation step that every finished run of tiny has: 5, 10, got 7"
+    assert err.strip() == ("error: --at-step: expected best-val or an evaluation step that every finished run of "
+                           "tiny has: 5, 10, got 7")
+    assert main(["compare", "--study", "tiny", "--at-step", "late"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --at-step: expected an evaluation step (a whole number) or "
+                                               "best-val, got 'late'")
     assert not (tmp_path / "reports" / "tiny@step7").exists()
 
 
@@ -212,8 +217,9 @@ def test_any_run_at_any_of_its_steps_reads_that_evaluation_and_keeps_its_sums(da
            "record": {"curves": curves, "normalisers": normalisers, "test_loss": [1.0] * tasks, "metrics": {"x": 1}}}
     step = data.draw(st.sampled_from(steps))
     at = entries_at_step([run], step, "s")[0]
+    assert at["record"]["read_at_step"] == step
     if step == steps[-1]:
-        assert at is run
+        assert {**at, "record": {k: v for k, v in at["record"].items() if k != "read_at_step"}} == run
     else:
         j = curves["step"].index(step)
         record = at["record"]
@@ -226,5 +232,51 @@ def test_any_run_at_any_of_its_steps_reads_that_evaluation_and_keeps_its_sums(da
             record["normalized_test_loss"] - record["normalized_train_loss"])
         assert at["value"] == record["normalized_val_loss"] and record["metrics"] == {}
     other = data.draw(st.integers(-5, 10_005).filter(lambda s: s not in steps))
-    with pytest.raises(ConfigError, match="^--at-step: expected an evaluation step"):
+    with pytest.raises(ConfigError, match="^--at-step: expected best-val or an evaluation step"):
         entries_at_step([run], other, "s")
+
+
+def test_best_val_reads_each_run_at_its_lowest_validation_after_the_first_evaluation():
+    def run(val_sums, status="ok", failed_step=None):
+        e = entry(status, steps=[0, 5, 10, 15][:len(val_sums)], failed_step=failed_step)
+        e["record"]["curves"]["val"] = [[v / 2, v * 10 / 2] for v in val_sums]  # normalised: v
+        return e
+
+    lowest_mid, lowest_at_start, tie, lowest_last = (run([0.5, 3, 1, 2]), run([0.1, 3, 2, 4]), run([9, 2, 2, 3]),
+                                                     run([9, 3, 2, 1]))
+    failed = run([9, 3, 1, 0.5], "failed", failed_step=15)  # its step 15 is where it failed
+    never = {**entry("failed"), "record": None}
+    at = entries_at_step([lowest_mid, lowest_at_start, tie, lowest_last, failed, never], "best-val", "s")
+    # Step 0, before training, is never taken, whatever its loss.
+    assert [e["record"]["read_at_step"] for e in at[:5]] == [10, 10, 5, 15, 10]
+    assert at[0]["record"]["normalized_val_loss"] == pytest.approx(1) and at[0]["value"] == pytest.approx(1)
+    assert at[0]["record"]["test_loss"] == [9.0, 90.0]  # evaluation 2's, as entry() makes them
+    assert at[4]["status"] == "ok" and at[4]["record"]["normalized_val_loss"] == pytest.approx(1)
+    assert at[5] is never
+    # At its last evaluation a run is as stored, but no run keeps the final metrics: a mean of
+    # them would mix runs read at their end with runs read earlier.
+    assert at[3]["record"]["normalized_test_loss"] == 99.0 and at[3]["record"]["metrics"] == {}
+    assert all(e["record"]["metrics"] == {} for e in at[:5])
+
+
+def test_compare_at_best_val_chooses_each_runs_step_on_its_own_validation(tmp_path, monkeypatch, capsys):
+    store = tiny_study(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["compare", "--study", "tiny", "--at-step", "best-val", "--format", "json"]) == 0
+    study = json.loads(capsys.readouterr().out)["tiny"]
+    assert study["at_step"] == "best-val"
+    assert study["summary"][0].startswith("Compared at each run's best step on validation, as early stopping keeps it")
+    assert "(each arm's median step of 10: grid " in study["summary"][0]
+    c = load_comparison(store, "tiny", at_step="best-val")
+    for e in store.records("tiny"):
+        curves, normalisers = e["record"]["curves"], e["record"]["normalisers"]
+        sums = [sum(v / n for v, n in zip(val, normalisers)) for val in curves["val"]]
+        best = min(range(1, len(sums)), key=sums.__getitem__)
+        row = c.runs[(c.runs.arm == e["arm"]) & (c.runs.run_key == e["run_key"])].iloc[0]
+        assert row.read_at_step == curves["step"][best]
+        assert row.normalized_val_loss == pytest.approx(sums[best], rel=5e-4)  # at the end: every digit
+    assert c.title == "tiny at each run's best step on validation" and c.report_name == "tiny@best-val"
+    assert "test_rms" not in c.per_task
+    assert main(["compare", "--study", "tiny", "--at-step", "best-val"]) == 0
+    page = (tmp_path / "reports" / "tiny@best-val" / "index.html").read_text()
+    assert "bench compare --study tiny --at-step best-val" in page

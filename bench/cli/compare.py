@@ -30,11 +30,14 @@ def compare_command(
     output_format: Annotated[str, typer.Option("--format", help="table (terminal + report), csv or markdown (main table on stdout), or json (per study: summary, arms, paired tests).")] = "table",
     reports: Annotated[str, typer.Option(callback=home_path, help="Folder for reports/<study>/, and reports/index.html, which links them all.")] = "reports",  # report.REPORTS_DIR
     no_report: Annotated[bool, typer.Option("--no-report", help="Print the tables only; write no files.")] = False,
-    at_step: Annotated[Optional[int], typer.Option("--at-step", help="Compare the runs as they stood at this evaluation step, the grid's point chosen on validation there (the paper compared at 15k of 80k steps); the report goes to reports/<study>@step<N>/.")] = None,
+    at_step: Annotated[Optional[str], typer.Option("--at-step", help="Compare the runs as they stood at this evaluation step, the grid's point chosen on validation there (the paper compared at 15k of 80k steps), or with best-val each run at its own best on validation (early stopping); the report goes to reports/<study>@step<N>/ (or @best-val/).")] = None,
 ) -> None:
     """Compare a study's arms: test loss, overfitting gap, GradNorm against the grid; write the report."""
     if output_format not in ("table", "csv", "markdown", "json"):
         raise ConfigError("--format", "table, csv, markdown or json", output_format)
+    from bench.compare.at_step import parse_step
+
+    step = None if at_step is None else parse_step(at_step)
     import pandas as pd
 
     from bench.compare import load_comparison
@@ -51,10 +54,10 @@ def compare_command(
     mains, objects, index = [], {}, None
     for name in names:
         with working(f"comparing the arms of {name}"):
-            comparison = load_comparison(store, name, at_step)
+            comparison = load_comparison(store, name, step)
         main = comparison.main.assign(study=name)
-        if at_step is not None:
-            main = main.assign(at_step=at_step)
+        if step is not None:
+            main = main.assign(at_step=step)
         mains.append(main)
         # The report first: output cut short (`bench compare | head`) ends the process at the print.
         if not no_report:

@@ -233,18 +233,25 @@ class Comparison:
     twins: dict[str, str] = field(default_factory=dict)
     progress: StudyProgress | None = None  # every run queued in the store, finished or not
     storage: str | None = None  # the store's URL, where it is not the default
-    at_step: int | None = None  # compared as the runs stood at this evaluation step (None: at their end)
+    # Compared as the runs stood at this evaluation step, or each at its best on validation
+    # ("best-val"); None: at their end.
+    at_step: int | str | None = None
 
     @property
     def title(self) -> str:
         """The study, and the step it is compared at where that is not its runs' end."""
-        return self.study if self.at_step is None else f"{self.study} at step {self.at_step}"
+        if self.at_step is None:
+            return self.study
+        return f"{self.study} at " + (f"step {self.at_step}" if isinstance(self.at_step, int)
+                                      else "each run's best step on validation")
 
     @property
     def report_name(self) -> str:
         """The report's folder under reports/: a study at a step has its own, beside the study's
         (a study's name cannot hold '@', so no study's report is taken)."""
-        return self.study if self.at_step is None else f"{self.study}@step{self.at_step}"
+        if self.at_step is None:
+            return self.study
+        return f"{self.study}@" + (f"step{self.at_step}" if isinstance(self.at_step, int) else str(self.at_step))
 
     @property
     def unfinished(self) -> str | None:

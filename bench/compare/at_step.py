@@ -15,6 +15,9 @@ from typing import Any
 from bench.errors import ConfigError
 
 OPTION = "--at-step"
+# `--at-step best-val`: each run at its own evaluation with the lowest task-normalised validation
+# loss, as early stopping keeps it.
+BEST_VALIDATION = "best-val"
 
 
 def evaluation_steps(entries: list[dict[str, Any]]) -> list[int]:
@@ -34,34 +37,72 @@ def evaluation_steps(entries: list[dict[str, Any]]) -> list[int]:
     return sorted(s for s in common or () if s > 0)
 
 
-def entries_at_step(entries: list[dict[str, Any]], step: int, study: str) -> list[dict[str, Any]]:
+def entries_at_step(entries: list[dict[str, Any]], step: int | str, study: str) -> list[dict[str, Any]]:
     """`entries` (`store.records`) with each run's losses, normalised losses, overfitting gaps and
     selection value those of its evaluation at `step` (from its curves, stored to 4 significant
     digits), and its final metrics left out (they are measured at the end only); a finished run
     whose last evaluation is `step` is as stored. A run that failed after `step` had finite losses
     there and counts as finished; one that failed at `step` or before stays failed. A step that
-    some finished run was not evaluated at is refused, naming the steps that every one was."""
+    some finished run was not evaluated at is refused, naming the steps that every one was.
+
+    `step = "best-val"`: each run at its own evaluation after the first (before it failed, if it
+    did) with the lowest task-normalised validation loss (the first of equals), as early stopping
+    would keep it; the final metrics are left out of every run, so that no mean mixes the two.
+    Each record read at a step holds it as `read_at_step`."""
+    if step == BEST_VALIDATION:
+        return [_entry_at_step(entry, best, metrics=False) if (best := _best_validation_step(entry)) else entry
+                for entry in entries]
     steps = evaluation_steps(entries)
     if step not in steps:
-        raise ConfigError(OPTION, f"an evaluation step that every finished run of {study} has: "
-                          f"{_steps_words(steps)}", step)
-    return [_entry_at_step(entry, step) for entry in entries]
+        raise ConfigError(OPTION, f"{BEST_VALIDATION} or an evaluation step that every finished run of {study} "
+                          f"has: {_steps_words(steps)}", step)
+    return [_entry_at_step(entry, int(step)) for entry in entries]
 
 
-def _entry_at_step(entry: dict[str, Any], step: int) -> dict[str, Any]:
+def parse_step(text: str) -> int | str:
+    """`--at-step`'s value: a whole number, or best-val.
+
+    >>> parse_step("300"), parse_step("best-val")
+    (300, 'best-val')
+    """
+    if text == BEST_VALIDATION:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(OPTION, f"an evaluation step (a whole number) or {BEST_VALIDATION}", text) from None
+
+
+def _best_validation_step(entry: dict[str, Any]) -> int | None:
+    """The run's evaluation after the first, and before it failed, with the lowest task-normalised
+    validation loss; None where it has none."""
+    record = entry["record"] or {}
+    failed = entry.get("status") != "ok"
+    end = record.get("failed_step") or 0
+    normalisers = record.get("normalisers") or []
+    best, lowest = None, math.inf
+    for step, losses in zip(_steps(record), (record.get("curves") or {}).get("val", [])):
+        if step > 0 and not (failed and step >= end) and None not in losses:
+            value = sum(v / n for v, n in zip(losses, normalisers))
+            if value < lowest:
+                best, lowest = step, value
+    return best
+
+
+def _entry_at_step(entry: dict[str, Any], step: int, metrics: bool = True) -> dict[str, Any]:
     record = entry["record"] or {}
     steps = _steps(record)
     if step not in steps or (entry["status"] != "ok" and not (record.get("failed_step") or 0) > step):
         return entry
     if entry["status"] == "ok" and step == steps[-1]:  # its end: the record's own losses, every digit kept
-        return entry
+        return {**entry, "record": {**record, "read_at_step": step, **({} if metrics else {"metrics": {}})}}
     at = steps.index(step)
     # A loss that was not finite may be stored as null (JSON has no inf): NaN, as the means skip it.
     losses = {split: [math.nan if v is None else v for v in record["curves"][split][at]]
               for split in ("train", "val", "test")}
     normalisers = record["normalisers"]
     normalised = {split: sum(loss / n for loss, n in zip(values, normalisers)) for split, values in losses.items()}
-    record = {**record, "status": "ok", "failed_step": None, "reason": None, "metrics": {},
+    record = {**record, "status": "ok", "failed_step": None, "reason": None, "metrics": {}, "read_at_step": step,
               **{f"{split}_loss": values for split, values in losses.items()},
               **{f"normalized_{split}_loss": value for split, value in normalised.items()},
               "overfitting_gap": [t - r for t, r in zip(losses["test"], losses["train"])],
@@ -89,3 +130,9 @@ def _steps_words(steps: list[int]) -> str:
     if len(steps) > 6:  # a budget that is no multiple of the spacing ends off it
         return f"{_steps_words(steps[:-1])}, {steps[-1]}"
     return ", ".join(map(str, steps))
+
+
+def read_steps(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """The step each run of `entries_at_step`'s was read at, by (arm, run key)."""
+    return {(e["arm"], e["run_key"]): e["record"]["read_at_step"] for e in entries
+            if e.get("status") == "ok" and (e.get("record") or {}).get("read_at_step") is not None}

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare.analysis import Comparison, NothingToCompare, analyse, run_command
-from bench.compare.at_step import entries_at_step
+from bench.compare.at_step import entries_at_step, read_steps
 from bench.compare.summary import headline
 from bench.store import DEFAULT_STORAGE
 from bench.store.export import runs_frame
@@ -18,7 +18,7 @@ from bench.store.storage import shareable_url
 
 
 def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
-                     records: list[dict[str, Any]], at_step: int | None = None) -> Comparison:
+                     records: list[dict[str, Any]], at_step: int | str | None = None) -> Comparison:
     """The comparison of stored study `study` from its manifest, its runs (`runs_table`) and
     their records: tables, tests and summary. `at_step`: the step the runs were read at
     (`entries_at_step`), which the summary says first."""
@@ -28,16 +28,23 @@ def build_comparison(study: str, manifest: dict[str, Any], runs: pd.DataFrame,
     return comparison
 
 
-def load_comparison(store: ResultStore, study: str, at_step: int | None = None) -> Comparison:
+def load_comparison(store: ResultStore, study: str, at_step: int | str | None = None) -> Comparison:
     """Stored study `study`, compared at the end of its runs, or as they stood at evaluation step
-    `at_step`; where nothing compares yet because it is still training or was stopped, the error
-    says how to watch it or go on."""
+    `at_step` (or each at its best on validation: "best-val"); where nothing compares yet because
+    it is still training or was stopped, the error says how to watch it or go on."""
     manifest = store.require_manifest(study)
     entries = store.records(study)
     progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
     storage = shareable_url(store.url) if store.url != DEFAULT_STORAGE else None
     # The records stay as stored (their curves, trajectories): the runs table reads them at the step.
-    runs = runs_frame(manifest, entries if at_step is None else entries_at_step(entries, at_step, study))
+    if at_step is None:
+        runs = runs_frame(manifest, entries)
+    else:
+        at = entries_at_step(entries, at_step, study)
+        steps = read_steps(at)
+        runs = runs_frame(manifest, at)
+        if not runs.empty:
+            runs["read_at_step"] = [steps.get(key) for key in zip(runs.arm, runs.run_key)]
     try:
         comparison = build_comparison(study, manifest, runs, entries, at_step)
     except NothingToCompare as err:

@@ -18,7 +18,7 @@ import pandas as pd
 from bench.compare import stats
 from bench.compare.analysis import (
     Comparison, GridSelection, each_left_out, family_size, is_quick, left_out_versus, per_seed, placing,
-    point_words, static_words,
+    point_words, representatives, static_words,
 )
 from bench.compare.stats import significant, versus
 from bench.formatting import count
@@ -87,13 +87,22 @@ def at_step_sentence(c: Comparison) -> str:
     whole run."""
     steps = c.runs.steps_done[c.runs.status == "ok"].max() if "steps_done" in c.runs else math.nan
     of = f" of {int(steps)}" if not math.isnan(steps) else ""
+    whole_run = ("Weights (GradNorm static's included), times, and GradNorm's weights <= 0 and distance to its "
+                 "targets are the whole run's; the final metrics are left out.")
+    if not isinstance(c.at_step, int):  # best-val
+        read = representatives(c.runs, c.grids) if "read_at_step" in c.runs else pd.DataFrame()
+        medians = read.groupby("label", sort=False).read_at_step.median().dropna() if len(read) else pd.Series()
+        steps_words = ", ".join(f"{label} {m:g}" for label, m in medians.items())
+        where = f" (each arm's median step{of}: {steps_words})" if len(medians) else ""
+        return ("Compared at each run's best step on validation, as early stopping keeps it: each run's train, "
+                "validation and test losses are those of its evaluation, after the first, with the lowest "
+                f"task-normalised validation loss{where}, from curves stored to 4 significant digits, and a grid's "
+                f"point is chosen on those validation losses. {whole_run}")
     if c.at_step == steps:
         return f"Compared at step {c.at_step}{of}, the runs' end: as `bench compare` compares them without --at-step."
     return (f"Compared at step {c.at_step}{of}: each run's train, validation and test losses are those of its "
             f"evaluation at step {c.at_step} (stored to 4 significant digits), where a grid's point is chosen on "
-            "validation too (the paper compared its grid with GradNorm at 15k of 80k steps). Weights (GradNorm "
-            "static's included), times, and GradNorm's weights <= 0 and distance to its targets are the whole "
-            "run's; the final metrics are left out.")
+            f"validation too (the paper compared its grid with GradNorm at 15k of 80k steps). {whole_run}")
 
 
 def headline(c: Comparison) -> list[str]:

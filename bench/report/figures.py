@@ -360,7 +360,7 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
     if c.grids:
         title += "\ngrids: the point chosen on validation" + (
             ", and the best that weights every task" if any(g.weighted_all for g in c.grids.values()) else "")
-    if c.at_step is not None:  # where the tables read the curves
+    if isinstance(c.at_step, int):  # where the tables read the curves
         ax.axvline(c.at_step, color="0.35", ls="--", lw=1, zorder=0)
         title += f"\ndashed: step {c.at_step}, where the tables compare the runs"
     ax.set_title(title)
@@ -391,7 +391,7 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
         ax.scatter(steps[significant], means[significant], color=colour, s=22, zorder=3)
         ax.scatter(steps[~significant], means[~significant], facecolor="white", edgecolor=colour, s=22, zorder=3)
     ax.axhline(0, color="0.2", lw=0.8)
-    if c.at_step is not None:
+    if isinstance(c.at_step, int):
         ax.axvline(c.at_step, color="0.35", ls="--", lw=1, zorder=0)
     ax.set_xlabel("step")
     ax.set_ylabel("difference in task-normalised test loss")
@@ -399,7 +399,8 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
     alphas = "; GradNorm's alpha chosen there too" if set(data.gradnorm) & set(c.alpha_choices) else ""
     ax.set_title(f"GradNorm minus the grid's point chosen on validation at each step\n{seeds}, 95% interval{alphas}"
                  "\nabove 0: the grid is lower; filled: paired t-test p < 0.05"
-                 + (f"\ndashed: step {c.at_step}, where the tables compare the runs" if c.at_step is not None else ""))
+                 + (f"\ndashed: step {c.at_step}, where the tables compare the runs" if isinstance(c.at_step, int)
+                    else ""))
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
