@@ -280,3 +280,14 @@ def test_compare_at_best_val_chooses_each_runs_step_on_its_own_validation(tmp_pa
     assert main(["compare", "--study", "tiny", "--at-step", "best-val"]) == 0
     page = (tmp_path / "reports" / "tiny@best-val" / "index.html").read_text()
     assert "bench compare --study tiny --at-step best-val" in page
+
+
+@settings(max_examples=60, deadline=None)
+@given(sums=st.lists(st.floats(0, 1e6), min_size=2, max_size=10))
+def test_best_val_takes_the_first_lowest_validation_after_the_start(sums):
+    steps = [0, *range(7, 7 * len(sums), 7)]
+    run = entry(steps=steps)
+    run["record"]["curves"]["val"] = [[v, 0.0] for v in sums]  # normalised: v, exactly
+    step = entries_at_step([run], "best-val", "s")[0]["record"]["read_at_step"]
+    later = sums[1:]
+    assert step == steps[1 + later.index(min(later))]
