@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from bench.errors import ConfigError
+from bench.store.export import task_normalised
 
 OPTION = "--at-step"
 # `--at-step best-val`: each run at its own evaluation with the lowest task-normalised validation
@@ -83,7 +84,7 @@ def _best_validation_step(entry: dict[str, Any]) -> int | None:
     best, lowest = None, math.inf
     for step, losses in zip(_steps(record), (record.get("curves") or {}).get("val", [])):
         if step > 0 and not (failed and step >= end) and None not in losses:
-            value = sum(v / n for v, n in zip(losses, normalisers))
+            value = task_normalised(losses, normalisers)
             if value < lowest:
                 best, lowest = step, value
     return best
@@ -101,7 +102,7 @@ def _entry_at_step(entry: dict[str, Any], step: int, metrics: bool = True) -> di
     losses = {split: [math.nan if v is None else v for v in record["curves"][split][at]]
               for split in ("train", "val", "test")}
     normalisers = record["normalisers"]
-    normalised = {split: sum(loss / n for loss, n in zip(values, normalisers)) for split, values in losses.items()}
+    normalised = {split: task_normalised(values, normalisers) for split, values in losses.items()}
     record = {**record, "status": "ok", "failed_step": None, "reason": None, "metrics": {}, "read_at_step": step,
               **{f"{split}_loss": values for split, values in losses.items()},
               **{f"normalized_{split}_loss": value for split, value in normalised.items()},

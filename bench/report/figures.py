@@ -27,6 +27,7 @@ from scipy import stats as sps  # noqa: E402
 from bench.compare.analysis import Comparison, GridSelection, placing_means, points_seeds, representatives, seeds_words  # noqa: E402
 from bench.compare.stats import summarize  # noqa: E402
 from bench.formatting import count, format_number, join_words  # noqa: E402
+from bench.store.export import task_normalised  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 # Names come from study files and problems of one's own: mathtext would draw an arm named
@@ -341,7 +342,7 @@ def test_loss_curves(c: Comparison) -> plt.Figure | None:
         normalisers = rec["normalisers"]
         for step, losses in zip(rec["curves"]["step"], rec["curves"]["test"]):
             rows.append({"arm": r.label, "seed": r.seed, "step": step,
-                         "loss": sum(l / n for l, n in zip(losses, normalisers))})
+                         "loss": task_normalised(losses, normalisers)})
     data = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(10, 4.6))
     order = _table_order(c, data.arm)

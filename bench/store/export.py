@@ -169,6 +169,15 @@ def metrics_table(runs: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
 _TRAJECTORIES = {"weight": "weights_trajectory", "grad_norm": "grad_norms", "target_norm": "target_norms"}
 
 
+def task_normalised(losses: Sequence[float], normalisers: Sequence[float]) -> float:
+    """One evaluation's task-normalised loss: the sum over tasks of loss / normaliser.
+
+    >>> task_normalised([2.0, 20.0], [1.0, 10.0])
+    4.0
+    """
+    return sum(loss / n for loss, n in zip(losses, normalisers))
+
+
 def curves_table(runs: pd.DataFrame, entries: list[dict[str, Any]], tasks: Sequence[str]) -> pd.DataFrame:
     """Every run's curves in long form, one row per run, step and measure, with the run's
     identity and parameters as in the metrics table: `loss` and `normalized_loss` on each split
@@ -217,7 +226,7 @@ def curves_table(runs: pd.DataFrame, entries: list[dict[str, Any]], tasks: Seque
                     losses = curves[split][j]
                     add(run, step, "loss", split, losses, tasks)
                     # Rounded as the stored losses are (4 significant digits): more would be false precision.
-                    normalized = sum(v / n for v, n in zip(losses, normalisers))
+                    normalized = task_normalised(losses, normalisers)
                     add(run, step, "normalized_loss", split, [rounded(normalized)], [""])
         traces = {**(record.get("traces") or {}), "weights_trajectory": record.get("weights_trajectory") or []}
         for metric, name in _TRAJECTORIES.items():
