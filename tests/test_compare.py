@@ -8,6 +8,7 @@ import math
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -1134,21 +1135,31 @@ def test_a_grid_that_wins_by_giving_a_task_up_is_also_shown_by_its_best_point_we
     assert "grid (all weights > 0)" not in set(none_left.main.arm)
 
 
-def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_the_rest():
-    """On multifashion the two points that weight a task 0 (that task's loss 3.2 and 3.6) set the
-    axes, and every arm landed in one corner of them."""
+def _pareto_rows(grid: dict[tuple[float, float], tuple[float, ...]],
+                 gradnorm: tuple[float, float]) -> list[dict[str, Any]]:
+    """Three seeds of each grid point, {weights: (test loss a, test loss b[, validation])}, the
+    validation loss a + b unless given, and of GradNorm at the test losses `gradnorm`."""
     rows = []
-    grid = {(2.0, 0.0): (0.5, 10.0), (1.5, 0.5): (0.6, 0.9), (1.0, 1.0): (0.7, 0.7), (0.5, 1.5): (0.9, 0.6),
-            (0.0, 2.0): (12.0, 0.5)}
-    for w, (a, b) in grid.items():
+    for w, losses in grid.items():
+        a, b = losses[:2]
+        val = losses[2] if len(losses) > 2 else a + b
         for seed in (0, 1, 2):
-            row = _run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, a + b, a + b, a + b - 0.1, weights=w)
+            row = _run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val, a + b, a + b - 0.1, weights=w)
             rows.append({**row, "test_loss_a": a, "test_loss_b": b})
     for seed in (0, 1, 2):
         rows.append({**_run("gradnorm", f"alpha=1.5/seed={seed}", seed, 1.3, 1.5, 1.4, mean_weights=(1.1, 0.9),
-                            balancer="gradnorm"), "test_loss_a": 0.8, "test_loss_b": 0.75})
-        rows.append(_run("equal", f"seed={seed}", seed, math.nan, math.nan, math.nan, weights=(1.0, 1.0),
-                         status="failed"))
+                            balancer="gradnorm"), "test_loss_a": gradnorm[0], "test_loss_b": gradnorm[1]})
+    return rows
+
+
+def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_the_rest():
+    """On multifashion the two points that weight a task 0 (that task's loss 3.2 and 3.6) set the
+    axes, and every arm landed in one corner of them."""
+    grid = {(2.0, 0.0): (0.5, 10.0), (1.5, 0.5): (0.6, 0.9), (1.0, 1.0): (0.7, 0.7), (0.5, 1.5): (0.9, 0.6),
+            (0.0, 2.0): (12.0, 0.5)}
+    rows = _pareto_rows(grid, gradnorm=(0.8, 0.75))
+    rows += [_run("equal", f"seed={seed}", seed, math.nan, math.nan, math.nan, weights=(1.0, 1.0), status="failed")
+             for seed in (0, 1, 2)]
     manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm", "equal": "equal"},
                 "gradnorm_static_sources": {}}
     c = build_comparison("boundary", manifest, pd.DataFrame(rows), [])
@@ -1177,6 +1188,32 @@ def test_the_pareto_figure_frames_the_points_that_weight_every_task_and_counts_t
     plt.close("all")
 
 
+def test_a_framed_pareto_panel_on_a_log_axis_is_padded_in_ratio_not_below_zero():
+    """On QM9 with ten seeds a panel's frame spanned more than a decade: its axis was drawn in
+    log, but padded by a fraction of its width, below zero, and matplotlib warned and ignored
+    the limit ("Attempt to set non-positive ylim on a log-scaled axis")."""
+    # Task b's losses on the points that weight both span 0.05 to 2 (a log axis); w=2,0 never
+    # trains b (loss 100), so the panel is framed without it. w=0,2 gives a up too, but lands
+    # inside the frame as drawn, and is not counted beyond it.
+    grid = {(2.0, 0.0): (0.5, 100.0), (1.5, 0.5): (0.6, 2.0), (1.0, 1.0): (0.7, 0.5), (0.5, 1.5): (0.9, 0.05),
+            (0.0, 2.0): (0.75, 2.4)}
+    rows = _pareto_rows(grid, gradnorm=(0.8, 0.3))
+    manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
+    c = build_comparison("log frame", manifest, pd.DataFrame(rows), [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ax = figures.pareto_front(c).axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"
+    y0, y1 = ax.get_ylim()
+    # A pad of the same ratio at both ends, 8 % of the frame's decades (log10(2 / 0.05) = 1.6).
+    ratio = (2.0 / 0.05) ** 0.08
+    assert y0 == pytest.approx(0.05 / ratio) and y1 == pytest.approx(2.0 * ratio)
+    assert ax.get_title() == "1 grid point with a weight of 0 lies beyond the axes"
+    x0, x1 = ax.get_xlim()  # the linear axis keeps its linear pad
+    assert x0 == pytest.approx(0.6 - 0.08 * 0.3) and x1 == pytest.approx(0.9 + 0.08 * 0.3)
+    plt.close("all")
+
+
 def test_the_pareto_front_holds_the_points_no_other_point_beats():
     losses = np.array([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0], [1.0, 2.0], [3.0, 0.5], [3.0, 3.0]])
     # Two points alike both stay on it: neither is better than the other in any task.
@@ -1197,16 +1234,9 @@ def test_the_pareto_and_distance_figures_star_the_grids_chosen_points():
     """The grid's rows of the tables (its points chosen on validation) had no mark of their own: in
     the default study's Pareto figure one black dot among the front's, or beyond the axes without
     a word."""
-    rows = []
     # Validation chooses w=2,0, which gives task b up; w=1,1 is chosen among the points that weight both.
     grid = {(2.0, 0.0): (0.3, 10.0, 0.5), (1.0, 1.0): (0.7, 0.7, 1.4), (0.0, 2.0): (12.0, 0.5, 12.5)}
-    for w, (a, b, val) in grid.items():
-        for seed in (0, 1, 2):
-            row = _run("grid", f"w={w[0]:g},{w[1]:g}/seed={seed}", seed, val, a + b, a + b - 0.1, weights=w)
-            rows.append({**row, "test_loss_a": a, "test_loss_b": b})
-    for seed in (0, 1, 2):
-        rows.append({**_run("gradnorm", f"alpha=1.5/seed={seed}", seed, 1.3, 1.5, 1.4, mean_weights=(1.1, 0.9),
-                            balancer="gradnorm"), "test_loss_a": 0.8, "test_loss_b": 0.75})
+    rows = _pareto_rows(grid, gradnorm=(0.8, 0.75))
     manifest = {"task_names": TASKS, "kinds": {"grid": "grid", "gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
     c = build_comparison("boundary", manifest, pd.DataFrame(rows), [])
     assert c.grids["grid"].selected == "w=2,0" and c.grids["grid"].weighted_all == "w=1,1"

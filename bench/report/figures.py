@@ -751,12 +751,19 @@ def pareto_front(c: Comparison, arm: str | None = None) -> plt.Figure | None:
             shown = np.r_[losses[:, (i, j)[k]], arms_xy[:, k]]
             if focus is not None:
                 shown = shown[(shown >= focus[k][0]) & (shown <= focus[k][1])]
-            _loss_scale(ax, shown, axis=axis)
+            scale = _loss_scale(ax, shown, axis=axis)
             if focus is not None:
-                (ax.set_xlim if axis == "x" else ax.set_ylim)(*focus[k])
+                limits = focus[k]
+                if scale == "log":
+                    # A linear pad reaches below zero when the frame spans decades (QM9): pad by
+                    # the same ratio at both ends instead.
+                    shown = shown[shown > 0]
+                    ratio = (shown.max() / shown.min()) ** FOCUS_PAD
+                    limits = (shown.min() / ratio, shown.max() * ratio)
+                (ax.set_xlim if axis == "x" else ax.set_ylim)(*limits)
             (ax.set_xlabel if axis == "x" else ax.set_ylabel)(f"test loss {task}")
         if focus is not None:
-            beyond = ~_inside(losses[:, [i, j]], focus)
+            beyond = ~_inside(losses[:, [i, j]], (ax.get_xlim(), ax.get_ylim()))  # as drawn
             ax.set_title(_beyond_the_axes(int(beyond.sum()), bool((beyond & chosen).any())),
                          fontsize="small", color="0.35")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -830,6 +837,9 @@ def _inside(xy: np.ndarray, box: tuple[tuple[float, float], tuple[float, float]]
     return (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
 
 
+FOCUS_PAD = 0.08  # a framed panel's margin beyond its outermost points, as a fraction of its span
+
+
 def _focus_box(grid_xy: np.ndarray, trained: np.ndarray,
                arms_xy: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
     """Axis limits framing the grid points that train both tasks drawn (`trained`) and the other
@@ -845,7 +855,7 @@ def _focus_box(grid_xy: np.ndarray, trained: np.ndarray,
     span = np.maximum(high - low, 1e-3 * np.abs(high))
     if ((everything.max(axis=0) - everything.min(axis=0)) < 3 * span).all():
         return None
-    pad = 0.08 * span
+    pad = FOCUS_PAD * span
     return (low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1])
 
 
