@@ -10,10 +10,13 @@ grid's point is then chosen on validation at step N too; weights and times stay 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError
-from bench.store.export import task_normalised
+from bench.store.export import runs_frame, task_normalised
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OPTION = "--at-step"
 # `--at-step best-val`: each run at its own evaluation with the lowest task-normalised validation
@@ -133,7 +136,14 @@ def _steps_words(steps: list[int]) -> str:
     return ", ".join(map(str, steps))
 
 
-def read_steps(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    """The step each run of `entries_at_step`'s was read at, by (arm, run key)."""
-    return {(e["arm"], e["run_key"]): e["record"]["read_at_step"] for e in entries
+def runs_at_step(manifest: dict[str, Any], entries: list[dict[str, Any]], step: int | str,
+                 study: str) -> pd.DataFrame:
+    """The runs table (`runs_frame`) of `entries` read at `step` (`entries_at_step`), with the
+    step each run was read at as `read_at_step`."""
+    at = entries_at_step(entries, step, study)
+    read = {(e["arm"], e["run_key"]): e["record"]["read_at_step"] for e in at
             if e.get("status") == "ok" and (e.get("record") or {}).get("read_at_step") is not None}
+    runs = runs_frame(manifest, at)
+    if not runs.empty:
+        runs["read_at_step"] = [read.get(key) for key in zip(runs.arm, runs.run_key)]
+    return runs

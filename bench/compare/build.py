@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare.analysis import Comparison, NothingToCompare, analyse, run_command
-from bench.compare.at_step import entries_at_step, read_steps
+from bench.compare.at_step import runs_at_step
 from bench.compare.summary import headline
 from bench.store import DEFAULT_STORAGE
 from bench.store.export import runs_frame
@@ -37,14 +37,7 @@ def load_comparison(store: ResultStore, study: str, at_step: int | str | None = 
     progress = sum(store.stored_progress(study).values(), StudyProgress(0, 0, 0, 0, 0))
     storage = shareable_url(store.url) if store.url != DEFAULT_STORAGE else None
     # The records stay as stored (their curves, trajectories): the runs table reads them at the step.
-    if at_step is None:
-        runs = runs_frame(manifest, entries)
-    else:
-        at = entries_at_step(entries, at_step, study)
-        steps = read_steps(at)
-        runs = runs_frame(manifest, at)
-        if not runs.empty:
-            runs["read_at_step"] = [steps.get(key) for key in zip(runs.arm, runs.run_key)]
+    runs = runs_frame(manifest, entries) if at_step is None else runs_at_step(manifest, entries, at_step, study)
     try:
         comparison = build_comparison(study, manifest, runs, entries, at_step)
     except NothingToCompare as err:

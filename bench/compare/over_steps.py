@@ -7,10 +7,9 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.compare.analysis import Comparison, analyse, point_words
-from bench.compare.at_step import entries_at_step, evaluation_steps
+from bench.compare.at_step import evaluation_steps, runs_at_step
 from bench.errors import BenchError
 from bench.formatting import join_words
-from bench.store.export import runs_frame
 
 # Steps compared at most: each is a whole comparison (0.1 s for 1,000 runs).
 MOST_STEPS = 16
@@ -44,8 +43,7 @@ def verdicts_over_steps(c: Comparison, most: int = MOST_STEPS) -> pd.DataFrame:
     rows = []
     for step in spread(evaluation_steps(c.records), most):
         try:
-            at = analyse(c.study, c.manifest, runs_frame(c.manifest, entries_at_step(c.records, step, c.study)),
-                         c.records)
+            at = analyse(c.study, c.manifest, runs_at_step(c.manifest, c.records, step, c.study), c.records)
         except BenchError:  # nothing to compare at this step (every grid point has a failed seed)
             continue
         kind = at.main.set_index("arm").kind
