@@ -20,6 +20,7 @@ from bench.compare.analysis import (
     Comparison, GridSelection, each_left_out, family_size, is_quick, left_out_versus, per_seed, placing,
     point_words, representatives, static_words,
 )
+from bench.compare.convergence import still_improving_sentence
 from bench.compare.stats import significant, versus
 from bench.formatting import count
 
@@ -194,6 +195,7 @@ def headline(c: Comparison) -> list[str]:
                      f"litmus test for a weighting method: {losses(row)}.")
     # After the verdicts, which the reports' index quotes the first of.
     lines += [_twin_sentence(c, twin, same) for twin, same in c.twins.items() if twin not in passed_over]
+    lines += [sentence] if (sentence := still_improving_sentence(c)) else []
     return lines + _weight_health(c)
 
 
