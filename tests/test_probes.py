@@ -47,6 +47,9 @@ def test_uncertainty_parts_keeps_the_balance_or_the_scale_of_uncertainty_weighti
     assert [s.split()[0] for s in sentences] == ["uncertainty", *["uncertainty-balance"] * 2,
                                                  *["uncertainty-scale"] * 2]
     assert all("on 2/2 seeds" in s or "of 2 seeds" in s for s in sentences)
+    with pytest.raises(SystemExit, match=r"^error: .*no-such-study.*") as exit_:
+        parts.main(["--study", "no-such-study"])
+    assert "Traceback" not in str(exit_.value)
     runs = parts.probe(str(tmp_path / "tiny.toml"), [0])
     weights = dict(zip(runs.arm, runs.mean_weights))
     assert sum(weights["uncertainty-balance"]) == pytest.approx(2.0)

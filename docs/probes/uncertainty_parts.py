@@ -18,6 +18,7 @@ and with uncertainty weighting (README: "What the real-data studies say"). Nothi
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -29,6 +30,7 @@ from bench.balancers import BALANCERS
 from bench.balancers.uncertainty import Uncertainty
 from bench.cli.run import parse_seeds
 from bench.compare import stats
+from bench.errors import BenchError
 from bench.study.spec import StudySpec
 from bench.training import train
 from bench.training.config import RunConfig
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default="multimnist", help="a study's name or file: its problem and budget")
     parser.add_argument("--seeds", default="0-9", help="seeds, e.g. 0-9 or 0,3,5")
     args = parser.parse_args(argv)
-    runs = probe(args.study, parse_seeds(args.seeds))
+    try:
+        runs = probe(args.study, parse_seeds(args.seeds))
+    except BenchError as err:  # a study or seeds that cannot be read: one line, as `bench` gives it
+        sys.exit(f"error: {err}")
     table = runs.groupby("arm", sort=False).agg(seeds=("seed", "size"), mean_test_loss=("test", "mean"))
     table["mean_weights"] = [tuple(round(float(w), 3) for w in pd.DataFrame(list(weights)).mean())
                              for _, weights in runs.groupby("arm", sort=False).mean_weights]
