@@ -77,19 +77,30 @@ def parse_step(text: str) -> int | str:
         raise ConfigError(OPTION, f"an evaluation step (a whole number) or {BEST_VALIDATION}", text) from None
 
 
+def validation_curve(record: dict[str, Any] | None) -> dict[int, float]:
+    """A run's task-normalised validation loss at each evaluation, from its stored curves; an
+    evaluation with a loss stored as null (not finite) is left out.
+
+    >>> validation_curve({"normalisers": [1.0, 10.0], "curves": {"step": [0, 5], "val": [[2.0, 20.0], [1.0, None]]}})
+    {0: 4.0}
+    """
+    record = record or {}
+    normalisers = record.get("normalisers") or []
+    return {step: task_normalised(losses, normalisers)
+            for step, losses in zip(_steps(record), (record.get("curves") or {}).get("val", []))
+            if None not in losses}
+
+
 def _best_validation_step(entry: dict[str, Any]) -> int | None:
     """The run's evaluation after the first, and before it failed, with the lowest task-normalised
     validation loss; None where it has none."""
     record = entry["record"] or {}
     failed = entry.get("status") != "ok"
     end = record.get("failed_step") or 0
-    normalisers = record.get("normalisers") or []
     best, lowest = None, math.inf
-    for step, losses in zip(_steps(record), (record.get("curves") or {}).get("val", [])):
-        if step > 0 and not (failed and step >= end) and None not in losses:
-            value = task_normalised(losses, normalisers)
-            if value < lowest:
-                best, lowest = step, value
+    for step, value in validation_curve(record).items():
+        if step > 0 and not (failed and step >= end) and value < lowest:
+            best, lowest = step, value
     return best
 
 

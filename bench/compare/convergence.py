@@ -17,8 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare.analysis import Comparison, representatives
-from bench.compare.at_step import evaluation_steps
-from bench.store.export import task_normalised
+from bench.compare.at_step import evaluation_steps, validation_curve
 
 # The stretch a run's late improvement is measured over: from the last evaluation at or before
 # this fraction of the budget's steps to the end.
@@ -82,18 +81,8 @@ def late_improvement(c: Comparison) -> LateImprovement | None:
 
 def _fall(record: dict[str, Any], start: int, end: int) -> float | None:
     """The run's relative fall in task-normalised validation loss from `start` to `end`."""
-    curves = record.get("curves") or {}
-    steps = [int(s) for s in curves.get("step", [])]
-    if start not in steps or end not in steps:
-        return None
-    val, normalisers = curves.get("val", []), record.get("normalisers") or []
-    values = []
-    for step in (start, end):
-        losses = val[steps.index(step)]
-        if None in losses:
-            return None
-        values.append(task_normalised(losses, normalisers))
-    before, after = values
+    curve = validation_curve(record)
+    before, after = curve.get(start, math.nan), curve.get(end, math.nan)
     if not (math.isfinite(before) and math.isfinite(after)) or before <= 0:
         return None
     return (before - after) / before
