@@ -62,6 +62,39 @@ def results_by_key(store: ResultStore, name: str) -> dict:
     return {(r["arm"], r["run_key"]): r for r in store.records(name)}
 
 
+def test_an_arm_with_its_own_learning_rate_trains_at_it_and_the_summary_says_so(store):
+    from bench.compare import load_comparison
+
+    spec = spec_of(TINY.replace("[arms.grid]\nmethod = \"exhaustive\"\nresolution = 0.5\n", "")
+                   .replace("alpha = [0.5, 1.0]", "alpha = 0.5\nnetwork_lr = 0.03")
+                   + '\n[arms.equal-fast]\nkind = "equal"\nnetwork_lr = 0.03\n')
+    assert StudyRunner(spec, store).run().failed == 0
+    records = results_by_key(store, "tiny")
+    for (arm, key), r in records.items():
+        assert r["record"]["config"]["budget"]["lr"] == (0.01 if arm == "equal" else 0.03), (arm, key)
+    # The same seeds and data at another rate: other losses.
+    for seed in (0, 1):
+        assert (records[("equal", f"seed={seed}")]["record"]["normalized_val_loss"]
+                != records[("equal-fast", f"seed={seed}")]["record"]["normalized_val_loss"])
+    table = runs_table(store, "tiny")
+    assert table.groupby("arm", sort=False).lr.unique().map(list).to_dict() == {
+        "gradnorm": [0.03], "gradnorm-static": [0.03], "equal": [0.01], "equal-fast": [0.03]}
+    assert set(metrics_table(table, ["task0", "task1"]).groupby("arm").lr.unique().map(list).map(tuple)) == {
+        (0.03,), (0.01,)}
+    said = [line for line in load_comparison(store, "tiny").headline if "one learning rate" in line]
+    assert said == ["Not every arm trained at one learning rate: gradnorm, gradnorm-static and equal-fast at 0.03 "
+                    "(network_lr); equal at the study's [budget] lr = 0.01. Between arms at different rates, a "
+                    "difference is one of weighting and learning rate together."]
+
+
+def test_a_study_at_one_learning_rate_says_nothing_of_it(store):
+    from bench.compare import load_comparison
+
+    assert StudyRunner(spec_of(TINY), store).run().failed == 0
+    assert set(runs_table(store, "tiny").lr) == {0.01}
+    assert not any("learning rate" in line for line in load_comparison(store, "tiny").headline)
+
+
 def test_every_arm_runs_and_is_stored(store):
     spec = spec_of(FULL)
     runner = StudyRunner(spec, store)

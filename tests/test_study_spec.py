@@ -142,6 +142,7 @@ def test_runs_of_a_tiny_study(tmp_path):
     ("eval_every = 5", "eval_every = 5\ntail_fraction = 0.4"),
     ("resolution = 0.5", "resolution = 0.25"), ("alpha = [0.5, 1.0]", "alpha = [0.5, 1.5]"),
     ("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "tail"'), ("[arms.equal]", "[arms.dwa]"),
+    ("[arms.equal]", "[arms.equal]\nnetwork_lr = 0.02"),
 ])
 def test_every_setting_that_changes_results_changes_the_configuration(old, new):
     """A stored study continues only under the configuration it was run with: a setting left out
@@ -217,6 +218,11 @@ BAD = [
     ("no sampled point", TINY.replace('method = "exhaustive"\nresolution = 0.5', 'method = "optuna"\nn_trials = 0'),
      "arms.grid.n_trials"),
     ("no alpha", TINY.replace("alpha = [0.5, 1.0]", "alpha = []"), "arms.gradnorm.alpha"),
+    ("a learning rate of zero", TINY.replace("[arms.equal]", "[arms.equal]\nnetwork_lr = 0"), "arms.equal.network_lr"),
+    ("a learning rate that is text", TINY.replace("[arms.equal]", '[arms.equal]\nnetwork_lr = "fast"'),
+     "arms.equal.network_lr"),
+    ("a learning rate that is a list", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\nnetwork_lr = [0.01]"),
+     "arms.gradnorm.network_lr"),
     ("an averaging window of neither kind",
      TINY.replace("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "last"'), "arms.gradnorm-static.window"),
 ]
@@ -229,6 +235,38 @@ def test_bad_study_files_get_errors_naming_file_and_field(tmp_path, case, text, 
         StudySpec.load(path)
     message = str(err.value)
     assert path in message and field in message and "expected" in message
+
+
+def test_an_arm_trains_at_its_own_learning_rate_and_gradnorm_static_at_its_source_s(tmp_path):
+    spec = StudySpec.load(write(tmp_path, TINY.replace("alpha = [0.5, 1.0]", "alpha = [0.5, 1.0]\nnetwork_lr = 0.03")
+                                + '\n[arms.equal-fast]\nkind = "equal"\nnetwork_lr = 0.05\n'
+                                + '\n[arms.static-slow]\nkind = "gradnorm-static"\nnetwork_lr = 0.002\n'))
+    rates = {run.arm: {spec.run_config(r).budget.lr for r in spec.runs() if r.arm == run.arm} for run in spec.runs()}
+    assert rates == {"grid": {0.01}, "gradnorm": {0.03}, "gradnorm-static": {0.03}, "equal": {0.01},
+                     "equal-fast": {0.05}, "static-slow": {0.002}}
+    # Only the rest of the budget is the study's, and only an arm's own value enters the configuration.
+    config = spec.run_config(next(r for r in spec.runs() if r.arm == "equal-fast"))
+    assert config.budget == spec.budget.__class__(**{**spec.budget.__dict__, "lr": 0.05})
+    arms = spec.identity()["arms"]
+    assert [arm for arm, described in arms.items() if "network_lr" in described] == [
+        "gradnorm", "equal-fast", "static-slow"]
+    assert "network_lr" not in str(StudySpec.load(write(tmp_path, TINY)).identity())
+    # Runs at different rates never share a stacked model (its Adam has one rate).
+    keys = {spec.run_config(r).batch_key() for r in spec.runs() if r.arm in ("equal", "equal-fast")}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("arm,option,hint", [
+    ("equal", "lr", "the network's learning rate for this arm's runs is network_lr"),
+    ("gradnorm", "lr", "the network's learning rate for this arm's runs is network_lr"),
+    ("equal", "network_rate", "did you mean 'network_lr'?"),
+])
+def test_a_learning_rate_under_another_name_points_to_network_lr(tmp_path, arm, option, hint):
+    text = TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0") if arm == "gradnorm" else TINY
+    text = text.replace(f"[arms.{arm}]", f"[arms.{arm}]\n{option} = 0.01", 1)
+    with pytest.raises(ConfigError, match=f"arms.{arm}.{option}: expected an option of the '{arm}' arm") as err:
+        StudySpec.load(write(tmp_path, text))
+    assert "network_lr" in str(err.value).split("arm (")[1] and hint in str(err.value)
 
 
 def test_a_gradnorm_static_arm_without_a_source_names_the_gradnorm_arms_it_could_retrain(tmp_path):

@@ -107,4 +107,5 @@ def still_improving_sentence(c: Comparison) -> str | None:
     mark = f"more than {STILL_IMPROVING:.0%} per fifth of the budget counts as still improving"
     return (f"The runs were still improving when the budget ended: over the last {span} of {late.end} steps, "
             f"{whose} lowered its task-normalised validation loss by {by} ({mark}). A verdict at this budget "
-            "may be one on which arm trains faster: more steps, or another learning rate ([budget]), can change it.")
+            "may be one on which arm trains faster: more steps, or another learning rate ([budget] lr, or an arm's "
+            "network_lr), can change it.")

@@ -22,7 +22,8 @@ from bench.compare.analysis import (
 )
 from bench.compare.convergence import still_improving_sentence
 from bench.compare.stats import significant, versus
-from bench.formatting import count
+from bench.formatting import count, join_words
+from bench.store.export import arm_learning_rates
 
 
 def _have(k: int) -> str:
@@ -106,6 +107,26 @@ def at_step_sentence(c: Comparison) -> str:
             f"validation too (the paper compared its grid with GradNorm at 15k of 80k steps). {whole_run}")
 
 
+def learning_rate_sentence(c: Comparison) -> str | None:
+    """Which arms trained at a learning rate of their own (`network_lr`), where any did: their
+    differences from the others are then of weighting and learning rate together."""
+    study_lr = ((c.manifest.get("identity") or {}).get("budget") or {}).get("lr")
+    arms = list(dict.fromkeys(c.runs.arm))
+    rates = arm_learning_rates(c.manifest)
+    own = {arm: lr for arm in arms if (lr := rates.get(arm)) is not None and lr != study_lr}
+    if not own or study_lr is None:
+        return None
+    by_rate: dict[float, list[str]] = {}
+    for arm, lr in own.items():
+        by_rate.setdefault(lr, []).append(arm)
+    listed = "; ".join(f"{join_words(names)} at {lr:g}" for lr, names in by_rate.items())
+    others = [arm for arm in arms if arm not in own]
+    rest = (f"{join_words(others)} at the study's [budget] lr = {study_lr:g}" if others
+            else f"none at the study's [budget] lr = {study_lr:g}")
+    return (f"Not every arm trained at one learning rate: {listed} (network_lr); {rest}. Between arms at "
+            "different rates, a difference is one of weighting and learning rate together.")
+
+
 def headline(c: Comparison) -> list[str]:
     """A few plain sentences answering the paper's two claims: did GradNorm match or beat the
     grid, at what cost, and does it overfit less; and do its averaged weights, retrained as
@@ -113,6 +134,7 @@ def headline(c: Comparison) -> list[str]:
     (the study's own static weights, 1 / L_i(0), equal weights), and, with an `rlw` arm, weights
     drawn at random."""
     lines = [at_step_sentence(c)] if c.at_step is not None else []
+    lines += [sentence] if (sentence := learning_rate_sentence(c)) else []
     lines += [f"{reason}: it is left out of the tables and tests, which compare the other arms."
               for reason in c.unselectable.values()]
     # An arm whose every alpha trained as another arm's: its choice is that arm's, told once.

@@ -47,8 +47,30 @@ def runs_frame(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd.Da
     for arm, source in manifest.get("gradnorm_static_sources", {}).items():
         static = frame.arm == arm
         frame.loc[static, "alpha"] = [alphas.get((source, key)) for key in frame.run_key[static]]
+    # A run without a record (stored by a worker that failed before training) trains at its arm's rate.
+    missing = frame.lr.isna()
+    if missing.any():
+        frame.loc[missing, "lr"] = frame.arm[missing].map(arm_learning_rates(manifest))
     frame = _typed(frame)
     return in_study_order(frame.sort_values("run_key", key=_natural_order, kind="stable"), kinds)
+
+
+def arm_learning_rates(manifest: dict[str, Any]) -> dict[str, float | None]:
+    """Each arm's network learning rate, from the study's stored configuration: its own
+    `network_lr`, its GradNorm arm's for a GradNorm static arm without one, else `[budget] lr`.
+
+    >>> arm_learning_rates({"identity": {"budget": {"lr": 0.001}, "arms": {"gradnorm": {"network_lr": 0.004},
+    ...     "gradnorm-static": {}, "equal": {}}}, "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}})
+    {'gradnorm': 0.004, 'gradnorm-static': 0.004, 'equal': 0.001}
+    """
+    identity = manifest.get("identity") or {}
+    arms = identity.get("arms") or {}
+    study_lr = (identity.get("budget") or {}).get("lr")
+    sources = manifest.get("gradnorm_static_sources", {})
+
+    def own(arm: str) -> Any:
+        return (arms.get(arm) or {}).get("network_lr")
+    return {arm: own(arm) or own(sources.get(arm, "")) or study_lr for arm in arms}
 
 
 # Columns of text; every other column of the runs table holds numbers.
@@ -103,6 +125,7 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
         "data_seed": config.get("data_seed"),
         "balancer": config.get("balancer"),
         "alpha": entry["params"].get("alpha"),
+        "lr": (config.get("budget") or {}).get("lr"),
         "selection_value": entry["value"],
     }
     for name in ("normalized_train_loss", "normalized_val_loss", "normalized_test_loss",
@@ -131,7 +154,8 @@ def _row(entry: dict[str, Any], kind: str, tasks: list[str]) -> dict[str, Any]:
 
 
 # A run's identity and parameters, repeated on each of its rows in the long table.
-_RUN_COLUMNS = ("study", "arm", "kind", "run_key", "trial", "status", "seed", "data_seed", "balancer", "alpha")
+_RUN_COLUMNS = ("study", "arm", "kind", "run_key", "trial", "status", "seed", "data_seed", "balancer", "alpha",
+                "lr")
 # Not measures: text, and the selection value (the normalised validation loss, under Optuna's name).
 _NOT_MEASURES = ("reason", "device", "selection_value")
 SPLITS = ("train", "val", "test")

@@ -10,10 +10,14 @@ registry the study file's `kind` field is checked against.
 - `gradnorm-static`: for every run of a GradNorm arm, its time-averaged weights (whole run or the
   tail window) retrained from scratch with the same seed: the paper's "GradNorm static".
 - `equal`, `static`, `uncertainty`, `dwa`, `rlw`, `loss-scale`: the baselines.
+
+Every arm may also set `network_lr`, the network's Adam learning rate for its runs (default: the
+study's `[budget] lr`); a `gradnorm-static` arm without one retrains at its GradNorm arm's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -78,6 +82,11 @@ def format_weights(weights: Sequence[float]) -> str:
     return ",".join(f"{w:.6g}" for w in weights)
 
 
+# An option of every arm: the network's learning rate for its runs, where it is not the study's.
+# Not `lr`: the uncertainty balancer's `lr` is its log-variances' learning rate.
+NETWORK_LR = "network_lr"
+
+
 class Arm:
     """An arm of a study. Subclasses parse their table and expand to runs."""
 
@@ -91,7 +100,26 @@ class Arm:
         self.source = source
         table = dict(table)
         table.pop("kind", None)
+        # The study file's own value (None: the study's [budget] lr); `network_lr` is what the runs use.
+        self.own_network_lr: float | None = None
+        if NETWORK_LR in table:
+            lr = table.pop(NETWORK_LR)
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+                raise self.error(NETWORK_LR, "a positive number: the network's Adam learning rate for this "
+                                 "arm's runs (without it, the study's [budget] lr)", lr)
+            self.own_network_lr = float(lr)
+        self.network_lr = self.own_network_lr
         own = {k: table.pop(k) for k in list(table) if k in self.options}
+        balancer_fields = ([f.name for f in dataclasses.fields(balancer_class(self.takes_balancer_options).Params)]
+                           if self.takes_balancer_options is not None else [])
+        unknown = sorted(set(table) - set(balancer_fields))
+        if unknown:
+            known = list(dict.fromkeys([*self.options, *balancer_fields, NETWORK_LR]))
+            hint = did_you_mean(unknown[0], known)
+            if unknown[0] == "lr" and hint is None:
+                hint = f"the network's learning rate for this arm's runs is {NETWORK_LR}"
+            raise ConfigError(self.field(unknown[0]), f"an option of the '{self.kind}' arm ({', '.join(known)})",
+                              source=source, hint=hint)
         self.balancer_params: dict[str, Any] = {}
         self.balancer_options: Any = None  # the options dataclass, defaults filled in
         if self.takes_balancer_options is not None:
@@ -100,11 +128,6 @@ class Arm:
             self.balancer_options = params
             # Keep only what the file set: defaults stay the balancer's, not frozen in the study.
             self.balancer_params = {k: v for k, v in params_to_dict(params).items() if k in table}
-            table = {}
-        if table:
-            raise ConfigError(self.field(sorted(table)[0]), "an option of the "
-                              f"'{self.kind}' arm ({', '.join(self.options) or 'none'})", source=source,
-                              hint=did_you_mean(sorted(table)[0], self.options))
         self.parse(own)
 
     def field(self, name: str) -> str:
@@ -132,6 +155,15 @@ class Arm:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.balancer_params}
+
+    def identity(self) -> dict[str, Any]:
+        """What the study's configuration stores of this arm: `describe()`, and its own
+        learning rate where it sets one (only then: studies stored before the option keep
+        their hash)."""
+        described = self.describe()
+        if self.own_network_lr is not None:
+            described[NETWORK_LR] = self.own_network_lr
+        return described
 
 
 class BaselineArm(Arm):
@@ -452,6 +484,8 @@ class GradNormStaticArm(Arm):
             raise self.error("source", "the name of a gradnorm arm of this study",
                              self.source_arm)
         self.gradnorm = arms[self.source_arm]
+        if self.own_network_lr is None:  # a fresh run of GradNorm's, but for its weights
+            self.network_lr = self.gradnorm.network_lr
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [

@@ -15,6 +15,7 @@
     [arms.grid]                      # the arm's kind is its name, or `kind = "..."`
     method = "exhaustive"
     resolution = 0.1
+    network_lr = 0.002               # any arm: its runs' learning rate, if not [budget] lr
 
 Every value is checked when the file is read; an error names the file, the field and what was
 expected.
@@ -245,9 +246,13 @@ class StudySpec:
                    device: str = "auto") -> RunConfig:
         params = dict(run.balancer_params)
         params.update(balancer_params or {})
+        budget = self.budget
+        network_lr = self.arms[run.arm].network_lr
+        if network_lr is not None:
+            budget = dataclasses.replace(budget, lr=network_lr)
         return RunConfig(problem=self.problem, balancer=run.balancer, seed=run.seed,
                          problem_params=self.problem_params, balancer_params=params,
-                         budget=self.budget, dtype=self.dtype, device=device)  # type: ignore[arg-type]
+                         budget=budget, dtype=self.dtype, device=device)  # type: ignore[arg-type]
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes results, seeds aside: a study's stored runs stay valid while
@@ -255,7 +260,7 @@ class StudySpec:
         identity = {
             "problem": self.problem, "problem_params": self.problem_params,
             "budget": dataclasses.asdict(self.budget), "selection": self.selection, "dtype": self.dtype,
-            "arms": {name: arm.describe() for name, arm in self.arms.items()},
+            "arms": {name: arm.identity() for name, arm in self.arms.items()},
         }
         if self.problem_code is not None:  # runs trained by other code are not this study's
             identity["problem_code"] = self.problem_code
