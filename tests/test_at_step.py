@@ -164,7 +164,7 @@ def test_the_verdict_over_training_is_the_comparison_at_each_step(tmp_path, monk
     assert sorted(set(over.step)) == [5, 10]
     for step in (5, 10):
         at = load_comparison(store, "tiny", at_step=step)
-        spoken_for = at.alpha_choices["gradnorm"].chosen
+        spoken_for = at.choices["gradnorm"].chosen
         rows = over[over.step == step].set_index("versus")
         assert set(rows.arm) == {spoken_for} and set(rows.index) == {"grid", "grid (all weights > 0)"}
         assert set(rows.gradnorm) == {"gradnorm"}
@@ -176,7 +176,7 @@ def test_the_verdict_over_training_is_the_comparison_at_each_step(tmp_path, monk
     # The last step's differences are the end's: the figure ends where the tables are.
     last = over[over.step == 10].set_index("versus").mean_difference
     at_end = end.comparisons.set_index(["arm", "versus"]).mean_difference
-    assert last["grid"] == at_end[(end.alpha_choices["gradnorm"].chosen, "grid")]
+    assert last["grid"] == at_end[(end.choices["gradnorm"].chosen, "grid")]
     fig = figures.verdict_over_steps(load_comparison(store, "tiny", at_step=5))
     ax = fig.axes[0]
     assert [text.get_text() for text in ax.get_legend().get_texts()] == [

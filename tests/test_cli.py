@@ -779,7 +779,7 @@ def test_compare_prints_json_for_scripts(tmp_path, monkeypatch, capsys):
         zip(grid.held_out.seed, grid.held_out.point)) and len(grid.held_out) == 2
     assert as_json["weighted_all_point"] == grid.weighted_all
     assert len(as_json["weighted_all_chosen_without_each_seed"]) == len(grid.weighted_all_held_out)
-    alpha = c.alpha_choices["gradnorm"]  # TINY sweeps two alphas
+    alpha = c.choices["gradnorm"]  # TINY sweeps two alphas
     assert study["alpha_choices"]["gradnorm"]["chosen"] == alpha.chosen_variant
     assert [(row["seed"], row["alpha"]) for row in study["alpha_choices"]["gradnorm"]["chosen_without_each_seed"]] == (
         list(zip(alpha.held_out.seed, alpha.held_out.point)))

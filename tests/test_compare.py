@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from bench.compare import build_comparison
-from bench.compare.analysis import family_size, run_command
+from bench.compare.analysis import VariantChoice, family_size, run_command
 from bench.compare.stats import describe, difference, holm, l2_distance, paired, significant, standing, summarize
 from bench.errors import BenchError
 from bench.store.results import StudyProgress
@@ -559,7 +559,7 @@ def test_the_gradient_norm_figure_draws_each_task_and_its_target():
 
 def test_the_alpha_figure_draws_test_loss_per_alpha_the_choice_on_validation_and_the_other_arms():
     c = hand_made()
-    assert figures.alpha_sensitivity(c) is None  # one alpha: nothing to draw
+    assert figures.setting_sensitivity(c) is None  # one alpha: nothing to draw
     runs = c.runs.drop(columns=["variant", "kind", "label"])
     tests = {"0": (1.30, 1.32, 1.31), "1.5": (0.90, 0.93, 0.91), "3": (1.00, 1.05, 1.02)}
     extra = [_run(arm, f"alpha={a}/seed={seed}", seed, 1.2, t + shift, t - 0.1, mean_weights=(1.4, 0.6),
@@ -569,8 +569,8 @@ def test_the_alpha_figure_draws_test_loss_per_alpha_the_choice_on_validation_and
     manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-static": "gradnorm-static"},
                 "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}}
     several = build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), [])
-    assert several.alpha_choices["gradnorm"].chosen_variant == "alpha=0.12"  # 1.05 on validation, the others 1.2
-    fig = figures.alpha_sensitivity(several)
+    assert several.choices["gradnorm"].chosen_variant == "alpha=0.12"  # 1.05 on validation, the others 1.2
+    fig = figures.setting_sensitivity(several)
     (ax,) = [a for a in fig.axes if a.get_visible()]
     lines = {line.get_label(): line for line in ax.lines}
     gradnorm = lines["gradnorm"]
@@ -606,7 +606,7 @@ def test_the_alpha_figure_has_a_panel_and_legend_entries_for_each_gradnorm_arm_w
              for arm, alphas in (("gradnorm", ("1.5",)), ("gradnorm-floor", ("0.12", "1.5"))) for alpha in alphas
              for seed in (0, 1, 2)]
     manifest = {**c.manifest, "kinds": {**c.manifest["kinds"], "gradnorm-floor": "gradnorm"}}
-    fig = figures.alpha_sensitivity(build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), []))
+    fig = figures.setting_sensitivity(build_comparison("hand", manifest, pd.concat([runs, pd.DataFrame(extra)]), []))
     assert [ax.get_title().split(":")[0] for ax in fig.axes if ax.get_visible()] == ["gradnorm", "gradnorm-floor"]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"gradnorm", "gradnorm-floor", "gradnorm-floor: alpha chosen on validation", "grid", "equal"} <= set(legend)
@@ -623,7 +623,7 @@ def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation
                            mean_weights=(1.4, 0.6), balancer="gradnorm")
                       for seed, test in zip((0, 1, 2), (0.90, 0.93, 0.91))]
     again = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(better_on_test)]), [])
-    choice = again.alpha_choices["gradnorm"]
+    choice = again.choices["gradnorm"]
     assert choice.chosen == "gradnorm (alpha=0.12)"
     assert again.headline[0] == (
         "gradnorm: validation chose alpha=0.12 of 2 values (mean task-normalised validation loss 1.050; "
@@ -638,11 +638,11 @@ def test_with_several_alphas_the_summary_speaks_for_the_one_chosen_on_validation
     runs_failed = pd.concat([runs, pd.DataFrame(better_on_test)])
     runs_failed.loc[runs_failed.run_key == "alpha=0.12/seed=1", "status"] = "failed"
     failed = build_comparison("hand", c.manifest, runs_failed, [])
-    assert failed.alpha_choices["gradnorm"].chosen == "gradnorm (alpha=1.5)"
+    assert failed.choices["gradnorm"].chosen == "gradnorm (alpha=1.5)"
     assert failed.headline[0] == (
         "gradnorm: alpha=1.5 is the only one of 2 values with every seed finished; the sentences here are for "
         "gradnorm (alpha=1.5), and the tables list every alpha. Left out for a failed seed: alpha=0.12.")
-    assert c.alpha_choices == {}  # one alpha: nothing to choose
+    assert c.choices == {}  # one alpha: nothing to choose
 
 
 def test_alphas_alike_to_six_digits_are_printed_with_the_digits_that_tell_them_apart():
@@ -977,7 +977,7 @@ def test_gradnorms_alpha_choice_is_made_again_without_each_seed_as_the_grids_is(
     lucky = [_run("gradnorm", f"alpha=1.5/seed={seed}", seed, val, test, test - 0.1, mean_weights=(1.4, 0.6),
                   balancer="gradnorm") for seed, val, test in zip((0, 1, 2), (1.0, 1.0, 1.2), (0.9, 0.9, 1.5))]
     again = build_comparison("hand", c.manifest, pd.concat([runs, pd.DataFrame(lucky)]), [])
-    choice = again.alpha_choices["gradnorm"]
+    choice = again.choices["gradnorm"]
     assert choice.chosen_variant == "alpha=0.12"  # 1.05 against 1.067 over the three seeds
     assert choice.held_out.point.tolist() == ["alpha=0.12", "alpha=0.12", "alpha=1.5"]
     assert choice.held_out.normalized_test_loss.tolist() == [1.10, 1.12, 1.5]
@@ -2064,14 +2064,14 @@ def test_alphas_that_finished_different_seeds_are_chosen_on_the_seeds_they_share
             rows.append(_run("gradnorm", f"alpha={alpha}/seed={seed}", seed, val + (seed >= 3), 2.0 + (seed >= 3),
                              1.9, mean_weights=(1.0, 1.0), balancer="gradnorm"))
     manifest = {"task_names": TASKS, "kinds": {"gradnorm": "gradnorm"}, "gradnorm_static_sources": {}}
-    choice = build_comparison("hand", manifest, pd.DataFrame(rows), []).alpha_choices["gradnorm"]
+    choice = build_comparison("hand", manifest, pd.DataFrame(rows), []).choices["gradnorm"]
     assert choice.chosen_variant == "alpha=0.12" and choice.shared_seeds == [0, 1, 2]
     assert choice.val_losses == pytest.approx({"alpha=0.12": 1.0, "alpha=1.5": 1.1})
     assert "the means here and the choice are over seeds 0-2" in choice.sentence()
     # An alpha without those seeds waits for them, and the summary says so.
     rows += [_run("gradnorm", f"alpha={alpha}/seed={seed}", seed, 0.5, 2.0, 1.9, mean_weights=(1.0, 1.0),
                   balancer="gradnorm") for alpha, seeds in (("3", range(3)), ("0.5", (0, 1))) for seed in seeds]
-    choice = build_comparison("hand", manifest, pd.DataFrame(rows), []).alpha_choices["gradnorm"]
+    choice = build_comparison("hand", manifest, pd.DataFrame(rows), []).choices["gradnorm"]
     assert choice.chosen_variant == "alpha=3" and choice.shared_seeds == [0, 1, 2] and choice.unmatched == ["alpha=0.5"]
     assert choice.sentence().endswith("which every alpha compared has finished. Left out until they finish seeds "
                                       "0-2: alpha=0.5.")
@@ -2505,3 +2505,20 @@ def test_a_study_without_gradnorm_is_told_what_its_grid_found():
         "It gives b a weight of 0, so its head never trains; the only grid point that weights every task, w=1,1, "
         "has test loss 1.210."]
     assert not any(line.startswith("grid: validation chose") for line in c.headline)  # with GradNorm: its verdicts
+
+
+@pytest.mark.parametrize("val_losses,excluded,said", [
+    ({"lr=0.001": 1.0, "lr=0.004": 0.9}, [], "It is the highest learning rate tried: a higher one may do better still."),
+    ({"lr=0.001": 0.8, "lr=0.004": 0.9}, [], "It is the lowest learning rate tried: a lower one may do better still."),
+    ({"lr=0.001": 1.0, "lr=0.002": 0.8, "lr=0.004": 0.9}, [], None),  # bracketed
+    ({"lr=0.001": 1.0, "lr=0.004": 0.9}, ["lr=0.008"], None),  # a higher rate was tried, and failed
+    ({"alpha=0.5/lr=0.001": 1.0, "alpha=1/lr=0.004": 0.9, "alpha=0.5/lr=0.004": 0.95}, [],
+     "It is the highest learning rate tried"),
+    ({"alpha=0.5": 1.0, "alpha=3": 0.9}, [], None),  # alpha has no such edge to tell
+])
+def test_a_rate_chosen_at_the_edge_of_those_tried_is_said_to_be(val_losses, excluded, said):
+    sentence = VariantChoice("equal", val_losses, excluded).sentence()
+    if said is None:
+        assert "rate tried" not in sentence
+    else:
+        assert said in sentence

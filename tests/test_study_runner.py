@@ -81,10 +81,60 @@ def test_an_arm_with_its_own_learning_rate_trains_at_it_and_the_summary_says_so(
         "gradnorm": [0.03], "gradnorm-static": [0.03], "equal": [0.01], "equal-fast": [0.03]}
     assert set(metrics_table(table, ["task0", "task1"]).groupby("arm").lr.unique().map(list).map(tuple)) == {
         (0.03,), (0.01,)}
-    said = [line for line in load_comparison(store, "tiny").headline if "one learning rate" in line]
-    assert said == ["Not every arm trained at one learning rate: gradnorm, gradnorm-static and equal-fast at 0.03 "
-                    "(network_lr); equal at the study's [budget] lr = 0.01. Between arms at different rates, a "
+    said = [line for line in load_comparison(store, "tiny").headline if "learning rate" in line]
+    assert said == ["The arms are compared at different learning rates (network_lr): gradnorm, gradnorm-static and "
+                    "equal-fast at 0.03; equal at the study's [budget] lr = 0.01. Between arms at different rates, a "
                     "difference is one of weighting and learning rate together."]
+
+
+def test_an_arm_given_several_learning_rates_trains_each_and_is_judged_at_the_one_chosen_on_validation(store):
+    import matplotlib.pyplot as plt
+
+    from bench.cli.compare import _comparison_object
+    from bench.compare import load_comparison
+    from bench.report import figures
+
+    spec = spec_of(TINY.replace("alpha = [0.5, 1.0]", "alpha = 0.5\nnetwork_lr = [0.01, 0.05]")
+                   .replace("[arms.equal]", "[arms.equal]\nnetwork_lr = [0.002, 0.01, 0.05]") + "\n[arms.uncertainty]\n")
+    assert StudyRunner(spec, store).run().failed == 0
+    table = runs_table(store, "tiny")
+    equal = table[table.arm == "equal"]
+    assert sorted(equal.run_key) == sorted(f"lr={lr}/seed={s}" for lr in ("0.002", "0.01", "0.05") for s in (0, 1))
+    assert (equal.lr == equal.run_key.str.extract(r"lr=([^/]+)/")[0].astype(float)).all()
+    # Each GradNorm static run retrains its GradNorm run at that run's rate.
+    static = table[table.arm == "gradnorm-static"].set_index("run_key").lr
+    assert static.to_dict() == table[table.arm == "gradnorm"].set_index("run_key").lr.to_dict()
+    assert set(static) == {0.01, 0.05}
+
+    c = load_comparison(store, "tiny")
+    for arm in ("equal", "gradnorm"):
+        runs = table[table.arm == arm]
+        by_val = runs.groupby(runs.run_key.str.rsplit("/seed=", n=1).str[0]).normalized_val_loss.mean()
+        assert c.choices[arm].chosen_variant == by_val.idxmin() and c.choices[arm].what == "learning rate"
+    assert "gradnorm-static" not in c.choices and "uncertainty" not in c.choices
+    chosen = {arm: f"{arm} ({c.choices[source].chosen_variant})" for arm, source in
+              (("equal", "equal"), ("gradnorm", "gradnorm"), ("gradnorm-static", "gradnorm"))}
+    every = set(c.main.arm)
+    assert c.passed_over == every - set(chosen.values()) - {"grid", "grid (all weights > 0)", "uncertainty"}
+    # The tables list every rate; the paired tests and the summary only the chosen ones.
+    assert len(every) == 1 + 3 + 2 + 2 + 1 + ("grid (all weights > 0)" in every)
+    tested = set(c.comparisons.arm) | set(c.comparisons.versus)
+    assert not tested & c.passed_over and set(chosen.values()) <= tested
+    assert ((c.comparisons.arm == chosen["gradnorm-static"]) & (c.comparisons.versus == chosen["gradnorm"])).any()
+    equal_line = next(line for line in c.headline if line.startswith("equal: "))
+    assert f"validation chose {c.choices['equal'].chosen_variant} of 3 values" in equal_line
+    assert "the tables list every learning rate" in equal_line
+    for passed in c.passed_over:
+        assert not any(f"{passed} " in line or f"{passed})" in line for line in c.headline[2:]), passed
+    as_json = _comparison_object(c, None)
+    assert as_json["choices"]["equal"]["setting"] == "learning rate" and as_json["alpha_choices"] == {}
+    assert {row["variant"] for row in as_json["choices"]["equal"]["chosen_without_each_seed"]} <= {
+        "lr=0.002", "lr=0.01", "lr=0.05"}
+    fig = figures.setting_sensitivity(c)
+    drawn = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert [ax.get_xlabel() for ax in drawn] == ["the network's learning rate (network_lr)"] * 2
+    assert drawn[1].get_xscale() == "log"  # 0.002 to 0.05: decades apart
+    plt.close(fig)
 
 
 def test_a_study_at_one_learning_rate_says_nothing_of_it(store):

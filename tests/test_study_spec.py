@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import optuna
@@ -221,7 +222,7 @@ BAD = [
     ("a learning rate of zero", TINY.replace("[arms.equal]", "[arms.equal]\nnetwork_lr = 0"), "arms.equal.network_lr"),
     ("a learning rate that is text", TINY.replace("[arms.equal]", '[arms.equal]\nnetwork_lr = "fast"'),
      "arms.equal.network_lr"),
-    ("a learning rate that is a list", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\nnetwork_lr = [0.01]"),
+    ("a learning rate that is a boolean", TINY.replace("alpha = [0.5, 1.0]", "alpha = 1.0\nnetwork_lr = true"),
      "arms.gradnorm.network_lr"),
     ("an averaging window of neither kind",
      TINY.replace("[arms.gradnorm-static]", '[arms.gradnorm-static]\nwindow = "last"'), "arms.gradnorm-static.window"),
@@ -254,6 +255,39 @@ def test_an_arm_trains_at_its_own_learning_rate_and_gradnorm_static_at_its_sourc
     # Runs at different rates never share a stacked model (its Adam has one rate).
     keys = {spec.run_config(r).batch_key() for r in spec.runs() if r.arm in ("equal", "equal-fast")}
     assert len(keys) == 2
+
+
+def test_several_learning_rates_train_under_keys_of_their_own_and_one_is_just_a_rate(tmp_path):
+    spec = StudySpec.load(write(tmp_path, TINY.replace("alpha = [0.5, 1.0]", "alpha = [0.5, 1.0]\nnetwork_lr = [0.01, 0.1]")
+                                .replace("[arms.equal]", "[arms.equal]\nnetwork_lr = [0.02]")
+                                + '\n[arms.slow-static]\nkind = "gradnorm-static"\nnetwork_lr = 0.001\n'))
+    runs = {(r.arm, r.key): r for r in spec.runs()}
+    assert {k for a, k in runs if a == "gradnorm"} == {f"alpha={a}/lr={lr}/seed={s}" for a in ("0.5", "1")
+                                                      for lr in ("0.01", "0.1") for s in (0, 1)}
+    assert runs[("gradnorm", "alpha=1/lr=0.1/seed=1")].params["lr"][0] == 0.1
+    assert spec.run_config(runs[("gradnorm", "alpha=1/lr=0.1/seed=1")]).budget.lr == 0.1
+    # GradNorm static: each run at its GradNorm run's rate, or at the one rate its own table gives.
+    assert spec.run_config(runs[("gradnorm-static", "alpha=1/lr=0.1/seed=1")]).budget.lr == 0.1
+    assert {spec.run_config(r).budget.lr for (a, _), r in runs.items() if a == "slow-static"} == {0.001}
+    # A list of one rate is that rate: no key of its own, nothing to choose.
+    assert {k for a, k in runs if a == "equal"} == {"seed=0", "seed=1"}
+    assert {spec.run_config(r).budget.lr for (a, _), r in runs.items() if a == "equal"} == {0.02}
+
+
+@pytest.mark.parametrize("change,field,expected", [
+    (("resolution = 0.5", "resolution = 0.5\nnetwork_lr = [0.01, 0.1]"), "arms.grid.network_lr",
+     "give each rate a grid arm of its own"),
+    (("[arms.gradnorm-static]", "[arms.gradnorm-static]\nnetwork_lr = [0.01, 0.1]"), "arms.gradnorm-static.network_lr",
+     "to train GradNorm at several, give its arm the list"),
+    (("[arms.equal]", "[arms.equal]\nnetwork_lr = [0.01, 0.0100000001]"), "arms.equal.network_lr",
+     "distinct values (in their first 6 significant digits"),
+    (("[arms.equal]", "[arms.equal]\nnetwork_lr = []"), "arms.equal.network_lr", "a non-empty list"),
+    (("[arms.equal]", "[arms.equal]\nnetwork_lr = [0.01, -1]"), "arms.equal.network_lr", "positive number"),
+])
+def test_learning_rates_that_cannot_be_trained_or_told_apart_are_refused(tmp_path, change, field, expected):
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: expected")) as err:
+        StudySpec.load(write(tmp_path, TINY.replace(*change)))
+    assert expected in str(err.value)
 
 
 @pytest.mark.parametrize("arm,option,hint", [

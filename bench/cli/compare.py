@@ -102,7 +102,8 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
     """A study's comparison as JSON: the step it was compared at (null: its runs' end), the
     summary's sentences, one object per row of the arms
     table and of the paired tests (a missing value is null), each grid's chosen point and each
-    GradNorm arm's chosen alpha with the choice made again without each seed, the arms that
+    arm's chosen alpha or learning rate (`choices`; `alpha_choices`: those of alpha alone) with
+    the choice made again without each seed, the arms that
     trained exactly as another (arm: that arm), and the report's path."""
     import json
 
@@ -113,12 +114,16 @@ def _comparison_object(c: "Comparison", report: Path | None) -> dict:
                    "weighted_all_point": g.weighted_all,
                    "weighted_all_chosen_without_each_seed": rows(g.weighted_all_held_out)}
              for arm, g in c.grids.items()}
+    choices = {arm: {"setting": a.what, "chosen": a.chosen_variant,
+                     "chosen_without_each_seed": rows(a.held_out.rename(columns={"point": "variant"}))}
+               for arm, a in c.choices.items()}
+    # As before learning rates could be chosen too: the choices of alpha alone, the variant as "alpha".
     alphas = {arm: {"chosen": a.chosen_variant,
                     "chosen_without_each_seed": rows(a.held_out.rename(columns={"point": "alpha"}))}
-              for arm, a in c.alpha_choices.items()}
+              for arm, a in c.choices.items() if a.what == "alpha"}
     return {"at_step": c.at_step, "summary": list(c.headline), "arms": rows(c.main),
             "paired_tests": rows(c.comparisons.drop(columns=["sentence"], errors="ignore")),
-            "grids": grids, "alpha_choices": alphas, "same_runs": dict(c.twins),
+            "grids": grids, "choices": choices, "alpha_choices": alphas, "same_runs": dict(c.twins),
             "report": str(report) if report else None}
 
 

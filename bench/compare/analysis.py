@@ -3,11 +3,13 @@ among the grid points, and paired tests over seeds. Reads stored results only; n
 
 Names used below:
 - an arm's *variants*: one per alpha for GradNorm (and its static retrains), one per point for a
-  grid, a single one for the baselines; a *label* names an arm's variant in the tables
-  ("gradnorm (alpha=0.12)"), or the arm alone when it has one variant. A grid arm is represented
-  by the point selected on the validation split (task-normalised validation loss, mean over
-  seeds); the test split is only reported. A GradNorm arm with several alphas has every alpha in
-  the tables, and the summary speaks for the alpha chosen on validation the same way.
+  grid, and one per learning rate for an arm given several (`network_lr`), else a single one; a
+  *label* names an arm's variant in the tables ("gradnorm (alpha=0.12)"), or the arm alone when
+  it has one variant. A grid arm is represented by the point selected on the validation split
+  (task-normalised validation loss, mean over seeds); the test split is only reported. Any other
+  arm with several variants (GradNorm's alphas, an arm's learning rates) has every variant in the
+  tables, and the summary speaks for the one chosen on validation the same way; a GradNorm static
+  arm follows its GradNorm arm's choice.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import re
 import shlex
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -112,21 +115,38 @@ class GridSelection:
 
 
 @dataclass
-class AlphaChoice:
-    """A GradNorm arm trained with several alphas: the one chosen on validation, as the grid's
-    point is, so that the summary does not pick GradNorm's best alpha on the test split."""
+class VariantChoice:
+    """An arm trained with several alphas (GradNorm) or learning rates (`network_lr`): the
+    variant chosen on validation, as the grid's point is, so that the summary does not pick an
+    arm's best setting on the test split."""
     arm: str
     val_losses: dict[str, float]  # variant ("alpha=0.12") -> mean task-normalised validation loss
     excluded: list[str] = field(default_factory=list)  # variants with a failed seed, left out
-    # The same variants' mean test loss: reported, how much alpha matters, never used to choose.
+    # The same variants' mean test loss: reported, how much the setting matters, never used to choose.
     test_losses: dict[str, float] = field(default_factory=dict)
     # Where the variants have finished different seeds: the seeds the means are over (see
     # _on_shared_seeds), and the variants without them, left out.
     shared_seeds: list[int] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
-    # The choice made again without each seed in turn, as a grid's is (its `point` is an alpha's
-    # variant): GradNorm's best alpha on validation is partly its luckiest too.
+    # The choice made again without each seed in turn, as a grid's is (its `point` is a variant):
+    # an arm's best alpha or rate on validation is partly its luckiest too.
     held_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HELD_OUT_COLUMNS))
+
+    @property
+    def what(self) -> str:
+        """What the variants differ in, as the sentences name it.
+
+        >>> [VariantChoice("a", dict.fromkeys(v, 1.0)).what for v in (
+        ...     ["alpha=1", "alpha=2"], ["lr=0.1", "lr=0.2"], ["alpha=1/lr=0.1", "alpha=1/lr=0.2"],
+        ...     ["alpha=1/lr=0.1", "alpha=2/lr=0.1", "alpha=1/lr=0.2", "alpha=2/lr=0.2"])]
+        ['alpha', 'learning rate', 'learning rate', 'setting of alpha and learning rate']
+        """
+        variants = [*self.val_losses, *self.excluded, *self.unmatched]
+        alphas = {v.split("/")[0] for v in variants if v.startswith("alpha=")}
+        rates = {v.rsplit("lr=", 1)[1] for v in variants if "lr=" in v}
+        if len(rates) > 1 and len(alphas) > 1:
+            return "setting of alpha and learning rate"
+        return "learning rate" if len(rates) > 1 else "alpha"
 
     @property
     def chosen_variant(self) -> str:
@@ -147,12 +167,13 @@ class AlphaChoice:
         others = "; ".join(f"{v}: {significant(loss, digits)}" for v, loss in self.val_losses.items()
                            if v != chosen and v not in tied)
         left_out = f" Left out for a failed seed: {', '.join(self.excluded)}." if self.excluded else ""
-        left_out += _shared_seeds_words(self.shared_seeds, self.unmatched, "alpha")
+        what = self.what
+        left_out += _shared_seeds_words(self.shared_seeds, self.unmatched, what)
         total = len(self.val_losses) + len(self.excluded) + len(self.unmatched)
         if len(self.val_losses) == 1:
             return (f"{self.arm}: {chosen} is the only one of {total} values with every "
                     f"seed finished; the sentences here are for {self.chosen}, and the tables list every "
-                    f"alpha.{left_out}")
+                    f"{what}.{left_out}")
         spread = ""
         if len(self.test_losses) > 1:
             low, high = min(self.test_losses.values()), max(self.test_losses.values())
@@ -173,7 +194,21 @@ class AlphaChoice:
             choice = (f"validation chose {chosen} of {total} values{', tied with ' + join_words(tied) if tied else ''} "
                       f"(mean task-normalised validation loss {significant(best, digits)}; {others})")
         return (f"{self.arm}: {choice}; the sentences here are for {first}{self.chosen}, and the tables list "
-                f"every alpha.{spread}{'' if tied else self._left_out_words()}{left_out}")
+                f"every {what}.{self._edge_words()}{spread}{'' if tied else self._left_out_words()}{left_out}")
+
+    def _edge_words(self) -> str:
+        """Where the chosen learning rate is the highest or lowest of those tried: the best rate may
+        lie beyond them, and the arm's verdicts are then at a rate short of it."""
+        def rate(variant: str) -> float | None:
+            return float(variant.rsplit("lr=", 1)[1]) if "lr=" in variant else None
+
+        # Over every rate tried: one beyond the chosen that failed, or has not finished, is no edge.
+        rates = {r for v in [*self.val_losses, *self.excluded, *self.unmatched] if (r := rate(v)) is not None}
+        chosen = rate(self.chosen_variant)
+        if chosen is None or len(rates) < 2 or min(rates) < chosen < max(rates):
+            return ""
+        edge, beyond = ("highest", "higher") if chosen == max(rates) else ("lowest", "lower")
+        return f" It is the {edge} learning rate tried: a {beyond} one may do better still."
 
     def _left_out_words(self) -> str:
         """The choice made again without each seed: whether it moves, and GradNorm's test loss so judged
@@ -185,7 +220,7 @@ class AlphaChoice:
         if moved.empty:
             return f" Chosen again with {each_left_out(held)}, validation picks {self.chosen_variant} every time."
         where = "; ".join(f"{v} for seed {int(s)}" for s, v in zip(moved.seed, moved.point))
-        return (f" Chosen again with {each_left_out(held)}, validation picks another alpha ({where}); "
+        return (f" Chosen again with {each_left_out(held)}, validation picks another {self.what} ({where}); "
                 f"judged on the seed each choice left out, test loss is {left_out_versus(held, self.chosen_variant)}.")
 
 
@@ -205,7 +240,8 @@ def _shared_seeds_words(seeds: list[int], unmatched: list[str], what: str) -> st
     if not seeds:
         return ""
     which = seeds_words(seeds)
-    words = (f" Its {what}s have not all finished the same seeds, so the means here and the choice "
+    plural = what.replace("setting", "settings", 1) if what.startswith("setting") else f"{what}s"
+    words = (f" Its {plural} have not all finished the same seeds, so the means here and the choice "
              f"are over {which}, which every {what} compared has finished.")
     if unmatched:
         words += f" Left out until they finish {which}: {', '.join(unmatched)}."
@@ -225,7 +261,7 @@ class Comparison:
     standings: pd.DataFrame
     comparisons: pd.DataFrame
     headline: list[str] = field(default_factory=list)
-    alpha_choices: dict[str, AlphaChoice] = field(default_factory=dict)
+    choices: dict[str, VariantChoice] = field(default_factory=dict)
     # Grid arms with no point to choose (every point has a failed seed), and why: left out of the
     # tables and tests, which compare the other arms.
     unselectable: dict[str, str] = field(default_factory=dict)
@@ -244,6 +280,13 @@ class Comparison:
             return self.study
         return f"{self.study} at " + (f"step {self.at_step}" if isinstance(self.at_step, int)
                                       else "each run's best step on validation")
+
+    @cached_property
+    def passed_over(self) -> set[str]:
+        """The labels the summary does not speak for: an arm's alphas or learning rates other than
+        the one chosen on validation, and a GradNorm static arm's retrains of them (the tables
+        list them all)."""
+        return passed_over_labels(self.runs, self.choices, self.manifest)
 
     @property
     def report_name(self) -> str:
@@ -412,9 +455,27 @@ def analyse(study: str, manifest: dict[str, Any], runs: pd.DataFrame, records: l
     per_task = _per_task_table(chosen, tasks)
     standings = _standings(runs, grids, main)
     twins = _twins(chosen)
-    comparisons = _paired(chosen, grids, manifest, main, twins)
+    choices = _choose_variants(runs)
+    # An arm trained at several learning rates is represented in the paired tests by the rate
+    # chosen on validation, as a grid by its point: a test of every rate against every other arm's
+    # would swell Holm's family with settings no one would pick. Several alphas are all tested.
+    comparisons = _paired(chosen, grids, manifest, main, twins,
+                          passed_over_labels(runs, choices, manifest, rates_only=True))
     return Comparison(study, manifest, tasks, runs, records, main, per_task, grids, standings, comparisons,
-                      alpha_choices=_choose_alphas(runs), unselectable=unselectable, twins=twins)
+                      choices=choices, unselectable=unselectable, twins=twins)
+
+
+def passed_over_labels(runs: pd.DataFrame, choices: dict[str, VariantChoice], manifest: dict[str, Any],
+                       *, rates_only: bool = False) -> set[str]:
+    """The labels of each arm with a choice (`choices`; with `rates_only`, those among learning
+    rates) other than its chosen variant, and of a GradNorm static arm's retrains of them."""
+    chosen = {arm: choice.chosen_variant for arm, choice in choices.items()
+              if not rates_only or choice.what != "alpha"}
+    for static, source in manifest.get("gradnorm_static_sources", {}).items():
+        if source in chosen:
+            chosen[static] = chosen[source]
+    return {label for arm, variant, label in zip(runs.arm, runs.variant, runs.label)
+            if arm in chosen and variant != chosen[arm]}
 
 
 def representatives(rows: pd.DataFrame, grids: dict[str, GridSelection]) -> pd.DataFrame:
@@ -481,12 +542,17 @@ def _twins(chosen: pd.DataFrame) -> dict[str, str]:
     return twins
 
 
-def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
-    """For each GradNorm arm with several alphas, the one with the lowest mean validation loss
-    among those without a failed seed, over the seeds they have all finished."""
+# Arms whose variants are not chosen among on validation: a grid's point has its own selection,
+# and a GradNorm static arm retrains each of its GradNorm arm's variants, following that arm's choice.
+_NOT_CHOSEN_AMONG = ("grid", "gradnorm-static")
+
+
+def _choose_variants(runs: pd.DataFrame) -> dict[str, VariantChoice]:
+    """For each arm with several alphas or learning rates, the variant with the lowest mean
+    validation loss among those without a failed seed, over the seeds they have all finished."""
     choices = {}
-    gradnorm = runs[runs.kind == "gradnorm"]
-    for arm, g in gradnorm.groupby("arm", sort=False):
+    choosing = runs[~runs.kind.isin(_NOT_CHOSEN_AMONG)]
+    for arm, g in choosing.groupby("arm", sort=False):
         if g.label.nunique() < 2:
             continue
         failed = g[g.status != "ok"].variant.unique().tolist()
@@ -498,7 +564,7 @@ def _choose_alphas(runs: pd.DataFrame) -> dict[str, AlphaChoice]:
         held_out = (_chosen_without_each_seed(shared, seeds, str(means.normalized_val_loss.idxmin()))
                     if len(means) > 1 else pd.DataFrame(columns=HELD_OUT_COLUMNS))
         differ = len(shared) < len(eligible)
-        choices[arm] = AlphaChoice(arm, {str(k): float(v) for k, v in means.normalized_val_loss.items()},
+        choices[arm] = VariantChoice(arm, {str(k): float(v) for k, v in means.normalized_val_loss.items()},
                                    [str(v) for v in failed],
                                    {str(k): float(v) for k, v in means.normalized_test_loss.items()},
                                    shared_seeds=seeds if differ else [],
@@ -753,8 +819,8 @@ def per_seed(g: pd.DataFrame) -> dict[int, float]:
 
 
 def _paired(chosen: pd.DataFrame, grids: dict[str, GridSelection], manifest: dict[str, Any], main: pd.DataFrame,
-            twins: dict[str, str]) -> pd.DataFrame:
-    kinds = dict(zip(main.arm, main.kind))
+            twins: dict[str, str], passed_over: Collection[str] = ()) -> pd.DataFrame:
+    kinds = {label: kind for label, kind in zip(main.arm, main.kind) if label not in passed_over}
     weights_of = dict(zip(main.arm, main.weights))
     by_label = {label: per_seed(g) for label, g in chosen.groupby("label", sort=False)}
     variant_of = chosen.groupby("label").variant.first().to_dict()

@@ -72,8 +72,9 @@ def late_improvement(c: Comparison) -> LateImprovement | None:
         fall = _fall(entry["record"], start, end)
         if fall is not None:
             falls.setdefault(label, []).append(fall)
-    # A twin's runs are another label's, bit for bit (see analysis._twins): told once.
-    order = [label for label in dict.fromkeys(chosen.label) if label not in c.twins]
+    # A twin's runs are another label's, bit for bit (see analysis._twins): told once. An arm's
+    # alphas or rates other than its chosen one are not the ones the verdicts speak for.
+    order = [label for label in dict.fromkeys(chosen.label) if label not in c.twins and label not in c.passed_over]
     medians = pd.Series({label: float(pd.Series(falls[label]).median()) for label in order if label in falls},
                         dtype=float)
     return LateImprovement(start, end, medians) if len(medians) else None

@@ -47,14 +47,14 @@ def verdicts_over_steps(c: Comparison, most: int = MOST_STEPS) -> pd.DataFrame:
         except BenchError:  # nothing to compare at this step (every grid point has a failed seed)
             continue
         kind = at.main.set_index("arm").kind
-        spoken_for = {choice.chosen for choice in at.alpha_choices.values()}  # the summary's alphas
+        spoken_for = {choice.chosen for choice in at.choices.values()}  # the summary's alphas
         points = {arm: point_words(g.selected, g.weights) for arm, g in at.grids.items()}
         points.update({g.weighted_all_label: point_words(g.weighted_all, g.weighted_all_weights)
                        for g in at.grids.values() if g.weighted_all})
         arm_of = dict(zip(at.runs.label, at.runs.arm))
         for row in at.comparisons.itertuples():
             if (kind.get(row.arm) == "gradnorm" and kind.get(row.versus) == "grid" and row.arm not in at.twins
-                    and (row.arm in spoken_for or arm_of[row.arm] not in at.alpha_choices)):
+                    and (row.arm in spoken_for or arm_of[row.arm] not in at.choices)):
                 test = {column: getattr(row, column) for column in COLUMNS[5:]}
                 rows.append({"step": step, "gradnorm": arm_of[row.arm], "arm": row.arm, "versus": row.versus,
                              "grid_point": points[row.versus], **test})

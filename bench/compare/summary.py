@@ -23,7 +23,6 @@ from bench.compare.analysis import (
 from bench.compare.convergence import still_improving_sentence
 from bench.compare.stats import significant, versus
 from bench.formatting import count, join_words
-from bench.store.export import arm_learning_rates
 
 
 def _have(k: int) -> str:
@@ -107,23 +106,45 @@ def at_step_sentence(c: Comparison) -> str:
             f"validation too (the paper compared its grid with GradNorm at 15k of 80k steps). {whole_run}")
 
 
+def representative_rates(c: Comparison) -> dict[str, tuple[float, bool]]:
+    """Each arm's learning rate, as the summary speaks for it, and whether validation chose it:
+    an arm trained at several speaks for its chosen rate, a GradNorm static arm for its GradNorm
+    arm's. From the runs table's `lr` (what the runs trained at); empty without it."""
+    if "lr" not in c.runs:
+        return {}
+    sources = c.manifest.get("gradnorm_static_sources", {})
+    rates = {}
+    for arm, g in c.runs.groupby("arm", sort=False):
+        choice = c.choices.get(arm) or c.choices.get(sources.get(arm, ""))
+        chosen = choice is not None and choice.what != "alpha"
+        if choice is not None and chosen:
+            g = g[g.variant == choice.chosen_variant]
+        values = g.lr.dropna().unique()
+        if len(values) == 1:
+            rates[str(arm)] = (float(values[0]), chosen and arm in c.choices)
+    return rates
+
+
 def learning_rate_sentence(c: Comparison) -> str | None:
     """Which arms trained at a learning rate of their own (`network_lr`), where any did: their
     differences from the others are then of weighting and learning rate together."""
     study_lr = ((c.manifest.get("identity") or {}).get("budget") or {}).get("lr")
-    arms = list(dict.fromkeys(c.runs.arm))
-    rates = arm_learning_rates(c.manifest)
-    own = {arm: lr for arm in arms if (lr := rates.get(arm)) is not None and lr != study_lr}
-    if not own or study_lr is None:
+    rates = representative_rates(c)
+    if study_lr is None or all(lr == study_lr for lr, _ in rates.values()):
         return None
+    chosen = [arm for arm, (_, picked) in rates.items() if picked]
+    by_validation = (f"; {join_words([f'{arm}' + chr(39) + 's' for arm in chosen])} chosen on validation"
+                     if chosen else "")
+    if len({lr for lr, _ in rates.values()}) == 1:
+        lr = next(iter(rates.values()))[0]
+        return (f"Every arm is compared at lr = {lr:g} (network_lr{by_validation}), not at the study's [budget] "
+                f"lr = {study_lr:g}.")
     by_rate: dict[float, list[str]] = {}
-    for arm, lr in own.items():
+    for arm, (lr, _) in rates.items():
         by_rate.setdefault(lr, []).append(arm)
-    listed = "; ".join(f"{join_words(names)} at {lr:g}" for lr, names in by_rate.items())
-    others = [arm for arm in arms if arm not in own]
-    rest = (f"{join_words(others)} at the study's [budget] lr = {study_lr:g}" if others
-            else f"none at the study's [budget] lr = {study_lr:g}")
-    return (f"Not every arm trained at one learning rate: {listed} (network_lr); {rest}. Between arms at "
+    listed = "; ".join(f"{join_words(names)} at {'the study' + chr(39) + 's [budget] lr = ' if lr == study_lr else ''}"
+                       f"{lr:g}" for lr, names in by_rate.items())
+    return (f"The arms are compared at different learning rates (network_lr{by_validation}): {listed}. Between arms at "
             "different rates, a difference is one of weighting and learning rate together.")
 
 
@@ -137,18 +158,16 @@ def headline(c: Comparison) -> list[str]:
     lines += [sentence] if (sentence := learning_rate_sentence(c)) else []
     lines += [f"{reason}: it is left out of the tables and tests, which compare the other arms."
               for reason in c.unselectable.values()]
-    # An arm whose every alpha trained as another arm's: its choice is that arm's, told once.
-    lines += [choice.sentence() for arm, choice in c.alpha_choices.items()
+    # An arm whose every variant trained as another arm's: its choice is that arm's, told once.
+    lines += [choice.sentence() for arm, choice in c.choices.items()
               if not set(c.runs.label[c.runs.arm == arm]) <= set(c.twins)]
     lines += [sentence for grid in c.grids.values() if (sentence := grid.sentence())]
     main = c.main.set_index("arm")
     if not (main.kind == "gradnorm").any():  # no GradNorm to set against it: what the grid found
         for grid in c.grids.values():
             lines += [_grid_found(grid, main), *_held_out_lines(c, grid, [])]
-    # With several alphas, the sentences speak for the one chosen on validation only.
-    chosen = {choice.chosen for choice in c.alpha_choices.values()}
-    passed_over = {label for label in c.runs[c.runs.arm.isin(list(c.alpha_choices))].label.unique()
-                   if label not in chosen}
+    # With several alphas or learning rates, the sentences speak for the variant chosen on validation only.
+    passed_over = c.passed_over
 
     def gaps(a: str, b: str) -> str:
         gap_a, gap_b = main.loc[a, "normalized_overfitting_gap"], main.loc[b, "normalized_overfitting_gap"]
@@ -373,22 +392,23 @@ def _left_out_lines(c: Comparison, grid: GridSelection, held: pd.DataFrame, sele
                  f"{left_out_versus(held, point(selected))}, whose choice saw the very networks it is tested on."]
     held_per_seed = dict(zip(held.seed.astype(int), held.normalized_test_loss))
     for label in labels:
-        name, per_seed, alpha_moved = _alpha_left_out(c, label)
-        if alpha_moved or not moved.empty:
+        name, per_seed, own_moved = _left_out_choice(c, label)
+        if own_moved or not moved.empty:
             lines.append(stats.describe(name, choices, stats.paired(per_seed, held_per_seed)))
     return lines
 
 
-def _alpha_left_out(c: Comparison, label: str) -> tuple[str, dict[int, float], bool]:
+def _left_out_choice(c: Comparison, label: str) -> tuple[str, dict[int, float], bool]:
     """A GradNorm label as set against the grid's left-out choices: its name, its test loss per
-    seed, and whether its own alpha choice moved when made again without each seed (with several
-    alphas, each seed's test loss is then that of the alpha the other seeds chose)."""
+    seed, and whether its own choice of alpha (or learning rate) moved when made again without
+    each seed (with several, each seed's test loss is then that of the variant the other seeds
+    chose)."""
     arm = c.runs.arm[c.runs.label == label].iloc[0]
-    choice = c.alpha_choices.get(arm)
+    choice = c.choices.get(arm)
     if choice is None or choice.held_out.empty or choice.chosen != label:
         return label, per_seed(c.label_runs(label)), False
     held = choice.held_out
-    return (f"{arm}, at the alpha each seed's left-out choice picked,",
+    return (f"{arm}, at the {choice.what} each seed's left-out choice picked,",
             dict(zip(held.seed.astype(int), held.normalized_test_loss)),
             bool((held.point != choice.chosen_variant).any()))
 

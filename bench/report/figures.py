@@ -382,7 +382,7 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
     several = data.gradnorm.nunique() > 1  # then coloured by GradNorm arm, else by grid
     for (gradnorm, versus), d in data.groupby(["gradnorm", "versus"], sort=False):
         # A GradNorm arm with several alphas: each step's chosen one, in the colour of the one chosen at the end.
-        label = c.alpha_choices[gradnorm].chosen if gradnorm in c.alpha_choices else gradnorm
+        label = c.choices[gradnorm].chosen if gradnorm in c.choices else gradnorm
         colour = palette.get(label if several else versus, (0.3, 0.3, 0.3))
         ax.fill_between(d.step, d.difference_ci_low, d.difference_ci_high, color=colour, alpha=0.18, lw=0)
         name = f"{gradnorm if several else 'GradNorm'} − {versus}"
@@ -397,7 +397,7 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
     ax.set_xlabel("step")
     ax.set_ylabel("difference in task-normalised test loss")
     seeds = count(int(data.n.max()), "seed")
-    alphas = "; GradNorm's alpha chosen there too" if set(data.gradnorm) & set(c.alpha_choices) else ""
+    alphas = "; GradNorm's alpha chosen there too" if set(data.gradnorm) & set(c.choices) else ""
     ax.set_title(f"GradNorm minus the grid's point chosen on validation at each step\n{seeds}, 95% interval{alphas}"
                  "\nabove 0: the grid is lower; filled: paired t-test p < 0.05"
                  + (f"\ndashed: step {c.at_step}, where the tables compare the runs" if isinstance(c.at_step, int)
@@ -407,58 +407,70 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
     return fig
 
 
-# Arms drawn as levels beside GradNorm's alpha: they have no alpha.
+# Arms drawn as levels beside an arm's settings (their chosen one, where they have several).
 _LEVEL_KINDS = ("grid", "equal", "static", "loss-scale", "uncertainty", "dwa", "rlw")
 
 
-def alpha_sensitivity(c: Comparison) -> plt.Figure | None:
-    """Test loss against alpha for each GradNorm arm trained with several: the one
-    hyperparameter the paper leaves to its user. Its static retrains beside it, each seed as a
-    dot, the alpha chosen on validation starred, and the other arms as levels."""
-    if not c.alpha_choices:
+def setting_sensitivity(c: Comparison) -> plt.Figure | None:
+    """Test loss against each setting an arm was trained at and chosen among on validation:
+    GradNorm's alpha (the one hyperparameter the paper leaves to its user), an arm's learning
+    rates (`network_lr`), or both (a line per alpha against the rate). A panel per arm; a GradNorm
+    arm's static retrains beside it, each seed as a dot, the chosen setting starred, and the
+    other arms as levels (at their chosen setting)."""
+    if not c.choices:
         return None
     ok = c.runs[c.runs.status == "ok"]
-    ok = ok.assign(alpha=pd.to_numeric(ok.variant.str.extract(r"^alpha=(.+)$")[0], errors="coerce"))
+    ok = ok.assign(alpha=pd.to_numeric(ok.variant.str.extract(r"(?:^|/)alpha=([^/]+)")[0], errors="coerce"),
+                   lr=ok.lr if "lr" in ok else math.nan)
     sources = c.manifest.get("gradnorm_static_sources", {})
     colours = arm_colours(c)
-    levels = c.main[c.main.kind.isin(_LEVEL_KINDS) & c.main.normalized_test_loss.notna()]
-    fig, axes = _panels(len(c.alpha_choices), 7, 4.6)
-    for ax, (arm, choice) in zip(axes, c.alpha_choices.items()):
-        chosen = choice.chosen_variant
+    levels = c.main[c.main.kind.isin(_LEVEL_KINDS) & c.main.normalized_test_loss.notna()
+                    & ~c.main.arm.isin(c.passed_over)]
+    fig, axes = _panels(len(c.choices), 7, 4.6)
+    for ax, (arm, choice) in zip(axes, c.choices.items()):
+        chosen, what = choice.chosen_variant, choice.what
+        x = "alpha" if what == "alpha" else "lr"
         for line_arm in [arm, *(s for s, source in sources.items() if source == arm)]:
-            runs = ok[(ok.arm == line_arm) & ok.alpha.notna()]
-            if runs.empty:
-                continue
+            arm_runs = ok[(ok.arm == line_arm) & ok[x].notna()]
             colour = colours.get(f"{line_arm} ({chosen})", colours.get(line_arm, "k"))
-            means = runs.groupby("alpha").normalized_test_loss.mean()
-            ax.plot(means.index, means.to_numpy(), marker="o", color=colour, lw=1.8, label=line_arm)
-            ax.scatter(runs.alpha, runs.normalized_test_loss, s=10, color=colour, alpha=0.5)
-            picked = runs[runs.variant == chosen]
+            # Alpha and rate both varied: a line per alpha, told apart by its dashes.
+            lines = (list(arm_runs.groupby("alpha", sort=True)) if x == "lr" and arm_runs.alpha.nunique() > 1
+                     else [(None, arm_runs)] if len(arm_runs) else [])
+            for k, (alpha, runs) in enumerate(lines):
+                means = runs.groupby(x).normalized_test_loss.mean()
+                name = line_arm if alpha is None else f"{line_arm}, alpha={alpha:g}"
+                ax.plot(means.index, means.to_numpy(), marker="o", color=colour, lw=1.8,
+                        ls=("-", "--", ":", "-.")[k % 4], label=name)
+                ax.scatter(runs[x], runs.normalized_test_loss, s=10, color=colour, alpha=0.5)
+            picked = arm_runs[arm_runs.variant == chosen]
             if line_arm == arm and not picked.empty:
-                ax.scatter([picked.alpha.iloc[0]], [picked.normalized_test_loss.mean()], s=260, marker="*",
-                           color=colour, edgecolors="k", zorder=5, label=f"{arm}: alpha chosen on validation")
+                ax.scatter([picked[x].iloc[0]], [picked.normalized_test_loss.mean()], s=260, marker="*",
+                           color=colour, edgecolors="k", zorder=5, label=f"{arm}: {what} chosen on validation")
         for row in levels.itertuples():
-            ax.axhline(row.normalized_test_loss, color=colours.get(row.arm, "0.5"), ls="--", lw=1.2, label=row.arm)
-        alphas = ok[(ok.arm == arm)].alpha.dropna()
-        positive = alphas[alphas > 0]
+            if row.arm not in (choice.chosen, arm):
+                ax.axhline(row.normalized_test_loss, color=colours.get(row.arm, "0.5"), ls="--", lw=1.2,
+                           label=row.arm)
+        values = ok[(ok.arm == arm)][x].dropna()
+        positive = values[values > 0]
         if len(positive) and positive.max() / positive.min() >= 10:
-            # Decades apart (0.01 to 10): on a linear axis the small alphas fall onto one point.
+            # Decades apart (0.01 to 10): on a linear axis the small values fall onto one point.
             # With alpha = 0 among them, linear up to the smallest positive one.
-            if (alphas == 0).any():
+            if (values == 0).any():
                 ax.set_xscale("symlog", linthresh=positive.min())
                 ax.set_xlim(-0.25 * positive.min(), 1.4 * positive.max())
             else:
                 ax.set_xscale("log")
-            # A tick at each alpha trained, as written in the study ("0.12", not 1.2 x 10^-1).
-            ax.set_xticks(sorted(alphas.unique()))
+            # A tick at each value trained, as written in the study ("0.12", not 1.2 x 10^-1).
+            ax.set_xticks(sorted(values.unique()))
             ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
             ax.xaxis.set_minor_locator(ticker.NullLocator())
-        ax.set_xlabel("alpha")
+        ax.set_xlabel("alpha" if x == "alpha" else "the network's learning rate (network_lr)")
         ax.set_ylabel("task-normalised test loss")
-        ax.set_title(f"{arm}: test loss against alpha (mean over seeds; dots: each seed)")
-    # One legend for every panel: each GradNorm arm's lines, and the levels they share.
+        against = "alpha" if x == "alpha" else "learning rate"
+        ax.set_title(f"{arm}: test loss against {against} (mean over seeds; dots: each seed)")
+    # One legend for every panel: each arm's lines, and the levels they share.
     entries: dict[str, object] = {}
-    for ax in axes[:len(c.alpha_choices)]:
+    for ax in axes[:len(c.choices)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
     handles, labels = list(entries.values()), list(entries)
@@ -897,7 +909,8 @@ FIGURES: list[tuple[str, str, Callable[..., plt.Figure | None]]] = [
     ("norms", "GradNorm's gradient norms at W against its targets", gradient_norms),
     ("curves", "Test loss during training", test_loss_curves),
     ("over-steps", "GradNorm against the grid over training", verdict_over_steps),
-    ("alpha", "Test loss against GradNorm's alpha", alpha_sensitivity),
+    ("settings", "Test loss against the settings chosen on validation (GradNorm's alpha, an arm's learning rate)",
+     setting_sensitivity),
     ("landscape", "The grid's landscape", grid_landscape),
     ("distance", "Per-task test loss against distance to GradNorm's weights", distance_to_gradnorm),
     ("pareto", "Pareto front of per-task test losses", pareto_front),

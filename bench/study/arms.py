@@ -12,7 +12,9 @@ registry the study file's `kind` field is checked against.
 - `equal`, `static`, `uncertainty`, `dwa`, `rlw`, `loss-scale`: the baselines.
 
 Every arm may also set `network_lr`, the network's Adam learning rate for its runs (default: the
-study's `[budget] lr`); a `gradnorm-static` arm without one retrains at its GradNorm arm's.
+study's `[budget] lr`); a `gradnorm-static` arm without one retrains each GradNorm run at its
+rate. A list of rates (not for grids, nor GradNorm static, which follows its GradNorm arm) trains
+each, under keys such as `lr=0.002/seed=0`, and the comparison chooses one on validation.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class RunSpec:
     dependency: str | None = None  # "complete" or "params"
     proposal: bool = False  # the trial whose parameters an Optuna sampler chooses
     point: int | None = None  # a sampled grid's point index (its proposal and the other seeds)
+    lr: float | None = None  # the network's learning rate, where not the study's [budget] lr
 
 
 def seed_param(seed: int) -> tuple[int, IntDistribution]:
@@ -93,6 +96,10 @@ class Arm:
     kind: ClassVar[str]
     options: ClassVar[tuple[str, ...]] = ()
     takes_balancer_options: ClassVar[str | None] = None  # balancer whose options the table may hold
+    # Whether `network_lr` may list several rates, each trained and one chosen on validation (as
+    # GradNorm's alpha is), and why not where it may not.
+    takes_several_rates: ClassVar[bool] = True
+    several_rates_refused: ClassVar[str] = ""
 
     def __init__(self, name: str, table: Mapping[str, Any], *, tasks: int, source: str):
         self.name = name
@@ -100,15 +107,13 @@ class Arm:
         self.source = source
         table = dict(table)
         table.pop("kind", None)
-        # The study file's own value (None: the study's [budget] lr); `network_lr` is what the runs use.
-        self.own_network_lr: float | None = None
+        # The study file's own value (None: the study's [budget] lr); `network_lrs`: the rates trained.
+        self.own_network_lr: float | list[float] | None = None
         if NETWORK_LR in table:
-            lr = table.pop(NETWORK_LR)
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-                raise self.error(NETWORK_LR, "a positive number: the network's Adam learning rate for this "
-                                 "arm's runs (without it, the study's [budget] lr)", lr)
-            self.own_network_lr = float(lr)
-        self.network_lr = self.own_network_lr
+            self.own_network_lr = self._network_lr(table.pop(NETWORK_LR))
+        self.network_lrs: list[float] | None = (
+            None if self.own_network_lr is None
+            else self.own_network_lr if isinstance(self.own_network_lr, list) else [self.own_network_lr])
         own = {k: table.pop(k) for k in list(table) if k in self.options}
         balancer_fields = ([f.name for f in dataclasses.fields(balancer_class(self.takes_balancer_options).Params)]
                            if self.takes_balancer_options is not None else [])
@@ -132,6 +137,41 @@ class Arm:
 
     def field(self, name: str) -> str:
         return f"arms.{self.name}.{name}"
+
+    def _network_lr(self, value: Any) -> float | list[float]:
+        def rate(lr: Any) -> bool:
+            return not isinstance(lr, bool) and isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0
+
+        if not isinstance(value, list):
+            if not rate(value):
+                raise self.error(NETWORK_LR, "a positive number, or a list of them: the network's Adam learning "
+                                 "rate for this arm's runs (without it, the study's [budget] lr)", value)
+            return float(value)
+        if not self.takes_several_rates:
+            raise self.error(NETWORK_LR, f"one positive number for a '{self.kind}' arm ({self.several_rates_refused})",
+                             value)
+        if not value or not all(rate(lr) for lr in value):
+            raise self.error(NETWORK_LR, "a positive number or a non-empty list of them", value)
+        keys = [f"{lr:g}" for lr in value]  # the runs' keys: lr=0.002/seed=0
+        if len(set(keys)) != len(keys):
+            raise self.error(NETWORK_LR, "distinct values (in their first 6 significant digits, which name "
+                             "the runs)", value)
+        return [float(lr) for lr in value]
+
+    def rates(self) -> list[tuple[str, float | None]]:
+        """The learning rates this arm trains, each with the part of its runs' keys that names it:
+        `[("", None)]` at the study's rate; with a list of several, `("lr=0.002/", 0.002)` and so on."""
+        if self.network_lrs is None:
+            return [("", None)]
+        if len(self.network_lrs) == 1:
+            return [("", self.network_lrs[0])]
+        return [(f"lr={lr:g}/", lr) for lr in self.network_lrs]
+
+    def rate_params(self, lr: float | None) -> dict[str, tuple[float, FloatDistribution]]:
+        """The trial parameter of a run's rate, where the arm trains several (for Optuna's tables)."""
+        if lr is None or self.network_lrs is None or len(self.network_lrs) < 2:
+            return {}
+        return {"lr": (lr, FloatDistribution(0.0, max(1.0, lr)))}
 
     def error(self, name: str, expected: str, got: Any = None) -> ConfigError:
         return ConfigError(self.field(name), expected, got, source=self.source)
@@ -172,8 +212,9 @@ class BaselineArm(Arm):
     balancer: ClassVar[str]
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
-        return [RunSpec(self.name, f"seed={s}", s, self.balancer, dict(self.balancer_params),
-                        {"seed": seed_param(s)}) for s in seeds]
+        return [RunSpec(self.name, f"{at}seed={s}", s, self.balancer, dict(self.balancer_params),
+                        {**self.rate_params(lr), "seed": seed_param(s)}, lr=lr)
+                for at, lr in self.rates() for s in seeds]
 
 
 class EqualArm(BaselineArm):
@@ -213,8 +254,9 @@ class StaticArm(Arm):
         self.weights = _check_point(self, "weights", options["weights"], self.tasks)
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
-        return [RunSpec(self.name, f"seed={s}", s, "static", {"weights": list(self.weights)},
-                        {**weight_params(self.weights), "seed": seed_param(s)}) for s in seeds]
+        return [RunSpec(self.name, f"{at}seed={s}", s, "static", {"weights": list(self.weights)},
+                        {**weight_params(self.weights), **self.rate_params(lr), "seed": seed_param(s)}, lr=lr)
+                for at, lr in self.rates() for s in seeds]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "weights": list(self.weights)}
@@ -236,6 +278,9 @@ class GridArm(Arm):
     """Static weights on the simplex: exhaustive, a list of points, or sampled by Optuna."""
 
     kind = "grid"
+    takes_several_rates = False
+    several_rates_refused = ("a grid searches its weights at one rate: give each rate a grid arm of its own, "
+                             "and the summary sets GradNorm against each grid's chosen point")
     options = ("method", "resolution", "boundary", "max_points", "points", "sampler", "n_trials",
                "parallel_points", "sampler_seed", "mapping")
     # A finer resolution multiplies the points (T = 3 at 0.001: 501,501 of them, each trained once
@@ -346,17 +391,18 @@ class GridArm(Arm):
         if self.method == "exhaustive":
             return [
                 RunSpec(self.name, f"w={format_weights(p)}/seed={s}", s, "static", {"weights": list(p)},
-                        {**weight_params(p), "seed": seed_param(s)})
+                        {**weight_params(p), "seed": seed_param(s)}, lr=self.rates()[0][1])
                 for p in self.points for s in seeds
             ]
         first = seeds[0]
         out = []
         for k in range(self.n_trials):
             out.append(RunSpec(self.name, f"point={k}/seed={first}", first, "static", {},
-                               {"seed": seed_param(first)}, proposal=True, point=k))
+                               {"seed": seed_param(first)}, proposal=True, point=k, lr=self.rates()[0][1]))
             out.extend(
                 RunSpec(self.name, f"point={k}/seed={s}", s, "static", {}, {"seed": seed_param(s)},
-                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params", point=k)
+                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params", point=k,
+                        lr=self.rates()[0][1])
                 for s in seeds[1:]
             )
         return out
@@ -449,9 +495,10 @@ class GradNormArm(Arm):
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [
-            RunSpec(self.name, f"alpha={a:g}/seed={s}", s, "gradnorm", {**self.balancer_params, "alpha": a},
-                    {"alpha": (a, FloatDistribution(0.0, max(10.0, a))), "seed": seed_param(s)})
-            for a in self.alphas for s in seeds
+            RunSpec(self.name, f"alpha={a:g}/{at}seed={s}", s, "gradnorm", {**self.balancer_params, "alpha": a},
+                    {"alpha": (a, FloatDistribution(0.0, max(10.0, a))), **self.rate_params(lr),
+                     "seed": seed_param(s)}, lr=lr)
+            for a in self.alphas for at, lr in self.rates() for s in seeds
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -462,6 +509,9 @@ class GradNormStaticArm(Arm):
     """GradNorm static: each GradNorm run's time-averaged weights, retrained from scratch."""
 
     kind = "gradnorm-static"
+    takes_several_rates = False
+    several_rates_refused = ("it retrains each GradNorm run at that run's rate, or at the one rate given here; "
+                             "to train GradNorm at several, give its arm the list")
     options = ("source", "window")
 
     def parse(self, options: dict[str, Any]) -> None:
@@ -484,13 +534,14 @@ class GradNormStaticArm(Arm):
             raise self.error("source", "the name of a gradnorm arm of this study",
                              self.source_arm)
         self.gradnorm = arms[self.source_arm]
-        if self.own_network_lr is None:  # a fresh run of GradNorm's, but for its weights
-            self.network_lr = self.gradnorm.network_lr
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
         return [
-            RunSpec(self.name, run.key, run.seed, "static", {}, {"seed": seed_param(run.seed)},
-                    depends_on=(self.gradnorm.name, run.key), dependency="complete")
+            # A fresh run of its GradNorm run's, but for the weights: at that run's rate, unless set here.
+            RunSpec(self.name, run.key, run.seed, "static", {},
+                    {**{k: v for k, v in run.params.items() if k == "lr"}, "seed": seed_param(run.seed)},
+                    depends_on=(self.gradnorm.name, run.key), dependency="complete",
+                    lr=run.lr if self.network_lrs is None else self.network_lrs[0])
             for run in self.gradnorm.runs(seeds)
         ]
 

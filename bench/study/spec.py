@@ -246,10 +246,7 @@ class StudySpec:
                    device: str = "auto") -> RunConfig:
         params = dict(run.balancer_params)
         params.update(balancer_params or {})
-        budget = self.budget
-        network_lr = self.arms[run.arm].network_lr
-        if network_lr is not None:
-            budget = dataclasses.replace(budget, lr=network_lr)
+        budget = self.budget if run.lr is None else dataclasses.replace(self.budget, lr=run.lr)
         return RunConfig(problem=self.problem, balancer=run.balancer, seed=run.seed,
                          problem_params=self.problem_params, balancer_params=params,
                          budget=budget, dtype=self.dtype, device=device)  # type: ignore[arg-type]
