@@ -2522,3 +2522,10 @@ def test_a_rate_chosen_at_the_edge_of_those_tried_is_said_to_be(val_losses, excl
         assert "rate tried" not in sentence
     else:
         assert said in sentence
+
+
+def test_a_spread_of_test_losses_past_100_percent_reads_as_a_number():
+    """A learning rate too high for the network more than doubled its test loss: "1.3e+02 % apart"."""
+    sentence = VariantChoice("equal", {"lr=0.004": 0.5, "lr=0.016": 0.9}, test_losses={"lr=0.004": 0.5117,
+                                                                                      "lr=0.016": 1.172}).sentence()
+    assert "to 1.172 (lr=0.016), 129 % apart." in sentence

@@ -185,7 +185,7 @@ class VariantChoice:
                 def at(value: float) -> str:
                     return ", ".join(v for v, loss in self.test_losses.items() if loss == value)
                 spread = (f" Across them, test loss runs from {significant(low, end_digits)} ({at(low)}) to "
-                          f"{significant(high, end_digits)} ({at(high)}), {100 * (high / low - 1):.2g} % apart.")
+                          f"{significant(high, end_digits)} ({at(high)}), {_percent(100 * (high / low - 1))} % apart.")
         first = "the first, " if tied else ""
         if not others:
             choice = (f"validation cannot tell {join_words([chosen, *tied])} apart (mean task-normalised "
@@ -222,6 +222,15 @@ class VariantChoice:
         where = "; ".join(f"{v} for seed {int(s)}" for s, v in zip(moved.seed, moved.point))
         return (f" Chosen again with {each_left_out(held)}, validation picks another {self.what} ({where}); "
                 f"judged on the seed each choice left out, test loss is {left_out_versus(held, self.chosen_variant)}.")
+
+
+def _percent(value: float) -> str:
+    """Two significant digits, never in exponent form (a learning rate's spread reaches 130 %).
+
+    >>> _percent(0.27), _percent(28.4), _percent(131.6)
+    ('0.27', '28', '132')
+    """
+    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
 
 
 def each_left_out(held: pd.DataFrame) -> str:
