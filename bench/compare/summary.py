@@ -116,12 +116,12 @@ def representative_rates(c: Comparison) -> dict[str, tuple[float, bool]]:
     rates = {}
     for arm, g in c.runs.groupby("arm", sort=False):
         choice = c.choices.get(arm) or c.choices.get(sources.get(arm, ""))
-        chosen = choice is not None and choice.what != "alpha"
-        if choice is not None and chosen:
+        by_rate = choice is not None and choice.what != "alpha"
+        if choice is not None and by_rate:
             g = g[g.variant == choice.chosen_variant]
         values = g.lr.dropna().unique()
-        if len(values) == 1:
-            rates[str(arm)] = (float(values[0]), chosen and arm in c.choices)
+        if len(values) == 1:  # a GradNorm static arm's rate is its GradNorm arm's choice, not its own
+            rates[str(arm)] = (float(values[0]), by_rate and arm in c.choices)
     return rates
 
 
@@ -132,9 +132,8 @@ def learning_rate_sentence(c: Comparison) -> str | None:
     rates = representative_rates(c)
     if study_lr is None or all(lr == study_lr for lr, _ in rates.values()):
         return None
-    chosen = [arm for arm, (_, picked) in rates.items() if picked]
-    by_validation = (f"; {join_words([f'{arm}' + chr(39) + 's' for arm in chosen])} chosen on validation"
-                     if chosen else "")
+    chosen = [f"{arm}'s" for arm, (_, picked) in rates.items() if picked]
+    by_validation = f"; {join_words(chosen)} chosen on validation" if chosen else ""
     if len({lr for lr, _ in rates.values()}) == 1:
         lr = next(iter(rates.values()))[0]
         return (f"Every arm is compared at lr = {lr:g} (network_lr{by_validation}), not at the study's [budget] "
@@ -142,8 +141,9 @@ def learning_rate_sentence(c: Comparison) -> str | None:
     by_rate: dict[float, list[str]] = {}
     for arm, (lr, _) in rates.items():
         by_rate.setdefault(lr, []).append(arm)
-    listed = "; ".join(f"{join_words(names)} at {'the study' + chr(39) + 's [budget] lr = ' if lr == study_lr else ''}"
-                       f"{lr:g}" for lr, names in by_rate.items())
+    study_words = "the study's [budget] lr = "
+    listed = "; ".join(f"{join_words(names)} at {study_words if lr == study_lr else ''}{lr:g}"
+                       for lr, names in by_rate.items())
     return (f"The arms are compared at different learning rates (network_lr{by_validation}): {listed}. Between arms at "
             "different rates, a difference is one of weighting and learning rate together.")
 
