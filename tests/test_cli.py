@@ -917,8 +917,8 @@ def test_report_displays_every_figure_and_table_in_headless_chromium(tmp_path):
     assert result["errors"] == []
     assert result["title"] == "GradNorm Bench: tiny3"
     figures = {img["id"] for img in result["images"]}
-    assert figures == {"fig-weights", "fig-norms", "fig-curves", "fig-over-steps", "fig-alpha", "fig-landscape",
-                       "fig-distance", "fig-pareto", "fig-gaps"}  # two alphas: the alpha figure too
+    assert figures == {"fig-weights", "fig-norms", "fig-curves", "fig-over-steps", "fig-settings", "fig-landscape",
+                       "fig-distance", "fig-pareto", "fig-gaps"}  # two alphas: the settings figure too
     for img in result["images"]:
         assert img["complete"] and img["natural"] > 0 and img["width"] > 0 and img["height"] > 0, img
     assert result["tables"] >= 5
