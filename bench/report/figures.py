@@ -397,7 +397,8 @@ def verdict_over_steps(c: Comparison) -> plt.Figure | None:
     ax.set_xlabel("step")
     ax.set_ylabel("difference in task-normalised test loss")
     seeds = count(int(data.n.max()), "seed")
-    alphas = "; GradNorm's alpha chosen there too" if set(data.gradnorm) & set(c.choices) else ""
+    chosen_there = sorted({c.choices[arm].what for arm in set(data.gradnorm) & set(c.choices)})
+    alphas = f"; GradNorm's {' and '.join(chosen_there)} chosen there too" if chosen_there else ""
     ax.set_title(f"GradNorm minus the grid's point chosen on validation at each step\n{seeds}, 95% interval{alphas}"
                  "\nabove 0: the grid is lower; filled: paired t-test p < 0.05"
                  + (f"\ndashed: step {c.at_step}, where the tables compare the runs" if isinstance(c.at_step, int)
