@@ -137,6 +137,24 @@ def test_an_arm_given_several_learning_rates_trains_each_and_is_judged_at_the_on
     plt.close(fig)
 
 
+def test_a_run_without_a_record_takes_its_rate_from_its_key_or_its_arm():
+    """A worker that failed before training stores no record: its rate comes from the study."""
+    from bench.store.export import runs_frame
+
+    manifest = {"kinds": {"equal": "equal", "fast": "equal", "slow": "equal"}, "task_names": ["a", "b"],
+                "identity": {"budget": {"lr": 0.001}, "arms": {"equal": {"kind": "equal"},
+                                                              "fast": {"kind": "equal", "network_lr": [0.01, 0.05]},
+                                                              "slow": {"kind": "equal", "network_lr": 0.0005}}}}
+
+    def entry(arm: str, key: str) -> dict:
+        return {"study": "s", "arm": arm, "run_key": key, "trial": 0, "status": "failed", "reason": "out of memory",
+                "user_attrs": {"seed": 0}, "params": {"seed": 0}, "value": None, "record": None}
+
+    frame = runs_frame(manifest, [entry("equal", "seed=0"), entry("fast", "lr=0.05/seed=0"), entry("slow", "seed=0")])
+    assert dict(zip(frame.arm, frame.lr)) == {"equal": 0.001, "fast": 0.05, "slow": 0.0005}
+    assert frame.lr.dtype == float
+
+
 def test_a_study_at_one_learning_rate_says_nothing_of_it(store):
     from bench.compare import load_comparison
 

@@ -269,6 +269,8 @@ def test_several_learning_rates_train_under_keys_of_their_own_and_one_is_just_a_
     # GradNorm static: each run at its GradNorm run's rate, or at the one rate its own table gives.
     assert spec.run_config(runs[("gradnorm-static", "alpha=1/lr=0.1/seed=1")]).budget.lr == 0.1
     assert {spec.run_config(r).budget.lr for (a, _), r in runs.items() if a == "slow-static"} == {0.001}
+    assert runs[("gradnorm-static", "alpha=1/lr=0.1/seed=1")].params["lr"][0] == 0.1
+    assert not any("lr" in r.params for (a, _), r in runs.items() if a == "slow-static")  # its one rate is no choice
     # A list of one rate is that rate: no key of its own, nothing to choose.
     assert {k for a, k in runs if a == "equal"} == {"seed=0", "seed=1"}
     assert {spec.run_config(r).budget.lr for (a, _), r in runs.items() if a == "equal"} == {0.02}

@@ -47,21 +47,25 @@ def runs_frame(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd.Da
     for arm, source in manifest.get("gradnorm_static_sources", {}).items():
         static = frame.arm == arm
         frame.loc[static, "alpha"] = [alphas.get((source, key)) for key in frame.run_key[static]]
-    # A run without a record (stored by a worker that failed before training) trains at its arm's rate.
+    # A run without a record (stored by a worker that failed before training): the rate its key
+    # names (lr=0.002/seed=0), else its arm's.
     missing = frame.lr.isna()
     if missing.any():
-        frame.loc[missing, "lr"] = frame.arm[missing].map(arm_learning_rates(manifest))
+        from_key = pd.to_numeric(frame.run_key[missing].str.extract(r"(?:^|/)lr=([^/]+)/")[0], errors="coerce")
+        frame.loc[missing, "lr"] = from_key.fillna(frame.arm[missing].map(arm_learning_rates(manifest)))
     frame = _typed(frame)
     return in_study_order(frame.sort_values("run_key", key=_natural_order, kind="stable"), kinds)
 
 
 def arm_learning_rates(manifest: dict[str, Any]) -> dict[str, float | None]:
     """Each arm's network learning rate, from the study's stored configuration: its own
-    `network_lr`, its GradNorm arm's for a GradNorm static arm without one, else `[budget] lr`.
+    `network_lr`, its GradNorm arm's for a GradNorm static arm without one, else `[budget] lr`;
+    None for an arm trained at several (each run's key names its rate).
 
     >>> arm_learning_rates({"identity": {"budget": {"lr": 0.001}, "arms": {"gradnorm": {"network_lr": 0.004},
-    ...     "gradnorm-static": {}, "equal": {}}}, "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}})
-    {'gradnorm': 0.004, 'gradnorm-static': 0.004, 'equal': 0.001}
+    ...     "gradnorm-static": {}, "equal": {}, "dwa": {"network_lr": [0.01]}, "rlw": {"network_lr": [0.1, 0.2]}}},
+    ...     "gradnorm_static_sources": {"gradnorm-static": "gradnorm"}})
+    {'gradnorm': 0.004, 'gradnorm-static': 0.004, 'equal': 0.001, 'dwa': 0.01, 'rlw': None}
     """
     identity = manifest.get("identity") or {}
     arms = identity.get("arms") or {}
@@ -70,7 +74,15 @@ def arm_learning_rates(manifest: dict[str, Any]) -> dict[str, float | None]:
 
     def own(arm: str) -> Any:
         return (arms.get(arm) or {}).get("network_lr")
-    return {arm: own(arm) or own(sources.get(arm, "")) or study_lr for arm in arms}
+
+    rates = {}
+    for arm in arms:
+        lr = own(arm) if own(arm) is not None else own(sources.get(arm, ""))
+        if isinstance(lr, list):
+            rates[arm] = lr[0] if len(lr) == 1 else None
+        else:
+            rates[arm] = study_lr if lr is None else lr
+    return rates
 
 
 # Columns of text; every other column of the runs table holds numbers.

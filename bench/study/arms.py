@@ -539,7 +539,8 @@ class GradNormStaticArm(Arm):
         return [
             # A fresh run of its GradNorm run's, but for the weights: at that run's rate, unless set here.
             RunSpec(self.name, run.key, run.seed, "static", {},
-                    {**{k: v for k, v in run.params.items() if k == "lr"}, "seed": seed_param(run.seed)},
+                    {**{k: v for k, v in run.params.items() if k == "lr" and self.network_lrs is None},
+                     "seed": seed_param(run.seed)},
                     depends_on=(self.gradnorm.name, run.key), dependency="complete",
                     lr=run.lr if self.network_lrs is None else self.network_lrs[0])
             for run in self.gradnorm.runs(seeds)
