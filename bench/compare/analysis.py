@@ -48,6 +48,15 @@ EVERY_TASK_WEIGHTED = " (all weights > 0)"
 HELD_OUT_COLUMNS = ["seed", "point", "normalized_test_loss", "selected_test_loss"]
 
 
+def variant_rate(variant: str) -> float | None:
+    """The learning rate a variant names (`alpha=1.5/lr=0.002` -> 0.002); None where it names none.
+
+    >>> variant_rate("alpha=1.5/lr=0.002"), variant_rate("lr=1e-05"), variant_rate("alpha=1.5")
+    (0.002, 1e-05, None)
+    """
+    return float(variant.rsplit("lr=", 1)[1]) if "lr=" in variant else None
+
+
 def _variant(run_key: str) -> str:
     return run_key.rsplit("/seed=", 1)[0] if "/seed=" in run_key else ""
 
@@ -143,7 +152,7 @@ class VariantChoice:
         """
         variants = [*self.val_losses, *self.excluded, *self.unmatched]
         alphas = {v.split("/")[0] for v in variants if v.startswith("alpha=")}
-        rates = {v.rsplit("lr=", 1)[1] for v in variants if "lr=" in v}
+        rates = {r for v in variants if (r := variant_rate(v)) is not None}
         if len(rates) > 1 and len(alphas) > 1:
             return "setting of alpha and learning rate"
         return "learning rate" if len(rates) > 1 else "alpha"
@@ -199,12 +208,9 @@ class VariantChoice:
     def _edge_words(self) -> str:
         """Where the chosen learning rate is the highest or lowest of those tried: the best rate may
         lie beyond them, and the arm's verdicts are then at a rate short of it."""
-        def rate(variant: str) -> float | None:
-            return float(variant.rsplit("lr=", 1)[1]) if "lr=" in variant else None
-
         # Over every rate tried: one beyond the chosen that failed, or has not finished, is no edge.
-        rates = {r for v in [*self.val_losses, *self.excluded, *self.unmatched] if (r := rate(v)) is not None}
-        chosen = rate(self.chosen_variant)
+        rates = {r for v in [*self.val_losses, *self.excluded, *self.unmatched] if (r := variant_rate(v)) is not None}
+        chosen = variant_rate(self.chosen_variant)
         if chosen is None or len(rates) < 2 or min(rates) < chosen < max(rates):
             return ""
         edge, beyond = ("highest", "higher") if chosen == max(rates) else ("lowest", "lower")

@@ -107,21 +107,19 @@ def at_step_sentence(c: Comparison) -> str:
 
 
 def representative_rates(c: Comparison) -> dict[str, tuple[float, bool]]:
-    """Each arm's learning rate, as the summary speaks for it, and whether validation chose it:
-    an arm trained at several speaks for its chosen rate, a GradNorm static arm for its GradNorm
-    arm's. From the runs table's `lr` (what the runs trained at); empty without it."""
+    """Each arm's learning rate, as the summary speaks for it (its variants other than those it
+    passes over: an arm trained at several speaks for its chosen rate, a GradNorm static arm for
+    its GradNorm arm's), and whether validation chose it. From the runs table's `lr` (what the
+    runs trained at); empty without it."""
     if "lr" not in c.runs:
         return {}
-    sources = c.manifest.get("gradnorm_static_sources", {})
+    spoken_for = c.runs[~c.runs.label.isin(c.passed_over)]
     rates = {}
-    for arm, g in c.runs.groupby("arm", sort=False):
-        choice = c.choices.get(arm) or c.choices.get(sources.get(arm, ""))
-        by_rate = choice is not None and choice.what != "alpha"
-        if choice is not None and by_rate:
-            g = g[g.variant == choice.chosen_variant]
+    for arm, g in spoken_for.groupby("arm", sort=False):
         values = g.lr.dropna().unique()
-        if len(values) == 1:  # a GradNorm static arm's rate is its GradNorm arm's choice, not its own
-            rates[str(arm)] = (float(values[0]), by_rate and arm in c.choices)
+        if len(values) == 1:
+            choice = c.choices.get(arm)
+            rates[str(arm)] = (float(values[0]), choice is not None and choice.what != "alpha")
     return rates
 
 

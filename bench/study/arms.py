@@ -107,13 +107,10 @@ class Arm:
         self.source = source
         table = dict(table)
         table.pop("kind", None)
-        # The study file's own value (None: the study's [budget] lr); `network_lrs`: the rates trained.
+        # The study file's own value (None: the study's [budget] lr).
         self.own_network_lr: float | list[float] | None = None
         if NETWORK_LR in table:
             self.own_network_lr = self._network_lr(table.pop(NETWORK_LR))
-        self.network_lrs: list[float] | None = (
-            None if self.own_network_lr is None
-            else self.own_network_lr if isinstance(self.own_network_lr, list) else [self.own_network_lr])
         own = {k: table.pop(k) for k in list(table) if k in self.options}
         balancer_fields = ([f.name for f in dataclasses.fields(balancer_class(self.takes_balancer_options).Params)]
                            if self.takes_balancer_options is not None else [])
@@ -157,6 +154,12 @@ class Arm:
             raise self.error(NETWORK_LR, "distinct values (in their first 6 significant digits, which name "
                              "the runs)", value)
         return [float(lr) for lr in value]
+
+    @property
+    def network_lrs(self) -> list[float] | None:
+        """The rates this arm's own `network_lr` names, as a list; None without one."""
+        lr = self.own_network_lr
+        return None if lr is None else lr if isinstance(lr, list) else [lr]
 
     def rates(self) -> list[tuple[str, float | None]]:
         """The learning rates this arm trains, each with the part of its runs' keys that names it:
@@ -388,21 +391,21 @@ class GridArm(Arm):
                              "qmc or grid", self.sampler_name)
 
     def runs(self, seeds: Sequence[int]) -> list[RunSpec]:
+        lr = self.rates()[0][1]  # a grid trains at one rate
         if self.method == "exhaustive":
             return [
                 RunSpec(self.name, f"w={format_weights(p)}/seed={s}", s, "static", {"weights": list(p)},
-                        {**weight_params(p), "seed": seed_param(s)}, lr=self.rates()[0][1])
+                        {**weight_params(p), "seed": seed_param(s)}, lr=lr)
                 for p in self.points for s in seeds
             ]
         first = seeds[0]
         out = []
         for k in range(self.n_trials):
             out.append(RunSpec(self.name, f"point={k}/seed={first}", first, "static", {},
-                               {"seed": seed_param(first)}, proposal=True, point=k, lr=self.rates()[0][1]))
+                               {"seed": seed_param(first)}, proposal=True, point=k, lr=lr))
             out.extend(
                 RunSpec(self.name, f"point={k}/seed={s}", s, "static", {}, {"seed": seed_param(s)},
-                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params", point=k,
-                        lr=self.rates()[0][1])
+                        depends_on=(self.name, f"point={k}/seed={first}"), dependency="params", point=k, lr=lr)
                 for s in seeds[1:]
             )
         return out
